@@ -1,0 +1,34 @@
+"""
+ockamtw: Ockam's routed messaging, relays and portals on Twisted.
+"""
+
+from .errors import (
+    AddressInUse,
+    MessageTooLarge,
+    OckamError,
+    RequestTimeout,
+    RouteUnreachable,
+    TransportError,
+    WireError,
+)
+from .routing import Address, MultiAddr, Route
+from .wire import PortalMessage, TransportMessage, decode_string, encode_string
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Address",
+    "Route",
+    "MultiAddr",
+    "TransportMessage",
+    "PortalMessage",
+    "encode_string",
+    "decode_string",
+    "OckamError",
+    "WireError",
+    "MessageTooLarge",
+    "AddressInUse",
+    "RequestTimeout",
+    "RouteUnreachable",
+    "TransportError",
+]

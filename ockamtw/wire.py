@@ -1,0 +1,492 @@
+"""
+The Ockam 0.83 wire format: BARE values, TransportMessage, PortalMessage and
+TCP frames (see docs/protocol.md).
+
+The format is declared once with construct (the C{*_STRUCT} names below).
+The data path uses hand-written encoders and decoders for speed; the test
+suite holds them equal to the construct declarations with property tests.
+
+Bad bytes raise L{WireError}, never C{IndexError} or a construct error.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import construct as c
+
+from .errors import MessageTooLarge, WireError
+from .routing import Address, Route, _encode_uvarint
+
+__all__ = [
+    "VERSION",
+    "MAX_FRAME",
+    "TransportMessage",
+    "PortalMessage",
+    "encode_uvarint",
+    "decode_uvarint",
+    "encode_data",
+    "decode_data",
+    "encode_string",
+    "decode_string",
+    "encode_frame",
+    "FrameDecoder",
+]
+
+#: The only TransportMessage version of Ockam 0.83.
+VERSION = 1
+#: The largest TransportMessage one TCP frame can carry.
+MAX_FRAME = 0xFFFF
+#: The longest uvarint we accept: 64 bits take 10 bytes.
+_MAX_UVARINT_BYTES = 10
+
+# --- the declarations -------------------------------------------------------
+
+#: BARE uvarint (unsigned LEB128).
+UVARINT = c.VarInt
+#: BARE data: uvarint length, then the bytes.
+DATA_STRUCT = c.Prefixed(c.VarInt, c.GreedyBytes)
+#: BARE string: uvarint length, then UTF-8.
+STRING_STRUCT = c.PascalString(c.VarInt, "utf8")
+ADDRESS_STRUCT = c.Struct("type" / c.Int8ub, "value" / DATA_STRUCT)
+ROUTE_STRUCT = c.PrefixedArray(c.VarInt, ADDRESS_STRUCT)
+TRANSPORT_MESSAGE_STRUCT = c.Struct(
+    "version" / c.Const(VERSION, c.Int8ub),
+    "onward_route" / ROUTE_STRUCT,
+    "return_route" / ROUTE_STRUCT,
+    "payload" / DATA_STRUCT,
+)
+#: One TCP frame: 2-byte big-endian length, then one TransportMessage.
+FRAME_STRUCT = c.Prefixed(c.Int16ub, TRANSPORT_MESSAGE_STRUCT)
+PORTAL_MESSAGE_STRUCT = c.Struct(
+    "tag" / c.Enum(c.Int8ub, Ping=0, Pong=1, Disconnect=2, Payload=3),
+    "data" / c.If(c.this.tag == "Payload", DATA_STRUCT),
+)
+
+
+def _construct_call(fn, what: str):
+    try:
+        return fn()
+    except c.ConstructError as e:
+        raise WireError(f"bad {what}: {e}") from None
+
+
+# --- BARE primitives (fast path) -------------------------------------------
+
+
+def encode_uvarint(n: int) -> bytes:
+    """
+    Unsigned LEB128.
+    """
+    if not isinstance(n, int) or n < 0 or n >= 1 << 64:
+        raise WireError(f"uvarint must be an integer 0 to 2**64-1, not {n!r}")
+    return _encode_uvarint(n)
+
+
+def _read_uvarint(buf, pos: int, end: int) -> Tuple[int, int]:
+    if pos >= end:
+        raise WireError("truncated uvarint")
+    b = buf[pos]
+    pos += 1
+    if b < 0x80:
+        return b, pos
+    result = b & 0x7F
+    shift = 7
+    while True:
+        if pos >= end:
+            raise WireError("truncated uvarint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 7 * _MAX_UVARINT_BYTES:
+            raise WireError("uvarint longer than 10 bytes")
+
+
+def decode_uvarint(data: bytes) -> Tuple[int, int]:
+    """
+    Decode a uvarint at the start of C{data}; return (value, bytes used).
+    """
+    return _read_uvarint(data, 0, len(data))
+
+
+def encode_data(b: bytes) -> bytes:
+    """
+    BARE data: uvarint length, then the bytes.
+    """
+    return _encode_uvarint(len(b)) + bytes(b)
+
+
+def decode_data(data: bytes) -> Tuple[bytes, int]:
+    """
+    Decode BARE data at the start of C{data}; return (bytes, bytes used).
+    """
+    n, pos = _read_uvarint(data, 0, len(data))
+    if pos + n > len(data):
+        raise WireError(f"data of {n} bytes truncated to {len(data) - pos}")
+    return bytes(data[pos : pos + n]), pos + n
+
+
+def encode_string(s: str) -> bytes:
+    """
+    BARE string: the payload of C{uppercase} and relay registration.
+    """
+    if not isinstance(s, str):
+        raise WireError(f"a BARE string is text, not {s!r}")
+    raw = s.encode("utf-8")
+    return _encode_uvarint(len(raw)) + raw
+
+
+def decode_string(data: bytes) -> str:
+    """
+    Decode a whole payload as one BARE string (trailing bytes are refused).
+    """
+    n, pos = _read_uvarint(data, 0, len(data))
+    if pos + n != len(data):
+        raise WireError(f"BARE string of {n} bytes, but {len(data) - pos} follow its length")
+    try:
+        return bytes(data[pos:]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WireError(f"BARE string is not UTF-8: {e}") from None
+
+
+# --- routes ------------------------------------------------------------------
+
+
+def _read_route(buf, pos: int, end: int) -> Tuple[Route, int]:
+    count, pos = _read_uvarint(buf, pos, end)
+    if count > end - pos:  # every address takes at least 2 bytes
+        raise WireError(f"route of {count} addresses cannot fit in {end - pos} bytes")
+    addrs = []
+    for _ in range(count):
+        start = pos
+        if pos >= end:
+            raise WireError("truncated address")
+        t = buf[pos]
+        n, vpos = _read_uvarint(buf, pos + 1, end)
+        pos = vpos + n
+        if pos > end:
+            raise WireError(f"address value of {n} bytes truncated")
+        raw = bytes(buf[vpos:pos])
+        addrs.append(Address._from_wire(t, raw.decode("utf-8", "surrogateescape"), bytes(buf[start:pos])))
+    return Route._trusted(addrs), pos
+
+
+def decode_route(data: bytes) -> Route:
+    """
+    Decode a whole BARE route.
+    """
+    route, pos = _read_route(data, 0, len(data))
+    return route
+
+
+# --- TransportMessage ------------------------------------------------------
+
+
+class TransportMessage:
+    """
+    The routed message of Ockam 0.83: version, onward route, return route
+    and payload.
+
+    C{payload} is the BARE encoding of the application message (bytes).
+    C{source} is local only (never on the wire): what read this message
+    from the outside world, so that flow control can pause it.
+    """
+
+    __slots__ = ("version", "onward_route", "return_route", "payload", "source")
+
+    def __init__(
+        self,
+        onward_route: Union[Route, Sequence, str],
+        return_route: Union[Route, Sequence, str],
+        payload: bytes = b"",
+        version: int = VERSION,
+        source=None,
+    ) -> None:
+        self.onward_route = onward_route if onward_route.__class__ is Route else _route_of(onward_route)
+        self.return_route = return_route if return_route.__class__ is Route else _route_of(return_route)
+        if payload.__class__ is not bytes:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise WireError(f"payload must be bytes, not {type(payload).__name__}")
+            payload = bytes(payload)
+        self.payload = payload
+        self.version = version
+        self.source = source
+
+    def header(self) -> bytes:
+        """
+        Everything before the payload bytes: version, routes, payload length.
+        """
+        return b"".join(
+            (
+                b"\x01",
+                self.onward_route.encode(),
+                self.return_route.encode(),
+                _encode_uvarint(len(self.payload)),
+            )
+        )
+
+    def encode(self) -> bytes:
+        """
+        The BARE encoding of this message (without a frame length).
+        """
+        if self.version != VERSION:
+            raise WireError(f"cannot encode TransportMessage version {self.version}")
+        return self.header() + self.payload
+
+    def encoded_size(self) -> int:
+        """
+        The size of L{encode}'s result, without building it.
+        """
+        return len(self.header()) + len(self.payload)
+
+    @classmethod
+    def decode(cls, data: Union[bytes, bytearray, memoryview]) -> "TransportMessage":
+        """
+        Decode one message; trailing bytes are ignored, as Rust does.
+
+        @raise WireError: for truncated or malformed bytes, or a version
+            other than 1.
+        """
+        return _decode_message(data, 0, len(data))
+
+    def with_routes(self, onward_route: Route, return_route: Route) -> "TransportMessage":
+        """
+        A copy with other routes and the same payload and source.
+        """
+        m = TransportMessage.__new__(TransportMessage)
+        m.version = self.version
+        m.onward_route = onward_route
+        m.return_route = return_route
+        m.payload = self.payload
+        m.source = self.source
+        return m
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TransportMessage):
+            return (self.version, self.onward_route, self.return_route, self.payload) == (
+                other.version,
+                other.onward_route,
+                other.return_route,
+                other.payload,
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        p = self.payload
+        shown = p[:32].hex() + ("..." if len(p) > 32 else "")
+        return (
+            f"TransportMessage(onward={str(self.onward_route)!r}, "
+            f"return={str(self.return_route)!r}, payload[{len(p)}]={shown})"
+        )
+
+
+def _route_of(r) -> Route:
+    if isinstance(r, str):
+        return Route.parse(r)
+    return Route(r)
+
+
+def _decode_message(buf, pos: int, end: int) -> TransportMessage:
+    if pos >= end:
+        raise WireError("empty TransportMessage")
+    version = buf[pos]
+    if version != VERSION:
+        raise WireError(f"TransportMessage version {version} is not 1")
+    onward, pos = _read_route(buf, pos + 1, end)
+    ret, pos = _read_route(buf, pos, end)
+    n, pos = _read_uvarint(buf, pos, end)
+    if pos + n > end:
+        raise WireError(f"payload of {n} bytes truncated to {end - pos}")
+    m = TransportMessage.__new__(TransportMessage)
+    m.version = version
+    m.onward_route = onward
+    m.return_route = ret
+    m.payload = bytes(buf[pos : pos + n])
+    m.source = None
+    return m
+
+
+# --- frames -------------------------------------------------------------------
+
+
+def frame_parts(message: TransportMessage) -> List[bytes]:
+    """
+    The frame for C{message} as pieces for C{writeSequence}: the 2-byte
+    length with the header, then the payload (not copied).
+
+    @raise MessageTooLarge: when the message exceeds 65535 bytes.
+    """
+    if message.version != VERSION:
+        raise WireError(f"cannot encode TransportMessage version {message.version}")
+    head = message.header()
+    size = len(head) + len(message.payload)
+    if size > MAX_FRAME:
+        raise MessageTooLarge(
+            f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit "
+            f"(onward route {message.onward_route})"
+        )
+    return [size.to_bytes(2, "big") + head, message.payload]
+
+
+def encode_frame(message: TransportMessage) -> bytes:
+    """
+    One TCP frame: 2-byte big-endian length, then the message.
+    """
+    return b"".join(frame_parts(message))
+
+
+class FrameDecoder:
+    """
+    Splits a byte stream into frames and decodes them.
+
+    Feed it with L{feed}; L{next} gives the next message, or C{None} when no
+    whole frame is buffered.  A frame that does not decode raises
+    L{WireError} from L{next} after being consumed, so the caller can log it
+    and go on: the stream stays in sync.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def buffered(self) -> int:
+        """
+        Bytes received and not yet consumed.
+        """
+        return len(self._buf) - self._pos
+
+    def next(self) -> Optional[TransportMessage]:
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 2:
+            return None
+        n = (buf[pos] << 8) | buf[pos + 1]
+        if avail < 2 + n:
+            return None
+        start = pos + 2
+        self._pos = start + n
+        return _decode_message(buf, start, start + n)
+
+
+# --- PortalMessage ----------------------------------------------------------
+
+
+class PortalMessage:
+    """
+    The payload of portal traffic: Ping, Pong, Disconnect or Payload(data).
+    """
+
+    PING = 0
+    PONG = 1
+    DISCONNECT = 2
+    PAYLOAD = 3
+    _NAMES = {0: "Ping", 1: "Pong", 2: "Disconnect", 3: "Payload"}
+
+    __slots__ = ("tag", "data")
+
+    def __init__(self, tag: int, data: bytes = b"") -> None:
+        if tag not in self._NAMES:
+            raise WireError(f"unknown PortalMessage tag {tag!r}")
+        self.tag = tag
+        self.data = data
+
+    @classmethod
+    def payload(cls, data: bytes) -> "PortalMessage":
+        return cls(cls.PAYLOAD, bytes(data))
+
+    @staticmethod
+    def payload_header(length: int) -> bytes:
+        """
+        The bytes before a chunk of C{length} bytes in a Payload message.
+        """
+        return b"\x03" + _encode_uvarint(length)
+
+    def encode(self) -> bytes:
+        if self.tag == self.PAYLOAD:
+            return self.payload_header(len(self.data)) + self.data
+        return bytes((self.tag,))
+
+    @classmethod
+    def decode(cls, data: bytes) -> "PortalMessage":
+        """
+        @raise WireError: for an unknown tag or truncated Payload.
+        """
+        if not data:
+            raise WireError("empty PortalMessage")
+        tag = data[0]
+        if tag == cls.PAYLOAD:
+            n, pos = _read_uvarint(data, 1, len(data))
+            if pos + n > len(data):
+                raise WireError(f"portal payload of {n} bytes truncated to {len(data) - pos}")
+            return cls(tag, bytes(data[pos : pos + n]))
+        if tag not in cls._NAMES:
+            raise WireError(f"unknown PortalMessage tag {tag}")
+        return cls(tag)
+
+    @property
+    def name(self) -> str:
+        return self._NAMES[self.tag]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PortalMessage):
+            return (self.tag, self.data) == (other.tag, other.data)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self.tag == self.PAYLOAD:
+            return f"PortalMessage.Payload({len(self.data)} bytes)"
+        return f"PortalMessage.{self.name}"
+
+
+# --- the construct path, for proof and for readers ---------------------------
+
+
+def construct_encode_message(message: TransportMessage) -> bytes:
+    """
+    L{TransportMessage.encode} by the construct declaration.
+    """
+    return _construct_call(
+        lambda: TRANSPORT_MESSAGE_STRUCT.build(
+            dict(
+                version=VERSION,
+                onward_route=[
+                    dict(type=a.type, value=a.value.encode("utf-8", "surrogateescape"))
+                    for a in message.onward_route
+                ],
+                return_route=[
+                    dict(type=a.type, value=a.value.encode("utf-8", "surrogateescape"))
+                    for a in message.return_route
+                ],
+                payload=message.payload,
+            )
+        ),
+        "TransportMessage",
+    )
+
+
+def construct_decode_message(data: bytes) -> TransportMessage:
+    """
+    L{TransportMessage.decode} by the construct declaration.
+    """
+    obj = _construct_call(lambda: TRANSPORT_MESSAGE_STRUCT.parse(bytes(data)), "TransportMessage")
+
+    def route(items):
+        return Route._trusted([Address(i.type, i.value) for i in items])
+
+    return TransportMessage(route(obj.onward_route), route(obj.return_route), obj.payload)
