@@ -12,11 +12,19 @@ from .errors import (
     WireError,
 )
 from .routing import Address, MultiAddr, Route
+from .node import BaseNode, FunctionWorker, Worker
+from .api import Node
+from .interfaces import IWorker
 from .wire import PortalMessage, TransportMessage, decode_string, encode_string
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Node",
+    "BaseNode",
+    "Worker",
+    "FunctionWorker",
+    "IWorker",
     "Address",
     "Route",
     "MultiAddr",

@@ -1,0 +1,88 @@
+"""
+The zope Interfaces of ockamtw's public surfaces.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IWorker(Interface):
+    """
+    Something that receives routed messages at an address of a node.
+
+    The node calls L{started} once when the worker is registered, L{receive}
+    for each message whose onward route starts with the worker's address,
+    and L{stopped} once when it is removed (or the node stops).
+    """
+
+    def started(node, address):
+        """
+        The worker now lives at C{address} (an L{ockamtw.Address}) on
+        C{node}.
+        """
+
+    def receive(message):
+        """
+        Handle one L{ockamtw.TransportMessage}.  Its onward route still
+        starts with this worker's address.  Exceptions are logged by the
+        node and the message is dropped.
+        """
+
+    def stopped():
+        """
+        The worker has been removed from the node.
+        """
+
+
+class IFlowSource(Interface):
+    """
+    Whatever brings messages in from outside a node (a TCP connection, a
+    portal's client socket).  A congested outbound connection pauses the
+    source of the messages it is asked to write, and resumes it when it
+    drains.  Pauses nest: a source reads again only after as many
+    L{resume_flow} calls as L{pause_flow} calls.
+    """
+
+    def pause_flow():
+        """
+        Stop reading until resumed.
+        """
+
+    def resume_flow():
+        """
+        Undo one L{pause_flow}.
+        """
+
+
+class ITcpConnection(Interface):
+    """
+    A TCP connection of a node's TCP transport.
+    """
+
+    address = Attribute("The connection worker's L{ockamtw.Address} (C{0#<32 hex>}).")
+    transport_id = Attribute("An identifier of 32 hex characters.")
+    mode = Attribute('"Remote connection" (we connected) or "Accepted" (a peer connected).')
+    socket_address = Attribute('The peer as "host:port".')
+
+    def close():
+        """
+        Close the connection; returns a Deferred that fires once it is
+        closed.  Idempotent.
+        """
+
+
+class ITcpListener(Interface):
+    """
+    A TCP listener of a node's TCP transport.
+    """
+
+    address = Attribute("An L{ockamtw.Address} naming the listener.")
+    transport_id = Attribute("An identifier of 32 hex characters.")
+    mode = Attribute('Always "Listening".')
+    socket_address = Attribute('The bound address as "host:port".')
+    host = Attribute("The bound host.")
+    port = Attribute("The bound port number.")
+
+    def close():
+        """
+        Stop listening (accepted connections stay up); returns a Deferred.
+        """

@@ -1,0 +1,432 @@
+"""
+The node core: a registry of workers, routing by onward route (section 3
+of docs/protocol.md), C{send} and C{request}, and the IService lifecycle.
+
+The node imports no feature (relays, portals, services), no control plane
+and no face; L{ockamtw.api.Node} builds the full node on top of this.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Callable, Dict, List, Optional, Union
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    maybeDeferred,
+    succeed,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import AddressInUse, MessageTooLarge, RequestTimeout, RouteUnreachable, WireError
+from .interfaces import IWorker
+from .routing import LOCAL, TCP, Address, MultiAddr, Route, parse_route_text
+from .wire import MAX_FRAME, TransportMessage
+
+log = Logger(namespace="ockamtw.node")
+
+RouteLike = Union[Route, MultiAddr, str, list, tuple]
+
+
+@implementer(IWorker)
+class Worker:
+    """
+    A convenient base for workers: it remembers its node and address, and
+    sends from its own address.  Subclasses implement L{receive}.
+    """
+
+    node: Optional["BaseNode"] = None
+    address: Optional[Address] = None
+
+    def started(self, node: "BaseNode", address: Address) -> None:
+        self.node = node
+        self.address = address
+
+    def receive(self, message: TransportMessage) -> None:
+        raise NotImplementedError()
+
+    def stopped(self) -> None:
+        pass
+
+    def send(self, route: RouteLike, payload: bytes) -> None:
+        """
+        Send C{payload} along C{route}, with this worker as return route.
+        """
+        assert self.node is not None and self.address is not None
+        self.node.send(route, payload, sender=self.address)
+
+    def reply(self, message: TransportMessage, payload: bytes) -> None:
+        """
+        Answer C{message}: send to its return route from this worker.
+        """
+        self.send(message.return_route, payload)
+
+
+@implementer(IWorker)
+class FunctionWorker(Worker):
+    """
+    A worker made of a function C{f(worker, message)}.
+    """
+
+    def __init__(self, function: Callable[["FunctionWorker", TransportMessage], None]) -> None:
+        self._function = function
+
+    def receive(self, message: TransportMessage) -> None:
+        self._function(self, message)
+
+
+class _ReplyWorker(Worker):
+    def __init__(self, d: Deferred) -> None:
+        self._d = d
+
+    def receive(self, message: TransportMessage) -> None:
+        if not self._d.called:
+            message.source = None
+            self._d.callback(message)
+
+
+def _route_only(route: RouteLike) -> Route:
+    if route.__class__ is Route:
+        return route  # type: ignore[return-value]
+    if isinstance(route, str):
+        parsed = parse_route_text(route)
+        if isinstance(parsed, MultiAddr):
+            return parsed.to_route()
+        return parsed
+    if isinstance(route, MultiAddr):
+        return route.to_route()
+    return Route(route)
+
+
+class BaseNode(MultiService):
+    """
+    An Ockam node: workers at addresses, routing between them and over TCP.
+
+    It is an L{IService}: add it to an application or call C{startService};
+    C{stopService} closes every listener, connection, worker and timer and
+    returns a Deferred that fires when they are gone.
+
+    @ivar name: the node's name.
+    @ivar tcp: its L{ockamtw.transport.tcp.TcpTransport}.
+    @ivar node_resolver: a callable C{f(name)} giving the C{"host:port"} (or
+        a Deferred of it) of another node for C{/node/NAME} in a MultiAddr;
+        the command line sets it.  C{/node/<own name>} is this node.
+    """
+
+    def __init__(self, reactor=None, name: Optional[str] = None) -> None:
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.name = name if name is not None else os.urandom(4).hex()
+        self._workers: Dict[Address, object] = {}
+        self._queue: collections.deque = collections.deque()
+        self._delivering = False
+        self._current_source = None
+        self._pending: set = set()
+        self.node_resolver: Optional[Callable[[str], object]] = None
+        from .transport.tcp import TcpTransport
+
+        self.tcp = TcpTransport(self, reactor)
+
+    # --- workers ------------------------------------------------------------
+
+    def start_worker(self, address: Union[Address, str, None], worker) -> Address:
+        """
+        Register C{worker} (an L{IWorker}) at C{address}; C{None} picks a
+        random address.  Returns the address.
+
+        @raise AddressInUse: when a worker is already there.
+        @raise WireError: for an address that is not local.
+        """
+        if address is None:
+            address = Address.random_local()
+            while address in self._workers:
+                address = Address.random_local()
+        elif not isinstance(address, Address):
+            address = Address.parse(address)
+        if address.type != LOCAL:
+            raise WireError(f"workers live at local addresses, not {address}")
+        if address in self._workers:
+            raise AddressInUse(f"address {address.value!r} is already taken on node {self.name}")
+        self._workers[address] = worker
+        try:
+            worker.started(self, address)
+        except BaseException:
+            del self._workers[address]
+            raise
+        log.debug("worker started at {address}", address=str(address), node=self.name)
+        return address
+
+    def stop_worker(self, address: Union[Address, str]) -> bool:
+        """
+        Remove the worker at C{address}; returns whether there was one.
+        """
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        worker = self._workers.pop(address, None)
+        if worker is None:
+            return False
+        try:
+            worker.stopped()
+        except Exception:
+            log.failure("worker at {address} failed to stop", address=str(address))
+        return True
+
+    def worker_at(self, address: Union[Address, str]):
+        """
+        The worker registered at C{address}, or C{None}.
+        """
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        return self._workers.get(address)
+
+    def worker_addresses(self) -> List[Address]:
+        """
+        Every address that has a worker, in registration order.
+        """
+        return list(self._workers)
+
+    # --- routing ------------------------------------------------------------
+
+    def deliver(self, message: TransportMessage) -> None:
+        """
+        Route a message on this node by its onward route: the worker at the
+        first address receives it.  Unknown addresses are logged and
+        dropped.  Delivery is iterative, never recursive, so long chains of
+        local hops cannot exhaust the stack.
+        """
+        self._queue.append(message)
+        if self._delivering:
+            return
+        self._delivering = True
+        queue = self._queue
+        try:
+            while queue:
+                self._deliver_one(queue.popleft())
+        finally:
+            self._delivering = False
+            self._current_source = None
+
+    def _deliver_one(self, message: TransportMessage) -> None:
+        onward = message.onward_route
+        if not onward:
+            return  # a heartbeat, or nothing to do
+        first = onward[0]
+        worker = self._workers.get(first)
+        if worker is None:
+            log.info(
+                "no worker at {address} on node {node}: message dropped",
+                address=str(first),
+                node=self.name,
+                onward=str(onward),
+                return_route=str(message.return_route),
+            )
+            return
+        self._current_source = message.source
+        try:
+            worker.receive(message)
+        except Exception:
+            log.failure(
+                "worker at {address} failed on a message", address=str(first), node=self.name
+            )
+        finally:
+            self._current_source = None
+
+    def send(
+        self,
+        route: RouteLike,
+        payload: bytes,
+        sender: Union[Address, str, None] = None,
+        return_route: Optional[RouteLike] = None,
+    ) -> None:
+        """
+        Send C{payload} along C{route}.  The return route is C{[sender]}
+        (or C{return_route}, or empty).  A first hop C{1#host:port} is
+        connected to (or an open connection to it is reused) first.
+
+        Messages sent while a worker handles a message inherit that
+        message's flow source, so that congestion downstream pauses the
+        right socket.
+
+        @raise MessageTooLarge: when a message that may leave the node
+            (a route of more than one address, or a TCP first hop) does not
+            fit in one TCP frame.
+        """
+        route = _route_only(route)
+        if return_route is not None:
+            ret = _route_only(return_route)
+        elif sender is not None:
+            ret = Route._trusted((sender if isinstance(sender, Address) else Address.parse(sender),))
+        else:
+            ret = Route._trusted(())
+        message = TransportMessage(route, ret, payload, source=self._current_source)
+        if len(route) > 1 or (route and route[0].type != LOCAL):
+            size = message.encoded_size()
+            if size > MAX_FRAME:
+                raise MessageTooLarge(
+                    f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit"
+                )
+        if route and route[0].type == TCP:
+            self._send_via_tcp(message)
+        else:
+            self.deliver(message)
+
+    def _send_via_tcp(self, message: TransportMessage) -> None:
+        first = message.onward_route[0]
+        conn = self.tcp.connection_to(first.value)
+        if conn is not None:
+            self.deliver(message.with_routes(message.onward_route.step().prepend(conn.address), message.return_route))
+            return
+        d = self.tcp.connect(first.value)
+
+        def connected(conn):
+            self.deliver(message.with_routes(message.onward_route.step().prepend(conn.address), message.return_route))
+
+        def failed(f):
+            log.warn(
+                "cannot reach {peer}: message dropped ({reason})",
+                peer=first.value,
+                reason=f.getErrorMessage(),
+            )
+
+        d.addCallbacks(connected, failed)
+
+    # --- resolution -----------------------------------------------------------
+
+    def resolve(self, route: RouteLike) -> Deferred:
+        """
+        Turn route text, a L{MultiAddr} or a L{Route} into a L{Route} this
+        node can send along: a first TCP hop (C{/ip4/...}, C{/dnsaddr/...},
+        C{1#host:port}, C{/node/NAME}) is connected to and replaced by the
+        connection's worker address.
+
+        @return: a Deferred of the L{Route}; it fails with L{WireError} for
+            bad text and L{RouteUnreachable} when a hop cannot be reached.
+        """
+        return Deferred.fromCoroutine(self._resolve(route))
+
+    async def _resolve(self, route: RouteLike) -> Route:
+        if isinstance(route, str):
+            route = parse_route_text(route)
+        if isinstance(route, MultiAddr):
+            out: List[Address] = []
+            for i, hop in enumerate(route.hops):
+                if hop.kind == "local":
+                    out.append(Address(LOCAL, hop.name))
+                elif hop.kind == "tcp":
+                    target = Address.tcp(hop.host, hop.port).value
+                    if i == 0:
+                        conn = await self._connect_for_route(target)
+                        out.append(conn.address)
+                    else:
+                        out.append(Address(TCP, target))
+                elif hop.kind == "node":
+                    if i != 0:
+                        raise RouteUnreachable(f"/node/{hop.name} can only start a route")
+                    if hop.name == self.name:
+                        continue
+                    if self.node_resolver is None:
+                        raise RouteUnreachable(f"unknown node {hop.name!r}")
+                    target = await maybeDeferred(self.node_resolver, hop.name)
+                    conn = await self._connect_for_route(target)
+                    out.append(conn.address)
+                else:
+                    raise RouteUnreachable(
+                        f"/{hop.kind}/{hop.name}: {hop.kind} routes are not supported by this node yet"
+                    )
+            return Route._trusted(out)
+        route = Route(route)
+        if route and route[0].type == TCP:
+            conn = await self._connect_for_route(route[0].value)
+            return route.step().prepend(conn.address)
+        return route
+
+    async def _connect_for_route(self, target: str):
+        conn = self.tcp.connection_to(target)
+        if conn is not None:
+            return conn
+        try:
+            return await self.tcp.connect(target)
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise RouteUnreachable(f"cannot connect to {target}: {e}") from None
+
+    def request(self, route: RouteLike, payload: bytes, timeout: float = 30.0) -> Deferred:
+        """
+        Send C{payload} along C{route} from a temporary worker and wait for
+        the first message that comes back to it.
+
+        @return: a Deferred firing with the reply L{TransportMessage}, or
+            failing with L{RequestTimeout} after C{timeout} seconds (which
+            covers connecting too), L{RouteUnreachable} or L{WireError}.
+        """
+
+        async def go():
+            resolved = await self._resolve(route)
+            answer: Deferred = Deferred()
+            address = self.start_worker(None, _ReplyWorker(answer))
+            try:
+                self.send(resolved, payload, sender=address)
+                return await answer
+            finally:
+                self.stop_worker(address)
+
+        d = Deferred.fromCoroutine(go())
+        self._pending.add(d)
+
+        def on_timeout(result, _timeout):
+            if isinstance(result, Failure) and result.check(CancelledError):
+                raise RequestTimeout(f"no reply from {route} within {timeout:g} s")
+            return result
+
+        d.addTimeout(timeout, self.reactor, onTimeoutCancel=on_timeout)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        """
+        Stop child services, cancel pending requests, close every listener
+        and connection, then stop every worker.  The Deferred fires when
+        all of it is done.
+        """
+        d = maybeDeferred(MultiService.stopService, self)
+
+        async def close_all(_):
+            for p in list(self._pending):
+                p.cancel()
+            await self.tcp.close_all()
+            for address in list(self._workers):
+                self.stop_worker(address)
+
+        d.addCallback(lambda r: Deferred.fromCoroutine(close_all(r)))
+        return d
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} workers={len(self._workers)}>"
+
+
+def gather(ds) -> Deferred:
+    """
+    A Deferred that fires when all of C{ds} have (errors are consumed).
+    """
+    ds = list(ds)
+    if not ds:
+        return succeed(None)
+    return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)

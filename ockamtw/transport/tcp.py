@@ -1,0 +1,538 @@
+"""
+The TCP transport: listeners and connections speaking 2-byte-length frames
+of TransportMessages.
+
+Each connection is a worker at a random local address.  Sending to it
+writes the message (minus that address) to the socket; a message read from
+the socket gets the address prepended to its return route and is routed by
+the node.
+
+Flow control: each connection watches its own outbound buffer (it is the
+streaming producer registered with its transport).  When the buffer passes
+the transport's high-water mark, the connection is congested, and the
+source of every message written meanwhile (the connection or socket that
+read it in) is paused until the buffer drains.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Dict, List, Optional, Union
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import TransportError, WireError
+from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
+from ..routing import Address
+from ..wire import FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
+
+log = Logger(namespace="ockamtw.transport.tcp")
+
+MODE_LISTENING = "Listening"
+MODE_OUTGOING = "Remote connection"
+MODE_ACCEPTED = "Accepted"
+
+#: Endpoint-string prefixes that are not endpoint plugins but host names.
+_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-_]+)):(?P<port>\d{1,5})$")
+
+
+def _split_hostport(text: str):
+    """
+    C{"host:port"} or C{"[v6]:port"} to (host, port), or C{None} when the
+    text is not of that shape.
+    """
+    m = _HOSTPORT.match(text.strip())
+    if m is None:
+        return None
+    port = int(m.group("port"))
+    if port > 65535:
+        raise WireError(f"port {port} in {text!r} is above 65535")
+    return (m.group("v6") or m.group("host"), port)
+
+
+def _looks_like_host(name: str) -> bool:
+    if name == "localhost" or "." in name:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def server_description(text: Union[str, int]) -> str:
+    """
+    A server endpoint string for what a user typed: a bare port means
+    loopback (C{7000} -> C{tcp:7000:interface=127.0.0.1}), C{host:port}
+    binds that host, anything else is an endpoint string already.
+    """
+    text = str(text).strip()
+    if text.isdigit():
+        return f"tcp:{int(text)}:interface=127.0.0.1"
+    hp = None
+    try:
+        hp = _split_hostport(text)
+    except WireError:
+        raise
+    if hp is not None and (text.startswith("[") or _looks_like_host(hp[0])):
+        host, port = hp
+        kind = "tcp6" if ":" in host else "tcp"
+        return f"{kind}:{port}:interface={_escape(host)}"
+    if ":" not in text:
+        raise WireError(f"not a port, host:port or endpoint string: {text!r}")
+    return text
+
+
+def client_target(text: str):
+    """
+    Parse a connect target: C{host:port}, C{[v6]:port}, C{1#host:port} or a
+    client endpoint string.  Returns C{("hostport", host, port)} or
+    C{("endpoint", description)}.
+    """
+    text = text.strip()
+    if text.startswith("1#"):
+        text = text[2:]
+    hp = _split_hostport(text)
+    if hp is not None and (text.startswith("[") or _looks_like_host(hp[0]) or hp[0].isalnum()):
+        # "tcp:7000" would be ambiguous, but a client endpoint needs host= too,
+        # so a lone word:port is taken as a host name.
+        if not re.match(r"^(tcp|tcp6|unix|ssl|tls)$", hp[0]):
+            return ("hostport", hp[0], hp[1])
+    if ":" not in text:
+        raise WireError(f"not host:port or an endpoint string: {text!r}")
+    return ("endpoint", text)
+
+
+def _peer_text(addr) -> str:
+    host = getattr(addr, "host", None)
+    port = getattr(addr, "port", None)
+    if host is None:
+        return str(addr)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+@implementer(IPushProducer)
+class _OutboundWatcher:
+    """
+    Registered with a connection's transport as its streaming producer: the
+    transport calls C{pauseProducing} when its buffer is over the
+    high-water mark and C{resumeProducing} when it has drained.
+    """
+
+    def __init__(self, connection: "TcpConnection") -> None:
+        self._connection = connection
+
+    def pauseProducing(self) -> None:
+        self._connection._set_congested(True)
+
+    def resumeProducing(self) -> None:
+        self._connection._set_congested(False)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _FrameProtocol(Protocol):
+    """
+    Thin: hands socket events to its L{TcpConnection}.
+    """
+
+    connection: Optional["TcpConnection"] = None
+
+    def __init__(self, tcp: "TcpTransport", mode: str) -> None:
+        self._tcp = tcp
+        self._mode = mode
+
+    def connectionMade(self) -> None:
+        self.connection = TcpConnection(self._tcp, self.transport, self._mode)
+        self.connection._made()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.connection._data_received(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.connection is not None:
+            self.connection._lost(reason)
+
+
+class _FrameFactory(Factory):
+    noisy = False
+
+    def __init__(self, tcp: "TcpTransport", mode: str) -> None:
+        self._tcp = tcp
+        self._mode = mode
+
+    def buildProtocol(self, addr):
+        p = _FrameProtocol(self._tcp, self._mode)
+        p.factory = self
+        return p
+
+
+@implementer(ITcpConnection, IWorker, IFlowSource)
+class TcpConnection:
+    """
+    One TCP connection: a worker at C{address} that writes what it is sent
+    to the socket, and a flow source for what it reads.
+    """
+
+    def __init__(self, tcp: "TcpTransport", transport, mode: str) -> None:
+        self._tcp = tcp
+        self._node = tcp.node
+        self.transport = transport
+        self.mode = mode
+        self.transport_id = os.urandom(16).hex()
+        self.address: Optional[Address] = None
+        self.socket_address = _peer_text(transport.getPeer())
+        self.local_address = _peer_text(transport.getHost())
+        self.connected = True
+        self.congested = False
+        self._decoder = FrameDecoder()
+        self._pause_count = 0
+        self._paused_sources: set = set()
+        self._processing = False
+        self._closed_waiters: List[Deferred] = []
+        self.messages_in = 0
+        self.messages_out = 0
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def _made(self) -> None:
+        t = self.transport
+        try:
+            t.setTcpNoDelay(True)
+            if self.mode == MODE_OUTGOING:
+                t.setTcpKeepAlive(True)
+        except (AttributeError, OSError):
+            pass
+        t.registerProducer(_OutboundWatcher(self), True)
+        self.address = self._node.start_worker(None, self)
+        self._tcp._add(self)
+        log.info(
+            "TCP connection {mode} {peer} as {address}",
+            mode=self.mode,
+            peer=self.socket_address,
+            address=str(self.address),
+            node=self._node.name,
+        )
+
+    def _lost(self, reason) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        self.congested = False
+        self._tcp._remove(self)
+        if self.address is not None:
+            self._node.stop_worker(self.address)
+        self._release_sources()
+        log.info(
+            "TCP connection {address} to {peer} closed",
+            address=str(self.address),
+            peer=self.socket_address,
+            node=self._node.name,
+        )
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def close(self) -> Deferred:
+        """
+        Close the connection; the Deferred fires once it is closed.
+        """
+        if not self.connected:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closed_waiters.append(d)
+        self.transport.loseConnection()
+        return d
+
+    def abort(self) -> Deferred:
+        """
+        Drop the connection without flushing; the Deferred fires once closed.
+        """
+        if not self.connected:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closed_waiters.append(d)
+        self.transport.abortConnection()
+        return d
+
+    # --- IWorker: messages to write -------------------------------------------
+
+    def started(self, node, address) -> None:
+        pass
+
+    def stopped(self) -> None:
+        if self.connected:
+            self.transport.loseConnection()
+
+    def receive(self, message: TransportMessage) -> None:
+        if not self.connected:
+            return
+        out = message.with_routes(message.onward_route.step(), message.return_route)
+        try:
+            parts = frame_parts(out)
+        except MessageTooLarge as e:
+            log.error("{address}: {error}; dropped", address=str(self.address), error=str(e))
+            return
+        self.transport.writeSequence(parts)
+        self.messages_out += 1
+        if self.congested:
+            src = message.source
+            if src is not None and src not in self._paused_sources:
+                self._paused_sources.add(src)
+                src.pause_flow()
+
+    def _set_congested(self, congested: bool) -> None:
+        self.congested = congested
+        if not congested:
+            self._release_sources()
+
+    def _release_sources(self) -> None:
+        sources, self._paused_sources = self._paused_sources, set()
+        for src in sources:
+            try:
+                src.resume_flow()
+            except Exception:
+                log.failure("resuming a flow source failed")
+
+    # --- IFlowSource: messages read ---------------------------------------------
+
+    def pause_flow(self) -> None:
+        self._pause_count += 1
+        if self._pause_count == 1 and self.connected:
+            self.transport.pauseProducing()
+
+    def resume_flow(self) -> None:
+        if self._pause_count == 0:
+            return
+        self._pause_count -= 1
+        if self._pause_count == 0 and self.connected:
+            self.transport.resumeProducing()
+            self._process()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause_count > 0
+
+    def _data_received(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        decoder = self._decoder
+        node = self._node
+        me = self.address
+        try:
+            while self._pause_count == 0 and self.connected:
+                try:
+                    message = decoder.next()
+                except WireError as e:
+                    log.warn(
+                        "undecodable frame from {peer} dropped: {error}",
+                        peer=self.socket_address,
+                        error=str(e),
+                        node=node.name,
+                    )
+                    continue
+                if message is None:
+                    break
+                if not message.onward_route:
+                    continue  # heartbeat
+                self.messages_in += 1
+                message.return_route = message.return_route.prepend(me)
+                message.source = self
+                node.deliver(message)
+        finally:
+            self._processing = False
+
+    def __repr__(self) -> str:
+        return f"<TcpConnection {self.mode} {self.socket_address} {self.address}>"
+
+
+@implementer(ITcpListener)
+class TcpListener:
+    """
+    A listening port of the TCP transport.
+    """
+
+    mode = MODE_LISTENING
+
+    def __init__(self, tcp: "TcpTransport", port, description: str) -> None:
+        self._tcp = tcp
+        self.port_object = port
+        self.description = description
+        self.transport_id = os.urandom(16).hex()
+        self.address = Address.random_local()
+        h = port.getHost()
+        self.host = h.host
+        self.port = h.port
+        self.socket_address = _peer_text(h)
+        self.listening = True
+
+    def close(self) -> Deferred:
+        if not self.listening:
+            return succeed(None)
+        self.listening = False
+        self._tcp._listeners.remove(self)
+        return self.port_object.stopListening()
+
+    def __repr__(self) -> str:
+        return f"<TcpListener {self.socket_address}>"
+
+
+class TcpTransport:
+    """
+    A node's TCP transport: C{node.tcp}.
+    """
+
+    #: Seconds to wait for an outgoing connection.
+    connect_timeout = 10.0
+
+    def __init__(self, node, reactor) -> None:
+        self.node = node
+        self.reactor = reactor
+        self._listeners: List[TcpListener] = []
+        self._connections: Dict[Address, TcpConnection] = {}
+        self._connecting: Dict[str, Deferred] = {}
+
+    # --- listening -------------------------------------------------------------
+
+    def listen(self, description: Union[str, int] = "tcp:0:interface=127.0.0.1") -> Deferred:
+        """
+        Listen on an endpoint string (a bare port means loopback, as does
+        C{host:port}).  Fires with a L{TcpListener}; fails with
+        L{TransportError} when the address cannot be bound.
+        """
+        try:
+            desc = server_description(description)
+            ep = endpoints.serverFromString(self.reactor, desc)
+        except (ValueError, TypeError, KeyError) as e:
+            from twisted.internet.defer import fail
+
+            return fail(TransportError(f"bad listen address {description!r}: {e}"))
+        d = ep.listen(_FrameFactory(self, MODE_ACCEPTED))
+
+        def listening(port):
+            listener = TcpListener(self, port, desc)
+            self._listeners.append(listener)
+            log.info(
+                "node {node} listening on {address}",
+                node=self.node.name,
+                address=listener.socket_address,
+            )
+            return listener
+
+        def failed(f):
+            raise TransportError(f"cannot listen on {description}: {f.getErrorMessage()}")
+
+        return d.addCallbacks(listening, failed)
+
+    # --- connecting -------------------------------------------------------------
+
+    def connect(self, target: str, timeout: Optional[float] = None) -> Deferred:
+        """
+        Connect to C{host:port} (or C{1#host:port}, or a client endpoint
+        string).  Fires with the L{TcpConnection} once connected; fails with
+        L{TransportError}.
+        """
+        try:
+            kind = client_target(target)
+        except WireError as e:
+            from twisted.internet.defer import fail
+
+            return fail(e)
+        t = self.connect_timeout if timeout is None else timeout
+        if kind[0] == "hostport":
+            _, host, port = kind
+            ep = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=t)
+            key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        else:
+            ep = endpoints.clientFromString(self.reactor, kind[1])
+            key = kind[1]
+        d = ep.connect(_FrameFactory(self, MODE_OUTGOING))
+
+        def connected(proto):
+            conn = proto.connection
+            conn.target = key
+            return conn
+
+        def failed(f):
+            if f.check(Exception) and not f.check(TransportError):
+                from twisted.internet.defer import CancelledError
+
+                if f.check(CancelledError):
+                    return f
+                raise TransportError(f"cannot connect to {target}: {f.getErrorMessage()}")
+            return f
+
+        return d.addCallbacks(connected, failed)
+
+    def connection_to(self, target: str) -> Optional[TcpConnection]:
+        """
+        An open outgoing connection made to C{target} (C{host:port}), if any.
+        """
+        if target.startswith("1#"):
+            target = target[2:]
+        for conn in self._connections.values():
+            if conn.mode == MODE_OUTGOING and getattr(conn, "target", None) == target:
+                return conn
+        return None
+
+    # --- bookkeeping --------------------------------------------------------------
+
+    def _add(self, conn: TcpConnection) -> None:
+        self._connections[conn.address] = conn
+
+    def _remove(self, conn: TcpConnection) -> None:
+        self._connections.pop(conn.address, None)
+
+    @property
+    def connections(self) -> List[TcpConnection]:
+        return list(self._connections.values())
+
+    @property
+    def listeners(self) -> List[TcpListener]:
+        return list(self._listeners)
+
+    def list(self) -> list:
+        """
+        Listeners and connections, as C{tcp-connection list} shows them.
+        """
+        return list(self._listeners) + list(self._connections.values())
+
+    def find(self, key: Union[Address, str]):
+        """
+        A listener or connection by worker address (C{0#hex} or bare hex),
+        transport id, or socket address.
+        """
+        text = str(key)
+        for item in self.list():
+            if text in (str(item.address), item.address.value, item.transport_id, item.socket_address):
+                return item
+        return None
+
+    def close_all(self) -> Deferred:
+        """
+        Stop every listener and close every connection; fires when done.
+        """
+        from ..node import gather
+
+        ds = [l.close() for l in list(self._listeners)]
+        ds += [c.close() for c in list(self._connections.values())]
+        return gather(ds)
