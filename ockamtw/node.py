@@ -163,7 +163,6 @@ class BaseNode(MultiService):
         except BaseException:
             del self._workers[address]
             raise
-        log.debug("worker started at {address}", address=str(address), node=self.name)
         return address
 
     def stop_worker(self, address: Union[Address, str]) -> bool:

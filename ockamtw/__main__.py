@@ -1,0 +1,3 @@
+from .tap import run
+
+run()

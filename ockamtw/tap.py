@@ -1,0 +1,157 @@
+"""
+The twistd face: C{twistd -n ockam --name n2 --listen 7000}.
+
+L{Options} and L{makeService} are what the C{ockam} twistd plugin names;
+L{run} runs twistd programmatically (the C{ockamtw-node} console script), so
+the plugin works from an editable install too.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from .api import Node
+from .errors import OckamError, WireError
+from .transport.tcp import server_description
+
+log = Logger(namespace="ockamtw.tap")
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd ockam}.
+    """
+
+    synopsis = "[--name NAME] [--listen PORT|HOST:PORT|ENDPOINT]"
+    longdesc = (
+        "Run an Ockam node with the echo, uppercase and hop services. "
+        "--listen 7000 listens on 127.0.0.1:7000; any server endpoint string "
+        "is accepted too, e.g. tcp:7000:interface=0.0.0.0."
+    )
+    optParameters = [
+        ["name", None, None, "The node's name (random by default)."],
+        ["listen", None, None, "Where to listen: a port (on 127.0.0.1), HOST:PORT or an endpoint string."],
+    ]
+
+    def opt_listen(self, value: str) -> None:
+        try:
+            self["listen"] = server_description(value)
+        except WireError as e:
+            raise usage.UsageError(f"--listen: {e}") from None
+
+    def postOptions(self) -> None:
+        name = self["name"]
+        if name is not None and (name == "" or "/" in name or name.strip() != name):
+            raise usage.UsageError(f"--name: not a valid node name: {name!r}")
+
+
+def _fatal(line: str) -> None:
+    """
+    End twistd before the reactor runs: one line on the real stderr (twistd
+    has redirected sys.stderr into its log by now), exit status 1.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(line + "\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
+class _ListenerService(Service):
+    """
+    Listens when the application starts; a failure to bind ends the process
+    at once with status 1 and a one-line reason.
+    """
+
+    def __init__(self, node: Node, description: str) -> None:
+        self.node = node
+        self.description = description
+        self.listener = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        results = []
+        self.node.tcp.listen(self.description).addBoth(results.append)
+        if not results:
+            _fatal(f"ockam: node {self.node.name}: listening on {self.description} did not complete at start")
+        result = results[0]
+        if hasattr(result, "value") and isinstance(result.value, Exception):
+            error = result.value
+            reason = str(error) if isinstance(error, OckamError) else result.getErrorMessage()
+            _fatal(f"ockam: node {self.node.name}: {reason}")
+        self.listener = result
+
+
+class _CleanSigterm(Service):
+    """
+    Stop the reactor on SIGTERM without twistd re-raising the signal, so a
+    node stopped by SIGTERM exits with status 0.
+    """
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        def on_term(signum, frame):
+            log.info("SIGTERM: stopping the node")
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def makeService(options, reactor=None):
+    """
+    The node service for C{twistd ockam}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    node = Node(reactor, name=options["name"])
+    if options["listen"]:
+        _ListenerService(node, options["listen"]).setServiceParent(node)
+    _CleanSigterm(reactor).setServiceParent(node)
+    log.info("node {node} starting", node=node.name)
+    return node
+
+
+def run(argv=None) -> None:
+    """
+    Run C{twistd ockam ARGS} programmatically; twistd's own options come
+    before C{ockam} (default C{-n}, i.e. in the foreground).
+    """
+    from twisted.application.service import ServiceMaker
+    from twisted.scripts import twistd
+
+    maker = ServiceMaker("ockamtw", "ockamtw.tap", "An Ockam node (ockamtw)", "ockam")
+
+    class _Config(twistd.ServerOptions):
+        @property
+        def subCommands(self):
+            self.loadedPlugins = {"ockam": maker}
+            return [("ockam", None, lambda: maker.options(), maker.description)]
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "ockam" not in args:
+        args = ["-n", "ockam"] + args
+    config = _Config()
+    try:
+        config.parseOptions(args)
+    except usage.error as e:
+        cmd = config.subOptions if config.subOptions is not None else config
+        print(cmd, file=sys.stderr)
+        print(f"ockamtw-node: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    twistd.runApp(config)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="ockamtw",
+    version="0.1.0",
+    description="Ockam's routed messaging, relays and portals on Twisted, wire-compatible with Ockam 0.83",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ockamtw", "ockamtw.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["ockam_plugin.py"]},
+    include_package_data=False,
+    install_requires=[
+        "twisted>=23.10,<27",
+        "zope.interface>=6.0,<9",
+        "construct>=2.10.68,<2.11",
+        "treq>=23.11,<27",
+    ],
+    extras_require={
+        "test": ["hypothesis>=6.80,<7"],
+        "docs": ["sphinx>=7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ockamtw-node = ockamtw.tap:run",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Networking",
+    ],
+)
