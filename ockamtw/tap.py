@@ -44,6 +44,22 @@ class Options(usage.Options):
         except WireError as e:
             raise usage.UsageError(f"--listen: {e}") from None
 
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["connect"] = []
+
+    def opt_connect(self, value: str) -> None:
+        """
+        Open a TCP connection to HOST:PORT at start (repeatable).
+        """
+        from .transport.tcp import client_target
+
+        try:
+            client_target(value)
+        except WireError as e:
+            raise usage.UsageError(f"--connect: {e}") from None
+        self["connect"].append(value)
+
     def postOptions(self) -> None:
         name = self["name"]
         if name is not None and (name == "" or "/" in name or name.strip() != name):
@@ -86,6 +102,29 @@ class _ListenerService(Service):
         self.listener = result
 
 
+class _ConnectService(Service):
+    """
+    Opens a TCP connection when the node starts; a failure is logged.
+    """
+
+    def __init__(self, node: Node, target: str) -> None:
+        self.node = node
+        self.target = target
+
+    def startService(self) -> None:
+        Service.startService(self)
+
+        def failed(f):
+            log.error(
+                "node {node}: cannot connect to {target}: {reason}",
+                node=self.node.name,
+                target=self.target,
+                reason=f.getErrorMessage(),
+            )
+
+        self.node.tcp.connect(self.target).addErrback(failed)
+
+
 class _CleanSigterm(Service):
     """
     Stop the reactor on SIGTERM without twistd re-raising the signal, so a
@@ -118,6 +157,8 @@ def makeService(options, reactor=None):
     node = Node(reactor, name=options["name"])
     if options["listen"]:
         _ListenerService(node, options["listen"]).setServiceParent(node)
+    for target in options["connect"]:
+        _ConnectService(node, target).setServiceParent(node)
     _CleanSigterm(reactor).setServiceParent(node)
     log.info("node {node} starting", node=node.name)
     return node
