@@ -66,9 +66,13 @@ class Address:
             value = value.decode("utf-8", "surrogateescape")
         elif not isinstance(value, str):
             raise WireError(f"address value must be text, not {value!r}")
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise WireError(f"address value {value!r} cannot be encoded (lone surrogate)") from None
         object.__setattr__(self, "type", type)
         object.__setattr__(self, "value", value)
-        object.__setattr__(self, "_encoded", None)
+        object.__setattr__(self, "_encoded", bytes((type,)) + _encode_uvarint(len(raw)) + raw)
         object.__setattr__(self, "_hash", None)
 
     @classmethod
@@ -119,7 +123,7 @@ class Address:
             raise WireError(f"an address is text, not {text!r}")
         text = text.strip()
         head, sep, tail = text.partition("#")
-        if sep and head.isdigit():
+        if sep and head.isascii() and head.isdigit():
             t = int(head)
             if t > _MAX_TYPE:
                 raise WireError(f"address type {t} in {text!r} is not 0-255")
@@ -190,6 +194,10 @@ class Route(tuple):
     def __new__(cls, addresses: Iterable[Union[Address, str]] = ()) -> "Route":
         if addresses.__class__ is Route:
             return addresses  # type: ignore[return-value]
+        if isinstance(addresses, str):
+            return cls.parse(addresses)
+        if isinstance(addresses, Address):
+            return tuple.__new__(cls, (addresses,))
         return tuple.__new__(cls, [_as_address(a) for a in addresses])
 
     @classmethod
@@ -305,7 +313,7 @@ class Hop(NamedTuple):
 
 
 def _check_port(text: str, whole: str) -> int:
-    if not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+    if not (text.isascii() and text.isdigit()) or (len(text) > 1 and text[0] == "0"):
         raise WireError(f"bad TCP port {text!r} in {whole!r}")
     port = int(text)
     if port > 65535:

@@ -116,7 +116,7 @@ class _ConnectService(Service):
 
         def failed(f):
             log.error(
-                "node {node}: cannot connect to {target}: {reason}",
+                "node {node}: {reason}",
                 node=self.node.name,
                 target=self.target,
                 reason=f.getErrorMessage(),

@@ -99,6 +99,8 @@ def _read_uvarint(buf, pos: int, end: int) -> Tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
+            if result >> 64:
+                raise WireError("uvarint above 2**64-1")
             return result, pos
         shift += 7
         if shift >= 7 * _MAX_UVARINT_BYTES:

@@ -23,12 +23,12 @@ from typing import Dict, List, Optional, Union
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
+from ..flow import BackPressure
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..routing import Address
 from ..wire import FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -124,27 +124,6 @@ def _peer_text(addr) -> str:
     return f"{host}:{port}"
 
 
-@implementer(IPushProducer)
-class _OutboundWatcher:
-    """
-    Registered with a connection's transport as its streaming producer: the
-    transport calls C{pauseProducing} when its buffer is over the
-    high-water mark and C{resumeProducing} when it has drained.
-    """
-
-    def __init__(self, connection: "TcpConnection") -> None:
-        self._connection = connection
-
-    def pauseProducing(self) -> None:
-        self._connection._set_congested(True)
-
-    def resumeProducing(self) -> None:
-        self._connection._set_congested(False)
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class _FrameProtocol(Protocol):
     """
     Thin: hands socket events to its L{TcpConnection}.
@@ -198,10 +177,9 @@ class TcpConnection:
         self.socket_address = _peer_text(transport.getPeer())
         self.local_address = _peer_text(transport.getHost())
         self.connected = True
-        self.congested = False
+        self.backpressure = BackPressure()
         self._decoder = FrameDecoder()
         self._pause_count = 0
-        self._paused_sources: set = set()
         self._processing = False
         self._closed_waiters: List[Deferred] = []
         self.messages_in = 0
@@ -217,7 +195,7 @@ class TcpConnection:
                 t.setTcpKeepAlive(True)
         except (AttributeError, OSError):
             pass
-        t.registerProducer(_OutboundWatcher(self), True)
+        self.backpressure.attach(t)
         self.address = self._node.start_worker(None, self)
         self._tcp._add(self)
         log.info(
@@ -232,11 +210,10 @@ class TcpConnection:
         if not self.connected:
             return
         self.connected = False
-        self.congested = False
         self._tcp._remove(self)
         if self.address is not None:
             self._node.stop_worker(self.address)
-        self._release_sources()
+        self.backpressure.stopProducing()
         log.info(
             "TCP connection {address} to {peer} closed",
             address=str(self.address),
@@ -289,24 +266,14 @@ class TcpConnection:
             return
         self.transport.writeSequence(parts)
         self.messages_out += 1
-        if self.congested:
-            src = message.source
-            if src is not None and src not in self._paused_sources:
-                self._paused_sources.add(src)
-                src.pause_flow()
+        self.backpressure.wrote(message.source)
 
-    def _set_congested(self, congested: bool) -> None:
-        self.congested = congested
-        if not congested:
-            self._release_sources()
-
-    def _release_sources(self) -> None:
-        sources, self._paused_sources = self._paused_sources, set()
-        for src in sources:
-            try:
-                src.resume_flow()
-            except Exception:
-                log.failure("resuming a flow source failed")
+    @property
+    def congested(self) -> bool:
+        """
+        Whether the outbound buffer is over its high-water mark.
+        """
+        return self.backpressure.congested
 
     # --- IFlowSource: messages read ---------------------------------------------
 

@@ -1,0 +1,105 @@
+"""
+Flow control between whatever reads messages in and whatever writes them
+out.
+
+A L{BackPressure} is registered as the streaming producer of an outbound
+transport (a node's TCP connection, a portal's client socket).  Twisted
+calls its C{pauseProducing} when the transport's buffer passes its
+high-water mark and C{resumeProducing} once it has drained.  While the
+transport is congested, the source of every message written to it (an
+L{ockamtw.interfaces.IFlowSource}: the connection or socket that read the
+message in) is paused; all of them resume when it drains.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger(namespace="ockamtw.flow")
+
+
+@implementer(IPushProducer)
+class BackPressure:
+    """
+    Pauses the sources feeding a congested transport.
+
+    @ivar congested: whether the transport's buffer is over its high-water
+        mark right now.
+    """
+
+    def __init__(self) -> None:
+        self.congested = False
+        self._paused: set = set()
+
+    def attach(self, transport) -> None:
+        """
+        Watch C{transport}'s outbound buffer.
+        """
+        transport.registerProducer(self, True)
+
+    def wrote(self, source) -> None:
+        """
+        Call after writing a message read in by C{source} (or C{None}): if
+        the transport is congested, C{source} is paused until it drains.
+        """
+        if self.congested and source is not None and source not in self._paused:
+            self._paused.add(source)
+            source.pause_flow()
+
+    @property
+    def paused_sources(self) -> int:
+        return len(self._paused)
+
+    def release(self) -> None:
+        """
+        Resume every source paused so far (the transport drained or closed).
+        """
+        sources, self._paused = self._paused, set()
+        for source in sources:
+            try:
+                source.resume_flow()
+            except Exception:
+                log.failure("resuming a flow source failed")
+
+    # IPushProducer, called by the transport
+
+    def pauseProducing(self) -> None:
+        self.congested = True
+
+    def resumeProducing(self) -> None:
+        self.congested = False
+        self.release()
+
+    def stopProducing(self) -> None:
+        self.congested = False
+        self.release()
+
+
+class PauseCounter:
+    """
+    The nesting L{ockamtw.interfaces.IFlowSource} behaviour for a transport
+    that reads: the first pause stops reading, the last resume restarts it
+    and calls C{on_resume}.
+    """
+
+    def __init__(self, transport, on_resume=None) -> None:
+        self.transport = transport
+        self.count = 0
+        self.active = True
+        self._on_resume = on_resume
+
+    def pause(self) -> None:
+        self.count += 1
+        if self.count == 1 and self.active:
+            self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        if self.count == 0:
+            return
+        self.count -= 1
+        if self.count == 0 and self.active:
+            self.transport.resumeProducing()
+            if self._on_resume is not None:
+                self._on_resume()
