@@ -1,15 +1,26 @@
 """
-The public node: the core of L{ockamtw.node} with the default services.
+The public node: the core of L{ockamtw.node} with the default services,
+the relay service, and relays, inlets and outlets.
 """
 
-from .node import BaseNode
+from typing import Dict
+
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from .errors import AddressInUse, OckamError
+from .node import BaseNode, gather
+from .portal.inlet import Inlet
+from .portal.outlet import Outlet
+from .relay import FORWARDING_SERVICE, Relay, start_relay_services
+from .routing import Address
 from .services import start_default_services
 
 
 class Node(BaseNode):
     """
-    An Ockam node with the default services C{echo}, C{uppercase} and
-    C{hop}.  Embed it in any Twisted program::
+    An Ockam node with the default services C{echo}, C{uppercase}, C{hop}
+    and the relay services C{forwarding_service} and
+    C{static_forwarding_service}.  Embed it in any Twisted program::
 
         node = Node(reactor, name="n1")
         node.startService()                # or node.setServiceParent(app)
@@ -21,10 +32,115 @@ class Node(BaseNode):
 
     @param reactor: the reactor to use (the global one by default).
     @param name: the node's name (random by default).
-    @param services: start the default services (default C{True}).
+    @param services: start the default and relay services (default C{True}).
     """
 
     def __init__(self, reactor=None, name=None, services=True):
         BaseNode.__init__(self, reactor, name)
+        self.relays: Dict[str, Relay] = {}
+        self.inlets: Dict[str, Inlet] = {}
+        self.outlets: Dict[str, Outlet] = {}
         if services:
             start_default_services(self)
+            start_relay_services(self)
+
+    # --- relays ---------------------------------------------------------------
+
+    def create_relay(self, at, name: str = "default", service: str = FORWARDING_SERVICE, refresh: float = 5.0, timeout: float = 5.0) -> Deferred:
+        """
+        Register a relay named C{name} at the node C{at} (a route or
+        MultiAddr text such as C{/ip4/127.0.0.1/tcp/7000} or C{/node/n2}).
+
+        Fires with the L{Relay} once the relay node has answered; the
+        relay then stays up on its own (see L{Relay}).  Fails with
+        L{OckamError} (unreachable, timed out, or the name is taken here).
+        """
+        if name in self.relays:
+            return _fail(AddressInUse(f"relay {name!r} already exists on node {self.name}"))
+        relay = Relay(self, at, name=name, service=service, refresh=refresh, timeout=timeout)
+        self.relays[name] = relay
+
+        def failed(f):
+            if self.relays.get(name) is relay:
+                del self.relays[name]
+            return f
+
+        return relay.start().addErrback(failed)
+
+    def delete_relay(self, name: str) -> None:
+        """
+        Stop the relay named C{name}.
+
+        @raise KeyError: if there is none.
+        """
+        relay = self.relays.pop(name)
+        relay.stop()
+
+    # --- outlets ------------------------------------------------------------------
+
+    def create_outlet(self, address: str = "outlet", target: str = "127.0.0.1:9000", connect_timeout: float = 10.0) -> Deferred:
+        """
+        Start a TCP outlet worker at C{address} that tunnels to C{target}
+        (C{host:port}).  Fires with the L{Outlet}.
+        """
+
+        def make():
+            outlet = Outlet(target, connect_timeout)
+            self.start_worker(Address.parse(address), outlet)
+            self.outlets[outlet.address.value] = outlet
+            return outlet
+
+        return maybeDeferred(make)
+
+    def delete_outlet(self, address: str) -> Deferred:
+        """
+        Close the outlet at C{address} and its portals.
+        """
+        outlet = self.outlets.pop(Address.parse(address).value)
+        return outlet.close()
+
+    # --- inlets --------------------------------------------------------------------
+
+    def create_inlet(self, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0) -> Deferred:
+        """
+        Listen at C{listen} (C{host:port}, a port, or an endpoint string)
+        and tunnel every client along C{route} (MultiAddr or route text
+        ending at an outlet).  Fires with the L{Inlet} once listening.
+        """
+
+        def make():
+            inlet = Inlet(self, listen, route, ping_timeout=ping_timeout, ping_interval=ping_interval)
+            return inlet.start()
+
+        def started(inlet):
+            self.inlets[inlet.socket_address] = inlet
+            return inlet
+
+        return maybeDeferred(make).addCallback(started)
+
+    def delete_inlet(self, listen: str) -> Deferred:
+        """
+        Close the inlet listening at C{listen} (as in C{inlet.socket_address}).
+        """
+        inlet = self.inlets.pop(listen)
+        return inlet.close()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        """
+        Stop relays, inlets and outlets, then the core (connections,
+        listeners, workers).  Fires when all of it is closed.
+        """
+        for relay in list(self.relays.values()):
+            relay.stop()
+        ds = [i.close() for i in self.inlets.values()] + [o.close() for o in self.outlets.values()]
+        d = gather(ds)
+        d.addCallback(lambda _: BaseNode.stopService(self))
+        return d
+
+
+def _fail(error: OckamError) -> Deferred:
+    from twisted.internet.defer import fail
+
+    return fail(error)

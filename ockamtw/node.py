@@ -246,6 +246,7 @@ class BaseNode(MultiService):
         payload: bytes,
         sender: Union[Address, str, None] = None,
         return_route: Optional[RouteLike] = None,
+        source=None,
     ) -> None:
         """
         Send C{payload} along C{route}.  The return route is C{[sender]}
@@ -254,11 +255,12 @@ class BaseNode(MultiService):
 
         Messages sent while a worker handles a message inherit that
         message's flow source, so that congestion downstream pauses the
-        right socket.
+        right socket; C{source} names it explicitly (an
+        L{ockamtw.interfaces.IFlowSource}, e.g. a portal's socket).
 
         @raise MessageTooLarge: when a message that may leave the node
-            (a route of more than one address, or a TCP first hop) does not
-            fit in one TCP frame.
+            (a route of more than one address, or a TCP first hop) cannot
+            fit in one TCP frame even without its first address.
         """
         route = _route_only(route)
         if return_route is not None:
@@ -267,9 +269,14 @@ class BaseNode(MultiService):
             ret = Route._trusted((sender if isinstance(sender, Address) else Address.parse(sender),))
         else:
             ret = Route._trusted(())
-        message = TransportMessage(route, ret, payload, source=self._current_source)
+        message = TransportMessage(
+            route, ret, payload, source=self._current_source if source is None else source
+        )
         if len(route) > 1 or (route and route[0].type != LOCAL):
-            size = message.encoded_size()
+            # The first address is stripped (a connection worker) or
+            # replaced (a TCP hop) before the message is written, so it does
+            # not count; a later connection drops what still does not fit.
+            size = message.encoded_size() - len(route[0].encode())
             if size > MAX_FRAME:
                 raise MessageTooLarge(
                     f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit"
@@ -281,11 +288,7 @@ class BaseNode(MultiService):
 
     def _send_via_tcp(self, message: TransportMessage) -> None:
         first = message.onward_route[0]
-        conn = self.tcp.connection_to(first.value)
-        if conn is not None:
-            self.deliver(message.with_routes(message.onward_route.step().prepend(conn.address), message.return_route))
-            return
-        d = self.tcp.connect(first.value)
+        d = self.tcp.connect_shared(first.value)
 
         def connected(conn):
             self.deliver(message.with_routes(message.onward_route.step().prepend(conn.address), message.return_route))
@@ -350,11 +353,8 @@ class BaseNode(MultiService):
         return route
 
     async def _connect_for_route(self, target: str):
-        conn = self.tcp.connection_to(target)
-        if conn is not None:
-            return conn
         try:
-            return await self.tcp.connect(target)
+            return await self.tcp.connect_shared(target)
         except CancelledError:
             raise
         except Exception as e:

@@ -127,23 +127,20 @@ class _ConnectService(Service):
 
 class _CleanSigterm(Service):
     """
-    Stop the reactor on SIGTERM without twistd re-raising the signal, so a
-    node stopped by SIGTERM exits with status 0.
+    A node stopped by SIGTERM exits with status 0.  twistd remembers the
+    signal that stopped the reactor and re-raises it at exit (status 143);
+    this service forgets SIGTERM when the node stops.  It reads Twisted's
+    private C{_exitSignal}, guarded, since no public API exists for it.
     """
 
     def __init__(self, reactor) -> None:
         self.reactor = reactor
 
-    def startService(self) -> None:
-        Service.startService(self)
-        self.reactor.callWhenRunning(self._install)
-
-    def _install(self) -> None:
-        def on_term(signum, frame):
-            log.info("SIGTERM: stopping the node")
-            self.reactor.callFromThread(self.reactor.stop)
-
-        signal.signal(signal.SIGTERM, on_term)
+    def stopService(self):
+        Service.stopService(self)
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            log.info("SIGTERM: node stopped")
+            self.reactor._exitSignal = None
 
 
 def makeService(options, reactor=None):

@@ -16,15 +16,15 @@ read it in) is paused until the buffer drains.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from typing import Dict, List, Optional, Union
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
@@ -57,14 +57,8 @@ def _split_hostport(text: str):
     return (m.group("v6") or m.group("host"), port)
 
 
-def _looks_like_host(name: str) -> bool:
-    if name == "localhost" or "." in name:
-        return True
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
+#: Endpoint types that "NAME:PORT" could mean; any other NAME is a host.
+_ENDPOINT_TYPES = frozenset(["tcp", "tcp6", "unix", "ssl", "tls", "systemd", "onion", "tor", "le", "lets"])
 
 
 def _escape(value: str) -> str:
@@ -78,14 +72,12 @@ def server_description(text: Union[str, int]) -> str:
     binds that host, anything else is an endpoint string already.
     """
     text = str(text).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if int(text) > 65535:
+            raise WireError(f"port {text} is above 65535")
         return f"tcp:{int(text)}:interface=127.0.0.1"
-    hp = None
-    try:
-        hp = _split_hostport(text)
-    except WireError:
-        raise
-    if hp is not None and (text.startswith("[") or _looks_like_host(hp[0])):
+    hp = _split_hostport(text)
+    if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
         host, port = hp
         kind = "tcp6" if ":" in host else "tcp"
         return f"{kind}:{port}:interface={_escape(host)}"
@@ -104,14 +96,29 @@ def client_target(text: str):
     if text.startswith("1#"):
         text = text[2:]
     hp = _split_hostport(text)
-    if hp is not None and (text.startswith("[") or _looks_like_host(hp[0]) or hp[0].isalnum()):
-        # "tcp:7000" would be ambiguous, but a client endpoint needs host= too,
-        # so a lone word:port is taken as a host name.
-        if not re.match(r"^(tcp|tcp6|unix|ssl|tls)$", hp[0]):
-            return ("hostport", hp[0], hp[1])
+    if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
+        return ("hostport", hp[0], hp[1])
     if ":" not in text:
         raise WireError(f"not host:port or an endpoint string: {text!r}")
     return ("endpoint", text)
+
+
+def client_endpoint(reactor, target: str, timeout: float = 10.0):
+    """
+    A client endpoint for C{target} (see L{client_target}) and the
+    C{host:port} key it is known by.
+
+    @raise WireError: for a target that is neither.
+    """
+    kind = client_target(target)
+    if kind[0] == "hostport":
+        _, host, port = kind
+        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout), key
+    try:
+        return endpoints.clientFromString(reactor, kind[1]), kind[1]
+    except (ValueError, TypeError, KeyError) as e:
+        raise WireError(f"bad endpoint {target!r}: {e}") from None
 
 
 def _peer_text(addr) -> str:
@@ -224,26 +231,33 @@ class TcpConnection:
         for d in waiters:
             d.callback(None)
 
-    def close(self) -> Deferred:
+    def when_closed(self) -> Deferred:
         """
-        Close the connection; the Deferred fires once it is closed.
+        A new Deferred that fires (with C{None}) once the connection is
+        closed; at once if it already is.
         """
         if not self.connected:
             return succeed(None)
         d: Deferred = Deferred()
         self._closed_waiters.append(d)
-        self.transport.loseConnection()
+        return d
+
+    def close(self) -> Deferred:
+        """
+        Close the connection; the Deferred fires once it is closed.
+        """
+        d = self.when_closed()
+        if self.connected:
+            self.transport.loseConnection()
         return d
 
     def abort(self) -> Deferred:
         """
         Drop the connection without flushing; the Deferred fires once closed.
         """
-        if not self.connected:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._closed_waiters.append(d)
-        self.transport.abortConnection()
+        d = self.when_closed()
+        if self.connected:
+            self.transport.abortConnection()
         return d
 
     # --- IWorker: messages to write -------------------------------------------
@@ -357,7 +371,7 @@ class TcpListener:
             return succeed(None)
         self.listening = False
         self._tcp._listeners.remove(self)
-        return self.port_object.stopListening()
+        return maybeDeferred(self.port_object.stopListening)
 
     def __repr__(self) -> str:
         return f"<TcpListener {self.socket_address}>"
@@ -376,7 +390,7 @@ class TcpTransport:
         self.reactor = reactor
         self._listeners: List[TcpListener] = []
         self._connections: Dict[Address, TcpConnection] = {}
-        self._connecting: Dict[str, Deferred] = {}
+        self._connecting: Dict[str, List[Deferred]] = {}
 
     # --- listening -------------------------------------------------------------
 
@@ -390,8 +404,6 @@ class TcpTransport:
             desc = server_description(description)
             ep = endpoints.serverFromString(self.reactor, desc)
         except (ValueError, TypeError, KeyError) as e:
-            from twisted.internet.defer import fail
-
             return fail(TransportError(f"bad listen address {description!r}: {e}"))
         d = ep.listen(_FrameFactory(self, MODE_ACCEPTED))
 
@@ -418,20 +430,11 @@ class TcpTransport:
         string).  Fires with the L{TcpConnection} once connected; fails with
         L{TransportError}.
         """
-        try:
-            kind = client_target(target)
-        except WireError as e:
-            from twisted.internet.defer import fail
-
-            return fail(e)
         t = self.connect_timeout if timeout is None else timeout
-        if kind[0] == "hostport":
-            _, host, port = kind
-            ep = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=t)
-            key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        else:
-            ep = endpoints.clientFromString(self.reactor, kind[1])
-            key = kind[1]
+        try:
+            ep, key = client_endpoint(self.reactor, target, t)
+        except WireError as e:
+            return fail(e)
         d = ep.connect(_FrameFactory(self, MODE_OUTGOING))
 
         def connected(proto):
@@ -440,15 +443,48 @@ class TcpTransport:
             return conn
 
         def failed(f):
-            if f.check(Exception) and not f.check(TransportError):
-                from twisted.internet.defer import CancelledError
-
-                if f.check(CancelledError):
-                    return f
-                raise TransportError(f"cannot connect to {target}: {f.getErrorMessage()}")
-            return f
+            if f.check(CancelledError, TransportError):
+                return f
+            raise TransportError(f"cannot connect to {target}: {f.getErrorMessage()}")
 
         return d.addCallbacks(connected, failed)
+
+    def connection(self, address: Union[Address, str]) -> Optional[TcpConnection]:
+        """
+        The open connection whose worker address is C{address}, if any.
+        """
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        return self._connections.get(address)
+
+    def connect_shared(self, target: str) -> Deferred:
+        """
+        An open outgoing connection to C{target} if there is one, else the
+        one being made to it, else a new one: concurrent callers share one
+        connection.
+        """
+        conn = self.connection_to(target)
+        if conn is not None:
+            return succeed(conn)
+        key = target[2:] if target.startswith("1#") else target
+        waiting = self._connecting.get(key)
+        if waiting is None:
+            waiting = self._connecting[key] = []
+            d = self.connect(target)
+
+            def done(result):
+                ws = self._connecting.pop(key, [])
+                for w in ws:
+                    if isinstance(result, Failure):
+                        w.errback(result)
+                    else:
+                        w.callback(result)
+                return None
+
+            d.addBoth(done)
+        mine: Deferred = Deferred()
+        waiting.append(mine)
+        return mine
 
     def connection_to(self, target: str) -> Optional[TcpConnection]:
         """

@@ -1,0 +1,264 @@
+"""
+TCP portals (section 6 of docs/protocol.md): an inlet accepts TCP clients
+and tunnels each one, as routed messages, to an outlet, which connects to
+the real service.
+
+Each tunnelled connection has one L{PortalWorker} on each side; it is a
+routed worker and the owner of one socket at once.  Flow control: bytes
+read from the socket are sent with the portal as their flow source, so a
+congested link downstream pauses the socket; bytes written to the socket
+pause the source of the messages that carried them while the socket's
+buffer is full.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import MessageTooLarge, WireError
+from ..flow import BackPressure, PauseCounter
+from ..interfaces import IFlowSource
+from ..node import Worker
+from ..routing import Route
+
+log = Logger(namespace="ockamtw.portal")
+
+#: Largest chunk of socket bytes in one Payload message (48 KiB).
+MAX_CHUNK = 49152
+
+PING = b"\x00"
+PONG = b"\x01"
+DISCONNECT = b"\x02"
+_PAYLOAD_TAG = 3
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def payload_message(chunk: bytes) -> bytes:
+    """
+    The PortalMessage C{Payload(chunk)}.
+    """
+    return b"\x03" + _uvarint(len(chunk)) + chunk
+
+
+def parse_payload(payload: bytes) -> bytes:
+    """
+    The data of a C{Payload} PortalMessage.
+
+    @raise WireError: when it is truncated.
+    """
+    n = 0
+    shift = 0
+    pos = 1
+    end = len(payload)
+    while True:
+        if pos >= end or shift > 63:
+            raise WireError("truncated portal payload length")
+        b = payload[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+    if pos + n > end:
+        raise WireError(f"portal payload of {n} bytes truncated to {end - pos}")
+    if pos == 0 and n == end:
+        return payload
+    return payload[pos : pos + n]
+
+
+class _SocketProtocol(Protocol):
+    """
+    Thin: hands a portal socket's events to its L{PortalWorker}.
+    """
+
+    def __init__(self, portal: "PortalWorker") -> None:
+        self.portal = portal
+
+    def connectionMade(self) -> None:
+        self.portal._socket_made(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.portal._socket_data(data)
+
+    def connectionLost(self, reason) -> None:
+        self.portal._socket_lost(reason)
+
+
+class _OneProtocolFactory(Factory):
+    noisy = False
+
+    def __init__(self, portal: "PortalWorker") -> None:
+        self._portal = portal
+
+    def buildProtocol(self, addr):
+        return _SocketProtocol(self._portal)
+
+
+@implementer(IFlowSource)
+class PortalWorker(Worker):
+    """
+    One side of one tunnelled TCP connection.
+
+    @ivar remote_route: where Payload and Disconnect go (the other side's
+        portal worker), once known.
+    @ivar bytes_in: bytes read from the socket and sent.
+    @ivar bytes_out: bytes received and written to the socket.
+    """
+
+    side = "portal"
+
+    def __init__(self, owner) -> None:
+        self.owner = owner
+        self.remote_route: Optional[Route] = None
+        self.transport = None
+        self.backpressure = BackPressure()
+        self._reading: Optional[PauseCounter] = None
+        self._closed: Optional[Deferred] = None
+        self._waiters = []
+        self.finished = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # --- socket side -------------------------------------------------------------
+
+    def _socket_made(self, transport) -> None:
+        self.transport = transport
+        try:
+            transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        self.backpressure.attach(transport)
+        self._reading = PauseCounter(transport)
+
+    def _socket_data(self, data: bytes) -> None:
+        route = self.remote_route
+        if route is None or self.finished:
+            return
+        node = self.node
+        me = self.address
+        try:
+            if len(data) <= MAX_CHUNK:
+                node.send(route, payload_message(data), sender=me, source=self)
+            else:
+                view = memoryview(data)
+                for i in range(0, len(data), MAX_CHUNK):
+                    node.send(route, payload_message(bytes(view[i : i + MAX_CHUNK])), sender=me, source=self)
+        except MessageTooLarge as e:
+            log.error("{side} {address}: {error}; closing", side=self.side, address=str(me), error=str(e))
+            self.close()
+            return
+        self.bytes_in += len(data)
+
+    def _socket_lost(self, reason) -> None:
+        self.transport = None
+        if self._reading is not None:
+            self._reading.active = False
+        self.backpressure.stopProducing()
+        self.finish(notify=True)  # no-op if already finished
+        self._check_done()
+
+    # --- IFlowSource ---------------------------------------------------------------
+
+    def pause_flow(self) -> None:
+        if self._reading is not None:
+            self._reading.pause()
+
+    def resume_flow(self) -> None:
+        if self._reading is not None:
+            self._reading.resume()
+
+    # --- routed side ------------------------------------------------------------------
+
+    def receive(self, message) -> None:
+        payload = message.payload
+        if not payload:
+            log.warn("{side} {address}: empty portal message dropped", side=self.side, address=str(self.address))
+            return
+        tag = payload[0]
+        if tag == _PAYLOAD_TAG:
+            try:
+                data = parse_payload(payload)
+            except WireError as e:
+                log.warn("{side}: bad Payload ({error}); dropped", side=self.side, error=str(e))
+                return
+            if self.transport is None:
+                return
+            self.transport.write(data)
+            self.bytes_out += len(data)
+            self.backpressure.wrote(message.source)
+        elif tag == 2:  # Disconnect
+            self.finish(notify=False)
+        else:
+            self.control(tag, message)
+
+    def control(self, tag: int, message) -> None:
+        """
+        Ping and Pong: the inlet and outlet handle them; here they are noise.
+        """
+        log.info("{side} {address}: unexpected portal message {tag}; dropped", side=self.side, address=str(self.address), tag=tag)
+
+    # --- ending ----------------------------------------------------------------------------
+
+    def finish(self, notify: bool) -> None:
+        """
+        End this portal: send Disconnect to the other side (when C{notify}
+        and it is known), close the socket, and leave the node.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        if notify and self.remote_route is not None and self.node is not None:
+            try:
+                self.node.send(self.remote_route, DISCONNECT, sender=self.address)
+            except Exception:
+                log.failure("sending Disconnect failed")
+        if self.transport is not None:
+            self.transport.loseConnection()
+        if self.node is not None and self.address is not None:
+            self.node.stop_worker(self.address)
+        self.owner._portal_finished(self)
+        self._check_done()
+
+    def close(self) -> Deferred:
+        """
+        Close this portal (Disconnect to the other side); fires once its
+        socket is closed.
+        """
+        d = self.when_done()
+        self.finish(notify=True)
+        return d
+
+    def when_done(self) -> Deferred:
+        """
+        A Deferred that fires once this portal is finished and its socket
+        closed.
+        """
+        if self.finished and self.transport is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _check_done(self) -> None:
+        if self.finished and self.transport is None:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def stopped(self) -> None:
+        # The node removed us (e.g. it is stopping): end quietly.
+        if not self.finished:
+            self.finish(notify=True)

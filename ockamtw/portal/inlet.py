@@ -1,0 +1,262 @@
+"""
+The TCP inlet: listens, and tunnels every accepted client to an outlet.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..errors import OckamError, TransportError
+from ..node import gather
+from ..routing import LOCAL, Route
+from ..transport.tcp import server_description
+from . import DISCONNECT, PING, PortalWorker, _SocketProtocol
+
+log = Logger(namespace="ockamtw.portal.inlet")
+
+UP = "Up"
+DOWN = "Down"
+
+
+class InletPortal(PortalWorker):
+    """
+    The inlet side of one tunnelled connection: it reads nothing from its
+    client until the outlet's Pong arrives.
+    """
+
+    side = "inlet"
+
+    def __init__(self, owner: "Inlet") -> None:
+        PortalWorker.__init__(self, owner)
+        self._timer = None
+        self._deadline = None
+
+    def _socket_made(self, transport) -> None:
+        PortalWorker._socket_made(self, transport)
+        self._reading.pause()  # until Pong
+        self.owner.node.start_worker(None, self)
+        self._deadline = self.owner.reactor.seconds() + self.owner.ping_timeout
+        self._ping()
+
+    def _ping(self) -> None:
+        self._timer = None
+        if self.finished or self.remote_route is not None:
+            return
+        inlet = self.owner
+        if inlet.reactor.seconds() >= self._deadline:
+            log.warn(
+                "inlet {listen}: no Pong from {route} within {t:g} s; client closed",
+                listen=inlet.socket_address,
+                route=inlet.route_text,
+                t=inlet.ping_timeout,
+            )
+            inlet.timeouts += 1
+            self.finish(notify=False)
+            return
+
+        def send(route):
+            if self.finished or self.remote_route is not None:
+                return
+            self.node.send(route, PING, sender=self.address)
+
+        def failed(f):
+            inlet.last_error = f.getErrorMessage()
+
+        inlet.route().addCallbacks(send, failed)
+        delay = min(inlet.ping_interval, max(0.0, self._deadline - inlet.reactor.seconds()))
+        self._timer = inlet.reactor.callLater(delay, self._ping)
+
+    def control(self, tag: int, message) -> None:
+        if tag != 1:  # only Pong is expected here
+            PortalWorker.control(self, tag, message)
+            return
+        if self.remote_route is None and not self.finished:
+            self.remote_route = message.return_route
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self.owner._pong()
+            self._reading.resume()
+        elif message.return_route != self.remote_route and message.return_route:
+            # A Pong for a repeated Ping: that outlet portal is not needed.
+            self.node.send(message.return_route, DISCONNECT, sender=self.address)
+
+    def finish(self, notify: bool) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        PortalWorker.finish(self, notify)
+
+
+class _InletFactory(Factory):
+    noisy = False
+
+    def __init__(self, inlet: "Inlet") -> None:
+        self._inlet = inlet
+
+    def buildProtocol(self, addr):
+        if self._inlet.closed:
+            return None
+        portal = InletPortal(self._inlet)
+        self._inlet.portals.add(portal)
+        return _SocketProtocol(portal)
+
+
+class Inlet:
+    """
+    A TCP inlet: every client accepted at C{listen} is tunnelled to the
+    outlet at the end of C{route}.
+
+    The route is resolved when needed and kept while its first TCP link
+    lives; when that link dies, the next client resolves it again, so the
+    inlet works again once the far node is back.  Each client waits at most
+    C{ping_timeout} seconds for the outlet's Pong (Ping is repeated every
+    C{ping_interval} seconds meanwhile), then is closed.
+
+    @ivar status: L{UP} when the last client reached the outlet and the
+        route's link is alive, else L{DOWN}.
+    """
+
+    def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0) -> None:
+        self.node = node
+        self.reactor = node.reactor
+        self.listen_description = server_description(listen)
+        self.listen_text = listen
+        self.route_spec = route
+        self.route_text = str(route)
+        self.ping_timeout = ping_timeout
+        self.ping_interval = ping_interval
+        self.portals: set = set()
+        self.port = None
+        self.socket_address: Optional[str] = None
+        self.closed = False
+        self.last_error: Optional[str] = None
+        self.timeouts = 0
+        self.accepted = 0
+        self._route: Optional[Route] = None
+        self._link = None
+        self._resolving: Optional[List[Deferred]] = None
+        self._reached = False
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> Deferred:
+        """
+        Listen; fires with this inlet, or fails with L{TransportError}.
+        """
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.listen_description)
+        except (ValueError, TypeError, KeyError) as e:
+            return fail(TransportError(f"bad inlet address {self.listen_text!r}: {e}"))
+        d = endpoint.listen(_InletFactory(self))
+
+        def listening(port):
+            self.port = port
+            h = port.getHost()
+            self.socket_address = f"[{h.host}]:{h.port}" if ":" in h.host else f"{h.host}:{h.port}"
+            log.info("inlet listening on {listen}, to {route}", listen=self.socket_address, route=self.route_text)
+            self.route().addErrback(lambda f: None)  # connect early; not fatal
+            return self
+
+        def failed(f):
+            raise TransportError(f"cannot listen on {self.listen_text}: {f.getErrorMessage()}")
+
+        return d.addCallbacks(listening, failed)
+
+    def close(self) -> Deferred:
+        """
+        Stop listening and close every tunnelled connection; fires when
+        the port and every client socket are closed.
+        """
+        self.closed = True
+        ds = [p.close() for p in list(self.portals)]
+        if self.port is not None:
+            port, self.port = self.port, None
+            ds.append(port.stopListening())
+        if self._resolving:
+            waiting, self._resolving = self._resolving, None
+            for d in waiting:
+                d.cancel()
+        return gather(ds)
+
+    # --- the route ---------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        if self._route is None or self.closed:
+            return DOWN
+        if self._link is not None and not self._link.connected:
+            return DOWN
+        return UP if self._reached else DOWN
+
+    def route(self) -> Deferred:
+        """
+        A Deferred of the resolved route to the outlet.
+        """
+        if self._route is not None and (self._link is None or self._link.connected):
+            return succeed(self._route)
+        d: Deferred = Deferred()
+        if self._resolving is not None:
+            self._resolving.append(d)
+            return d
+        self._resolving = [d]
+
+        def resolved(route):
+            link = None
+            if route and route[0].type == LOCAL:
+                link = self.node.tcp.connection(route[0])
+            self._route = route
+            self._link = link
+            if link is not None:
+                link.when_closed().addCallback(lambda _: self._link_lost(link))
+            self.last_error = None
+            return route
+
+        def failed(f):
+            self.last_error = f.getErrorMessage()
+            if not f.check(OckamError):
+                log.failure("inlet route resolution failed", f)
+            return f
+
+        def deliver(result):
+            waiting, self._resolving = self._resolving or [], None
+            for w in waiting:
+                if w.called:
+                    continue
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+            return None
+
+        self.node.resolve(self.route_spec).addCallbacks(resolved, failed).addBoth(deliver)
+        return d
+
+    def _link_lost(self, link) -> None:
+        if link is self._link:
+            self._route = None
+            self._link = None
+            self._reached = False
+            log.info("inlet {listen}: link for {route} closed", listen=self.socket_address, route=self.route_text)
+
+    def _pong(self) -> None:
+        self._reached = True
+        self.accepted += 1
+
+    def _portal_finished(self, portal) -> None:
+        self.portals.discard(portal)
+
+    def to_dict(self) -> dict:
+        return {
+            "listen": self.socket_address,
+            "route": self.route_text,
+            "status": self.status,
+            "connections": len(self.portals),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,110 @@
+"""
+The TCP outlet: a worker that accepts Ping and, for each, connects a new
+portal worker to the target service.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..errors import WireError
+from ..node import Worker, gather
+from ..transport.tcp import client_endpoint
+from . import PING, PONG, PortalWorker, _OneProtocolFactory
+
+log = Logger(namespace="ockamtw.portal.outlet")
+
+
+class OutletPortal(PortalWorker):
+    """
+    The outlet side of one tunnelled connection.  It answers Pong once its
+    target socket is connected, so no data can overtake the Pong.
+    """
+
+    side = "outlet"
+
+    def _socket_made(self, transport) -> None:
+        PortalWorker._socket_made(self, transport)
+        if self.finished:
+            transport.loseConnection()
+            return
+        self.node.send(self.remote_route, PONG, sender=self.address)
+
+
+class Outlet(Worker):
+    """
+    A TCP outlet at an address (e.g. C{outlet}), forwarding to C{target}.
+
+    @ivar target: C{host:port} (or a client endpoint string).
+    @ivar portals: the live portal workers.
+    """
+
+    def __init__(self, target: str, connect_timeout: float = 10.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.portals: set = set()
+        self.accepted = 0
+        self.refused = 0
+        self.closed = False
+        # Fail early on a bad target.
+        client_endpoint(None, target, connect_timeout)
+
+    def receive(self, message) -> None:
+        if message.payload != PING:
+            log.info(
+                "outlet {address}: only Ping is accepted; dropped {n} bytes",
+                address=self.address.value,
+                n=len(message.payload),
+            )
+            return
+        if not message.return_route or self.closed:
+            return
+        portal = OutletPortal(self)
+        portal.remote_route = message.return_route
+        self.node.start_worker(None, portal)
+        self.portals.add(portal)
+        self.accepted += 1
+        try:
+            endpoint, _ = client_endpoint(self.node.reactor, self.target, self.connect_timeout)
+        except WireError as e:
+            log.error("outlet {address}: {error}", address=self.address.value, error=str(e))
+            portal.finish(notify=True)
+            return
+
+        def failed(f):
+            self.refused += 1
+            log.warn(
+                "outlet {address}: cannot connect to {target} ({reason}); portal closed",
+                address=self.address.value,
+                target=self.target,
+                reason=f.getErrorMessage(),
+            )
+            portal.finish(notify=True)
+
+        endpoint.connect(_OneProtocolFactory(portal)).addErrback(failed)
+
+    def _portal_finished(self, portal) -> None:
+        self.portals.discard(portal)
+
+    def close(self) -> Deferred:
+        """
+        Stop accepting Ping and close every portal; fires when their
+        sockets are closed.
+        """
+        self.closed = True
+        ds = [p.close() for p in list(self.portals)]
+        if self.node is not None and self.node.worker_at(self.address) is self:
+            self.node.stop_worker(self.address)
+        return gather(ds)
+
+    def stopped(self) -> None:
+        if not self.closed:
+            self.close()
+
+    def to_dict(self) -> dict:
+        return {
+            "address": self.address.value if self.address else None,
+            "target": self.target,
+            "connections": len(self.portals),
+        }

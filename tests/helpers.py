@@ -1,0 +1,374 @@
+"""
+Shared helpers for the integration suites (L{tests.test_integration} and
+L{tests.test_twistd}): nodes on loopback port 0 with their cleanups, a raw
+frame client that uses no ockamtw code, hand-written BARE encoders, and a
+process protocol for node subprocesses.
+
+Nothing here sleeps: every wait is a Deferred fired by an event, bounded by
+a deadline (L{deadline}).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import sys
+from typing import List, Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol, Protocol
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+
+
+# --- async test methods ------------------------------------------------------
+
+
+def async_test(f):
+    """
+    Run an C{async def} test method as a Deferred (works on every Twisted
+    trial, whether or not it understands coroutines itself).
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return Deferred.fromCoroutine(f(*args, **kwargs))
+
+    return wrapper
+
+
+def deadline(d: Deferred, seconds: float, what: str) -> Deferred:
+    """
+    Bound C{d} in time: after C{seconds} it fails with an C{AssertionError}
+    saying what did not happen.  Not a sleep: C{d} is still an event.
+    """
+
+    def translate(f):
+        if f.check(DeferredTimeout):
+            raise AssertionError(f"{what}: not within {seconds:g} s")
+        return f
+
+    d.addTimeout(seconds, reactor)
+    d.addErrback(translate)
+    return d
+
+
+def ipv6_loopback_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    try:
+        s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# --- hand-written BARE, independent of ockamtw.wire ------------------------
+
+
+def uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def h_address(text: str) -> bytes:
+    """
+    C{"0#echo"} or C{"1#127.0.0.1:4000"} (bare text is type 0) as BARE.
+    """
+    if "#" in text:
+        t, value = text.split("#", 1)
+        t = int(t)
+    else:
+        t, value = 0, text
+    raw = value.encode("utf-8")
+    return bytes((t,)) + uvarint(len(raw)) + raw
+
+
+def h_route(*addresses: str) -> bytes:
+    return uvarint(len(addresses)) + b"".join(h_address(a) for a in addresses)
+
+
+def h_message(onward, return_route, payload: bytes) -> bytes:
+    """
+    A TransportMessage, version 1, from address texts and raw payload bytes.
+    """
+    return b"\x01" + h_route(*onward) + h_route(*return_route) + uvarint(len(payload)) + payload
+
+
+def h_frame(body: bytes) -> bytes:
+    assert len(body) <= 0xFFFF, len(body)
+    return len(body).to_bytes(2, "big") + body
+
+
+def h_string(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return uvarint(len(raw)) + raw
+
+
+# --- nodes --------------------------------------------------------------------
+
+
+async def start_node(testcase, name: str, listen: Optional[str] = None):
+    """
+    A started L{ockamtw.Node}, stopped at cleanup; with C{listen}, also its
+    listener.  Returns C{(node, listener_or_None)}.
+    """
+    from ockamtw import Node
+
+    node = Node(reactor, name=name)
+    node.startService()
+    testcase.addCleanup(node.stopService)
+    listener = None
+    if listen is not None:
+        listener = await node.tcp.listen(listen)
+    return node, listener
+
+
+def accepted_connection(node, client_local_address: str):
+    """
+    The node's accepted connection whose peer is C{client_local_address}
+    (C{host:port} as the client sees its own end).
+    """
+    for c in node.tcp.connections:
+        if c.socket_address == client_local_address:
+            return c
+    raise AssertionError(
+        f"{node!r} has no connection from {client_local_address}: "
+        f"{[c.socket_address for c in node.tcp.connections]}"
+    )
+
+
+def outbound_buffered(transport) -> int:
+    """
+    Bytes a Twisted socket transport holds for writing and has not yet
+    handed to the kernel (see twisted.internet.abstract.FileDescriptor:
+    C{dataBuffer[offset:]} plus the pending C{_tempDataBuffer}, whose total
+    length is C{_tempDataLen}).
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+# --- a raw frame client: plain Twisted, no ockamtw code ------------------------
+
+
+class RawFrameClient(Protocol):
+    """
+    Splits what it reads into 2-byte-length frames (each kept whole, length
+    included, as C{bytes}).  C{frames_arrived(n)} fires once C{n} frames
+    have arrived in total; C{lost} fires when the connection closes.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.frames: List[bytes] = []
+        self.lost: Deferred = Deferred()
+        self.connected_now = False
+        self._waiters: List[tuple] = []
+
+    def connectionMade(self) -> None:
+        self.connected_now = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            n = int.from_bytes(self.buffer[:2], "big")
+            if len(self.buffer) < 2 + n:
+                break
+            self.frames.append(self.buffer[: 2 + n])
+            self.buffer = self.buffer[2 + n :]
+        self._check()
+
+    def _check(self) -> None:
+        waiting, self._waiters = self._waiters, []
+        for n, d in waiting:
+            if len(self.frames) >= n:
+                d.callback(self.frames[:n])
+            else:
+                self._waiters.append((n, d))
+
+    def frames_arrived(self, n: int) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append((n, d))
+        self._check()
+        return d
+
+    def connectionLost(self, reason) -> None:
+        self.connected_now = False
+        waiting, self._waiters = self._waiters, []
+        for n, d in waiting:
+            d.errback(AssertionError(f"connection lost with {len(self.frames)} of {n} frames"))
+        self.lost.callback(None)
+
+
+async def connect_raw(testcase, port: int, protocol: Protocol, host: str = "127.0.0.1") -> Protocol:
+    """
+    Connect C{protocol} to C{host:port} with a plain Twisted endpoint; the
+    connection is aborted (and its end awaited) at cleanup.
+    """
+    cls = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+    proto = await connectProtocol(cls(reactor, host, port, timeout=5), protocol)
+
+    def close():
+        if not proto.lost.called:
+            proto.transport.abortConnection()
+        return proto.lost
+
+    testcase.addCleanup(close)
+    return proto
+
+
+# --- node subprocesses ------------------------------------------------------------
+
+
+def script_argv(name: str, fallback: List[str]) -> List[str]:
+    """
+    The console script C{name} next to C{sys.executable}, run by that
+    interpreter; C{fallback} (arguments after the interpreter) otherwise.
+    """
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(path):
+        return [sys.executable, path]
+    return [sys.executable] + fallback
+
+
+def twistd_argv() -> List[str]:
+    return script_argv("twistd", ["-c", "from twisted.scripts.twistd import run; run()"])
+
+
+def ockamtw_node_argv() -> List[str]:
+    return script_argv("ockamtw-node", ["-m", "ockamtw"])
+
+
+def subprocess_env() -> dict:
+    """
+    The environment for a node subprocess: this checkout first on the path
+    (an editable install does not put C{twisted/plugins/} of the checkout on
+    C{twisted.plugins.__path__}), unbuffered output.
+    """
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class NodeProcess(ProcessProtocol):
+    """
+    Collects a subprocess's output; C{wait_for(regex)} fires with the first
+    match in its combined output, C{ended} with C{(exit_code, signal)}.
+    """
+
+    def __init__(self) -> None:
+        self.stdout = b""
+        self.stderr = b""
+        self.output = b""
+        self.ended: Deferred = Deferred()
+        self.exit = None
+        self._waiters: List[tuple] = []
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    def outReceived(self, data: bytes) -> None:
+        self.stdout += data
+        self._got(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        self._got(data)
+
+    def _got(self, data: bytes) -> None:
+        self.output += data
+        waiting, self._waiters = self._waiters, []
+        for pattern, d in waiting:
+            m = pattern.search(self.text)
+            if m is not None:
+                d.callback(m)
+            else:
+                self._waiters.append((pattern, d))
+
+    def wait_for(self, regex: str, seconds: float = 15) -> Deferred:
+        pattern = re.compile(regex)
+        m = pattern.search(self.text)
+        if m is not None:
+            return succeed(m)
+        if self.exit is not None:
+            raise AssertionError(f"process ended {self.exit} before {regex!r}; output:\n{self.text}")
+        d: Deferred = Deferred()
+        self._waiters.append((pattern, d))
+
+        def explain(f):
+            raise AssertionError(f"{f.getErrorMessage()}; output so far:\n{self.text}")
+
+        return deadline(d, seconds, f"output matching {regex!r}").addErrback(explain)
+
+    def processEnded(self, reason) -> None:
+        v = reason.value
+        if isinstance(v, ProcessDone):
+            self.exit = (0, None)
+        elif isinstance(v, ProcessTerminated):
+            self.exit = (v.exitCode, v.signal)
+        else:
+            self.exit = (None, None)
+        waiting, self._waiters = self._waiters, []
+        for pattern, d in waiting:
+            d.errback(
+                AssertionError(f"process ended {self.exit} before {pattern.pattern!r}; output:\n{self.text}")
+            )
+        self.ended.callback(self.exit)
+
+    def wait_ended(self, seconds: float = 15) -> Deferred:
+        d: Deferred = Deferred()
+
+        def done(result):
+            if not d.called:
+                d.callback(result)
+            return result
+
+        if self.exit is not None:
+            return succeed(self.exit)
+        self.ended.addBoth(done)
+        return deadline(d, seconds, "process exit")
+
+
+def spawn(testcase, argv: List[str], cwd: Optional[str] = None) -> NodeProcess:
+    """
+    Start C{argv}; at cleanup the process is killed (if still running) and
+    reaped.
+    """
+    proto = NodeProcess()
+    if cwd is None:
+        cwd = testcase.mktemp()
+        os.makedirs(cwd)
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=subprocess_env(), path=cwd)
+
+    def cleanup():
+        if proto.exit is None:
+            try:
+                transport.signalProcess("KILL")
+            except Exception:
+                pass
+        return proto.ended
+
+    testcase.addCleanup(cleanup)
+    return proto
