@@ -604,13 +604,13 @@ class PluginTests(TestCase):
         options = self._maker().options()
         options.parseOptions(["--name", "n2", "--listen", "7000"])
         self.assertEqual(options["name"], "n2")
-        self.assertEqual(options["listen"], "tcp:7000:interface=127.0.0.1")
+        self.assertEqual(options["listen"], "tcp:7000:interface=127.0.0.1:backlog=1024")
 
     def test_listen_forms(self):
         maker = self._maker()
         for given, expected in [
-            ("127.0.0.1:7001", "tcp:7001:interface=127.0.0.1"),
-            ("[::1]:7001", "tcp6:7001:interface=\\:\\:1"),
+            ("127.0.0.1:7001", "tcp:7001:interface=127.0.0.1:backlog=1024"),
+            ("[::1]:7001", "tcp6:7001:interface=\\:\\:1:backlog=1024"),
             ("tcp:7002:interface=0.0.0.0", "tcp:7002:interface=0.0.0.0"),
         ]:
             options = maker.options()

@@ -762,18 +762,18 @@ class DescriptionTests(SynchronousTestCase):
     """
 
     def test_serverBarePort(self):
-        self.assertEqual(server_description("7000"), "tcp:7000:interface=127.0.0.1")
-        self.assertEqual(server_description(7000), "tcp:7000:interface=127.0.0.1")
-        self.assertEqual(server_description(" 0 "), "tcp:0:interface=127.0.0.1")
+        self.assertEqual(server_description("7000"), "tcp:7000:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(server_description(7000), "tcp:7000:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(server_description(" 0 "), "tcp:0:interface=127.0.0.1:backlog=1024")
 
     def test_serverHostPort(self):
-        self.assertEqual(server_description("127.0.0.1:7000"), "tcp:7000:interface=127.0.0.1")
-        self.assertEqual(server_description("0.0.0.0:7000"), "tcp:7000:interface=0.0.0.0")
-        self.assertEqual(server_description("localhost:7000"), "tcp:7000:interface=localhost")
+        self.assertEqual(server_description("127.0.0.1:7000"), "tcp:7000:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(server_description("0.0.0.0:7000"), "tcp:7000:interface=0.0.0.0:backlog=1024")
+        self.assertEqual(server_description("localhost:7000"), "tcp:7000:interface=localhost:backlog=1024")
 
     def test_serverIPv6(self):
-        self.assertEqual(server_description("[::1]:7000"), r"tcp6:7000:interface=\:\:1")
-        self.assertEqual(server_description("[::]:7000"), r"tcp6:7000:interface=\:\:")
+        self.assertEqual(server_description("[::1]:7000"), r"tcp6:7000:interface=\:\:1:backlog=1024")
+        self.assertEqual(server_description("[::]:7000"), r"tcp6:7000:interface=\:\::backlog=1024")
 
     def test_serverEndpointPassedThrough(self):
         for text in [
@@ -835,7 +835,7 @@ class ListenerTests(TcpTestMixin, SynchronousTestCase):
         self.assertEqual(listener.port, 7000)
         self.assertEqual(listener.socket_address, f"{listener.host}:7000")
         self.assertRegex(listener.transport_id, r"^[0-9a-f]{32}$")
-        self.assertEqual(listener.description, "tcp:7000:interface=127.0.0.1")
+        self.assertEqual(listener.description, "tcp:7000:interface=127.0.0.1:backlog=1024")
         [(port, factory, backlog, interface)] = self.reactor.tcpServers
         self.assertEqual((port, interface), (7000, "127.0.0.1"))
         self.assertEqual(self.node.tcp.list(), [listener])

@@ -57,6 +57,10 @@ def _split_hostport(text: str):
     return (m.group("v6") or m.group("host"), port)
 
 
+#: The listen backlog of listeners given as a port or host:port (Twisted's
+#: default of 50 drops bursts of new connections).
+LISTEN_BACKLOG = 1024
+
 #: Endpoint types that "NAME:PORT" could mean; any other NAME is a host.
 _ENDPOINT_TYPES = frozenset(["tcp", "tcp6", "unix", "ssl", "tls", "systemd", "onion", "tor", "le", "lets"])
 
@@ -68,19 +72,19 @@ def _escape(value: str) -> str:
 def server_description(text: Union[str, int]) -> str:
     """
     A server endpoint string for what a user typed: a bare port means
-    loopback (C{7000} -> C{tcp:7000:interface=127.0.0.1}), C{host:port}
+    loopback (C{7000} -> C{tcp:7000:interface=127.0.0.1:backlog=1024}), C{host:port}
     binds that host, anything else is an endpoint string already.
     """
     text = str(text).strip()
     if text.isascii() and text.isdigit():
         if int(text) > 65535:
             raise WireError(f"port {text} is above 65535")
-        return f"tcp:{int(text)}:interface=127.0.0.1"
+        return f"tcp:{int(text)}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
     hp = _split_hostport(text)
     if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
         host, port = hp
         kind = "tcp6" if ":" in host else "tcp"
-        return f"{kind}:{port}:interface={_escape(host)}"
+        return f"{kind}:{port}:interface={_escape(host)}:backlog={LISTEN_BACKLOG}"
     if ":" not in text:
         raise WireError(f"not a port, host:port or endpoint string: {text!r}")
     return text
