@@ -67,6 +67,20 @@ class Node(BaseNode):
 
         return relay.start().addErrback(failed)
 
+    def add_relay(self, at, name: str = "default", service: str = FORWARDING_SERVICE, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
+        """
+        Like L{create_relay}, without waiting: the relay keeps trying to
+        register (with backoff) until the relay node answers, and stays up
+        after.  Returns the L{Relay} at once; watch C{relay.status}.
+
+        @raise AddressInUse: if this node has a relay of that name.
+        """
+        if name in self.relays:
+            raise AddressInUse(f"relay {name!r} already exists on node {self.name}")
+        relay = Relay(self, at, name=name, service=service, refresh=refresh, timeout=timeout)
+        self.relays[name] = relay
+        return relay.start_in_background()
+
     def delete_relay(self, name: str) -> None:
         """
         Stop the relay named C{name}.

@@ -250,6 +250,15 @@ class Relay:
 
         return Deferred.fromCoroutine(first())
 
+    def start_in_background(self) -> "Relay":
+        """
+        Start without waiting: the relay registers as soon as it can,
+        retrying with backoff until it is up (and keeps itself up after).
+        """
+        self._address = self.node.start_worker(None, _RelayWorker(self))
+        self._run_attempt()
+        return self
+
     def stop(self) -> None:
         """
         Stop refreshing and reconnecting, and remove the local worker.

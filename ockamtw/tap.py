@@ -17,7 +17,8 @@ from twisted.python import usage
 
 from .api import Node
 from .errors import OckamError, WireError
-from .transport.tcp import server_description
+from .routing import Address, MultiAddr
+from .transport.tcp import client_target, server_description
 
 log = Logger(namespace="ockamtw.tap")
 
@@ -47,6 +48,57 @@ class Options(usage.Options):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["connect"] = []
+        self["outlet"] = []
+        self["inlet"] = []
+        self["relay"] = []
+
+    def opt_outlet(self, value: str) -> None:
+        """
+        ADDRESS=HOST:PORT: a TCP outlet worker at ADDRESS to HOST:PORT
+        (repeatable), e.g. outlet=127.0.0.1:9000.
+        """
+        address, sep, target = value.partition("=")
+        if not sep or not address or not target:
+            raise usage.UsageError(f"--outlet: expected ADDRESS=HOST:PORT, got {value!r}")
+        try:
+            Address.parse(address)
+            client_target(target)
+        except WireError as e:
+            raise usage.UsageError(f"--outlet: {e}") from None
+        if address.startswith("/service/"):
+            address = address[len("/service/") :]
+        self["outlet"].append((address, target))
+
+    def opt_inlet(self, value: str) -> None:
+        """
+        LISTEN=ROUTE: a TCP inlet listening at LISTEN (HOST:PORT, a port, or
+        an endpoint string) to the outlet at ROUTE (repeatable), e.g.
+        127.0.0.1:6000=/ip4/127.0.0.1/tcp/7000/service/forward_to_n3/service/outlet.
+        """
+        cut = value.rfind("=/")
+        if cut <= 0:
+            raise usage.UsageError(f"--inlet: expected LISTEN=/ROUTE, got {value!r}")
+        listen, route = value[:cut], value[cut + 1 :]
+        try:
+            server_description(listen)
+            MultiAddr.parse(route)
+        except WireError as e:
+            raise usage.UsageError(f"--inlet: {e}") from None
+        self["inlet"].append((listen, route))
+
+    def opt_relay(self, value: str) -> None:
+        """
+        NAME@ROUTE: register relay NAME (forward_to_NAME) at the node at
+        ROUTE and keep it up (repeatable), e.g. n3@/ip4/127.0.0.1/tcp/7000.
+        """
+        name, sep, at = value.partition("@")
+        if not sep or not name or not at or "/" in name:
+            raise usage.UsageError(f"--relay: expected NAME@ROUTE, got {value!r}")
+        try:
+            MultiAddr.parse(at)
+        except WireError as e:
+            raise usage.UsageError(f"--relay: {e}") from None
+        self["relay"].append((name, at))
 
     def opt_connect(self, value: str) -> None:
         """
@@ -61,6 +113,10 @@ class Options(usage.Options):
         self["connect"].append(value)
 
     def postOptions(self) -> None:
+        for kind in ("outlet", "relay"):
+            names = [item[0] for item in self[kind]]
+            if len(set(names)) != len(names):
+                raise usage.UsageError(f"--{kind}: the same name is given twice")
         name = self["name"]
         if name is not None and (name == "" or "/" in name or name.strip() != name):
             raise usage.UsageError(f"--name: not a valid node name: {name!r}")
@@ -125,6 +181,43 @@ class _ConnectService(Service):
         self.node.tcp.connect(self.target).addErrback(failed)
 
 
+class _InletService(Service):
+    """
+    Starts an inlet with the node; a failure to bind ends the process like
+    the node's own listener.
+    """
+
+    def __init__(self, node: Node, listen: str, route: str) -> None:
+        self.node = node
+        self.listen = listen
+        self.route = route
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        results = []
+        self.node.create_inlet(self.listen, self.route).addBoth(results.append)
+        if not results:
+            _fatal(f"ockam: node {self.node.name}: inlet {self.listen} did not start")
+        result = results[0]
+        if hasattr(result, "value") and isinstance(result.value, Exception):
+            _fatal(f"ockam: node {self.node.name}: inlet: {result.getErrorMessage()}")
+
+
+class _RelayService(Service):
+    """
+    Registers a relay when the node starts and keeps it up.
+    """
+
+    def __init__(self, node: Node, name: str, at: str) -> None:
+        self.node = node
+        self.name = name
+        self.at = at
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.node.add_relay(self.at, name=self.name)
+
+
 class _CleanSigterm(Service):
     """
     A node stopped by SIGTERM exits with status 0.  twistd remembers the
@@ -156,6 +249,15 @@ def makeService(options, reactor=None):
         _ListenerService(node, options["listen"]).setServiceParent(node)
     for target in options["connect"]:
         _ConnectService(node, target).setServiceParent(node)
+    for address, target in options["outlet"]:
+        results = []
+        node.create_outlet(address, target).addBoth(results.append)
+        if hasattr(results[0], "value") and isinstance(results[0].value, Exception):
+            _fatal(f"ockam: node {node.name}: outlet {address}: {results[0].getErrorMessage()}")
+    for listen, route in options["inlet"]:
+        _InletService(node, listen, route).setServiceParent(node)
+    for name, at in options["relay"]:
+        _RelayService(node, name, at).setServiceParent(node)
     _CleanSigterm(reactor).setServiceParent(node)
     log.info("node {node} starting", node=node.name)
     return node
