@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "test": ["hypothesis>=6.80,<7"],
-        "docs": ["sphinx>=7"],
+        "docs": ["sphinx>=7", "myst-parser>=2"],
     },
     entry_points={
         "console_scripts": [
