@@ -8,6 +8,7 @@ the plugin works from an editable install too.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -15,8 +16,12 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted.python.failure import Failure
+
 from .api import Node
-from .errors import OckamError, WireError
+from .control import state as st
+from .control.server import ControlService, NodeController
+from .errors import OckamError, RouteUnreachable, WireError
 from .routing import Address, MultiAddr
 from .transport.tcp import client_target, server_description
 
@@ -37,6 +42,7 @@ class Options(usage.Options):
     optParameters = [
         ["name", None, None, "The node's name (random by default)."],
         ["listen", None, None, "Where to listen: a port (on 127.0.0.1), HOST:PORT or an endpoint string."],
+        ["state", None, None, "A node directory (as `ockam node create` makes): restore and keep its state there, and serve the control API on its control.sock."],
     ]
 
     def opt_listen(self, value: str) -> None:
@@ -133,29 +139,40 @@ def _fatal(line: str) -> None:
     raise SystemExit(1)
 
 
+def _at_once(node: Node, what: str, d):
+    """
+    The result of C{d}, which must have fired already (binding and
+    starting workers are synchronous); a failure ends the process.
+    """
+    results: list = []
+    d.addBoth(results.append)
+    if not results:
+        _fatal(f"ockam: node {node.name}: {what} did not complete at start")
+    result = results[0]
+    if isinstance(result, Failure):
+        error = result.value
+        reason = str(error) if isinstance(error, OckamError) else result.getErrorMessage()
+        _fatal(f"ockam: node {node.name}: {what}: {reason}")
+    return result
+
+
 class _ListenerService(Service):
     """
     Listens when the application starts; a failure to bind ends the process
     at once with status 1 and a one-line reason.
     """
 
-    def __init__(self, node: Node, description: str) -> None:
+    def __init__(self, node: Node, description: str, controller=None) -> None:
         self.node = node
         self.description = description
+        self.controller = controller
         self.listener = None
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        results = []
-        self.node.tcp.listen(self.description).addBoth(results.append)
-        if not results:
-            _fatal(f"ockam: node {self.node.name}: listening on {self.description} did not complete at start")
-        result = results[0]
-        if hasattr(result, "value") and isinstance(result.value, Exception):
-            error = result.value
-            reason = str(error) if isinstance(error, OckamError) else result.getErrorMessage()
-            _fatal(f"ockam: node {self.node.name}: {reason}")
-        self.listener = result
+        self.listener = _at_once(self.node, "listener", self.node.tcp.listen(self.description))
+        if self.controller is not None:
+            self.controller.listener = self.listener
 
 
 class _ConnectService(Service):
@@ -187,20 +204,26 @@ class _InletService(Service):
     the node's own listener.
     """
 
-    def __init__(self, node: Node, listen: str, route: str) -> None:
+    def __init__(self, node: Node, listen: str, route: str, fatal: bool = True) -> None:
         self.node = node
         self.listen = listen
         self.route = route
+        self.fatal = fatal
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        results = []
-        self.node.create_inlet(self.listen, self.route).addBoth(results.append)
-        if not results:
-            _fatal(f"ockam: node {self.node.name}: inlet {self.listen} did not start")
-        result = results[0]
-        if hasattr(result, "value") and isinstance(result.value, Exception):
-            _fatal(f"ockam: node {self.node.name}: inlet: {result.getErrorMessage()}")
+        d = self.node.create_inlet(self.listen, self.route)
+        if self.fatal:
+            _at_once(self.node, f"inlet {self.listen}", d)
+        else:
+            d.addErrback(
+                lambda f: log.error(
+                    "node {node}: inlet {listen} not restored: {reason}",
+                    node=self.node.name,
+                    listen=self.listen,
+                    reason=f.getErrorMessage(),
+                )
+            )
 
 
 class _RelayService(Service):
@@ -216,6 +239,30 @@ class _RelayService(Service):
     def startService(self) -> None:
         Service.startService(self)
         self.node.add_relay(self.at, name=self.name)
+
+
+class _SaveState(Service):
+    """
+    Records the node's state (e.g. the port a listener on port 0 got) once
+    everything has started.
+    """
+
+    def __init__(self, controller) -> None:
+        self.controller = controller
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.controller.save()
+
+
+def _node_resolver(home: str):
+    def resolve(name: str) -> str:
+        address = st.listener_of(home, name)
+        if not address:
+            raise RouteUnreachable(f"unknown node {name!r} (no such node in {home})")
+        return address
+
+    return resolve
 
 
 class _CleanSigterm(Service):
@@ -244,20 +291,44 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    node = Node(reactor, name=options["name"])
-    if options["listen"]:
-        _ListenerService(node, options["listen"]).setServiceParent(node)
+    state_dir = options["state"]
+    state = None
+    name, listen = options["name"], options["listen"]
+    if state_dir:
+        state = st.read_state(state_dir)
+        if state is None:
+            _fatal(f"ockam: no node state in {state_dir}")
+        name = name or state.get("name")
+        if not listen and state.get("listen"):
+            listen = server_description(state["listen"])
+    home = os.path.dirname(os.path.dirname(state_dir)) if state_dir else st.ockam_home()
+
+    node = Node(reactor, name=name)
+    node.node_resolver = _node_resolver(home)
+    controller = NodeController(node, state_dir) if state_dir else None
+    if listen:
+        _ListenerService(node, listen, controller).setServiceParent(node)
     for target in options["connect"]:
         _ConnectService(node, target).setServiceParent(node)
-    for address, target in options["outlet"]:
-        results = []
-        node.create_outlet(address, target).addBoth(results.append)
-        if hasattr(results[0], "value") and isinstance(results[0].value, Exception):
-            _fatal(f"ockam: node {node.name}: outlet {address}: {results[0].getErrorMessage()}")
-    for listen, route in options["inlet"]:
-        _InletService(node, listen, route).setServiceParent(node)
-    for name, at in options["relay"]:
-        _RelayService(node, name, at).setServiceParent(node)
+    outlets = [(o["address"], o["to"], False) for o in state["outlets"]] if state else []
+    outlets += [(address, target, True) for address, target in options["outlet"]]
+    for address, target, fatal in outlets:
+        d = node.create_outlet(address, target)
+        if fatal:
+            _at_once(node, f"outlet {address}", d)
+        else:
+            d.addErrback(lambda f, a=address: log.error("outlet {a} not restored: {r}", a=a, r=f.getErrorMessage()))
+    inlets = [(i["listen"], i["to"], False) for i in state["inlets"]] if state else []
+    inlets += [(listen_, route, True) for listen_, route in options["inlet"]]
+    for listen_, route, fatal in inlets:
+        _InletService(node, listen_, route, fatal).setServiceParent(node)
+    relays = [(r["name"], r["at"]) for r in state["relays"]] if state else []
+    relays += list(options["relay"])
+    for relay_name, at in relays:
+        _RelayService(node, relay_name, at).setServiceParent(node)
+    if controller is not None:
+        ControlService(reactor, controller, os.path.join(state_dir, st.SOCKET)).setServiceParent(node)
+        _SaveState(controller).setServiceParent(node)
     _CleanSigterm(reactor).setServiceParent(node)
     log.info("node {node} starting", node=node.name)
     return node

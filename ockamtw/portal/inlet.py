@@ -119,8 +119,8 @@ class Inlet:
     C{ping_timeout} seconds for the outlet's Pong (Ping is repeated every
     C{ping_interval} seconds meanwhile), then is closed.
 
-    @ivar status: L{UP} when the last client reached the outlet and the
-        route's link is alive, else L{DOWN}.
+    @ivar status: L{UP} when the route is resolved and its first link (if
+        it has one) is alive, else L{DOWN}.
     """
 
     def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0) -> None:
@@ -193,7 +193,7 @@ class Inlet:
             return DOWN
         if self._link is not None and not self._link.connected:
             return DOWN
-        return UP if self._reached else DOWN
+        return UP
 
     def route(self) -> Deferred:
         """

@@ -1,0 +1,391 @@
+"""
+The control API of a background node: HTTP+JSON on a UNIX socket in the
+node's directory (mode 0600), served with twisted.web.  Nothing of it is
+reachable over TCP.  docs/control-api.md lists the endpoints.
+
+L{NodeController} does the work (and keeps C{state.json} up to date);
+L{ControlResource} maps requests to it; L{ControlService} serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from ..errors import AddressInUse, OckamError, RequestTimeout, RouteUnreachable, TransportError, WireError
+from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
+from ..routing import MultiAddr, parse_route_text
+from ..services import DEFAULT_SERVICES
+from ..wire import decode_string, encode_string
+from . import state as st
+
+log = Logger(namespace="ockamtw.control")
+
+
+#: The services a node status lists.
+SERVICES = tuple(DEFAULT_SERVICES) + (FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE)
+
+
+class ControlError(Exception):
+    """
+    A request the node refuses: an HTTP status and a one-line reason.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+
+
+def _status_for(error: BaseException) -> int:
+    if isinstance(error, ControlError):
+        return error.status
+    if isinstance(error, (AddressInUse, TransportError)):
+        return 409
+    if isinstance(error, (WireError, ValueError)):
+        return 400
+    if isinstance(error, RequestTimeout):
+        return 504
+    if isinstance(error, (RouteUnreachable, OckamError)):
+        return 502
+    if isinstance(error, KeyError):
+        return 404
+    return 500
+
+
+def connection_dict(item) -> dict:
+    return {
+        "transport_id": item.transport_id,
+        "transport_type": "TCP",
+        "mode": item.mode,
+        "socket_address": item.socket_address,
+        "worker_address": str(item.address),
+    }
+
+
+class NodeController:
+    """
+    Control operations on a running node, kept in its state directory.
+    """
+
+    def __init__(self, node, directory: Optional[str] = None, pid: Optional[int] = None) -> None:
+        self.node = node
+        self.directory = directory
+        self.pid = pid if pid is not None else os.getpid()
+        self.listener = None
+
+    # --- state ------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.directory is None:
+            return
+        node = self.node
+        listen = self.listener.socket_address if self.listener is not None else None
+        state = st.read_state(self.directory) or st.empty_state(node.name, listen)
+        state.update(
+            name=node.name,
+            listen=listen or state.get("listen"),
+            outlets=[{"address": a, "to": o.target} for a, o in node.outlets.items()],
+            inlets=[{"listen": i.socket_address, "to": i.route_text} for i in node.inlets.values()],
+            relays=[{"name": r.name, "at": r.at_text} for r in node.relays.values()],
+        )
+        st.write_state(self.directory, state)
+
+    # --- node ---------------------------------------------------------------------
+
+    def show(self) -> dict:
+        node = self.node
+        return {
+            "name": node.name,
+            "status": "UP",
+            "pid": self.pid,
+            "route": f"/node/{node.name}",
+            "listener": self.listener.socket_address if self.listener is not None else None,
+            "services": [n for n in SERVICES if node.worker_at(n) is not None],
+            "forwarders": sorted(
+                a.value for a in node.worker_addresses() if isinstance(node.worker_at(a), Forwarder)
+            ),
+            "inlets": self.inlets(),
+            "outlets": self.outlets(),
+            "relays": self.relays(),
+        }
+
+    # --- tcp ----------------------------------------------------------------------------
+
+    def tcp_list(self) -> list:
+        return [connection_dict(i) for i in self.node.tcp.list()]
+
+    async def tcp_create(self, body: dict) -> dict:
+        to = _need(body, "to")
+        conn = await self.node.tcp.connect(to)
+        return connection_dict(conn)
+
+    async def tcp_delete(self, key: str) -> dict:
+        item = self.node.tcp.find(key)
+        if item is None:
+            raise ControlError(404, f"no TCP connection or listener {key!r} on node {self.node.name}")
+        if item is self.listener:
+            raise ControlError(409, "the node's own listener cannot be deleted")
+        await item.close()
+        return connection_dict(item)
+
+    # --- messages -------------------------------------------------------------------
+
+    async def message(self, body: dict) -> dict:
+        to = _need(body, "to")
+        timeout = float(body.get("timeout", 10))
+        if "hex" in body:
+            payload = bytes.fromhex(body["hex"])
+        else:
+            payload = encode_string(_need(body, "message"))
+        reply = await self.node.request(to, payload, timeout=timeout)
+        return reply_dict(reply)
+
+    # --- relays ---------------------------------------------------------------------
+
+    def relays(self) -> list:
+        return [r.to_dict() for r in self.node.relays.values()]
+
+    def relay_show(self, name: str) -> dict:
+        relay = self.node.relays.get(name)
+        if relay is None:
+            raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
+        return relay.to_dict()
+
+    async def relay_create(self, body: dict) -> dict:
+        name = _need(body, "name")
+        at = _need(body, "at")
+        parse_route_text(at)
+        if name in self.node.relays:
+            raise ControlError(409, f"relay {name!r} already exists on node {self.node.name}")
+        relay = await self.node.create_relay(at, name=name, timeout=float(body.get("timeout", 5)))
+        self.save()
+        return relay.to_dict()
+
+    def relay_delete(self, name: str) -> dict:
+        relay = self.node.relays.get(name)
+        if relay is None:
+            raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
+        self.node.delete_relay(name)
+        self.save()
+        return relay.to_dict()
+
+    # --- outlets -------------------------------------------------------------------------
+
+    def outlets(self) -> list:
+        return [o.to_dict() for o in self.node.outlets.values()]
+
+    def outlet_show(self, address: str) -> dict:
+        outlet = self.node.outlets.get(_service_name(address))
+        if outlet is None:
+            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
+        return outlet.to_dict()
+
+    async def outlet_create(self, body: dict) -> dict:
+        address = _service_name(_need(body, "address"))
+        to = _need(body, "to")
+        if self.node.worker_at(address) is not None:
+            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        outlet = await self.node.create_outlet(address, to)
+        self.save()
+        return outlet.to_dict()
+
+    async def outlet_delete(self, address: str) -> dict:
+        address = _service_name(address)
+        outlet = self.node.outlets.get(address)
+        if outlet is None:
+            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
+        info = outlet.to_dict()
+        await self.node.delete_outlet(address)
+        self.save()
+        return info
+
+    # --- inlets ----------------------------------------------------------------------------
+
+    def inlets(self) -> list:
+        return [i.to_dict() for i in self.node.inlets.values()]
+
+    def _inlet(self, key: str):
+        inlet = self.node.inlets.get(key)
+        if inlet is None:
+            for i in self.node.inlets.values():
+                if key in (i.listen_text, i.socket_address):
+                    return i
+            raise ControlError(404, f"no inlet {key!r} on node {self.node.name}")
+        return inlet
+
+    def inlet_show(self, key: str) -> dict:
+        return self._inlet(key).to_dict()
+
+    async def inlet_create(self, body: dict) -> dict:
+        listen = _need(body, "listen")
+        to = _need(body, "to")
+        parse_route_text(to)
+        inlet = await self.node.create_inlet(listen, to)
+        self.save()
+        return inlet.to_dict()
+
+    async def inlet_delete(self, key: str) -> dict:
+        inlet = self._inlet(key)
+        info = inlet.to_dict()
+        await self.node.delete_inlet(inlet.socket_address)
+        self.save()
+        return info
+
+
+def reply_dict(reply) -> dict:
+    try:
+        text = decode_string(reply.payload)
+    except WireError:
+        text = None
+    return {
+        "reply": text,
+        "hex": reply.payload.hex(),
+        "return_route": str(reply.return_route),
+    }
+
+
+def _need(body: dict, key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or value == "":
+        raise ControlError(400, f"missing {key!r}")
+    return value
+
+
+def _service_name(text: str) -> str:
+    if text.startswith("/"):
+        m = MultiAddr.parse(text)
+        if len(m.hops) != 1 or m.hops[0].kind != "local":
+            raise ControlError(400, f"expected /service/NAME, got {text!r}")
+        return m.hops[0].name
+    return text
+
+
+class ControlResource(resource.Resource):
+    """
+    The HTTP face of a L{NodeController}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, controller: NodeController) -> None:
+        resource.Resource.__init__(self)
+        self.c = controller
+
+    def _route(self, method: bytes, parts: list, body: dict):
+        c = self.c
+        m = method.decode()
+        key = "/".join(parts[1:]) if len(parts) > 1 else None
+        table = {
+            ("GET", "node", False): lambda: c.show(),
+            ("GET", "tcp", False): lambda: c.tcp_list(),
+            ("POST", "tcp", False): lambda: c.tcp_create(body),
+            ("DELETE", "tcp", True): lambda: c.tcp_delete(key),
+            ("POST", "message", False): lambda: c.message(body),
+            ("GET", "relays", False): lambda: c.relays(),
+            ("POST", "relays", False): lambda: c.relay_create(body),
+            ("GET", "relays", True): lambda: c.relay_show(key),
+            ("DELETE", "relays", True): lambda: c.relay_delete(key),
+            ("GET", "outlets", False): lambda: c.outlets(),
+            ("POST", "outlets", False): lambda: c.outlet_create(body),
+            ("GET", "outlets", True): lambda: c.outlet_show(key),
+            ("DELETE", "outlets", True): lambda: c.outlet_delete(key),
+            ("GET", "inlets", False): lambda: c.inlets(),
+            ("POST", "inlets", False): lambda: c.inlet_create(body),
+            ("GET", "inlets", True): lambda: c.inlet_show(key),
+            ("DELETE", "inlets", True): lambda: c.inlet_delete(key),
+        }
+        handler = table.get((m, parts[0] if parts else "", key is not None))
+        if handler is None:
+            raise ControlError(404, f"no such endpoint: {m} /{'/'.join(parts)}")
+        return handler()
+
+    def render(self, request):
+        from urllib.parse import unquote
+
+        parts = [unquote(p.decode()) for p in request.postpath if p]
+        try:
+            raw = request.content.read() if request.content is not None else b""
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise ControlError(400, "the request body must be a JSON object")
+        except ValueError:
+            body = None
+        if body is None:
+            return self._finish(request, Failure(ControlError(400, "the request body is not JSON")))
+
+        def call():
+            result = self._route(request.method, parts, body)
+            if hasattr(result, "__await__"):
+                return Deferred.fromCoroutine(result)
+            return result
+
+        d = maybeDeferred(call)
+        d.addBoth(lambda result: self._finish(request, result))
+        return server.NOT_DONE_YET
+
+    def _finish(self, request, result):
+        if isinstance(result, Failure):
+            error = result.value
+            status = _status_for(error)
+            message = error.message if isinstance(error, ControlError) else str(error) or result.getErrorMessage()
+            if status == 500:
+                log.failure("control request failed", result)
+            payload = {"error": message}
+        else:
+            status = 200
+            payload = result
+        data = json.dumps(payload).encode() + b"\n"
+        if request.finished or request._disconnected:
+            return server.NOT_DONE_YET
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(data)
+        request.finish()
+        return server.NOT_DONE_YET
+
+
+class ControlService(Service):
+    """
+    Serves the control API on C{unix:<path>:mode=600} while the node runs.
+    """
+
+    def __init__(self, reactor, controller: NodeController, path: str) -> None:
+        self.reactor = reactor
+        self.controller = controller
+        self.path = path
+        self.port = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        if os.path.exists(self.path):
+            os.unlink(self.path)  # stale: twistd's pid file guards against a live owner
+        site = server.Site(ControlResource(self.controller))
+        site.noisy = False
+        site.log = lambda request: None
+        desc = f"unix:{_escape(self.path)}:mode=600:lockfile=0"
+        results = []
+        endpoints.serverFromString(self.reactor, desc).listen(site).addBoth(results.append)
+        result = results[0] if results else None
+        if isinstance(result, Failure):
+            raise TransportError(f"cannot serve the control API on {self.path}: {result.getErrorMessage()}")
+        self.port = result
+
+    def stopService(self):
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return maybeDeferred(port.stopListening)
+        return None
+
+
+def _escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
