@@ -26,6 +26,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "ockam = ockamtw.cli.main:main",
             "ockamtw-node = ockamtw.tap:run",
         ],
     },

@@ -265,6 +265,21 @@ def _node_resolver(home: str):
     return resolve
 
 
+class _KeepService(Service):
+    """
+    Restores a kept connection (same target, same worker address).
+    """
+
+    def __init__(self, node: Node, target: str, address: str) -> None:
+        self.node = node
+        self.target = target
+        self.address = address
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.node.tcp.keep(self.target, self.address, wait=False)
+
+
 class _CleanSigterm(Service):
     """
     A node stopped by SIGTERM exits with status 0.  twistd remembers the
@@ -310,6 +325,8 @@ def makeService(options, reactor=None):
         _ListenerService(node, listen, controller).setServiceParent(node)
     for target in options["connect"]:
         _ConnectService(node, target).setServiceParent(node)
+    for kept in state.get("connections", []) if state else []:
+        _KeepService(node, kept["to"], kept["address"]).setServiceParent(node)
     outlets = [(o["address"], o["to"], False) for o in state["outlets"]] if state else []
     outlets += [(address, target, True) for address, target in options["outlet"]]
     for address, target, fatal in outlets:

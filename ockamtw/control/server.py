@@ -96,6 +96,7 @@ class NodeController:
             outlets=[{"address": a, "to": o.target} for a, o in node.outlets.items()],
             inlets=[{"listen": i.socket_address, "to": i.route_text} for i in node.inlets.values()],
             relays=[{"name": r.name, "at": r.at_text} for r in node.relays.values()],
+            connections=[{"to": k.target, "address": k.address.value} for k in node.tcp.kept.values()],
         )
         st.write_state(self.directory, state)
 
@@ -125,7 +126,8 @@ class NodeController:
 
     async def tcp_create(self, body: dict) -> dict:
         to = _need(body, "to")
-        conn = await self.node.tcp.connect(to)
+        conn = await self.node.tcp.keep(to)
+        self.save()
         return connection_dict(conn)
 
     async def tcp_delete(self, key: str) -> dict:
@@ -134,8 +136,12 @@ class NodeController:
             raise ControlError(404, f"no TCP connection or listener {key!r} on node {self.node.name}")
         if item is self.listener:
             raise ControlError(409, "the node's own listener cannot be deleted")
+        info = connection_dict(item)
+        if item.address in self.node.tcp.kept:
+            await self.node.tcp.forget(item.address)
+            self.save()
         await item.close()
-        return connection_dict(item)
+        return info
 
     # --- messages -------------------------------------------------------------------
 

@@ -142,13 +142,14 @@ class _FrameProtocol(Protocol):
 
     connection: Optional["TcpConnection"] = None
 
-    def __init__(self, tcp: "TcpTransport", mode: str) -> None:
+    def __init__(self, tcp: "TcpTransport", mode: str, address: Optional[Address] = None) -> None:
         self._tcp = tcp
         self._mode = mode
+        self._address = address
 
     def connectionMade(self) -> None:
         self.connection = TcpConnection(self._tcp, self.transport, self._mode)
-        self.connection._made()
+        self.connection._made(self._address)
 
     def dataReceived(self, data: bytes) -> None:
         self.connection._data_received(data)
@@ -161,12 +162,13 @@ class _FrameProtocol(Protocol):
 class _FrameFactory(Factory):
     noisy = False
 
-    def __init__(self, tcp: "TcpTransport", mode: str) -> None:
+    def __init__(self, tcp: "TcpTransport", mode: str, address: Optional[Address] = None) -> None:
         self._tcp = tcp
         self._mode = mode
+        self._address = address
 
     def buildProtocol(self, addr):
-        p = _FrameProtocol(self._tcp, self._mode)
+        p = _FrameProtocol(self._tcp, self._mode, self._address)
         p.factory = self
         return p
 
@@ -198,7 +200,7 @@ class TcpConnection:
 
     # --- lifecycle -----------------------------------------------------------
 
-    def _made(self) -> None:
+    def _made(self, address: Optional[Address] = None) -> None:
         t = self.transport
         try:
             t.setTcpNoDelay(True)
@@ -207,7 +209,13 @@ class TcpConnection:
         except (AttributeError, OSError):
             pass
         self.backpressure.attach(t)
-        self.address = self._node.start_worker(None, self)
+        try:
+            self.address = self._node.start_worker(address, self)
+        except Exception:
+            log.failure("cannot register connection {peer}", peer=self.socket_address)
+            self.connected = False
+            t.abortConnection()
+            return
         self._tcp._add(self)
         log.info(
             "TCP connection {mode} {peer} as {address}",
@@ -381,6 +389,85 @@ class TcpListener:
         return f"<TcpListener {self.socket_address}>"
 
 
+class KeptConnection:
+    """
+    An outgoing connection that comes back: when it closes, it is made
+    again (same target, same worker address, so routes through it stay
+    valid) with exponential backoff, until L{stop}.
+    """
+
+    initial_delay = 0.1
+    max_delay = 5.0
+
+    def __init__(self, tcp: "TcpTransport", target: str, address: Address) -> None:
+        self._tcp = tcp
+        self.target = target
+        self.address = address
+        self.connection: Optional[TcpConnection] = None
+        self.stopped = False
+        self._timer = None
+        self._attempt: Optional[Deferred] = None
+        self._failures = 0
+
+    def start(self) -> None:
+        self._connect()
+
+    def _connect(self) -> None:
+        self._timer = None
+        if self.stopped:
+            return
+        self._attempt = self._tcp.connect(self.target, address=self.address)
+        self._attempt.addCallbacks(self._connected, self._failed)
+
+    def adopt(self, conn: TcpConnection) -> None:
+        self._connected(conn)
+
+    def _connected(self, conn: TcpConnection) -> None:
+        self._attempt = None
+        self._failures = 0
+        self.connection = conn
+        conn.when_closed().addCallback(lambda _: self._lost(conn))
+
+    def _failed(self, f) -> None:
+        self._attempt = None
+        if self.stopped or f.check(CancelledError):
+            return
+        self._failures += 1
+        self._retry(f.getErrorMessage())
+
+    def _lost(self, conn: TcpConnection) -> None:
+        if conn is self.connection:
+            self.connection = None
+            if not self.stopped:
+                self._retry("connection closed")
+
+    def _retry(self, reason: str) -> None:
+        delay = min(self.max_delay, self.initial_delay * 2 ** max(0, self._failures - 1))
+        log.info(
+            "connection {address} to {target}: {reason}; reconnecting in {delay:.1f} s",
+            address=str(self.address),
+            target=self.target,
+            reason=reason,
+            delay=delay,
+        )
+        self._timer = self._tcp.reactor.callLater(delay, self._connect)
+
+    def stop(self) -> Deferred:
+        """
+        Stop reconnecting and close the connection.
+        """
+        self.stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+            self._attempt = None
+        if self.connection is not None:
+            return self.connection.close()
+        return succeed(None)
+
+
 class TcpTransport:
     """
     A node's TCP transport: C{node.tcp}.
@@ -395,6 +482,8 @@ class TcpTransport:
         self._listeners: List[TcpListener] = []
         self._connections: Dict[Address, TcpConnection] = {}
         self._connecting: Dict[str, List[Deferred]] = {}
+        #: address -> L{KeptConnection}
+        self.kept: Dict[Address, KeptConnection] = {}
 
     # --- listening -------------------------------------------------------------
 
@@ -428,21 +517,28 @@ class TcpTransport:
 
     # --- connecting -------------------------------------------------------------
 
-    def connect(self, target: str, timeout: Optional[float] = None) -> Deferred:
+    def connect(self, target: str, timeout: Optional[float] = None, address: Optional[Address] = None) -> Deferred:
         """
         Connect to C{host:port} (or C{1#host:port}, or a client endpoint
         string).  Fires with the L{TcpConnection} once connected; fails with
-        L{TransportError}.
+        L{TransportError}.  C{address} fixes the connection worker's address
+        (random by default).
         """
         t = self.connect_timeout if timeout is None else timeout
         try:
             ep, key = client_endpoint(self.reactor, target, t)
         except WireError as e:
             return fail(e)
-        d = ep.connect(_FrameFactory(self, MODE_OUTGOING))
+        if address is not None and not isinstance(address, Address):
+            address = Address.parse(address)
+        if address is not None and self.node.worker_at(address) is not None:
+            return fail(TransportError(f"address {address} is already taken on node {self.node.name}"))
+        d = ep.connect(_FrameFactory(self, MODE_OUTGOING, address))
 
         def connected(proto):
             conn = proto.connection
+            if not conn.connected or conn.address is None:
+                raise TransportError(f"connection to {target} closed at once")
             conn.target = key
             return conn
 
@@ -460,6 +556,47 @@ class TcpTransport:
         if not isinstance(address, Address):
             address = Address.parse(address)
         return self._connections.get(address)
+
+    def keep(self, target: str, address: Union[Address, str, None] = None, wait: bool = True) -> Deferred:
+        """
+        Connect to C{target} and keep the connection: it is made again with
+        the same worker address whenever it closes (see L{KeptConnection}).
+        With C{wait}, fires with the first L{TcpConnection} (and fails,
+        keeping nothing, if it cannot be made); else fires at once with the
+        L{KeptConnection}, which keeps trying.
+        """
+        if address is None:
+            address = Address.random_local()
+        elif not isinstance(address, Address):
+            address = Address.parse(address)
+        if address in self.kept or self.node.worker_at(address) is not None:
+            return fail(TransportError(f"address {address} is already taken on node {self.node.name}"))
+        keeper = KeptConnection(self, target, address)
+        self.kept[address] = keeper
+        if not wait:
+            keeper.start()
+            return succeed(keeper)
+
+        def connected(conn):
+            keeper.adopt(conn)
+            return conn
+
+        def failed(f):
+            self.kept.pop(address, None)
+            return f
+
+        return self.connect(target, address=address).addCallbacks(connected, failed)
+
+    def forget(self, address: Union[Address, str]) -> Deferred:
+        """
+        Stop keeping the connection at C{address} and close it.
+        """
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        keeper = self.kept.pop(address, None)
+        if keeper is None:
+            return succeed(None)
+        return keeper.stop()
 
     def connect_shared(self, target: str) -> Deferred:
         """
@@ -540,6 +677,7 @@ class TcpTransport:
         """
         from ..node import gather
 
-        ds = [l.close() for l in list(self._listeners)]
+        ds = [self.forget(a) for a in list(self.kept)]
+        ds += [l.close() for l in list(self._listeners)]
         ds += [c.close() for c in list(self._connections.values())]
         return gather(ds)

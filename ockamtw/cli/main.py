@@ -1,0 +1,530 @@
+"""
+The C{ockam} command line: background nodes, TCP connections, messages,
+relays (forwarders), TCP inlets and outlets, as in Ockam's own CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+from twisted.internet import defer, task
+
+from ..control import state as st
+from ..errors import OckamError
+from ..routing import MultiAddr
+from ..transport.tcp import _split_hostport
+from .nodes import CLIError, Nodes, node_name
+
+# --- output -----------------------------------------------------------------------
+
+
+def table(headers: List[str], rows: List[List[str]]) -> str:
+    """
+    An ASCII table as Ockam's CLI draws it.
+    """
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells):
+        return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
+
+    out = [rule, line(headers), rule]
+    out += [line(r) for r in rows]
+    if rows:
+        out.append(rule)
+    return "\n".join(out)
+
+
+def node_block(info: dict) -> str:
+    listener = info.get("listener") or "-"
+    lines = [
+        "Node:",
+        f"  Name: {info['name']}",
+        f"  Status: {info['status']}",
+        f"  PID: {info.get('pid') or '-'}",
+        "  Route To Node:",
+        f"    Short: /node/{info['name']}",
+    ]
+    hp = _split_hostport(listener) if listener != "-" else None
+    if hp:
+        host, port = hp
+        proto = "ip6" if ":" in host else "ip4"
+        lines.append(f"    Verbose: /{proto}/{host}/tcp/{port}")
+    lines.append(f"  Listener: {listener}")
+    services = info.get("services")
+    if services is not None:
+        lines.append("  Services:")
+        lines += [f"    {s}" for s in services] or ["    -"]
+    lines.append("  Inlets:")
+    lines += [f"    {i['listen']} => {i['route']} ({i['status']})" for i in info.get("inlets", [])] or ["    -"]
+    lines.append("  Outlets:")
+    lines += [f"    /service/{o['address']} => {o['target']}" for o in info.get("outlets", [])] or ["    -"]
+    lines.append("  Relays:")
+    lines += [
+        f"    /service/{r['alias']} at {r['at']} ({r['status']})" for r in info.get("relays", [])
+    ] or ["    -"]
+    return "\n".join(lines)
+
+
+class Out:
+    def __init__(self, fmt: str) -> None:
+        self.json = fmt == "json"
+
+    def emit(self, data, text: str) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            print(text)
+
+
+# --- routes typed by users ----------------------------------------------------------------
+
+
+def read_route(text: str, stdin=None) -> str:
+    """
+    The route text with a C{-} replaced by standard input (so that one
+    command's output can be piped into the next), checked as a MultiAddr.
+    """
+    if "-" == text or text.startswith("-/"):
+        piped = (stdin or sys.stdin).read().strip()
+        if not piped:
+            raise CLIError("--to has '-' but standard input is empty")
+        text = piped + text[1:]
+    if text.startswith("/"):
+        try:
+            MultiAddr.parse(text)
+        except OckamError as e:
+            raise CLIError(str(e)) from None
+    return text
+
+
+def check_hostport(text: str, what: str) -> str:
+    try:
+        hp = _split_hostport(text)
+    except OckamError as e:
+        raise CLIError(f"{what}: {e}") from None
+    if hp is None:
+        raise CLIError(f"{what}: expected HOST:PORT, got {text!r}")
+    return text
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+class Commands:
+    def __init__(self, reactor, args, nodes: Nodes) -> None:
+        self.reactor = reactor
+        self.args = args
+        self.nodes = nodes
+        self.out = Out(getattr(args, "output", "plain") or "plain")
+        self._clients = []
+
+    def client(self, name: str):
+        from .client import ControlClient
+
+        name = self.nodes.require(name)
+        c = ControlClient(self.reactor, name, self.nodes.socket(name))
+        self._clients.append(c)
+        return c
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.close()
+
+    async def _wait_ready(self, name: str, proc, log_offset: int, timeout: float = 20.0) -> dict:
+        from .client import ControlClient
+
+        deadline = time.monotonic() + timeout
+        c = ControlClient(self.reactor, name, self.nodes.socket(name))
+        self._clients.append(c)
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise CLIError(self.nodes.startup_error(name, log_offset))
+            if os.path.exists(self.nodes.socket(name)):
+                try:
+                    return await c.call("GET", "node")
+                except CLIError:
+                    pass
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+
+    # node ---------------------------------------------------------------------
+
+    async def node_create(self):
+        a = self.args
+        if a.name:
+            name = node_name(a.name)
+        else:
+            name = os.urandom(4).hex()
+        if self.nodes.exists(name):
+            raise CLIError(f"node {name!r} already exists")
+        listen = check_hostport(a.tcp_listener_address, "--tcp-listener-address")
+        d = self.nodes.dir(name)
+        os.makedirs(d, exist_ok=True)
+        st.write_state(d, st.empty_state(name, listen))
+        if a.foreground:
+            from ..tap import run
+
+            run(["-n", "--pidfile", os.path.join(d, st.PIDFILE), "ockam", "--state", d])
+            return
+        offset = self.nodes.log_size(name)
+        proc = self.nodes.spawn(name)
+        try:
+            info = await self._wait_ready(name, proc, offset)
+        except BaseException:
+            proc.wait(timeout=10) if proc.poll() is None else None
+            self.nodes.delete(name)
+            raise
+        self.out.emit(info, node_block(info))
+
+    async def _node_info(self, name: str) -> dict:
+        if self.nodes.running(name):
+            try:
+                return await self.client(name).call("GET", "node")
+            except CLIError:
+                pass
+        state = self.nodes.state(name)
+        return {
+            "name": name,
+            "status": "DOWN",
+            "pid": None,
+            "route": f"/node/{name}",
+            "listener": state.get("listen"),
+            "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down"} for i in state.get("inlets", [])],
+            "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
+            "relays": [
+                {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": "Down"}
+                for r in state.get("relays", [])
+            ],
+        }
+
+    async def node_list(self):
+        infos = [await self._node_info(n) for n in self.nodes.names()]
+        rows = [[i["name"], i["status"], str(i.get("pid") or "-"), i.get("listener") or "-"] for i in infos]
+        self.out.emit(infos, table(["Node", "Status", "PID", "Listener"], rows))
+
+    async def node_show(self):
+        name = self.nodes.pick(self.args.name)
+        info = await self._node_info(name)
+        self.out.emit(info, node_block(info))
+
+    async def node_stop(self):
+        name = self.nodes.require(self.args.name)
+        if not self.nodes.stop(name):
+            raise CLIError(f"node {name} is not running")
+        self.out.emit({"name": name, "status": "DOWN"}, f"Node {name} stopped")
+
+    async def node_start(self):
+        name = self.nodes.require(self.args.name)
+        if self.nodes.running(name):
+            raise CLIError(f"node {name} is already running")
+        offset = self.nodes.log_size(name)
+        proc = self.nodes.spawn(name)
+        info = await self._wait_ready(name, proc, offset)
+        self.out.emit(info, node_block(info))
+
+    async def node_logs(self):
+        name = self.nodes.pick(self.args.name)
+        path = self.nodes.log_path(name)
+        self.out.emit({"name": name, "log": path}, path)
+
+    async def node_delete(self):
+        a = self.args
+        if a.all:
+            names = self.nodes.names()
+        elif a.name:
+            names = [self.nodes.require(a.name)]
+        else:
+            raise CLIError("name a node, or use --all")
+        for name in names:
+            self.nodes.delete(name)
+        self.out.emit({"deleted": names}, "\n".join(f"Node {n} deleted" for n in names) or "No node to delete")
+
+    # tcp-connection ------------------------------------------------------------
+
+    async def tcp_create(self):
+        name = self.nodes.pick(self.args.from_)
+        to = self.args.to
+        if to.startswith("/"):
+            hops = MultiAddr.parse(to).hops
+            if len(hops) != 1 or hops[0].kind not in ("tcp", "node"):
+                raise CLIError(f"--to: expected HOST:PORT or /ip4/HOST/tcp/PORT, got {to!r}")
+            h = hops[0]
+            to = st.listener_of(self.nodes.home, h.name) if h.kind == "node" else f"{h.host}:{h.port}"
+            if not to:
+                raise CLIError(f"no node named {hops[0].name!r}")
+        conn = await self.client(name).call("POST", "tcp", {"to": to})
+        self.out.emit(conn, f"/service/{conn['worker_address'].split('#', 1)[1]}")
+
+    async def tcp_list(self):
+        name = self.nodes.pick(self.args.node)
+        items = [c for c in await self.client(name).call("GET", "tcp") if c["mode"] != "Listening"]
+        rows = [
+            [c["transport_id"], c["transport_type"], c["mode"], c["socket_address"], c["worker_address"]]
+            for c in items
+        ]
+        headers = ["Transport ID", "Transport Type", "Mode", "Socket address", "Worker address"]
+        self.out.emit(items, table(headers, rows))
+
+    async def tcp_delete(self):
+        name = self.nodes.pick(self.args.node)
+        key = self.args.id
+        if key.startswith("/service/"):
+            key = key[len("/service/") :]
+        c = await self.client(name).call("DELETE", f"tcp/{key}")
+        self.out.emit(c, f"TCP connection {c['transport_id']} deleted")
+
+    # message -------------------------------------------------------------------------
+
+    async def message_send(self):
+        a = self.args
+        to = read_route(a.to)
+        if a.from_:
+            name = self.nodes.require(a.from_)
+            reply = await self.client(name).call(
+                "POST", "message", {"to": to, "message": a.message, "timeout": a.timeout}
+            )
+        else:
+            reply = await self._send_embedded(to, a.message, a.timeout)
+        text = reply["reply"] if reply["reply"] is not None else reply["hex"]
+        self.out.emit(reply, text)
+
+    async def _send_embedded(self, to: str, message: str, timeout: float) -> dict:
+        from ..api import Node
+        from ..control.server import reply_dict
+        from ..wire import encode_string
+
+        node = Node(self.reactor, name=f"cli-{os.getpid()}")
+        home = self.nodes.home
+
+        def resolver(name):
+            address = st.listener_of(home, name)
+            if not address:
+                raise CLIError(f"no node named {name!r} (see: ockam node list)")
+            return address
+
+        node.node_resolver = resolver
+        node.startService()
+        try:
+            reply = await node.request(to, encode_string(message), timeout=timeout)
+            return reply_dict(reply)
+        finally:
+            await node.stopService()
+
+    # relays ----------------------------------------------------------------------------
+
+    async def relay_create(self):
+        a = self.args
+        name = self.nodes.pick(a.to)
+        at = read_route(a.at)
+        relay = await self.client(name).call("POST", "relays", {"name": a.name, "at": at, "timeout": a.timeout})
+        self.out.emit(relay, f"/service/{relay['alias']}")
+
+    async def relay_list(self):
+        name = self.nodes.pick(self.args.to)
+        relays = await self.client(name).call("GET", "relays")
+        rows = [[r["name"], f"/service/{r['alias']}", r["at"], r["status"]] for r in relays]
+        self.out.emit(relays, table(["Relay", "Address", "At", "Status"], rows))
+
+    async def relay_show(self):
+        name = self.nodes.pick(self.args.to)
+        r = await self.client(name).call("GET", f"relays/{self.args.name}")
+        text = "\n".join(
+            [
+                f"Relay: {r['name']}",
+                f"  Address: /service/{r['alias']}",
+                f"  At: {r['at']}",
+                f"  Status: {r['status']}",
+                f"  Route: {r['route'] or '-'}",
+            ]
+            + ([f"  Last error: {r['last_error']}"] if r.get("last_error") else [])
+        )
+        self.out.emit(r, text)
+
+    async def relay_delete(self):
+        name = self.nodes.pick(self.args.to)
+        r = await self.client(name).call("DELETE", f"relays/{self.args.name}")
+        self.out.emit(r, f"Relay {r['name']} deleted")
+
+    # outlets ----------------------------------------------------------------------------
+
+    async def outlet_create(self):
+        a = self.args
+        name = self.nodes.pick(a.at)
+        check_hostport(a.to, "--to")
+        o = await self.client(name).call("POST", "outlets", {"address": a.from_, "to": a.to})
+        self.out.emit(o, f"/service/{o['address']}")
+
+    async def outlet_list(self):
+        name = self.nodes.pick(self.args.at)
+        outlets = await self.client(name).call("GET", "outlets")
+        rows = [[f"/service/{o['address']}", o["target"], str(o["connections"])] for o in outlets]
+        self.out.emit(outlets, table(["Address", "To", "Connections"], rows))
+
+    async def outlet_show(self):
+        name = self.nodes.pick(self.args.at)
+        o = await self.client(name).call("GET", f"outlets/{self.args.address}")
+        self.out.emit(o, f"Outlet: /service/{o['address']}\n  To: {o['target']}\n  Connections: {o['connections']}")
+
+    async def outlet_delete(self):
+        name = self.nodes.pick(self.args.at)
+        o = await self.client(name).call("DELETE", f"outlets/{self.args.address}")
+        self.out.emit(o, f"Outlet /service/{o['address']} deleted")
+
+    # inlets -------------------------------------------------------------------------------
+
+    async def inlet_create(self):
+        a = self.args
+        name = self.nodes.pick(a.at)
+        check_hostport(a.from_, "--from")
+        to = read_route(a.to)
+        i = await self.client(name).call("POST", "inlets", {"listen": a.from_, "to": to})
+        self.out.emit(i, i["listen"])
+
+    async def inlet_list(self):
+        name = self.nodes.pick(self.args.at)
+        inlets = await self.client(name).call("GET", "inlets")
+        rows = [[i["listen"], i["route"], i["status"], str(i["connections"])] for i in inlets]
+        self.out.emit(inlets, table(["Listen", "To", "Status", "Connections"], rows))
+
+    async def inlet_show(self):
+        name = self.nodes.pick(self.args.at)
+        i = await self.client(name).call("GET", f"inlets/{self.args.listen}")
+        text = f"Inlet: {i['listen']}\n  To: {i['route']}\n  Status: {i['status']}\n  Connections: {i['connections']}"
+        self.out.emit(i, text)
+
+    async def inlet_delete(self):
+        name = self.nodes.pick(self.args.at)
+        i = await self.client(name).call("DELETE", f"inlets/{self.args.listen}")
+        self.out.emit(i, f"Inlet {i['listen']} deleted")
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output", choices=["plain", "json"], default="plain", help="output format")
+
+    p = argparse.ArgumentParser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).", parents=[common])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def group(name, help_, aliases=()):
+        g = sub.add_parser(name, help=help_, aliases=list(aliases), parents=[common])
+        return g.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def cmd(parent, name, func, help_):
+        c = parent.add_parser(name, help=help_, description=help_, parents=[common])
+        c.set_defaults(func=func)
+        return c
+
+    node = group("node", "manage background nodes")
+    c = cmd(node, "create", Commands.node_create, "create and start a node")
+    c.add_argument("name", nargs="?", help="node name (random by default)")
+    c.add_argument("--tcp-listener-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where the node listens (default: a free port on 127.0.0.1)")
+    c.add_argument("--foreground", action="store_true", help="run in this process instead of in the background")
+    cmd(node, "list", Commands.node_list, "list nodes")
+    c = cmd(node, "show", Commands.node_show, "show a node's status")
+    c.add_argument("name", nargs="?")
+    for action, func, help_ in (
+        ("stop", Commands.node_stop, "stop a node (its state is kept)"),
+        ("start", Commands.node_start, "start a stopped node with its state"),
+        ("logs", Commands.node_logs, "print the path of a node's log file"),
+    ):
+        c = cmd(node, action, func, help_)
+        c.add_argument("name", nargs="?" if action == "logs" else None)
+    c = cmd(node, "delete", Commands.node_delete, "stop a node and delete its state")
+    c.add_argument("name", nargs="?")
+    c.add_argument("--all", action="store_true", help="delete every node")
+
+    tcp = group("tcp-connection", "TCP connections of a node")
+    c = cmd(tcp, "create", Commands.tcp_create, "connect a node to HOST:PORT")
+    c.add_argument("--from", dest="from_", metavar="NODE")
+    c.add_argument("--to", required=True, metavar="HOST:PORT")
+    c = cmd(tcp, "list", Commands.tcp_list, "list a node's TCP connections")
+    c.add_argument("--node", "--from", dest="node", metavar="NODE")
+    c = cmd(tcp, "delete", Commands.tcp_delete, "close a TCP connection")
+    c.add_argument("id", metavar="ID", help="transport id or worker address")
+    c.add_argument("--node", "--from", dest="node", metavar="NODE")
+
+    msg = group("message", "send messages")
+    c = cmd(msg, "send", Commands.message_send, "send a message and print the reply")
+    c.add_argument("message", metavar="MSG")
+    c.add_argument("--from", dest="from_", metavar="NODE", help="the node that sends (default: a temporary node)")
+    c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route; '-' reads standard input")
+    c.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+
+    for name, aliases in (("relay", ()), ("forwarder", ())):
+        r = group(name, "relays (formerly forwarders)" if name == "relay" else "relays, under their old name")
+        c = cmd(r, "create", Commands.relay_create, "register a relay at another node")
+        c.add_argument("name", nargs="?", default="default", metavar="NAME")
+        c.add_argument("--at", required=True, metavar="ROUTE", help="the relay node, e.g. /node/n2")
+        c.add_argument("--to", metavar="NODE", help="the node the relay forwards to")
+        c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+        c = cmd(r, "list", Commands.relay_list, "list a node's relays")
+        c.add_argument("--to", metavar="NODE")
+        for action, func in (("show", Commands.relay_show), ("delete", Commands.relay_delete)):
+            c = cmd(r, action, func, f"{action} a relay")
+            c.add_argument("name", metavar="NAME")
+            c.add_argument("--to", metavar="NODE")
+
+    o = group("tcp-outlet", "TCP outlets")
+    c = cmd(o, "create", Commands.outlet_create, "create a TCP outlet")
+    c.add_argument("--at", metavar="NODE")
+    c.add_argument("--from", dest="from_", default="/service/outlet", metavar="ADDRESS")
+    c.add_argument("--to", required=True, metavar="HOST:PORT")
+    c = cmd(o, "list", Commands.outlet_list, "list TCP outlets")
+    c.add_argument("--at", metavar="NODE")
+    for action, func in (("show", Commands.outlet_show), ("delete", Commands.outlet_delete)):
+        c = cmd(o, action, func, f"{action} a TCP outlet")
+        c.add_argument("address", metavar="ADDRESS")
+        c.add_argument("--at", metavar="NODE")
+
+    i = group("tcp-inlet", "TCP inlets")
+    c = cmd(i, "create", Commands.inlet_create, "create a TCP inlet")
+    c.add_argument("--at", metavar="NODE")
+    c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT")
+    c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; '-' reads standard input")
+    c = cmd(i, "list", Commands.inlet_list, "list TCP inlets")
+    c.add_argument("--at", metavar="NODE")
+    for action, func in (("show", Commands.inlet_show), ("delete", Commands.inlet_delete)):
+        c = cmd(i, action, func, f"{action} a TCP inlet")
+        c.add_argument("listen", metavar="HOST:PORT")
+        c.add_argument("--at", metavar="NODE")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parser().parse_args(argv)
+
+    async def run(reactor):
+        commands = Commands(reactor, args, Nodes())
+        try:
+            await args.func(commands)
+        except (CLIError, OckamError) as e:
+            print(f"ockam: {e}", file=sys.stderr)
+            raise SystemExit(1)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        finally:
+            await commands.close()
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    main()
