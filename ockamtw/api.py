@@ -87,7 +87,7 @@ class Node(BaseNode):
 
         @raise KeyError: if there is none.
         """
-        relay = self.relays.pop(name)
+        relay = self.relays[name]
         relay.stop()
 
     # --- outlets ------------------------------------------------------------------

@@ -58,11 +58,16 @@ class Forwarder(Worker):
     def same_peer(self, route: Route) -> bool:
         """
         Whether a registration with C{route} comes from the peer that owns
-        this forwarder: through the same connection, or (local) the same
-        route.
+        this forwarder: through the same connection, or from the same
+        registering worker (its random address ends the route), e.g. after
+        reconnecting while a half-open old connection lingers here.
         """
+        if not route:
+            return False
+        if route[-1] == self.forward_route[-1]:
+            return True
         if self.link is not None:
-            return bool(route) and route[0] == self.forward_route[0]
+            return route[0] == self.forward_route[0]
         return route == self.forward_route
 
     @property
@@ -223,6 +228,7 @@ class Relay:
         self._timer = None
         self._attempt: Optional[Deferred] = None
         self._failures = 0
+        self._messages_in_at_send = None
         self._stopped = False
         self._observers: List[Callable[[str], None]] = []
 
@@ -261,10 +267,14 @@ class Relay:
 
     def stop(self) -> None:
         """
-        Stop refreshing and reconnecting, and remove the local worker.
+        Stop refreshing and reconnecting, remove the local worker, and free
+        the name on this node.
         """
         self._shutdown()
         self._set_status(DOWN)
+        relays = getattr(self.node, "relays", None)
+        if relays is not None and relays.get(self.name) is self:
+            del relays[self.name]
 
     def on_status(self, observer: Callable[[str], None]) -> None:
         """
@@ -282,6 +292,7 @@ class Relay:
 
         def watch(s):
             if s == status and not d.called:
+                self._observers.remove(watch)
                 d.callback(self)
 
         self._observers.append(watch)
@@ -293,6 +304,8 @@ class Relay:
         route = await self._resolve()
         waiting: Deferred = Deferred()
         self._waiting = waiting
+        link = self._link
+        self._messages_in_at_send = link.messages_in if link is not None else None
         self.node.send(route + [self.service], self._payload, sender=self._address)
         timer = self.reactor.callLater(self.timeout, self._registration_timeout, waiting)
         try:
@@ -360,9 +373,12 @@ class Relay:
             self.last_error = f.getErrorMessage()
             self._failures += 1
             self._set_status(DOWN)
-            if f.check(RequestTimeout) and self._link is not None and self._link.connected:
-                # The link looks dead (or the relay node forgot us): start over.
-                self._link.abort()
+            link = self._link
+            if f.check(RequestTimeout) and link is not None and link.connected:
+                if link.messages_in == self._messages_in_at_send:
+                    # Nothing at all came back on the link: it is dead, start over.
+                    log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
+                    link.abort()
             delay = min(self.max_delay, self.initial_delay * self.factor ** (self._failures - 1))
             delay *= 0.8 + 0.4 * random.random()
             log.info(

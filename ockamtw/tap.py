@@ -282,20 +282,38 @@ class _KeepService(Service):
 
 class _CleanSigterm(Service):
     """
-    A node stopped by SIGTERM exits with status 0.  twistd remembers the
-    signal that stopped the reactor and re-raises it at exit (status 143);
-    this service forgets SIGTERM when the node stops.  It reads Twisted's
-    private C{_exitSignal}, guarded, since no public API exists for it.
+    A node stopped by SIGTERM exits with status 0.
+
+    Until the reactor runs, Python's default SIGTERM disposition would kill
+    the process (status 143): this service's handler, installed before any
+    other part of the node starts, stops the reactor instead.  Once the
+    reactor runs, Twisted's own handler takes over, and twistd re-raises the
+    signal at exit; this service forgets SIGTERM when the node stops.  It
+    reads Twisted's private C{_exitSignal}, guarded, since no public API
+    exists for it.
     """
 
     def __init__(self, reactor) -> None:
         self.reactor = reactor
+        self._previous = None
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._early_term)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+
+    def _early_term(self, signum, frame) -> None:
+        self.reactor.callFromThread(self.reactor.stop)
 
     def stopService(self):
         Service.stopService(self)
         if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
             log.info("SIGTERM: node stopped")
             self.reactor._exitSignal = None
+        if signal.getsignal(signal.SIGTERM) == self._early_term and self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def makeService(options, reactor=None):
@@ -319,6 +337,7 @@ def makeService(options, reactor=None):
     home = os.path.dirname(os.path.dirname(state_dir)) if state_dir else st.ockam_home()
 
     node = Node(reactor, name=name)
+    _CleanSigterm(reactor).setServiceParent(node)  # first: see its docstring
     node.node_resolver = _node_resolver(home)
     controller = NodeController(node, state_dir) if state_dir else None
     if listen:
@@ -346,7 +365,6 @@ def makeService(options, reactor=None):
     if controller is not None:
         ControlService(reactor, controller, os.path.join(state_dir, st.SOCKET)).setServiceParent(node)
         _SaveState(controller).setServiceParent(node)
-    _CleanSigterm(reactor).setServiceParent(node)
     log.info("node {node} starting", node=node.name)
     return node
 
