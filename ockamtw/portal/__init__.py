@@ -24,7 +24,8 @@ from ..errors import MessageTooLarge, WireError
 from ..flow import BackPressure, PauseCounter
 from ..interfaces import IFlowSource
 from ..node import Worker
-from ..routing import Route
+from ..routing import Route, _encode_uvarint
+from ..wire import _read_uvarint
 
 log = Logger(namespace="ockamtw.portal")
 
@@ -37,20 +38,11 @@ DISCONNECT = b"\x02"
 _PAYLOAD_TAG = 3
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def payload_message(chunk: bytes) -> bytes:
     """
     The PortalMessage C{Payload(chunk)}.
     """
-    return b"\x03" + _uvarint(len(chunk)) + chunk
+    return b"\x03" + _encode_uvarint(len(chunk)) + chunk
 
 
 def parse_payload(payload: bytes) -> bytes:
@@ -59,23 +51,10 @@ def parse_payload(payload: bytes) -> bytes:
 
     @raise WireError: when it is truncated.
     """
-    n = 0
-    shift = 0
-    pos = 1
     end = len(payload)
-    while True:
-        if pos >= end or shift > 63:
-            raise WireError("truncated portal payload length")
-        b = payload[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
+    n, pos = _read_uvarint(payload, 1, end)
     if pos + n > end:
         raise WireError(f"portal payload of {n} bytes truncated to {end - pos}")
-    if pos == 0 and n == end:
-        return payload
     return payload[pos : pos + n]
 
 

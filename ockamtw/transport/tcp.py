@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
-from ..flow import BackPressure
+from ..flow import BackPressure, PauseCounter
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..routing import Address
 from ..wire import FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -192,7 +192,7 @@ class TcpConnection:
         self.connected = True
         self.backpressure = BackPressure()
         self._decoder = FrameDecoder()
-        self._pause_count = 0
+        self._reading = PauseCounter(transport, on_resume=self._process)
         self._processing = False
         self._closed_waiters: List[Deferred] = []
         self.messages_in = 0
@@ -229,6 +229,7 @@ class TcpConnection:
         if not self.connected:
             return
         self.connected = False
+        self._reading.active = False
         self._tcp._remove(self)
         if self.address is not None:
             self._node.stop_worker(self.address)
@@ -304,21 +305,14 @@ class TcpConnection:
     # --- IFlowSource: messages read ---------------------------------------------
 
     def pause_flow(self) -> None:
-        self._pause_count += 1
-        if self._pause_count == 1 and self.connected:
-            self.transport.pauseProducing()
+        self._reading.pause()
 
     def resume_flow(self) -> None:
-        if self._pause_count == 0:
-            return
-        self._pause_count -= 1
-        if self._pause_count == 0 and self.connected:
-            self.transport.resumeProducing()
-            self._process()
+        self._reading.resume()
 
     @property
     def paused(self) -> bool:
-        return self._pause_count > 0
+        return self._reading.count > 0
 
     def _data_received(self, data: bytes) -> None:
         self._decoder.feed(data)
@@ -332,7 +326,8 @@ class TcpConnection:
         node = self._node
         me = self.address
         try:
-            while self._pause_count == 0 and self.connected:
+            reading = self._reading
+            while reading.count == 0 and self.connected:
                 try:
                     message = decoder.next()
                 except WireError as e:
