@@ -5,7 +5,7 @@ portal worker to the target service.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from ..errors import WireError
@@ -23,6 +23,14 @@ class OutletPortal(PortalWorker):
     """
 
     side = "outlet"
+    #: The Deferred of the target connection while it is being made.
+    connecting = None
+
+    def finish(self, notify: bool) -> None:
+        connecting, self.connecting = self.connecting, None
+        PortalWorker.finish(self, notify)
+        if connecting is not None and not connecting.called:
+            connecting.cancel()
 
     def _socket_made(self, transport) -> None:
         PortalWorker._socket_made(self, transport)
@@ -82,7 +90,17 @@ class Outlet(Worker):
             )
             portal.finish(notify=True)
 
-        endpoint.connect(_OneProtocolFactory(portal)).addErrback(failed)
+        def failed_or_cancelled(f):
+            portal.connecting = None
+            if f.check(CancelledError):
+                return None
+            return failed(f)
+
+        def connected(protocol):
+            portal.connecting = None
+
+        portal.connecting = endpoint.connect(_OneProtocolFactory(portal))
+        portal.connecting.addCallbacks(connected, failed_or_cancelled)
 
     def _portal_finished(self, portal) -> None:
         self.portals.discard(portal)
