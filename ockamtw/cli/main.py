@@ -198,6 +198,8 @@ class Commands:
             "pid": None,
             "route": f"/node/{name}",
             "listener": state.get("listen"),
+            "services": [],
+            "forwarders": [],
             "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down"} for i in state.get("inlets", [])],
             "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
             "relays": [
@@ -503,8 +505,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _attach_dash_values(argv: List[str]) -> List[str]:
+    """
+    C{--to -/service/x} as C{--to=-/service/x}: argparse would take a value
+    starting with C{-} for an option.
+    """
+    out: List[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--to", "--at") and i + 1 < len(argv) and argv[i + 1].startswith("-/"):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(_attach_dash_values(argv))
 
     async def run(reactor):
         commands = Commands(reactor, args, Nodes())
