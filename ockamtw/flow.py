@@ -103,3 +103,40 @@ class PauseCounter:
             self.transport.resumeProducing()
             if self._on_resume is not None:
                 self._on_resume()
+
+
+class Closer:
+    """
+    Closes a transport that has a streaming producer registered: Twisted's
+    C{loseConnection} waits for a registered producer to unregister, so the
+    producer is unregistered first.  When the peer reads nothing for
+    C{grace} seconds the connection is aborted, so a close always ends.
+    """
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._timer = None
+
+    def close(self, transport, grace: float) -> None:
+        if self._timer is not None:
+            return
+        try:
+            transport.unregisterProducer()
+        except Exception:
+            pass
+        transport.loseConnection()
+        if grace is not None and self._reactor is not None:
+            self._timer = self._reactor.callLater(grace, self._abort, transport)
+
+    def _abort(self, transport) -> None:
+        self._timer = None
+        transport.abortConnection()
+
+    def closed(self) -> None:
+        """
+        The transport is closed: forget the abort timer.
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None

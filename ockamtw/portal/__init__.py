@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import MessageTooLarge, WireError
-from ..flow import BackPressure, PauseCounter
+from ..flow import BackPressure, Closer, PauseCounter
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import Route, _encode_uvarint
@@ -105,8 +105,10 @@ class PortalWorker(Worker):
         self.transport = None
         self.backpressure = BackPressure()
         self._reading: Optional[PauseCounter] = None
-        self._closed: Optional[Deferred] = None
         self._waiters = []
+        self._closer = None
+        self._link = None
+        self._link_key = None
         self.finished = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -115,6 +117,7 @@ class PortalWorker(Worker):
 
     def _socket_made(self, transport) -> None:
         self.transport = transport
+        self._closer = Closer(self.owner.node.reactor)
         try:
             transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
@@ -143,6 +146,8 @@ class PortalWorker(Worker):
 
     def _socket_lost(self, reason) -> None:
         self.transport = None
+        if self._closer is not None:
+            self._closer.closed()
         if self._reading is not None:
             self._reading.active = False
         self.backpressure.stopProducing()
@@ -191,21 +196,56 @@ class PortalWorker(Worker):
 
     # --- ending ----------------------------------------------------------------------------
 
-    def finish(self, notify: bool) -> None:
+    #: Seconds the socket may take to flush after Disconnect (the far side
+    #: closed) and after a close asked for here.
+    flush_grace = 30.0
+    close_grace = 2.0
+
+    def set_remote(self, route: Route) -> None:
+        """
+        The other side's portal is at the end of C{route}.  If the route
+        starts with a TCP connection of this node, the portal ends when that
+        connection does: the other side can no longer be reached.
+        """
+        self.remote_route = route
+        link = self.node.tcp.connection(route[0]) if route else None
+        if link is not None:
+            self._link = link
+            self._link_key = link.on_close(self._link_lost)
+
+    def _link_lost(self, link) -> None:
+        self._link_key = None
+        if not self.finished:
+            log.info(
+                "{side} {address}: link to the other side closed; portal closed",
+                side=self.side,
+                address=str(self.address),
+            )
+            self.finish(notify=False, grace=self.close_grace)
+
+    def finish(self, notify: bool, grace: Optional[float] = None) -> None:
         """
         End this portal: send Disconnect to the other side (when C{notify}
-        and it is known), close the socket, and leave the node.
+        and it is known), close the socket (flushing it for at most
+        C{grace} seconds, by default L{flush_grace} when the other side
+        disconnected and L{close_grace} otherwise), and leave the node.
         """
         if self.finished:
             return
         self.finished = True
+        if self._link_key is not None:
+            self._link.cancel_on_close(self._link_key)
+            self._link_key = None
+        self._link = None
         if notify and self.remote_route is not None and self.node is not None:
             try:
                 self.node.send(self.remote_route, DISCONNECT, sender=self.address)
             except Exception:
                 log.failure("sending Disconnect failed")
         if self.transport is not None:
-            self.transport.loseConnection()
+            if grace is None:
+                grace = self.close_grace if notify else self.flush_grace
+            self._closer.close(self.transport, grace)
         if self.node is not None and self.address is not None:
             self.node.stop_worker(self.address)
         self.owner._portal_finished(self)

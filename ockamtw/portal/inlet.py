@@ -57,7 +57,7 @@ class InletPortal(PortalWorker):
                 t=inlet.ping_timeout,
             )
             inlet.timeouts += 1
-            self.finish(notify=False)
+            self.finish(notify=False, grace=self.close_grace)
             return
 
         def send(route):
@@ -77,7 +77,7 @@ class InletPortal(PortalWorker):
             PortalWorker.control(self, tag, message)
             return
         if self.remote_route is None and not self.finished:
-            self.remote_route = message.return_route
+            self.set_remote(message.return_route)
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
@@ -87,11 +87,11 @@ class InletPortal(PortalWorker):
             # A Pong for a repeated Ping: that outlet portal is not needed.
             self.node.send(message.return_route, DISCONNECT, sender=self.address)
 
-    def finish(self, notify: bool) -> None:
+    def finish(self, notify: bool, grace=None) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        PortalWorker.finish(self, notify)
+        PortalWorker.finish(self, notify, grace)
 
 
 class _InletFactory(Factory):

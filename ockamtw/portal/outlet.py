@@ -26,16 +26,16 @@ class OutletPortal(PortalWorker):
     #: The Deferred of the target connection while it is being made.
     connecting = None
 
-    def finish(self, notify: bool) -> None:
+    def finish(self, notify: bool, grace=None) -> None:
         connecting, self.connecting = self.connecting, None
-        PortalWorker.finish(self, notify)
+        PortalWorker.finish(self, notify, grace)
         if connecting is not None and not connecting.called:
             connecting.cancel()
 
     def _socket_made(self, transport) -> None:
         PortalWorker._socket_made(self, transport)
         if self.finished:
-            transport.loseConnection()
+            self._closer.close(transport, self.close_grace)
             return
         self.node.send(self.remote_route, PONG, sender=self.address)
 
@@ -69,8 +69,8 @@ class Outlet(Worker):
         if not message.return_route or self.closed:
             return
         portal = OutletPortal(self)
-        portal.remote_route = message.return_route
         self.node.start_worker(None, portal)
+        portal.set_remote(message.return_route)
         self.portals.add(portal)
         self.accepted += 1
         try:

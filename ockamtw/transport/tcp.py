@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
-from ..flow import BackPressure, PauseCounter
+from ..flow import BackPressure, Closer, PauseCounter
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..routing import Address
 from ..wire import FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -195,6 +195,8 @@ class TcpConnection:
         self._reading = PauseCounter(transport, on_resume=self._process)
         self._processing = False
         self._closed_waiters: List[Deferred] = []
+        self._close_callbacks: Dict[int, object] = {}
+        self._closer = Closer(tcp.reactor)
         self.messages_in = 0
         self.messages_out = 0
 
@@ -240,9 +242,32 @@ class TcpConnection:
             peer=self.socket_address,
             node=self._node.name,
         )
+        self._closer.closed()
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
+        callbacks, self._close_callbacks = self._close_callbacks, {}
+        for f in callbacks.values():
+            try:
+                f(self)
+            except Exception:
+                log.failure("connection close callback failed")
+
+    def on_close(self, f) -> int:
+        """
+        Call C{f(connection)} once the connection is closed; returns a key
+        for L{cancel_on_close}.  Unlike L{when_closed}, a subscription can be
+        withdrawn, so short-lived watchers of a long-lived connection leave
+        nothing behind.
+        """
+        key = id(f)
+        while key in self._close_callbacks:
+            key += 1
+        self._close_callbacks[key] = f
+        return key
+
+    def cancel_on_close(self, key: int) -> None:
+        self._close_callbacks.pop(key, None)
 
     def when_closed(self) -> Deferred:
         """
@@ -255,13 +280,17 @@ class TcpConnection:
         self._closed_waiters.append(d)
         return d
 
+    #: Seconds a closing connection may take to flush before it is aborted.
+    close_grace = 2.0
+
     def close(self) -> Deferred:
         """
-        Close the connection; the Deferred fires once it is closed.
+        Close the connection, flushing what is buffered (for at most
+        L{close_grace} seconds); the Deferred fires once it is closed.
         """
         d = self.when_closed()
         if self.connected:
-            self.transport.loseConnection()
+            self._closer.close(self.transport, self.close_grace)
         return d
 
     def abort(self) -> Deferred:
@@ -280,7 +309,7 @@ class TcpConnection:
 
     def stopped(self) -> None:
         if self.connected:
-            self.transport.loseConnection()
+            self._closer.close(self.transport, self.close_grace)
 
     def receive(self, message: TransportMessage) -> None:
         if not self.connected:
