@@ -9,6 +9,8 @@ on process output and exit, each bounded by a deadline.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from ockamtw import Address, Route
@@ -170,3 +172,81 @@ class TwistdTests(TestCase):
         process.transport.signalProcess("TERM")
         code, signal = await process.wait_ended(15)
         self.assertEqual((code, signal), (0, None), process.text)
+
+
+class SeedPortalWithTwistdTests(TestCase):
+    """
+    The seed's portal with three C{twistd ockam} commands (issue: relays and
+    portals, item 7): n2 listens; n3 has the outlet and registers its relay
+    at n2; n1 has the inlet whose route goes through n2's relay.
+    """
+
+    timeout = 60
+
+    @async_test
+    async def test_three_twistd_commands(self):
+        from twisted.internet import endpoints, reactor
+        from twisted.web import resource, server, static
+
+        from .helpers import connect_raw, deadline
+
+        root = resource.Resource()
+        root.putChild(b"", static.Data(b"behind n3\n", "text/plain"))
+        web = await endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(server.Site(root))
+        self.addCleanup(web.stopListening)
+        target = f"127.0.0.1:{web.getHost().port}"
+
+        def node(name, *extra):
+            return spawn(self, twistd_argv() + ["-n", "--pidfile=", "ockam", "--name", name, *extra])
+
+        n2 = node("n2", "--listen", LOOPBACK)
+        port = int((await n2.wait_for(listening_line("n2"))).group(1))
+        at = f"/ip4/127.0.0.1/tcp/{port}"
+        n3 = node("n3", "--outlet", f"outlet={target}", "--relay", f"n3@{at}")
+        n1 = node("n1", "--inlet", f"127.0.0.1:0={at}/service/forward_to_n3/service/outlet")
+        await n2.wait_for(r"relay forward_to_n3 registered")
+        inlet_port = int((await n1.wait_for(r"inlet listening on 127\.0\.0\.1:(\d+)")).group(1))
+
+        client = await connect_raw(self, inlet_port, RawBytes())
+        client.transport.write(b"HEAD / HTTP/1.0\r\n\r\n")
+        await deadline(client.lost, 15, "the HTTP answer through inlet, relay and outlet")
+        self.assertTrue(bytes(client.data).startswith(b"HTTP/1.0 200 OK"), bytes(client.data)[:200])
+        for p in (n1, n2, n3):
+            self.assertNotIn("Traceback", p.text)
+
+    @async_test
+    async def test_bad_values_are_usage_errors(self):
+        """
+        Bad --outlet, --inlet and --relay values end twistd at once with a
+        one-line reason and no traceback.
+        """
+        for args, expected in [
+            (["--outlet", "outlet"], "--outlet: expected ADDRESS=HOST:PORT"),
+            (["--outlet", "outlet=nowhere"], "--outlet:"),
+            (["--inlet", "127.0.0.1:6000"], "--inlet: expected LISTEN=/ROUTE"),
+            (["--inlet", "127.0.0.1:6000=/bogus/x"], "--inlet: unknown protocol 'bogus'"),
+            (["--relay", "n3"], "--relay: expected NAME@ROUTE"),
+            (["--relay", "n3@/ip4/1.2.3/tcp/1"], "--relay: bad IPv4 address"),
+            (["--outlet", "echo=127.0.0.1:9000"], "outlet echo: address 'echo' is already taken"),
+        ]:
+            p = spawn(self, twistd_argv() + ["-n", "--pidfile=", "ockam", "--name", "bad", *args])
+            code = await p.wait_ended()
+            self.assertNotEqual(code, 0, args)
+            self.assertIn(expected, p.text, args)
+            self.assertNotIn("Traceback", p.text, args)
+
+
+class RawBytes(Protocol):
+    """
+    Collects everything until the connection closes.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
