@@ -20,6 +20,22 @@ from zope.interface import implementer
 log = Logger(namespace="ockamtw.flow")
 
 
+#: Bytes a transport reads at once, and its outbound high-water mark: four
+#: full portal chunks (Twisted uses one attribute, C{bufferSize}, for both;
+#: its default of 64 KiB splits reads into one 48 KiB chunk and a small one).
+TRANSPORT_BUFFER = 4 * 49152
+
+
+def tune(transport) -> None:
+    """
+    Read (and buffer before pausing) L{TRANSPORT_BUFFER} bytes at a time.
+    """
+    try:
+        transport.bufferSize = TRANSPORT_BUFFER
+    except AttributeError:
+        pass
+
+
 @implementer(IPushProducer)
 class BackPressure:
     """

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import MessageTooLarge, WireError
-from ..flow import BackPressure, Closer, PauseCounter
+from ..flow import BackPressure, Closer, PauseCounter, tune
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import Route, _encode_uvarint
@@ -122,6 +122,7 @@ class PortalWorker(Worker):
             transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
+        tune(transport)
         self.backpressure.attach(transport)
         self._reading = PauseCounter(transport)
 

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
-from ..flow import BackPressure, Closer, PauseCounter
+from ..flow import BackPressure, Closer, PauseCounter, tune
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..routing import Address
 from ..wire import FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -210,6 +210,7 @@ class TcpConnection:
                 t.setTcpKeepAlive(True)
         except (AttributeError, OSError):
             pass
+        tune(t)
         self.backpressure.attach(t)
         try:
             self.address = self._node.start_worker(address, self)
