@@ -31,7 +31,7 @@ from ..errors import TransportError, WireError
 from ..flow import BackPressure, Closer, PauseCounter, tune
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..routing import Address
-from ..wire import FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
+from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
 
 log = Logger(namespace="ockamtw.transport.tcp")
 
@@ -324,6 +324,24 @@ class TcpConnection:
         self.transport.writeSequence(parts)
         self.messages_out += 1
         self.backpressure.wrote(message.source)
+
+    def write_body(self, head: bytes, data: bytes, source=None) -> None:
+        """
+        Write one frame whose body is C{head + data} (an encoded
+        TransportMessage whose onward route no longer holds this
+        connection), as L{receive} would for the decoded message.  The fast
+        path for portals, which know their header in advance.
+
+        @raise MessageTooLarge: when the body exceeds a frame.
+        """
+        size = len(head) + len(data)
+        if size > MAX_FRAME:
+            raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
+        if not self.connected:
+            return
+        self.transport.writeSequence([size.to_bytes(2, "big") + head, data])
+        self.messages_out += 1
+        self.backpressure.wrote(source)
 
     @property
     def congested(self) -> bool:
