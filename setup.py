@@ -19,6 +19,7 @@ setup(
         "zope.interface>=6.0,<9",
         "construct>=2.10.68,<2.11",
         "treq>=23.11,<27",
+        "cryptography>=41,<51",
     ],
     extras_require={
         "test": ["hypothesis>=6.80,<7"],

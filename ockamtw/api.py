@@ -35,14 +35,87 @@ class Node(BaseNode):
     @param services: start the default and relay services (default C{True}).
     """
 
-    def __init__(self, reactor=None, name=None, services=True):
+    def __init__(self, reactor=None, name=None, services=True, identity=None):
         BaseNode.__init__(self, reactor, name)
         self.relays: Dict[str, Relay] = {}
         self.inlets: Dict[str, Inlet] = {}
         self.outlets: Dict[str, Outlet] = {}
+        #: encryptor hex -> L{ChannelEnd} of the channels this node initiated
+        self.secure_channels: Dict[str, object] = {}
+        #: address -> L{SecureChannelListener}
+        self.secure_listeners: Dict[str, object] = {}
+        self._identity = identity
+        self.secure_resolver = self._secure_hop
         if services:
             start_default_services(self)
             start_relay_services(self)
+            self.create_secure_channel_listener("api")
+
+    # --- identity and secure channels ---------------------------------------
+
+    @property
+    def identity(self):
+        """
+        This node's L{LocalIdentity} (a new one, in memory, unless one was
+        given).
+        """
+        if self._identity is None:
+            from .secure.identity import LocalIdentity
+
+            self._identity = LocalIdentity.create()
+        return self._identity
+
+    def create_secure_channel_listener(self, address: str = "api", authorized=None):
+        """
+        Start a secure channel listener at C{address}, accepting the
+        identifiers in C{authorized} (everyone when C{None}).
+        """
+        from .secure.channel import SecureChannelListener, TrustPolicy
+
+        listener = SecureChannelListener(self.identity, TrustPolicy(authorized))
+        self.start_worker(address, listener)
+        self.secure_listeners[Address.parse(address).value] = listener
+        return listener
+
+    def create_secure_channel(self, route, authorized=None, timeout: float = 10.0) -> Deferred:
+        """
+        Create a secure channel to the listener at the end of C{route}
+        (e.g. C{/node/n2/service/api}).  Fires with the encryptor
+        L{Address} to route through once both identities are verified;
+        fails with L{SecureChannelError} when the peer is refused, or
+        L{RequestTimeout}.
+        """
+        from .secure.channel import ChannelEnd, TrustPolicy
+
+        async def go():
+            resolved = await self.resolve(route)
+            end = ChannelEnd(self, self.identity, TrustPolicy(authorized), initiator=True, owner=self)
+            end.route_text = str(route)
+            self.secure_channels[end.encryptor.value] = end
+            await end.start_initiator(resolved, timeout)
+            return end.encryptor
+
+        return Deferred.fromCoroutine(go())
+
+    def delete_secure_channel(self, encryptor) -> None:
+        """
+        Close the channel whose encryptor is C{encryptor}.
+
+        @raise KeyError: if there is none.
+        """
+        self.secure_channels[Address.parse(encryptor).value].close()
+
+    def _ended(self, end) -> None:
+        self.secure_channels.pop(end.encryptor.value, None)
+
+    async def _secure_hop(self, prefix, name: str):
+        key = f"{prefix} => {name}"
+        for end in self.secure_channels.values():
+            if end.status == "up" and getattr(end, "_hop_key", None) == key:
+                return end.encryptor
+        encryptor = await self.create_secure_channel(prefix + [name])
+        self.secure_channels[encryptor.value]._hop_key = key
+        return encryptor
 
     # --- relays ---------------------------------------------------------------
 
@@ -92,14 +165,16 @@ class Node(BaseNode):
 
     # --- outlets ------------------------------------------------------------------
 
-    def create_outlet(self, address: str = "outlet", target: str = "127.0.0.1:9000", connect_timeout: float = 10.0) -> Deferred:
+    def create_outlet(self, address: str = "outlet", target: str = "127.0.0.1:9000", connect_timeout: float = 10.0, authorized=None) -> Deferred:
         """
         Start a TCP outlet worker at C{address} that tunnels to C{target}
-        (C{host:port}).  Fires with the L{Outlet}.
+        (C{host:port}).  With C{authorized} (identifiers), only a Ping that
+        came through a secure channel from one of them is accepted.  Fires
+        with the L{Outlet}.
         """
 
         def make():
-            outlet = Outlet(target, connect_timeout)
+            outlet = Outlet(target, connect_timeout, authorized=authorized)
             self.start_worker(Address.parse(address), outlet)
             self.outlets[outlet.address.value] = outlet
             return outlet
@@ -115,15 +190,17 @@ class Node(BaseNode):
 
     # --- inlets --------------------------------------------------------------------
 
-    def create_inlet(self, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0) -> Deferred:
+    def create_inlet(self, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None) -> Deferred:
         """
         Listen at C{listen} (C{host:port}, a port, or an endpoint string)
         and tunnel every client along C{route} (MultiAddr or route text
-        ending at an outlet).  Fires with the L{Inlet} once listening.
+        ending at an outlet).  With C{authorized} (identifiers), only a Pong
+        that came through a secure channel from one of them opens the
+        tunnel.  Fires with the L{Inlet} once listening.
         """
 
         def make():
-            inlet = Inlet(self, listen, route, ping_timeout=ping_timeout, ping_interval=ping_interval)
+            inlet = Inlet(self, listen, route, ping_timeout=ping_timeout, ping_interval=ping_interval, authorized=authorized)
             return inlet.start()
 
         def started(inlet):
@@ -148,6 +225,8 @@ class Node(BaseNode):
         """
         for relay in list(self.relays.values()):
             relay.stop()
+        for end in list(self.secure_channels.values()):
+            end.close()
         ds = [i.close() for i in self.inlets.values()] + [o.close() for o in self.outlets.values()]
         d = gather(ds)
         d.addCallback(lambda _: BaseNode.stopService(self))

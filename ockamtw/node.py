@@ -137,6 +137,9 @@ class BaseNode(MultiService):
         self._current_source = None
         self._pending: set = set()
         self.node_resolver: Optional[Callable[[str], object]] = None
+        #: C{f(route_so_far, listener_name)} giving (a Deferred of) the
+        #: encryptor address of a secure channel, for C{/secure/NAME}.
+        self.secure_resolver: Optional[Callable[[Route, str], object]] = None
         from .transport.tcp import TcpTransport
 
         self.tcp = TcpTransport(self, reactor)
@@ -347,6 +350,9 @@ class BaseNode(MultiService):
                     target = await maybeDeferred(self.node_resolver, hop.name)
                     conn = await self._connect_for_route(target)
                     out.append(conn.address)
+                elif hop.kind == "secure" and self.secure_resolver is not None:
+                    encryptor = await maybeDeferred(self.secure_resolver, Route._trusted(out), hop.name)
+                    out = [encryptor]
                 else:
                     raise RouteUnreachable(
                         f"/{hop.kind}/{hop.name}: {hop.kind} routes are not supported by this node yet"

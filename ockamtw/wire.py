@@ -193,11 +193,13 @@ class TransportMessage:
     and payload.
 
     C{payload} is the BARE encoding of the application message (bytes).
-    C{source} is local only (never on the wire): what read this message
-    from the outside world, so that flow control can pause it.
+    C{source} and C{local} are local only (never on the wire): C{source} is
+    what read this message from the outside world, so that flow control can
+    pause it; C{local} is metadata such as the identity of the secure
+    channel peer it came from (C{{"identity": "P..."}}), or C{None}.
     """
 
-    __slots__ = ("version", "onward_route", "return_route", "payload", "source")
+    __slots__ = ("version", "onward_route", "return_route", "payload", "source", "local")
 
     def __init__(
         self,
@@ -216,6 +218,7 @@ class TransportMessage:
         self.payload = payload
         self.version = version
         self.source = source
+        self.local = None
 
     def header(self) -> bytes:
         """
@@ -264,6 +267,7 @@ class TransportMessage:
         m.return_route = return_route
         m.payload = self.payload
         m.source = self.source
+        m.local = self.local
         return m
 
     def __eq__(self, other: object) -> bool:
@@ -310,6 +314,7 @@ def _decode_message(buf, pos: int, end: int) -> TransportMessage:
     m.return_route = ret
     m.payload = bytes(buf[pos : pos + n])
     m.source = None
+    m.local = None
     return m
 
 

@@ -73,6 +73,21 @@ def parse_payload(payload: bytes) -> bytes:
     return payload[pos : pos + n]
 
 
+def identity_of(message):
+    """
+    The identifier of the secure channel peer a message came from, if any.
+    """
+    local = message.local
+    return local.get("identity") if local else None
+
+
+def allowed(authorized, message) -> bool:
+    """
+    Whether C{message} passes an C{authorized} list (C{None}: everyone).
+    """
+    return authorized is None or identity_of(message) in authorized
+
+
 class _SocketProtocol(Protocol):
     """
     Thin: hands a portal socket's events to its L{PortalWorker}.

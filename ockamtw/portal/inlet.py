@@ -16,7 +16,7 @@ from ..errors import OckamError, TransportError
 from ..node import gather
 from ..routing import LOCAL, Route
 from ..transport.tcp import server_description
-from . import DISCONNECT, PING, PortalWorker, _SocketProtocol
+from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
@@ -77,6 +77,13 @@ class InletPortal(PortalWorker):
             PortalWorker.control(self, tag, message)
             return
         if self.remote_route is None and not self.finished:
+            if not allowed(self.owner.authorized, message):
+                log.warn(
+                    "inlet {listen}: Pong from {peer} refused (not authorized)",
+                    listen=self.owner.socket_address,
+                    peer=identity_of(message) or "a peer without a secure channel",
+                )
+                return
             self.set_remote(message.return_route)
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
@@ -123,8 +130,9 @@ class Inlet:
         it has one) is alive, else L{DOWN}.
     """
 
-    def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0) -> None:
+    def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None) -> None:
         self.node = node
+        self.authorized = None if authorized is None else frozenset(authorized)
         self.reactor = node.reactor
         self.listen_description = server_description(listen)
         self.listen_text = listen
@@ -259,4 +267,5 @@ class Inlet:
             "status": self.status,
             "connections": len(self.portals),
             "last_error": self.last_error,
+            "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from ..errors import WireError
 from ..node import Worker, gather
 from ..transport.tcp import client_endpoint
-from . import PING, PONG, PortalWorker, _OneProtocolFactory
+from . import PING, PONG, PortalWorker, _OneProtocolFactory, allowed, identity_of
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -48,8 +48,9 @@ class Outlet(Worker):
     @ivar portals: the live portal workers.
     """
 
-    def __init__(self, target: str, connect_timeout: float = 10.0) -> None:
+    def __init__(self, target: str, connect_timeout: float = 10.0, authorized=None) -> None:
         self.target = target
+        self.authorized = None if authorized is None else frozenset(authorized)
         self.connect_timeout = connect_timeout
         self.portals: set = set()
         self.accepted = 0
@@ -67,6 +68,13 @@ class Outlet(Worker):
             )
             return
         if not message.return_route or self.closed:
+            return
+        if not allowed(self.authorized, message):
+            log.warn(
+                "outlet {address}: Ping from {peer} refused (not authorized)",
+                address=self.address.value,
+                peer=identity_of(message) or "a peer without a secure channel",
+            )
             return
         portal = OutletPortal(self)
         self.node.start_worker(None, portal)
@@ -125,4 +133,5 @@ class Outlet(Worker):
             "address": self.address.value if self.address else None,
             "target": self.target,
             "connections": len(self.portals),
+            "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }
