@@ -204,15 +204,16 @@ class _InletService(Service):
     the node's own listener.
     """
 
-    def __init__(self, node: Node, listen: str, route: str, fatal: bool = True) -> None:
+    def __init__(self, node: Node, listen: str, route: str, fatal: bool = True, authorized=None) -> None:
         self.node = node
         self.listen = listen
         self.route = route
         self.fatal = fatal
+        self.authorized = authorized
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        d = self.node.create_inlet(self.listen, self.route)
+        d = self.node.create_inlet(self.listen, self.route, authorized=self.authorized)
         if self.fatal:
             _at_once(self.node, f"inlet {self.listen}", d)
         else:
@@ -253,6 +254,29 @@ class _SaveState(Service):
     def startService(self) -> None:
         Service.startService(self)
         self.controller.save()
+
+
+def _load_identity(state_dir: str, state: dict, home: str):
+    """
+    The node's identity: the named one (C{state["identity"]}, shared under
+    C{$OCKAM_HOME/identities/}), else its own in C{DIR/identity.json},
+    created (mode 0600) at first start.
+    """
+    from .secure.errors import IdentityError
+    from .secure.identity import LocalIdentity
+
+    name = state.get("identity")
+    path = st.identity_path(home, name) if name else os.path.join(state_dir, st.IDENTITY)
+    try:
+        if os.path.exists(path):
+            return LocalIdentity.load(path)
+        if name:
+            _fatal(f"ockam: no identity named {name!r} (create it with: ockam identity create {name})")
+        identity = LocalIdentity.create()
+        identity.save(path)
+        return identity
+    except (IdentityError, OSError) as e:
+        _fatal(f"ockam: cannot use the identity in {path}: {e}")
 
 
 def _node_resolver(home: str):
@@ -336,7 +360,8 @@ def makeService(options, reactor=None):
             listen = server_description(state["listen"])
     home = os.path.dirname(os.path.dirname(state_dir)) if state_dir else st.ockam_home()
 
-    node = Node(reactor, name=name)
+    identity = _load_identity(state_dir, state, home) if state_dir else None
+    node = Node(reactor, name=name, identity=identity)
     _CleanSigterm(reactor).setServiceParent(node)  # first: see its docstring
     node.node_resolver = _node_resolver(home)
     controller = NodeController(node, state_dir) if state_dir else None
@@ -346,18 +371,23 @@ def makeService(options, reactor=None):
         _ConnectService(node, target).setServiceParent(node)
     for kept in state.get("connections", []) if state else []:
         _KeepService(node, kept["to"], kept["address"]).setServiceParent(node)
-    outlets = [(o["address"], o["to"], False) for o in state["outlets"]] if state else []
-    outlets += [(address, target, True) for address, target in options["outlet"]]
-    for address, target, fatal in outlets:
-        d = node.create_outlet(address, target)
+    outlets = [(o["address"], o["to"], False, o.get("authorized")) for o in state["outlets"]] if state else []
+    outlets += [(address, target, True, None) for address, target in options["outlet"]]
+    for address, target, fatal, authorized in outlets:
+        d = node.create_outlet(address, target, authorized=authorized)
         if fatal:
             _at_once(node, f"outlet {address}", d)
         else:
             d.addErrback(lambda f, a=address: log.error("outlet {a} not restored: {r}", a=a, r=f.getErrorMessage()))
-    inlets = [(i["listen"], i["to"], False) for i in state["inlets"]] if state else []
-    inlets += [(listen_, route, True) for listen_, route in options["inlet"]]
-    for listen_, route, fatal in inlets:
-        _InletService(node, listen_, route, fatal).setServiceParent(node)
+    inlets = [(i["listen"], i["to"], False, i.get("authorized")) for i in state["inlets"]] if state else []
+    inlets += [(listen_, route, True, None) for listen_, route in options["inlet"]]
+    for listen_, route, fatal, authorized in inlets:
+        _InletService(node, listen_, route, fatal, authorized).setServiceParent(node)
+    for listener in state.get("secure_listeners", []) if state else []:
+        try:
+            node.create_secure_channel_listener(listener["address"], listener.get("authorized"))
+        except Exception as e:
+            log.error("secure channel listener {a} not restored: {e}", a=listener["address"], e=str(e))
     relays = [(r["name"], r["at"]) for r in state["relays"]] if state else []
     relays += list(options["relay"])
     for relay_name, at in relays:

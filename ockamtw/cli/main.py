@@ -56,6 +56,8 @@ def node_block(info: dict) -> str:
         proto = "ip6" if ":" in host else "ip4"
         lines.append(f"    Verbose: /{proto}/{host}/tcp/{port}")
     lines.append(f"  Listener: {listener}")
+    if info.get("identity"):
+        lines.append(f"  Identity: {info['identity']}")
     services = info.get("services")
     if services is not None:
         lines.append("  Services:")
@@ -167,9 +169,14 @@ class Commands:
         if self.nodes.exists(name):
             raise CLIError(f"node {name!r} already exists")
         listen = check_hostport(a.tcp_listener_address, "--tcp-listener-address")
+        state = st.empty_state(name, listen)
+        if a.identity:
+            if not os.path.exists(st.identity_path(self.nodes.home, a.identity)):
+                raise CLIError(f"no identity named {a.identity!r} (create it with: ockam identity create {a.identity})")
+            state["identity"] = a.identity
         d = self.nodes.dir(name)
         os.makedirs(d, exist_ok=True)
-        st.write_state(d, st.empty_state(name, listen))
+        st.write_state(d, state)
         if a.foreground:
             from ..tap import run
 
@@ -200,6 +207,7 @@ class Commands:
             "listener": state.get("listen"),
             "services": [],
             "forwarders": [],
+            "identity": _identity_on_disk(self.nodes, name, state),
             "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down"} for i in state.get("inlets", [])],
             "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
             "relays": [
@@ -362,7 +370,10 @@ class Commands:
         a = self.args
         name = self.nodes.pick(a.at)
         check_hostport(a.to, "--to")
-        o = await self.client(name).call("POST", "outlets", {"address": a.from_, "to": a.to})
+        body = {"address": a.from_, "to": a.to}
+        if a.authorized:
+            body["authorized"] = a.authorized
+        o = await self.client(name).call("POST", "outlets", body)
         self.out.emit(o, f"/service/{o['address']}")
 
     async def outlet_list(self):
@@ -381,6 +392,99 @@ class Commands:
         o = await self.client(name).call("DELETE", f"outlets/{self.args.address}")
         self.out.emit(o, f"Outlet /service/{o['address']} deleted")
 
+    # identities ---------------------------------------------------------------------------
+
+    async def identity_create(self):
+        from ..secure.identity import LocalIdentity
+
+        name = self.args.name or "default"
+        if not st.valid_node_name(name):
+            raise CLIError(f"not an identity name: {name!r}")
+        path = st.identity_path(self.nodes.home, name)
+        if os.path.exists(path):
+            raise CLIError(f"identity {name!r} already exists")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        identity = LocalIdentity.create()
+        identity.save(path)
+        info = {"name": name, "identifier": identity.identifier}
+        self.out.emit(info, identity.identifier)
+
+    def _named_identities(self):
+        d = st.identities_dir(self.nodes.home)
+        try:
+            names = sorted(f[: -len(".json")] for f in os.listdir(d) if f.endswith(".json"))
+        except FileNotFoundError:
+            names = []
+        return names
+
+    def _load_identity(self, name):
+        from ..secure.errors import IdentityError
+        from ..secure.identity import LocalIdentity
+
+        path = st.identity_path(self.nodes.home, name)
+        if not os.path.exists(path):
+            raise CLIError(f"no identity named {name!r} (see: ockam identity list)")
+        try:
+            return LocalIdentity.load(path)
+        except IdentityError as e:
+            raise CLIError(f"identity {name!r}: {e}") from None
+
+    async def identity_show(self):
+        a = self.args
+        if a.node:
+            name = self.nodes.require(a.node)
+            info = await self.client(name).call("GET", "identity")
+        else:
+            identity = self._load_identity(a.name or "default")
+            info = {"identifier": identity.identifier, "export": identity.export().hex()}
+        self.out.emit(info, info["export"] if a.full else info["identifier"])
+
+    async def identity_list(self):
+        rows, infos = [], []
+        for name in self._named_identities():
+            identity = self._load_identity(name)
+            infos.append({"name": name, "identifier": identity.identifier})
+            rows.append([name, identity.identifier])
+        self.out.emit(infos, table(["Identity", "Identifier"], rows))
+
+    # secure channels -----------------------------------------------------------------------
+
+    async def sc_create(self):
+        a = self.args
+        name = self.nodes.pick(a.from_)
+        to = read_route(a.to)
+        body = {"to": to, "timeout": a.timeout}
+        if a.authorized:
+            body["authorized"] = a.authorized
+        sc = await self.client(name).call("POST", "secure-channels", body)
+        self.out.emit(sc, f"/service/{sc['encryptor']}")
+
+    async def sc_list(self):
+        name = self.nodes.pick(self.args.at)
+        channels = await self.client(name).call("GET", "secure-channels")
+        rows = [[f"/service/{c['encryptor']}", c["role"], c["status"], c["peer"] or "-", c["route"] or "-"] for c in channels]
+        self.out.emit(channels, table(["Channel", "Role", "Status", "Peer", "Route"], rows))
+
+    async def sc_delete(self):
+        name = self.nodes.pick(self.args.at)
+        c = await self.client(name).call("DELETE", f"secure-channels/{self.args.channel}")
+        self.out.emit(c, f"Secure channel /service/{c['encryptor']} deleted")
+
+    async def scl_create(self):
+        a = self.args
+        name = self.nodes.pick(a.at)
+        body = {"address": a.address}
+        if a.authorized:
+            body["authorized"] = a.authorized
+        l = await self.client(name).call("POST", "secure-channel-listeners", body)
+        self.out.emit(l, f"/service/{l['address']}")
+
+    async def scl_list(self):
+        name = self.nodes.pick(self.args.at)
+        listeners = await self.client(name).call("GET", "secure-channel-listeners")
+        rows = [[f"/service/{l['address']}", ", ".join(l["authorized"]) if l["authorized"] else "everyone", str(l["channels"])] for l in listeners]
+        self.out.emit(listeners, table(["Listener", "Authorized", "Channels"], rows))
+
     # inlets -------------------------------------------------------------------------------
 
     async def inlet_create(self):
@@ -388,7 +492,10 @@ class Commands:
         name = self.nodes.pick(a.at)
         check_hostport(a.from_, "--from")
         to = read_route(a.to)
-        i = await self.client(name).call("POST", "inlets", {"listen": a.from_, "to": to})
+        body = {"listen": a.from_, "to": to}
+        if a.authorized:
+            body["authorized"] = a.authorized
+        i = await self.client(name).call("POST", "inlets", body)
         self.out.emit(i, i["listen"])
 
     async def inlet_list(self):
@@ -434,6 +541,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tcp-listener-address", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="where the node listens (default: a free port on 127.0.0.1)")
     c.add_argument("--foreground", action="store_true", help="run in this process instead of in the background")
+    c.add_argument("--identity", metavar="NAME", help="use the named identity (see: ockam identity create)")
     cmd(node, "list", Commands.node_list, "list nodes")
     c = cmd(node, "show", Commands.node_show, "show a node's status")
     c.add_argument("name", nargs="?")
@@ -484,6 +592,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", default="/service/outlet", metavar="ADDRESS")
     c.add_argument("--to", required=True, metavar="HOST:PORT")
+    c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
+                   help="accept only this identity through a secure channel (repeatable)")
     c = cmd(o, "list", Commands.outlet_list, "list TCP outlets")
     c.add_argument("--at", metavar="NODE")
     for action, func in (("show", Commands.outlet_show), ("delete", Commands.outlet_delete)):
@@ -496,13 +606,58 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT")
     c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; '-' reads standard input")
+    c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
+                   help="accept only an outlet with this identity, through a secure channel (repeatable)")
     c = cmd(i, "list", Commands.inlet_list, "list TCP inlets")
     c.add_argument("--at", metavar="NODE")
     for action, func in (("show", Commands.inlet_show), ("delete", Commands.inlet_delete)):
         c = cmd(i, action, func, f"{action} a TCP inlet")
         c.add_argument("listen", metavar="HOST:PORT")
         c.add_argument("--at", metavar="NODE")
+
+    ident = group("identity", "identities")
+    c = cmd(ident, "create", Commands.identity_create, "create a named identity")
+    c.add_argument("name", nargs="?", metavar="NAME")
+    c = cmd(ident, "show", Commands.identity_show, "print an identity's identifier (or its export with --full)")
+    c.add_argument("name", nargs="?", metavar="NAME")
+    c.add_argument("--node", metavar="NODE", help="the identity of this node")
+    c.add_argument("--full", action="store_true", help="print the export (hex)")
+    cmd(ident, "list", Commands.identity_list, "list named identities")
+
+    sc = group("secure-channel", "secure channels")
+    c = cmd(sc, "create", Commands.sc_create, "create a secure channel from a node to a listener")
+    c.add_argument("--from", dest="from_", metavar="NODE")
+    c.add_argument("--to", required=True, metavar="ROUTE", help="route to the listener, e.g. /node/n2/service/api")
+    c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    c = cmd(sc, "list", Commands.sc_list, "list a node's secure channels")
+    c.add_argument("--at", metavar="NODE")
+    c = cmd(sc, "delete", Commands.sc_delete, "close a secure channel")
+    c.add_argument("channel", metavar="CHANNEL", help="/service/<encryptor> or its hex")
+    c.add_argument("--at", metavar="NODE")
+
+    scl = group("secure-channel-listener", "secure channel listeners")
+    c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener")
+    c.add_argument("address", metavar="ADDRESS")
+    c.add_argument("--at", metavar="NODE")
+    c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c = cmd(scl, "list", Commands.scl_list, "list a node's secure channel listeners")
+    c.add_argument("--at", metavar="NODE")
     return p
+
+
+def _identity_on_disk(nodes, name, state):
+    """
+    The identifier of a stopped node's identity, read from its file.
+    """
+    from ..secure.identity import LocalIdentity
+
+    home = nodes.home
+    path = st.identity_path(home, state["identity"]) if state.get("identity") else os.path.join(nodes.dir(name), st.IDENTITY)
+    try:
+        return LocalIdentity.load(path).identifier
+    except Exception:
+        return None
 
 
 def _attach_dash_values(argv: List[str]) -> List[str]:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from ..errors import AddressInUse, OckamError, RequestTimeout, RouteUnreachable, TransportError, WireError
+from ..secure.errors import SecureChannelError
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
 from ..routing import MultiAddr, parse_route_text
 from ..services import DEFAULT_SERVICES
@@ -54,6 +55,8 @@ def _status_for(error: BaseException) -> int:
         return 400
     if isinstance(error, RequestTimeout):
         return 504
+    if isinstance(error, SecureChannelError):
+        return 403
     if isinstance(error, (RouteUnreachable, OckamError)):
         return 502
     if isinstance(error, KeyError):
@@ -93,8 +96,18 @@ class NodeController:
         state.update(
             name=node.name,
             listen=listen or state.get("listen"),
-            outlets=[{"address": a, "to": o.target} for a, o in node.outlets.items()],
-            inlets=[{"listen": i.socket_address, "to": i.route_text} for i in node.inlets.values()],
+            outlets=[
+                {"address": a, "to": o.target, "authorized": _listed(o.authorized)} for a, o in node.outlets.items()
+            ],
+            inlets=[
+                {"listen": i.socket_address, "to": i.route_text, "authorized": _listed(i.authorized)}
+                for i in node.inlets.values()
+            ],
+            secure_listeners=[
+                {"address": a, "authorized": _listed(l.trust.authorized)}
+                for a, l in node.secure_listeners.items()
+                if a != "api" or l.trust.authorized is not None
+            ],
             relays=[{"name": r.name, "at": r.at_text} for r in node.relays.values()],
             connections=[{"to": k.target, "address": k.address.value} for k in node.tcp.kept.values()],
         )
@@ -117,7 +130,51 @@ class NodeController:
             "inlets": self.inlets(),
             "outlets": self.outlets(),
             "relays": self.relays(),
+            "identity": node.identity.identifier,
         }
+
+    # --- identity and secure channels ------------------------------------------------
+
+    def identity(self) -> dict:
+        identity = self.node.identity
+        return {"identifier": identity.identifier, "export": identity.export().hex()}
+
+    def secure_channels(self) -> list:
+        channels = []
+        for listener in self.node.secure_listeners.values():
+            channels += [c.to_dict() for c in listener.channels]
+        return [c.to_dict() for c in self.node.secure_channels.values()] + channels
+
+    async def secure_channel_create(self, body: dict) -> dict:
+        to = _need(body, "to")
+        parse_route_text(to)
+        encryptor = await self.node.create_secure_channel(
+            to, authorized=_authorized(body), timeout=float(body.get("timeout", 10))
+        )
+        return self.node.secure_channels[encryptor.value].to_dict()
+
+    def secure_channel_delete(self, key: str) -> dict:
+        key = _service_name(key) if key.startswith("/") else key.split("#")[-1]
+        end = self.node.secure_channels.get(key)
+        if end is None:
+            raise ControlError(404, f"no secure channel {key!r} on node {self.node.name}")
+        info = end.to_dict()
+        end.close()
+        return info
+
+    def secure_listeners(self) -> list:
+        return [
+            {"address": a, "authorized": _listed(l.trust.authorized), "channels": len(l.channels)}
+            for a, l in self.node.secure_listeners.items()
+        ]
+
+    def secure_listener_create(self, body: dict) -> dict:
+        address = _service_name(_need(body, "address"))
+        if self.node.worker_at(address) is not None:
+            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        self.node.create_secure_channel_listener(address, _authorized(body))
+        self.save()
+        return [l for l in self.secure_listeners() if l["address"] == address][0]
 
     # --- tcp ----------------------------------------------------------------------------
 
@@ -200,7 +257,7 @@ class NodeController:
         to = _need(body, "to")
         if self.node.worker_at(address) is not None:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        outlet = await self.node.create_outlet(address, to)
+        outlet = await self.node.create_outlet(address, to, authorized=_authorized(body))
         self.save()
         return outlet.to_dict()
 
@@ -235,7 +292,7 @@ class NodeController:
         listen = _need(body, "listen")
         to = _need(body, "to")
         parse_route_text(to)
-        inlet = await self.node.create_inlet(listen, to)
+        inlet = await self.node.create_inlet(listen, to, authorized=_authorized(body))
         self.save()
         return inlet.to_dict()
 
@@ -245,6 +302,21 @@ class NodeController:
         await self.node.delete_inlet(inlet.socket_address)
         self.save()
         return info
+
+
+def _listed(authorized):
+    return sorted(authorized) if authorized is not None else None
+
+
+def _authorized(body: dict):
+    value = body.get("authorized")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("P") for v in value):
+        raise ControlError(400, "authorized must be a list of identifiers (P<hex>)")
+    return value
 
 
 def reply_dict(reply) -> dict:
@@ -308,6 +380,12 @@ class ControlResource(resource.Resource):
             ("POST", "inlets", False): lambda: c.inlet_create(body),
             ("GET", "inlets", True): lambda: c.inlet_show(key),
             ("DELETE", "inlets", True): lambda: c.inlet_delete(key),
+            ("GET", "identity", False): lambda: c.identity(),
+            ("GET", "secure-channels", False): lambda: c.secure_channels(),
+            ("POST", "secure-channels", False): lambda: c.secure_channel_create(body),
+            ("DELETE", "secure-channels", True): lambda: c.secure_channel_delete(key),
+            ("GET", "secure-channel-listeners", False): lambda: c.secure_listeners(),
+            ("POST", "secure-channel-listeners", False): lambda: c.secure_listener_create(body),
         }
         handler = table.get((m, parts[0] if parts else "", key is not None))
         if handler is None:

@@ -20,6 +20,19 @@ STATE = "state.json"
 PIDFILE = "pid"
 LOGFILE = "node.log"
 SOCKET = "control.sock"
+IDENTITY = "identity.json"
+
+
+def identities_dir(home: str) -> str:
+    return os.path.join(home, "identities")
+
+
+def identity_path(home: str, name: str) -> str:
+    """
+    The file of the named identity C{name} (shared by nodes created with
+    C{--identity NAME}).
+    """
+    return os.path.join(identities_dir(home), name + ".json")
 
 
 def ockam_home(environ=None) -> str:
