@@ -1,0 +1,113 @@
+"""
+End to end with the real `ockam` command: identities and a secure channel
+between nodes, `message send` and an HTTP portal through it, and the errors
+a user sees when a peer is refused.
+"""
+
+import os
+import re
+import stat
+
+from .helpers import async_test
+from .test_cli import HEX32, CLITestCase, http_head, port_of
+
+IDENTIFIER = r"P[0-9a-f]{64}"
+
+
+class SecureChannelCLITests(CLITestCase):
+    timeout = 90
+
+    @async_test
+    async def test_channel_message_and_portal(self):
+        """
+        A channel n1 -> n2's relay -> n3's api: `message send` through it
+        answers HELLO (also piped with `-`); an outlet on n3 authorized for
+        n1's identity serves HTTP through an inlet whose route ends in
+        `/secure/api/service/outlet`, and refuses the same outlet through a
+        plain route.
+        """
+        await self.create_nodes("n2", "n3", "n1")
+        r = await self.ockam("forwarder", "create", "n3", "--at", "/node/n2", "--to", "/node/n3")
+        self.assertEqual(r.out, "/service/forward_to_n3\n")
+
+        n1_id = (await self.ockam("identity", "show", "--node", "n1")).out.strip()
+        n3_id = (await self.ockam("identity", "show", "--node", "n3")).out.strip()
+        self.assertRegex(n1_id, f"^{IDENTIFIER}$")
+        self.assertNotEqual(n1_id, n3_id)
+        identity_file = os.path.join(self.nodes_dir, "n1", "identity.json")
+        self.assertEqual(stat.S_IMODE(os.stat(identity_file).st_mode), 0o600)
+
+        r = await self.ockam(
+            "secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/forward_to_n3/service/api"
+        )
+        m = re.fullmatch(rf"(/service/{HEX32})\n", r.out)
+        self.assertIsNotNone(m, str(r))
+        sc = m.group(1)
+        r = await self.ockam("message", "send", "hello", "--from", "n1", "--to", f"{sc}/service/uppercase")
+        self.assertEqual(r.out, "HELLO\n")
+        r = await self.ockam("message", "send", "hello", "--from", "n1", "--to", "-/service/uppercase", stdin=sc + "\n")
+        self.assertEqual(r.out, "HELLO\n")
+        channels = (await self.ockam("secure-channel", "list", "--at", "n1", "--output", "json")).json()
+        self.assertEqual([(c["encryptor"], c["status"], c["peer"]) for c in channels], [(sc[len("/service/"):], "up", n3_id)])
+
+        web = await self.http_server()
+        await self.ockam("tcp-outlet", "create", "--at", "n3", "--to", f"127.0.0.1:{web}", "--authorized", n1_id)
+        r = await self.ockam(
+            "tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0",
+            "--to", "/node/n2/service/forward_to_n3/secure/api/service/outlet", "--authorized", n3_id,
+        )
+        secure_port = port_of(r.out.strip())
+        self.assertTrue((await self.head_until_ok(secure_port, 10)).startswith("HTTP/1.0 200 OK"))
+
+        r = await self.ockam(
+            "tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0",
+            "--to", "/node/n2/service/forward_to_n3/service/outlet",
+        )
+        plain_port = port_of(r.out.strip())
+        try:
+            line = await http_head(plain_port, seconds=15)
+        except Exception as e:
+            line = f"<{type(e).__name__}>"
+        self.assertFalse(line.startswith("HTTP/"), f"the plain route reached the outlet: {line!r}")
+
+    @async_test
+    async def test_refused_peer_and_timeout(self):
+        """
+        A channel to a peer that is not the authorized one fails with one
+        line naming the refused identity; a channel to nothing times out
+        with one line; neither leaves a channel behind.
+        """
+        await self.create_nodes("n1", "n2")
+        n2_id = (await self.ockam("identity", "show", "--node", "n2")).out.strip()
+        r = await self.ockam(
+            "secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api",
+            "--authorized", "P" + "0" * 64, check=False,
+        )
+        self.assertUserError(r, n2_id, "not authorized")
+        r = await self.ockam(
+            "secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/nobody",
+            "--timeout", "1", check=False,
+        )
+        self.assertUserError(r, "did not complete within 1 s")
+        channels = (await self.ockam("secure-channel", "list", "--at", "n1", "--output", "json")).json()
+        self.assertEqual(channels, [])
+
+    @async_test
+    async def test_named_identity_shared(self):
+        """
+        `identity create alice` then two nodes created with `--identity
+        alice` present the same identifier.
+        """
+        r = await self.ockam("identity", "create", "alice")
+        alice = r.out.strip()
+        self.assertRegex(alice, f"^{IDENTIFIER}$")
+        r = await self.ockam("identity", "create", "alice", check=False)
+        self.assertUserError(r, "already exists")
+        for name in ("a1", "a2"):
+            await self.ockam("node", "create", name, "--identity", "alice")
+            self.assertEqual((await self.ockam("identity", "show", "--node", name)).out.strip(), alice)
+        listing = (await self.ockam("identity", "list", "--output", "json")).json()
+        self.assertEqual(listing, [{"name": "alice", "identifier": alice}])
+        r = await self.ockam("node", "create", "b1", "--identity", "bob", check=False)
+        self.assertUserError(r, "no identity named 'bob'")
+        self.assertFalse(os.path.exists(os.path.join(self.nodes_dir, "b1")))
