@@ -5,7 +5,8 @@ the relay service, and relays, inlets and outlets.
 
 from typing import Dict
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
 
 from .errors import AddressInUse, OckamError
 from .node import BaseNode, gather
@@ -45,6 +46,7 @@ class Node(BaseNode):
         #: address -> L{SecureChannelListener}
         self.secure_listeners: Dict[str, object] = {}
         self._identity = identity
+        self._pending_hops: Dict[str, list] = {}
         self.secure_resolver = self._secure_hop
         if services:
             start_default_services(self)
@@ -108,14 +110,25 @@ class Node(BaseNode):
     def _ended(self, end) -> None:
         self.secure_channels.pop(end.encryptor.value, None)
 
-    async def _secure_hop(self, prefix, name: str):
+    def _secure_hop(self, prefix, name: str) -> Deferred:
         key = f"{prefix} => {name}"
         for end in self.secure_channels.values():
             if end.status == "up" and getattr(end, "_hop_key", None) == key:
-                return end.encryptor
-        encryptor = await self.create_secure_channel(prefix + [name])
-        self.secure_channels[encryptor.value]._hop_key = key
-        return encryptor
+                return succeed(end.encryptor)
+        waiting = self._pending_hops.get(key)
+        if waiting is None:
+            waiting = self._pending_hops[key] = []
+
+            def done(result):
+                if not isinstance(result, Failure):
+                    self.secure_channels[result.value]._hop_key = key
+                for d in self._pending_hops.pop(key, []):
+                    d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+            self.create_secure_channel(prefix + [name]).addBoth(done)
+        d: Deferred = Deferred()
+        waiting.append(d)
+        return d
 
     # --- relays ---------------------------------------------------------------
 

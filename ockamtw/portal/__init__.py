@@ -73,6 +73,23 @@ def parse_payload(payload: bytes) -> bytes:
     return payload[pos : pos + n]
 
 
+def watched_hop(node, route):
+    """
+    What a route's first hop depends on, if it can end: the TCP connection
+    it names, or the secure channel whose encryptor it names.  Either has
+    C{on_close(f)} and C{cancel_on_close(key)}.
+    """
+    if not route:
+        return None
+    link = node.tcp.connection(route[0])
+    if link is not None:
+        return link
+    end = getattr(node.worker_at(route[0]), "end", None)
+    if end is not None and hasattr(end, "on_close"):
+        return end
+    return None
+
+
 def identity_of(message):
     """
     The identifier of the secure channel peer a message came from, if any.
@@ -143,6 +160,7 @@ class PortalWorker(Worker):
         self.finished = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self.dropped = 0
 
     # --- socket side -------------------------------------------------------------
 
@@ -167,7 +185,7 @@ class PortalWorker(Worker):
             chunks = [data[i : i + MAX_CHUNK] for i in range(0, len(data), MAX_CHUNK)]
         link = self._link
         try:
-            if link is not None and link.connected:
+            if self._head is not None and link.connected:
                 # Fast path: straight to the link, header prepared once.
                 head = self._head
                 for chunk in chunks:
@@ -208,6 +226,18 @@ class PortalWorker(Worker):
     # --- routed side ------------------------------------------------------------------
 
     def receive(self, message) -> None:
+        authorized = getattr(self.owner, "authorized", None)
+        # Once open, a portal accepts only what its outlet or inlet would
+        # (before that, the inlet's Pong check decides).
+        if authorized is not None and self.remote_route is not None and not allowed(authorized, message):
+            self.dropped += 1
+            log.warn(
+                "{side} {address}: message from {peer} refused (not authorized)",
+                side=self.side,
+                address=str(self.address),
+                peer=identity_of(message) or "a peer without a secure channel",
+            )
+            return
         payload = message.payload
         if not payload:
             log.warn("{side} {address}: empty portal message dropped", side=self.side, address=str(self.address))
@@ -249,12 +279,14 @@ class PortalWorker(Worker):
         connection does: the other side can no longer be reached.
         """
         self.remote_route = route
-        link = self.node.tcp.connection(route[0]) if route else None
+        link = watched_hop(self.node, route)
         if link is not None:
             self._link = link
             self._link_key = link.on_close(self._link_lost)
-            # What every Payload message to the other side starts with, once
-            # the link has stripped itself: version, onward, return route.
+        if link is not None and hasattr(link, "write_body"):
+            # A TCP connection first: what every Payload message to the other
+            # side starts with once the link has stripped itself (version,
+            # onward, return route), for the fast path.
             self._head = b"\x01" + route.step().encode() + Route([self.address]).encode()
 
     def _link_lost(self, link) -> None:

@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 
 from ..errors import OckamError, TransportError
 from ..node import gather
-from ..routing import LOCAL, Route
+from ..routing import Route
 from ..transport.tcp import server_description
-from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of
+from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
@@ -195,11 +195,15 @@ class Inlet:
 
     # --- the route ---------------------------------------------------------------------
 
+    def _route_alive(self) -> bool:
+        route = self._route
+        if route is None or (route and self.node.worker_at(route[0]) is None):
+            return False
+        return self._link is None or self._link.connected
+
     @property
     def status(self) -> str:
-        if self._route is None or self.closed:
-            return DOWN
-        if self._link is not None and not self._link.connected:
+        if self.closed or not self._route_alive():
             return DOWN
         return UP
 
@@ -207,7 +211,7 @@ class Inlet:
         """
         A Deferred of the resolved route to the outlet.
         """
-        if self._route is not None and (self._link is None or self._link.connected):
+        if self._route is not None and self._route_alive():
             return succeed(self._route)
         d: Deferred = Deferred()
         if self._resolving is not None:
@@ -216,13 +220,11 @@ class Inlet:
         self._resolving = [d]
 
         def resolved(route):
-            link = None
-            if route and route[0].type == LOCAL:
-                link = self.node.tcp.connection(route[0])
+            link = watched_hop(self.node, route)
             self._route = route
             self._link = link
             if link is not None:
-                link.when_closed().addCallback(lambda _: self._link_lost(link))
+                link.on_close(lambda _: self._link_lost(link))
             self.last_error = None
             return route
 

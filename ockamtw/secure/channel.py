@@ -121,6 +121,9 @@ class ChannelEnd:
         self._peer_backwards: Optional[Address] = None
         self._ready: Optional[Deferred] = None
         self._timer = None
+        self._close_callbacks: dict = {}
+        self._link = None
+        self._link_key = None
         self.decryptor = node.start_worker(None, _Part(self, "decryptor"))
         self.encryptor = node.start_worker(None, _Part(self, "encryptor"))
         self.backwards = node.start_worker(None, _Part(self, "backwards"))
@@ -277,6 +280,12 @@ class ChannelEnd:
     def _established(self) -> None:
         self._status("up")
         self._cancel_timer()
+        # The channel ends with the TCP connection it runs over.
+        route = self.remote_route
+        link = self.node.tcp.connection(route[0]) if route else None
+        if link is not None:
+            self._link = link
+            self._link_key = link.on_close(lambda _: self._link_closed())
         log.info(
             "secure channel {e} up with {peer} ({role})",
             e=str(self.encryptor),
@@ -285,6 +294,33 @@ class ChannelEnd:
         )
         if self._ready is not None and not self._ready.called:
             self._ready.callback(self)
+
+    def _link_closed(self) -> None:
+        self._link_key = None
+        if self.status != "closed":
+            log.info("secure channel {e}: its connection closed; channel closed", e=str(self.encryptor))
+            self.close()
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the channel can still carry messages (not closed).
+        """
+        return self.status != "closed"
+
+    def on_close(self, f) -> int:
+        """
+        Call C{f(self)} when the channel closes; returns a key for
+        L{cancel_on_close}.
+        """
+        key = id(f)
+        while key in self._close_callbacks:
+            key += 1
+        self._close_callbacks[key] = f
+        return key
+
+    def cancel_on_close(self, key: int) -> None:
+        self._close_callbacks.pop(key, None)
 
     def _timed_out(self, timeout: float) -> None:
         self._timer = None
@@ -316,11 +352,20 @@ class ChannelEnd:
             return
         self._status("closed")
         self._cancel_timer()
+        if self._link_key is not None:
+            self._link.cancel_on_close(self._link_key)
+            self._link_key = None
         for address in (self.decryptor, self.encryptor, self.backwards):
             if self.node.worker_at(address) is not None and self.node.worker_at(address).end is self:
                 self.node.stop_worker(address)
         if self.owner is not None:
             self.owner._ended(self)
+        callbacks, self._close_callbacks = self._close_callbacks, {}
+        for f in callbacks.values():
+            try:
+                f(self)
+            except Exception:
+                log.failure("secure channel close callback failed")
 
     def to_dict(self) -> dict:
         return {
