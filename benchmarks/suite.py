@@ -1,0 +1,901 @@
+"""
+The benchmark suite: ``python -m benchmarks`` (full, under 10 minutes) or
+``python -m benchmarks --quick`` (the CI smoke mode, under a minute).
+
+It starts the target servers, every available path (direct, the ockamtw
+topologies, the peers), runs the scenarios round-robin over the paths,
+then the memory and relay scenarios on fresh ockamtw node processes, and
+writes ``benchmarks/results/latest.json`` and ``latest.md`` (and, in a
+full run, the generated part of ``docs/performance.md``).  Every process
+it starts is ended at the end (and at exit, and on SIGTERM/SIGINT), and the
+run checks that none is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from typing import Dict, List, Optional
+
+from . import report
+from .paths import OckamRelay, Path, Sshd, _Ssh, all_paths
+from .procs import (REPO_ROOT, Proc, ProcessManager, cpu_seconds, cpu_seconds_tree, fd_count, free_port, raise_nofile, rss_bytes,
+                    version_of, wait_port, which)
+
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+DOCS_PAGE = os.path.join(REPO_ROOT, "docs", "performance.md")
+
+
+class Settings:
+    def __init__(self, quick: bool, repeat: Optional[int] = None) -> None:
+        self.quick = quick
+        self.repeat = repeat or (1 if quick else 3)
+        self.tp_seconds = 1 if quick else 2           # iperf3 -t
+        self.tp_bytes_quick = 64 << 20               # quick mode: iperf3 -n / built-in bytes per stream
+        self.bulk_bytes = 64 << 20 if quick else 512 << 20
+        self.latency_count = 300 if quick else 2000
+        self.latency_warmup = 50 if quick else 200
+        self.setup_count = 30 if quick else 100
+        self.http_seconds = 1.0 if quick else 2.0
+        self.routed_count = 300 if quick else 2000
+        self.routed_seconds = 0.5 if quick else 2.0
+        self.conn_counts = [200] if quick else [1000, 5000]
+        self.forwarder_counts = [10, 100] if quick else [10, 1000]
+        self.hol_seconds = 1.5 if quick else 2.0
+        self.stall_seconds = 2.5 if quick else 3.5
+        self.budget = 55.0 if quick else 570.0       # seconds; scenarios left then are skipped
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def agg(values: List[Optional[float]], nd: int = 3) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(statistics.median(vals), nd), "min": round(min(vals), nd), "max": round(max(vals), nd)}
+
+
+class Suite:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.s = Settings(args.quick, args.repeat)
+        self.tag = f"ockbench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.workdir = os.path.join(tempfile.gettempdir(), self.tag)
+        if not args.keep:
+            # Registered before the process manager's own exit hook, so it runs after it.
+            atexit.register(shutil.rmtree, self.workdir, True)
+        self.pm = ProcessManager(self.tag, self.workdir)
+        self.t0 = time.monotonic()
+        self.notices: List[str] = []
+        self.errors: List[str] = []
+        self.results: dict = {}
+        self.paths: List[Path] = []
+        self.active: List[Path] = []
+        self.ports: Dict[str, Dict[str, int]] = {}
+        self.iperf3 = which("iperf3") if not args.builtin_bulk else None
+        self.wrk = which("wrk") if not args.builtin_http else None
+
+    # --- helpers ------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        el = time.monotonic() - self.t0
+        print(f"[{el:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+        self.log("notice: " + text)
+
+    def time_left(self) -> float:
+        return self.s.budget - (time.monotonic() - self.t0)
+
+    def run_cmd(self, argv: List[str], label: str, timeout: float) -> str:
+        """
+        Run a client process to its end (killed after timeout); its stdout.
+        """
+        proc = self.pm.start(argv, label, capture_stdout=True)
+        try:
+            out, _ = proc.popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.pm.stop(proc)
+            raise RuntimeError(f"{label}: no result within {timeout:g} s")
+        self.pm.stop(proc)
+        text = out.decode("utf-8", "replace")
+        if proc.popen.returncode not in (0, None):
+            raise RuntimeError(f"{label}: exit status {proc.popen.returncode}: {text[-300:]} {proc.tail(5)}")
+        return text
+
+    def probe(self, kind: str, *args: str, timeout: float = 60) -> dict:
+        text = self.run_cmd([sys.executable, "-m", "benchmarks.probes", kind, "--tag", self.tag, *args],
+                            f"probe-{kind}", timeout)
+        lines = [l for l in text.splitlines() if l.strip().startswith("{")]
+        if not lines:
+            raise RuntimeError(f"probe {kind} printed no result: {text[-300:]}")
+        return json.loads(lines[-1])
+
+    def start_probe(self, kind: str, *args: str) -> Proc:
+        proc = self.pm.start([sys.executable, "-m", "benchmarks.probes", kind, "--tag", self.tag, *args],
+                             f"probe-{kind}", capture_stdout=True, stdin=subprocess.PIPE)
+        return proc
+
+    @staticmethod
+    def read_json_line(proc: Proc, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        fd = proc.popen.stdout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{proc.label}: no progress line within {timeout:g} s: {proc.tail(5)}")
+            r, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(fd.fileno(), 65536)
+                if not chunk:
+                    raise RuntimeError(f"{proc.label} ended: {buf[-300:]!r} {proc.tail(5)}")
+                buf += chunk
+                if b"\n" in buf:
+                    line, _, rest = buf.partition(b"\n")
+                    return json.loads(line)
+
+    def node_snapshot(self, path: Path) -> Dict[str, dict]:
+        return {role: {"rss": rss_bytes(p.pid), "fds": fd_count(p.pid)} for role, p in path.nodes}
+
+    # --- setup ---------------------------------------------------------------------
+
+    def machine_facts(self) -> dict:
+        cpu = None
+        try:
+            with open("/proc/cpuinfo") as f:
+                m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+                cpu = m.group(1).strip() if m else None
+        except OSError:
+            pass
+        mem = None
+        try:
+            with open("/proc/meminfo") as f:
+                m = re.search(r"^MemTotal:\s*(\d+)", f.read(), re.M)
+                mem = round(int(m.group(1)) / 1048576, 1) if m else None
+        except OSError:
+            pass
+        distro = None
+        try:
+            with open("/etc/os-release") as f:
+                m = re.search(r'^PRETTY_NAME="?([^"\n]+)', f.read(), re.M)
+                distro = m.group(1) if m else None
+        except OSError:
+            pass
+        return {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "memory_gib": mem,
+            "kernel": platform.release(),
+            "os": distro,
+            "python": platform.python_version(),
+            "hostname_hash": format(abs(hash(socket.gethostname())) % (1 << 32), "08x"),
+        }
+
+    def commit(self) -> dict:
+        def git(*a):
+            try:
+                return subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            except Exception:
+                return None
+
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head or None, "dirty": bool(dirty), "branch": git("rev-parse", "--abbrev-ref", "HEAD") or None}
+
+    def versions(self) -> dict:
+        import twisted
+
+        v = {"python": sys.version.split()[0], "twisted": twisted.__version__}
+        try:
+            import ockamtw
+
+            v["ockamtw"] = getattr(ockamtw, "__version__", None) or _dist_version("ockamtw")
+        except Exception:
+            pass
+        if self.iperf3:
+            v["iperf3"] = version_of([self.iperf3, "--version"])
+        if self.wrk:
+            v["wrk"] = version_of([self.wrk, "-v"])
+        for p in self.paths:
+            if p.kind == "peer" and not p.missing():
+                v[p.name] = p.version()
+        return v
+
+    def start_targets(self) -> Dict[str, int]:
+        proc = self.pm.start([sys.executable, "-m", "benchmarks.servers", "targets", "--tag", self.tag,
+                              "--stall", str(self.s.stall_seconds)], "targets")
+        m = proc.wait_for(r"PORTS (\{.*\})")
+        targets = json.loads(m.group(1))
+        self.targets_proc = proc
+        if self.iperf3:
+            port = free_port()
+            ip = self.pm.start([self.iperf3, "-s", "-B", "127.0.0.1", "-p", str(port),
+                                "-I", os.path.join(self.workdir, f"{self.tag}-iperf3.pid")], "iperf3-server")
+            wait_port(port, proc=ip)
+            targets["bulk"] = port
+            self.bulk_tool = "iperf3"
+        else:
+            self.notice("iperf3 is not installed: throughput uses the built-in bulk sender/receiver "
+                        "(apt-get install iperf3 for iperf3)")
+            bp = self.pm.start([sys.executable, "-m", "benchmarks.servers", "bulk", "--tag", self.tag], "bulk-server")
+            m = bp.wait_for(r"PORTS (\{.*\})")
+            targets.update(json.loads(m.group(1)))
+            self.bulk_tool = "builtin"
+        if not self.wrk:
+            self.notice("wrk is not installed: HTTP load uses the built-in keep-alive client (apt-get install wrk)")
+        return targets
+
+    def start_paths(self, targets: Dict[str, int]) -> None:
+        self.paths = all_paths(self.pm, self.s.quick, peers=self.args.peers)
+        wanted = set(self.args.paths.split(",")) if self.args.paths else None
+        self.path_info = {}
+        for p in self.paths:
+            info = {"kind": p.kind, "description": p.description}
+            self.path_info[p.name] = info
+            if wanted is not None and p.name not in wanted and p.name != "direct":
+                info["skipped"] = "not selected (--paths)"
+                continue
+            why = p.missing()
+            if why:
+                info["skipped"] = why
+                self.notice(f"{p.name} skipped: {why}")
+                continue
+            try:
+                self.ports[p.name] = p.start(targets)
+                self.active.append(p)
+                info["available"] = True
+                self.log(f"path {p.name} up: {self.ports[p.name]}")
+            except Exception as e:
+                info["skipped"] = f"failed to start: {e}"
+                self.error(f"{p.name}: failed to start: {e}", p)
+                try:
+                    p.stop()
+                except Exception:
+                    pass
+        if not self.args.peers:
+            self.notice("peers not run (socat, haproxy, ssh -L/-R): quick mode runs only direct, ockamtw and "
+                        "Twisted's portforward; pass --peers to include them")
+
+    def error(self, text: str, path: Optional[Path] = None) -> None:
+        # A peer that fails is reported; only failures of our own paths make the run fail.
+        if getattr(path, "kind", "ockamtw") != "peer":
+            self.errors.append(text)
+        self.notices.append("error: " + text)
+        self.log("ERROR: " + text)
+
+    # --- scenarios over all paths ------------------------------------------------------------
+
+    def scenario_latency(self) -> None:
+        res = {}
+        for r in range(self.s.repeat):
+            for p in self.active:
+                try:
+                    out = self.probe("latency", "--port", str(self.ports[p.name]["echo"]),
+                                     "--count", str(self.s.latency_count), "--warmup", str(self.s.latency_warmup))
+                except Exception as e:
+                    out = {"error": str(e)}
+                    self.error(f"latency {p.name}: {e}", p)
+                res.setdefault(p.name, {"runs": []})["runs"].append(out)
+        direct = None
+        for name, v in res.items():
+            runs = [x for x in v["runs"] if "error" not in x]
+            v["p50_us"] = agg([x["p50_us"] for x in runs], 1)
+            v["p99_us"] = agg([x["p99_us"] for x in runs], 1)
+        direct = (res.get("direct") or {}).get("p50_us", {}).get("median")
+        for name, v in res.items():
+            m = v["p50_us"]["median"]
+            v["added_p50_us"] = round(m - direct, 1) if m is not None and direct is not None else None
+        self.results["latency_64b"] = {
+            "description": "64-byte request/response over one connection to an echo target "
+                           "(blocking-socket client in its own process); added = path p50 - direct p50",
+            "unit": "us", "count_per_run": self.s.latency_count, "results": res}
+
+    def scenario_setup(self) -> None:
+        res = {}
+        for r in range(self.s.repeat):
+            for p in self.active:
+                try:
+                    out = self.probe("setup", "--port", str(self.ports[p.name]["echo"]),
+                                     "--count", str(self.s.setup_count), timeout=120)
+                except Exception as e:
+                    out = {"error": str(e)}
+                    self.error(f"setup {p.name}: {e}", p)
+                res.setdefault(p.name, {"runs": []})["runs"].append(out)
+        for name, v in res.items():
+            runs = [x for x in v["runs"] if "error" not in x]
+            v["p50_ms"] = agg([x["p50_us"] / 1000 for x in runs], 3)
+            v["p99_ms"] = agg([x["p99_us"] / 1000 for x in runs], 3)
+            v["failures"] = sum(x.get("failures", 0) for x in runs)
+        self.results["connection_setup"] = {
+            "description": "new connection ready: connect + 64-byte request + first reply, sequential",
+            "unit": "ms", "count_per_run": self.s.setup_count, "results": res}
+
+    @staticmethod
+    def path_pids(p: Path) -> List[int]:
+        pids = [proc.pid for _, proc in p.procs]
+        if isinstance(p, _Ssh) and p.sshd.proc is not None:
+            pids.append(p.sshd.proc.pid)  # its session processes do the server side's work
+        return pids
+
+    def throughput_once(self, p: Path, variant: str) -> dict:
+        port = self.ports[p.name]["bulk"]
+        if self.bulk_tool == "iperf3":
+            argv = [self.iperf3, "-c", "127.0.0.1", "-p", str(port), "-J", "--connect-timeout", "5000"]
+            if self.s.quick:
+                argv += ["-n", str(self.s.tp_bytes_quick)]
+            else:
+                argv += ["-t", str(self.s.tp_seconds)]
+            if variant == "down":
+                argv.append("-R")
+            if variant == "p4":
+                argv += ["-P", "4"]
+            last = None
+            for attempt in range(2):
+                try:
+                    text = self.run_cmd(argv, f"iperf3-{p.name}-{variant}", timeout=self.s.tp_seconds + 30)
+                    data = json.loads(text[text.index("{"):])
+                except (RuntimeError, ValueError) as e:
+                    last = str(e)
+                    if "exit status" in last:
+                        try:
+                            data = json.loads(last[last.index("{"):])
+                        except ValueError:
+                            data = {"error": last}
+                    else:
+                        data = {"error": last}
+                if "error" not in data:
+                    end = data.get("end", {})
+                    bps = end.get("sum_received", {}).get("bits_per_second")
+                    if bps:
+                        return {"gbit_s": round(bps / 1e9, 3), "tool": "iperf3",
+                                "retransmits": end.get("sum_sent", {}).get("retransmits")}
+                    last = "no sum_received in iperf3 output"
+                else:
+                    last = str(data["error"])
+                time.sleep(1.0)  # the server may still be finishing the failed test
+            raise RuntimeError(f"iperf3: {last}")
+        args = ["--port", str(port), "--mode", "D" if variant == "down" else "U",
+                "--bytes", str(self.s.bulk_bytes // (4 if variant == "p4" else 1)),
+                "--parallel", "4" if variant == "p4" else "1"]
+        out = self.probe("bulk", *args, timeout=120)
+        if "error" in out:
+            raise RuntimeError(out["error"])
+        return {"gbit_s": round(out["bits_per_second"] / 1e9, 3), "tool": "builtin"}
+
+    def scenario_throughput(self) -> None:
+        variants = [("up", "client to server, 1 stream"), ("down", "server to client (-R), 1 stream"),
+                    ("p4", "client to server, 4 parallel streams")]
+        for variant, desc in variants:
+            res = {}
+            for r in range(self.s.repeat):
+                for p in self.active:
+                    if self.time_left() < 60 and not self.s.quick:
+                        self.notice(f"throughput {variant} {p.name} run {r + 1} skipped: time budget")
+                        continue
+                    before = {role: cpu_seconds(proc.pid) for role, proc in p.nodes}
+                    tree = self.path_pids(p)
+                    tree0 = cpu_seconds_tree(tree)
+                    t0 = time.monotonic()
+                    try:
+                        out = self.throughput_once(p, variant)
+                    except Exception as e:
+                        out = {"error": str(e)}
+                        self.error(f"throughput {variant} {p.name}: {e}", p)
+                    wall = time.monotonic() - t0
+                    if tree and "error" not in out:
+                        # CPU of the path's own processes (not the iperf3 ends), % of one core.
+                        out["path_cpu_percent"] = round(100 * (cpu_seconds_tree(tree) - tree0) / wall, 1)
+                    if p.kind == "ockamtw" and "error" not in out:
+                        out["cpu_percent"] = {
+                            role: round(100 * (cpu_seconds(proc.pid) - before[role]) / wall, 1)
+                            for role, proc in p.nodes if before[role] is not None
+                        }
+                    res.setdefault(p.name, {"runs": []})["runs"].append(out)
+            for name, v in res.items():
+                v["gbit_s"] = agg([x.get("gbit_s") for x in v["runs"]], 3)
+                v["path_cpu_percent"] = agg([x.get("path_cpu_percent") for x in v["runs"]], 1)
+            self.results[f"throughput_{variant}"] = {
+                "description": f"bulk throughput, {desc} ({self.bulk_tool})", "unit": "Gbit/s",
+                "tool": self.bulk_tool, "results": res}
+
+    def http_once(self, p: Path) -> dict:
+        port = self.ports[p.name]["http"]
+        if self.wrk:
+            secs = max(1, int(round(self.s.http_seconds)))
+            text = self.run_cmd([self.wrk, "-t1", "-c32", f"-d{secs}s", "--latency", "--timeout", "5s",
+                                 f"http://127.0.0.1:{port}/"], f"wrk-{p.name}", timeout=secs + 20)
+            m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+            if not m:
+                raise RuntimeError(f"wrk printed no Requests/sec: {text[-300:]}")
+            out = {"requests_per_second": float(m.group(1)), "tool": "wrk"}
+            for q in ("50", "99"):
+                mm = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+                if mm:
+                    mult = {"us": 1, "ms": 1000, "s": 1e6}[mm.group(2)]
+                    out[f"p{q}_us"] = round(float(mm.group(1)) * mult, 1)
+            errs = re.search(r"Socket errors: (.*)", text)
+            non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+            if errs:
+                out["socket_errors"] = errs.group(1).strip()
+            if non2xx:
+                out["non_2xx"] = int(non2xx.group(1))
+            return out
+        return self.probe("http", "--port", str(port), "--duration", str(self.s.http_seconds), timeout=60)
+
+    def scenario_http(self) -> None:
+        res = {}
+        for r in range(self.s.repeat):
+            for p in self.active:
+                if self.time_left() < 45 and not self.s.quick:
+                    self.notice(f"http {p.name} run {r + 1} skipped: time budget")
+                    continue
+                try:
+                    out = self.http_once(p)
+                except Exception as e:
+                    out = {"error": str(e)}
+                    self.error(f"http {p.name}: {e}", p)
+                res.setdefault(p.name, {"runs": []})["runs"].append(out)
+        for name, v in res.items():
+            runs = [x for x in v["runs"] if "error" not in x]
+            v["requests_per_second"] = agg([x.get("requests_per_second") for x in runs], 1)
+            v["p99_us"] = agg([x.get("p99_us") for x in runs], 1)
+        self.results["http"] = {
+            "description": "HTTP/1.1 keep-alive GET through the path, 32 connections, 1 client thread "
+                           f"({'wrk' if self.wrk else 'built-in client'})",
+            "unit": "requests/s", "results": res}
+
+    # --- routed messages ----------------------------------------------------------------------
+
+    def scenario_routed(self) -> None:
+        relay = next((p for p in self.active if isinstance(p, OckamRelay)), None)
+        if relay is None:
+            self.error("routed round trip: the ockam_relay path is not running")
+            return
+        res = {}
+        cases = [("0_relay_hops", "echo", "client -> node R's echo (1 TCP link)"),
+                 ("1_relay_hop", f"{relay.alias},echo",
+                  "client -> relay node R -> forwarder -> outlet node O's echo (2 TCP links)")]
+        for r in range(self.s.repeat):
+            for key, route, desc in cases:
+                try:
+                    out = self.probe("routed", "--port", str(relay.relay_port), "--route", route,
+                                     "--count", str(self.s.routed_count), "--duration", str(self.s.routed_seconds),
+                                     "--inflight", "32")
+                except Exception as e:
+                    out = {"error": str(e)}
+                    self.error(f"routed {key}: {e}")
+                res.setdefault(key, {"description": desc, "runs": []})["runs"].append(out)
+        for key, v in res.items():
+            runs = [x for x in v["runs"] if "error" not in x]
+            v["p50_us"] = agg([x["latency"]["p50_us"] for x in runs], 1)
+            v["p99_us"] = agg([x["latency"]["p99_us"] for x in runs], 1)
+            v["messages_per_second"] = agg([x.get("messages_per_second") for x in runs], 1)
+        self.results["routed_rtt"] = {
+            "description": "routed-message round trip (64-byte payload, raw Ockam frames from a client process); "
+                           "latency sequential, messages/s with 32 in flight",
+            "results": res}
+
+    # --- head-of-line ----------------------------------------------------------------------------
+
+    def scenario_hol(self) -> None:
+        names = ["ockam_relay", "ockam_inlet_outlet", "ssh_R"]
+        res = {}
+        for p in self.active:
+            if p.name not in names:
+                continue
+            ports = self.ports[p.name]
+            base = self.node_snapshot(p)
+            started = time.monotonic()
+            proc = self.start_probe("hol", "--echo-port", str(ports["echo"]), "--stall-port", str(ports["stall"]),
+                                    "--duration", str(self.s.hol_seconds))
+            peak = {role: v["rss"] for role, v in base.items()}
+            try:
+                while proc.poll() is None and time.monotonic() - started < self.s.hol_seconds + 20:
+                    for role, node in p.nodes:
+                        r = rss_bytes(node.pid)
+                        if r is not None and (peak.get(role) is None or r > peak[role]):
+                            peak[role] = r
+                    time.sleep(0.05)
+                out = self.read_json_line(proc, 5)
+            except Exception as e:
+                out = {"error": str(e)}
+                self.error(f"head-of-line {p.name}: {e}", p)
+            finally:
+                self.pm.stop(proc)
+            if "error" not in out:
+                out["rss_growth_kib"] = {
+                    role: round((peak[role] - base[role]["rss"]) / 1024, 1)
+                    for role in peak if peak[role] is not None and base[role]["rss"] is not None
+                }
+            res[p.name] = out
+            # The slow reader drains after its stall: wait for it so the next path starts clean.
+            wait = self.s.stall_seconds + 0.5 - (time.monotonic() - started)
+            if wait > 0:
+                time.sleep(wait)
+        self.results["head_of_line"] = {
+            "description": "a stream to a target that reads nothing for "
+                           f"{self.s.stall_seconds:g} s is flooded for {self.s.hol_seconds:g} s while a "
+                           "neighbour stream on the same path pings an echo target every 20 ms; stalled = "
+                           "neighbour pings over 1 s (or timed out); RSS growth per node during the flood",
+            "results": res}
+
+    # --- fresh nodes: forwarders and concurrent connections ---------------------------------------------
+
+    def scenario_memory(self, targets: Dict[str, int]) -> None:
+        topo = OckamRelay(self.pm)
+        topo.name = "ockam_relay_fresh"
+        try:
+            ports = topo.start({"echo": targets["echo"]})
+        except Exception as e:
+            self.error(f"fresh relay topology: {e}")
+            topo.stop()
+            return
+        try:
+            # Warm up: the first connections and messages load code and fill caches.
+            self.probe("setup", "--port", str(ports["echo"]), "--count", "50", "--warmup", "0")
+            self.probe("routed", "--port", str(topo.relay_port), "--route", f"{topo.alias},echo",
+                       "--count", "200", "--duration", "0")
+            if self.time_left() > 30 or self.s.quick:
+                self.forwarders(topo, ports)
+            else:
+                self.notice("relay forwarders scenario skipped: time budget")
+            self.concurrent(topo, ports)
+        finally:
+            topo.stop()
+
+    def forwarders(self, topo: OckamRelay, ports) -> None:
+        res = {}
+        holders = []
+        registered = 1  # the outlet node's own relay
+        relay_proc = dict(topo.nodes)["relay"]
+        base_rss = rss_bytes(relay_proc.pid)
+        try:
+            for n in self.s.forwarder_counts:
+                add = n - registered
+                if add > 0:
+                    h = self.start_probe("register", "--port", str(topo.relay_port), "--count", str(add),
+                                         "--prefix", f"bench{registered}_")
+                    holders.append(h)
+                    got = self.read_json_line(h, 60)
+                    if got.get("registered") != add:
+                        raise RuntimeError(f"registered {got.get('registered')} of {add}")
+                    registered = n
+                time.sleep(0.3)
+                entry = {"forwarders": registered, "relay_rss_kib": round(rss_bytes(relay_proc.pid) / 1024, 1)}
+                runs = []
+                for r in range(self.s.repeat):
+                    out = self.probe("routed", "--port", str(topo.relay_port), "--route", f"{topo.alias},echo",
+                                     "--count", str(self.s.routed_count), "--duration", str(self.s.routed_seconds),
+                                     "--inflight", "32")
+                    lat = self.probe("latency", "--port", str(ports["echo"]), "--count",
+                                     str(self.s.latency_count), "--warmup", str(self.s.latency_warmup))
+                    runs.append({"routed": out, "portal_64b": lat})
+                entry["runs"] = runs
+                entry["routed_p50_us"] = agg([x["routed"]["latency"]["p50_us"] for x in runs], 1)
+                entry["routed_p99_us"] = agg([x["routed"]["latency"]["p99_us"] for x in runs], 1)
+                entry["messages_per_second"] = agg([x["routed"].get("messages_per_second") for x in runs], 1)
+                entry["portal_p50_us"] = agg([x["portal_64b"]["p50_us"] for x in runs], 1)
+                entry["portal_p99_us"] = agg([x["portal_64b"]["p99_us"] for x in runs], 1)
+                res[str(n)] = entry
+                self.log(f"forwarders {n}: routed p50 {entry['routed_p50_us']['median']} us")
+            if len(res) >= 2 and base_rss:
+                top = res[str(self.s.forwarder_counts[-1])]
+                low = res[str(self.s.forwarder_counts[0])]
+                grew = (top["relay_rss_kib"] - low["relay_rss_kib"]) * 1024
+                nf = self.s.forwarder_counts[-1] - self.s.forwarder_counts[0]
+                top["relay_bytes_per_forwarder"] = round(grew / nf, 1)
+        except Exception as e:
+            self.error(f"relay forwarders: {e}")
+            traceback.print_exc()
+        finally:
+            for h in holders:
+                try:
+                    h.popen.stdin.write(b"close\n")
+                    h.popen.stdin.flush()
+                except Exception:
+                    pass
+                self.pm.stop(h)
+        self.results["relay_forwarders"] = {
+            "description": "routed round trip through relay R to O's echo (and a 64-byte portal round trip "
+                           "through R) while R holds N forwarders (registered over one extra connection)",
+            "results": res}
+
+    def hold_round(self, topo: OckamRelay, ports, n: int) -> tuple:
+        """
+        Open n connections through the topology, snapshot the nodes while
+        they are held, close them, and wait until the nodes' descriptors are
+        back to where they were.  Returns (base, held, after, probe output).
+        """
+        base = self.node_snapshot(topo)
+        proc = self.start_probe("conns", "--port", str(ports["echo"]), "--count", str(n))
+        try:
+            info = self.read_json_line(proc, 120)
+            time.sleep(0.5)
+            held = self.node_snapshot(topo)
+            proc.popen.stdin.write(b"close\n")
+            proc.popen.stdin.flush()
+            info.update(self.read_json_line(proc, 60))
+        finally:
+            self.pm.stop(proc)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = self.node_snapshot(topo)
+            if all(now[r]["fds"] is not None and now[r]["fds"] <= base[r]["fds"] + 2 for r in now):
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
+        return base, held, self.node_snapshot(topo), info
+
+    def concurrent(self, topo: OckamRelay, ports) -> None:
+        """
+        For each N: hold N connections and close them, three times.  The
+        first round gives memory per connection; the last shows whether
+        the memory kept after closing is reused (the allocator keeps it,
+        RSS stays flat) or leaked (RSS grows again by about as much).
+        """
+        rounds = 3
+        res = {}
+        for n in self.s.conn_counts:
+            if self.time_left() < 20 and not self.s.quick:
+                self.notice(f"concurrent {n} skipped: time budget")
+                continue
+            time.sleep(0.5)
+            entry = {"connections": n}
+            try:
+                runs = [self.hold_round(topo, ports, n) for _ in range(rounds)]
+                base, held, after, info = runs[0]
+                entry.update(info)
+                entry["later_rounds"] = [{k: r[3].get(k) for k in ("holding", "failures", "open_seconds",
+                                                                   "ready_p50_us", "ready_p99_us")}
+                                         for r in runs[1:]]
+                entry["nodes"] = {}
+                for role in base:
+                    b, d, a = base[role]["rss"], held[role]["rss"], after[role]["rss"]
+                    growth = d - b
+                    last_after, prev_after = runs[-1][2][role]["rss"], runs[-2][2][role]["rss"]
+                    entry["nodes"][role] = {
+                        "rss_base_kib": round(b / 1024, 1),
+                        "kib_per_connection": round(growth / 1024 / n, 2),
+                        "rss_held_kib": [round(r[1][role]["rss"] / 1024, 1) for r in runs],
+                        "rss_closed_kib": [round(r[2][role]["rss"] / 1024, 1) for r in runs],
+                        "retained_after_close_kib": round((a - b) / 1024, 1),
+                        # RSS added by the last round, as a fraction of the first round's growth
+                        # (at least 1 MiB): about 0 when closed connections' memory is reused,
+                        # about 1 when it leaks.
+                        "last_round_growth_fraction": round((last_after - prev_after) / max(growth, 1 << 20), 3),
+                        "fds_base": base[role]["fds"], "fds_held": held[role]["fds"],
+                        "fds_closed": [r[2][role]["fds"] for r in runs],
+                    }
+                entry["all_succeeded"] = all(r[3].get("holding") == n and r[3].get("failures") == 0 for r in runs)
+                entry["fds_back_to_baseline"] = all(
+                    max(v["fds_closed"]) <= v["fds_base"] + 2 for v in entry["nodes"].values())
+                self.log(f"concurrent {n}: held {entry.get('holding')}, per conn KiB "
+                         f"{ {r: v['kib_per_connection'] for r, v in entry['nodes'].items()} }")
+            except Exception as e:
+                entry["error"] = str(e)
+                self.error(f"concurrent {n}: {e}")
+            res[str(n)] = entry
+        self.results["concurrent_connections"] = {
+            "description": f"N portal connections through inlet -> relay -> outlet held at once (each did one "
+                           f"64-byte echo), then closed; {rounds} rounds; RSS per node at baseline, held, closed",
+            "results": res}
+
+    # --- ratios --------------------------------------------------------------------------------------
+
+    def ratios(self) -> List[dict]:
+        R = self.results
+        out = []
+
+        def get(scn, path, *keys):
+            v = R.get(scn, {}).get("results", {}).get(path)
+            for k in keys:
+                if v is None:
+                    return None
+                v = v.get(k) if isinstance(v, dict) else None
+            return v
+
+        def ratio(a, b):
+            return round(a / b, 3) if a is not None and b else None
+
+        def add(name, value, target, met, detail, op):
+            out.append({"name": name, "value": value, "target": target, "op": op,
+                        "met": (None if value is None else bool(met(value))), "detail": detail})
+
+        for variant in ("up", "down", "p4"):
+            scn = f"throughput_{variant}"
+            rel = get(scn, "ockam_relay", "gbit_s", "median")
+            ssh = get(scn, "ssh_R", "gbit_s", "median")
+            io = get(scn, "ockam_inlet_outlet", "gbit_s", "median")
+            soc = get(scn, "socat", "gbit_s", "median")
+            suffix = "" if variant == "up" else f" ({variant})"
+            add(f"relay throughput / ssh -R{suffix}", ratio(rel, ssh), 1.0, lambda v: v >= 1.0,
+                f"{rel} vs {ssh} Gbit/s", ">=")
+            add(f"inlet->outlet throughput / socat{suffix}", ratio(io, soc), 0.8, lambda v: v >= 0.8,
+                f"{io} vs {soc} Gbit/s", ">=")
+        rl = get("latency_64b", "ockam_relay", "added_p50_us")
+        pf = get("latency_64b", "twisted_portforward", "added_p50_us")
+        add("added 64-byte RTT: relay / portforward", ratio(rl, pf), 2.0, lambda v: v <= 2.0,
+            f"+{rl} us vs +{pf} us (p50 over direct)", "<=")
+        sp = get("connection_setup", "ockam_relay", "p99_ms", "median")
+        ss = get("connection_setup", "ssh_R", "p99_ms", "median")
+        add("new connection through the relay, p99 (ms)", sp, 2.0, lambda v: v < 2.0,
+            f"ssh -R p99 {ss} ms", "<")
+        conc = R.get("concurrent_connections", {}).get("results", {})
+        for n, entry in conc.items():
+            nodes = entry.get("nodes") or {}
+            worst = max((v["kib_per_connection"] for v in nodes.values()), default=None)
+            ok = entry.get("all_succeeded")
+            add(f"{n} concurrent connections via one relay: worst KiB/conn/node", worst, 16.0,
+                lambda v, ok=ok: v < 16.0 and ok,
+                f"all succeeded: {ok}; per node: " + ", ".join(f"{r} {v['kib_per_connection']}"
+                                                               for r, v in nodes.items()), "<")
+            fds = entry.get("fds_back_to_baseline")
+            again = max((v["last_round_growth_fraction"] for v in nodes.values()), default=None)
+            add(f"{n} connections closed (3 rounds): RSS growth of the last round / first round's", again, 0.1,
+                lambda v, fds=fds: v <= 0.1 and fds,
+                f"descriptors back to baseline: {fds}; about 0 = memory kept after closing is reused, "
+                "about 1 = it leaks; RSS above baseline after the first close, KiB: " +
+                ", ".join(f"{r} {v['retained_after_close_kib']}" for r, v in nodes.items()), "<=")
+        fw = R.get("relay_forwarders", {}).get("results", {})
+        if len(fw) >= 2:
+            ks = sorted(fw, key=int)
+            lo, hi = fw[ks[0]], fw[ks[-1]]
+            a, b = hi["routed_p50_us"]["median"], lo["routed_p50_us"]["median"]
+            add(f"relay with {ks[-1]} forwarders / {ks[0]}: routed p50", ratio(a, b), 1.25, lambda v: v <= 1.25,
+                f"{a} vs {b} us", "<=")
+        hol = R.get("head_of_line", {}).get("results", {})
+        for name in ("ockam_relay", "ockam_inlet_outlet", "ssh_R"):
+            h = hol.get(name)
+            if not h or "error" in h:
+                continue
+            add(f"head-of-line ({name}): neighbour pings stalled", h.get("neighbour_stalled"), 0,
+                lambda v: v == 0, f"during flood p50 "
+                f"{(h.get('neighbour_during') or {}).get('p50_us')} us, "
+                f"stalled stream accepted {h.get('stalled_stream_bytes_accepted')} bytes", "==")
+            growth = h.get("rss_growth_kib") or {}
+            worst = max(growth.values(), default=None)
+            if name.startswith("ockam"):
+                add(f"slow reader ({name}): worst RSS growth per node (KiB)", worst, 4096,
+                    lambda v: v <= 4096, ", ".join(f"{r} {v}" for r, v in growth.items()), "<=")
+        return out
+
+    # --- the run --------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        started = datetime.datetime.now(datetime.timezone.utc)
+        raise_nofile()
+        status = 0
+        try:
+            targets = self.start_targets()
+            self.log(f"targets: {targets}")
+            self.start_paths(targets)
+            steps = [("latency", self.scenario_latency), ("setup", self.scenario_setup),
+                     ("throughput", self.scenario_throughput), ("http", self.scenario_http),
+                     ("routed", self.scenario_routed), ("head_of_line", self.scenario_hol)]
+            for name, f in steps:
+                if self.args.only and name not in self.args.only:
+                    continue
+                if self.time_left() < 20 and not self.s.quick:
+                    self.notice(f"{name} skipped: time budget")
+                    continue
+                self.log(f"scenario {name}")
+                try:
+                    f()
+                except Exception as e:
+                    self.error(f"{name}: {e}")
+                    traceback.print_exc()
+            for p in reversed(self.active):
+                p.stop()
+            for p in self.paths:
+                if isinstance(p, _Ssh):
+                    p.sshd.stop()
+            if not self.args.only or "memory" in self.args.only:
+                self.log("scenario memory (fresh relay topology)")
+                try:
+                    self.scenario_memory(targets)
+                except Exception as e:
+                    self.error(f"memory: {e}")
+                    traceback.print_exc()
+        finally:
+            self.pm.stop_all()
+        time.sleep(0.2)
+        leftovers = self.pm.leftovers()
+        if leftovers:
+            self.error(f"processes left behind: {leftovers}")
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        self.paths_versions = self.versions()
+        doc = {
+            "suite": "ockamtw benchmarks",
+            "schema": 1,
+            "mode": "quick" if self.s.quick else "full",
+            "command": " ".join(["python -m benchmarks"] + list(self.args.argv)),
+            "started": started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "elapsed_s": round(time.monotonic() - self.t0, 1),
+            "machine": self.machine_facts(),
+            "versions": self.paths_versions,
+            "commit": self.commit(),
+            "settings": {k: v for k, v in vars(self.s).items()},
+            "paths": self.path_info,
+            "scenarios": self.results,
+            "ratios": self.ratios(),
+            "notices": self.notices,
+            "errors": self.errors,
+            "leftover_processes": leftovers,
+        }
+        out_dir = self.args.out or RESULTS_DIR
+        os.makedirs(out_dir, exist_ok=True)
+        stem = "quick" if self.s.quick else "latest"
+        json_path = os.path.join(out_dir, f"{stem}.json")
+        md_path = os.path.join(out_dir, f"{stem}.md")
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        md = report.render(doc)
+        with open(md_path, "w") as f:
+            f.write(md)
+        if not self.s.quick and not self.args.no_docs and not self.args.only and not self.args.paths:
+            report.update_docs(DOCS_PAGE, md)
+        self.log(f"wrote {json_path} and {md_path} in {doc['elapsed_s']} s")
+        print(md)
+        if not self.args.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.errors:
+            status = 1
+        return status
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the CI smoke mode: small counts, under a minute")
+    p.add_argument("--peers", dest="peers", action="store_true", default=None,
+                   help="run the peers (socat, haproxy, ssh -L/-R) too (default in a full run)")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="do not run the peers")
+    p.add_argument("--paths", default="", help="comma-separated path names to run (direct always runs)")
+    p.add_argument("--only", action="append", default=[],
+                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory"],
+                   help="run only these scenarios (repeatable)")
+    p.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
+    p.add_argument("--builtin-bulk", action="store_true", help="use the built-in bulk tool even if iperf3 is there")
+    p.add_argument("--builtin-http", action="store_true", help="use the built-in HTTP client even if wrk is there")
+    p.add_argument("--ssh-cipher", default=Sshd.cipher,
+                   help=f"cipher of the ssh paths (default {Sshd.cipher}; 'default' for OpenSSH's choice)")
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
+    p.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
+    p.add_argument("--keep", action="store_true", help="keep the run's work directory (logs) under /tmp")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.peers is None:
+        args.peers = not args.quick
+    Sshd.cipher = args.ssh_cipher
+    suite = Suite(args)
+    return suite.run()
