@@ -16,6 +16,7 @@ read it in) is paused until the buffer drains.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Dict, List, Optional, Union
@@ -118,7 +119,15 @@ def client_endpoint(reactor, target: str, timeout: float = 10.0):
     if kind[0] == "hostport":
         _, host, port = kind
         key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout), key
+        # An IP literal needs no name resolution (HostnameEndpoint would
+        # still run getaddrinfo on a thread, and wait 0.3 s between
+        # attempts at a refused address).
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout), key
+        cls = endpoints.TCP6ClientEndpoint if literal.version == 6 else endpoints.TCP4ClientEndpoint
+        return cls(reactor, host, port, timeout=timeout), key
     try:
         return endpoints.clientFromString(reactor, kind[1]), kind[1]
     except (ValueError, TypeError, KeyError) as e:
