@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from .errors import MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
 from .node import Worker
-from .routing import LOCAL, Address, MultiAddr, Route, parse_route_text
+from .routing import LOCAL, Address, MultiAddr, Route, _encode_uvarint, parse_route_text
 from .wire import decode_string, encode_string
 
 log = Logger(namespace="ockamtw.relay")
@@ -51,9 +51,21 @@ class Forwarder(Worker):
     """
 
     def __init__(self, forward_route: Route, link) -> None:
-        self.forward_route = forward_route
         self.link = link
+        self.forward_route = forward_route
         self.forwarded = 0
+
+    @property
+    def forward_route(self) -> Route:
+        return self._forward_route
+
+    @forward_route.setter
+    def forward_route(self, route: Route) -> None:
+        self._forward_route = route
+        # For the fast path: the forward route after its first hop (the
+        # link, which strips itself), encoded once.
+        self._after_link = route[1:]
+        self._after_link_encoded = b"".join([a.encode() for a in self._after_link])
 
     def same_peer(self, route: Route) -> bool:
         """
@@ -76,11 +88,29 @@ class Forwarder(Worker):
 
     def receive(self, message) -> None:
         try:
-            self.node.send(
-                self.forward_route + message.onward_route.step(),
-                message.payload,
-                return_route=message.return_route,
-            )
+            link = self.link
+            route = self._forward_route
+            if link is not None and link.connected and route[0] == link.address:
+                # Fast path: straight to the registering connection, as the
+                # connection worker would write it.
+                rest = message.onward_route[1:]
+                payload = message.payload
+                head = b"".join(
+                    [
+                        b"\x01",
+                        _encode_uvarint(len(self._after_link) + len(rest)),
+                        self._after_link_encoded,
+                    ]
+                    + [a.encode() for a in rest]
+                    + [message.return_route.encode(), _encode_uvarint(len(payload))]
+                )
+                link.write_body(head, payload, message.source)
+            else:
+                self.node.send(
+                    route + message.onward_route.step(),
+                    message.payload,
+                    return_route=message.return_route,
+                )
             self.forwarded += 1
         except MessageTooLarge as e:
             log.warn("forwarder {alias}: {error}; dropped", alias=self.address.value, error=str(e))

@@ -157,6 +157,13 @@ def decode_string(data: bytes) -> str:
 # --- routes ------------------------------------------------------------------
 
 
+#: Decoded addresses by their encoding: routes repeat (every message of a
+#: portal or relay carries the same few addresses), and Addresses are
+#: immutable, so a decoded one is reused.  Bounded: cleared when full.
+_INTERNED: dict = {}
+_INTERN_MAX = 4096
+
+
 def _read_route(buf, pos: int, end: int) -> Tuple[Route, int]:
     count, pos = _read_uvarint(buf, pos, end)
     if count > end - pos:  # every address takes at least 2 bytes
@@ -171,8 +178,14 @@ def _read_route(buf, pos: int, end: int) -> Tuple[Route, int]:
         pos = vpos + n
         if pos > end:
             raise WireError(f"address value of {n} bytes truncated")
-        raw = bytes(buf[vpos:pos])
-        addrs.append(Address._from_wire(t, raw.decode("utf-8", "surrogateescape"), bytes(buf[start:pos])))
+        encoded = bytes(buf[start:pos])
+        address = _INTERNED.get(encoded)
+        if address is None:
+            address = Address._from_wire(t, encoded[vpos - start :].decode("utf-8", "surrogateescape"), encoded)
+            if len(_INTERNED) >= _INTERN_MAX:
+                _INTERNED.clear()
+            _INTERNED[encoded] = address
+        addrs.append(address)
     return Route._trusted(addrs), pos
 
 

@@ -929,7 +929,9 @@ class RelayTests(SecureTestCase):
         self.assertEqual([len(p) for p in forwarded], [69])
         # Everything n2 routed (M1 to M5, two requests and their replies):
         # never the plaintext, either way.
-        self.assertGreaterEqual(len(routed), 10)
+        # (the forwarder writes M1 straight to n3's connection, so it is
+        # routed once, on arrival)
+        self.assertGreaterEqual(len(routed), 9)
         for payload in forwarded + routed:
             self.assertNotIn(MARKER, payload)
             self.assertNotIn(b"relayed", payload.lower())
