@@ -156,3 +156,37 @@ class Closer:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+class CloseNotifier:
+    """
+    Withdrawable close callbacks: C{on_close(f)} returns a key that
+    C{cancel_on_close(key)} withdraws, so short-lived watchers of a
+    long-lived connection or channel leave nothing behind.  The owner calls
+    L{_notify_closed} once, when it closes.
+    """
+
+    _close_callbacks: dict
+
+    def on_close(self, f) -> int:
+        """
+        Call C{f(self)} once this is closed; returns a key for
+        L{cancel_on_close}.
+        """
+        callbacks = self.__dict__.setdefault("_close_callbacks", {})
+        key = id(f)
+        while key in callbacks:
+            key += 1
+        callbacks[key] = f
+        return key
+
+    def cancel_on_close(self, key: int) -> None:
+        self.__dict__.get("_close_callbacks", {}).pop(key, None)
+
+    def _notify_closed(self) -> None:
+        callbacks = self.__dict__.pop("_close_callbacks", {})
+        for f in callbacks.values():
+            try:
+                f(self)
+            except Exception:
+                log.failure("close callback failed")

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..errors import OckamError, RequestTimeout, WireError
+from ..flow import CloseNotifier
 from ..node import Worker
 from ..routing import Address, Route
 from ..wire import TransportMessage
@@ -90,7 +91,7 @@ class _Part(Worker):
             log.info("secure channel backwards address {a} got a message; dropped", a=str(self.address))
 
 
-class ChannelEnd:
+class ChannelEnd(CloseNotifier):
     """
     One end of a secure channel.
 
@@ -121,7 +122,6 @@ class ChannelEnd:
         self._peer_backwards: Optional[Address] = None
         self._ready: Optional[Deferred] = None
         self._timer = None
-        self._close_callbacks: dict = {}
         self._link = None
         self._link_key = None
         self.decryptor = node.start_worker(None, _Part(self, "decryptor"))
@@ -308,20 +308,6 @@ class ChannelEnd:
         """
         return self.status != "closed"
 
-    def on_close(self, f) -> int:
-        """
-        Call C{f(self)} when the channel closes; returns a key for
-        L{cancel_on_close}.
-        """
-        key = id(f)
-        while key in self._close_callbacks:
-            key += 1
-        self._close_callbacks[key] = f
-        return key
-
-    def cancel_on_close(self, key: int) -> None:
-        self._close_callbacks.pop(key, None)
-
     def _timed_out(self, timeout: float) -> None:
         self._timer = None
         self._fail(RequestTimeout(f"secure channel handshake did not complete within {timeout:g} s"))
@@ -360,12 +346,7 @@ class ChannelEnd:
                 self.node.stop_worker(address)
         if self.owner is not None:
             self.owner._ended(self)
-        callbacks, self._close_callbacks = self._close_callbacks, {}
-        for f in callbacks.values():
-            try:
-                f(self)
-            except Exception:
-                log.failure("secure channel close callback failed")
+        self._notify_closed()
 
     def to_dict(self) -> dict:
         return {

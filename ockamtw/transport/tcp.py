@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
-from ..flow import BackPressure, Closer, PauseCounter, tune
+from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, tune
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..routing import Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -183,7 +183,7 @@ class _FrameFactory(Factory):
 
 
 @implementer(ITcpConnection, IWorker, IFlowSource)
-class TcpConnection:
+class TcpConnection(CloseNotifier):
     """
     One TCP connection: a worker at C{address} that writes what it is sent
     to the socket, and a flow source for what it reads.
@@ -204,7 +204,6 @@ class TcpConnection:
         self._reading = PauseCounter(transport, on_resume=self._process)
         self._processing = False
         self._closed_waiters: List[Deferred] = []
-        self._close_callbacks: Dict[int, object] = {}
         self._closer = Closer(tcp.reactor)
         self.messages_in = 0
         self.messages_out = 0
@@ -256,28 +255,7 @@ class TcpConnection:
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
-        callbacks, self._close_callbacks = self._close_callbacks, {}
-        for f in callbacks.values():
-            try:
-                f(self)
-            except Exception:
-                log.failure("connection close callback failed")
-
-    def on_close(self, f) -> int:
-        """
-        Call C{f(connection)} once the connection is closed; returns a key
-        for L{cancel_on_close}.  Unlike L{when_closed}, a subscription can be
-        withdrawn, so short-lived watchers of a long-lived connection leave
-        nothing behind.
-        """
-        key = id(f)
-        while key in self._close_callbacks:
-            key += 1
-        self._close_callbacks[key] = f
-        return key
-
-    def cancel_on_close(self, key: int) -> None:
-        self._close_callbacks.pop(key, None)
+        self._notify_closed()
 
     def when_closed(self) -> Deferred:
         """
