@@ -23,10 +23,10 @@ import shutil
 import sys
 import time
 
-from .paths import OckamInletOutlet, OckamPortalNode, OckamRelay
+from .paths import OckamInletOutlet, OckamPortalNode, OckamRelay, OckamSecureRelay
 from .procs import cpu_seconds
 
-PATHS = {c.name: c for c in (OckamPortalNode, OckamInletOutlet, OckamRelay)}
+PATHS = {c.name: c for c in (OckamPortalNode, OckamInletOutlet, OckamRelay, OckamSecureRelay)}
 
 
 def find_py_spy():
