@@ -368,38 +368,82 @@ class FrameDecoder:
     whole frame is buffered.  A frame that does not decode raises
     L{WireError} from L{next} after being consumed, so the caller can log it
     and go on: the stream stays in sync.
+
+    Whole frames are decoded in place from the bytes fed; only a frame split
+    across reads is copied, into a small pending buffer.
     """
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_data", "_dpos", "_pending", "_ppos")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._data = b""
+        self._dpos = 0
+        self._pending = bytearray()
+        self._ppos = 0
 
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        if self._dpos < len(self._data):
+            # Not all consumed (the reader paused): keep the order.
+            self._compact()
+            self._pending += memoryview(self._data)[self._dpos :]
+        self._data = data
+        self._dpos = 0
 
     def buffered(self) -> int:
         """
         Bytes received and not yet consumed.
         """
-        return len(self._buf) - self._pos
+        return len(self._pending) - self._ppos + len(self._data) - self._dpos
+
+    def _compact(self) -> None:
+        if self._ppos:
+            del self._pending[: self._ppos]
+            self._ppos = 0
+
+    def _top_up(self, k: int) -> bool:
+        """
+        Move up to C{k} bytes from the fed data to the pending buffer;
+        whether all C{k} were there.
+        """
+        data = self._data
+        dp = self._dpos
+        take = min(k, len(data) - dp)
+        if take > 0:
+            self._pending += memoryview(data)[dp : dp + take]
+            self._dpos = dp + take
+        return take == k
 
     def next(self) -> Optional[TransportMessage]:
-        buf = self._buf
-        pos = self._pos
-        avail = len(buf) - pos
-        if avail < 2:
-            return None
-        n = (buf[pos] << 8) | buf[pos + 1]
-        if avail < 2 + n:
-            return None
-        start = pos + 2
-        self._pos = start + n
-        return _decode_message(buf, start, start + n)
+        p = self._pending
+        if self._ppos and self._ppos >= len(p):
+            p.clear()
+            self._ppos = 0
+        if p:
+            # A frame began in an earlier read: complete it from the new one.
+            if len(p) - self._ppos < 2 and not self._top_up(2 - (len(p) - self._ppos)):
+                return None
+            pp = self._ppos
+            n = (p[pp] << 8) | p[pp + 1]
+            need = 2 + n - (len(p) - pp)
+            if need > 0 and not self._top_up(need):
+                return None
+            start = pp + 2
+            self._ppos = start + n
+            return _decode_message(p, start, start + n)
+        data = self._data
+        dp = self._dpos
+        avail = len(data) - dp
+        if avail >= 2:
+            n = (data[dp] << 8) | data[dp + 1]
+            if avail >= 2 + n:
+                start = dp + 2
+                self._dpos = start + n
+                return _decode_message(data, start, start + n)
+        if avail:
+            self._pending += memoryview(data)[dp:]
+        self._data = b""
+        self._dpos = 0
+        return None
 
 
 # --- PortalMessage ----------------------------------------------------------
