@@ -70,10 +70,16 @@ class Node(BaseNode):
     def create_secure_channel_listener(self, address: str = "api", authorized=None):
         """
         Start a secure channel listener at C{address}, accepting the
-        identifiers in C{authorized} (everyone when C{None}).
+        identifiers in C{authorized} (everyone when C{None}).  If a listener
+        is already there (every node has one at C{api}), its policy is
+        replaced instead; channels it already accepted stay.
         """
         from .secure.channel import SecureChannelListener, TrustPolicy
 
+        existing = self.secure_listeners.get(Address.parse(address).value)
+        if existing is not None:
+            existing.trust = TrustPolicy(authorized)
+            return existing
         listener = SecureChannelListener(self.identity, TrustPolicy(authorized))
         self.start_worker(address, listener)
         self.secure_listeners[Address.parse(address).value] = listener

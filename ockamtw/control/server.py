@@ -170,7 +170,7 @@ class NodeController:
 
     def secure_listener_create(self, body: dict) -> dict:
         address = _service_name(_need(body, "address"))
-        if self.node.worker_at(address) is not None:
+        if self.node.worker_at(address) is not None and address not in self.node.secure_listeners:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
         self.node.create_secure_channel_listener(address, _authorized(body))
         self.save()
