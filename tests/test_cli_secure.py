@@ -111,3 +111,27 @@ class SecureChannelCLITests(CLITestCase):
         r = await self.ockam("node", "create", "b1", "--identity", "bob", check=False)
         self.assertUserError(r, "no identity named 'bob'")
         self.assertFalse(os.path.exists(os.path.join(self.nodes_dir, "b1")))
+
+    @async_test
+    async def test_restricted_api_listener_survives_restart(self):
+        """
+        `secure-channel-listener create api --authorized ID` restricts the
+        node's own api listener (a listener already there is updated, not
+        refused), and the restriction is restored by `node start`.
+        """
+        await self.create_nodes("n1", "n2")
+        n1_id = (await self.ockam("identity", "show", "--node", "n1")).out.strip()
+        other = "P" + "1" * 64
+        r = await self.ockam("secure-channel-listener", "create", "api", "--at", "n2", "--authorized", other)
+        self.assertEqual(r.out, "/service/api\n")
+        await self.ockam("node", "stop", "n2")
+        await self.ockam("node", "start", "n2")
+        listeners = (await self.ockam("secure-channel-listener", "list", "--at", "n2", "--output", "json")).json()
+        self.assertEqual([(l["address"], l["authorized"]) for l in listeners], [("api", [other])])
+        await self.ockam("secure-channel-listener", "create", "api", "--at", "n2", "--authorized", n1_id)
+        r = await self.ockam("secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api")
+        sc = r.out.strip()
+        r = await self.ockam("message", "send", "hi", "--from", "n1", "--to", f"{sc}/service/uppercase")
+        self.assertEqual(r.out, "HI\n")
+        r = await self.ockam("secure-channel-listener", "create", "echo", "--at", "n2", check=False)
+        self.assertUserError(r, "already taken")
