@@ -355,6 +355,9 @@ def makeService(options, reactor=None):
         state = st.read_state(state_dir)
         if state is None:
             _fatal(f"ockam: no node state in {state_dir}")
+        problem = st.socket_path_problem(state_dir)
+        if problem:
+            _fatal(f"ockam: {problem}")
         name = name or state.get("name")
         if not listen and state.get("listen"):
             listen = server_description(state["listen"])

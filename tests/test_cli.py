@@ -810,6 +810,20 @@ class ErrorTests(CLITestCase):
         self.assertEqual((await self.show("n1"))["pid"], infos["n1"]["pid"])
 
     @async_test
+    async def test_socket_path_too_long(self):
+        """
+        An OCKAM_HOME so long that the control socket cannot be bound is
+        refused up front, with one line saying what to do, and nothing is
+        created.
+        """
+        long_home = os.path.join(self.home, "x" * 90)
+        self.env["OCKAM_HOME"] = long_home
+        r = await self.ockam("node", "create", "n1", check=False)
+        self.assertUserError(r, "longer than 107 bytes", "OCKAM_HOME")
+        self.assertFalse(os.path.exists(os.path.join(long_home, "nodes", "n1")))
+        self.env["OCKAM_HOME"] = self.home
+
+    @async_test
     async def test_usage_errors(self):
         for args in (["frobnicate"], ["node", "frobnicate"], ["message", "send", "x"], ["node", "create", "--bogus"]):
             r = await self.ockam(*args, check=False)

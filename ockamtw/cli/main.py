@@ -168,6 +168,9 @@ class Commands:
             name = os.urandom(4).hex()
         if self.nodes.exists(name):
             raise CLIError(f"node {name!r} already exists")
+        problem = st.socket_path_problem(self.nodes.dir(name))
+        if problem:
+            raise CLIError(problem)
         listen = check_hostport(a.tcp_listener_address, "--tcp-listener-address")
         state = st.empty_state(name, listen)
         if a.identity:

@@ -23,6 +23,23 @@ SOCKET = "control.sock"
 IDENTITY = "identity.json"
 
 
+#: The longest path a UNIX socket can have (sun_path is 108 bytes).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path_problem(directory: str) -> Optional[str]:
+    """
+    Why the control socket cannot live in C{directory}, or C{None}.
+    """
+    path = os.path.join(directory, SOCKET)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return (
+            f"the control socket path {path} is longer than {MAX_SOCKET_PATH} bytes; "
+            "set OCKAM_HOME to a shorter directory"
+        )
+    return None
+
+
 def identities_dir(home: str) -> str:
     return os.path.join(home, "identities")
 
