@@ -203,7 +203,6 @@ class TcpConnection(CloseNotifier):
         self._decoder = FrameDecoder()
         self._reading = PauseCounter(transport, on_resume=self._process)
         self._processing = False
-        self._closed_waiters: List[Deferred] = []
         self._closer = Closer(tcp.reactor)
         self.messages_in = 0
         self.messages_out = 0
@@ -252,9 +251,6 @@ class TcpConnection(CloseNotifier):
             node=self._node.name,
         )
         self._closer.closed()
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for d in waiters:
-            d.callback(None)
         self._notify_closed()
 
     def when_closed(self) -> Deferred:
@@ -265,7 +261,7 @@ class TcpConnection(CloseNotifier):
         if not self.connected:
             return succeed(None)
         d: Deferred = Deferred()
-        self._closed_waiters.append(d)
+        self.on_close(lambda _: d.callback(None))
         return d
 
     #: Seconds a closing connection may take to flush before it is aborted.
