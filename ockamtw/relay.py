@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from typing import Callable, List, Optional
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
@@ -225,9 +226,9 @@ class Relay:
     @ivar route: the L{Route} from this node to the forwarder.
     """
 
-    initial_delay = 0.1
-    max_delay = 5.0
-    factor = 2.0
+    #: Seconds to wait before retry number N (0, 1, ...): from 0.1 s,
+    #: doubling, up to 5 s, plus up to 50 ms of jitter.
+    retry_policy = staticmethod(backoffPolicy(0.1, 5.0, 2.0, jitter=lambda: random.random() * 0.05))
 
     def __init__(
         self,
@@ -409,8 +410,7 @@ class Relay:
                     # Nothing at all came back on the link: it is dead, start over.
                     log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
                     link.abort()
-            delay = min(self.max_delay, self.initial_delay * self.factor ** (self._failures - 1))
-            delay *= 0.8 + 0.4 * random.random()
+            delay = self.retry_policy(self._failures - 1)
             log.info(
                 "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
                 name=self.name,
@@ -433,7 +433,7 @@ class Relay:
         self._set_status(DOWN)
         log.info("relay {name}: link to {at} closed; reconnecting", name=self.name, at=self.at_text)
         if self._attempt is None:
-            self._schedule(self.initial_delay, self._refresh)
+            self._schedule(self.retry_policy(0), self._refresh)
 
     def _set_status(self, status: str) -> None:
         if status == self.status:

@@ -21,6 +21,7 @@ import os
 import re
 from typing import Dict, List, Optional, Union
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
@@ -422,8 +423,8 @@ class KeptConnection:
     valid) with exponential backoff, until L{stop}.
     """
 
-    initial_delay = 0.1
-    max_delay = 5.0
+    #: Seconds to wait before retry number N: from 0.1 s, doubling, up to 5 s.
+    retry_policy = staticmethod(backoffPolicy(0.1, 5.0, 2.0, jitter=lambda: 0.0))
 
     def __init__(self, tcp: "TcpTransport", target: str, address: Address) -> None:
         self._tcp = tcp
@@ -468,7 +469,7 @@ class KeptConnection:
                 self._retry("connection closed")
 
     def _retry(self, reason: str) -> None:
-        delay = min(self.max_delay, self.initial_delay * 2 ** max(0, self._failures - 1))
+        delay = self.retry_policy(max(0, self._failures - 1))
         log.info(
             "connection {address} to {target}: {reason}; reconnecting in {delay:.1f} s",
             address=str(self.address),
