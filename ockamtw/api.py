@@ -6,10 +6,9 @@ the relay service, and relays, inlets and outlets.
 from typing import Dict
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.python.failure import Failure
 
 from .errors import AddressInUse, OckamError
-from .node import BaseNode, gather
+from .node import BaseNode, InFlight, gather
 from .portal.inlet import Inlet
 from .portal.outlet import Outlet
 from .relay import FORWARDING_SERVICE, Relay, start_relay_services
@@ -46,7 +45,7 @@ class Node(BaseNode):
         #: address -> L{SecureChannelListener}
         self.secure_listeners: Dict[str, object] = {}
         self._identity = identity
-        self._pending_hops: Dict[str, list] = {}
+        self._pending_hops = InFlight()
         self.secure_resolver = self._secure_hop
         if services:
             start_default_services(self)
@@ -121,20 +120,15 @@ class Node(BaseNode):
         for end in self.secure_channels.values():
             if end.status == "up" and getattr(end, "_hop_key", None) == key:
                 return succeed(end.encryptor)
-        waiting = self._pending_hops.get(key)
-        if waiting is None:
-            waiting = self._pending_hops[key] = []
 
-            def done(result):
-                if not isinstance(result, Failure):
-                    self.secure_channels[result.value]._hop_key = key
-                for d in self._pending_hops.pop(key, []):
-                    d.errback(result) if isinstance(result, Failure) else d.callback(result)
+        def start():
+            def made(encryptor):
+                self.secure_channels[encryptor.value]._hop_key = key
+                return encryptor
 
-            self.create_secure_channel(prefix + [name]).addBoth(done)
-        d: Deferred = Deferred()
-        waiting.append(d)
-        return d
+            return self.create_secure_channel(prefix + [name]).addCallback(made)
+
+        return self._pending_hops.wait(key, start)
 
     # --- relays ---------------------------------------------------------------
 

@@ -19,9 +19,9 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
-from .errors import MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
+from .errors import MessageTooLarge, RequestTimeout, WireError
 from .node import Worker
-from .routing import LOCAL, Address, MultiAddr, Route, _encode_uvarint, parse_route_text
+from .routing import LOCAL, Address, Route, _encode_uvarint
 from .wire import decode_string, encode_string
 
 log = Logger(namespace="ockamtw.relay")

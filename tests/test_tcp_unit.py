@@ -1008,3 +1008,24 @@ class ConnectTests(TcpTestMixin, SynchronousTestCase):
         self.assertEqual(reply.return_route, Route([conn.address, "uppercase"]))
         self.assertIsNone(self.node.worker_at(temp))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class ConnectSharedTests(SynchronousTestCase):
+    """
+    C{connect_shared}: concurrent callers share one connection attempt,
+    and a failure that happens at once still reaches every caller.
+    """
+
+    def test_synchronousFailureReachesCaller(self):
+        node = Node(MemoryReactorClock(), name="n")
+        d = node.tcp.connect_shared("not a target")
+        self.failureResultOf(d, WireError)
+
+    def test_concurrentCallersShareOneAttempt(self):
+        reactor = MemoryReactorClock()
+        node = Node(reactor, name="n")
+        d1 = node.tcp.connect_shared("127.0.0.1:7000")
+        d2 = node.tcp.connect_shared("127.0.0.1:7000")
+        self.assertEqual(len(reactor.tcpClients), 1)
+        self.assertNoResult(d1)
+        self.assertNoResult(d2)

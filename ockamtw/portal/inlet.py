@@ -4,16 +4,15 @@ The TCP inlet: listens, and tunnels every accepted client to an outlet.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..errors import OckamError, TransportError
-from ..node import gather
+from ..node import InFlight, gather
 from ..routing import Route
 from ..transport.tcp import server_description
 from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of, watched_hop
@@ -149,7 +148,7 @@ class Inlet:
         self.accepted = 0
         self._route: Optional[Route] = None
         self._link = None
-        self._resolving: Optional[List[Deferred]] = None
+        self._resolving = InFlight()
         self._reached = False
 
     # --- lifecycle ---------------------------------------------------------------
@@ -187,10 +186,7 @@ class Inlet:
         if self.port is not None:
             port, self.port = self.port, None
             ds.append(port.stopListening())
-        if self._resolving:
-            waiting, self._resolving = self._resolving, None
-            for d in waiting:
-                d.cancel()
+        self._resolving.cancel_all()
         return gather(ds)
 
     # --- the route ---------------------------------------------------------------------
@@ -213,11 +209,6 @@ class Inlet:
         """
         if self._route is not None and self._route_alive():
             return succeed(self._route)
-        d: Deferred = Deferred()
-        if self._resolving is not None:
-            self._resolving.append(d)
-            return d
-        self._resolving = [d]
 
         def resolved(route):
             link = watched_hop(self.node, route)
@@ -234,19 +225,9 @@ class Inlet:
                 log.failure("inlet route resolution failed", f)
             return f
 
-        def deliver(result):
-            waiting, self._resolving = self._resolving or [], None
-            for w in waiting:
-                if w.called:
-                    continue
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
-            return None
-
-        self.node.resolve(self.route_spec).addCallbacks(resolved, failed).addBoth(deliver)
-        return d
+        return self._resolving.wait(
+            "route", lambda: self.node.resolve(self.route_spec).addCallbacks(resolved, failed)
+        )
 
     def _link_lost(self, link) -> None:
         if link is self._link:

@@ -26,12 +26,12 @@ from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, tune
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
+from ..node import InFlight, gather
 from ..routing import Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
 
@@ -508,7 +508,7 @@ class TcpTransport:
         self.reactor = reactor
         self._listeners: List[TcpListener] = []
         self._connections: Dict[Address, TcpConnection] = {}
-        self._connecting: Dict[str, List[Deferred]] = {}
+        self._connecting = InFlight()
         #: address -> L{KeptConnection}
         self.kept: Dict[Address, KeptConnection] = {}
 
@@ -635,24 +635,7 @@ class TcpTransport:
         if conn is not None:
             return succeed(conn)
         key = target[2:] if target.startswith("1#") else target
-        waiting = self._connecting.get(key)
-        if waiting is None:
-            waiting = self._connecting[key] = []
-            d = self.connect(target)
-
-            def done(result):
-                ws = self._connecting.pop(key, [])
-                for w in ws:
-                    if isinstance(result, Failure):
-                        w.errback(result)
-                    else:
-                        w.callback(result)
-                return None
-
-            d.addBoth(done)
-        mine: Deferred = Deferred()
-        waiting.append(mine)
-        return mine
+        return self._connecting.wait(key, lambda: self.connect(target))
 
     def connection_to(self, target: str) -> Optional[TcpConnection]:
         """
@@ -702,8 +685,6 @@ class TcpTransport:
         """
         Stop every listener and close every connection; fires when done.
         """
-        from ..node import gather
-
         ds = [self.forget(a) for a in list(self.kept)]
         ds += [l.close() for l in list(self._listeners)]
         ds += [c.close() for c in list(self._connections.values())]
