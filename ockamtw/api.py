@@ -178,16 +178,24 @@ class Node(BaseNode):
 
     # --- outlets ------------------------------------------------------------------
 
-    def create_outlet(self, address: str = "outlet", target: str = "127.0.0.1:9000", connect_timeout: float = 10.0, authorized=None) -> Deferred:
+    def create_outlet(
+        self,
+        address: str = "outlet",
+        target: str = "127.0.0.1:9000",
+        connect_timeout: float = 10.0,
+        authorized=None,
+        flow_control: bool = True,
+    ) -> Deferred:
         """
         Start a TCP outlet worker at C{address} that tunnels to C{target}
         (C{host:port}).  With C{authorized} (identifiers), only a Ping that
-        came through a secure channel from one of them is accepted.  Fires
-        with the L{Outlet}.
+        came through a secure channel from one of them is accepted.
+        C{flow_control=False} turns off per-stream flow control (it is
+        used only with ockamtw inlets anyway).  Fires with the L{Outlet}.
         """
 
         def make():
-            outlet = Outlet(target, connect_timeout, authorized=authorized)
+            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control)
             self.start_worker(Address.parse(address), outlet)
             self.outlets[outlet.address.value] = outlet
             return outlet
@@ -203,17 +211,35 @@ class Node(BaseNode):
 
     # --- inlets --------------------------------------------------------------------
 
-    def create_inlet(self, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None) -> Deferred:
+    def create_inlet(
+        self,
+        listen: str,
+        route,
+        ping_timeout: float = 10.0,
+        ping_interval: float = 1.0,
+        authorized=None,
+        flow_control: bool = True,
+    ) -> Deferred:
         """
         Listen at C{listen} (C{host:port}, a port, or an endpoint string)
         and tunnel every client along C{route} (MultiAddr or route text
         ending at an outlet).  With C{authorized} (identifiers), only a Pong
         that came through a secure channel from one of them opens the
-        tunnel.  Fires with the L{Inlet} once listening.
+        tunnel.  C{flow_control=False} turns off per-stream flow control
+        (used only with ockamtw outlets anyway).  Fires with the L{Inlet}
+        once listening.
         """
 
         def make():
-            inlet = Inlet(self, listen, route, ping_timeout=ping_timeout, ping_interval=ping_interval, authorized=authorized)
+            inlet = Inlet(
+                self,
+                listen,
+                route,
+                ping_timeout=ping_timeout,
+                ping_interval=ping_interval,
+                authorized=authorized,
+                flow_control=flow_control,
+            )
             return inlet.start()
 
         def started(inlet):

@@ -20,6 +20,10 @@ from zope.interface import implementer
 log = Logger(namespace="ockamtw.flow")
 
 
+#: The credit window of ockamtw's per-stream flow control: a portal accepts
+#: this many bytes beyond what its socket has drained (docs/protocol.md).
+STREAM_WINDOW = 512 * 1024
+
 #: Bytes a transport reads at once, and its outbound high-water mark: four
 #: full portal chunks (Twisted uses one attribute, C{bufferSize}, for both;
 #: its default of 64 KiB splits reads into one 48 KiB chunk and a small one).
@@ -45,9 +49,10 @@ class BackPressure:
         mark right now.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_drain=None) -> None:
         self.congested = False
         self._paused: set = set()
+        self._on_drain = on_drain
 
     def attach(self, transport) -> None:
         """
@@ -87,6 +92,8 @@ class BackPressure:
     def resumeProducing(self) -> None:
         self.congested = False
         self.release()
+        if self._on_drain is not None:
+            self._on_drain()
 
     def stopProducing(self) -> None:
         self.congested = False

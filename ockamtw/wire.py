@@ -23,6 +23,8 @@ __all__ = [
     "MAX_FRAME",
     "TransportMessage",
     "PortalMessage",
+    "encode_credit",
+    "decode_credit",
     "encode_uvarint",
     "decode_uvarint",
     "encode_data",
@@ -61,6 +63,13 @@ FRAME_STRUCT = c.Prefixed(c.Int16ub, TRANSPORT_MESSAGE_STRUCT)
 PORTAL_MESSAGE_STRUCT = c.Struct(
     "tag" / c.Enum(c.Int8ub, Ping=0, Pong=1, Disconnect=2, Payload=3),
     "data" / c.If(c.this.tag == "Payload", DATA_STRUCT),
+)
+#: ockamtw's extension, sent only between ockamtw portals (docs/protocol.md,
+#: "Per-stream flow control"): Credit, tag 04, then the total number of
+#: Payload data bytes the sender of this message accepts (a uvarint).
+PORTAL_CREDIT_STRUCT = c.Struct(
+    "tag" / c.Const(4, c.Int8ub),
+    "limit" / c.VarInt,
 )
 
 
@@ -516,6 +525,36 @@ class PortalMessage:
         if self.tag == self.PAYLOAD:
             return f"PortalMessage.Payload({len(self.data)} bytes)"
         return f"PortalMessage.{self.name}"
+
+
+# --- Credit: ockamtw's per-stream flow control -------------------------------
+
+#: The PortalMessage tag of Credit (an ockamtw extension; Ockam 0.83 has 0-3).
+CREDIT_TAG = 4
+
+
+def encode_credit(limit: int) -> bytes:
+    """
+    The Credit message granting data bytes up to C{limit} (counted from
+    the first Payload of the stream).
+    """
+    if not 0 <= limit < 1 << 64:
+        raise WireError(f"credit limit out of range: {limit!r}")
+    return b"\x04" + _encode_uvarint(limit)
+
+
+def decode_credit(data: bytes) -> int:
+    """
+    The limit of a Credit message.
+
+    @raise WireError: for another tag, a bad uvarint or trailing bytes.
+    """
+    if not data or data[0] != CREDIT_TAG:
+        raise WireError("not a Credit message")
+    limit, pos = _read_uvarint(data, 1, len(data))
+    if pos != len(data):
+        raise WireError(f"{len(data) - pos} bytes after a Credit message")
+    return limit
 
 
 # --- the construct path, for proof and for readers ---------------------------

@@ -57,6 +57,8 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 #: Targets accept bursts of connections (the outlet connects once per client).
 TARGET_LISTEN = "tcp:0:interface=127.0.0.1:backlog=1024"
 HEX32 = re.compile(rb"^[0-9a-f]{32}$")
+#: An ockamtw inlet portal's address: it offers per-stream flow control.
+HEX32_FC = re.compile(rb"^[0-9a-f]{32}\.fc1$")
 #: The largest Payload data the spec allows (48 KiB).
 MAX_CHUNK = 49152
 MIB = 1024 * 1024
@@ -1432,13 +1434,15 @@ class RawPeerTests(PortalTestCase):
         sent = random.Random(9).randbytes(MIB)
         client.transport.write(sent)  # read by the inlet only after Pong
 
-        # Ping: onward [0#outlet], return [0#INL], PortalMessage 00.
+        # Ping: onward [0#outlet], return [0#INL], PortalMessage 00.  INL
+        # ends with ".fc1": the offer of flow control, which an Ockam
+        # outlet does not notice.
         [ping] = await peer.frames_arrived(1)
-        inl = ping[15:47]
-        self.assertRegex(inl, HEX32)
+        inl = ping[15:51]
+        self.assertRegex(inl, HEX32_FC)
         self.assertEqual(
             ping,
-            bytes.fromhex("002f" "01" "01" "00" "06") + b"outlet" + bytes.fromhex("01" "00" "20") + inl
+            bytes.fromhex("0033" "01" "01" "00" "06") + b"outlet" + bytes.fromhex("01" "00" "24") + inl
             + bytes.fromhex("01" "00"),
         )
         [portal] = inlet.portals
@@ -1446,7 +1450,7 @@ class RawPeerTests(PortalTestCase):
         self.assertEqual(portal.bytes_in, 0)  # nothing read before Pong
 
         # Pong from 0#2222... to the return route.
-        pong = bytes.fromhex("0049" "01" "01" "00" "20") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "01")
+        pong = bytes.fromhex("004d" "01" "01" "00" "24") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "01")
         self.assertEqual(pong, h_frame(h_message([f"0#{inl.decode()}"], [f"0#{OUT_RAW}"], b"\x01")))
         del peer.frames[:]
         # A second Pong (as for a repeated Ping) from another outlet worker:
@@ -1458,7 +1462,7 @@ class RawPeerTests(PortalTestCase):
         [disconnect] = [f for f in extra if r_frame(f)[0] == [f"0#{OUT_RAW2}"]]
         self.assertEqual(
             disconnect,
-            bytes.fromhex("0049" "01" "01" "00" "20") + OUT_RAW2.encode() + bytes.fromhex("01" "00" "20") + inl
+            bytes.fromhex("004d" "01" "01" "00" "20") + OUT_RAW2.encode() + bytes.fromhex("01" "00" "24") + inl
             + bytes.fromhex("01" "02"),
         )
         peer.frames.remove(disconnect)
@@ -1490,7 +1494,7 @@ class RawPeerTests(PortalTestCase):
         self.assertEqual(
             peer.frames[0],
             h_frame(
-                b"\x01" + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "00" "20") + inl
+                b"\x01" + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "00" "24") + inl
                 + uvarint(1 + len(uvarint(len(first))) + len(first)) + b"\x03" + uvarint(len(first)) + first
             ),
         )
@@ -1504,7 +1508,7 @@ class RawPeerTests(PortalTestCase):
         await client.received(len(back), 5, "the raw peer's Payload at the client")
         self.assertEqual(bytes(client.data), back)
         peer.transport.write(
-            bytes.fromhex("0049" "01" "01" "00" "20") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "02")
+            bytes.fromhex("004d" "01" "01" "00" "24") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "02")
         )
         await client.when_lost(5, "the client closed on Disconnect")
         self.assertEqual(bytes(client.data), back)
@@ -1569,7 +1573,7 @@ class RawPeerTests(PortalTestCase):
         self.assertEqual(len(ret), 2)
         conn_hex, inl_hex = ret[0][2:], ret[1][2:]
         self.assertRegex(conn_hex.encode(), HEX32)
-        self.assertRegex(inl_hex.encode(), HEX32)
+        self.assertRegex(inl_hex.encode(), HEX32_FC)
         self.assertEqual(ret[0], str(n2.tcp.connections[-1].address))
         [portal] = inlet.portals
         self.assertEqual(str(portal.address), ret[1])
@@ -1577,7 +1581,7 @@ class RawPeerTests(PortalTestCase):
             ping,
             h_frame(
                 bytes.fromhex("01" "02" "00" "20") + M_RAW.encode() + bytes.fromhex("00" "06") + b"outlet"
-                + bytes.fromhex("02" "00" "20") + conn_hex.encode() + bytes.fromhex("00" "20") + inl_hex.encode()
+                + bytes.fromhex("02" "00" "20") + conn_hex.encode() + bytes.fromhex("00" "24") + inl_hex.encode()
                 + bytes.fromhex("01" "00")
             ),
         )

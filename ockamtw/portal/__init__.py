@@ -9,11 +9,20 @@ read from the socket are sent with the portal as their flow source, so a
 congested link downstream pauses the socket; bytes written to the socket
 pause the source of the messages that carried them while the socket's
 buffer is full.
+
+Between two ockamtw portals, flow control is per stream instead (see
+"Per-stream flow control" in docs/protocol.md): each side grants the other
+byte credit with Credit messages, a sender out of credit stops reading its
+own socket, and a full socket no longer pauses the shared link, so one
+stalled stream does not stall its neighbours.  Portal addresses end with
+L{FLOW_MARK}, which is how two ockamtw ends recognise each other; with any
+other peer (Ockam's Rust nodes) nothing changes on the wire.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+import os
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
@@ -21,11 +30,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import MessageTooLarge, WireError
-from ..flow import BackPressure, Closer, PauseCounter, tune
+from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, tune
 from ..interfaces import IFlowSource
 from ..node import Worker
-from ..routing import Route, _encode_uvarint
-from ..wire import _read_uvarint
+from ..routing import Address, Route, _encode_uvarint
+from ..wire import CREDIT_TAG, _read_uvarint, decode_credit, encode_credit
 
 log = Logger(namespace="ockamtw.portal")
 
@@ -36,6 +45,30 @@ PING = b"\x00"
 PONG = b"\x01"
 DISCONNECT = b"\x02"
 _PAYLOAD_TAG = 3
+
+#: The end of an ockamtw portal worker's address when it speaks per-stream
+#: flow control (Credit messages); not hex, so no Ockam address has it.
+FLOW_MARK = ".fc1"
+#: A receiver grants more credit once it can move the limit by this much.
+GRANT_STEP = STREAM_WINDOW // 4
+#: Bytes a sender may run past its limit (what one socket read holds)
+#: before its receiver stops trusting it and pauses the link again.
+_OVERSHOOT = 2 * TRANSPORT_BUFFER
+
+
+def portal_address(flow_control: bool = True) -> Address:
+    """
+    A fresh address for a portal worker: 32 random hex characters, then
+    L{FLOW_MARK} when it offers per-stream flow control.
+    """
+    return Address.local(os.urandom(16).hex() + (FLOW_MARK if flow_control else ""))
+
+
+def offers_flow_control(address) -> bool:
+    """
+    Whether a portal worker at C{address} speaks per-stream flow control.
+    """
+    return address is not None and address.type == 0 and address.value.endswith(FLOW_MARK)
 
 
 _PREFIXES = {}
@@ -142,6 +175,9 @@ class PortalWorker(Worker):
         portal worker), once known.
     @ivar bytes_in: bytes read from the socket and sent.
     @ivar bytes_out: bytes received and written to the socket.
+    @ivar flow: whether both ends use per-stream flow control (credit).
+    @ivar limit: with C{flow}, the total bytes this side may send.
+    @ivar granted: with C{flow}, the total bytes the other side may send.
     """
 
     side = "portal"
@@ -150,7 +186,7 @@ class PortalWorker(Worker):
         self.owner = owner
         self.remote_route: Optional[Route] = None
         self.transport = None
-        self.backpressure = BackPressure()
+        self.backpressure = BackPressure(self._drained)
         self._reading: Optional[PauseCounter] = None
         self._waiters = []
         self._closer = None
@@ -161,6 +197,11 @@ class PortalWorker(Worker):
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0
+        self.flow = False
+        self.limit = STREAM_WINDOW
+        self.granted = STREAM_WINDOW
+        self.credit_paused = False
+        self.credits_sent = 0
 
     # --- socket side -------------------------------------------------------------
 
@@ -202,6 +243,10 @@ class PortalWorker(Worker):
             self.close()
             return
         self.bytes_in += len(data)
+        if self.flow and self.bytes_in >= self.limit and not self.credit_paused:
+            # Out of credit: stop reading this socket (only this one).
+            self.credit_paused = True
+            self._reading.pause()
 
     def _socket_lost(self, reason) -> None:
         self.transport = None
@@ -253,11 +298,52 @@ class PortalWorker(Worker):
                 return
             self.transport.write(data)
             self.bytes_out += len(data)
-            self.backpressure.wrote(message.source)
+            bp = self.backpressure
+            if not self.flow:
+                bp.wrote(message.source)
+            elif not bp.congested:
+                if self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP:
+                    self._grant()
+            elif self.bytes_out > self.granted + _OVERSHOOT:
+                # The sender ignores its credit: fall back to pausing the link.
+                bp.wrote(message.source)
         elif tag == 2:  # Disconnect
             self.finish(notify=False)
+        elif tag == CREDIT_TAG and self.flow:
+            try:
+                limit = decode_credit(payload)
+            except WireError as e:
+                log.warn("{side}: bad Credit ({error}); dropped", side=self.side, error=str(e))
+                return
+            if limit > self.limit:
+                self.limit = limit
+                if self.credit_paused and self.bytes_in < limit:
+                    self.credit_paused = False
+                    self._reading.resume()
         else:
             self.control(tag, message)
+
+    def _grant(self) -> None:
+        """
+        Let the other side send L{STREAM_WINDOW} bytes beyond what this
+        socket has taken so far.
+        """
+        self.granted = self.bytes_out + STREAM_WINDOW
+        self.credits_sent += 1
+        try:
+            self.node.send(self.remote_route, encode_credit(self.granted), sender=self.address)
+        except Exception:
+            log.failure("sending Credit failed")
+
+    def _drained(self) -> None:
+        # The socket's buffer drained (BackPressure.resumeProducing).
+        if (
+            self.flow
+            and not self.finished
+            and self.transport is not None
+            and self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP
+        ):
+            self._grant()
 
     def control(self, tag: int, message) -> None:
         """
@@ -279,6 +365,7 @@ class PortalWorker(Worker):
         connection does: the other side can no longer be reached.
         """
         self.remote_route = route
+        self.flow = bool(route) and offers_flow_control(self.address) and offers_flow_control(route[-1])
         link = watched_hop(self.node, route)
         if link is not None:
             self._link = link

@@ -15,7 +15,7 @@ from ..errors import OckamError, TransportError
 from ..node import InFlight, gather
 from ..routing import Route
 from ..transport.tcp import server_description
-from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of, watched_hop
+from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
@@ -39,7 +39,7 @@ class InletPortal(PortalWorker):
     def _socket_made(self, transport) -> None:
         PortalWorker._socket_made(self, transport)
         self._reading.pause()  # until Pong
-        self.owner.node.start_worker(None, self)
+        self.owner.node.start_worker(portal_address(self.owner.flow_control), self)
         self._deadline = self.owner.reactor.seconds() + self.owner.ping_timeout
         self._ping()
 
@@ -123,14 +123,18 @@ class Inlet:
     lives; when that link dies, the next client resolves it again, so the
     inlet works again once the far node is back.  Each client waits at most
     C{ping_timeout} seconds for the outlet's Pong (Ping is repeated every
-    C{ping_interval} seconds meanwhile), then is closed.
+    C{ping_interval} seconds meanwhile), then is closed.  With
+    C{flow_control} (the default), its portals offer per-stream flow
+    control to outlets that speak it (ockamtw's; docs/protocol.md).
 
     @ivar status: L{UP} when the route is resolved and its first link (if
         it has one) is alive, else L{DOWN}.
     """
 
-    def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None) -> None:
+    def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None,
+                 flow_control: bool = True) -> None:
         self.node = node
+        self.flow_control = flow_control
         self.authorized = None if authorized is None else frozenset(authorized)
         self.reactor = node.reactor
         self.listen_description = server_description(listen)

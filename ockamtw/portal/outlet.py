@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from ..errors import WireError
 from ..node import Worker, gather
 from ..transport.tcp import client_endpoint
-from . import PING, PONG, PortalWorker, _OneProtocolFactory, allowed, identity_of
+from . import PING, PONG, PortalWorker, _OneProtocolFactory, allowed, identity_of, offers_flow_control, portal_address
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -46,10 +46,13 @@ class Outlet(Worker):
 
     @ivar target: C{host:port} (or a client endpoint string).
     @ivar portals: the live portal workers.
+    @ivar flow_control: whether its portals offer per-stream flow control
+        (docs/protocol.md) to inlets that speak it.
     """
 
-    def __init__(self, target: str, connect_timeout: float = 10.0, authorized=None) -> None:
+    def __init__(self, target: str, connect_timeout: float = 10.0, authorized=None, flow_control: bool = True) -> None:
         self.target = target
+        self.flow_control = flow_control
         self.authorized = None if authorized is None else frozenset(authorized)
         self.connect_timeout = connect_timeout
         self.portals: set = set()
@@ -77,7 +80,10 @@ class Outlet(Worker):
             )
             return
         portal = OutletPortal(self)
-        self.node.start_worker(None, portal)
+        # Flow control only with an inlet that offers it: to any other
+        # peer, the portal looks as Ockam's do.
+        offered = offers_flow_control(message.return_route[-1])
+        self.node.start_worker(portal_address(self.flow_control and offered), portal)
         portal.set_remote(message.return_route)
         self.portals.add(portal)
         self.accepted += 1
