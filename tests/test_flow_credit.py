@@ -1,0 +1,329 @@
+"""
+Per-stream flow control between ockamtw portals (docs/protocol.md,
+"Per-stream flow control"): a stalled stream does not stall the other
+streams on its links, memory per stream stays bounded, and peers that do not
+offer it (Ockam's Rust nodes) see the bytes they always saw.
+
+Real loopback sockets, port 0, bounded waits.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+
+from ockamtw import Address, Route
+from ockamtw.flow import STREAM_WINDOW, TRANSPORT_BUFFER
+from ockamtw.portal import FLOW_MARK, GRANT_STEP, MAX_CHUNK, offers_flow_control, portal_address
+from ockamtw.wire import PORTAL_CREDIT_STRUCT, WireError, decode_credit, encode_credit
+
+from .helpers import async_test, h_frame, h_message, uvarint
+from .test_portal import (
+    HEX32_FC,
+    MIB,
+    Collector,
+    EchoTarget,
+    PortalTestCase,
+    RawPeerFactory,
+    StreamWriter,
+    figure,
+    h_payload,
+    node_buffered,
+    r_frame,
+    r_portal_payload,
+    wait_until,
+)
+from twisted.trial.unittest import SynchronousTestCase
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+class StallTarget(Collector):
+    """
+    A target that reads nothing until C{release()} (small kernel receive
+    buffer, so the kernel soaks up little).
+    """
+
+    def __init__(self) -> None:
+        Collector.__init__(self, keep=False)
+
+    def connectionMade(self) -> None:
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.transport.pauseProducing()
+        Collector.connectionMade(self)
+
+    def release(self) -> None:
+        self.transport.resumeProducing()
+
+
+class CreditCodecTests(SynchronousTestCase):
+    """
+    The Credit message: tag 04, then a uvarint, as declared with construct.
+    """
+
+    def test_bytes(self):
+        for limit in (0, 1, 127, 128, STREAM_WINDOW, 2**40, 2**64 - 1):
+            data = encode_credit(limit)
+            self.assertEqual(data, b"\x04" + uvarint(limit))
+            self.assertEqual(PORTAL_CREDIT_STRUCT.build({"limit": limit}), data)
+            self.assertEqual(PORTAL_CREDIT_STRUCT.parse(data).limit, limit)
+            self.assertEqual(decode_credit(data), limit)
+
+    def test_documented_example(self):
+        # docs/protocol.md, "Per-stream flow control".
+        self.assertEqual(encode_credit(655360), bytes.fromhex("04 80 80 28"))
+        self.assertEqual(STREAM_WINDOW, 524288)
+
+    def test_bad(self):
+        for data in (b"", b"\x03\x01", b"\x04", b"\x04\x80", b"\x04\x01\x00", b"\x04" + b"\xff" * 10 + b"\x01"):
+            self.assertRaises(WireError, decode_credit, data)
+        self.assertRaises(WireError, encode_credit, -1)
+        self.assertRaises(WireError, encode_credit, 2**64)
+
+    def test_mark(self):
+        a = portal_address(True)
+        self.assertTrue(a.value.endswith(FLOW_MARK))
+        self.assertTrue(offers_flow_control(a))
+        b = portal_address(False)
+        self.assertRegex(b.value, "^[0-9a-f]{32}$")
+        self.assertFalse(offers_flow_control(b))
+        self.assertFalse(offers_flow_control(Address(1, "127.0.0.1:4000" + FLOW_MARK)))
+
+
+class HeadOfLineTests(PortalTestCase):
+    """
+    n1 (two inlets) -> n2 (relay) -> n3 (outlet "stall" to a target that
+    reads nothing, outlet "outlet" to an echo target): both streams share
+    the links n1-n2 and n2-n3.
+    """
+
+    timeout = 60
+    FLOOD = 64 * MIB
+
+    async def _two_streams(self, flow_control: bool):
+        stalls, stall_port = await self.start_target(StallTarget)
+        echoes, echo_port = await self.start_target(EchoTarget)
+        t = await self.topology(echo_port, relay=True, outlet=False)
+        t.outlet = await t.n3.create_outlet("outlet", f"127.0.0.1:{echo_port}", flow_control=flow_control)
+        stall_outlet = await t.n3.create_outlet("stall", f"127.0.0.1:{stall_port}", flow_control=flow_control)
+        # Two inlets of our own: to "outlet" (echo) and to "stall".
+        echo_inlet = await t.n1.create_inlet(
+            "127.0.0.1:0", f"{t.at}/service/forward_to_n3/service/outlet", flow_control=flow_control
+        )
+        t.inlet_port = int(echo_inlet.socket_address.rsplit(":", 1)[1])
+        stall_inlet = await t.n1.create_inlet(
+            "127.0.0.1:0", f"{t.at}/service/forward_to_n3/service/stall", flow_control=flow_control
+        )
+        # A neighbour that works before the flood.
+        neighbour = await self.echo_round_trip(t, b"before")
+
+        flood = await self.connect_client(int(stall_inlet.socket_address.rsplit(":", 1)[1]), Collector(keep=False))
+        flood.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        writer = StreamWriter(flood.transport, self.FLOOD, seed=21)
+        writer.start()
+        [stalled] = await stalls.accepted(1, 10, "the stalled target's connection")
+        return t, stall_inlet, stall_outlet, neighbour, writer, stalled
+
+    async def _ping(self, client: Collector, token: bytes, seconds: float) -> float:
+        want = client.count + len(token)
+        t0 = time.monotonic()
+        client.transport.write(token)
+        await client.received(want, seconds, f"echo of {token!r}")
+        return time.monotonic() - t0
+
+    @async_test
+    async def test_stalled_stream_does_not_stall_neighbours(self):
+        t, stall_inlet, stall_outlet, neighbour, writer, stalled = await self._two_streams(True)
+        [sender] = stall_inlet.portals
+        [receiver] = stall_outlet.portals
+        await wait_until(lambda: sender.remote_route is not None, 5, "the Pong at the inlet")
+        self.assertEqual((sender.flow, receiver.flow), (True, True), (sender.remote_route, receiver.address))
+        self.assertRegex(sender.address.value.encode(), HEX32_FC)
+
+        # The flood runs out of credit: only its own socket stops.
+        await wait_until(lambda: sender.credit_paused, 20, "the flood out of credit")
+        self.assertLessEqual(sender.bytes_in, sender.limit + TRANSPORT_BUFFER)
+        self.assertFalse(any(c.paused for n in (t.n1, t.n2, t.n3) for c in n.tcp.connections))
+
+        # The neighbour on the same links is answered, again and again.
+        rtts = [await self._ping(neighbour, b"ping %03d" % i, 5) for i in range(20)]
+        figure(
+            f"head-of-line, credit: neighbour round trips while a stream is stalled: "
+            f"median {sorted(rtts)[10] * 1e6:.0f} us, max {max(rtts) * 1e6:.0f} us"
+        )
+        self.assertLess(max(rtts), 2.0)
+
+        # Memory for the stalled stream stays near one window per node.
+        held = {n.name: node_buffered(n)["total"] for n in (t.n1, t.n2, t.n3)}
+        unconsumed = receiver.bytes_out - (receiver.granted - STREAM_WINDOW)
+        figure(
+            f"head-of-line, credit: flood held at {writer.sent / MIB:.1f} of {self.FLOOD / MIB:.0f} MiB; "
+            f"buffered n1={held['n1'] / 1024:.0f} n2={held['n2'] / 1024:.0f} n3={held['n3'] / 1024:.0f} KiB"
+        )
+        self.assertLess(writer.sent, self.FLOOD // 4)
+        self.assertLessEqual(unconsumed, STREAM_WINDOW + 2 * TRANSPORT_BUFFER)
+        self.assertLess(held["n3"], STREAM_WINDOW + 4 * TRANSPORT_BUFFER)
+        self.assertLess(held["n1"] + held["n2"], 4 * TRANSPORT_BUFFER)
+
+        # Released, the whole flood arrives in order, paced by credit.
+        stalled.release()
+        await stalled.received(self.FLOOD, 40, "the whole flood at the released target")
+        self.assertEqual(stalled.digest.hexdigest(), writer.digest.hexdigest())
+        self.assertGreater(receiver.credits_sent, self.FLOOD // STREAM_WINDOW)
+        await self._ping(neighbour, b"after", 5)
+
+    @async_test
+    async def test_without_flow_control_the_link_stalls(self):
+        """
+        The same with flow control off (as with peers that do not offer it):
+        the stalled socket pauses the shared link, so the neighbour waits
+        until the target reads again.  This is what the credit avoids.
+        """
+        t, stall_inlet, stall_outlet, neighbour, writer, stalled = await self._two_streams(False)
+        [sender] = stall_inlet.portals
+        [receiver] = stall_outlet.portals
+        await wait_until(lambda: sender.remote_route is not None, 5, "the Pong at the inlet")
+        self.assertFalse(sender.flow or receiver.flow)
+        self.assertRegex(receiver.address.value, "^[0-9a-f]{32}$")
+        # n3 stops reading its link to n2 for the stalled socket.
+        await wait_until(lambda: any(c.paused for c in t.n3.tcp.connections), 20, "n3's link paused")
+        token = b"stuck?"
+        want = neighbour.count + len(token)
+        neighbour.transport.write(token)
+        with self.assertRaises(AssertionError):
+            await neighbour.received(want, 1.0, "the neighbour's echo while the link is paused")
+        stalled.release()
+        await neighbour.received(want, 20, "the neighbour's echo once the target reads")
+        await stalled.received(self.FLOOD, 40, "the whole flood at the released target")
+        self.assertEqual(stalled.digest.hexdigest(), writer.digest.hexdigest())
+        self.assertEqual((sender.credits_sent, receiver.credits_sent), (0, 0))
+
+    @async_test
+    async def test_one_side_without_flow_control(self):
+        """
+        An ockamtw inlet with an outlet that does not offer flow control:
+        both sides fall back, no Credit is sent, more than a window moves
+        each way.
+        """
+        targets, port = await self.start_target(EchoTarget)
+        t = await self.topology(port, outlet=False)
+        t.outlet = await t.n3.create_outlet("outlet", f"127.0.0.1:{port}", flow_control=False)
+        client = await self.connect_client(t.inlet_port, Collector(keep=False))
+        writer = StreamWriter(client.transport, 4 * STREAM_WINDOW, seed=5)
+        writer.start()
+        await client.received(4 * STREAM_WINDOW, 20, "the echo of 2 MiB")
+        self.assertEqual(client.digest.hexdigest(), writer.digest.hexdigest())
+        [inl] = t.inlet.portals
+        [out] = t.outlet.portals
+        self.assertFalse(inl.flow or out.flow)
+        self.assertTrue(offers_flow_control(inl.address))
+        self.assertEqual((inl.credits_sent, out.credits_sent), (0, 0))
+
+
+class RawCreditPeerTests(PortalTestCase):
+    """
+    A raw peer plays an ockamtw outlet node (its portal address ends with
+    .fc1): the inlet's Credit messages byte for byte, the inlet honouring
+    the peer's credit, and the inlet's fallback when the peer ignores it.
+    """
+
+    async def _open(self):
+        factory = RawPeerFactory()
+        port = await serverFromString(reactor, LOOPBACK).listen(factory)
+        self.addCleanup(port.stopListening)
+
+        def abort_peers():
+            for p in factory.peers:
+                if not p.lost.called:
+                    p.transport.abortConnection()
+
+        self.addCleanup(abort_peers)
+        n1 = self.make_node("n1")
+        conn = await n1.tcp.connect(f"127.0.0.1:{port.getHost().port}")
+        peer = await factory.first_peer()
+        inlet = await n1.create_inlet(
+            "127.0.0.1:0", Route([conn.address, Address.parse("outlet")]), ping_timeout=10, ping_interval=10
+        )
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector(keep=False))
+        [ping] = await peer.frames_arrived(1)
+        _, ret, payload = r_frame(ping)
+        self.assertEqual(payload, b"\x00")
+        inl = ret[0][2:]
+        self.assertTrue(inl.endswith(FLOW_MARK))
+        out = "7" * 32 + FLOW_MARK
+        del peer.frames[:]
+        peer.send([f"0#{inl}"], [f"0#{out}"], b"\x01")  # Pong
+        [portal] = inlet.portals
+        await wait_until(lambda: portal.remote_route is not None, 5, "the Pong at the inlet")
+        self.assertTrue(portal.flow)
+        return n1, conn, peer, client, portal, inl, out
+
+    @async_test
+    async def test_credit_bytes(self):
+        n1, conn, peer, client, portal, inl, out = await self._open()
+        data = random.Random(3).randbytes(5 * MAX_CHUNK)
+        for i in range(0, len(data), MAX_CHUNK):
+            peer.send([f"0#{inl}"], [f"0#{out}"], h_payload(data[i : i + MAX_CHUNK]))
+        await client.received(len(data), 5, "5 chunks at the client")
+        # One Credit, once 3 chunks (>= a quarter window) were written:
+        # limit = 3 chunks + the window.
+        self.assertEqual(GRANT_STEP, STREAM_WINDOW // 4)
+        frames = await peer.frames_arrived(1)
+        self.assertEqual(len(frames), 1)
+        self.assertEqual(
+            frames[0], h_frame(h_message([f"0#{out}"], [f"0#{inl}"], b"\x04" + uvarint(3 * MAX_CHUNK + STREAM_WINDOW)))
+        )
+        self.assertEqual(portal.granted, 3 * MAX_CHUNK + STREAM_WINDOW)
+
+    @async_test
+    async def test_inlet_honours_credit(self):
+        n1, conn, peer, client, portal, inl, out = await self._open()
+        total = 3 * MIB
+        writer = StreamWriter(client.transport, total, seed=8)
+        writer.start()
+        await wait_until(lambda: portal.credit_paused, 10, "the inlet out of credit")
+
+        def payload_bytes():
+            return sum(len(r_portal_payload(r_frame(f)[2])) for f in peer.frames)
+
+        await wait_until(lambda: payload_bytes() == portal.bytes_in, 5, "what the inlet sent at the peer")
+        first = payload_bytes()
+        figure(f"raw credit peer: the inlet sent {first} bytes on a window of {STREAM_WINDOW}")
+        self.assertGreaterEqual(first, STREAM_WINDOW)
+        self.assertLess(first, STREAM_WINDOW + TRANSPORT_BUFFER + MAX_CHUNK)
+        # More credit: the rest comes.
+        peer.send([f"0#{inl}"], [f"0#{out}"], b"\x04" + uvarint(total))
+        await wait_until(lambda: payload_bytes() == total, 10, "the rest after a Credit")
+        got = b"".join(r_portal_payload(r_frame(f)[2]) for f in peer.frames)
+        self.assertEqual(len(got), total)
+        self.assertEqual(portal.bytes_in, total)
+        # A Credit below the limit changes nothing; a bad one is dropped.
+        peer.send([f"0#{inl}"], [f"0#{out}"], b"\x04" + uvarint(10))
+        peer.send([f"0#{inl}"], [f"0#{out}"], b"\x04\x80")
+        peer.send([f"0#{inl}"], [f"0#{out}"], h_payload(b"still here"))
+        await client.received(10, 5, "a Payload after bad Credits")
+        self.assertEqual(portal.limit, total)
+
+    @async_test
+    async def test_peer_ignoring_credit_pauses_the_link(self):
+        """
+        A sender that goes on past its credit is not trusted: with the
+        client not reading, the inlet pauses its link again, as without
+        flow control, so memory stays bounded.
+        """
+        n1, conn, peer, client, portal, inl, out = await self._open()
+        client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        client.transport.pauseProducing()
+        chunk = b"x" * MAX_CHUNK
+        frame = h_frame(h_message([f"0#{inl}"], [f"0#{out}"], h_payload(chunk)))
+        for _ in range(8 * MIB // MAX_CHUNK):
+            peer.transport.write(frame)
+        await wait_until(lambda: conn.paused, 20, "n1's link paused")
+        self.assertGreater(portal.bytes_out, portal.granted)
+        self.assertLess(node_buffered(n1)["portals"], STREAM_WINDOW + 4 * TRANSPORT_BUFFER)
+        client.transport.resumeProducing()
+        await client.received(8 * MIB // MAX_CHUNK * MAX_CHUNK, 20, "everything once the client reads")
