@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .procs import Proc, ProcessManager, child_env, free_port, version_of, wait_port, which
+from .procs import STATS_ENV, Proc, ProcessManager, child_env, free_port, version_of, wait_port, which
 
 LOOPBACK_LISTEN = "tcp:0:interface=127.0.0.1"
 
@@ -66,20 +66,32 @@ class Direct(Path):
 # --- ockamtw ----------------------------------------------------------------------------
 
 
-def node_argv(name: str, *extra: str) -> List[str]:
-    return [sys.executable, "-m", "ockamtw", "-n", "--pidfile=", "ockam", "--name", name, *extra]
+def node_argv(name: str, *extra: str, stats_hook: bool = False) -> List[str]:
+    # With stats_hook the same twistd run goes through benchmarks.procs.node_main,
+    # which answers SIGUSR2 with heap and object counts (procs.node_stats).
+    head = ["-c", "from benchmarks.procs import node_main; node_main()"] if stats_hook else ["-m", "ockamtw"]
+    return [sys.executable, *head, "-n", "--pidfile=", "ockam", "--name", name, *extra]
 
 
 class OckamPath(Path):
     kind = "ockamtw"
+    #: start the nodes with the benchmark-only stats hook (the memory scenario)
+    stats_hook = False
 
     def node(self, role: str, *extra: str, listen: bool = True) -> Proc:
         name = f"{self.pm.tag}-{self.name}-{role}"
-        argv = node_argv(name, *(("--listen", LOOPBACK_LISTEN) if listen else ()), *extra)
+        argv = node_argv(name, *(("--listen", LOOPBACK_LISTEN) if listen else ()), *extra,
+                         stats_hook=self.stats_hook)
         env = child_env()
         env["OCKAM_HOME"] = os.path.join(self.pm.workdir, "ockam_home")
+        stats_dir = None
+        if self.stats_hook:
+            stats_dir = os.path.join(self.pm.workdir, f"stats-{self.name}-{role}")
+            os.makedirs(stats_dir, exist_ok=True)
+            env[STATS_ENV] = stats_dir
         proc = self.pm.start(argv, f"{self.name}-{role}", env=env)
         proc.node_name = name
+        proc.stats_dir = stats_dir
         self.procs.append((role, proc))
         return proc
 
