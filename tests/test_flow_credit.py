@@ -76,7 +76,7 @@ class CreditCodecTests(SynchronousTestCase):
     def test_documented_example(self):
         # docs/protocol.md, "Per-stream flow control".
         self.assertEqual(encode_credit(655360), bytes.fromhex("04 80 80 28"))
-        self.assertEqual(STREAM_WINDOW, 524288)
+        self.assertEqual(STREAM_WINDOW, 4 * MIB)
 
     def test_bad(self):
         for data in (b"", b"\x03\x01", b"\x04", b"\x04\x80", b"\x04\x01\x00", b"\x04" + b"\xff" * 10 + b"\x01"):
@@ -215,7 +215,7 @@ class HeadOfLineTests(PortalTestCase):
         client = await self.connect_client(t.inlet_port, Collector(keep=False))
         writer = StreamWriter(client.transport, 4 * STREAM_WINDOW, seed=5)
         writer.start()
-        await client.received(4 * STREAM_WINDOW, 20, "the echo of 2 MiB")
+        await client.received(4 * STREAM_WINDOW, 20, "the echo of four windows")
         self.assertEqual(client.digest.hexdigest(), writer.digest.hexdigest())
         [inl] = t.inlet.portals
         [out] = t.outlet.portals
@@ -265,24 +265,33 @@ class RawCreditPeerTests(PortalTestCase):
     @async_test
     async def test_credit_bytes(self):
         n1, conn, peer, client, portal, inl, out = await self._open()
-        data = random.Random(3).randbytes(5 * MAX_CHUNK)
+        chunks = 2 * STREAM_WINDOW // MAX_CHUNK
+        data = random.Random(3).randbytes(chunks * MAX_CHUNK)
         for i in range(0, len(data), MAX_CHUNK):
             peer.send([f"0#{inl}"], [f"0#{out}"], h_payload(data[i : i + MAX_CHUNK]))
-        await client.received(len(data), 5, "5 chunks at the client")
-        # One Credit, once 3 chunks (>= a quarter window) were written:
-        # limit = 3 chunks + the window.
+        await client.received(len(data), 10, "two windows at the client")
+        await wait_until(lambda: portal.granted >= len(data) + STREAM_WINDOW, 5, "credit for all of it")
+        # Every frame back is a Credit, from INL to OUT: tag 04, uvarint
+        # limit; limits rise by at least a quarter window and end at what
+        # the client took plus the window.
         self.assertEqual(GRANT_STEP, STREAM_WINDOW // 4)
-        frames = await peer.frames_arrived(1)
-        self.assertEqual(len(frames), 1)
-        self.assertEqual(
-            frames[0], h_frame(h_message([f"0#{out}"], [f"0#{inl}"], b"\x04" + uvarint(3 * MAX_CHUNK + STREAM_WINDOW)))
-        )
-        self.assertEqual(portal.granted, 3 * MAX_CHUNK + STREAM_WINDOW)
+        limits = []
+        for frame in peer.frames:
+            onward, ret, payload = r_frame(frame)
+            limit = decode_credit(payload)
+            self.assertEqual(frame, h_frame(h_message([f"0#{out}"], [f"0#{inl}"], b"\x04" + uvarint(limit))))
+            limits.append(limit)
+        self.assertEqual(limits[-1], len(data) + STREAM_WINDOW)
+        self.assertEqual(limits[-1], portal.granted)
+        self.assertEqual(len(limits), portal.credits_sent)
+        self.assertGreaterEqual(limits[0], STREAM_WINDOW + GRANT_STEP)
+        for a, b in zip(limits, limits[1:]):
+            self.assertGreaterEqual(b - a, GRANT_STEP)
 
     @async_test
     async def test_inlet_honours_credit(self):
         n1, conn, peer, client, portal, inl, out = await self._open()
-        total = 3 * MIB
+        total = STREAM_WINDOW + 3 * MIB
         writer = StreamWriter(client.transport, total, seed=8)
         writer.start()
         await wait_until(lambda: portal.credit_paused, 10, "the inlet out of credit")

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import MessageTooLarge, WireError
-from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, tune
+from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, tune, unsent
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import Address, Route, _encode_uvarint
@@ -301,10 +301,15 @@ class PortalWorker(Worker):
             bp = self.backpressure
             if not self.flow:
                 bp.wrote(message.source)
-            elif not bp.congested:
-                if self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP:
-                    self._grant()
-            elif self.bytes_out > self.granted + _OVERSHOOT:
+                return
+            # What the kernel has taken counts as consumed: grant a window
+            # beyond it once that moves the limit by a quarter window.
+            pending = unsent(self.transport)
+            if pending is None:
+                pending = TRANSPORT_BUFFER if bp.congested else 0
+            if self.bytes_out - pending + STREAM_WINDOW - self.granted >= GRANT_STEP:
+                self._grant(self.bytes_out - pending)
+            elif bp.congested and self.bytes_out > self.granted + _OVERSHOOT:
                 # The sender ignores its credit: fall back to pausing the link.
                 bp.wrote(message.source)
         elif tag == 2:  # Disconnect
@@ -323,27 +328,33 @@ class PortalWorker(Worker):
         else:
             self.control(tag, message)
 
-    def _grant(self) -> None:
+    def _grant(self, taken: int) -> None:
         """
-        Let the other side send L{STREAM_WINDOW} bytes beyond what this
-        socket has taken so far.
+        Let the other side send L{STREAM_WINDOW} bytes beyond C{taken}, what
+        this socket has handed to the kernel so far.
         """
-        self.granted = self.bytes_out + STREAM_WINDOW
+        self.granted = taken + STREAM_WINDOW
         self.credits_sent += 1
+        credit = encode_credit(self.granted)
+        link = self._link
         try:
-            self.node.send(self.remote_route, encode_credit(self.granted), sender=self.address)
+            if self._head is not None and link.connected:
+                link.write_body(self._head + _encode_uvarint(len(credit)), credit)
+            else:
+                self.node.send(self.remote_route, credit, sender=self.address)
         except Exception:
             log.failure("sending Credit failed")
 
     def _drained(self) -> None:
-        # The socket's buffer drained (BackPressure.resumeProducing).
+        # The socket's buffer drained (BackPressure.resumeProducing):
+        # everything written so far is taken.
         if (
             self.flow
             and not self.finished
             and self.transport is not None
             and self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP
         ):
-            self._grant()
+            self._grant(self.bytes_out)
 
     def control(self, tag: int, message) -> None:
         """
