@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from typing import List
+from typing import List, Optional
 
 from .procs import raise_nofile
 
@@ -401,13 +401,53 @@ def register(args) -> dict:
 # --- head-of-line: a stalled stream next to a live one --------------------------------------------
 
 
+def _echo_bulk(port: int, total: int, timeout: float) -> Optional[float]:
+    """
+    Echo C{total} bytes through a new connection (one thread sends, this
+    one reads); MB/s, or None when it did not finish within C{timeout}.
+    """
+    s = _connect(port)
+    s.settimeout(timeout)
+    block = b"b" * 65536
+    failed = []
+
+    def send():
+        try:
+            left = total
+            while left > 0:
+                s.sendall(block[: min(left, len(block))])
+                left -= min(left, len(block))
+        except OSError as e:
+            failed.append(e)
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    got = 0
+    try:
+        while got < total:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+    except OSError:
+        pass
+    elapsed = time.perf_counter() - t0
+    s.close()
+    th.join(1)
+    if got < total or failed:
+        return None
+    return round(total / elapsed / 1e6, 1)
+
+
 def hol(args) -> dict:
     """
     A neighbour connection pings (64 bytes, echo) every 20 ms while another
     connection through the same path floods a target that reads nothing
     for a while.  Reports the neighbour's round trips before and during the
-    flood, how many took over a second (stalled), and how many bytes the
-    stalled stream accepted.
+    flood (pings spaced alike), how many took over a second (stalled), the
+    echo throughput of another neighbour connection before and during the
+    flood, and how many bytes the stalled stream accepted.
     """
     payload = b"n" * 64
     nb = _connect(args.echo_port)
@@ -419,7 +459,11 @@ def hol(args) -> dict:
         _recv_exact(nb, 64)
         return time.perf_counter_ns() - t0
 
-    before = [ping() for _ in range(50)]
+    before = []
+    for _ in range(25):
+        before.append(ping())
+        time.sleep(0.02)
+    bulk_before = _echo_bulk(args.echo_port, args.bulk_bytes, args.stall_timeout)
     flood = _connect(args.stall_port)
     flood.setblocking(False)
     pushed = 0
@@ -440,6 +484,7 @@ def hol(args) -> dict:
     t = threading.Thread(target=pump, daemon=True)
     t.start()
     time.sleep(0.2)  # let the flood fill the buffers
+    bulk_during = _echo_bulk(args.echo_port, args.bulk_bytes, args.stall_timeout)
     during, stalled, errors = [], 0, 0
     end = time.monotonic() + args.duration - 0.3
     while time.monotonic() < end:
@@ -464,6 +509,12 @@ def hol(args) -> dict:
         "neighbour_stalled": stalled,
         "neighbour_timeouts": errors,
         "stalled_stream_bytes_accepted": pushed,
+        "neighbour_bulk_bytes": args.bulk_bytes,
+        "neighbour_bulk_before_mbps": bulk_before,
+        "neighbour_bulk_during_mbps": bulk_during,
+        # Throughput lost by a neighbour while the stalled stream holds the
+        # path (before / during; None when the neighbour did not finish).
+        "neighbour_bulk_loss": (round(bulk_before / bulk_during, 2) if bulk_before and bulk_during else None),
     }
 
 
@@ -563,6 +614,7 @@ def main(argv=None) -> None:
     sp.add_argument("--stall-port", type=int, required=True)
     sp.add_argument("--duration", type=float, default=2.0)
     sp.add_argument("--stall-timeout", type=float, default=2.0)
+    sp.add_argument("--bulk-bytes", type=int, default=16 << 20)
     sp = add("http", http)
     sp.add_argument("--port", type=int, required=True)
     sp.add_argument("--conns", type=int, default=32)

@@ -174,15 +174,17 @@ def render(doc) -> str:
     if r:
         L += ["", "### Head-of-line: a stalled stream next to a live one", "",
               "| path | neighbour p50 before µs | neighbour p50 / max during µs | neighbour pings stalled (>1 s) "
-              "| bytes the stalled stream accepted | RSS growth per node KiB |", "|---|---|---|---|---|---|"]
+              "| neighbour echo MB/s before / during | bytes the stalled stream accepted | RSS growth per node KiB |",
+              "|---|---|---|---|---|---|---|"]
         for name, h in r.items():
             if "error" in h:
-                L.append(f"| `{name}` | error: {h['error']} | | | | |")
+                L.append(f"| `{name}` | error: {h['error']} | | | | | |")
                 continue
             d = h.get("neighbour_during") or {}
             growth = ", ".join(f"{k} {_f(v, 0)}" for k, v in (h.get("rss_growth_kib") or {}).items()) or "–"
             L.append(f"| `{name}` | {_f(h['neighbour_before']['p50_us'], 0)} | {_f(d.get('p50_us'), 0)} / "
                      f"{_f(d.get('max_us'), 0)} | {h['neighbour_stalled']} of {h['neighbour_pings_during'] + h['neighbour_timeouts']} "
+                     f"| {_f(h.get('neighbour_bulk_before_mbps'), 0)} / {_f(h.get('neighbour_bulk_during_mbps'), 0)} "
                      f"| {h['stalled_stream_bytes_accepted']:,} | {growth} |")
 
     if doc.get("ratios"):
