@@ -47,6 +47,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
+from ockamtw.flow import STREAM_WINDOW
 from ockamtw.errors import RequestTimeout
 from ockamtw.relay import Forwarder
 from ockamtw.secure.channel import REPLAY_WINDOW, ChannelEnd, SecureChannelListener, TrustPolicy
@@ -998,6 +999,17 @@ class RelayTests(SecureTestCase):
         await client2.received(len(data), 10, "1 MiB echoed through the channel")
         self.assertEqual(hashlib.sha1(bytes(client2.data)).digest(), hashlib.sha1(data).digest())
         self.assertEqual(len(n1.secure_channels), 1)
+        self.assertEqual((end.dropped, self.responder(n3).dropped), (0, 0))
+        # Per-stream credit works through the channel: three windows each
+        # way need Credits to come back through it.
+        outlet = n3.outlets["outlet"]
+        self.assertTrue(all(p.flow for p in list(inlet.portals) + list(outlet.portals)))
+        big = os.urandom(3 * STREAM_WINDOW)
+        client2.transport.write(big)
+        await client2.received(len(data) + len(big), 30, "three windows echoed through the channel")
+        self.assertEqual(hashlib.sha1(bytes(client2.data[len(data) :])).digest(), hashlib.sha1(big).digest())
+        self.assertGreater(sum(p.credits_sent for p in outlet.portals), 0)
+        self.assertGreater(sum(p.credits_sent for p in inlet.portals), 0)
         self.assertEqual((end.dropped, self.responder(n3).dropped), (0, 0))
 
 
