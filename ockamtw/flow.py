@@ -46,6 +46,55 @@ def unsent(transport):
         return None
 
 
+#: Writes at least this large go to the kernel at once (L{send_now}); smaller
+#: ones wait in the transport's buffer, so that many small messages leave in
+#: one segment rather than one each.
+SEND_NOW_FROM = 16384
+
+
+def send_now(transport, parts, size: int) -> None:
+    """
+    Write C{parts} (a list of C{bytes}, C{size} bytes in all) to a
+    transport.  When the write is large and the transport is a plain
+    Twisted TCP transport holding nothing else, the parts go to the kernel
+    at once with one C{sendmsg} (no joining of buffers, no reactor round
+    trip); what the kernel does not take, and everything in any other case,
+    goes through the transport's own buffer (and so its flow control) as
+    usual.  Order is kept: the direct send happens only when nothing is
+    buffered.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        size >= SEND_NOW_FROM
+        and sock is not None
+        and getattr(transport, "TLS", True) is False
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and transport.offset >= len(transport.dataBuffer)
+    ):
+        try:
+            sent = sock.sendmsg(parts) if len(parts) > 1 else sock.send(parts[0])
+        except OSError:
+            # Would block, or a broken connection that the transport's own
+            # write will find and report.
+            sent = 0
+        if sent:
+            rest = []
+            for part in parts:
+                n = len(part)
+                if sent >= n:
+                    sent -= n
+                    continue
+                rest.append(part[sent:] if sent else part)
+                sent = 0
+            if not rest:
+                return
+            parts = rest
+    transport.writeSequence(parts)
+
+
 def tune(transport) -> None:
     """
     Read (and buffer before pausing) L{TRANSPORT_BUFFER} bytes at a time.

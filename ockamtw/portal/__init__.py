@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import MessageTooLarge, WireError
-from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, tune, unsent
+from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import Address, Route, _encode_uvarint
@@ -296,7 +296,7 @@ class PortalWorker(Worker):
                 return
             if self.transport is None:
                 return
-            self.transport.write(data)
+            send_now(self.transport, [data], len(data))
             self.bytes_out += len(data)
             bp = self.backpressure
             if not self.flow:

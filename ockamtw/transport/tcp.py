@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import TransportError, WireError
-from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, tune
+from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, send_now, tune
 from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ..node import InFlight, gather
 from ..routing import Address
@@ -305,7 +305,7 @@ class TcpConnection(CloseNotifier):
         except MessageTooLarge as e:
             log.error("{address}: {error}; dropped", address=str(self.address), error=str(e))
             return
-        self.transport.writeSequence(parts)
+        send_now(self.transport, parts, sum(map(len, parts)))
         self.messages_out += 1
         self.backpressure.wrote(message.source)
 
@@ -323,7 +323,7 @@ class TcpConnection(CloseNotifier):
             raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
         if not self.connected:
             return
-        self.transport.writeSequence([size.to_bytes(2, "big") + head, data])
+        send_now(self.transport, [size.to_bytes(2, "big") + head, data], size)
         self.messages_out += 1
         self.backpressure.wrote(source)
 

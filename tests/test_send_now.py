@@ -1,0 +1,107 @@
+"""
+flow.send_now: large writes go to the kernel at once; what it does not take
+waits in the transport's buffer, in order, under the transport's flow
+control.  Real loopback sockets, port 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from ockamtw.flow import SEND_NOW_FROM, BackPressure, send_now
+
+from .helpers import async_test, deadline, outbound_buffered
+
+
+class Sink(Protocol):
+    def __init__(self) -> None:
+        self.digest = hashlib.sha1()
+        self.count = 0
+        self.want = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.count += len(data)
+        if self.want is not None and self.count >= self.want[0] and not self.want[1].called:
+            self.want[1].callback(None)
+
+    def received(self, n: int) -> Deferred:
+        d: Deferred = Deferred()
+        self.want = (n, d)
+        if self.count >= n:
+            d.callback(None)
+        return d
+
+
+class SendNowTests(TestCase):
+    timeout = 30
+
+    async def _pair(self):
+        made: Deferred = Deferred()
+
+        class Accepted(Sink):
+            def connectionMade(self) -> None:
+                made.callback(self)
+
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Accepted))
+        self.addCleanup(port.stopListening)
+        writer = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol())
+        self.addCleanup(writer.transport.abortConnection)
+        sink = await deadline(made, 5, "the accepted connection")
+        self.addCleanup(sink.transport.abortConnection)
+        return writer.transport, sink
+
+    @async_test
+    async def test_large_write_goes_at_once_small_waits(self):
+        t, sink = await self._pair()
+        big = b"b" * SEND_NOW_FROM
+        send_now(t, [b"head", big], 4 + len(big))
+        self.assertEqual(outbound_buffered(t), 0)  # the kernel has it
+        send_now(t, [b"small"], 5)
+        self.assertEqual(outbound_buffered(t), 5)  # waits to be coalesced
+        send_now(t, [big], len(big))  # behind the small one, so buffered too
+        self.assertEqual(outbound_buffered(t), 5 + len(big))
+        await deadline(sink.received(4 + 2 * len(big) + 5), 5, "all of it")
+        h = hashlib.sha1(b"head" + big + b"small" + big).hexdigest()
+        self.assertEqual(sink.digest.hexdigest(), h)
+
+    @async_test
+    async def test_order_and_flow_control_when_the_kernel_is_full(self):
+        t, sink = await self._pair()
+        t.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sink.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sink.transport.pauseProducing()  # reads nothing for now
+        bp = BackPressure()
+        bp.attach(t)
+        rng = random.Random(4)
+        sent = hashlib.sha1()
+        total = 0
+        while not bp.congested:
+            chunk = rng.randbytes(49152)
+            head = total.to_bytes(8, "big")
+            send_now(t, [head, chunk], len(head) + len(chunk))
+            sent.update(head + chunk)
+            total += len(head) + len(chunk)
+            self.assertLess(total, 64 << 20, "never congested")
+        # Congested: the transport holds more than its high-water mark.
+        self.assertGreater(outbound_buffered(t), 0)
+        sink.transport.resumeProducing()
+        await deadline(sink.received(total), 10, "everything, once the reader reads")
+        self.assertEqual(sink.digest.hexdigest(), sent.hexdigest())
+        self.assertFalse(bp.congested)
+
+
+class SendNowFallbackTests(SynchronousTestCase):
+    def test_other_transports_buffer(self):
+        t = StringTransport()
+        send_now(t, [b"a", b"b" * SEND_NOW_FROM], SEND_NOW_FROM + 1)
+        self.assertEqual(t.value(), b"a" + b"b" * SEND_NOW_FROM)
