@@ -13,6 +13,8 @@ message in) is paused; all of them resume when it drains.
 
 from __future__ import annotations
 
+from time import monotonic_ns
+
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -46,10 +48,14 @@ def unsent(transport):
         return None
 
 
-#: Writes at least this large go to the kernel at once (L{send_now}); smaller
-#: ones wait in the transport's buffer, so that many small messages leave in
-#: one segment rather than one each.
+#: Writes at least this large go to the kernel at once (L{send_now}).
 SEND_NOW_FROM = 16384
+#: A smaller write goes at once only if the transport's last one went more
+#: than this many nanoseconds ago: a lone message (a request, a reply) saves
+#: a reactor round, while a burst of small messages waits in the transport's
+#: buffer and leaves in one segment rather than one each (one segment per
+#: small message stalled a reader with a 16 KiB receive buffer on loopback).
+SMALL_SEND_GAP_NS = 200_000
 
 
 def send_now(transport, parts, size: int) -> None:
@@ -64,9 +70,17 @@ def send_now(transport, parts, size: int) -> None:
     buffered.
     """
     sock = getattr(transport, "socket", None)
+    if size < SEND_NOW_FROM:
+        now = monotonic_ns()
+        if now - getattr(transport, "_ockamtw_small_sent", 0) < SMALL_SEND_GAP_NS:
+            transport.writeSequence(parts)
+            return
+        try:
+            transport._ockamtw_small_sent = now
+        except AttributeError:
+            pass
     if (
-        size >= SEND_NOW_FROM
-        and sock is not None
+        sock is not None
         and getattr(transport, "TLS", True) is False
         and transport.connected
         and not transport.disconnecting

@@ -17,7 +17,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ockamtw.flow import SEND_NOW_FROM, BackPressure, send_now
+from ockamtw import flow
+from ockamtw.flow import SEND_NOW_FROM, SMALL_SEND_GAP_NS, BackPressure, send_now
 
 from .helpers import async_test, deadline, outbound_buffered
 
@@ -62,17 +63,25 @@ class SendNowTests(TestCase):
 
     @async_test
     async def test_large_write_goes_at_once_small_waits(self):
+        clock = [10**12]
+        self.patch(flow, "monotonic_ns", lambda: clock[0])
         t, sink = await self._pair()
         big = b"b" * SEND_NOW_FROM
         send_now(t, [b"head", big], 4 + len(big))
         self.assertEqual(outbound_buffered(t), 0)  # the kernel has it
+        send_now(t, [b"lone"], 4)
+        self.assertEqual(outbound_buffered(t), 0)  # a lone small one too
+        clock[0] += SMALL_SEND_GAP_NS - 1
         send_now(t, [b"small"], 5)
-        self.assertEqual(outbound_buffered(t), 5)  # waits to be coalesced
+        self.assertEqual(outbound_buffered(t), 5)  # one soon after waits, to be coalesced
         send_now(t, [big], len(big))  # behind the small one, so buffered too
         self.assertEqual(outbound_buffered(t), 5 + len(big))
-        await deadline(sink.received(4 + 2 * len(big) + 5), 5, "all of it")
-        h = hashlib.sha1(b"head" + big + b"small" + big).hexdigest()
+        await deadline(sink.received(8 + 2 * len(big) + 5), 5, "all of it")
+        h = hashlib.sha1(b"head" + big + b"lone" + b"small" + big).hexdigest()
         self.assertEqual(sink.digest.hexdigest(), h)
+        clock[0] += SMALL_SEND_GAP_NS
+        send_now(t, [b"later"], 5)
+        self.assertEqual(outbound_buffered(t), 0)
 
     @async_test
     async def test_order_and_flow_control_when_the_kernel_is_full(self):
