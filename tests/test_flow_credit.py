@@ -13,8 +13,6 @@ import random
 import socket
 import time
 
-from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
 
 from ockamtw import Address, Route
 from ockamtw.flow import STREAM_WINDOW, TRANSPORT_BUFFER
@@ -28,7 +26,6 @@ from .test_portal import (
     Collector,
     EchoTarget,
     PortalTestCase,
-    RawPeerFactory,
     StreamWriter,
     figure,
     h_payload,
@@ -43,7 +40,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from ockamtw.node import BaseNode, FunctionWorker
 from ockamtw.portal import PortalWorker, payload_message
 
-LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
 class StallTarget(Collector):
@@ -334,22 +330,7 @@ class RawCreditPeerTests(PortalTestCase):
     """
 
     async def _open(self):
-        factory = RawPeerFactory()
-        port = await serverFromString(reactor, LOOPBACK).listen(factory)
-        self.addCleanup(port.stopListening)
-
-        def abort_peers():
-            for p in factory.peers:
-                if not p.lost.called:
-                    p.transport.abortConnection()
-
-        self.addCleanup(abort_peers)
-        n1 = self.make_node("n1")
-        conn = await n1.tcp.connect(f"127.0.0.1:{port.getHost().port}")
-        peer = await factory.first_peer()
-        inlet = await n1.create_inlet(
-            "127.0.0.1:0", Route([conn.address, Address.parse("outlet")]), ping_timeout=10, ping_interval=10
-        )
+        n1, conn, peer, inlet = await self.inlet_to_raw_peer()
         client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector(keep=False))
         [ping] = await peer.frames_arrived(1)
         _, ret, payload = r_frame(ping)

@@ -710,6 +710,39 @@ class PortalTestCase(TestCase):
         self.addCleanup(lambda: Deferred.fromCoroutine(close()))
         return factory, port.getHost().port
 
+    async def raw_peer_server(self):
+        """
+        A listening L{RawPeerFactory} and its port; its peers are aborted
+        (and their end awaited) at cleanup.
+        """
+        factory = RawPeerFactory()
+        port = await serverFromString(reactor, LOOPBACK).listen(factory)
+        self.addCleanup(port.stopListening)
+
+        def abort_peers():
+            for p in factory.peers:
+                if not p.lost.called:
+                    p.transport.abortConnection()
+            return gatherResults([fresh_from(p.lost) for p in factory.peers])
+
+        self.addCleanup(abort_peers)
+        return factory, port.getHost().port
+
+    async def inlet_to_raw_peer(self):
+        """
+        A node n1 connected to a raw peer, with an inlet whose route is
+        [that connection, 0#outlet]: (n1, the connection, the peer, the
+        inlet).
+        """
+        factory, port = await self.raw_peer_server()
+        n1 = self.make_node("n1")
+        conn = await n1.tcp.connect(f"127.0.0.1:{port}")
+        peer = await factory.first_peer()
+        inlet = await n1.create_inlet(
+            "127.0.0.1:0", Route([conn.address, Address.parse("outlet")]), ping_timeout=10, ping_interval=10
+        )
+        return n1, conn, peer, inlet
+
     async def connect_client(self, port: int, proto: Protocol) -> Protocol:
         proto = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), proto)
 
@@ -1417,23 +1450,7 @@ class RawPeerTests(PortalTestCase):
         n1 connects to a raw peer that acts as an Ockam outlet node; the
         inlet's route is [that connection, 0#outlet].
         """
-        factory = RawPeerFactory()
-        port = await serverFromString(reactor, LOOPBACK).listen(factory)
-        self.addCleanup(port.stopListening)
-
-        def abort_peers():
-            for p in factory.peers:
-                if not p.lost.called:
-                    p.transport.abortConnection()
-            return gatherResults([fresh_from(p.lost) for p in factory.peers])
-
-        self.addCleanup(abort_peers)
-        n1 = self.make_node("n1")
-        conn = await n1.tcp.connect(f"127.0.0.1:{port.getHost().port}")
-        peer = await factory.first_peer()
-        inlet = await n1.create_inlet(
-            "127.0.0.1:0", Route([conn.address, Address.parse("outlet")]), ping_timeout=10, ping_interval=10
-        )
+        n1, conn, peer, inlet = await self.inlet_to_raw_peer()
         base = n1.worker_addresses()
         inlet_port = int(inlet.socket_address.rsplit(":", 1)[1])
 
