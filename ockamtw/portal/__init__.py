@@ -55,6 +55,12 @@ GRANT_STEP = STREAM_WINDOW // 4
 #: before its receiver stops trusting it and pauses the link again.
 _OVERSHOOT = 2 * TRANSPORT_BUFFER
 
+# No stall: when the sender has used all its credit, the last Payload finds
+# at most TRANSPORT_BUFFER bytes unsent on the receiver's socket (more, and
+# the transport pauses its producer, so the drain calls _drained), so that
+# Payload moves the limit by at least GRANT_STEP and is answered by a Credit.
+assert GRANT_STEP + TRANSPORT_BUFFER <= STREAM_WINDOW
+
 
 def portal_address(flow_control: bool = True) -> Address:
     """
