@@ -13,6 +13,7 @@ message in) is paused; all of them resume when it drains.
 
 from __future__ import annotations
 
+import socket as _socket
 from time import monotonic_ns
 
 from twisted.internet.interfaces import IPushProducer
@@ -59,18 +60,42 @@ SEND_NOW_FROM = 16384
 SMALL_SEND_GAP_NS = 200_000
 
 
+def _idle_socket(transport):
+    """
+    The socket of a plain Twisted TCP transport (no TLS) that is connected,
+    not closing and holds nothing unsent; otherwise C{None}.
+    """
+    try:
+        if (
+            transport.TLS is False
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataLen
+            and transport.offset >= len(transport.dataBuffer)
+        ):
+            return transport.socket
+    except AttributeError:  # another kind of transport
+        pass
+    return None
+
+
+#: Platforms without C{sendmsg} write through the transport only.
+_HAVE_SENDMSG = hasattr(_socket.socket, "sendmsg")
+
+
 def send_now(transport, parts, size: int) -> None:
     """
     Write C{parts} (a list of C{bytes}, C{size} bytes in all) to a
-    transport.  When the write is large and the transport is a plain
-    Twisted TCP transport holding nothing else, the parts go to the kernel
-    at once with one C{sendmsg} (no joining of buffers, no reactor round
-    trip); what the kernel does not take, and everything in any other case,
-    goes through the transport's own buffer (and so its flow control) as
-    usual.  Order is kept: the direct send happens only when nothing is
-    buffered.
+    transport.  When the transport is a plain Twisted TCP transport holding
+    nothing else, and the write is large (at least L{SEND_NOW_FROM}) or a
+    lone small one (none in the last L{SMALL_SEND_GAP_NS} on that
+    transport), the parts go to the kernel at once with one C{sendmsg} (no
+    joining of buffers, no reactor round trip).  What the kernel does not
+    take, and everything in any other case, goes through the transport's
+    own buffer (and so its flow control) as usual.  Order is kept: the
+    direct send happens only when nothing is buffered.
     """
-    sock = getattr(transport, "socket", None)
     if size < SEND_NOW_FROM:
         now = monotonic_ns()
         if now - getattr(transport, "_ockamtw_small_sent", 0) < SMALL_SEND_GAP_NS:
@@ -80,15 +105,8 @@ def send_now(transport, parts, size: int) -> None:
             transport._ockamtw_small_sent = now
         except AttributeError:
             pass
-    if (
-        sock is not None
-        and getattr(transport, "TLS", True) is False
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and transport.offset >= len(transport.dataBuffer)
-    ):
+    sock = _idle_socket(transport) if _HAVE_SENDMSG else None
+    if sock is not None:
         try:
             sent = sock.sendmsg(parts) if len(parts) > 1 else sock.send(parts[0])
         except OSError:
