@@ -71,8 +71,7 @@ def _idle_socket(transport):
             and transport.connected
             and not transport.disconnecting
             and not transport._writeDisconnected
-            and not transport._tempDataLen
-            and transport.offset >= len(transport.dataBuffer)
+            and unsent(transport) == 0
         ):
             return transport.socket
     except AttributeError:  # another kind of transport
