@@ -21,8 +21,8 @@ other peer (Ockam's Rust nodes) nothing changes on the wire.
 
 from __future__ import annotations
 
-from typing import Optional
 import os
+from typing import Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
@@ -33,7 +33,7 @@ from ..errors import MessageTooLarge, WireError
 from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IFlowSource
 from ..node import Worker
-from ..routing import Address, Route, _encode_uvarint
+from ..routing import LOCAL, Address, Route, _encode_uvarint
 from ..wire import CREDIT_TAG, _read_uvarint, decode_credit, encode_credit
 
 log = Logger(namespace="ockamtw.portal")
@@ -74,7 +74,7 @@ def offers_flow_control(address) -> bool:
     """
     Whether a portal worker at C{address} speaks per-stream flow control.
     """
-    return address is not None and address.type == 0 and address.value.endswith(FLOW_MARK)
+    return address is not None and address.type == LOCAL and address.value.endswith(FLOW_MARK)
 
 
 _PREFIXES = {}
