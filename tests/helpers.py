@@ -174,7 +174,9 @@ class RawFrameClient(Protocol):
     """
     Splits what it reads into 2-byte-length frames (each kept whole, length
     included, as C{bytes}).  C{frames_arrived(n)} fires once C{n} frames
-    have arrived in total; C{lost} fires when the connection closes.
+    have arrived in total (with the first C{n}); C{when_frames(predicate)}
+    once C{predicate(frames)} holds (with all of them); C{lost} fires when
+    the connection closes.
     """
 
     def __init__(self) -> None:
@@ -199,23 +201,29 @@ class RawFrameClient(Protocol):
 
     def _check(self) -> None:
         waiting, self._waiters = self._waiters, []
-        for n, d in waiting:
-            if len(self.frames) >= n:
-                d.callback(self.frames[:n])
+        for predicate, result, d in waiting:
+            if d.called:  # cancelled by a deadline
+                continue
+            if predicate(self.frames):
+                d.callback(result(self.frames))
             else:
-                self._waiters.append((n, d))
+                self._waiters.append((predicate, result, d))
 
-    def frames_arrived(self, n: int) -> Deferred:
+    def when_frames(self, predicate, result=list) -> Deferred:
         d: Deferred = Deferred()
-        self._waiters.append((n, d))
+        self._waiters.append((predicate, result, d))
         self._check()
         return d
+
+    def frames_arrived(self, n: int) -> Deferred:
+        return self.when_frames(lambda fs: len(fs) >= n, lambda fs: fs[:n])
 
     def connectionLost(self, reason) -> None:
         self.connected_now = False
         waiting, self._waiters = self._waiters, []
-        for n, d in waiting:
-            d.errback(AssertionError(f"connection lost with {len(self.frames)} of {n} frames"))
+        for _, _, d in waiting:
+            if not d.called:
+                d.errback(AssertionError(f"connection lost with {len(self.frames)} frames"))
         self.lost.callback(None)
 
 

@@ -42,6 +42,7 @@ from ockamtw.flow import STREAM_WINDOW
 from ockamtw.relay import Forwarder
 
 from .helpers import (
+    RawFrameClient,
     async_test,
     deadline,
     h_frame,
@@ -508,63 +509,27 @@ def h_payload(data: bytes) -> bytes:
     return b"\x03" + uvarint(len(data)) + data
 
 
-class RawPeer(Protocol):
+class RawPeer(RawFrameClient):
     """
-    A plain Twisted protocol that splits its input into frames (kept whole,
-    length included) and writes hand-made ones.
+    A L{RawFrameClient} that also writes hand-made frames, tells its
+    factory it is connected, and waits with deadlines (firing with all the
+    frames so far).
     """
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.frames: List[bytes] = []
-        self.lost: Deferred = Deferred()
-        self._waiting: List[tuple] = []
 
     def connectionMade(self) -> None:
+        RawFrameClient.connectionMade(self)
         factory = getattr(self, "factory", None)
         if factory is not None and hasattr(factory, "_made"):
             factory._made(self)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= 2:
-            n = int.from_bytes(self.buffer[:2], "big")
-            if len(self.buffer) < 2 + n:
-                break
-            self.frames.append(self.buffer[: 2 + n])
-            self.buffer = self.buffer[2 + n :]
-        self._check()
-
-    def _check(self) -> None:
-        still = []
-        for predicate, d in self._waiting:
-            if d.called:
-                continue
-            if predicate(self.frames):
-                d.callback(list(self.frames))
-            else:
-                still.append((predicate, d))
-        self._waiting = still
-
     def until(self, predicate, seconds: float, what: str) -> Deferred:
-        if predicate(self.frames):
-            return succeed(list(self.frames))
-        d: Deferred = Deferred()
-        self._waiting.append((predicate, d))
-        return deadline(d, seconds, what)
+        return deadline(self.when_frames(predicate), seconds, what)
 
     def frames_arrived(self, n: int, seconds: float = 5) -> Deferred:
         return self.until(lambda fs: len(fs) >= n, seconds, f"{n} frames")
 
     def send(self, onward, ret, payload: bytes) -> None:
         self.transport.write(h_frame(h_message(onward, ret, payload)))
-
-    def connectionLost(self, reason) -> None:
-        waiting, self._waiting = self._waiting, []
-        for _, d in waiting:
-            if not d.called:
-                d.errback(AssertionError(f"connection lost with {len(self.frames)} frames"))
-        self.lost.callback(None)
 
 
 class RawPeerFactory(Factory):
