@@ -370,31 +370,40 @@ def routed(args) -> dict:
     return out
 
 
+#: Relay names one probe connection registers (the relay node's default
+#: limit per peer is 64).
+REGISTER_PER_CONNECTION = 50
+
+
 def register(args) -> dict:
     """
     Register COUNT relays (``static_forwarding_service``, names
-    PREFIX0..) over one raw connection to the relay node; print
-    ``{"registered": N}`` and hold them (the forwarders live as long as
-    this connection) until a line on stdin.
+    PREFIX0..) over raw connections to the relay node, at most
+    ``PER_CONNECTION`` names each (a relay node limits the names one peer
+    holds); print ``{"registered": N}`` and hold them (the forwarders live
+    as long as these connections) until a line on stdin.
     """
-    s = _connect(args.port)
-    reader = FrameReader(s)
-    batch = bytearray()
-    for i in range(args.count):
-        batch += frame(["static_forwarding_service"], [f"bench_reg_{i}"], bare_string(f"{args.prefix}{i}"))
-        if len(batch) > 32768:
-            s.sendall(batch)
-            batch = bytearray()
-    if batch:
+    per = REGISTER_PER_CONNECTION
+    socks = []
+    for start in range(0, args.count, per):
+        s = _connect(args.port)
+        socks.append((s, FrameReader(s), min(per, args.count - start)))
+        batch = bytearray()
+        for i in range(start, start + min(per, args.count - start)):
+            batch += frame(["static_forwarding_service"], [f"bench_reg_{i}"], bare_string(f"{args.prefix}{i}"))
         s.sendall(batch)
     got = 0
-    s.settimeout(30)
     t0 = time.perf_counter()
-    while got < args.count:
-        got += len(reader.frames())
+    for s, reader, n in socks:
+        s.settimeout(30)
+        mine = 0
+        while mine < n:
+            mine += len(reader.frames())
+        got += mine
     emit({"registered": got, "seconds": round(time.perf_counter() - t0, 3)})
     sys.stdin.readline()
-    s.close()
+    for s, _, _ in socks:
+        s.close()
     return {"closed": True}
 
 

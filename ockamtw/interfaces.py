@@ -86,3 +86,42 @@ class ITcpListener(Interface):
         """
         Stop listening (accepted connections stay up); returns a Deferred.
         """
+
+
+class IAccessPolicy(Interface):
+    """
+    Who may send to a worker (see L{ockamtw.access}).  The node asks the
+    worker's policy before delivering each message to it; a refused message
+    is dropped and counted.
+    """
+
+    def allows(message):
+        """
+        Whether the worker may receive C{message} (an
+        L{ockamtw.TransportMessage}), judged by its C{origin}.
+        """
+
+
+class IOrigin(Interface):
+    """
+    Where a message came into the node from: a transport connection or a
+    secure channel end.  Things a remote peer creates are owned by the
+    origin they were created through and end when it closes.
+    """
+
+    identity = Attribute(
+        "The authenticated identifier (C{P<hex>}) of the peer, or C{None} when "
+        "the peer proved nothing (a plain transport connection)."
+    )
+    connected = Attribute("Whether the origin is still open.")
+
+    def on_close(f):
+        """
+        Call C{f(origin)} once the origin closes; returns a key for
+        L{cancel_on_close}.
+        """
+
+    def cancel_on_close(key):
+        """
+        Withdraw a callback registered with L{on_close}.
+        """

@@ -24,14 +24,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import AddressInUse, MessageTooLarge, RequestTimeout, RouteUnreachable, WireError
-from .interfaces import IWorker
+from .access import ANYONE, LOCAL_ONLY, describe_origin
+from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
+from .interfaces import IAccessPolicy, IWorker
+from .logs import Throttle, short
 from .routing import LOCAL, TCP, Address, MultiAddr, Route, parse_route_text
 from .wire import MAX_FRAME, TransportMessage
 
 log = Logger(namespace="ockamtw.node")
 
 RouteLike = Union[Route, MultiAddr, str, list, tuple]
+
+_KEEP = object()
 
 #: Payloads up to this size skip the sender's frame-size check: with routes
 #: of ordinary length they fit (portal chunks are 49,152 bytes).
@@ -43,10 +47,15 @@ class Worker:
     """
     A convenient base for workers: it remembers its node and address, and
     sends from its own address.  Subclasses implement L{receive}.
+
+    @cvar access: who may send to it (an L{IAccessPolicy}, see
+        L{ockamtw.access}); this node only, unless a subclass or
+        C{start_worker} says otherwise.
     """
 
     node: Optional["BaseNode"] = None
     address: Optional[Address] = None
+    access = LOCAL_ONLY
 
     def started(self, node: "BaseNode", address: Address) -> None:
         self.node = node
@@ -75,17 +84,28 @@ class Worker:
 @implementer(IWorker)
 class FunctionWorker(Worker):
     """
-    A worker made of a function C{f(worker, message)}.
+    A worker made of a function C{f(worker, message)}; C{access} says who
+    may send to it (this node only by default).
     """
 
-    def __init__(self, function: Callable[["FunctionWorker", TransportMessage], None]) -> None:
+    def __init__(self, function: Callable[["FunctionWorker", TransportMessage], None], access=None) -> None:
         self._function = function
+        if access is not None:
+            self.access = access
 
     def receive(self, message: TransportMessage) -> None:
         self._function(self, message)
 
 
 class _ReplyWorker(Worker):
+    """
+    Waits for the answer to one request: anyone may send it (the answer
+    comes from wherever the request went), and only the first message
+    counts.
+    """
+
+    access = ANYONE
+
     def __init__(self, d: Deferred) -> None:
         self._d = d
 
@@ -132,6 +152,7 @@ class BaseNode(MultiService):
         self.reactor = reactor
         self.name = name if name is not None else os.urandom(4).hex()
         self._workers: Dict[Address, object] = {}
+        self._access: Dict[Address, object] = {}
         self._queue: collections.deque = collections.deque()
         self._delivering = False
         self._current_source = None
@@ -140,20 +161,38 @@ class BaseNode(MultiService):
         #: C{f(route_so_far, listener_name)} giving (a Deferred of) the
         #: encryptor address of a secure channel, for C{/secure/NAME}.
         self.secure_resolver: Optional[Callable[[Route, str], object]] = None
+        #: Whether messages from remote peers may name TCP hops
+        #: (C{1#host:port}) that this node then connects to (off by
+        #: default: only messages sent on this node may).
+        self.dial_for_remote = False
+        #: Messages refused by a worker's access policy, and dropped for
+        #: other reasons (no such worker, a loop, a refused connection).
+        self.refused = 0
+        self.dropped = 0
+        #: Rate limits for warnings that a peer can cause.
+        self.throttle = Throttle(reactor)
         from .transport.tcp import TcpTransport
 
         self.tcp = TcpTransport(self, reactor)
 
     # --- workers ------------------------------------------------------------
 
-    def start_worker(self, address: Union[Address, str, None], worker) -> Address:
+    def start_worker(self, address: Union[Address, str, None], worker, access=None) -> Address:
         """
         Register C{worker} (an L{IWorker}) at C{address}; C{None} picks a
         random address.  Returns the address.
 
+        C{access} (an L{IAccessPolicy}, see L{ockamtw.access}) says who may
+        send to it; by default the worker's own C{access} attribute, else
+        this node only.  The node enforces it before each delivery.
+
         @raise AddressInUse: when a worker is already there.
         @raise WireError: for an address that is not local.
         """
+        if access is None:
+            access = getattr(worker, "access", None) or LOCAL_ONLY
+        if not IAccessPolicy.providedBy(access):
+            raise TypeError(f"access must provide IAccessPolicy, not {access!r}")
         if address is None:
             address = Address.random_local()
             while address in self._workers:
@@ -165,12 +204,36 @@ class BaseNode(MultiService):
         if address in self._workers:
             raise AddressInUse(f"address {address.value!r} is already taken on node {self.name}")
         self._workers[address] = worker
+        self._access[address] = access
         try:
             worker.started(self, address)
         except BaseException:
             del self._workers[address]
+            del self._access[address]
             raise
         return address
+
+    def set_access(self, address: Union[Address, str], access) -> None:
+        """
+        Change who may send to the worker at C{address}.
+
+        @raise KeyError: when there is no worker there.
+        """
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        if address not in self._workers:
+            raise KeyError(address)
+        if not IAccessPolicy.providedBy(access):
+            raise TypeError(f"access must provide IAccessPolicy, not {access!r}")
+        self._access[address] = access
+
+    def access_of(self, address: Union[Address, str]):
+        """
+        The access policy of the worker at C{address}, or C{None}.
+        """
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        return self._access.get(address)
 
     def stop_worker(self, address: Union[Address, str]) -> bool:
         """
@@ -181,6 +244,7 @@ class BaseNode(MultiService):
         worker = self._workers.pop(address, None)
         if worker is None:
             return False
+        self._access.pop(address, None)
         try:
             worker.stopped()
         except Exception:
@@ -229,21 +293,49 @@ class BaseNode(MultiService):
         first = onward[0]
         worker = self._workers.get(first)
         if worker is None:
-            log.info(
-                "no worker at {address} on node {node}: message dropped",
-                address=str(first),
+            self.dropped += 1
+            self.throttle.log(
+                log,
+                "info",
+                ("no worker", message.origin),
+                "no worker at {address} on node {node}: message from {origin} dropped",
+                address=short(str(first)),
                 node=self.name,
-                onward=str(onward),
-                return_route=str(message.return_route),
+                origin=describe_origin(message.origin),
+            )
+            return
+        access = self._access[first]
+        if access is not ANYONE and not access.allows(message):
+            self.refused += 1
+            self.throttle.log(
+                log,
+                "warn",
+                ("refused", message.origin),
+                "worker at {address} on node {node} refused a message from {origin} (it accepts {policy})",
+                address=short(str(first)),
+                node=self.name,
+                origin=describe_origin(message.origin),
+                policy=str(access),
             )
             return
         self._current_source = message.source
         try:
             worker.receive(message)
-        except Exception:
-            log.failure(
-                "worker at {address} failed on a message", address=str(first), node=self.name
+        except OckamError as e:
+            # A peer can cause these (e.g. an answer too large to send):
+            # one line, not a traceback.
+            self.throttle.log(
+                log,
+                "warn",
+                ("worker error", first),
+                "worker at {address} on node {node} dropped a message: {error}",
+                address=short(first.value),
+                node=self.name,
+                error=str(e),
             )
+        except Exception:
+            if self.throttle.admit(("worker failure", first)) >= 0:
+                log.failure("worker at {address} failed on a message", address=str(first), node=self.name)
         finally:
             self._current_source = None
 
@@ -256,9 +348,11 @@ class BaseNode(MultiService):
         source=None,
     ) -> None:
         """
-        Send C{payload} along C{route}.  The return route is C{[sender]}
-        (or C{return_route}, or empty).  A first hop C{1#host:port} is
-        connected to (or an open connection to it is reused) first.
+        Send C{payload} along C{route}, from this node (a worker passing on
+        a message it received uses L{forward} instead).  The return route
+        is C{[sender]} (or C{return_route}, or empty).  A first hop
+        C{1#host:port} is connected to (or an open connection to it is
+        reused) first.
 
         Messages sent while a worker handles a message inherit that
         message's flow source, so that congestion downstream pauses the
@@ -295,9 +389,76 @@ class BaseNode(MultiService):
         else:
             self.deliver(message)
 
+    def link_of(self, address: Union[Address, str, None]):
+        """
+        What a route starting at C{address} leaves this node through, as an
+        L{ockamtw.interfaces.IOrigin}: the TCP connection or the secure
+        channel whose worker is there (answers come back with that origin),
+        or C{None}.
+        """
+        if address is None:
+            return None
+        if not isinstance(address, Address):
+            address = Address.parse(address)
+        return getattr(self._workers.get(address), "leads_to", None)
+
+    def forward(self, message: TransportMessage, onward: Route, return_route: Route, origin=_KEEP) -> None:
+        """
+        Pass C{message} on with new routes, for a worker that forwards what
+        it received (C{hop}, a relay): the copy keeps the message's origin
+        (so access policies further on judge the original sender, not this
+        node) and its flow source, and uses up one step of its forwarding
+        budget; a message out of budget (a route looping through this
+        node's workers) is dropped.
+
+        @raise MessageTooLarge: as L{send}.
+        """
+        budget = message.budget - 1
+        if budget < 0:
+            self.dropped += 1
+            self.throttle.log(
+                log,
+                "warn",
+                ("loop", message.origin),
+                "message from {origin} forwarded too many times on node {node}: dropped",
+                origin=describe_origin(message.origin),
+                node=self.name,
+            )
+            return
+        out = message.with_routes(onward, return_route)
+        out.budget = budget
+        if origin is not _KEEP:
+            out.origin = origin
+        payload = message.payload
+        if len(payload) > _SIZE_CHECK_FROM and (len(onward) > 1 or (onward and onward[0].type != LOCAL)):
+            size = out.encoded_size() - len(onward[0].encode())
+            if size > MAX_FRAME:
+                raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
+        if onward and onward[0].type == TCP:
+            self._send_via_tcp(out)
+        else:
+            self.deliver(out)
+
     def _send_via_tcp(self, message: TransportMessage) -> None:
         first = message.onward_route[0]
-        d = self.tcp.connect_shared(first.value)
+        if message.origin is not None and not self.dial_for_remote:
+            self.dropped += 1
+            self.throttle.log(
+                log,
+                "warn",
+                ("dial", message.origin),
+                "a message from {origin} names TCP hop {peer}: this node connects only for its own messages; dropped",
+                origin=describe_origin(message.origin),
+                peer=short(first.value),
+                node=self.name,
+            )
+            return
+        try:
+            d = self.tcp.connect_shared(first.value, route_hop=True)
+        except WireError as e:
+            self.dropped += 1
+            log.warn("cannot reach {peer}: message dropped ({reason})", peer=short(first.value), reason=str(e))
+            return
 
         def connected(conn):
             self.deliver(message.with_routes(message.onward_route.step().prepend(conn.address), message.return_route))
@@ -305,7 +466,7 @@ class BaseNode(MultiService):
         def failed(f):
             log.warn(
                 "cannot reach {peer}: message dropped ({reason})",
-                peer=first.value,
+                peer=short(first.value),
                 reason=f.getErrorMessage(),
             )
 
@@ -366,7 +527,7 @@ class BaseNode(MultiService):
 
     async def _connect_for_route(self, target: str):
         try:
-            return await self.tcp.connect_shared(target)
+            return await self.tcp.connect_shared(target, route_hop=True)
         except CancelledError:
             raise
         except Exception as e:

@@ -8,6 +8,21 @@ the registration came from.
 
 L{Relay} is the client side: it registers a name at a relay node and keeps
 the registration alive, reconnecting with backoff when the link dies.
+
+Who may do what:
+  - anyone may register a name and send to a forwarder (a relay node is a
+    public meeting point), within limits: names of at most
+    L{MAX_NAME_LENGTH} characters, L{RelayLimits.per_owner} names per
+    connection or secure channel, L{RelayLimits.total} in all;
+  - a forwarder belongs to the origin of its registration (the connection
+    or secure channel it came through, see L{ockamtw.access}) and dies with
+    it; only its owner may refresh it, through the very same route, or,
+    over secure channels, the same identity;
+  - what a forwarder passes on speaks for its owner
+    (L{ockamtw.access.Relayed}), so it may enter the owner's secure channel
+    and nothing else;
+  - the registering side's endpoint accepts only what comes back through
+    its link to the relay node.
 """
 
 from __future__ import annotations
@@ -19,7 +34,12 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
+from zope.interface import implementer
+
+from .access import ANYONE, Relayed, describe_origin
 from .errors import MessageTooLarge, RequestTimeout, WireError
+from .interfaces import IAccessPolicy
+from .logs import short
 from .node import Worker
 from .routing import LOCAL, Address, Route, _encode_uvarint
 from .wire import decode_string, encode_string
@@ -31,6 +51,24 @@ STATIC_FORWARDING_SERVICE = "static_forwarding_service"
 
 UP = "Up"
 DOWN = "Down"
+
+#: The longest relay name (characters) a relay node accepts.
+MAX_NAME_LENGTH = 128
+
+
+class RelayLimits:
+    """
+    How many forwarders a relay node keeps: C{per_owner} for each
+    connection or secure channel that registers them, C{total} in all.
+    Registrations made on the node itself are not limited.
+    """
+
+    def __init__(self, per_owner: int = 64, total: int = 10000) -> None:
+        self.per_owner = per_owner
+        self.total = total
+
+    def to_dict(self) -> dict:
+        return {"relay_names_per_owner": self.per_owner, "relays_total": self.total, "relay_name_length": MAX_NAME_LENGTH}
 
 
 def alias_for(name: str) -> str:
@@ -44,17 +82,30 @@ class Forwarder(Worker):
     """
     A relay's forwarder on the relay node: a message arriving with onward
     C{[alias, rest...]} leaves with onward C{forward_route + rest}, its
-    return route unchanged.
+    return route unchanged, speaking for the owner
+    (L{ockamtw.access.Relayed}).  Anyone may send to it.
 
-    @ivar link: the TCP connection the registration came through (or
-        C{None} for a registration from this node); the forwarder dies with
-        it.
+    @ivar owner: the origin of the registration (a TCP connection, a
+        secure channel end, or C{None} for one made on this node); the
+        forwarder dies with it.
+    @ivar link: the TCP connection the forward route starts with, if any
+        (the fast path writes straight to it).
     """
 
-    def __init__(self, forward_route: Route, link) -> None:
+    access = ANYONE
+
+    def __init__(self, forward_route: Route, owner, link=None) -> None:
+        self.owner = owner
         self.link = link
         self.forward_route = forward_route
         self.forwarded = 0
+        self._origin = Relayed(owner)
+        self._owner_key = None
+        self._registry: Optional[RelayRegistry] = None
+
+    def stopped(self) -> None:
+        if self._registry is not None:
+            self._registry.disown(self.address, self)
 
     @property
     def forward_route(self) -> Route:
@@ -68,145 +119,213 @@ class Forwarder(Worker):
         self._after_link = route[1:]
         self._after_link_encoded = b"".join([a.encode() for a in self._after_link])
 
-    def same_peer(self, route: Route) -> bool:
+    def owned_by(self, owner, route: Route) -> bool:
         """
-        Whether a registration with C{route} comes from the peer that owns
-        this forwarder: through the same connection, or from the same
-        registering worker (its random address ends the route), e.g. after
-        reconnecting while a half-open old connection lingers here.
+        Whether a registration from C{owner} with return route C{route}
+        comes from this forwarder's owner: the same secure channel
+        identity, or the same origin and the very same route.
         """
-        if not route:
-            return False
-        if route[-1] == self.forward_route[-1]:
+        identity = getattr(owner, "identity", None)
+        if identity is not None and identity == getattr(self.owner, "identity", None):
             return True
-        if self.link is not None:
-            return route[0] == self.forward_route[0]
-        return route == self.forward_route
+        return owner is self.owner and route == self.forward_route
 
     @property
     def alive(self) -> bool:
-        return self.link is None or self.link.connected
+        owner = self.owner
+        return owner is None or getattr(owner, "connected", True)
 
     def receive(self, message) -> None:
-        try:
-            link = self.link
-            route = self._forward_route
-            if link is not None and link.connected and route[0] == link.address:
-                # Fast path: straight to the registering connection, as the
-                # connection worker would write it.
-                rest = message.onward_route[1:]
-                payload = message.payload
-                head = b"".join(
-                    [
-                        b"\x01",
-                        _encode_uvarint(len(self._after_link) + len(rest)),
-                        self._after_link_encoded,
-                    ]
-                    + [a.encode() for a in rest]
-                    + [message.return_route.encode(), _encode_uvarint(len(payload))]
-                )
-                link.write_body(head, payload, message.source)
-            else:
-                self.node.send(
-                    route + message.onward_route.step(),
-                    message.payload,
-                    return_route=message.return_route,
-                )
-            self.forwarded += 1
-        except MessageTooLarge as e:
-            log.warn("forwarder {alias}: {error}; dropped", alias=self.address.value, error=str(e))
+        link = self.link
+        route = self._forward_route
+        if link is not None and link.connected and link.loop is None and route[0] == link.address:
+            # Fast path: straight to the registering connection, as the
+            # connection worker would write it.
+            rest = message.onward_route[1:]
+            payload = message.payload
+            head = b"".join(
+                [
+                    b"\x01",
+                    _encode_uvarint(len(self._after_link) + len(rest)),
+                    self._after_link_encoded,
+                ]
+                + [a.encode() for a in rest]
+                + [message.return_route.encode(), _encode_uvarint(len(payload))]
+            )
+            link.write_body(head, payload, message.source)
+        else:
+            self.node.forward(message, route + message.onward_route.step(), message.return_route, origin=self._origin)
+        self.forwarded += 1
+
+
+class RelayRegistry:
+    """
+    The forwarders of one node by owner, shared by its relay services so
+    that the limits count every registration once.
+    """
+
+    def __init__(self, limits: Optional[RelayLimits] = None) -> None:
+        self.limits = limits or RelayLimits()
+        #: owner -> set of aliases it holds (not for this node's own)
+        self._by_owner: dict = {}
+        self.refused = 0
+
+    def count(self, owner=None) -> int:
+        """
+        Forwarders held by C{owner}, or by remote owners in all.
+        """
+        if owner is not None:
+            return len(self._by_owner.get(owner, ()))
+        return sum(len(v) for v in self._by_owner.values())
+
+    def adopt(self, node, address: Address, forwarder: "Forwarder") -> None:
+        forwarder._registry = self
+        owner = forwarder.owner
+        if owner is None:
+            return
+        self._by_owner.setdefault(owner, set()).add(address)
+        if hasattr(owner, "on_close"):
+            forwarder._owner_key = owner.on_close(lambda _: self._owner_closed(node, address, forwarder))
+
+    def disown(self, address: Address, forwarder: "Forwarder") -> None:
+        owner = forwarder.owner
+        held = self._by_owner.get(owner)
+        if held is not None:
+            held.discard(address)
+            if not held:
+                del self._by_owner[owner]
+        if forwarder._owner_key is not None and hasattr(owner, "cancel_on_close"):
+            owner.cancel_on_close(forwarder._owner_key)
+        forwarder._owner_key = None
+
+    def _owner_closed(self, node, address: Address, forwarder: "Forwarder") -> None:
+        forwarder._owner_key = None
+        if node.worker_at(address) is forwarder:
+            node.stop_worker(address)
+            log.info("relay {alias} removed: its owner is gone", alias=short(address.value), node=node.name)
+        else:
+            self.disown(address, forwarder)
 
 
 class ForwardingService(Worker):
     """
     The relay service.  The registration payload is a BARE string: the
     alias itself (C{forwarding_service}), or a name whose alias is
-    C{forward_to_<name>} (C{static_forwarding_service}).
+    C{forward_to_<name>} (C{static_forwarding_service}).  Anyone may send
+    to it.
 
     Registration is idempotent and answered each time, from the forwarder's
-    address, with the registration payload.  A live forwarder's alias
-    cannot be taken by another peer; a forwarder dies with the connection
-    that registered it, freeing its alias at once.
+    address, with the registration payload.  A forwarder belongs to the
+    origin its registration came from and dies with it, freeing its alias;
+    while it lives, only its owner may register the alias again (see
+    L{Forwarder.owned_by}).
     """
 
-    def __init__(self, static: bool = False) -> None:
+    access = ANYONE
+
+    def __init__(self, static: bool = False, registry: Optional[RelayRegistry] = None) -> None:
         self.static = static
+        self.registry = registry or RelayRegistry()
+
+    def _refuse(self, message, reason: str, **kw) -> None:
+        self.registry.refused += 1
+        self.node.throttle.log(
+            log,
+            "warn",
+            ("relay refused", message.origin),
+            "relay registration from {origin} refused: " + reason,
+            origin=describe_origin(message.origin),
+            node=self.node.name,
+            **kw,
+        )
 
     def receive(self, message) -> None:
         node = self.node
         try:
             text = decode_string(message.payload)
         except WireError as e:
-            log.warn("relay registration is not a BARE string ({error}); dropped", error=str(e))
+            self._refuse(message, "not a BARE string ({error})", error=short(str(e)))
             return
-        if not text or "\x00" in text:
-            log.warn("relay registration with an empty or bad name {name!r}; dropped", name=text)
+        if not text or "\x00" in text or len(text) > MAX_NAME_LENGTH:
+            self._refuse(message, "bad name {name} (1 to {max} characters)", name=short(text), max=MAX_NAME_LENGTH)
             return
         alias = alias_for(text) if self.static else text
         route = message.return_route
         if not route:
-            log.warn("relay registration for {alias} without a return route; dropped", alias=alias)
+            self._refuse(message, "no return route")
             return
+        owner = message.origin
         address = Address(LOCAL, alias)
         link = node.tcp.connection(route[0]) if route[0].type == LOCAL else None
         existing = node.worker_at(address)
         if existing is None:
-            forwarder = Forwarder(route, link)
+            registry = self.registry
+            if owner is not None:
+                held = registry.count(owner)
+                if held >= registry.limits.per_owner:
+                    self._refuse(message, "it holds {n} relays already", n=held)
+                    return
+                if registry.count() >= registry.limits.total:
+                    self._refuse(message, "this node holds {n} relays already", n=registry.limits.total)
+                    return
+            forwarder = Forwarder(route, owner, link)
             node.start_worker(address, forwarder)
-            if link is not None:
-                link.when_closed().addCallback(lambda _: self._link_closed(address, forwarder))
+            registry.adopt(node, address, forwarder)
             log.info(
-                "relay {alias} registered, forwarding to {route}",
-                alias=alias,
-                route=str(route),
+                "relay {alias} registered by {origin}",
+                alias=short(alias),
+                origin=describe_origin(owner),
                 node=node.name,
             )
-        elif isinstance(existing, Forwarder) and (existing.same_peer(route) or not existing.alive):
-            if existing.forward_route != route:
-                log.info("relay {alias} now forwards to {route}", alias=alias, route=str(route))
+        elif isinstance(existing, Forwarder) and existing.owned_by(owner, route):
+            if existing.owner is not owner:
+                # The same identity through a new secure channel.
+                self.registry.disown(address, existing)
+                existing.owner = owner
+                existing._origin = Relayed(owner)
+                self.registry.adopt(node, address, existing)
             existing.forward_route = route
-            if link is not existing.link:
-                existing.link = link
-                if link is not None:
-                    link.when_closed().addCallback(lambda _: self._link_closed(address, existing))
+            existing.link = link
         else:
-            log.warn(
-                "relay {alias} is taken by a live peer; registration from {route} refused",
-                alias=alias,
-                route=str(route),
-                node=node.name,
-            )
+            self._refuse(message, "{alias} is taken", alias=short(alias))
             return
         try:
             node.send(route, message.payload, sender=address)
         except MessageTooLarge as e:
-            log.warn("relay {alias}: reply too large: {error}", alias=alias, error=str(e))
-
-    def _link_closed(self, address: Address, forwarder: Forwarder) -> None:
-        node = self.node
-        if node is None or node.worker_at(address) is not forwarder:
-            return
-        if forwarder.link is not None and forwarder.link.connected:
-            return  # re-registered over another live connection meanwhile
-        node.stop_worker(address)
-        log.info("relay {alias} removed: its connection closed", alias=address.value, node=node.name)
+            log.warn("relay {alias}: reply too large: {error}", alias=short(alias), error=str(e))
 
 
 class _RelayWorker(Worker):
     """
     The registering side's worker M: registration replies end here; relayed
-    messages continue along the rest of their onward route.
+    messages continue along the rest of their onward route.  It accepts
+    only what comes back through its link to the relay node (the TCP
+    connection or secure channel its route starts with).
     """
 
     def __init__(self, relay: "Relay") -> None:
         self._relay = relay
+        self.access = _FromRelayLink(relay)
 
     def receive(self, message) -> None:
         onward = message.onward_route
         if len(onward) == 1:
             self._relay._registration_reply(message)
             return
-        self.node.deliver(message.with_routes(onward.step(), message.return_route))
+        self.node.forward(message, onward.step(), message.return_route)
+
+
+@implementer(IAccessPolicy)
+class _FromRelayLink:
+    def __init__(self, relay: "Relay") -> None:
+        self.relay = relay
+
+    def allows(self, message) -> bool:
+        origin = message.origin
+        return origin is None or (origin is self.relay._link and origin is not None)
+
+    def __str__(self) -> str:
+        return f"only the link to the relay node of relay {self.relay.name}"
 
 
 class Relay:
@@ -336,7 +455,7 @@ class Relay:
         waiting: Deferred = Deferred()
         self._waiting = waiting
         link = self._link
-        self._messages_in_at_send = link.messages_in if link is not None else None
+        self._messages_in_at_send = getattr(link, "messages_in", None)
         self.node.send(route + [self.service], self._payload, sender=self._address)
         timer = self.reactor.callLater(self.timeout, self._registration_timeout, waiting)
         try:
@@ -357,10 +476,10 @@ class Relay:
         if link is not None and link.connected and self.route is not None:
             return self.route[:-1]
         route = await self.node.resolve(self.at)
-        link = self.node.tcp.connection(route[0]) if route and route[0].type == LOCAL else None
+        link = self.node.link_of(route[0]) if route else None
         if link is not None and link is not self._link:
             self._link = link
-            link.when_closed().addCallback(lambda _: self._link_lost(link))
+            link.on_close(lambda _: self._link_lost(link))
         return route
 
     def _registration_timeout(self, waiting: Deferred) -> None:
@@ -405,7 +524,7 @@ class Relay:
             self._failures += 1
             self._set_status(DOWN)
             link = self._link
-            if f.check(RequestTimeout) and link is not None and link.connected:
+            if f.check(RequestTimeout) and link is not None and link.connected and hasattr(link, "abort"):
                 if link.messages_in == self._messages_in_at_send:
                     # Nothing at all came back on the link: it is dead, start over.
                     log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
@@ -476,5 +595,7 @@ def start_relay_services(node) -> None:
     """
     Start C{forwarding_service} and C{static_forwarding_service} on C{node}.
     """
-    node.start_worker(FORWARDING_SERVICE, ForwardingService(static=False))
-    node.start_worker(STATIC_FORWARDING_SERVICE, ForwardingService(static=True))
+    registry = RelayRegistry(getattr(node, "relay_limits", None))
+    node.relay_registry = registry
+    node.start_worker(FORWARDING_SERVICE, ForwardingService(static=False, registry=registry))
+    node.start_worker(STATIC_FORWARDING_SERVICE, ForwardingService(static=True, registry=registry))

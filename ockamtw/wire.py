@@ -209,19 +209,32 @@ def decode_route(data: bytes) -> Route:
 # --- TransportMessage ------------------------------------------------------
 
 
+#: How many times workers of one node may forward one message (C{hop},
+#: forwarders, relay endpoints): a message that arrives with a route looping
+#: through the node's own workers is dropped after this many steps instead
+#: of costing CPU in proportion to the square of its route's length.
+FORWARD_BUDGET = 32
+
+
 class TransportMessage:
     """
     The routed message of Ockam 0.83: version, onward route, return route
     and payload.
 
     C{payload} is the BARE encoding of the application message (bytes).
-    C{source} and C{local} are local only (never on the wire): C{source} is
-    what read this message from the outside world, so that flow control can
-    pause it; C{local} is metadata such as the identity of the secure
-    channel peer it came from (C{{"identity": "P..."}}), or C{None}.
+    C{source}, C{local}, C{origin} and C{budget} are local only (never on
+    the wire): C{source} is what read this message from the outside world,
+    so that flow control can pause it; C{local} is metadata such as the
+    identity of the secure channel peer it came from
+    (C{{"identity": "P..."}}), or C{None}; C{origin} is who the message is
+    from as far as this node knows (C{None}: this node itself; otherwise an
+    L{ockamtw.interfaces.IOrigin}: the transport connection or the secure
+    channel it came in through), which access policies check (see
+    L{ockamtw.access}); C{budget} is how many more times workers of this
+    node may forward it.
     """
 
-    __slots__ = ("version", "onward_route", "return_route", "payload", "source", "local")
+    __slots__ = ("version", "onward_route", "return_route", "payload", "source", "local", "origin", "budget")
 
     def __init__(
         self,
@@ -241,6 +254,8 @@ class TransportMessage:
         self.version = version
         self.source = source
         self.local = None
+        self.origin = None
+        self.budget = FORWARD_BUDGET
 
     def header(self) -> bytes:
         """
@@ -290,6 +305,8 @@ class TransportMessage:
         m.payload = self.payload
         m.source = self.source
         m.local = self.local
+        m.origin = self.origin
+        m.budget = self.budget
         return m
 
     def __eq__(self, other: object) -> bool:
@@ -337,6 +354,8 @@ def _decode_message(buf, pos: int, end: int) -> TransportMessage:
     m.payload = bytes(buf[pos : pos + n])
     m.source = None
     m.local = None
+    m.origin = None
+    m.budget = FORWARD_BUDGET
     return m
 
 

@@ -31,11 +31,12 @@ from ockamtw import (
     WireError,
     encode_string,
 )
+from ockamtw.access import ANYONE
 from ockamtw.interfaces import IWorker
 from ockamtw.node import BaseNode
 from ockamtw.routing import TCP
 from ockamtw.services import Echo, Hop, Uppercase
-from ockamtw.wire import MAX_FRAME
+from ockamtw.wire import FORWARD_BUDGET, MAX_FRAME
 
 RANDOM_ADDRESS = re.compile(r"^[0-9a-f]{32}$")
 
@@ -44,7 +45,10 @@ RANDOM_ADDRESS = re.compile(r"^[0-9a-f]{32}$")
 class Recorder:
     """
     A worker that keeps what it receives and counts its lifecycle calls.
+    Anyone may send to it.
     """
+
+    access = ANYONE
 
     def __init__(self):
         self.received = []
@@ -343,16 +347,44 @@ class RoutingTests(NodeTestMixin, SynchronousTestCase):
 
     def test_deliveryIsIterative(self):
         """
-        A chain of 5,000 C{hop} addresses (more than the recursion limit)
-        followed by C{echo} is delivered without RecursionError, and the
-        reply comes back through every hop.
+        A chain of 5,000 workers, each sending a new message to the next
+        (more than the recursion limit), is delivered without
+        RecursionError, and the last one's answer comes back.
         """
         self.assertLess(sys.getrecursionlimit(), 5000)
-        d = self.node.request(Route(["hop"] * 5000 + ["echo"]), b"deep")
+
+        def link(i):
+            def receive(worker, message):
+                worker.node.send(Route([f"w{i + 1}"]) if i < 4999 else Route(["echo"]), message.payload,
+                                 return_route=message.return_route)
+
+            return FunctionWorker(receive)
+
+        for i in range(5000):
+            self.node.start_worker(f"w{i}", link(i))
+        d = self.node.request(Route(["w0"]), b"deep")
         reply = self.successResultOf(d)
         self.assertEqual(reply.payload, b"deep")
-        self.assertEqual(reply.return_route, Route(["hop"] * 5000 + ["echo"]))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_forwardingBudget(self):
+        """
+        A message passed on by C{hop} (which forwards, keeping its sender)
+        may be forwarded L{FORWARD_BUDGET} times on one node: a route of
+        that many hops works; one of 5,000 hops is dropped (one warning)
+        instead of costing time in proportion to its square.
+        """
+        d = self.node.request(Route(["hop"] * FORWARD_BUDGET + ["echo"]), b"ok")
+        reply = self.successResultOf(d)
+        self.assertEqual(reply.return_route, Route(["hop"] * FORWARD_BUDGET + ["echo"]))
+        events = captureLogs(self, "ockamtw.node")
+        d = self.node.request(Route(["hop"] * 5000 + ["echo"]), b"deep", timeout=1)
+        self.assertNoResult(d)
+        self.assertEqual(len(events), 1)
+        self.assertIn("forwarded too many times", formatEvent(events[0]))
+        self.assertEqual(self.node.dropped, 1)
+        self.reactor.advance(1)
+        self.failureResultOf(d, RequestTimeout)
 
     def test_queuedMessagesInOrder(self):
         """

@@ -36,6 +36,7 @@ from ockamtw import (
     decode_string,
     encode_string,
 )
+from ockamtw.access import ANYONE
 from ockamtw.relay import (
     DOWN,
     FORWARDING_SERVICE,
@@ -184,7 +185,7 @@ def who(name: bytes):
     """
     A worker that answers every message with C{name}.
     """
-    return FunctionWorker(lambda worker, message: worker.reply(message, name))
+    return FunctionWorker(lambda worker, message: worker.reply(message, name), access=ANYONE)
 
 
 class MemoryMixin:
@@ -299,35 +300,27 @@ class ForwardingServiceTests(MemoryMixin, SynchronousTestCase):
     def test_staticForwardingService(self):
         """
         C{static_forwarding_service} with payload "n3" creates
-        forward_to_n3 and answers from it with the payload unchanged; a
-        re-registration over the same connection from another worker moves
-        the forward route there and is answered again, every time.
+        forward_to_n3 and answers from it with the payload unchanged, every
+        time the same registration comes again; traffic goes to the
+        registered route.
         """
         p1, t1, c1 = self.connect()
-        p1.dataReceived(msg_frame([STATIC_FORWARDING_SERVICE], [M], h_string("n3")))
-        self.assertEqual(t1.value(), msg_frame([M], ["forward_to_n3"], h_string("n3")))
+        p1.dataReceived(msg_frame([STATIC_FORWARDING_SERVICE], [M, "x"], h_string("n3")))
+        self.assertEqual(t1.value(), msg_frame([M, "x"], ["forward_to_n3"], h_string("n3")))
         forwarder = self.node.worker_at("forward_to_n3")
         self.assertIsInstance(forwarder, Forwarder)
-        self.assertEqual(forwarder.forward_route, Route([c1.address, Address.local(M)]))
+        self.assertEqual(forwarder.forward_route, Route([c1.address, Address.local(M), Address.local("x")]))
         self.assertIsNone(self.node.worker_at("n3"))
 
         t1.clear()
-        p1.dataReceived(msg_frame([STATIC_FORWARDING_SERVICE], [M2, "x"], h_string("n3")))
-        self.assertEqual(t1.value(), msg_frame([M2, "x"], ["forward_to_n3"], h_string("n3")))
+        p1.dataReceived(msg_frame([STATIC_FORWARDING_SERVICE], [M, "x"], h_string("n3")))
+        self.assertEqual(t1.value(), msg_frame([M, "x"], ["forward_to_n3"], h_string("n3")))
         self.assertIs(self.node.worker_at("forward_to_n3"), forwarder)
-        self.assertEqual(
-            forwarder.forward_route, Route([c1.address, Address.local(M2), Address.local("x")])
-        )
 
-        t1.clear()
-        p1.dataReceived(msg_frame([STATIC_FORWARDING_SERVICE], [M2, "x"], h_string("n3")))
-        self.assertEqual(t1.value(), msg_frame([M2, "x"], ["forward_to_n3"], h_string("n3")))
-
-        # Traffic now goes to the new route.
         t1.clear()
         p2, t2, c2 = self.connect()
         p2.dataReceived(msg_frame(["forward_to_n3", "outlet"], [A], b"\x00"))
-        self.assertEqual(t1.value(), msg_frame([M2, "x", "outlet"], [self.text(c2), A], b"\x00"))
+        self.assertEqual(t1.value(), msg_frame([M, "x", "outlet"], [self.text(c2), A], b"\x00"))
 
     def test_reRegistrationIdempotent(self):
         """
@@ -344,20 +337,28 @@ class ForwardingServiceTests(MemoryMixin, SynchronousTestCase):
         self.assertEqual(forwarder.forward_route, Route([conn.address, Address.local(M)]))
         self.assertEqual(self.node.worker_addresses(), before + [Address.local("forward_to_n3")])
 
-    def test_samePeerNewWorker(self):
+    def test_sameConnectionOtherWorkerRefused(self):
         """
-        A registration of the same alias over the same connection from a
-        new worker (the peer restarted its relay) is the same peer: it is
-        answered and the forward route follows the new worker.
+        A registration of a live forwarder's alias over the same connection
+        but from another worker is refused: two tenants behind one gateway
+        node share a connection, and a peer can bounce a registration
+        through the owner's node (through its C{hop}) so that it arrives
+        over the owner's connection.  Only the very same route refreshes a
+        forwarder.
         """
         proto, t, conn = self.connect()
         proto.dataReceived(REGISTRATION_FRAME)
         forwarder = self.node.worker_at("forward_to_n3")
         t.clear()
         proto.dataReceived(msg_frame([FORWARDING_SERVICE], [M2], h_string("forward_to_n3")))
-        self.assertEqual(t.value(), msg_frame([M2], ["forward_to_n3"], h_string("forward_to_n3")))
+        proto.dataReceived(msg_frame([FORWARDING_SERVICE], ["hop", M], h_string("forward_to_n3")))
+        self.assertEqual(t.value(), b"")
         self.assertIs(self.node.worker_at("forward_to_n3"), forwarder)
-        self.assertEqual(forwarder.forward_route, Route([conn.address, Address.local(M2)]))
+        self.assertEqual(forwarder.forward_route, Route([conn.address, Address.local(M)]))
+        # Traffic still reaches the owner.
+        p2, t2, c2 = self.connect()
+        p2.dataReceived(msg_frame(["forward_to_n3", "who"], [A], b"q"))
+        self.assertEqual(t.value(), msg_frame([M, "who"], [self.text(c2), A], b"q"))
 
     def test_takeOverRefused(self):
         """
@@ -418,26 +419,24 @@ class ForwardingServiceTests(MemoryMixin, SynchronousTestCase):
 
     def test_sameWorkerOverAnotherConnection(self):
         """
-        A registration from the same registering worker (the same random M
-        ends the route) through another connection is the same peer coming
-        back, e.g. while its old, half-open connection lingers here: the
-        forwarder moves to the new connection and the registration is
-        answered.
+        A registration with the owner's worker address (M) but through
+        another connection is refused while the owner's connection lives
+        (M is no secret from the relay node's log readers); once that
+        connection closes, the name is free and the new one takes it.
         """
         p1, t1, c1 = self.connect()
         p1.dataReceived(REGISTRATION_FRAME)
         forwarder = self.node.worker_at("forward_to_n3")
         p2, t2, c2 = self.connect()
         p2.dataReceived(REGISTRATION_FRAME)
-        self.assertEqual(t2.value(), REGISTRATION_REPLY_FRAME)
+        self.assertEqual(t2.value(), b"")
         self.assertIs(self.node.worker_at("forward_to_n3"), forwarder)
-        self.assertEqual(forwarder.forward_route, Route([c2.address, Address.local(M)]))
-        # The old connection closing no longer removes it.
+        self.assertEqual(forwarder.forward_route, Route([c1.address, Address.local(M)]))
         self.lose(p1)
-        self.assertIs(self.node.worker_at("forward_to_n3"), forwarder)
-        self.lose(p2)
         self.assertIsNone(self.node.worker_at("forward_to_n3"))
-
+        p2.dataReceived(REGISTRATION_FRAME)
+        self.assertEqual(t2.value(), REGISTRATION_REPLY_FRAME)
+        self.assertEqual(self.node.worker_at("forward_to_n3").forward_route, Route([c2.address, Address.local(M)]))
     def test_forwarderDiesWithConnection(self):
         """
         Closing the registering connection removes the forwarder (of both
@@ -787,7 +786,7 @@ class RelayClientTests(MemoryMixin, SynchronousTestCase):
         """
         relay, m = self.up()
         got = []
-        self.node.start_worker("sink", FunctionWorker(lambda w, msg: got.append(msg)))
+        self.node.start_worker("sink", FunctionWorker(lambda w, msg: got.append(msg), access=ANYONE))
         self.proto.dataReceived(msg_frame([str(m), "sink", "more"], [A], b"data"))
         self.assertEqual(len(got), 1)
         self.assertEqual(got[0].onward_route, Route(["sink", "more"]))

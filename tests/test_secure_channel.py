@@ -47,6 +47,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
+from ockamtw.access import ANYONE
 from ockamtw.flow import STREAM_WINDOW
 from ockamtw.errors import RequestTimeout
 from ockamtw.relay import Forwarder
@@ -118,6 +119,8 @@ class Inbox(Worker):
     its payload followed by C{reply}.
     """
 
+    access = ANYONE
+
     def __init__(self, reply=None) -> None:
         self.messages = []
         self._reply = reply
@@ -160,6 +163,8 @@ class Tap(Worker):
     C{None} to hold the frame (see L{release}).
     """
 
+    access = ANYONE
+
     def __init__(self) -> None:
         self.frames = {"in": [], "out": []}
         self.held = []
@@ -187,11 +192,10 @@ class Tap(Worker):
         self.forward(message, payload)
 
     def forward(self, message, payload=None) -> None:
-        self.node.send(
-            message.onward_route.step(),
-            message.payload if payload is None else payload,
-            return_route=message.return_route.prepend(self.address),
-        )
+        if payload is not None:
+            message = message.with_routes(message.onward_route, message.return_route)
+            message.payload = payload
+        self.node.forward(message, message.onward_route.step(), message.return_route.prepend(self.address))
 
     def release(self) -> None:
         held, self.held = self.held, []
@@ -213,6 +217,8 @@ class ManualInitiator(Worker):
     An initiator driven step by step with ockamtw's Noise and codec (no
     L{ChannelEnd}): for refusals a well-behaved initiator cannot provoke.
     """
+
+    access = ANYONE
 
     def __init__(self) -> None:
         self.hs = HandshakeState(True)
@@ -599,7 +605,7 @@ class FrameAttackTests(SecureTestCase):
             self.assertEqual(receiver_end.dropped, i + 1, what)
             self.assertEqual(receiver_end.status, "up", what)
         for m in inbox.messages:
-            self.assertEqual(m.local, {"identity": sender_end.identity.identifier})
+            self.assertEqual(m.local, {"identity": sender_end.own_identity.identifier})
 
     @async_test
     async def test_tamperedToResponder(self):
@@ -1065,14 +1071,14 @@ class AccessControlTests(SecureTestCase):
         await client.received(7, 5, "echo through the authorized inlet")
         self.assertEqual(bytes(client.data), b"pong ok")
 
-        watch = log_watch(self, "Pong from", "refused", "without a secure channel")
+        watch = log_watch(self, "refused", "without a secure channel")
         plain = await n1.create_inlet(
             "127.0.0.1:0", f"{at}/service/outlet", ping_timeout=0.5, ping_interval=0.1, authorized=[n2.identity.identifier]
         )
         await self.refused_client(int(plain.socket_address.rsplit(":", 1)[1]))
         self.assertGreaterEqual(len(watch.events), 1)
 
-        watch2 = log_watch(self, "Pong from", "refused", n2.identity.identifier)
+        watch2 = log_watch(self, "refused", n2.identity.identifier)
         other = await n1.create_inlet(
             "127.0.0.1:0", f"{at}/secure/api/service/outlet", ping_timeout=0.5, ping_interval=0.1, authorized=[other_identifier()]
         )

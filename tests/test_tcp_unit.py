@@ -25,6 +25,7 @@ from ockamtw import (
     WireError,
     encode_string,
 )
+from ockamtw.access import ANYONE
 from ockamtw.interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
 from ockamtw.transport.tcp import (
     MODE_ACCEPTED,
@@ -71,6 +72,8 @@ HEARTBEAT_FRAME = bytes.fromhex("000401000000")
 
 @implementer(IWorker)
 class Recorder:
+    access = ANYONE
+
     def __init__(self):
         self.received = []
 
@@ -440,7 +443,7 @@ class SendToConnectionTests(TcpTestMixin, SynchronousTestCase):
             worker.node.send([conn.address], b"x" * 70000)
             worker.send(message.return_route, b"after")
 
-        self.node.start_worker("big", FunctionWorker(big))
+        self.node.start_worker("big", FunctionWorker(big, access=ANYONE))
         proto.dataReceived(frame(["big"], [A], b""))
         self.assertEqual(t.value(), frame([A], ["big"], b"after"))
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -561,7 +564,7 @@ class FlowControlTests(TcpTestMixin, SynchronousTestCase):
             worker.node.send([self.c.address, "far"], b"x")
             worker.node.send([self.c.address, "far"], b"y")
 
-        self.node.start_worker("twice", FunctionWorker(twice))
+        self.node.start_worker("twice", FunctionWorker(twice, access=ANYONE))
         self.tc.producer.pauseProducing()
         self.pa.dataReceived(frame(["twice"], [A], b"1") + frame(["twice"], [A], b"2"))
         self.assertEqual(seen, [b"1"])
@@ -596,7 +599,7 @@ class FlowControlTests(TcpTestMixin, SynchronousTestCase):
             worker.node.send([self.c.address, "far"], message.payload)
             worker.node.send([d.address, "far"], message.payload)
 
-        self.node.start_worker("fanout", FunctionWorker(fanout))
+        self.node.start_worker("fanout", FunctionWorker(fanout, access=ANYONE))
         self.tc.producer.pauseProducing()
         td.producer.pauseProducing()
         self.pa.dataReceived(frame(["fanout"], [A], b"1") + frame(["fanout"], [A], b"2"))

@@ -29,6 +29,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
 from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IFlowSource
@@ -115,33 +116,20 @@ def parse_payload(payload: bytes) -> bytes:
 def watched_hop(node, route):
     """
     What a route's first hop depends on, if it can end: the TCP connection
-    it names, or the secure channel whose encryptor it names.  Either has
-    C{on_close(f)} and C{cancel_on_close(key)}.
+    it names, or the secure channel whose encryptor it names (see
+    L{ockamtw.node.BaseNode.link_of}).
     """
     if not route:
         return None
-    link = node.tcp.connection(route[0])
-    if link is not None:
-        return link
-    end = getattr(node.worker_at(route[0]), "end", None)
-    if end is not None and hasattr(end, "on_close"):
-        return end
-    return None
+    return node.link_of(route[0])
 
 
-def identity_of(message):
+def authorized_policy(authorized):
     """
-    The identifier of the secure channel peer a message came from, if any.
+    The access policy of an outlet or of an inlet's Pong: everyone, or the
+    secure channel peers in C{authorized}.
     """
-    local = message.local
-    return local.get("identity") if local else None
-
-
-def allowed(authorized, message) -> bool:
-    """
-    Whether C{message} passes an C{authorized} list (C{None}: everyone).
-    """
-    return authorized is None or identity_of(message) in authorized
+    return ANYONE if authorized is None else Identities(authorized)
 
 
 class _SocketProtocol(Protocol):
@@ -198,6 +186,8 @@ class PortalWorker(Worker):
         self._closer = None
         self._link = None
         self._link_key = None
+        self._origin = None
+        self._origin_key = None
         self._head: Optional[bytes] = None
         self.finished = False
         self.bytes_in = 0
@@ -277,23 +267,18 @@ class PortalWorker(Worker):
     # --- routed side ------------------------------------------------------------------
 
     def receive(self, message) -> None:
-        authorized = getattr(self.owner, "authorized", None)
-        # Once open, a portal accepts only what its outlet or inlet would
-        # (before that, the inlet's Pong check decides).
-        if authorized is not None and self.remote_route is not None and not allowed(authorized, message):
-            self.dropped += 1
-            log.warn(
-                "{side} {address}: message from {peer} refused (not authorized)",
-                side=self.side,
-                address=str(self.address),
-                peer=identity_of(message) or "a peer without a secure channel",
-            )
-            return
+        # Who may send is the node's business (the portal's access policy:
+        # once open, only the origin its stream was opened through).
         payload = message.payload
         if not payload:
-            log.warn("{side} {address}: empty portal message dropped", side=self.side, address=str(self.address))
+            self.dropped += 1
             return
         tag = payload[0]
+        if self.remote_route is None and tag > 2:
+            # Not open yet: only the outlet's Pong (or its Disconnect, when
+            # it cannot reach its target) may come.
+            self.dropped += 1
+            return
         if tag == _PAYLOAD_TAG:
             try:
                 data = parse_payload(payload)
@@ -375,13 +360,21 @@ class PortalWorker(Worker):
     flush_grace = 30.0
     close_grace = 2.0
 
-    def set_remote(self, route: Route) -> None:
+    def set_remote(self, route: Route, origin=None) -> None:
         """
-        The other side's portal is at the end of C{route}.  If the route
-        starts with a TCP connection of this node, the portal ends when that
-        connection does: the other side can no longer be reached.
+        The other side's portal is at the end of C{route}, and its messages
+        come from C{origin} (the connection or secure channel the stream was
+        opened through; C{None}: this node): from now on the portal accepts
+        messages from there only, and ends when it closes.  If the route
+        starts with a TCP connection or secure channel of this node, the
+        portal ends when that does too: the other side can no longer be
+        reached.
         """
         self.remote_route = route
+        self.node.set_access(self.address, FromOrigin(origin))
+        if origin is not None and hasattr(origin, "on_close") and origin is not self.node.link_of(route[0] if route else None):
+            self._origin = origin
+            self._origin_key = origin.on_close(self._origin_lost)
         self.flow = bool(route) and offers_flow_control(self.address) and offers_flow_control(route[-1])
         link = watched_hop(self.node, route)
         if link is not None:
@@ -392,6 +385,16 @@ class PortalWorker(Worker):
             # side starts with once the link has stripped itself (version,
             # onward, return route), for the fast path.
             self._head = b"\x01" + route.step().encode() + Route([self.address]).encode()
+
+    def _origin_lost(self, origin) -> None:
+        self._origin_key = None
+        if not self.finished:
+            log.info(
+                "{side} {address}: the peer that opened it is gone; portal closed",
+                side=self.side,
+                address=str(self.address),
+            )
+            self.finish(notify=False, grace=self.close_grace)
 
     def _link_lost(self, link) -> None:
         self._link_key = None
@@ -417,6 +420,10 @@ class PortalWorker(Worker):
             self._link.cancel_on_close(self._link_key)
             self._link_key = None
         self._link = None
+        if self._origin_key is not None:
+            self._origin.cancel_on_close(self._origin_key)
+            self._origin_key = None
+        self._origin = None
         if notify and self.remote_route is not None and self.node is not None:
             try:
                 self.node.send(self.remote_route, DISCONNECT, sender=self.address)

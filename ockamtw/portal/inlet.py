@@ -15,7 +15,7 @@ from ..errors import OckamError, TransportError
 from ..node import InFlight, gather
 from ..routing import Route
 from ..transport.tcp import server_description
-from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, allowed, identity_of, portal_address, watched_hop
+from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
@@ -39,7 +39,8 @@ class InletPortal(PortalWorker):
     def _socket_made(self, transport) -> None:
         PortalWorker._socket_made(self, transport)
         self._reading.pause()  # until Pong
-        self.owner.node.start_worker(portal_address(self.owner.flow_control), self)
+        # Until the Pong, the inlet's policy says who may answer.
+        self.owner.node.start_worker(portal_address(self.owner.flow_control), self, access=self.owner.pong_access)
         self._deadline = self.owner.reactor.seconds() + self.owner.ping_timeout
         self._ping()
 
@@ -76,14 +77,9 @@ class InletPortal(PortalWorker):
             PortalWorker.control(self, tag, message)
             return
         if self.remote_route is None and not self.finished:
-            if not allowed(self.owner.authorized, message):
-                log.warn(
-                    "inlet {listen}: Pong from {peer} refused (not authorized)",
-                    listen=self.owner.socket_address,
-                    peer=identity_of(message) or "a peer without a secure channel",
-                )
+            if not message.return_route:
                 return
-            self.set_remote(message.return_route)
+            self.set_remote(message.return_route, message.origin)
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
@@ -136,6 +132,8 @@ class Inlet:
         self.node = node
         self.flow_control = flow_control
         self.authorized = None if authorized is None else frozenset(authorized)
+        #: Who may answer a Ping (and so open a stream): see L{ockamtw.access}.
+        self.pong_access = authorized_policy(self.authorized)
         self.reactor = node.reactor
         self.listen_description = server_description(listen)
         self.listen_text = listen

@@ -11,7 +11,8 @@ from twisted.logger import Logger
 from ..errors import WireError
 from ..node import Worker, gather
 from ..transport.tcp import client_endpoint
-from . import PING, PONG, PortalWorker, _OneProtocolFactory, allowed, identity_of, offers_flow_control, portal_address
+from ..logs import short
+from . import PING, PONG, PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -54,6 +55,9 @@ class Outlet(Worker):
         self.target = target
         self.flow_control = flow_control
         self.authorized = None if authorized is None else frozenset(authorized)
+        #: Who may open a stream (send Ping): everyone, or the secure
+        #: channel peers in C{authorized}; the node enforces it.
+        self.access = authorized_policy(self.authorized)
         self.connect_timeout = connect_timeout
         self.portals: set = set()
         self.accepted = 0
@@ -64,27 +68,15 @@ class Outlet(Worker):
 
     def receive(self, message) -> None:
         if message.payload != PING:
-            log.info(
-                "outlet {address}: only Ping is accepted; dropped {n} bytes",
-                address=self.address.value,
-                n=len(message.payload),
-            )
             return
         if not message.return_route or self.closed:
-            return
-        if not allowed(self.authorized, message):
-            log.warn(
-                "outlet {address}: Ping from {peer} refused (not authorized)",
-                address=self.address.value,
-                peer=identity_of(message) or "a peer without a secure channel",
-            )
             return
         portal = OutletPortal(self)
         # Flow control only with an inlet that offers it: to any other
         # peer, the portal looks as Ockam's do.
         offered = offers_flow_control(message.return_route[-1])
         self.node.start_worker(portal_address(self.flow_control and offered), portal)
-        portal.set_remote(message.return_route)
+        portal.set_remote(message.return_route, message.origin)
         self.portals.add(portal)
         self.accepted += 1
         try:

@@ -23,8 +23,12 @@ from typing import Iterable, Optional
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from zope.interface import implementer
+
+from ..access import ANYONE, NOBODY, RelayedFor
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
+from ..interfaces import IOrigin
 from ..node import Worker
 from ..routing import Address, Route
 from ..wire import TransportMessage
@@ -75,12 +79,31 @@ class TrustPolicy:
 
 class _Part(Worker):
     """
-    One of a channel end's three workers.
+    One of a channel end's three workers, each with its own access policy:
+
+      - the decryptor takes anything (only what decrypts gets through);
+      - the encryptor takes only this node's own messages, and those a
+        relay passes on for the channel's peer (a relay it registered
+        through this channel): nobody else may speak to the peer as us;
+      - the backwards address takes nothing.
     """
 
     def __init__(self, end: "ChannelEnd", role: str) -> None:
         self.end = end
         self.role = role
+        if role == "decryptor":
+            self.access = ANYONE
+        elif role == "encryptor":
+            self.access = RelayedFor(end)
+        else:
+            self.access = NOBODY
+
+    @property
+    def leads_to(self):
+        """
+        A route through the encryptor leaves the node through the channel.
+        """
+        return self.end if self.role == "encryptor" else None
 
     def receive(self, message) -> None:
         if self.role == "decryptor":
@@ -91,19 +114,26 @@ class _Part(Worker):
             log.info("secure channel backwards address {a} got a message; dropped", a=str(self.address))
 
 
+@implementer(IOrigin)
 class ChannelEnd(CloseNotifier):
     """
-    One end of a secure channel.
+    One end of a secure channel, and the origin of the messages it
+    decrypts (C{identity} is the peer's identifier once it is up).
+
+    The channel ends with the origin of the peer's handshake messages (the
+    TCP connection or outer secure channel they came through).
 
     @ivar encryptor: the L{Address} to route through.
     @ivar peer_identifier: the other end's identifier (C{P<hex>}) once
         established.
-    @ivar status: C{"handshake"}, C{"identity"}, C{"up"} or C{"closed"}.
+    @ivar status: C{"m2"}, C{"m3"} (waiting for that key exchange
+        message), C{"m4"}, C{"m5"} (waiting for that identity message),
+        C{"up"} or C{"closed"}.
     """
 
     def __init__(self, node, identity, trust: TrustPolicy, initiator: bool, owner=None) -> None:
         self.node = node
-        self.identity = identity
+        self.own_identity = identity
         self.trust = trust
         self.initiator = initiator
         self.owner = owner
@@ -124,6 +154,7 @@ class ChannelEnd(CloseNotifier):
         self._timer = None
         self._link = None
         self._link_key = None
+        self._peer_origin = None
         self.decryptor = node.start_worker(None, _Part(self, "decryptor"))
         self.encryptor = node.start_worker(None, _Part(self, "encryptor"))
         self.backwards = node.start_worker(None, _Part(self, "backwards"))
@@ -147,9 +178,14 @@ class ChannelEnd(CloseNotifier):
         """
         Answer M1 (a message to the listener) with M2.
         """
+        if not m1.return_route:
+            raise SecureChannelError("M1 without a return route")
         request = CreateResponderChannelMessage.decode(m1.payload)
         self._peer_backwards = request.backwards_address()
         self.remote_route = m1.return_route
+        self._watch(m1.origin)
+        if self.status == "closed":
+            raise SecureChannelError("the connection M1 came through is closed")
         self._hs.read_message(request.payload)
         msg2 = self._hs.write_message(b"")
         self._status("m3")
@@ -178,7 +214,12 @@ class ChannelEnd(CloseNotifier):
                 self._fail(e)
 
     def _on_m2(self, message) -> None:
+        if not message.return_route:
+            raise SecureChannelError("M2 without a return route")
         self.remote_route = message.return_route
+        self._watch(message.origin)
+        if self.status == "closed":
+            return
         self._hs.read_message(decode_key_exchange(message.payload))
         msg3 = self._hs.write_message(b"")
         self._split()
@@ -193,7 +234,7 @@ class ChannelEnd(CloseNotifier):
         self._send_inner(
             Route([self._peer_backwards]),
             Route([self.backwards]),
-            IdentityChannelMessage.request(self.identity.export(), self.identity.sign(self._h)).encode(),
+            IdentityChannelMessage.request(self.own_identity.export(), self.own_identity.sign(self._h)).encode(),
             sender=self.decryptor,
         )
 
@@ -208,7 +249,7 @@ class ChannelEnd(CloseNotifier):
             peer.verify(self._h, exchange.signature)
         except (IdentityError, WireError) as e:
             raise SecureChannelError(f"the peer's identity does not verify: {e}") from None
-        self.trust.check(self.identity.identifier, peer.identifier)
+        self.trust.check(self.own_identity.identifier, peer.identifier)
         self.peer_identifier = peer.identifier
         if self.initiator:
             if not inner.return_route:
@@ -217,7 +258,7 @@ class ChannelEnd(CloseNotifier):
             self._send_inner(
                 Route([self._peer_backwards]),
                 Route([self.backwards]),
-                IdentityChannelMessage.response(self.identity.export(), self.identity.sign(self._h)).encode(),
+                IdentityChannelMessage.response(self.own_identity.export(), self.own_identity.sign(self._h)).encode(),
                 sender=self.decryptor,
             )
         self._established()
@@ -229,6 +270,7 @@ class ChannelEnd(CloseNotifier):
             raise SecureChannelError("inner message does not start at our backwards address")
         inner = inner.with_routes(onward.step(), inner.return_route.prepend(self.encryptor))
         inner.source = message.source
+        inner.origin = self
         inner.local = {IDENTITY: self.peer_identifier}
         self.node.deliver(inner)
 
@@ -277,15 +319,34 @@ class ChannelEnd(CloseNotifier):
     def _status(self, status: str) -> None:
         self.status = status
 
+    def _watch(self, origin) -> None:
+        """
+        End with C{origin}, where the peer's handshake came from (a TCP
+        connection, or an outer secure channel); C{None}: this node.
+        """
+        if origin is self._peer_origin:
+            return
+        if self._link_key is not None:
+            self._link.cancel_on_close(self._link_key)
+            self._link_key = None
+        self._peer_origin = origin
+        self._link = origin
+        if origin is not None and hasattr(origin, "on_close"):
+            if not getattr(origin, "connected", True):
+                self._link_closed()
+                return
+            self._link_key = origin.on_close(lambda _: self._link_closed())
+
+    @property
+    def identity(self) -> Optional[str]:
+        """
+        The peer's identifier once the channel is up (IOrigin).
+        """
+        return self.peer_identifier if self.status == "up" else None
+
     def _established(self) -> None:
         self._status("up")
         self._cancel_timer()
-        # The channel ends with the TCP connection it runs over.
-        route = self.remote_route
-        link = self.node.tcp.connection(route[0]) if route else None
-        if link is not None:
-            self._link = link
-            self._link_key = link.on_close(lambda _: self._link_closed())
         log.info(
             "secure channel {e} up with {peer} ({role})",
             e=str(self.encryptor),
@@ -297,9 +358,13 @@ class ChannelEnd(CloseNotifier):
 
     def _link_closed(self) -> None:
         self._link_key = None
-        if self.status != "closed":
-            log.info("secure channel {e}: its connection closed; channel closed", e=str(self.encryptor))
-            self.close()
+        if self.status == "closed":
+            return
+        if self.status != "up":
+            self._fail(SecureChannelError("the connection to the peer closed during the handshake"))
+            return
+        log.info("secure channel {e}: its connection closed; channel closed", e=str(self.encryptor))
+        self.close()
 
     @property
     def connected(self) -> bool:
@@ -371,7 +436,12 @@ class SecureChannelListener(Worker):
         self.timeout = timeout
         self.channels: set = set()
 
+    access = ANYONE
+
     def receive(self, message) -> None:
+        if not message.return_route:
+            log.info("secure channel listener {a}: M1 without a return route dropped", a=self.address.value)
+            return
         end = ChannelEnd(self.node, self.identity, self.trust, initiator=False, owner=self)
         self.channels.add(end)
         try:

@@ -28,9 +28,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..access import ANYONE
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, send_now, tune
-from ..interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
+from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, IWorker
 from ..node import InFlight, gather
 from ..routing import Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -92,11 +93,14 @@ def server_description(text: Union[str, int]) -> str:
     return text
 
 
-def client_target(text: str):
+def client_target(text: str, hostport_only: bool = False):
     """
     Parse a connect target: C{host:port}, C{[v6]:port}, C{1#host:port} or a
     client endpoint string.  Returns C{("hostport", host, port)} or
     C{("endpoint", description)}.
+
+    With C{hostport_only} (a TCP hop named in a route), endpoint strings
+    (C{unix:/path}, ...) are refused.
     """
     text = text.strip()
     if text.startswith("1#"):
@@ -104,19 +108,21 @@ def client_target(text: str):
     hp = _split_hostport(text)
     if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
         return ("hostport", hp[0], hp[1])
+    if hostport_only:
+        raise WireError(f"a TCP address in a route is HOST:PORT, not {text!r}")
     if ":" not in text:
         raise WireError(f"not host:port or an endpoint string: {text!r}")
     return ("endpoint", text)
 
 
-def client_endpoint(reactor, target: str, timeout: float = 10.0):
+def client_endpoint(reactor, target: str, timeout: float = 10.0, hostport_only: bool = False):
     """
     A client endpoint for C{target} (see L{client_target}) and the
     C{host:port} key it is known by.
 
     @raise WireError: for a target that is neither.
     """
-    kind = client_target(target)
+    kind = client_target(target, hostport_only)
     if kind[0] == "hostport":
         _, host, port = kind
         key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -183,12 +189,24 @@ class _FrameFactory(Factory):
         return p
 
 
-@implementer(ITcpConnection, IWorker, IFlowSource)
+@implementer(ITcpConnection, IWorker, IFlowSource, IOrigin)
 class TcpConnection(CloseNotifier):
     """
     One TCP connection: a worker at C{address} that writes what it is sent
-    to the socket, and a flow source for what it reads.
+    to the socket, a flow source for what it reads, and the origin of the
+    messages it reads (a peer that has proved nothing: C{identity} is
+    C{None}).
+
+    Anyone may send to it (it is how messages leave the node), except that
+    a connection of this node to itself (a loop) carries only this node's
+    own messages.
     """
+
+    access = ANYONE
+    identity = None
+    #: The other end of this connection when the node is connected to
+    #: itself, else C{None}.
+    loop = None
 
     def __init__(self, tcp: "TcpTransport", transport, mode: str) -> None:
         self._tcp = tcp
@@ -228,6 +246,7 @@ class TcpConnection(CloseNotifier):
             t.abortConnection()
             return
         self._tcp._add(self)
+        self._tcp._find_loop(self)
         log.info(
             "TCP connection {mode} {peer} as {address}",
             mode=self.mode,
@@ -299,6 +318,18 @@ class TcpConnection(CloseNotifier):
     def receive(self, message: TransportMessage) -> None:
         if not self.connected:
             return
+        if self.loop is not None and message.origin is not None:
+            # A peer's message would come straight back into this node.
+            self._node.dropped += 1
+            self._node.throttle.log(
+                log,
+                "warn",
+                ("loop", message.origin),
+                "connection {address} leads back to this node: a message from a peer would loop; dropped",
+                address=str(self.address),
+                node=self._node.name,
+            )
+            return
         out = message.with_routes(message.onward_route.step(), message.return_route)
         try:
             parts = frame_parts(out)
@@ -333,6 +364,13 @@ class TcpConnection(CloseNotifier):
         Whether the outbound buffer is over its high-water mark.
         """
         return self.backpressure.congested
+
+    @property
+    def leads_to(self):
+        """
+        A route through this worker leaves the node through this connection.
+        """
+        return self
 
     # --- IFlowSource: messages read ---------------------------------------------
 
@@ -377,6 +415,7 @@ class TcpConnection(CloseNotifier):
                 self.messages_in += 1
                 message.return_route = message.return_route.prepend(me)
                 message.source = self
+                message.origin = self
                 node.deliver(message)
         finally:
             self._processing = False
@@ -625,12 +664,18 @@ class TcpTransport:
             return succeed(None)
         return keeper.stop()
 
-    def connect_shared(self, target: str) -> Deferred:
+    def connect_shared(self, target: str, route_hop: bool = False) -> Deferred:
         """
         An open outgoing connection to C{target} if there is one, else the
         one being made to it, else a new one: concurrent callers share one
-        connection.
+        connection.  With C{route_hop} (a TCP hop named in a route), the
+        target must be C{host:port}: endpoint strings such as C{unix:/path}
+        are refused.
+
+        @raise WireError: for a C{route_hop} that is not C{host:port}.
         """
+        if route_hop:
+            client_target(target, hostport_only=True)
         conn = self.connection_to(target)
         if conn is not None:
             return succeed(conn)
@@ -655,6 +700,34 @@ class TcpTransport:
 
     def _remove(self, conn: TcpConnection) -> None:
         self._connections.pop(conn.address, None)
+        other = conn.loop
+        if other is not None:
+            conn.loop = None
+            if other.loop is conn:
+                other.loop = None
+
+    def _find_loop(self, conn: TcpConnection) -> None:
+        """
+        Pair C{conn} with the other end of the same socket if this node is
+        connected to itself (the one's local address is the other's peer).
+        """
+        want_mode = MODE_ACCEPTED if conn.mode == MODE_OUTGOING else MODE_OUTGOING
+        for other in self._connections.values():
+            if (
+                other is not conn
+                and other.mode == want_mode
+                and other.socket_address == conn.local_address
+                and other.local_address == conn.socket_address
+            ):
+                conn.loop = other
+                other.loop = conn
+                log.info(
+                    "connections {a} and {b} of node {node} are a loop to itself",
+                    a=str(conn.address),
+                    b=str(other.address),
+                    node=self.node.name,
+                )
+                return
 
     @property
     def connections(self) -> List[TcpConnection]:
