@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+from typing import Optional
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from twisted.logger import LogLevel, Logger, textFileLogObserver
 from twisted.python import usage
+from twisted.python.logfile import LogFile
 
 from twisted.python.failure import Failure
 
@@ -26,6 +29,103 @@ from .routing import Address, MultiAddr
 from .transport.tcp import client_target, server_description
 
 log = Logger(namespace="ockamtw.tap")
+
+#: Rotate the log file when it reaches this many bytes (C{--log-max-size}).
+LOG_MAX_SIZE = 10 * 1000 * 1000
+#: Keep this many rotated log files, C{LOG.1} to C{LOG.N} (C{--log-max-files}).
+LOG_MAX_FILES = 5
+
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+
+def parse_size(text: str) -> int:
+    """
+    C{10000000}, C{10M}, C{512k} or C{1G} (powers of 1000) in bytes.
+
+    @raise ValueError: for anything else, or less than 1 byte.
+    """
+    value = text.strip().lower()
+    if value.endswith("b"):
+        value = value[:-1]
+    unit = value[-1:] if value[-1:] in ("k", "m", "g") else ""
+    number = value[: len(value) - len(unit)]
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
+        raise ValueError(f"expected a size such as 10000000, 10M or 512k, got {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+class NodeLog:
+    """
+    twistd's log file, written by the node process itself and rotated by
+    size: C{LOG} is renamed C{LOG.1} (C{LOG.1} to C{LOG.2}, ...) when it
+    reaches C{max_size} bytes, and only C{max_files} old files are kept.
+    Files are created with mode 0600.
+
+    L{Options} installs one (twistd's C{--logger}) whenever twistd would log
+    to a file: C{--logfile FILE}, or C{twistd.log} when it daemonizes.
+    """
+
+    def __init__(self, path: str, max_size: int, max_files: int, rotate_on_usr1: bool = False) -> None:
+        self.path = os.path.abspath(path)
+        self.max_size = max_size
+        self.max_files = max_files
+        self.rotate_on_usr1 = rotate_on_usr1
+        self._file: Optional[LogFile] = None
+        self._observer = None
+
+    def file(self) -> LogFile:
+        if self._file is None:
+            self._file = LogFile.fromFullPath(
+                self.path, rotateLength=self.max_size, maxRotatedFiles=self.max_files, defaultMode=0o600
+            )
+        return self._file
+
+    def observer(self):
+        """
+        The observer twistd logs to (made once).
+        """
+        if self._observer is None:
+            self._observer = textFileLogObserver(self.file())
+            if self.rotate_on_usr1:  # as twistd does for its own log file
+                logfile = self.file()
+
+                def rotate(signum, frame):
+                    from twisted.internet import reactor
+
+                    reactor.callFromThread(logfile.rotate)
+
+                signal.signal(signal.SIGUSR1, rotate)
+        return self._observer
+
+    def critical(self, line: str) -> None:
+        """
+        Write C{line} to the log at once, whether or not twistd's logging
+        has begun (a fatal error at start, before it has).
+        """
+        self.observer()(
+            {
+                "log_format": "{line}",
+                "line": line,
+                "log_level": LogLevel.critical,
+                "log_namespace": log.namespace,
+                "log_time": time.time(),
+            }
+        )
+        self.file().flush()
+
+
+#: The log L{Options} set up for this process (read by L{logObserver}).
+_node_log: Optional[NodeLog] = None
+
+
+def logObserver():
+    """
+    twistd's C{--logger}: the observer of the log set up by L{Options}
+    (standard output if there is none).
+    """
+    if _node_log is None:
+        return textFileLogObserver(sys.stdout)
+    return _node_log.observer()
 
 
 class Options(usage.Options):
@@ -45,6 +145,26 @@ class Options(usage.Options):
         ["state", None, None, "A node directory (as `ockam node create` makes): restore and keep its state there, and serve the control API on its control.sock."],
     ]
 
+    def opt_log_max_size(self, value: str) -> None:
+        """
+        Rotate the log file (twistd's --logfile, or twistd.log when
+        daemonized) when it reaches this size: bytes, or with k, M or G
+        [default: 10M].
+        """
+        try:
+            self["log-max-size"] = parse_size(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--log-max-size: {e}") from None
+
+    def opt_log_max_files(self, value: str) -> None:
+        """
+        How many rotated log files (LOG.1 ... LOG.N) to keep, at least 1
+        [default: 5].
+        """
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
+            raise usage.UsageError(f"--log-max-files: expected a number from 1, got {value!r}")
+        self["log-max-files"] = int(value)
+
     def opt_listen(self, value: str) -> None:
         try:
             self["listen"] = server_description(value)
@@ -57,6 +177,8 @@ class Options(usage.Options):
         self["outlet"] = []
         self["inlet"] = []
         self["relay"] = []
+        self["log-max-size"] = LOG_MAX_SIZE
+        self["log-max-files"] = LOG_MAX_FILES
 
     def opt_outlet(self, value: str) -> None:
         """
@@ -126,16 +248,47 @@ class Options(usage.Options):
         name = self["name"]
         if name is not None and (name == "" or "/" in name or name.strip() != name):
             raise usage.UsageError(f"--name: not a valid node name: {name!r}")
+        self._rotate_twistd_log()
+
+    def _rotate_twistd_log(self) -> None:
+        """
+        When twistd (our parent options) would log to a file, log there
+        through a L{NodeLog} instead, rotated by C{--log-max-size} and
+        C{--log-max-files}: twistd's own file grows to 1 MB pieces without
+        a bound on their number.  Standard output (C{-n}), syslog and a
+        C{--logger} of the user's are left alone.
+        """
+        global _node_log
+        parent = getattr(self, "parent", None)
+        if not isinstance(parent, usage.Options) or "logfile" not in parent:
+            return
+        if parent.get("logger") or parent.get("syslog"):
+            return
+        path = parent.get("logfile")
+        nodaemon = bool(parent.get("nodaemon"))
+        if path == "-" or (not path and nodaemon):
+            return
+        _node_log = NodeLog(path or "twistd.log", self["log-max-size"], self["log-max-files"], not nodaemon)
+        parent["logger"] = f"{__name__}.logObserver"
 
 
 def _fatal(line: str) -> None:
     """
     End twistd before the reactor runs: one line on the real stderr (twistd
-    has redirected sys.stderr into its log by now), exit status 1.
+    has redirected sys.stderr into its log by now) and in the log file if
+    there is one (its logging may not have begun yet), exit status 1.
     """
     stream = sys.__stderr__ or sys.stderr
-    stream.write(line + "\n")
-    stream.flush()
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):  # nobody reads it any more: the log has it
+        pass
+    if _node_log is not None:
+        try:
+            _node_log.critical(line)
+        except OSError:
+            pass
     raise SystemExit(1)
 
 
@@ -352,12 +505,14 @@ def makeService(options, reactor=None):
     state = None
     name, listen = options["name"], options["listen"]
     if state_dir:
-        state = st.read_state(state_dir)
-        if state is None:
-            _fatal(f"ockam: no node state in {state_dir}")
+        try:
+            state = st.load_state(state_dir)
+        except st.StateError as e:
+            _fatal(f"ockam: {e}")
         problem = st.socket_path_problem(state_dir)
         if problem:
             _fatal(f"ockam: {problem}")
+        st.secure_node_dir(state_dir)  # 0700 and 0600, also for a node made by an older version
         name = name or state.get("name")
         if not listen and state.get("listen"):
             listen = server_description(state["listen"])

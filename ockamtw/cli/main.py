@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import List, Optional
@@ -139,24 +140,39 @@ class Commands:
             await c.close()
 
     async def _wait_ready(self, name: str, proc, log_offset: int, timeout: float = 20.0) -> dict:
+        """
+        Wait until the node process C{proc} answers on its control socket
+        (and is the one answering); its info.  If it exits first, or does
+        not answer within C{timeout} (then it is stopped), a L{CLIError}
+        says why.
+        """
         from .client import ControlClient
 
         deadline = time.monotonic() + timeout
         c = ControlClient(self.reactor, name, self.nodes.socket(name))
         self._clients.append(c)
-        while True:
-            code = proc.poll()
-            if code is not None:
-                raise CLIError(self.nodes.startup_error(name, log_offset))
-            if os.path.exists(self.nodes.socket(name)):
-                try:
-                    return await c.call("GET", "node")
-                except CLIError:
-                    pass
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
-            await task.deferLater(self.reactor, 0.05, lambda: None)
+        stderr = _PipeTail(proc.stderr)
+        try:
+            while True:
+                stderr.read()
+                code = proc.poll()
+                if code is not None:
+                    stderr.read()
+                    raise CLIError(self.nodes.startup_error(name, log_offset, stderr.data, code))
+                if os.path.exists(self.nodes.socket(name)):
+                    try:
+                        info = await c.call("GET", "node")
+                    except CLIError:
+                        pass
+                    else:
+                        if info.get("pid") == proc.pid:
+                            return info
+                if time.monotonic() > deadline:
+                    _end(proc)
+                    raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
+                await task.deferLater(self.reactor, 0.05, lambda: None)
+        finally:
+            stderr.close()
 
     # node ---------------------------------------------------------------------
 
@@ -177,35 +193,57 @@ class Commands:
             if not os.path.exists(st.identity_path(self.nodes.home, a.identity)):
                 raise CLIError(f"no identity named {a.identity!r} (create it with: ockam identity create {a.identity})")
             state["identity"] = a.identity
-        d = self.nodes.dir(name)
-        os.makedirs(d, exist_ok=True)
-        st.write_state(d, state)
-        if a.foreground:
-            from ..tap import run
-
-            run(["-n", "--pidfile", os.path.join(d, st.PIDFILE), "ockam", "--state", d])
-            return
-        offset = self.nodes.log_size(name)
-        proc = self.nodes.spawn(name)
+        d = self.nodes.make_dir(name)  # exclusive: of two racing creates, one gets it
         try:
-            info = await self._wait_ready(name, proc, offset)
+            with self.nodes.lock(name):
+                st.write_state(d, state)
+                if a.foreground:
+                    # Become the node (its command line names DIR, as a
+                    # background node's does); it logs to standard output.
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    argv = self.nodes.node_argv(name, log=False)
+                    os.execv(argv[0], argv)
+                offset = self.nodes.log_size(name)
+                proc = self.nodes.spawn(name)
+                try:
+                    info = await self._wait_ready(name, proc, offset)
+                except BaseException:
+                    _end(proc)
+                    raise
         except BaseException:
-            proc.wait(timeout=10) if proc.poll() is None else None
-            self.nodes.delete(name)
+            self.nodes.delete(name)  # the directory is this command's own
             raise
         self.out.emit(info, node_block(info))
 
     async def _node_info(self, name: str) -> dict:
-        if self.nodes.running(name):
+        """
+        What C{node show} prints: the running node's own answer; else what
+        its state on disk says (C{DOWN}, or C{UNRESPONSIVE} when its process
+        runs but does not answer).
+
+        @raise st.StateError: for a stopped node whose state is broken.
+        """
+        pid = self.nodes.pid(name)
+        if pid is not None:
+            d = defer.Deferred.fromCoroutine(self.client(name).call("GET", "node"))
+            timed_out = []
+            timer = self.reactor.callLater(NODE_ANSWER_TIMEOUT, lambda: (timed_out.append(True), d.cancel()))
             try:
-                return await self.client(name).call("GET", "node")
+                return await d
             except CLIError:
                 pass
+            except Exception:
+                if not timed_out:  # (cancelled, treq says ResponseNeverReceived)
+                    raise
+            finally:
+                if timer.active():
+                    timer.cancel()
         state = self.nodes.state(name)
         return {
             "name": name,
-            "status": "DOWN",
-            "pid": None,
+            "status": "DOWN" if pid is None else "UNRESPONSIVE",
+            "pid": pid,
             "route": f"/node/{name}",
             "listener": state.get("listen"),
             "services": [],
@@ -220,9 +258,17 @@ class Commands:
         }
 
     async def node_list(self):
-        infos = [await self._node_info(n) for n in self.nodes.names()]
+        infos, problems = [], []
+        for n in self.nodes.names():
+            try:
+                infos.append(await self._node_info(n))
+            except st.StateError as e:
+                problems.append(str(e))
+                infos.append(_broken_info(n, e, self.nodes.pid(n)))
         rows = [[i["name"], i["status"], str(i.get("pid") or "-"), i.get("listener") or "-"] for i in infos]
         self.out.emit(infos, table(["Node", "Status", "PID", "Listener"], rows))
+        for problem in problems:
+            print(f"ockam: {problem}", file=sys.stderr)
 
     async def node_show(self):
         name = self.nodes.pick(self.args.name)
@@ -231,17 +277,27 @@ class Commands:
 
     async def node_stop(self):
         name = self.nodes.require(self.args.name)
-        if not self.nodes.stop(name):
+        with self.nodes.lock(name):
+            stopped = self.nodes.stop(name)
+            self.nodes.clear_stale(name)
+        if not stopped:
             raise CLIError(f"node {name} is not running")
         self.out.emit({"name": name, "status": "DOWN"}, f"Node {name} stopped")
 
     async def node_start(self):
         name = self.nodes.require(self.args.name)
-        if self.nodes.running(name):
-            raise CLIError(f"node {name} is already running")
-        offset = self.nodes.log_size(name)
-        proc = self.nodes.spawn(name)
-        info = await self._wait_ready(name, proc, offset)
+        with self.nodes.lock(name):
+            pid = self.nodes.pid(name)
+            if pid is not None:
+                raise CLIError(f"node {name} is already running (pid {pid})")
+            self.nodes.state(name)  # a broken state.json: say so here, start nothing
+            problem = st.socket_path_problem(self.nodes.dir(name))
+            if problem:
+                raise CLIError(problem)
+            self.nodes.clear_stale(name)
+            offset = self.nodes.log_size(name)
+            proc = self.nodes.spawn(name)
+            info = await self._wait_ready(name, proc, offset)
         self.out.emit(info, node_block(info))
 
     async def node_logs(self):
@@ -257,9 +313,17 @@ class Commands:
             names = [self.nodes.require(a.name)]
         else:
             raise CLIError("name a node, or use --all")
+        deleted = []
         for name in names:
-            self.nodes.delete(name)
-        self.out.emit({"deleted": names}, "\n".join(f"Node {n} deleted" for n in names) or "No node to delete")
+            try:
+                with self.nodes.lock(name):
+                    self.nodes.delete(name)
+            except CLIError:
+                if a.all and not self.nodes.exists(name):
+                    continue  # deleted by another command meanwhile
+                raise
+            deleted.append(name)
+        self.out.emit({"deleted": deleted}, "\n".join(f"Node {n} deleted" for n in deleted) or "No node to delete")
 
     # tcp-connection ------------------------------------------------------------
 
@@ -406,7 +470,7 @@ class Commands:
         path = st.identity_path(self.nodes.home, name)
         if os.path.exists(path):
             raise CLIError(f"identity {name!r} already exists")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        st.secure_identities_dir(self.nodes.home)
         identity = LocalIdentity.create()
         identity.save(path)
         info = {"name": name, "identifier": identity.identifier}
@@ -647,6 +711,75 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(scl, "list", Commands.scl_list, "list a node's secure channel listeners")
     c.add_argument("--at", metavar="NODE")
     return p
+
+
+#: How long C{node list} and C{node show} wait for a running node to answer.
+NODE_ANSWER_TIMEOUT = 5.0
+
+
+def _broken_info(name: str, error, pid) -> dict:
+    """
+    What C{node list} shows of a node whose state cannot be read.
+    """
+    return {
+        "name": name,
+        "status": "BROKEN",
+        "pid": pid,
+        "route": f"/node/{name}",
+        "listener": None,
+        "services": [],
+        "forwarders": [],
+        "identity": None,
+        "inlets": [],
+        "outlets": [],
+        "relays": [],
+        "problem": error.problem,
+    }
+
+
+class _PipeTail:
+    """
+    What a starting node writes on its standard error (a pipe), read
+    without blocking; the last 64 KiB are kept.
+    """
+
+    LIMIT = 64 * 1024
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.data = b""
+        if pipe is not None:
+            os.set_blocking(pipe.fileno(), False)
+
+    def read(self) -> None:
+        if self.pipe is None or self.pipe.closed:
+            return
+        while True:
+            try:
+                chunk = os.read(self.pipe.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.data = (self.data + chunk)[-self.LIMIT :]
+
+    def close(self) -> None:
+        if self.pipe is not None and not self.pipe.closed:
+            self.pipe.close()
+
+
+def _end(proc) -> None:
+    """
+    Stop a node process this command started (SIGTERM, then SIGKILL after
+    5 s) and reap it.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 def _identity_on_disk(nodes, name, state):

@@ -2,17 +2,26 @@
 Background nodes for the command line: each is a detached C{twistd ockam}
 process with its state under C{$OCKAM_HOME/nodes/NAME/}, reached through
 its control API (L{ockamtw.cli.client}).
+
+A node's pid file is believed only when the process it names is this node
+(L{ockamtw.control.state.node_pid}), and a signal goes only to that process
+(through a pidfd where the platform has them, so a pid reused between the
+check and the signal is never hit).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from ..control import state as st
 
@@ -50,14 +59,19 @@ class Nodes:
         return os.path.join(self.dir(name), st.SOCKET)
 
     def names(self) -> List[str]:
+        """
+        Every node, including one whose state is broken (a directory under
+        C{nodes/} with a node's name).
+        """
+        base = st.nodes_dir(self.home)
         try:
-            entries = sorted(os.listdir(st.nodes_dir(self.home)))
+            entries = sorted(os.listdir(base))
         except FileNotFoundError:
             return []
-        return [n for n in entries if os.path.exists(os.path.join(st.nodes_dir(self.home), n, st.STATE))]
+        return [n for n in entries if st.valid_node_name(n) and os.path.isdir(os.path.join(base, n))]
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(os.path.join(self.dir(name), st.STATE))
+        return os.path.isdir(self.dir(name))
 
     def require(self, name: str) -> str:
         name = node_name(name)
@@ -80,67 +94,147 @@ class Nodes:
         return self.require(name) if name else self.default()
 
     def pid(self, name: str) -> Optional[int]:
-        pid = st.read_pid(self.dir(name))
-        return pid if st.pid_alive(pid) else None
+        """
+        The pid of node C{name}'s process, if it runs (see
+        L{st.node_pid}: a stale pid file naming another process is not).
+        """
+        return st.node_pid(self.dir(name))
 
     def running(self, name: str) -> bool:
-        return self.pid(name) is not None and os.path.exists(self.socket(name))
+        return self.pid(name) is not None
 
     def state(self, name: str) -> dict:
-        return st.read_state(self.dir(name)) or {}
+        """
+        The node's checked state.
+
+        @raise st.StateError: (an L{OckamError}) saying what is wrong with
+            its C{state.json}.
+        """
+        return st.load_state(self.dir(name))
 
     def log_path(self, name: str) -> str:
         return os.path.join(self.dir(name), st.LOGFILE)
 
+    # --- files --------------------------------------------------------------------
+
+    def make_dir(self, name: str) -> str:
+        """
+        Create node C{name}'s directory, exclusively.
+
+        @raise CLIError: if the node exists already.
+        """
+        try:
+            return st.make_node_dir(self.home, name)
+        except FileExistsError:
+            raise CLIError(f"node {name!r} already exists") from None
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        """
+        Hold node C{name}'s lock (C{DIR/lock}) while creating, starting,
+        stopping or deleting it, so that two commands do not do it at once;
+        wait at most C{timeout} seconds for another command to finish.
+        """
+        path = os.path.join(self.dir(name), st.LOCK)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, st.FILE_MODE)
+        except FileNotFoundError:
+            raise CLIError(f"no node named {name!r} (see: ockam node list)") from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                if time.monotonic() > deadline:
+                    raise CLIError(f"node {name} is busy: another ockam command is creating, starting or stopping it")
+                time.sleep(0.05)
+            if not self.exists(name):  # deleted while we waited
+                raise CLIError(f"no node named {name!r} (see: ockam node list)")
+            yield
+        finally:
+            os.close(fd)
+
+    def clear_stale(self, name: str) -> None:
+        """
+        Remove a pid file that does not name this node's live process (after
+        a crash; twistd would refuse to start while its pid is alive), and
+        the control socket it left.  Only call with the node's lock held.
+        """
+        if self.running(name):
+            return
+        for leftover in (st.PIDFILE, st.SOCKET):
+            try:
+                os.unlink(os.path.join(self.dir(name), leftover))
+            except FileNotFoundError:
+                pass
+
     # --- processes --------------------------------------------------------------
+
+    def node_argv(self, name: str, log: bool = True) -> List[str]:
+        """
+        The command of node C{name}'s process: C{twistd ockam --state DIR}
+        (run as C{python -m ockamtw}), writing its own, rotated log to
+        C{node.log} (with C{log}; else twistd logs to standard output).
+        """
+        d = self.dir(name)
+        argv = [sys.executable, "-m", "ockamtw", "-n", "--pidfile", os.path.join(d, st.PIDFILE), "--umask", "0077"]
+        if log:
+            argv += ["--logfile", self.log_path(name)]
+        return argv + ["ockam", "--state", d]
 
     def spawn(self, name: str) -> subprocess.Popen:
         """
-        Start node C{name} from its state as a detached process.
+        Start node C{name} from its state as a detached process.  Its
+        standard error is a pipe the caller reads while the node starts
+        (L{startup_error}); the node logs to C{node.log} itself.
         """
         d = self.dir(name)
-        log = open(self.log_path(name), "ab")
-        try:
-            return subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ockamtw",
-                    "-n",
-                    "--pidfile",
-                    os.path.join(d, st.PIDFILE),
-                    "ockam",
-                    "--state",
-                    d,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=d,
-                start_new_session=True,
-                close_fds=True,
-            )
-        finally:
-            log.close()
+        st.private_dir(st.nodes_dir(self.home))
+        st.secure_node_dir(d)
+        if os.path.isdir(st.identities_dir(self.home)):
+            st.secure_identities_dir(self.home)
+        return subprocess.Popen(
+            self.node_argv(name),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=d,
+            start_new_session=True,
+            close_fds=True,
+        )
 
-    def startup_error(self, name: str, offset: int) -> str:
+    def startup_error(self, name: str, offset: int, stderr: bytes = b"", code: Optional[int] = None) -> str:
         """
         The reason a node process gave for not starting: its last "ockam:"
-        line in the log after C{offset}.
+        line on standard error, else in the log after C{offset}, else its
+        last line of either.
         """
+        err_lines = stderr.decode("utf-8", "replace").splitlines()
+        log_lines = self._log_since(name, offset)
+        for lines in (err_lines, log_lines):
+            for line in reversed(lines):
+                reason = _ockam_reason(line)
+                if reason:
+                    return reason
+        for lines in (err_lines, log_lines):
+            for line in reversed(lines):
+                if line.strip():
+                    return line.strip()
+        status = f" (status {code})" if code is not None else ""
+        return f"the node process exited at start{status}"
+
+    def _log_since(self, name: str, offset: int) -> List[str]:
         try:
             with open(self.log_path(name), "rb") as f:
-                f.seek(offset)
-                lines = f.read().decode("utf-8", "replace").splitlines()
+                size = os.fstat(f.fileno()).st_size
+                f.seek(offset if offset <= size else 0)  # rotated since: all of the new file
+                return f.read().decode("utf-8", "replace").splitlines()
         except OSError:
-            lines = []
-        for line in reversed(lines):
-            if line.startswith("ockam: "):
-                return line[len("ockam: ") :]
-        for line in reversed(lines):
-            if line.strip():
-                return line.strip()
-        return "the node process exited at start"
+            return []
 
     def log_size(self, name: str) -> int:
         try:
@@ -151,35 +245,119 @@ class Nodes:
     def stop(self, name: str, timeout: float = 10.0) -> bool:
         """
         SIGTERM the node's process and wait for it to exit (SIGKILL after
-        C{timeout}).  Returns whether it was running.
+        C{timeout}).  Returns whether it was running.  Only this node's
+        process is ever signalled.
+
+        @raise CLIError: if it is still there after SIGKILL.
         """
+        d = self.dir(name)
         pid = self.pid(name)
         if pid is None:
             return False
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + timeout
-        while st.pid_alive(pid):
-            if time.monotonic() > deadline:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + 5
-            time.sleep(0.02)
+        with _Process(pid) as proc:
+            # The pid may have been reused between the check and the pidfd.
+            if not st.is_node_process(pid, d) or not proc.signal(signal.SIGTERM):
+                return False
+            if not proc.wait(timeout, d):
+                proc.signal(signal.SIGKILL)
+                if not proc.wait(5.0, d):
+                    raise CLIError(f"node {name} (pid {pid}) did not exit, even after SIGKILL")
         _reap(pid)
-        for leftover in (st.PIDFILE, st.SOCKET):
-            try:
-                os.unlink(os.path.join(self.dir(name), leftover))
-            except FileNotFoundError:
-                pass
+        if st.read_pid(d) == pid:
+            for leftover in (st.PIDFILE, st.SOCKET):
+                try:
+                    os.unlink(os.path.join(d, leftover))
+                except FileNotFoundError:
+                    pass
         return True
 
     def delete(self, name: str) -> None:
         self.stop(name)
         shutil.rmtree(self.dir(name), ignore_errors=True)
+
+
+def _ockam_reason(line: str) -> Optional[str]:
+    """
+    The reason in a line C{ockam: REASON}, or in a log line whose message is
+    that (C{TIME [ockamtw.tap#critical] ockam: REASON}).
+    """
+    if line.startswith("ockam: "):
+        return line[len("ockam: ") :]
+    marker = "] ockam: "
+    if marker in line:
+        return line.split(marker, 1)[1]
+    return None
+
+
+class _Process:
+    """
+    One process to signal and wait for: through a pidfd where there are
+    pidfds (Linux 5.3+), so a signal never reaches a later process that got
+    the same pid; else by pid, checking before each signal that the pid is
+    still the node's.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: Optional[int] = None
+        self._directory: Optional[str] = None
+        opener = getattr(os, "pidfd_open", None)
+        if opener is not None and hasattr(signal, "pidfd_send_signal"):
+            try:
+                self.fd = opener(pid)
+            except OSError:
+                self.fd = None
+
+    def __enter__(self) -> "_Process":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def signal(self, signum: int) -> bool:
+        """
+        Send C{signum}; C{False} if the process is gone.
+        """
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, signum)
+            elif self._directory is None or st.is_node_process(self.pid, self._directory):
+                os.kill(self.pid, signum)
+            else:
+                return False
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, timeout: float, directory: str) -> bool:
+        """
+        Wait up to C{timeout} seconds for the process to end; whether it did.
+        """
+        self._directory = directory
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._gone(directory):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.fd is not None:
+                poller = select.poll()
+                poller.register(self.fd, select.POLLIN)
+                poller.poll(min(left, 1.0) * 1000)
+            else:
+                time.sleep(min(left, 0.02))
+
+    def _gone(self, directory: str) -> bool:
+        if self.fd is not None:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            if poller.poll(0):  # readable: the process has exited
+                return True
+            return not st.pid_alive(self.pid)  # a zombie: exited, not reaped
+        return not st.pid_alive(self.pid) or not st.is_node_process(self.pid, directory)
 
 
 def _reap(pid: int) -> None:
