@@ -202,24 +202,24 @@ class SlowReaderFlushTests(PortalTestCase):
     """
 
     timeout = 60
-    SIZE = 2_000_000
-    RATE = 500_000  # about 4 s
+    SIZE = 1_000_000
+    RATE = 500_000  # about 2 s
     GRACE = 0.3
 
-    async def _slow_client_after_close(self, flow_control: bool):
+    async def _slow_client_after_close(self, flow_control: bool, size: int, rate: float):
         self.patch(PortalWorker, "flush_grace", self.GRACE)
         targets, target_port = await self.start_target(
-            lambda: WriterTarget(self.SIZE, seed=31, close=True, small_sndbuf=True)
+            lambda: WriterTarget(size, seed=31, close=True, small_sndbuf=True)
         )
         t = await self.topology(target_port, flow_control=flow_control)
-        client = await self.connect_client(t.inlet_port, SlowCollector(self.RATE, self.SIZE))
+        client = await self.connect_client(t.inlet_port, SlowCollector(rate, size))
         await wait_until(lambda: len(t.inlet.portals) == 1, 5, "the inlet's portal")
         [inl] = t.inlet.portals
         small_sndbuf(inl.transport)
         [target] = await targets.accepted(1, 10, "the target connection")
         await target.when_lost(20, "the target done writing and closed")
-        await client.received(self.SIZE, 30, "the whole stream at the slow client")
-        self.assertEqual(client.count, self.SIZE)
+        await client.received(size, 30, "the whole stream at the slow client")
+        self.assertEqual(client.count, size)
         self.assertEqual(client.digest.hexdigest(), target.writer.digest.hexdigest())
         await client.when_lost(5, "the client closed after the stream")
         await self.no_portals_left(t)
@@ -227,11 +227,16 @@ class SlowReaderFlushTests(PortalTestCase):
 
     @async_test
     async def test_slow_client_after_target_closed(self):
-        await self._slow_client_after_close(True)
+        # The target's close is an Eof: the inlet holds up to a credit
+        # window for the client when it arrives.
+        await self._slow_client_after_close(True, self.SIZE, self.RATE)
 
     @async_test
     async def test_slow_client_after_target_closed_without_credit(self):
-        await self._slow_client_after_close(False)
+        # The target's close is a Disconnect; link pausing keeps the inlet's
+        # share small (a few hundred KB), so the reader is slower here
+        # (300 kB/s, about 4 s) for that share to outlast the grace.
+        await self._slow_client_after_close(False, 1_200_000, 300_000)
 
     @async_test
     async def test_slow_client_after_both_ends(self):
@@ -584,11 +589,11 @@ class CloseWaitsTests(PortalTestCase):
         if flow_control:
             # Request, shutdown, answer and close: the stream ends at the
             # inlet with both ends of file.
-            make_target = lambda: AnswerTarget(1_500_000, seed=52)
+            make_target = lambda: AnswerTarget(800_000, seed=52)
             client_proto = SlowRequestClient(b"request", 300_000)
         else:
             # As with Ockam peers: the target's close is a Disconnect.
-            make_target = lambda: WriterTarget(1_500_000, seed=51, close=True, small_sndbuf=True)
+            make_target = lambda: WriterTarget(800_000, seed=51, close=True, small_sndbuf=True)
             client_proto = SlowCollector(300_000, 10**9)
         targets, target_port = await self.start_target(make_target)
         t = await self.topology(target_port, flow_control=flow_control)
