@@ -237,7 +237,9 @@ class Closer:
     stopped reading: after C{grace} seconds in which the kernel took none of
     its unsent bytes (L{unsent}), never while bytes still move.  Progress is
     checked L{CHECKS} times per C{grace}, so an abort comes between C{grace}
-    and C{grace * (1 + 1/CHECKS)} seconds after the last progress.  A
+    and C{grace * (1 + 1/CHECKS)} seconds after the last progress; a check
+    that runs late (the event loop itself was held up, so the reader could
+    not be served) only takes a sample and never aborts.  A
     C{limit} bounds the whole close (an explicit close that must end soon).
     A transport that does not tell its unsent bytes is aborted C{grace}
     seconds after the close.
@@ -255,6 +257,7 @@ class Closer:
         self._deadline: Optional[float] = None
         self._unsent: Optional[int] = None
         self._progress_at = 0.0
+        self._due = 0.0
 
     def close(self, transport, grace: Optional[float], limit: Optional[float] = None) -> None:
         """
@@ -306,7 +309,8 @@ class Closer:
                 when.append(min(idle_end, now + grace / self.CHECKS))
         if deadline is not None:
             when.append(deadline)
-        self._timer = self._reactor.callLater(max(0.0, min(when) - now), self._check)
+        self._due = max(now, min(when))
+        self._timer = self._reactor.callLater(self._due - now, self._check)
 
     def _check(self) -> None:
         self._timer = None
@@ -319,8 +323,14 @@ class Closer:
             self._progress_at = now  # the kernel took bytes since the last check
         self._unsent = pending
         stalled = self._grace is not None and now - self._progress_at >= self._grace
-        late = self._deadline is not None and now >= self._deadline
-        if stalled or late:
+        if stalled and pending is not None and now - self._due > self._grace / self.CHECKS:
+            # This check ran late: what looks like no progress may be the
+            # event loop's own delay.  Judge at the next check, on time
+            # (one interval from now).
+            self._progress_at = max(self._progress_at, now - self._grace * (1 - 1 / self.CHECKS))
+            stalled = False
+        over = self._deadline is not None and now >= self._deadline
+        if stalled or over:
             self._transport = None
             transport.abortConnection()
             return

@@ -85,6 +85,22 @@ class CloserTests(SynchronousTestCase):
         self.assertTrue(t.aborted)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_late_check_only_samples(self):
+        # The event loop was held up for 5 s (no check ran): the first
+        # check after it does not abort, the next one on time does if
+        # still nothing moved, and progress in between keeps it open.
+        t = FakeTransport(10_000)
+        self.closer.close(t, 2.0)
+        self.clock.advance(5.0)
+        self.assertFalse(t.aborted)
+        t.take(10)
+        self.clock.advance(0.5)
+        self.assertFalse(t.aborted)
+        self.clock.advance(5.0)  # held up again, then nothing moves
+        self.assertFalse(t.aborted)
+        self.clock.advance(0.5)
+        self.assertTrue(t.aborted)
+
     def test_limit(self):
         t = FakeTransport(10_000_000)
         self.closer.close(t, 2.0, limit=5.0)
@@ -144,13 +160,27 @@ class CloserTests(SynchronousTestCase):
 # --- on loopback sockets ----------------------------------------------------------------
 
 
+class SteadyReader(SlowCollector):
+    """
+    A L{SlowCollector} that reads at most 4 KiB at a time, so that it stops
+    as soon as it is ahead of its pace and the sender sees progress every
+    pacing tick or so, not in 64 KiB bursts far apart (which a short test
+    grace would take for a stall).  Its kernel receive buffer stays 64 KiB
+    (a window far below loopback's 64 KiB segments stalls the sender).
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.bufferSize = 4096
+        SlowCollector.connectionMade(self)
+
+
 class ConnectionCloseTests(PortalTestCase):
     timeout = 40
 
     @async_test
     async def test_tcp_connection_close_flushes_to_a_slow_peer(self):
         """
-        A node's TCP connection (C{close_grace} shortened to 0.3 s):
+        A node's TCP connection (C{close_grace} shortened to 0.5 s):
         C{close()} with 2.4 MB buffered for a peer that reads 600 kB/s
         (a 64 KiB kernel send buffer, so the bytes wait in the transport).
         Every frame arrives.
@@ -158,10 +188,10 @@ class ConnectionCloseTests(PortalTestCase):
         size = 2_400_000
         frame = h_frame(h_message(["0#x"], [], b"p" * 60_000))
         total = len(frame) * (size // 60_000)
-        peers, port = await self.start_target(lambda: SlowCollector(600_000, total))
+        peers, port = await self.start_target(lambda: SteadyReader(600_000, total))
         n1 = self.make_node("n1")
         conn = await n1.tcp.connect(f"127.0.0.1:{port}")
-        conn.close_grace = 0.3
+        conn.close_grace = 0.5
         conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         [peer] = await peers.accepted(1, 5, "the peer's connection")
         for _ in range(size // 60_000):

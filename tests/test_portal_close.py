@@ -30,12 +30,12 @@ from ockamtw.flow import Closer
 from ockamtw.portal import FLOW_MARK, PortalWorker
 
 from .helpers import async_test, h_frame, h_message
+from .test_closer import SteadyReader
 from .test_portal import (
     HEX32,
     Collector,
     PortalTestCase,
     RawPeer,
-    SlowCollector,
     WriterTarget,
     fresh_from,
     h_payload,
@@ -157,18 +157,18 @@ class ReplyAfterEofClient(Collector):
 
 
 @implementer(IHalfCloseableProtocol)
-class SlowRequestClient(SlowCollector):
+class SlowRequestClient(SteadyReader):
     """
-    A L{RequestClient} that reads the answer slowly (L{SlowCollector}).
+    A L{RequestClient} that reads the answer slowly (L{SteadyReader}).
     """
 
     def __init__(self, request: bytes, rate: float) -> None:
-        SlowCollector.__init__(self, rate, 10**12)
+        SteadyReader.__init__(self, rate, 10**12)
         self.request = request
         self.got_eof = False
 
     def connectionMade(self) -> None:
-        SlowCollector.connectionMade(self)
+        SteadyReader.connectionMade(self)
         self.transport.write(self.request)
         self.transport.loseWriteConnection()
 
@@ -197,14 +197,14 @@ def small_sndbuf(transport) -> None:
 class SlowReaderFlushTests(PortalTestCase):
     """
     Issue #10, item 1: the target writes a stream and closes; the client
-    reads it slowly.  The portal's flush grace is shortened to 0.3 s and
+    reads it slowly.  The portal's flush grace is shortened to 0.5 s and
     the transfer takes several seconds: it must not be cut.
     """
 
     timeout = 60
     SIZE = 1_000_000
     RATE = 500_000  # about 2 s
-    GRACE = 0.3
+    GRACE = 0.5
 
     async def _slow_client_after_close(self, flow_control: bool, size: int, rate: float):
         self.patch(PortalWorker, "flush_grace", self.GRACE)
@@ -212,7 +212,7 @@ class SlowReaderFlushTests(PortalTestCase):
             lambda: WriterTarget(size, seed=31, close=True, small_sndbuf=True)
         )
         t = await self.topology(target_port, flow_control=flow_control)
-        client = await self.connect_client(t.inlet_port, SlowCollector(rate, size))
+        client = await self.connect_client(t.inlet_port, SteadyReader(rate, size))
         await wait_until(lambda: len(t.inlet.portals) == 1, 5, "the inlet's portal")
         [inl] = t.inlet.portals
         small_sndbuf(inl.transport)
@@ -594,7 +594,7 @@ class CloseWaitsTests(PortalTestCase):
         else:
             # As with Ockam peers: the target's close is a Disconnect.
             make_target = lambda: WriterTarget(800_000, seed=51, close=True, small_sndbuf=True)
-            client_proto = SlowCollector(300_000, 10**9)
+            client_proto = SteadyReader(300_000, 10**9)
         targets, target_port = await self.start_target(make_target)
         t = await self.topology(target_port, flow_control=flow_control)
         client = await self.connect_client(t.inlet_port, client_proto)
