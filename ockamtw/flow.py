@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket as _socket
 from time import monotonic_ns
+from typing import Optional
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -227,35 +228,119 @@ class PauseCounter:
 
 class Closer:
     """
-    Closes a transport that has a streaming producer registered: Twisted's
-    C{loseConnection} waits for a registered producer to unregister, so the
-    producer is unregistered first.  When the peer reads nothing for
-    C{grace} seconds the connection is aborted, so a close always ends.
+    Closes a transport, flushing what it holds, and makes sure the close
+    ends.
+
+    Twisted's C{loseConnection} waits for a registered producer to
+    unregister, so the producer is unregistered first.  The transport then
+    writes out its buffer and closes.  It is aborted only when its peer has
+    stopped reading: after C{grace} seconds in which the kernel took none of
+    its unsent bytes (L{unsent}), never while bytes still move.  Progress is
+    checked L{CHECKS} times per C{grace}, so an abort comes between C{grace}
+    and C{grace * (1 + 1/CHECKS)} seconds after the last progress; a check
+    that runs late (the event loop itself was held up, so the reader could
+    not be served) only takes a sample and never aborts.  A
+    C{limit} bounds the whole close (an explicit close that must end soon).
+    A transport that does not tell its unsent bytes is aborted C{grace}
+    seconds after the close.
     """
+
+    #: How often per grace period progress is checked.
+    CHECKS = 4
 
     def __init__(self, reactor) -> None:
         self._reactor = reactor
         self._timer = None
+        self._started = False
+        self._transport = None
+        self._grace: Optional[float] = None
+        self._deadline: Optional[float] = None
+        self._unsent: Optional[int] = None
+        self._progress_at = 0.0
+        self._due = 0.0
 
-    def close(self, transport, grace: float) -> None:
-        if self._timer is not None:
-            return
-        try:
-            transport.unregisterProducer()
-        except Exception:
-            pass
-        transport.loseConnection()
-        if grace is not None and self._reactor is not None:
-            self._timer = self._reactor.callLater(grace, self._abort, transport)
+    def close(self, transport, grace: Optional[float], limit: Optional[float] = None) -> None:
+        """
+        Close C{transport} after flushing it; abort it after C{grace}
+        seconds without progress (C{None}: never), or C{limit} seconds from
+        now in any case (C{None}: no bound).  A second call while it is
+        closing can only shorten both; after it is closed, nothing.
+        """
+        reactor = self._reactor
+        now = reactor.seconds() if reactor is not None else 0.0
+        deadline = None if limit is None else now + limit
+        if self._started:
+            if self._transport is None:
+                return  # closed or aborted already
+            if grace is not None and (self._grace is None or grace < self._grace):
+                self._grace = grace
+            if deadline is not None and (self._deadline is None or deadline < self._deadline):
+                self._deadline = deadline
+        else:
+            self._started = True
+            self._transport = transport
+            self._grace = grace
+            self._deadline = deadline
+            self._unsent = unsent(transport)
+            self._progress_at = now
+            try:
+                transport.unregisterProducer()
+            except Exception:
+                pass
+            transport.loseConnection()  # may close it (and call closed()) at once
+        if reactor is not None:
+            self._schedule(now)
 
-    def _abort(self, transport) -> None:
+    def _schedule(self, now: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         self._timer = None
-        transport.abortConnection()
+        if self._transport is None:  # closed during loseConnection
+            return
+        grace, deadline = self._grace, self._deadline
+        if grace is None and deadline is None:
+            return
+        when = []
+        if grace is not None:
+            idle_end = self._progress_at + grace
+            if self._unsent is None:
+                when.append(idle_end)  # cannot tell progress: abort then
+            else:
+                when.append(min(idle_end, now + grace / self.CHECKS))
+        if deadline is not None:
+            when.append(deadline)
+        self._due = max(now, min(when))
+        self._timer = self._reactor.callLater(self._due - now, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        now = self._reactor.seconds()
+        pending = unsent(transport) if self._unsent is not None else None
+        if pending is not None and pending < self._unsent:
+            self._progress_at = now  # the kernel took bytes since the last check
+        self._unsent = pending
+        stalled = self._grace is not None and now - self._progress_at >= self._grace
+        if stalled and pending is not None and now - self._due > self._grace / self.CHECKS:
+            # This check ran late: what looks like no progress may be the
+            # event loop's own delay.  Judge at the next check, on time
+            # (one interval from now).
+            self._progress_at = max(self._progress_at, now - self._grace * (1 - 1 / self.CHECKS))
+            stalled = False
+        over = self._deadline is not None and now >= self._deadline
+        if stalled or over:
+            self._transport = None
+            transport.abortConnection()
+            return
+        self._schedule(now)
 
     def closed(self) -> None:
         """
-        The transport is closed: forget the abort timer.
+        The transport is closed: forget it and the abort timer.
         """
+        self._transport = None
         if self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()

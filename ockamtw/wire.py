@@ -25,6 +25,8 @@ __all__ = [
     "PortalMessage",
     "encode_credit",
     "decode_credit",
+    "encode_eof",
+    "decode_eof",
     "encode_uvarint",
     "decode_uvarint",
     "encode_data",
@@ -70,6 +72,13 @@ PORTAL_MESSAGE_STRUCT = c.Struct(
 PORTAL_CREDIT_STRUCT = c.Struct(
     "tag" / c.Const(4, c.Int8ub),
     "limit" / c.VarInt,
+)
+#: ockamtw's extension, sent only between ockamtw portals (docs/protocol.md,
+#: "Half-close"): Eof, tag 05 and nothing else: the sender's socket reached
+#: end of file, no Payload follows.
+PORTAL_EOF_STRUCT = c.Struct(
+    "tag" / c.Const(5, c.Int8ub),
+    c.Terminated,
 )
 
 
@@ -574,6 +583,32 @@ def decode_credit(data: bytes) -> int:
     if pos != len(data):
         raise WireError(f"{len(data) - pos} bytes after a Credit message")
     return limit
+
+
+# --- Eof: ockamtw's half-close --------------------------------------------------
+
+#: The PortalMessage tag of Eof (an ockamtw extension, like Credit).
+EOF_TAG = 5
+_EOF = b"\x05"
+
+
+def encode_eof() -> bytes:
+    """
+    The Eof message: the sender's socket reached end of file.
+    """
+    return _EOF
+
+
+def decode_eof(data: bytes) -> None:
+    """
+    Check that C{data} is an Eof message.
+
+    @raise WireError: for another tag or trailing bytes.
+    """
+    if data != _EOF:
+        if not data or data[0] != EOF_TAG:
+            raise WireError("not an Eof message")
+        raise WireError(f"{len(data) - 1} bytes after an Eof message")
 
 
 # --- the construct path, for proof and for readers ---------------------------

@@ -17,6 +17,17 @@ own socket, and a full socket no longer pauses the shared link, so one
 stalled stream does not stall its neighbours.  Portal addresses end with
 L{FLOW_MARK}, which is how two ockamtw ends recognise each other; with any
 other peer (Ockam's Rust nodes) nothing changes on the wire.
+
+Between two ockamtw portals a half-close is carried too ("Half-close" in
+docs/protocol.md): a socket's end of file is sent as Eof after its last
+Payload, and the other side shuts down the write side of its socket once it
+has written everything, while the other direction goes on.  The portal ends
+when both directions have ended (or on Disconnect or an error).  With other
+peers an end of file is a Disconnect, as in Ockam 0.83.
+
+Ending never cuts bytes that still move: a socket closed because the
+stream ended is flushed until its reader stops reading for
+L{PortalWorker.flush_grace} seconds (L{ockamtw.flow.Closer}).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import os
 from typing import Optional
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -35,7 +47,7 @@ from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseC
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import LOCAL, Address, Route, _encode_uvarint
-from ..wire import CREDIT_TAG, _read_uvarint, decode_credit, encode_credit
+from ..wire import CREDIT_TAG, EOF_TAG, _read_uvarint, decode_credit, decode_eof, encode_credit, encode_eof
 
 log = Logger(namespace="ockamtw.portal")
 
@@ -132,9 +144,12 @@ def authorized_policy(authorized):
     return ANYONE if authorized is None else Identities(authorized)
 
 
+@implementer(IHalfCloseableProtocol)
 class _SocketProtocol(Protocol):
     """
-    Thin: hands a portal socket's events to its L{PortalWorker}.
+    Thin: hands a portal socket's events to its L{PortalWorker}.  Half-close
+    aware: an end of file is reported on its own (the socket may still be
+    written to), not as the loss of the connection.
     """
 
     def __init__(self, portal: "PortalWorker") -> None:
@@ -145,6 +160,12 @@ class _SocketProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.portal._socket_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.portal._socket_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
 
     def connectionLost(self, reason) -> None:
         self.portal._socket_lost(reason)
@@ -172,6 +193,10 @@ class PortalWorker(Worker):
     @ivar flow: whether both ends use per-stream flow control (credit).
     @ivar limit: with C{flow}, the total bytes this side may send.
     @ivar granted: with C{flow}, the total bytes the other side may send.
+    @ivar read_done: the socket reached end of file (with C{flow}, Eof was
+        sent to the other side).
+    @ivar write_done: the other side sent Eof: the socket's write side is
+        shut down once its buffer is written out.
     """
 
     side = "portal"
@@ -190,6 +215,9 @@ class PortalWorker(Worker):
         self._origin_key = None
         self._head: Optional[bytes] = None
         self.finished = False
+        self.read_done = False
+        self.write_done = False
+        self._reported = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0
@@ -244,6 +272,26 @@ class PortalWorker(Worker):
             self.credit_paused = True
             self._reading.pause()
 
+    def _socket_eof(self) -> None:
+        """
+        The socket reached end of file; it can still be written to.
+        """
+        if self.read_done or self.finished:
+            return
+        self.read_done = True
+        if self._reading is not None:
+            # Reading has ended: no later pause or resume may restart it.
+            self._reading.active = False
+        if not self.flow:
+            # As Ockam 0.83: end of file ends the stream (Disconnect); what
+            # the socket has still to write is flushed.
+            self.finish(notify=True, grace=self.flush_grace)
+            return
+        # After the last Payload, on the same path: no more data this way.
+        self._send_to_other_side(encode_eof())
+        if self.write_done:
+            self.finish(notify=False)
+
     def _socket_lost(self, reason) -> None:
         self.transport = None
         if self._closer is not None:
@@ -285,7 +333,7 @@ class PortalWorker(Worker):
             except WireError as e:
                 log.warn("{side}: bad Payload ({error}); dropped", side=self.side, error=str(e))
                 return
-            if self.transport is None:
+            if self.transport is None or self.write_done:
                 return
             send_now(self.transport, [data], len(data))
             self.bytes_out += len(data)
@@ -305,6 +353,13 @@ class PortalWorker(Worker):
                 bp.wrote(message.source)
         elif tag == 2:  # Disconnect
             self.finish(notify=False)
+        elif tag == EOF_TAG and self.flow:
+            try:
+                decode_eof(payload)
+            except WireError as e:
+                log.warn("{side}: bad Eof ({error}); dropped", side=self.side, error=str(e))
+                return
+            self._peer_eof()
         elif tag == CREDIT_TAG and self.flow:
             try:
                 limit = decode_credit(payload)
@@ -326,15 +381,45 @@ class PortalWorker(Worker):
         """
         self.granted = taken + STREAM_WINDOW
         self.credits_sent += 1
-        credit = encode_credit(self.granted)
+        self._send_to_other_side(encode_credit(self.granted))
+
+    def _send_to_other_side(self, message: bytes) -> None:
+        """
+        Send a portal message (Credit, Eof) the way Payloads go, so that it
+        keeps its place after them.
+        """
         link = self._link
         try:
-            if self._head is not None and link.connected:
-                link.write_body(self._head + _encode_uvarint(len(credit)), credit)
+            if self._head is not None and link is not None and link.connected:
+                link.write_body(self._head + _encode_uvarint(len(message)), message)
             else:
-                self.node.send(self.remote_route, credit, sender=self.address)
+                self.node.send(self.remote_route, message, sender=self.address)
         except Exception:
-            log.failure("sending Credit failed")
+            log.failure("sending a portal message failed")
+
+    def _peer_eof(self) -> None:
+        """
+        The other side's socket reached end of file (Eof): no Payload
+        follows.  Shut down this socket's write side once its buffer is
+        written out; reading goes on.
+        """
+        if self.write_done or self.finished:
+            return
+        self.write_done = True
+        if self.read_done:
+            self.finish(notify=False)
+            return
+        transport = self.transport
+        if transport is not None:
+            # Twisted does not shut down a transport whose streaming
+            # producer is registered (and paused), and nothing more will be
+            # written here: no more flow control to do on this side.
+            try:
+                transport.unregisterProducer()
+            except Exception:
+                pass
+            self.backpressure.stopProducing()
+            transport.loseWriteConnection()
 
     def _drained(self) -> None:
         # The socket's buffer drained (BackPressure.resumeProducing):
@@ -342,6 +427,7 @@ class PortalWorker(Worker):
         if (
             self.flow
             and not self.finished
+            and not self.write_done
             and self.transport is not None
             and self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP
         ):
@@ -355,9 +441,13 @@ class PortalWorker(Worker):
 
     # --- ending ----------------------------------------------------------------------------
 
-    #: Seconds the socket may take to flush after Disconnect (the far side
-    #: closed) and after a close asked for here.
+    #: When the stream ends (Disconnect, or both directions at their end),
+    #: the socket is flushed until it makes no progress (its reader takes
+    #: nothing) for this many seconds; then it is aborted.
     flush_grace = 30.0
+    #: Seconds without progress, and in all, that a socket may take to
+    #: flush when the portal is closed here (L{close}, the node stopping)
+    #: or its link is lost.
     close_grace = 2.0
 
     def set_remote(self, route: Route, origin=None) -> None:
@@ -406,12 +496,13 @@ class PortalWorker(Worker):
             )
             self.finish(notify=False, grace=self.close_grace)
 
-    def finish(self, notify: bool, grace: Optional[float] = None) -> None:
+    def finish(self, notify: bool, grace: Optional[float] = None, limit: Optional[float] = None) -> None:
         """
         End this portal: send Disconnect to the other side (when C{notify}
-        and it is known), close the socket (flushing it for at most
-        C{grace} seconds, by default L{flush_grace} when the other side
-        disconnected and L{close_grace} otherwise), and leave the node.
+        and it is known), close the socket (flushing it; aborted after
+        C{grace} seconds without progress, by default L{flush_grace} when
+        the other side disconnected and L{close_grace} otherwise, or after
+        C{limit} seconds in all), and leave the node.
         """
         if self.finished:
             return
@@ -432,19 +523,22 @@ class PortalWorker(Worker):
         if self.transport is not None:
             if grace is None:
                 grace = self.close_grace if notify else self.flush_grace
-            self._closer.close(self.transport, grace)
+            self._closer.close(self.transport, grace, limit)
         if self.node is not None and self.address is not None:
             self.node.stop_worker(self.address)
-        self.owner._portal_finished(self)
         self._check_done()
 
     def close(self) -> Deferred:
         """
-        Close this portal (Disconnect to the other side); fires once its
-        socket is closed.
+        Close this portal now (Disconnect to the other side): its socket
+        gets at most L{close_grace} seconds to flush, also if it was
+        flushing already.  Fires once the socket is closed.
         """
         d = self.when_done()
-        self.finish(notify=True)
+        if not self.finished:
+            self.finish(notify=True, grace=self.close_grace, limit=self.close_grace)
+        elif self.transport is not None:
+            self._closer.close(self.transport, self.close_grace, self.close_grace)
         return d
 
     def when_done(self) -> Deferred:
@@ -459,12 +553,17 @@ class PortalWorker(Worker):
         return d
 
     def _check_done(self) -> None:
+        # The owner keeps a portal until its socket is closed, so that its
+        # close() waits for (and hurries) sockets still flushing.
         if self.finished and self.transport is None:
+            if not self._reported:
+                self._reported = True
+                self.owner._portal_finished(self)
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.callback(None)
 
     def stopped(self) -> None:
-        # The node removed us (e.g. it is stopping): end quietly.
+        # The node removed us (e.g. it is stopping): end as close() does.
         if not self.finished:
-            self.finish(notify=True)
+            self.finish(notify=True, grace=self.close_grace, limit=self.close_grace)

@@ -89,11 +89,11 @@ class InletPortal(PortalWorker):
             # A Pong for a repeated Ping: that outlet portal is not needed.
             self.node.send(message.return_route, DISCONNECT, sender=self.address)
 
-    def finish(self, notify: bool, grace=None) -> None:
+    def finish(self, notify: bool, grace=None, limit=None) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        PortalWorker.finish(self, notify, grace)
+        PortalWorker.finish(self, notify, grace, limit)
 
 
 class _InletFactory(Factory):

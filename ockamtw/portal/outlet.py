@@ -27,9 +27,9 @@ class OutletPortal(PortalWorker):
     #: The Deferred of the target connection while it is being made.
     connecting = None
 
-    def finish(self, notify: bool, grace=None) -> None:
+    def finish(self, notify: bool, grace=None, limit=None) -> None:
         connecting, self.connecting = self.connecting, None
-        PortalWorker.finish(self, notify, grace)
+        PortalWorker.finish(self, notify, grace, limit)
         if connecting is not None and not connecting.called:
             connecting.cancel()
 
