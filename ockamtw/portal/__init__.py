@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
-from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
+from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import LOCAL, Address, Route, _encode_uvarint
@@ -59,9 +59,6 @@ PONG = b"\x01"
 DISCONNECT = b"\x02"
 _PAYLOAD_TAG = 3
 
-#: The end of an ockamtw portal worker's address when it speaks per-stream
-#: flow control (Credit messages); not hex, so no Ockam address has it.
-FLOW_MARK = ".fc1"
 #: A receiver grants more credit once it can move the limit by this much.
 GRANT_STEP = STREAM_WINDOW // 4
 #: Bytes a sender may run past its limit (what one socket read holds)
