@@ -311,6 +311,61 @@ class OwnershipTests(AttackTestCase):
         await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
 
 
+class LivenessTests(AttackTestCase):
+    """
+    Behind a relay, an outlet's node cannot see the inlet's node go: the
+    connection it has is to the relay node.  Streams notice by themselves.
+    """
+
+    @async_test
+    async def test_inlet_node_killed(self):
+        """
+        n1 (inlet) -> n2 (relay) -> n3 (outlet): five open streams; n1's
+        link drops without a word (as if n1 were killed): n3's portals and
+        target sockets close after a few heartbeats.
+        """
+        targets, target_port = await self.start_target(tp.EchoTarget)
+        n2, l2 = await self.listening_node("n2")
+        at = f"/ip4/127.0.0.1/tcp/{l2.port}"
+        n3 = self.make_node("n3")
+        await n3.create_relay(at, name="n3")
+        outlet = await n3.create_outlet("outlet", f"127.0.0.1:{target_port}", heartbeat=0.2)
+        n1 = self.make_node("n1")
+        inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/service/forward_to_n3/service/outlet", heartbeat=0.2)
+        port = int(inlet.socket_address.rsplit(":", 1)[1])
+        for i in range(5):
+            c = await self.connect_client(port, tp.Collector())
+            c.transport.write(b"hi")
+            await c.received(2, 5, "echo")
+        # Idle but alive streams stay up across several heartbeats.
+        await tp.wait_until(lambda: min(p.heard for p in outlet.portals) >= 3, 5, "keepalives heard")
+        self.assertEqual(len(outlet.portals), 5)
+        for c in n1.tcp.connections:
+            c.transport.abortConnection()
+        await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "n3's portals closed")
+
+    @async_test
+    async def test_pings_from_a_peer_that_left_behind_a_relay(self):
+        """
+        A raw peer (no flow control, as an Ockam 0.83 inlet) opens 20
+        streams to an outlet behind a relay and leaves: after the outlet's
+        idle timeout they are all closed.
+        """
+        targets, target_port = await self.start_target(tp.Collector)
+        n2, l2 = await self.listening_node("n2")
+        n3 = self.make_node("n3")
+        await n3.create_relay(f"/ip4/127.0.0.1/tcp/{l2.port}", name="n3")
+        outlet = await n3.create_outlet("outlet", f"127.0.0.1:{target_port}", idle_timeout=1.0)
+        peer = await self.raw(l2.port)
+        for i in range(20):
+            peer.send(["forward_to_n3", "outlet"], [f"p{i}"], PING)
+        await peer.frames_arrived(20, 10)
+        await targets.accepted(20, 5, "20 target connections")
+        peer.transport.abortConnection()
+        self.assertEqual(len(outlet.portals), 20)
+        await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
+
+
 # --- 8. a relay owner that never reads -----------------------------------------------------------------
 
 

@@ -223,6 +223,12 @@ class PortalWorker(Worker):
         self.granted = STREAM_WINDOW
         self.credit_paused = False
         self.credits_sent = 0
+        #: Messages received from, and sent to, the other side (liveness).
+        self.heard = 0
+        self.said = 0
+        self._live_timer = None
+        self._marks = (0, 0)
+        self._silent = 0
 
     # --- socket side -------------------------------------------------------------
 
@@ -241,6 +247,7 @@ class PortalWorker(Worker):
         route = self.remote_route
         if route is None or self.finished:
             return
+        self.said += 1
         if len(data) <= MAX_CHUNK:
             chunks = (data,)
         else:
@@ -314,6 +321,7 @@ class PortalWorker(Worker):
     def receive(self, message) -> None:
         # Who may send is the node's business (the portal's access policy:
         # once open, only the origin its stream was opened through).
+        self.heard += 1
         payload = message.payload
         if not payload:
             self.dropped += 1
@@ -385,6 +393,7 @@ class PortalWorker(Worker):
         Send a portal message (Credit, Eof) the way Payloads go, so that it
         keeps its place after them.
         """
+        self.said += 1
         link = self._link
         try:
             if self._head is not None and link is not None and link.connected:
@@ -472,6 +481,65 @@ class PortalWorker(Worker):
             # side starts with once the link has stripped itself (version,
             # onward, return route), for the fast path.
             self._head = b"\x01" + route.step().encode() + Route([self.address]).encode()
+        self._schedule_liveness()
+
+    # --- is the other side still there? ----------------------------------------------
+
+    #: With per-stream credit, each side sends a keepalive (a Credit that
+    #: repeats its limit, which changes nothing) when it has sent nothing
+    #: for this many seconds, and ends the stream when it has heard nothing
+    #: for L{SILENT_BEATS} of them: the other side is gone (its node died
+    #: behind a relay, which no connection of ours would show).
+    heartbeat = 30.0
+    SILENT_BEATS = 3
+    #: Without credit (an Ockam 0.83 peer, which has no keepalive), a stream
+    #: with no traffic either way for this many seconds is closed
+    #: (C{None}: never).
+    idle_timeout: Optional[float] = 3600.0
+
+    def _schedule_liveness(self) -> None:
+        owner = self.owner
+        if self.flow:
+            delay = getattr(owner, "heartbeat", None) or self.heartbeat
+        else:
+            idle = getattr(owner, "idle_timeout", self.idle_timeout)
+            if idle is None:
+                return
+            delay = idle / 4
+        self._live_timer = owner.node.reactor.callLater(delay, self._liveness)
+
+    def _liveness(self) -> None:
+        self._live_timer = None
+        if self.finished:
+            return
+        marks = (self.heard, self.said)
+        heard_nothing = marks[0] == self._marks[0]
+        said_nothing = marks[1] == self._marks[1]
+        self._silent = self._silent + 1 if (heard_nothing and (self.flow or said_nothing)) else 0
+        self._marks = marks
+        if self.flow:
+            if self._silent >= self.SILENT_BEATS:
+                log.info(
+                    "{side} {address}: nothing heard from the other side for {n} heartbeats; portal closed",
+                    side=self.side,
+                    address=str(self.address),
+                    n=self._silent,
+                )
+                self.finish(notify=False, grace=self.close_grace)
+                return
+            if said_nothing:
+                self._send_to_other_side(encode_credit(self.granted))
+                self._marks = (self.heard, self.said)
+        elif self._silent >= 4:
+            log.info(
+                "{side} {address}: no traffic for {t:g} s; portal closed",
+                side=self.side,
+                address=str(self.address),
+                t=getattr(self.owner, "idle_timeout", self.idle_timeout),
+            )
+            self.finish(notify=True)
+            return
+        self._schedule_liveness()
 
     def _origin_lost(self, origin) -> None:
         self._origin_key = None
@@ -504,6 +572,10 @@ class PortalWorker(Worker):
         if self.finished:
             return
         self.finished = True
+        if self._live_timer is not None:
+            if self._live_timer.active():
+                self._live_timer.cancel()
+            self._live_timer = None
         if self._link_key is not None:
             self._link.cancel_on_close(self._link_key)
             self._link_key = None
