@@ -492,7 +492,9 @@ class Relay:
 
     def _registration_reply(self, message) -> None:
         if message.payload != self._payload or not message.return_route:
-            log.warn("relay {name}: unexpected reply {message!r}; ignored", name=self.name, message=message)
+            self.node.throttle.log(
+                log, "warn", ("relay reply", self.name), "relay {name}: unexpected reply; ignored", name=self.name
+            )
             return
         self.remote_address = message.return_route[-1]
         waiting = self._waiting

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
-from ockamtw import Address, Route, encode_string
+from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_string, encode_string
 from ockamtw.portal import PING, PONG
 from ockamtw.wire import TransportMessage
 
@@ -364,6 +364,100 @@ class LivenessTests(AttackTestCase):
         peer.transport.abortConnection()
         self.assertEqual(len(outlet.portals), 20)
         await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
+
+
+# --- 10. the log is no amplifier ------------------------------------------------------------------------------
+
+
+class LogAmplificationTests(AttackTestCase):
+    def log_bytes(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        sizes = []
+
+        def observer(event):
+            if str(event.get("log_namespace", "")).startswith("ockamtw"):
+                sizes.append(len(formatEvent(event)))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        return sizes
+
+    @async_test
+    async def test_bad_frames_long_names_unknown_addresses(self):
+        """
+        300 KB of 3-byte undecodable frames, 20 relay registrations with
+        60,000-character names, 2,000 messages to addresses that do not
+        exist and 2,000 refused by a worker's policy: the node logs a few
+        KB, not megabytes.
+        """
+        sizes = self.log_bytes()
+        n2, l2 = await self.listening_node("n2")
+        peer = await self.raw(l2.port)
+        peer.transport.write(b"\x00\x01\x02" * 100_000)
+        for i in range(20):
+            peer.send(["static_forwarding_service"], ["m"], h_string(str(i) + "x" * 60_000))
+        for i in range(2000):
+            peer.send([f"nobody{i}"], ["m"], b"x")
+        got = []
+        n2.start_worker("private", FunctionWorker(lambda w, m: got.append(m)))  # this node only, by default
+        for i in range(2000):
+            peer.send(["private"], ["m"], b"x")
+        await self.processed(peer, "n2 handled it all")
+        total = sum(sizes)
+        tp.figure(f"log amplification: {len(sizes)} events, {total} bytes for ~1.5 MB of attack")
+        self.assertLess(total, 20_000)
+        self.assertLess(max(sizes), 400)
+        self.assertEqual(got, [])
+        self.assertGreaterEqual(n2.dropped, 100_000 + 2000)
+        self.assertEqual(n2.refused, 2000)
+
+
+# --- 13. smaller -----------------------------------------------------------------------------------------------
+
+
+class SmallerTests(AttackTestCase):
+    @async_test
+    async def test_uppercase_answer_too_large(self):
+        """
+        A string whose upper case no longer fits in a frame ('ŉ' is 2 bytes,
+        its upper case 3): one warning line, no traceback, and the service
+        goes on answering.
+        """
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        n2, l2 = await self.listening_node("n2")
+        n1 = self.make_node("n1")
+        at = f"/ip4/127.0.0.1/tcp/{l2.port}/service/uppercase"
+        d = n1.request(at, encode_string("\u0149" * 21840), timeout=0.5)
+        await self.assertFailure(d, RequestTimeout)
+        reply = await self.within(n1.request(at, encode_string("still here"), timeout=5), 6, "the next answer")
+        self.assertEqual(decode_string(reply.payload), "STILL HERE")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        loud = [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]
+        self.assertEqual(loud, [])
+        warned = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn and e.get("node") == "n2"]
+        self.assertEqual(len(warned), 1, warned)
+        self.assertIn("65535", warned[0])
+
+    def test_m1_without_return_route(self):
+        """
+        A first handshake message with no return route (nobody to answer)
+        leaves no half-open channel behind.
+        """
+        from ockamtw import Node
+        from ockamtw.secure.codec import CreateResponderChannelMessage
+        from ockamtw.secure.noise import HandshakeState
+
+        node = Node(reactor, name="n")
+        before = len(node.worker_addresses())
+        m1 = CreateResponderChannelMessage.for_initiator(HandshakeState(True).write_message(b""), Address.local("b" * 32))
+        node.send(Route(["api"]), m1.encode())
+        self.assertEqual(len(node.secure_listeners["api"].channels), 0)
+        self.assertEqual(len(node.worker_addresses()), before)
 
 
 # --- 8. a relay owner that never reads -----------------------------------------------------------------

@@ -230,6 +230,14 @@ class PortalWorker(Worker):
         self._marks = (0, 0)
         self._silent = 0
 
+    def _note(self, level: str, what: str, format: str, **kw) -> None:
+        """
+        Log an event of this stream, rate-limited per inlet or outlet (a
+        peer can cause any number of them).
+        """
+        node = self.owner.node
+        node.throttle.log(log, level, (what, id(self.owner)), format, side=self.side, address=str(self.address), **kw)
+
     # --- socket side -------------------------------------------------------------
 
     def _socket_made(self, transport) -> None:
@@ -336,7 +344,7 @@ class PortalWorker(Worker):
             try:
                 data = parse_payload(payload)
             except WireError as e:
-                log.warn("{side}: bad Payload ({error}); dropped", side=self.side, error=str(e))
+                self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
                 return
             if self.transport is None or self.write_done:
                 return
@@ -362,14 +370,14 @@ class PortalWorker(Worker):
             try:
                 decode_eof(payload)
             except WireError as e:
-                log.warn("{side}: bad Eof ({error}); dropped", side=self.side, error=str(e))
+                self._note("warn", "bad", "{side} {address}: bad Eof ({error}); dropped", error=str(e))
                 return
             self._peer_eof()
         elif tag == CREDIT_TAG and self.flow:
             try:
                 limit = decode_credit(payload)
             except WireError as e:
-                log.warn("{side}: bad Credit ({error}); dropped", side=self.side, error=str(e))
+                self._note("warn", "bad", "{side} {address}: bad Credit ({error}); dropped", error=str(e))
                 return
             if limit > self.limit:
                 self.limit = limit
@@ -443,7 +451,7 @@ class PortalWorker(Worker):
         """
         Ping and Pong: the inlet and outlet handle them; here they are noise.
         """
-        log.info("{side} {address}: unexpected portal message {tag}; dropped", side=self.side, address=str(self.address), tag=tag)
+        self._note("info", "unexpected", "{side} {address}: unexpected portal message {tag}; dropped", tag=tag)
 
     # --- ending ----------------------------------------------------------------------------
 
@@ -519,24 +527,15 @@ class PortalWorker(Worker):
         self._marks = marks
         if self.flow:
             if self._silent >= self.SILENT_BEATS:
-                log.info(
-                    "{side} {address}: nothing heard from the other side for {n} heartbeats; portal closed",
-                    side=self.side,
-                    address=str(self.address),
-                    n=self._silent,
-                )
+                self._note("info", "silent", "{side} {address}: nothing heard from the other side for {n} heartbeats; portal closed", n=self._silent)
                 self.finish(notify=False, grace=self.close_grace)
                 return
             if said_nothing:
                 self._send_to_other_side(encode_credit(self.granted))
                 self._marks = (self.heard, self.said)
         elif self._silent >= 4:
-            log.info(
-                "{side} {address}: no traffic for {t:g} s; portal closed",
-                side=self.side,
-                address=str(self.address),
-                t=getattr(self.owner, "idle_timeout", self.idle_timeout),
-            )
+            self._note("info", "idle", "{side} {address}: no traffic for {t:g} s; portal closed",
+                       t=getattr(self.owner, "idle_timeout", self.idle_timeout))
             self.finish(notify=True)
             return
         self._schedule_liveness()
@@ -544,21 +543,13 @@ class PortalWorker(Worker):
     def _origin_lost(self, origin) -> None:
         self._origin_key = None
         if not self.finished:
-            log.info(
-                "{side} {address}: the peer that opened it is gone; portal closed",
-                side=self.side,
-                address=str(self.address),
-            )
+            self._note("info", "gone", "{side} {address}: the peer that opened it is gone; portal closed")
             self.finish(notify=False, grace=self.close_grace)
 
     def _link_lost(self, link) -> None:
         self._link_key = None
         if not self.finished:
-            log.info(
-                "{side} {address}: link to the other side closed; portal closed",
-                side=self.side,
-                address=str(self.address),
-            )
+            self._note("info", "link", "{side} {address}: link to the other side closed; portal closed")
             self.finish(notify=False, grace=self.close_grace)
 
     def finish(self, notify: bool, grace: Optional[float] = None, limit: Optional[float] = None) -> None:

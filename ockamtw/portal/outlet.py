@@ -95,7 +95,10 @@ class Outlet(Worker):
 
         def failed(f):
             self.refused += 1
-            log.warn(
+            self.node.throttle.log(
+                log,
+                "warn",
+                ("target", id(self)),
                 "outlet {address}: cannot connect to {target} ({reason}); portal closed",
                 address=self.address.value,
                 target=self.target,

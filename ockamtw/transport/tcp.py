@@ -32,6 +32,7 @@ from ..access import ANYONE
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, StallWatch, credit_stream, send_now, tune, unsent
 from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, IWorker
+from ..logs import short
 from ..node import InFlight, gather
 from ..routing import Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
@@ -461,10 +462,14 @@ class TcpConnection(CloseNotifier):
                 try:
                     message = decoder.next()
                 except WireError as e:
-                    log.warn(
+                    node.dropped += 1
+                    node.throttle.log(
+                        log,
+                        "warn",
+                        ("undecodable", self.socket_address),
                         "undecodable frame from {peer} dropped: {error}",
                         peer=self.socket_address,
-                        error=str(e),
+                        error=short(str(e)),
                         node=node.name,
                     )
                     continue
