@@ -12,16 +12,22 @@ where the socket itself matters.
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
 from ockamtw import Node
-from ockamtw.control.server import NodeController
+from ockamtw.control.server import ControlResource, NodeController
+from ockamtw.tap import Options, makeService
 from ockamtw.transport.tcp import MODE_ACCEPTED, MODE_OUTGOING
 from ockamtw.wire import MAX_FRAME
 
@@ -482,6 +488,138 @@ class PartialFrameTests(InMemory, SynchronousTestCase):
         self.assertEqual(self.status()["connections"]["partial_frame_bytes"], 0)
         self.assertFalse(a.closed_by_node)
         self.assertEqual(self.status()["closed"]["partial_frame_budget"], 1)
+
+
+class StatusTests(InMemory, SynchronousTestCase):
+    """
+    The node's status (C{GET /node} of the control API) shows the limits
+    and what they refused and closed.
+    """
+
+    def get_node(self) -> dict:
+        request = DummyRequest([b"node"])
+        request.content = io.BytesIO(b"")
+        request._disconnected = False
+        self.assertEqual(ControlResource(NodeController(self.node)).render(request), NOT_DONE_YET)
+        self.assertEqual(request.responseCode or 200, 200)
+        return json.loads(b"".join(request.written))
+
+    def test_defaults(self):
+        from ockamtw.transport import limits as L
+
+        info = self.get_node()
+        self.assertEqual(
+            info["limits"],
+            {
+                "max_connections": L.default_max_connections(),
+                "max_connections_per_peer": 256,
+                "first_frame_timeout": 30.0,
+                "frame_timeout": 30.0,
+                "partial_frame_budget": 64 * 1024 * 1024,
+                "keepalive_idle": 20,
+                "keepalive_interval": 5,
+                "keepalive_count": 4,
+                "relay_names_per_owner": 64,
+                "relays_total": 10000,
+                "relay_name_length": 128,
+            },
+        )
+        self.assertEqual(
+            info["refused"], {"max_connections": 0, "max_connections_per_peer": 0, "relay_registrations": 0}
+        )
+        self.assertEqual(info["closed"], {"first_frame_timeout": 0, "frame_timeout": 0, "partial_frame_budget": 0})
+        self.assertEqual(info["connections"], {"accepted": 0, "peers": 0, "partial_frame_bytes": 0, "outgoing": 0})
+
+    def test_counters(self):
+        self.limits.max_per_peer = 1
+        self.limits.max_connections = 2
+        kept = self.peer("10.0.0.1")
+        kept.send(HEARTBEAT_FRAME + b"\x00")
+        self.peer("10.0.0.1")  # refused: per peer
+        self.peer("10.0.0.2")  # times out
+        self.peer("10.0.0.3")  # refused: in all
+        self.reactor.advance(31)
+        info = self.get_node()
+        self.assertEqual(info["limits"]["max_connections"], 2)
+        self.assertEqual(info["limits"]["max_connections_per_peer"], 1)
+        self.assertEqual(info["refused"]["max_connections"], 1)
+        self.assertEqual(info["refused"]["max_connections_per_peer"], 1)
+        self.assertEqual(info["closed"]["first_frame_timeout"], 1)
+        self.assertEqual(info["connections"]["accepted"], 2)  # the timed-out socket is not gone yet
+        self.assertEqual(info["connections"]["partial_frame_bytes"], 1)
+
+    def test_no_limit(self):
+        self.limits.max_connections = None
+        self.limits.first_frame_timeout = None
+        info = self.get_node()
+        self.assertIsNone(info["limits"]["max_connections"])
+        self.assertIsNone(info["limits"]["first_frame_timeout"])
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    The twistd options set the node's limits (and its relay services').
+    """
+
+    def node_for(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return makeService(options, reactor=MemoryReactorClock())
+
+    def test_options(self):
+        node = self.node_for(
+            "--max-connections", "100",
+            "--max-connections-per-peer", "7",
+            "--first-frame-timeout", "12.5",
+            "--frame-timeout", "0",
+            "--partial-frame-budget", "8M",
+            "--max-relays-per-connection", "3",
+            "--max-relays", "0",
+        )
+        limits = NodeController(node).show()["limits"]
+        self.assertEqual(limits["max_connections"], 100)
+        self.assertEqual(limits["max_connections_per_peer"], 7)
+        self.assertEqual(limits["first_frame_timeout"], 12.5)
+        self.assertIsNone(limits["frame_timeout"])
+        self.assertEqual(limits["partial_frame_budget"], 8_000_000)
+        self.assertEqual(limits["relay_names_per_owner"], 3)
+        self.assertEqual(limits["relays_total"], 0)
+        self.assertIs(node.relay_registry.limits, node.relay_limits)
+
+    def test_defaults_untouched(self):
+        from ockamtw.transport import limits as L
+
+        node = self.node_for("--max-connections-per-peer", "7")
+        limits = NodeController(node).show()["limits"]
+        self.assertEqual(limits["max_connections"], L.default_max_connections())
+        self.assertEqual(limits["first_frame_timeout"], 30.0)
+        self.assertEqual(limits["relays_total"], 10000)
+
+    def test_applied(self):
+        """
+        The options reach the node's listener: the second connection from
+        one address is refused.
+        """
+        node = self.node_for("--max-connections-per-peer", "1")
+        reactor = node.reactor
+        self.successResultOf(node.tcp.listen("7000"))
+        factory = reactor.tcpServers[0][1]
+        self.assertFalse(Peer(factory, "10.0.0.1", 1).closed_by_node)
+        self.assertTrue(Peer(factory, "10.0.0.1", 2).closed_by_node)
+
+    def test_bad(self):
+        Options().parseOptions(["--max-connections", "1", "--first-frame-timeout", "0.5"])  # good ones
+        for argv in [
+            ["--max-connections", "0"],
+            ["--max-connections", "-1"],
+            ["--max-connections-per-peer", "x"],
+            ["--first-frame-timeout", "-1"],
+            ["--first-frame-timeout", "nan"],
+            ["--frame-timeout", "inf"],
+            ["--partial-frame-budget", "lots"],
+            ["--max-relays", "-1"],
+        ]:
+            self.assertRaises(usage.UsageError, Options().parseOptions, argv)
 
 
 def _keepalive_of(sock: socket.socket) -> dict:
