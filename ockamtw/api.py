@@ -185,17 +185,21 @@ class Node(BaseNode):
         connect_timeout: float = 10.0,
         authorized=None,
         flow_control: bool = True,
+        **liveness,
     ) -> Deferred:
         """
         Start a TCP outlet worker at C{address} that tunnels to C{target}
         (C{host:port}).  With C{authorized} (identifiers), only a Ping that
         came through a secure channel from one of them is accepted.
         C{flow_control=False} turns off per-stream flow control (it is
-        used only with ockamtw inlets anyway).  Fires with the L{Outlet}.
+        used only with ockamtw inlets anyway).  C{heartbeat} and
+        C{idle_timeout} (seconds) say when a stream whose other side is gone
+        ends (L{ockamtw.portal.PortalWorker.heartbeat}).  Fires with the
+        L{Outlet}.
         """
 
         def make():
-            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control)
+            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control, **liveness)
             self.start_worker(Address.parse(address), outlet)
             self.outlets[outlet.address.value] = outlet
             return outlet
@@ -219,6 +223,7 @@ class Node(BaseNode):
         ping_interval: float = 1.0,
         authorized=None,
         flow_control: bool = True,
+        **liveness,
     ) -> Deferred:
         """
         Listen at C{listen} (C{host:port}, a port, or an endpoint string)
@@ -226,7 +231,8 @@ class Node(BaseNode):
         ending at an outlet).  With C{authorized} (identifiers), only a Pong
         that came through a secure channel from one of them opens the
         tunnel.  C{flow_control=False} turns off per-stream flow control
-        (used only with ockamtw outlets anyway).  Fires with the L{Inlet}
+        (used only with ockamtw outlets anyway).  C{heartbeat} and
+        C{idle_timeout} as for L{create_outlet}.  Fires with the L{Inlet}
         once listening.
         """
 
@@ -239,6 +245,7 @@ class Node(BaseNode):
                 ping_interval=ping_interval,
                 authorized=authorized,
                 flow_control=flow_control,
+                **liveness,
             )
             return inlet.start()
 

@@ -33,6 +33,24 @@ log = Logger(namespace="ockamtw.flow")
 #: 1, 2, 4 and 8 MiB gave 5.5, 6.2, 6.7 and 6.4 Gbit/s (medians of three).
 STREAM_WINDOW = 4 * 1024 * 1024
 
+#: The end of an ockamtw portal worker's address when it speaks per-stream
+#: flow control (Credit messages); not hex, so no Ockam address has it.
+FLOW_MARK = ".fc1"
+
+
+def credit_stream(message) -> bool:
+    """
+    Whether C{message} belongs to a portal stream whose two ends both
+    speak per-stream flow control (its onward and return routes both end
+    at a L{FLOW_MARK} address): each end then bounds what it sends by the
+    other's credit, so a node relaying it need not pause the connection it
+    came in on when the way out is congested.
+    """
+    onward = message.onward_route
+    ret = message.return_route
+    return bool(onward) and bool(ret) and onward[-1].value.endswith(FLOW_MARK) and ret[-1].value.endswith(FLOW_MARK)
+
+
 #: Bytes a transport reads at once, and its outbound high-water mark: four
 #: full portal chunks (Twisted uses one attribute, C{bufferSize}, for both;
 #: its default of 64 KiB splits reads into one 48 KiB chunk and a small one).
@@ -147,10 +165,11 @@ class BackPressure:
         mark right now.
     """
 
-    def __init__(self, on_drain=None) -> None:
+    def __init__(self, on_drain=None, on_pause=None) -> None:
         self.congested = False
         self._paused: set = set()
         self._on_drain = on_drain
+        self._on_pause = on_pause
 
     def attach(self, transport) -> None:
         """
@@ -186,6 +205,8 @@ class BackPressure:
 
     def pauseProducing(self) -> None:
         self.congested = True
+        if self._on_pause is not None:
+            self._on_pause()
 
     def resumeProducing(self) -> None:
         self.congested = False
@@ -196,6 +217,66 @@ class BackPressure:
     def stopProducing(self) -> None:
         self.congested = False
         self.release()
+
+
+class StallWatch:
+    """
+    Notices a peer that stops reading: while started, it checks every
+    C{timeout / 4} seconds whether the kernel took any of what was written
+    (C{taken()}, a count that only grows); after C{timeout} seconds with no
+    progress it calls C{on_stall()}.  A check that runs late (the event
+    loop was held up, not the peer) never judges.
+    """
+
+    CHECKS = 4
+
+    def __init__(self, clock, timeout: float, taken, on_stall) -> None:
+        self._clock = clock
+        self.timeout = timeout
+        self._taken = taken
+        self._on_stall = on_stall
+        self._timer = None
+        self._last = 0
+        self._progress_at = 0.0
+        self._due = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._timer is not None
+
+    def start(self) -> None:
+        if self._timer is not None or self.timeout is None or self._clock is None:
+            return
+        now = self._clock.seconds()
+        self._last = self._taken()
+        self._progress_at = now
+        self._schedule(now)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _schedule(self, now: float) -> None:
+        interval = self.timeout / self.CHECKS
+        self._due = now + interval
+        self._timer = self._clock.callLater(interval, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        taken = self._taken()
+        if taken != self._last:
+            self._last = taken
+            self._progress_at = now
+        late = now - self._due > self.timeout / self.CHECKS
+        if late:
+            self._progress_at = max(self._progress_at, now - self.timeout * (1 - 1 / self.CHECKS))
+        elif now - self._progress_at >= self.timeout:
+            self._on_stall()
+            return
+        self._schedule(now)
 
 
 class PauseCounter:

@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from .access import ANYONE, Relayed, describe_origin
 from .errors import MessageTooLarge, RequestTimeout, WireError
+from .flow import credit_stream
 from .interfaces import IAccessPolicy
 from .logs import short
 from .node import Worker
@@ -152,7 +153,10 @@ class Forwarder(Worker):
                 + [a.encode() for a in rest]
                 + [message.return_route.encode(), _encode_uvarint(len(payload))]
             )
-            link.write_body(head, payload, message.source)
+            source = message.source
+            link.write_body(
+                head, payload, source, source is not None and link.backpressure.congested and credit_stream(message)
+            )
         else:
             self.node.forward(message, route + message.onward_route.step(), message.return_route, origin=self._origin)
         self.forwarded += 1
@@ -488,7 +492,9 @@ class Relay:
 
     def _registration_reply(self, message) -> None:
         if message.payload != self._payload or not message.return_route:
-            log.warn("relay {name}: unexpected reply {message!r}; ignored", name=self.name, message=message)
+            self.node.throttle.log(
+                log, "warn", ("relay reply", self.name), "relay {name}: unexpected reply; ignored", name=self.name
+            )
             return
         self.remote_address = message.return_route[-1]
         waiting = self._waiting

@@ -1040,3 +1040,90 @@ class ConnectSharedTests(SynchronousTestCase):
         self.assertEqual(len(reactor.tcpClients), 1)
         self.assertNoResult(d1)
         self.assertNoResult(d2)
+
+
+class BufferedTransport(StringTransport):
+    """
+    A StringTransport that says how much it holds unsent, as Twisted's TCP
+    transports do (L{ockamtw.flow.unsent}); C{take(n)} is the kernel taking
+    C{n} bytes.
+    """
+
+    offset = 0
+    _tempDataLen = 0
+
+    @property
+    def dataBuffer(self):
+        return self.io.getvalue()
+
+    def take(self, n: int) -> None:
+        rest = self.io.getvalue()[n:]
+        self.clear()
+        self.io.write(rest)
+
+
+class CreditStreamTests(TcpTestMixin, SynchronousTestCase):
+    """
+    Between two connections of a relay node: traffic of portal streams
+    whose both ends speak per-stream credit (their routes end with C{.fc1}
+    addresses) does not pause the connection it came in on when the way out
+    is congested, within the buffer limits; other traffic does.  A peer
+    that reads nothing for C{stall_timeout} is disconnected.
+    """
+
+    def setUp(self):
+        TcpTestMixin.setUp(self)
+        # c stands for a peer that only reads: no first-frame timeout here
+        # (see tests.test_connection_limits).
+        self.node.tcp.guard.limits.first_frame_timeout = None
+        self.pa, self.ta, self.a = self.connect(port=1)
+        self.pc, self.tc, self.c = self.connect(port=2, transportClass=BufferedTransport)
+        self.tc.producer.pauseProducing()
+
+    def test_creditStreamDoesNotPauseSource(self):
+        payload = b"x" * 100
+        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], payload))
+        self.assertEqual(self.ta.producerState, "producing")
+        self.assertFalse(self.a.paused)
+
+    def test_otherTrafficPausesSource(self):
+        self.pa.dataReceived(frame([self.c.address, "b" * 32], ["a" * 32 + ".fc1"], b"x"))
+        self.assertEqual(self.ta.producerState, "paused")
+
+    def test_overTheLinkLimitPausesSource(self):
+        self.node.tcp.link_credit_buffer = 1000
+        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 500))
+        self.assertEqual(self.ta.producerState, "producing")
+        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 600))
+        self.assertEqual(self.ta.producerState, "paused")
+
+    def test_overTheNodeLimitPausesSource(self):
+        pd, td, d = self.connect(port=3, transportClass=BufferedTransport)
+        td.producer.pauseProducing()
+        self.node.tcp.node_credit_buffer = 1000
+        self.pa.dataReceived(frame([d.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 600))
+        self.assertEqual(self.ta.producerState, "producing")
+        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 600))
+        self.assertEqual(self.ta.producerState, "paused")
+
+    def test_stalledPeerDisconnected(self):
+        """
+        A congested connection whose peer takes nothing for stall_timeout
+        seconds is aborted; the timer goes when it drains.
+        """
+        timeout = self.node.tcp.stall_timeout
+        self.pa.dataReceived(frame([self.c.address, "far"], [A], b"x" * 100))
+        self.reactor.pump([1] * int(timeout * 0.75))
+        self.tc.take(10)  # progress
+        self.reactor.pump([1] * int(timeout * 0.9))
+        self.assertFalse(self.tc.disconnected)
+        self.reactor.pump([1] * int(timeout * 0.5))
+        self.assertTrue(self.tc.disconnected)
+
+    def test_drainedConnectionNotWatched(self):
+        self.pa.dataReceived(frame([self.c.address, "far"], [A], b"x" * 100))
+        self.assertTrue(self.reactor.getDelayedCalls())
+        self.tc.producer.resumeProducing()
+        self.assertEqual([dc for dc in self.reactor.getDelayedCalls() if "_check" in repr(dc)], [])
+        self.reactor.pump([1] * int(self.node.tcp.stall_timeout * 3))
+        self.assertFalse(self.tc.disconnected)

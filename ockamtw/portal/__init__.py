@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
-from ..flow import STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
+from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import LOCAL, Address, Route, _encode_uvarint
@@ -59,9 +59,6 @@ PONG = b"\x01"
 DISCONNECT = b"\x02"
 _PAYLOAD_TAG = 3
 
-#: The end of an ockamtw portal worker's address when it speaks per-stream
-#: flow control (Credit messages); not hex, so no Ockam address has it.
-FLOW_MARK = ".fc1"
 #: A receiver grants more credit once it can move the limit by this much.
 GRANT_STEP = STREAM_WINDOW // 4
 #: Bytes a sender may run past its limit (what one socket read holds)
@@ -226,6 +223,20 @@ class PortalWorker(Worker):
         self.granted = STREAM_WINDOW
         self.credit_paused = False
         self.credits_sent = 0
+        #: Messages received from, and sent to, the other side (liveness).
+        self.heard = 0
+        self.said = 0
+        self._live_timer = None
+        self._marks = (0, 0)
+        self._silent = 0
+
+    def _note(self, level: str, what: str, format: str, **kw) -> None:
+        """
+        Log an event of this stream, rate-limited per inlet or outlet (a
+        peer can cause any number of them).
+        """
+        node = self.owner.node
+        node.throttle.log(log, level, (what, id(self.owner)), format, side=self.side, address=str(self.address), **kw)
 
     # --- socket side -------------------------------------------------------------
 
@@ -244,6 +255,7 @@ class PortalWorker(Worker):
         route = self.remote_route
         if route is None or self.finished:
             return
+        self.said += 1
         if len(data) <= MAX_CHUNK:
             chunks = (data,)
         else:
@@ -317,6 +329,7 @@ class PortalWorker(Worker):
     def receive(self, message) -> None:
         # Who may send is the node's business (the portal's access policy:
         # once open, only the origin its stream was opened through).
+        self.heard += 1
         payload = message.payload
         if not payload:
             self.dropped += 1
@@ -331,7 +344,7 @@ class PortalWorker(Worker):
             try:
                 data = parse_payload(payload)
             except WireError as e:
-                log.warn("{side}: bad Payload ({error}); dropped", side=self.side, error=str(e))
+                self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
                 return
             if self.transport is None or self.write_done:
                 return
@@ -357,14 +370,14 @@ class PortalWorker(Worker):
             try:
                 decode_eof(payload)
             except WireError as e:
-                log.warn("{side}: bad Eof ({error}); dropped", side=self.side, error=str(e))
+                self._note("warn", "bad", "{side} {address}: bad Eof ({error}); dropped", error=str(e))
                 return
             self._peer_eof()
         elif tag == CREDIT_TAG and self.flow:
             try:
                 limit = decode_credit(payload)
             except WireError as e:
-                log.warn("{side}: bad Credit ({error}); dropped", side=self.side, error=str(e))
+                self._note("warn", "bad", "{side} {address}: bad Credit ({error}); dropped", error=str(e))
                 return
             if limit > self.limit:
                 self.limit = limit
@@ -388,6 +401,7 @@ class PortalWorker(Worker):
         Send a portal message (Credit, Eof) the way Payloads go, so that it
         keeps its place after them.
         """
+        self.said += 1
         link = self._link
         try:
             if self._head is not None and link is not None and link.connected:
@@ -437,7 +451,7 @@ class PortalWorker(Worker):
         """
         Ping and Pong: the inlet and outlet handle them; here they are noise.
         """
-        log.info("{side} {address}: unexpected portal message {tag}; dropped", side=self.side, address=str(self.address), tag=tag)
+        self._note("info", "unexpected", "{side} {address}: unexpected portal message {tag}; dropped", tag=tag)
 
     # --- ending ----------------------------------------------------------------------------
 
@@ -475,25 +489,67 @@ class PortalWorker(Worker):
             # side starts with once the link has stripped itself (version,
             # onward, return route), for the fast path.
             self._head = b"\x01" + route.step().encode() + Route([self.address]).encode()
+        self._schedule_liveness()
+
+    # --- is the other side still there? ----------------------------------------------
+
+    #: With per-stream credit, each side sends a keepalive (a Credit that
+    #: repeats its limit, which changes nothing) when it has sent nothing
+    #: for this many seconds, and ends the stream when it has heard nothing
+    #: for L{SILENT_BEATS} of them: the other side is gone (its node died
+    #: behind a relay, which no connection of ours would show).
+    heartbeat = 30.0
+    SILENT_BEATS = 3
+    #: Without credit (an Ockam 0.83 peer, which has no keepalive), a stream
+    #: with no traffic either way for this many seconds is closed
+    #: (C{None}: never).
+    idle_timeout: Optional[float] = 3600.0
+
+    def _schedule_liveness(self) -> None:
+        owner = self.owner
+        if self.flow:
+            delay = getattr(owner, "heartbeat", None) or self.heartbeat
+        else:
+            idle = getattr(owner, "idle_timeout", self.idle_timeout)
+            if idle is None:
+                return
+            delay = idle / 4
+        self._live_timer = owner.node.reactor.callLater(delay, self._liveness)
+
+    def _liveness(self) -> None:
+        self._live_timer = None
+        if self.finished:
+            return
+        marks = (self.heard, self.said)
+        heard_nothing = marks[0] == self._marks[0]
+        said_nothing = marks[1] == self._marks[1]
+        self._silent = self._silent + 1 if (heard_nothing and (self.flow or said_nothing)) else 0
+        self._marks = marks
+        if self.flow:
+            if self._silent >= self.SILENT_BEATS:
+                self._note("info", "silent", "{side} {address}: nothing heard from the other side for {n} heartbeats; portal closed", n=self._silent)
+                self.finish(notify=False, grace=self.close_grace)
+                return
+            if said_nothing:
+                self._send_to_other_side(encode_credit(self.granted))
+                self._marks = (self.heard, self.said)
+        elif self._silent >= 4:
+            self._note("info", "idle", "{side} {address}: no traffic for {t:g} s; portal closed",
+                       t=getattr(self.owner, "idle_timeout", self.idle_timeout))
+            self.finish(notify=True)
+            return
+        self._schedule_liveness()
 
     def _origin_lost(self, origin) -> None:
         self._origin_key = None
         if not self.finished:
-            log.info(
-                "{side} {address}: the peer that opened it is gone; portal closed",
-                side=self.side,
-                address=str(self.address),
-            )
+            self._note("info", "gone", "{side} {address}: the peer that opened it is gone; portal closed")
             self.finish(notify=False, grace=self.close_grace)
 
     def _link_lost(self, link) -> None:
         self._link_key = None
         if not self.finished:
-            log.info(
-                "{side} {address}: link to the other side closed; portal closed",
-                side=self.side,
-                address=str(self.address),
-            )
+            self._note("info", "link", "{side} {address}: link to the other side closed; portal closed")
             self.finish(notify=False, grace=self.close_grace)
 
     def finish(self, notify: bool, grace: Optional[float] = None, limit: Optional[float] = None) -> None:
@@ -507,6 +563,10 @@ class PortalWorker(Worker):
         if self.finished:
             return
         self.finished = True
+        if self._live_timer is not None:
+            if self._live_timer.active():
+                self._live_timer.cancel()
+            self._live_timer = None
         if self._link_key is not None:
             self._link.cancel_on_close(self._link_key)
             self._link_key = None

@@ -128,9 +128,13 @@ class Inlet:
     """
 
     def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None,
-                 flow_control: bool = True) -> None:
+                 flow_control: bool = True, heartbeat: float = PortalWorker.heartbeat,
+                 idle_timeout: Optional[float] = PortalWorker.idle_timeout) -> None:
         self.node = node
         self.flow_control = flow_control
+        #: See L{PortalWorker.heartbeat} and L{PortalWorker.idle_timeout}.
+        self.heartbeat = heartbeat
+        self.idle_timeout = idle_timeout
         self.authorized = None if authorized is None else frozenset(authorized)
         #: Who may answer a Ping (and so open a stream): see L{ockamtw.access}.
         self.pong_access = authorized_policy(self.authorized)

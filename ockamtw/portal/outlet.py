@@ -5,6 +5,8 @@ portal worker to the target service.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
@@ -51,9 +53,14 @@ class Outlet(Worker):
         (docs/protocol.md) to inlets that speak it.
     """
 
-    def __init__(self, target: str, connect_timeout: float = 10.0, authorized=None, flow_control: bool = True) -> None:
+    def __init__(self, target: str, connect_timeout: float = 10.0, authorized=None, flow_control: bool = True,
+                 heartbeat: float = PortalWorker.heartbeat,
+                 idle_timeout: Optional[float] = PortalWorker.idle_timeout) -> None:
         self.target = target
         self.flow_control = flow_control
+        #: See L{PortalWorker.heartbeat} and L{PortalWorker.idle_timeout}.
+        self.heartbeat = heartbeat
+        self.idle_timeout = idle_timeout
         self.authorized = None if authorized is None else frozenset(authorized)
         #: Who may open a stream (send Ping): everyone, or the secure
         #: channel peers in C{authorized}; the node enforces it.
@@ -88,7 +95,10 @@ class Outlet(Worker):
 
         def failed(f):
             self.refused += 1
-            log.warn(
+            self.node.throttle.log(
+                log,
+                "warn",
+                ("target", id(self)),
                 "outlet {address}: cannot connect to {target} ({reason}); portal closed",
                 address=self.address.value,
                 target=self.target,

@@ -110,8 +110,7 @@ class _Part(Worker):
             self.end._wire(message)
         elif self.role == "encryptor":
             self.end._local(message)
-        else:
-            log.info("secure channel backwards address {a} got a message; dropped", a=str(self.address))
+        # The backwards address accepts nothing (NOBODY): never called.
 
 
 @implementer(IOrigin)
@@ -209,7 +208,10 @@ class ChannelEnd(CloseNotifier):
         except (WireError, SecureChannelError) as e:
             self.dropped += 1
             if self.status in ("up",):
-                log.info("secure channel {e}: frame dropped: {err}", e=str(self.encryptor), err=str(e))
+                self.node.throttle.log(
+                    log, "info", ("channel frame", id(self)), "secure channel {e}: frame dropped: {err}",
+                    e=str(self.encryptor), err=str(e),
+                )
             else:
                 self._fail(e)
 
@@ -278,7 +280,9 @@ class ChannelEnd(CloseNotifier):
 
     def _local(self, message) -> None:
         if self.status != "up":
-            log.info("secure channel {e} is not up; message dropped", e=str(self.encryptor))
+            self.node.throttle.log(
+                log, "info", ("channel down", id(self)), "secure channel {e} is not up; message dropped", e=str(self.encryptor)
+            )
             return
         self._send_inner(
             message.onward_route.step().prepend(self._peer_backwards),

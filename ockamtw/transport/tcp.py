@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from ..access import ANYONE
 from ..errors import TransportError, WireError
-from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, send_now, tune
+from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, StallWatch, credit_stream, send_now, tune, unsent
 from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, IWorker
 from ..logs import short
 from ..node import InFlight, gather
@@ -264,7 +264,10 @@ class TcpConnection(CloseNotifier):
         self.socket_address = _peer_text(transport.getPeer())
         self.local_address = _peer_text(transport.getHost())
         self.connected = True
-        self.backpressure = BackPressure()
+        self.backpressure = BackPressure(on_drain=self._drained, on_pause=self._congested)
+        self._stall = StallWatch(tcp.reactor, tcp.stall_timeout, self._taken, self._stalled)
+        #: Bytes of frames written (to the kernel or the transport's buffer).
+        self.bytes_out = 0
         self._decoder = FrameDecoder()
         self._reading = PauseCounter(transport, on_resume=self._resumed)
         self._processing = False
@@ -331,6 +334,8 @@ class TcpConnection(CloseNotifier):
         if self.address is not None:
             self._node.stop_worker(self.address)
         self.backpressure.stopProducing()
+        self._stall.stop()
+        self._tcp._congested.discard(self)
         log.info(
             "TCP connection {address} to {peer} closed",
             address=str(self.address),
@@ -403,16 +408,22 @@ class TcpConnection(CloseNotifier):
         except MessageTooLarge as e:
             log.error("{address}: {error}; dropped", address=str(self.address), error=str(e))
             return
-        send_now(self.transport, parts, sum(map(len, parts)))
+        size = sum(map(len, parts))
+        send_now(self.transport, parts, size)
         self.messages_out += 1
-        self.backpressure.wrote(message.source)
+        self.bytes_out += size
+        source = message.source
+        if source is not None and self.backpressure.congested:
+            self._pause_source(source, credit_stream(message))
 
-    def write_body(self, head: bytes, data: bytes, source=None) -> None:
+    def write_body(self, head: bytes, data: bytes, source=None, credit: bool = False) -> None:
         """
         Write one frame whose body is C{head + data} (an encoded
         TransportMessage whose onward route no longer holds this
         connection), as L{receive} would for the decoded message.  The fast
-        path for portals, which know their header in advance.
+        path for portals and relays, which know their header in advance.
+        C{credit} says that the message belongs to a stream under
+        per-stream flow control (L{ockamtw.flow.credit_stream}).
 
         @raise MessageTooLarge: when the body exceeds a frame.
         """
@@ -423,7 +434,56 @@ class TcpConnection(CloseNotifier):
             return
         send_now(self.transport, [size.to_bytes(2, "big") + head, data], size)
         self.messages_out += 1
+        self.bytes_out += size + 2
+        if source is not None and self.backpressure.congested:
+            self._pause_source(source, credit)
+
+    def _pause_source(self, source, credit: bool) -> None:
+        """
+        This connection is congested after writing a message that C{source}
+        read in: pause C{source} until it drains, unless the message belongs
+        to a stream under per-stream credit (its ends bound what it sends)
+        and the buffers are within their limits (L{TcpTransport.may_buffer}):
+        then pausing the source, a connection shared by other streams, would
+        only stall them (head-of-line blocking).
+        """
+        if credit and self._tcp.may_buffer(self):
+            return
         self.backpressure.wrote(source)
+
+    # --- a peer that reads nothing ------------------------------------------------
+
+    def unsent(self) -> int:
+        """
+        Bytes written and not yet taken by the kernel.
+        """
+        pending = unsent(self.transport)
+        return 0 if pending is None else pending
+
+    def _taken(self) -> int:
+        return self.bytes_out - self.unsent()
+
+    def _congested(self) -> None:
+        self._tcp._congested.add(self)
+        self._stall.start()
+
+    def _drained(self) -> None:
+        self._tcp._congested.discard(self)
+        self._stall.stop()
+
+    def _stalled(self) -> None:
+        self._node.throttle.log(
+            log,
+            "warn",
+            ("stalled", self.socket_address),
+            "TCP connection {address} to {peer}: the peer read nothing for {seconds:g} s with {unsent} bytes waiting; closed",
+            address=str(self.address),
+            peer=self.socket_address,
+            seconds=self._stall.timeout,
+            unsent=self.unsent(),
+            node=self._node.name,
+        )
+        self.abort()
 
     @property
     def congested(self) -> bool:
@@ -588,10 +648,11 @@ class TcpConnection(CloseNotifier):
                     message = decoder.next()
                 except WireError as e:
                     frames += 1
+                    node.dropped += 1
                     node.throttle.log(
                         log,
                         "warn",
-                        ("undecodable frame", self),
+                        ("undecodable", self.socket_address),
                         "undecodable frame from {peer} dropped: {error}",
                         peer=self.socket_address,
                         error=short(str(e)),
@@ -736,6 +797,14 @@ class TcpTransport:
     #: Seconds after which a silent outgoing connection writes a heartbeat
     #: (C{None}: never); see L{ockamtw.transport.limits.HELLO_DELAY}.
     hello_delay = HELLO_DELAY
+    #: Seconds a congested connection's peer may read nothing before the
+    #: connection is closed (C{None}: never).
+    stall_timeout: Optional[float] = 60.0
+    #: Bytes one congested connection may hold unsent for streams under
+    #: per-stream credit before it pauses their sources after all, and the
+    #: same for all congested connections of the node together.
+    link_credit_buffer = 32 * 1024 * 1024
+    node_credit_buffer = 256 * 1024 * 1024
 
     def __init__(self, node, reactor) -> None:
         self.node = node
@@ -748,6 +817,17 @@ class TcpTransport:
         #: The limits on accepted connections, and what they refused and
         #: closed (set C{guard.limits} to change them).
         self.guard = ConnectionGuard()
+        #: connections over their outbound high-water mark
+        self._congested: set = set()
+
+    def may_buffer(self, conn: "TcpConnection") -> bool:
+        """
+        Whether C{conn} may take more for credit streams without pausing
+        their sources (see L{TcpConnection._pause_source}).
+        """
+        if conn.unsent() >= self.link_credit_buffer:
+            return False
+        return sum(c.unsent() for c in self._congested) < self.node_credit_buffer
 
     # --- listening -------------------------------------------------------------
 
