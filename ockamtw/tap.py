@@ -26,6 +26,14 @@ from .control import state as st
 from .control.server import ControlService, NodeController
 from .errors import OckamError, RouteUnreachable, WireError
 from .routing import Address, MultiAddr
+from .relay import RelayLimits
+from .transport.limits import (
+    FIRST_FRAME_TIMEOUT,
+    FRAME_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    PARTIAL_FRAME_BUDGET,
+)
 from .transport.tcp import client_target, server_description
 
 log = Logger(namespace="ockamtw.tap")
@@ -36,6 +44,22 @@ LOG_MAX_SIZE = 10 * 1000 * 1000
 LOG_MAX_FILES = 5
 
 _SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+
+def _count(option: str, value: str, least: int) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < least:
+        raise usage.UsageError(f"--{option}: expected a whole number from {least}, got {value!r}")
+    return int(value)
+
+
+def _seconds(option: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (0 <= seconds < 1e9):  # also refuses nan and inf
+        raise usage.UsageError(f"--{option}: expected seconds (0 for never), got {value!r}")
+    return seconds
 
 
 def parse_size(text: str) -> int:
@@ -165,6 +189,72 @@ class Options(usage.Options):
             raise usage.UsageError(f"--log-max-files: expected a number from 1, got {value!r}")
         self["log-max-files"] = int(value)
 
+    def opt_max_connections(self, value: str) -> None:
+        """
+        Accepted TCP connections this node holds at most; one more is
+        closed at once [default: %d, or half the open-file limit if lower].
+        """
+        self["max-connections"] = _count("max-connections", value, 1)
+
+    opt_max_connections.__doc__ %= MAX_CONNECTIONS
+
+    def opt_max_connections_per_peer(self, value: str) -> None:
+        """
+        Accepted TCP connections from one peer address (an IPv4 address or
+        an IPv6 /64) at most [default: %d].
+        """
+        self["max-connections-per-peer"] = _count("max-connections-per-peer", value, 1)
+
+    opt_max_connections_per_peer.__doc__ %= MAX_CONNECTIONS_PER_PEER
+
+    def opt_first_frame_timeout(self, value: str) -> None:
+        """
+        Close an accepted connection that has not completed a frame this
+        many seconds after connecting; 0: never [default: %g].
+        """
+        self["first-frame-timeout"] = _seconds("first-frame-timeout", value)
+
+    opt_first_frame_timeout.__doc__ %= FIRST_FRAME_TIMEOUT
+
+    def opt_frame_timeout(self, value: str) -> None:
+        """
+        Close an accepted connection that holds a partial frame while no
+        frame completes for this many seconds; 0: never [default: %g].
+        """
+        self["frame-timeout"] = _seconds("frame-timeout", value)
+
+    opt_frame_timeout.__doc__ %= FRAME_TIMEOUT
+
+    def opt_partial_frame_budget(self, value: str) -> None:
+        """
+        Bytes of partial frames all accepted connections may hold together
+        (k, M, G: powers of 1000); a connection whose read goes over is
+        closed; 0: no budget [default: %d MiB].
+        """
+        try:
+            self["partial-frame-budget"] = 0 if value.strip() == "0" else parse_size(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--partial-frame-budget: {e}") from None
+
+    opt_partial_frame_budget.__doc__ %= PARTIAL_FRAME_BUDGET // 2**20
+
+    def opt_max_relays_per_connection(self, value: str) -> None:
+        """
+        Relays one peer (a TCP connection or a secure channel) may register
+        on this node; 0: none [default: %d].
+        """
+        self["max-relays-per-connection"] = _count("max-relays-per-connection", value, 0)
+
+    opt_max_relays_per_connection.__doc__ %= RelayLimits().per_owner
+
+    def opt_max_relays(self, value: str) -> None:
+        """
+        Relays peers may register on this node in all; 0: none [default: %d].
+        """
+        self["max-relays"] = _count("max-relays", value, 0)
+
+    opt_max_relays.__doc__ %= RelayLimits().total
+
     def opt_listen(self, value: str) -> None:
         try:
             self["listen"] = server_description(value)
@@ -179,6 +269,8 @@ class Options(usage.Options):
         self["relay"] = []
         self["log-max-size"] = LOG_MAX_SIZE
         self["log-max-files"] = LOG_MAX_FILES
+        for limit in _LIMITS + _RELAY_LIMITS:
+            self[limit[0]] = None  # the default
 
     def opt_outlet(self, value: str) -> None:
         """
@@ -270,6 +362,43 @@ class Options(usage.Options):
             return
         _node_log = NodeLog(path or "twistd.log", self["log-max-size"], self["log-max-files"], not nodaemon)
         parent["logger"] = f"{__name__}.logObserver"
+
+
+#: Options of L{ockamtw.transport.limits.ConnectionLimits}, by attribute
+#: (for the timeouts and the budget, 0 is off: C{None}).
+_LIMITS = (
+    ("max-connections", "max_connections"),
+    ("max-connections-per-peer", "max_per_peer"),
+    ("first-frame-timeout", "first_frame_timeout"),
+    ("frame-timeout", "frame_timeout"),
+    ("partial-frame-budget", "partial_frame_budget"),
+)
+#: Options of L{ockamtw.relay.RelayLimits}, by attribute.
+_RELAY_LIMITS = (
+    ("max-relays-per-connection", "per_owner"),
+    ("max-relays", "total"),
+)
+
+
+def apply_limits(node, options) -> None:
+    """
+    Set the node's limits given in C{options} (the others keep their
+    defaults): its TCP transport's (C{node.tcp.guard.limits}) and its relay
+    services' (C{node.relay_limits}, shared by both services through
+    C{node.relay_registry}), before anything is accepted.
+    """
+    limits = node.tcp.guard.limits
+    for option, attribute in _LIMITS:
+        if options[option] is not None:
+            setattr(limits, attribute, options[option] or None)
+    given = [(attribute, options[option]) for option, attribute in _RELAY_LIMITS if options[option] is not None]
+    registry = getattr(node, "relay_registry", None)
+    if given and registry is not None:
+        relay_limits = RelayLimits(registry.limits.per_owner, registry.limits.total)
+        for attribute, value in given:
+            setattr(relay_limits, attribute, value)
+        node.relay_limits = relay_limits
+        registry.limits = relay_limits
 
 
 def _fatal(line: str) -> None:
@@ -520,6 +649,7 @@ def makeService(options, reactor=None):
 
     identity = _load_identity(state_dir, state, home) if state_dir else None
     node = Node(reactor, name=name, identity=identity)
+    apply_limits(node, options)
     _CleanSigterm(reactor).setServiceParent(node)  # first: see its docstring
     node.node_resolver = _node_resolver(home)
     controller = NodeController(node, state_dir) if state_dir else None

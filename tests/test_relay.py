@@ -199,6 +199,9 @@ class MemoryMixin:
     def setUp(self):
         self.reactor = MemoryReactorClock()
         self.node = Node(self.reactor, name=self.node_name)
+        # These connections stand in for peers that may stay silent; their
+        # first-frame timeout is tested in tests.test_connection_limits.
+        self.node.tcp.guard.limits.first_frame_timeout = None
         self._port = 5555
 
     def connect(self):

@@ -482,13 +482,13 @@ class SendToConnectionTests(TcpTestMixin, SynchronousTestCase):
 
 class SocketOptionTests(TcpTestMixin, SynchronousTestCase):
     """
-    TCP_NODELAY everywhere, keepalive on outgoing connections.
+    TCP_NODELAY and keepalive everywhere.
     """
 
     def test_accepted(self):
         proto, t, conn = self.connect(MODE_ACCEPTED, transportClass=SocketOptionsTransport)
         self.assertEqual(t.noDelay, [True])
-        self.assertEqual(t.keepAlive, [])
+        self.assertEqual(t.keepAlive, [True])
 
     def test_outgoing(self):
         proto, t, conn = self.connect(MODE_OUTGOING, transportClass=SocketOptionsTransport)
@@ -952,6 +952,11 @@ class ConnectTests(TcpTestMixin, SynchronousTestCase):
         self.assertIs(self.node.tcp.connection_to("127.0.0.1:7001"), conn)
         self.assertIs(self.node.tcp.connection_to("1#127.0.0.1:7001"), conn)
         self.assertIsNone(self.node.tcp.connection_to("127.0.0.1:7002"))
+        # A connection that stays silent writes a heartbeat after a second
+        # (so that the peer's first-frame timeout keeps it), and only one.
+        self.assertEqual(t.value(), b"")
+        self.reactor.advance(1)
+        self.assertEqual(t.value(), HEARTBEAT_FRAME)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_connectEndpoint(self):
@@ -1010,6 +1015,9 @@ class ConnectTests(TcpTestMixin, SynchronousTestCase):
         self.assertEqual(reply.payload, b"\x02HI")
         self.assertEqual(reply.return_route, Route([conn.address, "uppercase"]))
         self.assertIsNone(self.node.worker_at(temp))
+        sent = t.value()
+        self.reactor.advance(1)  # the connection was not silent: no heartbeat
+        self.assertEqual(t.value(), sent)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
@@ -1065,6 +1073,9 @@ class CreditStreamTests(TcpTestMixin, SynchronousTestCase):
 
     def setUp(self):
         TcpTestMixin.setUp(self)
+        # c stands for a peer that only reads: no first-frame timeout here
+        # (see tests.test_connection_limits).
+        self.node.tcp.guard.limits.first_frame_timeout = None
         self.pa, self.ta, self.a = self.connect(port=1)
         self.pc, self.tc, self.c = self.connect(port=2, transportClass=BufferedTransport)
         self.tc.producer.pauseProducing()

@@ -255,6 +255,11 @@ class Commands:
                 {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": "Down"}
                 for r in state.get("relays", [])
             ],
+            # Known only to a running node (see NodeController.limits).
+            "limits": {},
+            "refused": {},
+            "closed": {},
+            "connections": {},
         }
 
     async def node_list(self):

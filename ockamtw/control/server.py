@@ -25,6 +25,7 @@ from ..secure.errors import SecureChannelError
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
 from ..routing import MultiAddr, parse_route_text
 from ..services import DEFAULT_SERVICES
+from ..transport.tcp import MODE_OUTGOING
 from ..wire import decode_string, encode_string
 from . import state as st
 
@@ -131,7 +132,25 @@ class NodeController:
             "outlets": self.outlets(),
             "relays": self.relays(),
             "identity": node.identity.identifier,
+            **self.limits(),
         }
+
+    def limits(self) -> dict:
+        """
+        The node's limits on what peers make it hold, and what they
+        refused and closed (see C{docs/control-api.md}).
+        """
+        node = self.node
+        guard = node.tcp.guard
+        registry = getattr(node, "relay_registry", None)
+        limits = guard.limits.to_dict()
+        refused = dict(guard.refused)
+        if registry is not None:
+            limits.update(registry.limits.to_dict())
+            refused["relay_registrations"] = registry.refused
+        connections = guard.to_dict()
+        connections["outgoing"] = sum(1 for c in node.tcp.connections if c.mode == MODE_OUTGOING)
+        return {"limits": limits, "refused": refused, "closed": dict(guard.closed), "connections": connections}
 
     # --- identity and secure channels ------------------------------------------------
 

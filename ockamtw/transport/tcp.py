@@ -12,6 +12,13 @@ streaming producer registered with its transport).  When the buffer passes
 the transport's high-water mark, the connection is congested, and the
 source of every message written meanwhile (the connection or socket that
 read it in) is paused until the buffer drains.
+
+Limits (L{ockamtw.transport.limits}): accepted connections are counted in
+all and per peer address, and one over a limit is closed at once; an
+accepted connection must complete its first frame within a timeout, and
+while it holds a partial frame, some frame must complete within another;
+partial frames of all accepted connections share a memory budget.  Every
+connection has TCP keepalive with short timings.
 """
 
 from __future__ import annotations
@@ -36,6 +43,16 @@ from ..logs import short
 from ..node import InFlight, gather
 from ..routing import Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
+from .limits import (
+    CLOSED_BUDGET,
+    CLOSED_FIRST_FRAME,
+    CLOSED_FRAME,
+    HEARTBEAT_FRAME,
+    HELLO_DELAY,
+    ConnectionGuard,
+    Refused,
+    set_keepalive,
+)
 
 log = Logger(namespace="ockamtw.transport.tcp")
 
@@ -154,10 +171,15 @@ def _peer_text(addr) -> str:
 
 class _FrameProtocol(Protocol):
     """
-    Thin: hands socket events to its L{TcpConnection}.
+    Thin: hands socket events to its L{TcpConnection}.  An accepted
+    connection over a limit of the node's L{ConnectionGuard} is closed at
+    once, and no L{TcpConnection} is made for it.
     """
 
     connection: Optional["TcpConnection"] = None
+    #: Whether the guard counted this connection (see L{ConnectionGuard.admit}).
+    _admitted = False
+    _peer_key: Optional[str] = None
 
     def __init__(self, tcp: "TcpTransport", mode: str, address: Optional[Address] = None) -> None:
         self._tcp = tcp
@@ -165,13 +187,36 @@ class _FrameProtocol(Protocol):
         self._address = address
 
     def connectionMade(self) -> None:
-        self.connection = TcpConnection(self._tcp, self.transport, self._mode)
+        guarded = self._mode == MODE_ACCEPTED
+        if guarded:
+            tcp = self._tcp
+            try:
+                self._peer_key = tcp.guard.admit(self.transport.getPeer())
+            except Refused as e:
+                tcp.node.throttle.log(
+                    log,
+                    "warn",
+                    ("connection refused", e.reason),
+                    "connection from {peer} refused: {reason}",
+                    peer=short(_peer_text(self.transport.getPeer())),
+                    reason=e.text,
+                    limit=e.reason,
+                    node=tcp.node.name,
+                )
+                self.transport.abortConnection()
+                return
+            self._admitted = True
+        self.connection = TcpConnection(self._tcp, self.transport, self._mode, guarded)
         self.connection._made(self._address)
 
     def dataReceived(self, data: bytes) -> None:
-        self.connection._data_received(data)
+        if self.connection is not None:
+            self.connection._data_received(data)
 
     def connectionLost(self, reason) -> None:
+        if self._admitted:  # first: the slot is free when the close is announced
+            self._admitted = False
+            self._tcp.guard.release(self._peer_key)
         if self.connection is not None:
             self.connection._lost(reason)
 
@@ -209,7 +254,7 @@ class TcpConnection(CloseNotifier):
     #: itself, else C{None}.
     loop = None
 
-    def __init__(self, tcp: "TcpTransport", transport, mode: str) -> None:
+    def __init__(self, tcp: "TcpTransport", transport, mode: str, guarded: bool = False) -> None:
         self._tcp = tcp
         self._node = tcp.node
         self.transport = transport
@@ -224,11 +269,23 @@ class TcpConnection(CloseNotifier):
         #: Bytes of frames written (to the kernel or the transport's buffer).
         self.bytes_out = 0
         self._decoder = FrameDecoder()
-        self._reading = PauseCounter(transport, on_resume=self._process)
+        self._reading = PauseCounter(transport, on_resume=self._resumed)
         self._processing = False
         self._closer = Closer(tcp.reactor)
         self.messages_in = 0
         self.messages_out = 0
+        #: Complete frames read (messages, heartbeats, undecodable ones).
+        self.frames_in = 0
+        #: The node's L{ConnectionGuard} when its limits apply (accepted
+        #: connections), else C{None}.
+        self._guard = tcp.guard if guarded else None
+        #: Bytes of a partial frame counted in the guard's budget.
+        self._held = 0
+        #: The progress check (see L{_check_progress}) and what it compares.
+        self._watch = None
+        self._watch_due = 0.0
+        self._watch_frames = 0
+        self._was_paused = False
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -236,10 +293,9 @@ class TcpConnection(CloseNotifier):
         t = self.transport
         try:
             t.setTcpNoDelay(True)
-            if self.mode == MODE_OUTGOING:
-                t.setTcpKeepAlive(True)
         except (AttributeError, OSError):
             pass
+        set_keepalive(t, self._tcp.guard.limits.keepalive)
         tune(t)
         self.backpressure.attach(t)
         try:
@@ -251,6 +307,12 @@ class TcpConnection(CloseNotifier):
             return
         self._tcp._add(self)
         self._tcp._find_loop(self)
+        if self._guard is not None:
+            timeout = self._guard.limits.first_frame_timeout
+            if timeout is not None:
+                self._arm(timeout)
+        elif self.mode == MODE_OUTGOING and self._tcp.hello_delay is not None:
+            self._watch = self._tcp.reactor.callLater(self._tcp.hello_delay, self._hello)
         log.info(
             "TCP connection {mode} {peer} as {address}",
             mode=self.mode,
@@ -264,6 +326,10 @@ class TcpConnection(CloseNotifier):
             return
         self.connected = False
         self._reading.active = False
+        self._disarm()
+        if self._guard is not None:
+            self._guard.partial_bytes -= self._held
+            self._held = 0
         self._tcp._remove(self)
         if self.address is not None:
             self._node.stop_worker(self.address)
@@ -436,6 +502,7 @@ class TcpConnection(CloseNotifier):
     # --- IFlowSource: messages read ---------------------------------------------
 
     def pause_flow(self) -> None:
+        self._was_paused = True
         self._reading.pause()
 
     def resume_flow(self) -> None:
@@ -448,6 +515,123 @@ class TcpConnection(CloseNotifier):
     def _data_received(self, data: bytes) -> None:
         self._decoder.feed(data)
         self._process()
+        if self._guard is not None and self.connected:
+            self._account()
+
+    def _resumed(self) -> None:
+        self._process()
+        if self._guard is not None and self.connected:
+            self._account()
+
+    # --- limits on accepted connections ------------------------------------------
+
+    def _account(self) -> None:
+        """
+        After a read: count the partial frame this connection holds in the
+        node's budget (closing it if that goes over), and make sure a
+        progress check is due while it holds one, and none once it has
+        completed a frame and holds nothing.  While this node has
+        paused reading, what is buffered may be whole frames waiting: the
+        count is left as it was.
+        """
+        if self._reading.count:
+            return
+        held = self._decoder.buffered()
+        guard = self._guard
+        if held != self._held:
+            guard.partial_bytes += held - self._held
+            grew = held > self._held
+            self._held = held
+            if grew and guard.over_budget():
+                self._close_for(
+                    CLOSED_BUDGET,
+                    "partial frames of all accepted connections exceed {limit} bytes (--partial-frame-budget)",
+                    guard.limits.partial_frame_budget,
+                )
+                return
+        if held:
+            if self._watch is None:
+                timeout = guard.limits.frame_timeout
+                if timeout is not None:
+                    self._arm(timeout)
+        elif self._watch is not None and self.frames_in:
+            self._disarm()  # a frame completed and nothing waits: no check is due
+
+    def _arm(self, delay: float) -> None:
+        reactor = self._tcp.reactor
+        self._watch_due = reactor.seconds() + delay
+        self._watch_frames = self.frames_in
+        self._was_paused = self._reading.count > 0
+        self._watch = reactor.callLater(delay, self._check_progress)
+
+    def _disarm(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and watch.active():
+            watch.cancel()
+
+    def _check_progress(self) -> None:
+        """
+        The progress check of an accepted connection: it is closed if it
+        has completed no frame since it was accepted (C{first_frame_timeout}),
+        or holds a partial frame and completed none since the last check
+        while this node was reading from it (C{frame_timeout}).  A check
+        that runs late (the event loop was held up, and reads with it)
+        judges nothing and looks again a quarter of a timeout later.
+        """
+        self._watch = None
+        if not self.connected:
+            return
+        limits = self._guard.limits
+        first, per_frame = limits.first_frame_timeout, limits.frame_timeout
+        late = self._tcp.reactor.seconds() - self._watch_due
+        partial = self._decoder.buffered() > 0
+        if self.frames_in == 0 and first is not None:
+            if late <= first / 4:
+                self._close_for(
+                    CLOSED_FIRST_FRAME, "no complete frame within {limit:g} s of connecting (--first-frame-timeout)", first
+                )
+            else:
+                self._arm(first / 4)
+            return
+        if not partial or per_frame is None:
+            return  # nothing waits: the next partial frame arms a new check
+        stalled = self.frames_in == self._watch_frames and not self._was_paused and self._reading.count == 0
+        if stalled and late <= per_frame / 4:
+            self._close_for(
+                CLOSED_FRAME, "a partial frame waited {limit:g} s with no frame completing (--frame-timeout)", per_frame
+            )
+            return
+        self._arm(per_frame / 4 if stalled else per_frame)
+
+    def _hello(self) -> None:
+        """
+        An outgoing connection still silent: complete a frame (a heartbeat)
+        so that the peer's first-frame timeout keeps it.
+        """
+        self._watch = None
+        if self.connected and self.messages_out == 0:
+            self.transport.write(HEARTBEAT_FRAME)
+
+    def _close_for(self, reason: str, text: str, limit) -> None:
+        """
+        Drop this accepted connection for going over a limit, counted
+        under C{reason}, with a rate-limited warning.
+        """
+        self._guard.closed[reason] += 1
+        node = self._node
+        node.throttle.log(
+            log,
+            "warn",
+            ("connection closed", reason),
+            "connection {address} from {peer} closed: " + text,
+            address=str(self.address),
+            peer=short(self.socket_address),
+            limit=limit,
+            reason=reason,
+            node=node.name,
+        )
+        self._disarm()
+        self.transport.abortConnection()
 
     def _process(self) -> None:
         if self._processing:
@@ -456,12 +640,14 @@ class TcpConnection(CloseNotifier):
         decoder = self._decoder
         node = self._node
         me = self.address
+        frames = 0
         try:
             reading = self._reading
             while reading.count == 0 and self.connected:
                 try:
                     message = decoder.next()
                 except WireError as e:
+                    frames += 1
                     node.dropped += 1
                     node.throttle.log(
                         log,
@@ -475,6 +661,7 @@ class TcpConnection(CloseNotifier):
                     continue
                 if message is None:
                     break
+                frames += 1
                 if not message.onward_route:
                     continue  # heartbeat
                 self.messages_in += 1
@@ -484,6 +671,7 @@ class TcpConnection(CloseNotifier):
                 node.deliver(message)
         finally:
             self._processing = False
+            self.frames_in += frames
 
     def __repr__(self) -> str:
         return f"<TcpConnection {self.mode} {self.socket_address} {self.address}>"
@@ -606,6 +794,9 @@ class TcpTransport:
 
     #: Seconds to wait for an outgoing connection.
     connect_timeout = 10.0
+    #: Seconds after which a silent outgoing connection writes a heartbeat
+    #: (C{None}: never); see L{ockamtw.transport.limits.HELLO_DELAY}.
+    hello_delay = HELLO_DELAY
     #: Seconds a congested connection's peer may read nothing before the
     #: connection is closed (C{None}: never).
     stall_timeout: Optional[float] = 60.0
@@ -623,6 +814,9 @@ class TcpTransport:
         self._connecting = InFlight()
         #: address -> L{KeptConnection}
         self.kept: Dict[Address, KeptConnection] = {}
+        #: The limits on accepted connections, and what they refused and
+        #: closed (set C{guard.limits} to change them).
+        self.guard = ConnectionGuard()
         #: connections over their outbound high-water mark
         self._congested: set = set()
 
