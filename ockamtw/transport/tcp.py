@@ -313,13 +313,7 @@ class TcpConnection(CloseNotifier):
                 self._arm(timeout)
         elif self.mode == MODE_OUTGOING and self._tcp.hello_delay is not None:
             self._watch = self._tcp.reactor.callLater(self._tcp.hello_delay, self._hello)
-        log.info(
-            "TCP connection {mode} {peer} as {address}",
-            mode=self.mode,
-            peer=self.socket_address,
-            address=str(self.address),
-            node=self._node.name,
-        )
+        self._note("TCP connection {mode} {peer} as {address}", mode=self.mode)
 
     def _lost(self, reason) -> None:
         if not self.connected:
@@ -336,14 +330,21 @@ class TcpConnection(CloseNotifier):
         self.backpressure.stopProducing()
         self._stall.stop()
         self._tcp._congested.discard(self)
-        log.info(
-            "TCP connection {address} to {peer} closed",
-            address=str(self.address),
-            peer=self.socket_address,
-            node=self._node.name,
-        )
+        self._note("TCP connection {address} to {peer} closed")
         self._closer.closed()
         self._notify_closed()
+
+    def _note(self, format: str, **kw) -> None:
+        """
+        Log an event of this connection; for accepted ones, rate-limited per
+        peer host (a peer can open and close any number).
+        """
+        kw.update(peer=self.socket_address, address=str(self.address), node=self._node.name)
+        if self.mode == MODE_ACCEPTED:
+            host = self.socket_address.rsplit(":", 1)[0]
+            self._node.throttle.log(log, "info", ("connection", host), format, **kw)
+        else:
+            log.info(format, **kw)
 
     def when_closed(self) -> Deferred:
         """
