@@ -814,11 +814,14 @@ class SecureChannelListener(Worker):
 
     def _forget_peers(self) -> None:
         # Buckets back at their burst carry no history; past those, the
-        # least recently seen peers are forgotten (they get a new burst).
+        # least recently seen peers are forgotten (they get a new burst),
+        # down to 3/4 of the limit, so that a flood from ever new addresses
+        # costs one scan per max_peers/4 of them, not one each.
         buckets = self._peer_buckets
         for peer in [p for p, b in buckets.items() if b.full]:
             del buckets[peer]
-        while len(buckets) >= self._limits.max_peers:
+        keep = self._limits.max_peers * 3 // 4
+        while len(buckets) > keep:
             buckets.popitem(last=False)
 
     def _refuse(self, reason: str, origin, detail: str = "") -> None:
