@@ -39,7 +39,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ockamtw import Address, Node, Route, Worker
-from ockamtw.access import ANYONE
+from ockamtw.access import ANYONE, Relayed
 from ockamtw.flow import CloseNotifier
 from ockamtw.secure.channel import (
     REFUSAL_REASONS,
@@ -264,6 +264,26 @@ class PerPeerTests(ListenerInMemory):
         stats = listener.stats()
         self.assertEqual(stats["refused"]["per_peer"], 7)
         self.assertEqual((stats["half_open"], stats["accepted"], stats["peers"]), (26, 26, 4))
+        self.assertNoExtraState(listener)
+
+    def test_identitiesAndRelays(self):
+        """
+        M1 through outer secure channels count by the channel's peer
+        identity; through a relay's forwarder, by the party it relays for.
+        """
+        listener = self.listener(HandshakeLimits(**dict(OPEN, per_peer=2)))
+        first, second, other = Peer("10.0.0.1:1"), Peer("10.0.0.2:1"), Peer("10.0.0.1:2")
+        first.identity = second.identity = "P" + "1" * 64
+        other.identity = "P" + "2" * 64
+        self.m1(first, 2)
+        self.m1(second, 2)
+        self.m1(other, 2)
+        self.assertEqual(len(listener.channels), 4)
+        owner = Peer("10.0.0.9:1")
+        self.m1(Relayed(owner), 3)
+        self.m1(Relayed(owner), 1)
+        self.assertEqual(len(listener.channels), 6)
+        self.assertEqual(listener.refused["per_peer"], 4)
         self.assertNoExtraState(listener)
 
     def test_hostBlock(self):
