@@ -627,8 +627,9 @@ class FloodTests(SecureTestCase):
         """
         Two connections from 127.0.0.2 answer every M2 with a bad M3 at
         once, so their handshakes end as fast as they start and the
-        half-open cap never binds: the peer's token bucket does.  The
-        node answers at most a burst of 20 and 10 M1 a second after.
+        half-open cap alone would let them go on: the peer's token bucket
+        stops them.  The node answers at most a burst of 20, then 10 M1 a
+        second.
         """
         if not can_bind("127.0.0.2"):
             raise SkipTest("127.0.0.2 is not a loopback address here")
