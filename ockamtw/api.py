@@ -33,9 +33,14 @@ class Node(BaseNode):
     @param reactor: the reactor to use (the global one by default).
     @param name: the node's name (random by default).
     @param services: start the default and relay services (default C{True}).
+    @param identity: the node's L{LocalIdentity} (a new one when C{None}).
+    @param handshake_limits: the L{HandshakeLimits} of the node's secure
+        channel listeners (the defaults when C{None}): how many half-open
+        handshakes it holds per peer and in all, how many first messages
+        per second it answers, and the handshake grace.
     """
 
-    def __init__(self, reactor=None, name=None, services=True, identity=None):
+    def __init__(self, reactor=None, name=None, services=True, identity=None, handshake_limits=None):
         BaseNode.__init__(self, reactor, name)
         self.relays: Dict[str, Relay] = {}
         self.inlets: Dict[str, Inlet] = {}
@@ -45,6 +50,7 @@ class Node(BaseNode):
         #: address -> L{SecureChannelListener}
         self.secure_listeners: Dict[str, object] = {}
         self._identity = identity
+        self.handshake_limits = handshake_limits
         self._pending_hops = InFlight()
         self.secure_resolver = self._secure_hop
         if services:
@@ -66,20 +72,26 @@ class Node(BaseNode):
             self._identity = LocalIdentity.create()
         return self._identity
 
-    def create_secure_channel_listener(self, address: str = "api", authorized=None):
+    def create_secure_channel_listener(self, address: str = "api", authorized=None, limits=None):
         """
         Start a secure channel listener at C{address}, accepting the
-        identifiers in C{authorized} (everyone when C{None}).  If a listener
-        is already there (every node has one at C{api}), its policy is
-        replaced instead; channels it already accepted stay.
+        identifiers in C{authorized} (everyone when C{None}), under
+        C{limits} (a L{HandshakeLimits}; the node's C{handshake_limits}
+        when C{None}).  If a listener is already there (every node has one
+        at C{api}), its policy (and, if given, its limits) is replaced
+        instead; channels it already accepted stay.
         """
         from .secure.channel import SecureChannelListener, TrustPolicy
 
         existing = self.secure_listeners.get(Address.parse(address).value)
         if existing is not None:
             existing.trust = TrustPolicy(authorized)
+            if limits is not None:
+                existing.limits = limits
             return existing
-        listener = SecureChannelListener(self.identity, TrustPolicy(authorized))
+        listener = SecureChannelListener(
+            self.identity, TrustPolicy(authorized), limits=limits if limits is not None else self.handshake_limits
+        )
         self.start_worker(address, listener)
         self.secure_listeners[Address.parse(address).value] = listener
         return listener

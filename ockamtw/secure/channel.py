@@ -14,21 +14,33 @@ Each end of a channel has three random local addresses:
 Safer than 0.83 without changing the wire: a replay window on receive, a
 responder handshake timeout, fail fast when our trust policy refuses the
 peer, and a peer presenting our own identity is refused unless allowed.
+
+A listener admits handshakes under L{HandshakeLimits}: half-open (responder)
+handshakes are capped per peer and in all, with random early drop between
+a start threshold and the full limit (OpenSSH's C{MaxStartups}), and first
+messages are rate-limited per peer and in all (token buckets), so that a
+flood of M1 cannot take more than a bounded share of the reactor.  A
+refusal is decided before any state or key is made.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import collections
+import ipaddress
+import random as _random
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from zope.interface import implementer
 
-from ..access import ANYONE, NOBODY, RelayedFor
+from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
 from ..interfaces import IOrigin
+from ..logs import short
 from ..node import Worker
 from ..routing import Address, Route
 from ..wire import TransportMessage
@@ -154,6 +166,11 @@ class ChannelEnd(CloseNotifier):
         self._link = None
         self._link_key = None
         self._peer_origin = None
+        #: Why the handshake failed (an exception), once it has.
+        self.failure: Optional[Exception] = None
+        #: The peer (L{peer_group}) a responder's handshake is counted
+        #: against, set by its listener.
+        self.peer_group = None
         self.decryptor = node.start_worker(None, _Part(self, "decryptor"))
         self.encryptor = node.start_worker(None, _Part(self, "encryptor"))
         self.backwards = node.start_worker(None, _Part(self, "backwards"))
@@ -173,13 +190,16 @@ class ChannelEnd(CloseNotifier):
         self.node.send(route, payload, sender=self.decryptor)
         return self._ready
 
-    def start_responder(self, m1, timeout: float) -> None:
+    def start_responder(self, m1, timeout: float, request: Optional[CreateResponderChannelMessage] = None) -> None:
         """
-        Answer M1 (a message to the listener) with M2.
+        Answer M1 (a message to the listener) with M2; the handshake must
+        be done within C{timeout} seconds of M1.  C{request}: M1's payload
+        already decoded.
         """
         if not m1.return_route:
             raise SecureChannelError("M1 without a return route")
-        request = CreateResponderChannelMessage.decode(m1.payload)
+        if request is None:
+            request = CreateResponderChannelMessage.decode(m1.payload)
         self._peer_backwards = request.backwards_address()
         self.remote_route = m1.return_route
         self._watch(m1.origin)
@@ -357,6 +377,9 @@ class ChannelEnd(CloseNotifier):
             peer=self.peer_identifier,
             role="initiator" if self.initiator else "responder",
         )
+        up = getattr(self.owner, "_up", None)
+        if up is not None:
+            up(self)
         if self._ready is not None and not self._ready.called:
             self._ready.callback(self)
 
@@ -384,12 +407,21 @@ class ChannelEnd(CloseNotifier):
     def _fail(self, error: Exception) -> None:
         if self.status == "closed":
             return
-        log.warn(
-            "secure channel {e} ({role}) failed: {error}",
-            e=str(self.encryptor),
-            role="initiator" if self.initiator else "responder",
-            error=str(error),
-        )
+        self.failure = error
+        if self.initiator:
+            log.warn("secure channel {e} (initiator) failed: {error}", e=str(self.encryptor), error=str(error))
+        else:
+            # Peers cause these, as many as the listener admits handshakes:
+            # a few lines per period for each listener (its stats count all).
+            self.node.throttle.log(
+                log,
+                "warn",
+                ("secure responder failed", getattr(self.owner, "address", None)),
+                "secure channel {e} (responder for {peer}) failed: {error}",
+                e=str(self.encryptor),
+                error=short(str(error), 200),
+                peer=describe_origin(self._peer_origin),
+            )
         self.close()
         if self._ready is not None and not self._ready.called:
             self._ready.errback(error)
@@ -428,34 +460,474 @@ class ChannelEnd(CloseNotifier):
         }
 
 
+# --- admission of handshakes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandshakeLimits:
+    """
+    How many handshakes a L{SecureChannelListener} takes on, and how fast
+    (docs/protocol.md, section 7).  A I{half-open} handshake is a responder
+    end between M1 and M5; a I{peer} is what L{peer_group} makes of the
+    origin of M1 (a host, an authenticated identity).
+
+    @ivar max_startups: C{(start, rate, full)} as OpenSSH's C{MaxStartups}:
+        with C{start} or more half-open handshakes in all, a new M1 is
+        refused with probability C{rate}% rising linearly to 100% at
+        C{full}, from which on every M1 is refused (L{early_drop_probability}).
+    @ivar per_peer: half-open handshakes one peer may hold (OpenSSH's
+        C{PerSourceMaxStartups}); below C{start}, so that one peer alone
+        never makes the listener drop others' M1.
+    @ivar peer_rate: M1 per second one peer may start, on average (a token
+        bucket of C{peer_burst}).
+    @ivar rate: M1 per second all peers together may start (a token bucket
+        of C{burst}): the bound on the reactor time handshakes take.
+    @ivar grace: seconds a handshake may take from M1 to M5 (OpenSSH's
+        C{LoginGraceTime}); the half-open end is removed after that.
+    @ivar max_peers: peers whose rate is remembered (the least recently
+        seen are forgotten first).
+
+    This node's own M1 (origin C{None}) is not counted against any peer
+    and never dropped early; it is subject to C{full} and C{rate} only.
+
+    The defaults come from measurements on a 2-core Xeon: answering an M1
+    takes about 0.3 ms (fresh static and ephemeral keys, two
+    Diffie-Hellman, three workers), a whole responder handshake about
+    0.8 ms, a refusal about 5 us.  C{rate} bounds the handshakes of all
+    peers to about 8% of a core, C{peer_rate} one peer's to under 1%;
+    C{per_peer} is below C{max_startups}' start.  A handshake takes 4 ms
+    on loopback and up to 50 ms under a flood, so the 10 s C{grace} leaves
+    room for slow links and relays; a shorter one would not help (a silent
+    peer holds C{per_peer} slots however long each lasts) and would cut
+    handshakes that initiators, which wait 10 s by default, still wait for.
+    """
+
+    max_startups: Tuple[int, int, int] = (10, 30, 100)
+    per_peer: int = 5
+    peer_rate: float = 10.0
+    peer_burst: int = 20
+    rate: float = 100.0
+    burst: int = 100
+    grace: float = 10.0
+    max_peers: int = 4096
+
+    def __post_init__(self) -> None:
+        start, rate, full = self.max_startups
+        if not (0 < start <= full and 0 <= rate <= 100):
+            raise ValueError(f"max_startups must be start:rate:full with 0 < start <= full, 0 <= rate <= 100, not {self.max_startups}")
+        if self.per_peer < 1 or self.peer_burst < 1 or self.burst < 1 or self.max_peers < 1:
+            raise ValueError("per_peer, peer_burst, burst and max_peers must be at least 1")
+        if self.peer_rate <= 0 or self.rate <= 0 or self.grace <= 0:
+            raise ValueError("peer_rate, rate and grace must be positive")
+
+    @staticmethod
+    def parse_max_startups(text: str) -> Tuple[int, int, int]:
+        """
+        C{"start:rate:full"} (or C{"full"} alone: a hard limit) as a
+        tuple for L{max_startups}.
+
+        @raise ValueError: for anything else.
+        """
+        parts = str(text).strip().split(":")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"not start:rate:full: {text!r}") from None
+        if len(numbers) == 1:
+            return (numbers[0], 100, numbers[0])
+        if len(numbers) != 3:
+            raise ValueError(f"not start:rate:full: {text!r}")
+        start, rate, full = numbers
+        if not (0 < start <= full and 0 <= rate <= 100):
+            raise ValueError(f"max startups {text!r}: need 0 < start <= full and 0 <= rate <= 100")
+        return (start, rate, full)
+
+    @staticmethod
+    def parse_rate(text: str) -> Tuple[float, int]:
+        """
+        C{"RATE/BURST"} (or C{"RATE"}: a burst of max(1, RATE)) as
+        (rate, burst), for L{rate} and L{burst} or their per-peer twins.
+
+        @raise ValueError: for anything else.
+        """
+        head, _, tail = str(text).strip().partition("/")
+        try:
+            rate = float(head)
+            burst = int(tail) if tail else max(1, int(rate))
+        except ValueError:
+            raise ValueError(f"not RATE or RATE/BURST: {text!r}") from None
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate {text!r}: need RATE > 0 and BURST >= 1")
+        return rate, burst
+
+
+def early_drop_probability(half_open: int, start: int, rate: int, full: int) -> float:
+    """
+    The probability that a new M1 is refused with C{half_open} handshakes
+    already half-open (OpenSSH's C{MaxStartups start:rate:full}): 0 below
+    C{start}, C{rate}% at C{start}, rising linearly to 1 at C{full}.
+    """
+    if half_open < start:
+        return 0.0
+    if half_open >= full:
+        return 1.0
+    low = rate / 100.0
+    return low + (1.0 - low) * (half_open - start) / (full - start)
+
+
+class TokenBucket:
+    """
+    C{rate} events per second on average, C{burst} at once.
+
+    @param clock: an L{IReactorTime}.
+    """
+
+    __slots__ = ("rate", "burst", "clock", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, clock) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self.stamp = clock.seconds()
+
+    def ready(self) -> bool:
+        """
+        Whether an event may happen now (see L{take}).
+        """
+        now = self.clock.seconds()
+        if now > self.stamp:
+            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens >= 1.0
+
+    def take(self) -> None:
+        """
+        Count an event (after L{ready} said yes).
+        """
+        self.tokens -= 1.0
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether the bucket is back to its burst (it then holds no history).
+        """
+        return self.tokens + (self.clock.seconds() - self.stamp) * self.rate >= self.burst
+
+
+def host_block(socket_address: str) -> str:
+    """
+    The peer a C{host:port} (or C{[v6]:port}) address counts as: the IPv4
+    address, or the /64 network of an IPv6 address (one host is usually
+    given a whole /64; OpenSSH's C{PerSourceNetBlockSize} of C{32:64}).
+    """
+    host = socket_address.rsplit(":", 1)[0] if ":" in socket_address else socket_address
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network((address, 64), strict=False))
+    return host
+
+
+def peer_group(origin):
+    """
+    Which peer the origin of an M1 counts as for the listener's limits:
+
+      - a secure channel (M1 through an outer channel): its peer's
+        identity, all channels of that identity together;
+      - a TCP connection: its peer's host (L{host_block}), all
+        connections from that host together;
+      - a relay's forwarder on this node (L{Relayed}): the party the
+        relay is for, once for all its senders;
+      - anything else: that origin.
+
+    Every sender behind one relay or one NAT is one peer (the node cannot
+    tell them apart); a node that serves many such peers can raise
+    L{HandshakeLimits.per_peer} and L{HandshakeLimits.peer_rate}, or give
+    its listener another C{peer_of}.
+    """
+    identity = getattr(origin, "identity", None)
+    if identity:
+        return ("identity", identity)
+    if origin.__class__ is Relayed:
+        return ("relayed", None if origin.owner is None else peer_group(origin.owner))
+    address = getattr(origin, "socket_address", None)
+    if isinstance(address, str):
+        return ("host", host_block(address))
+    return ("origin", origin)
+
+
+#: Why a listener refused an M1 (the keys of C{stats()["refused"]}).
+REFUSAL_REASONS = (
+    # the peer already holds HandshakeLimits.per_peer half-open handshakes
+    "per_peer",
+    # random early drop between max_startups' start and full
+    "early_drop",
+    # max_startups' full half-open handshakes in all
+    "full",
+    # the peer's token bucket is empty
+    "peer_rate",
+    # the listener's token bucket is empty
+    "rate",
+    # not an M1: no return route, undecodable, or its connection closed
+    "malformed",
+)
+
+
+_NONE = object()
+#: The peer of this node's own M1.
+_THIS_NODE = ("this node",)
+
+
 class SecureChannelListener(Worker):
     """
     The worker at a listener address (C{api} by default): each M1 starts a
-    responder end.
-    """
+    responder end, if L{HandshakeLimits} allow.
 
-    def __init__(self, identity, trust: Optional[TrustPolicy] = None, timeout: float = 10.0) -> None:
-        self.identity = identity
-        self.trust = trust or TrustPolicy()
-        self.timeout = timeout
-        self.channels: set = set()
+    Each M1 is admitted or refused before any state or key is made: a peer
+    (L{peer_group} of the M1's origin) holding C{per_peer} half-open
+    handshakes is refused; so is everyone past C{max_startups}' full limit,
+    and past its start with a probability rising to 1 at full (random early
+    drop); then the peer's and the listener's token buckets must each hold
+    a token.  The initiator is not told (0.83 has no message for it); its
+    own timeout ends its wait.  Refusals are counted by reason
+    (L{stats}) and logged through the node's throttle.
+
+    A half-open handshake ends when it is done, after C{grace} seconds, or
+    when the connection (or outer channel) its M1 came through closes.
+
+    @param timeout: the handshake grace in seconds (overrides
+        C{limits.grace}; kept for callers of older versions).
+    @param limits: a L{HandshakeLimits} (the defaults when C{None}).
+    @param peer_of: C{f(origin)} giving the peer an M1's origin counts as
+        (default L{peer_group}).
+    @param random: a function returning floats in [0, 1) for random early
+        drop (tests inject a seeded one).
+    """
 
     access = ANYONE
 
+    def __init__(
+        self,
+        identity,
+        trust: Optional[TrustPolicy] = None,
+        timeout: Optional[float] = None,
+        limits: Optional[HandshakeLimits] = None,
+        peer_of: Callable[[object], object] = peer_group,
+        random: Optional[Callable[[], float]] = None,
+    ) -> None:
+        self.identity = identity
+        self.trust = trust or TrustPolicy()
+        self._limits = limits or HandshakeLimits()
+        self._timeout = timeout
+        self.peer_of = peer_of
+        self.random = random or _random.Random().random
+        #: every responder end of this listener, half-open or up
+        self.channels: set = set()
+        #: half-open end -> the peer it counts against
+        self._half_open: Dict[ChannelEnd, object] = {}
+        #: peer -> number of its half-open ends
+        self._per_peer: Dict[object, int] = {}
+        self._peer_buckets: "collections.OrderedDict[object, TokenBucket]" = collections.OrderedDict()
+        self._bucket: Optional[TokenBucket] = None
+        self._last_origin = self._last_peer = None
+        self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.accepted = 0
+        self.established = 0
+        self.timed_out = 0
+        self.failed = 0
+
+    @property
+    def limits(self) -> HandshakeLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: HandshakeLimits) -> None:
+        """
+        New limits apply to the next M1 (the rate buckets start full).
+        """
+        self._limits = limits
+        self._peer_buckets.clear()
+        self._bucket = None
+
+    @property
+    def timeout(self) -> float:
+        """
+        The handshake grace in seconds.
+        """
+        return self._timeout if self._timeout is not None else self._limits.grace
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._timeout = value
+
+    def started(self, node, address) -> None:
+        Worker.started(self, node, address)
+        self._bucket = None
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def _peer(self, origin):
+        if origin is self._last_origin:
+            return self._last_peer
+        peer = self.peer_of(origin)
+        self._last_origin, self._last_peer = origin, peer
+        return peer
+
+    def _admit(self, peer) -> Optional[str]:
+        """
+        Why an M1 from C{peer} is refused, or C{None} (its tokens taken).
+        """
+        limits = self._limits
+        local = peer is _THIS_NODE
+        if not local and self._per_peer.get(peer, 0) >= limits.per_peer:
+            return "per_peer"
+        start, rate, full = limits.max_startups
+        half_open = len(self._half_open)
+        if half_open >= full:
+            return "full"
+        if half_open >= start and not local and self.random() < early_drop_probability(half_open, start, rate, full):
+            return "early_drop"
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(limits.rate, limits.burst, self.node.reactor)
+        peer_bucket = None
+        if not local:
+            buckets = self._peer_buckets
+            peer_bucket = buckets.get(peer)
+            if peer_bucket is None:
+                peer_bucket = TokenBucket(limits.peer_rate, limits.peer_burst, self.node.reactor)
+                if len(buckets) >= limits.max_peers:
+                    self._forget_peers()
+                buckets[peer] = peer_bucket
+            else:
+                buckets.move_to_end(peer)
+            if not peer_bucket.ready():
+                return "peer_rate"
+        if not bucket.ready():
+            return "rate"
+        bucket.take()
+        if peer_bucket is not None:
+            peer_bucket.take()
+        return None
+
+    def _forget_peers(self) -> None:
+        # Buckets back at their burst carry no history; past those, the
+        # least recently seen peers are forgotten (they get a new burst),
+        # down to 3/4 of the limit, so that a flood from ever new addresses
+        # costs one scan per max_peers/4 of them, not one each.
+        buckets = self._peer_buckets
+        for peer in [p for p, b in buckets.items() if b.full]:
+            del buckets[peer]
+        keep = self._limits.max_peers * 3 // 4
+        while len(buckets) > keep:
+            buckets.popitem(last=False)
+
+    def _refuse(self, reason: str, origin, detail: str = "") -> None:
+        self.refused[reason] += 1
+        # Through the node's throttle, the text made only when it is logged.
+        held = self.node.throttle.admit(("secure handshake refused", self.address, reason))
+        if held < 0:
+            return
+        text = "secure channel listener {a}: M1 from {origin} refused ({reason}{detail})"
+        if held:
+            text += " ({suppressed} similar events suppressed)"
+        (log.info if reason == "malformed" else log.warn)(
+            text,
+            a=self.address.value,
+            origin=describe_origin(origin),
+            reason=reason,
+            detail=f": {short(detail)}" if detail else "",
+            suppressed=held,
+            node=self.node.name,
+        )
+
     def receive(self, message) -> None:
+        origin = message.origin
         if not message.return_route:
-            log.info("secure channel listener {a}: M1 without a return route dropped", a=self.address.value)
+            self._refuse("malformed", origin, "no return route")
+            return
+        if not getattr(origin, "connected", True):
+            self._refuse("malformed", origin, "its connection is closed")
+            return
+        peer = _THIS_NODE if origin is None else self._peer(origin)
+        reason = self._admit(peer)
+        if reason is not None:
+            self._refuse(reason, origin)
+            return
+        try:
+            request = CreateResponderChannelMessage.decode(message.payload)
+        except WireError as e:
+            self._refuse("malformed", origin, str(e))
             return
         end = ChannelEnd(self.node, self.identity, self.trust, initiator=False, owner=self)
+        end.peer_group = peer
         self.channels.add(end)
+        self._half_open[end] = peer
+        if peer is not _THIS_NODE:
+            self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
-            end.start_responder(message, self.timeout)
+            end.start_responder(message, self.timeout, request)
         except (WireError, SecureChannelError, OckamError) as e:
-            log.info("secure channel listener {a}: M1 refused: {e}", a=self.address.value, e=str(e))
+            self._done(end)
+            self._refuse("malformed", origin, str(e))
             end.close()
+            return
+        self.accepted += 1
+
+    # --- half-open ends -------------------------------------------------------------------------
+
+    def _done(self, end) -> bool:
+        """
+        Forget C{end} as half-open; whether it was.
+        """
+        peer = self._half_open.pop(end, _NONE)
+        if peer is _NONE:
+            return False
+        if peer is not _THIS_NODE:
+            n = self._per_peer[peer] - 1
+            if n:
+                self._per_peer[peer] = n
+            else:
+                del self._per_peer[peer]
+        return True
+
+    def _up(self, end) -> None:
+        if self._done(end):
+            self.established += 1
 
     def _ended(self, end) -> None:
         self.channels.discard(end)
+        if self._done(end):
+            if isinstance(end.failure, RequestTimeout):
+                self.timed_out += 1
+            else:
+                self.failed += 1
+
+    def stats(self) -> dict:
+        """
+        What the listener holds and what it refused, for a node's status:
+        C{half_open} (handshakes between M1 and M5), C{peers} (peers
+        holding any), C{channels} (ends up), C{accepted} (M1 answered),
+        C{established}, C{timed_out} and C{failed} (handshakes that ended
+        so), C{refused} (reason -> M1 refused, see L{REFUSAL_REASONS}).
+        """
+        half_open = len(self._half_open)
+        return {
+            "half_open": half_open,
+            "peers": len(self._per_peer),
+            "channels": len(self.channels) - half_open,
+            "accepted": self.accepted,
+            "established": self.established,
+            "timed_out": self.timed_out,
+            "failed": self.failed,
+            "refused": dict(self.refused),
+        }
 
     def stopped(self) -> None:
         for end in list(self.channels):
