@@ -22,6 +22,7 @@ from twisted.python.logfile import LogFile
 from twisted.python.failure import Failure
 
 from .api import Node
+from .secure.channel import HandshakeLimits
 from .control import state as st
 from .control.server import ControlService, NodeController
 from .errors import OckamError, RouteUnreachable, WireError
@@ -255,6 +256,62 @@ class Options(usage.Options):
 
     opt_max_relays.__doc__ %= RelayLimits().total
 
+    def opt_max_startups(self, value: str) -> None:
+        """
+        START:RATE:FULL, as OpenSSH's MaxStartups: with START half-open
+        secure channel handshakes, refuse a new one with probability RATE%%,
+        rising to 100%% at FULL (a single number: a hard limit)
+        [default: %d:%d:%d].
+        """
+        self._handshake("max-startups", "max_startups", value, HandshakeLimits.parse_max_startups)
+
+    opt_max_startups.__doc__ %= HandshakeLimits.max_startups
+
+    def opt_handshake_per_peer(self, value: str) -> None:
+        """
+        Half-open secure channel handshakes one peer (a host, an IPv6 /64,
+        or a secure channel identity) may hold [default: %d].
+        """
+        self._handshake("handshake-per-peer", "per_peer", value, int)
+
+    opt_handshake_per_peer.__doc__ %= HandshakeLimits.per_peer
+
+    def opt_handshake_peer_rate(self, value: str) -> None:
+        """
+        RATE/BURST: secure channel handshakes one peer may start per second
+        (a token bucket of BURST) [default: %g/%d].
+        """
+        self._handshake("handshake-peer-rate", ("peer_rate", "peer_burst"), value, HandshakeLimits.parse_rate)
+
+    opt_handshake_peer_rate.__doc__ %= (HandshakeLimits.peer_rate, HandshakeLimits.peer_burst)
+
+    def opt_handshake_rate(self, value: str) -> None:
+        """
+        RATE/BURST: secure channel handshakes all peers together may start
+        per second [default: %g/%d].
+        """
+        self._handshake("handshake-rate", ("rate", "burst"), value, HandshakeLimits.parse_rate)
+
+    opt_handshake_rate.__doc__ %= (HandshakeLimits.rate, HandshakeLimits.burst)
+
+    def opt_handshake_grace(self, value: str) -> None:
+        """
+        Seconds a secure channel handshake may take before its half-open
+        state is removed [default: %g].
+        """
+        self._handshake("handshake-grace", "grace", value, float)
+
+    opt_handshake_grace.__doc__ %= HandshakeLimits.grace
+
+    def _handshake(self, option: str, field, value: str, parse) -> None:
+        try:
+            parsed = parse(value)
+            fields = dict(zip(field, parsed)) if isinstance(field, tuple) else {field: parsed}
+            HandshakeLimits(**{**self["handshake"], **fields})  # checks the values
+        except (ValueError, TypeError) as e:
+            raise usage.UsageError(f"--{option}: {e}") from None
+        self["handshake"].update(fields)
+
     def opt_listen(self, value: str) -> None:
         try:
             self["listen"] = server_description(value)
@@ -271,6 +328,7 @@ class Options(usage.Options):
         self["log-max-files"] = LOG_MAX_FILES
         for limit in _LIMITS + _RELAY_LIMITS:
             self[limit[0]] = None  # the default
+        self["handshake"] = {}
 
     def opt_outlet(self, value: str) -> None:
         """
@@ -648,7 +706,11 @@ def makeService(options, reactor=None):
     home = os.path.dirname(os.path.dirname(state_dir)) if state_dir else st.ockam_home()
 
     identity = _load_identity(state_dir, state, home) if state_dir else None
-    node = Node(reactor, name=name, identity=identity)
+    try:
+        handshake_limits = HandshakeLimits(**options["handshake"]) if options["handshake"] else None
+    except ValueError as e:
+        _fatal(f"ockam: {e}")
+    node = Node(reactor, name=name, identity=identity, handshake_limits=handshake_limits)
     apply_limits(node, options)
     _CleanSigterm(reactor).setServiceParent(node)  # first: see its docstring
     node.node_resolver = _node_resolver(home)

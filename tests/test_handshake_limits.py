@@ -635,3 +635,47 @@ class FloodTests(SecureTestCase):
             raise SkipTest("127.0.0.2 is not a loopback address here")
         n2, l2 = await self.listening_node("n2")
         await self.flood_scenario(n2, f"/ip4/127.0.0.1/tcp/{l2.port}", "127.0.0.2", 2, cap=5, answer=True)
+
+
+class TwistdOptionTests(SynchronousTestCase):
+    """
+    The handshake limits as twistd options, and in the node's status.
+    """
+
+    def make(self, *args):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ockamtw.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(list(args))
+        return makeService(options, MemoryReactorClock())
+
+    def test_optionsReachTheListener(self):
+        node = self.make("--max-startups", "5:50:20", "--handshake-per-peer", "2",
+                         "--handshake-peer-rate", "3/6", "--handshake-rate", "40/80", "--handshake-grace", "4")
+        limits = node.secure_listeners["api"].limits
+        self.assertEqual(
+            (limits.max_startups, limits.per_peer, limits.peer_rate, limits.peer_burst, limits.rate, limits.burst, limits.grace),
+            ((5, 50, 20), 2, 3.0, 6, 40.0, 80, 4.0),
+        )
+
+    def test_statusShowsLimitsAndCounts(self):
+        from ockamtw.control.server import NodeController
+
+        node = self.make("--max-startups", "7")
+        status = NodeController(node).limits()
+        self.assertEqual(status["limits"]["max_startups"], "7:100:7")
+        self.assertEqual(status["limits"]["handshake_per_peer"], 5)
+        self.assertEqual(status["handshakes"]["api"]["half_open"], 0)
+        self.assertEqual(status["refused"]["messages"], 0)
+
+    def test_badValuesAreUsageErrors(self):
+        from twisted.python.usage import UsageError
+
+        from ockamtw.tap import Options
+
+        for args in (["--max-startups", "x"], ["--max-startups", "9:30:3"], ["--handshake-rate", "0/5"],
+                     ["--handshake-per-peer", "0"], ["--handshake-grace", "-1"]):
+            e = self.assertRaises(UsageError, Options().parseOptions, args)
+            self.assertIn(args[0], str(e))

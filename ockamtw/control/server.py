@@ -150,7 +150,20 @@ class NodeController:
             refused["relay_registrations"] = registry.refused
         connections = guard.to_dict()
         connections["outgoing"] = sum(1 for c in node.tcp.connections if c.mode == MODE_OUTGOING)
-        return {"limits": limits, "refused": refused, "closed": dict(guard.closed), "connections": connections}
+        handshakes = {a: l.stats() for a, l in node.secure_listeners.items()}
+        api = node.secure_listeners.get("api")
+        if api is not None:
+            limits.update(api.limits.to_dict())
+        refused["messages"] = node.refused
+        closed = dict(guard.closed)
+        return {
+            "limits": limits,
+            "refused": refused,
+            "closed": closed,
+            "connections": connections,
+            "handshakes": handshakes,
+            "dropped": node.dropped,
+        }
 
     # --- identity and secure channels ------------------------------------------------
 
@@ -183,7 +196,7 @@ class NodeController:
 
     def secure_listeners(self) -> list:
         return [
-            {"address": a, "authorized": _listed(l.trust.authorized), "channels": len(l.channels)}
+            {"address": a, "authorized": _listed(l.trust.authorized), "channels": len(l.channels), "handshakes": l.stats()}
             for a, l in self.node.secure_listeners.items()
         ]
 

@@ -520,6 +520,19 @@ class HandshakeLimits:
         if self.peer_rate <= 0 or self.rate <= 0 or self.grace <= 0:
             raise ValueError("peer_rate, rate and grace must be positive")
 
+    def to_dict(self) -> dict:
+        """
+        The limits as a node's status shows them (named as the twistd
+        options).
+        """
+        return {
+            "max_startups": ":".join(map(str, self.max_startups)),
+            "handshake_per_peer": self.per_peer,
+            "handshake_peer_rate": f"{self.peer_rate:g}/{self.peer_burst}",
+            "handshake_rate": f"{self.rate:g}/{self.burst}",
+            "handshake_grace": self.grace,
+        }
+
     @staticmethod
     def parse_max_startups(text: str) -> Tuple[int, int, int]:
         """
