@@ -522,10 +522,16 @@ class StatusTests(InMemory, SynchronousTestCase):
                 "relay_names_per_owner": 64,
                 "relays_total": 10000,
                 "relay_name_length": 128,
+                "max_startups": "10:30:100",
+                "handshake_per_peer": 5,
+                "handshake_peer_rate": "10/20",
+                "handshake_rate": "100/100",
+                "handshake_grace": 10.0,
             },
         )
         self.assertEqual(
-            info["refused"], {"max_connections": 0, "max_connections_per_peer": 0, "relay_registrations": 0}
+            info["refused"],
+            {"max_connections": 0, "max_connections_per_peer": 0, "relay_registrations": 0, "messages": 0},
         )
         self.assertEqual(info["closed"], {"first_frame_timeout": 0, "frame_timeout": 0, "partial_frame_budget": 0})
         self.assertEqual(info["connections"], {"accepted": 0, "peers": 0, "partial_frame_bytes": 0, "outgoing": 0})

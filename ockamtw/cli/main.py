@@ -260,6 +260,8 @@ class Commands:
             "refused": {},
             "closed": {},
             "connections": {},
+            "handshakes": {},
+            "dropped": None,
         }
 
     async def node_list(self):
