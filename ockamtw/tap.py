@@ -303,6 +303,25 @@ class Options(usage.Options):
 
     opt_handshake_grace.__doc__ %= HandshakeLimits.grace
 
+    def opt_channels_per_peer(self, value: str) -> None:
+        """
+        Secure channels one peer may hold open on this node's listeners;
+        past it, that peer's least recently active one is closed
+        [default: %d].
+        """
+        self._handshake("channels-per-peer", "channels_per_peer", value, int)
+
+    opt_channels_per_peer.__doc__ %= HandshakeLimits.channels_per_peer
+
+    def opt_max_channels(self, value: str) -> None:
+        """
+        Secure channels peers may hold open on a listener in all; past it,
+        the least recently active one is closed [default: %d].
+        """
+        self._handshake("max-channels", "max_channels", value, int)
+
+    opt_max_channels.__doc__ %= HandshakeLimits.max_channels
+
     def _handshake(self, option: str, field, value: str, parse) -> None:
         try:
             parsed = parse(value)

@@ -278,6 +278,31 @@ class OwnershipTests(AttackTestCase):
         self.assertEqual(len(n2.worker_addresses()), before - 3 - 1)  # its three workers and the connection
 
     @async_test
+    async def test_established_channels_bounded(self):
+        """
+        A peer cannot close a channel (0.83 has no message for it), so
+        channels it opens would add up: past channels_per_peer, the least
+        recently active one of that peer is closed, and a channel in use
+        survives.
+        """
+        from ockamtw.secure.channel import HandshakeLimits
+
+        n2, l2 = await self.listening_node("n2")
+        n2.create_secure_channel_listener("api", limits=HandshakeLimits(channels_per_peer=3))
+        n1 = self.make_node("n1")
+        at = f"/ip4/127.0.0.1/tcp/{l2.port}/service/api"
+        used = await self.within(n1.create_secure_channel(at), 5, "the channel in use")
+        for i in range(5):
+            await self.within(n1.create_secure_channel(at), 5, f"channel {i}")
+            reply = await self.within(n1.request(Route([used, Address.local("echo")]), b"still", 5), 6, "echo")
+            self.assertEqual(reply.payload, b"still")
+        listener = n2.secure_listeners["api"]
+        await tp.wait_until(lambda: listener.stats()["channels"] == 3, 5, "three channels kept")
+        self.assertEqual(listener.stats()["evicted"], 3)
+        reply = await self.within(n1.request(Route([used, Address.local("echo")]), b"kept", 5), 6, "echo")
+        self.assertEqual(reply.payload, b"kept")
+
+    @async_test
     async def test_relay_through_hop_dies_with_its_connection(self):
         """
         A relay name registered through n2's C{hop} is freed when the

@@ -527,6 +527,8 @@ class StatusTests(InMemory, SynchronousTestCase):
                 "handshake_peer_rate": "10/20",
                 "handshake_rate": "100/100",
                 "handshake_grace": 10.0,
+                "channels_per_peer": 256,
+                "max_channels": 4096,
             },
         )
         self.assertEqual(

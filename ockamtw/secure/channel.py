@@ -166,6 +166,9 @@ class ChannelEnd(CloseNotifier):
         self._link = None
         self._link_key = None
         self._peer_origin = None
+        #: When a message last came through (L{SecureChannelListener} closes
+        #: the least recently active ends first when it holds too many).
+        self.last_active = 0.0
         #: Why the handshake failed (an exception), once it has.
         self.failure: Optional[Exception] = None
         #: The peer (L{peer_group}) a responder's handshake is counted
@@ -294,6 +297,7 @@ class ChannelEnd(CloseNotifier):
         inner.source = message.source
         inner.origin = self
         inner.local = {IDENTITY: self.peer_identifier}
+        self.last_active = self.node.reactor.seconds()
         self.node.deliver(inner)
 
     # --- the local side ---------------------------------------------------------------
@@ -371,6 +375,7 @@ class ChannelEnd(CloseNotifier):
     def _established(self) -> None:
         self._status("up")
         self._cancel_timer()
+        self.last_active = self.node.reactor.seconds()
         log.info(
             "secure channel {e} up with {peer} ({role})",
             e=str(self.encryptor),
@@ -486,6 +491,11 @@ class HandshakeLimits:
         C{LoginGraceTime}); the half-open end is removed after that.
     @ivar max_peers: peers whose rate is remembered (the least recently
         seen are forgotten first).
+    @ivar channels_per_peer: established (responder) channels one peer may
+        hold, and C{max_channels} all together: past either, the least
+        recently active one of that peer (or of all) is closed.  A peer
+        cannot close a channel (0.83 has no message for it), so without
+        this, channels made at C{peer_rate} would add up without end.
 
     This node's own M1 (origin C{None}) is not counted against any peer
     and never dropped early; it is subject to C{full} and C{rate} only.
@@ -510,13 +520,15 @@ class HandshakeLimits:
     burst: int = 100
     grace: float = 10.0
     max_peers: int = 4096
+    channels_per_peer: int = 256
+    max_channels: int = 4096
 
     def __post_init__(self) -> None:
         start, rate, full = self.max_startups
         if not (0 < start <= full and 0 <= rate <= 100):
             raise ValueError(f"max_startups must be start:rate:full with 0 < start <= full, 0 <= rate <= 100, not {self.max_startups}")
-        if self.per_peer < 1 or self.peer_burst < 1 or self.burst < 1 or self.max_peers < 1:
-            raise ValueError("per_peer, peer_burst, burst and max_peers must be at least 1")
+        if min(self.per_peer, self.peer_burst, self.burst, self.max_peers, self.channels_per_peer, self.max_channels) < 1:
+            raise ValueError("per_peer, peer_burst, burst, max_peers, channels_per_peer and max_channels must be at least 1")
         if self.peer_rate <= 0 or self.rate <= 0 or self.grace <= 0:
             raise ValueError("peer_rate, rate and grace must be positive")
 
@@ -531,6 +543,8 @@ class HandshakeLimits:
             "handshake_peer_rate": f"{self.peer_rate:g}/{self.peer_burst}",
             "handshake_rate": f"{self.rate:g}/{self.burst}",
             "handshake_grace": self.grace,
+            "channels_per_peer": self.channels_per_peer,
+            "max_channels": self.max_channels,
         }
 
     @staticmethod
@@ -754,6 +768,10 @@ class SecureChannelListener(Worker):
         self.established = 0
         self.timed_out = 0
         self.failed = 0
+        self.evicted = 0
+        #: peer -> its established ends
+        self._up_by_peer: Dict[object, set] = {}
+        self._up_count = 0
 
     @property
     def limits(self) -> HandshakeLimits:
@@ -911,11 +929,44 @@ class SecureChannelListener(Worker):
         return True
 
     def _up(self, end) -> None:
-        if self._done(end):
-            self.established += 1
+        if not self._done(end):
+            return
+        self.established += 1
+        peer = getattr(end, "peer_group", _THIS_NODE)
+        group = self._up_by_peer.setdefault(peer, set())
+        group.add(end)
+        self._up_count += 1
+        limits = self._limits
+        if peer is not _THIS_NODE and len(group) > limits.channels_per_peer:
+            self._evict(group - {end}, "its peer holds too many")
+        if self._up_count > limits.max_channels:
+            self._evict([e for g in self._up_by_peer.values() for e in g if e is not end], "the listener holds too many")
+
+    def _evict(self, ends, why: str) -> None:
+        oldest = min(ends, key=lambda e: e.last_active, default=None)
+        if oldest is None:
+            return
+        self.evicted += 1
+        self.node.throttle.log(
+            log,
+            "info",
+            ("secure channel evicted", self.address),
+            "secure channel listener {a}: closed the least recently used channel {e} ({why})",
+            a=self.address.value,
+            e=str(oldest.encryptor),
+            why=why,
+            node=self.node.name,
+        )
+        oldest.close()
 
     def _ended(self, end) -> None:
         self.channels.discard(end)
+        group = self._up_by_peer.get(getattr(end, "peer_group", _THIS_NODE))
+        if group is not None and end in group:
+            group.discard(end)
+            self._up_count -= 1
+            if not group:
+                del self._up_by_peer[getattr(end, "peer_group", _THIS_NODE)]
         if self._done(end):
             if isinstance(end.failure, RequestTimeout):
                 self.timed_out += 1
@@ -939,6 +990,7 @@ class SecureChannelListener(Worker):
             "established": self.established,
             "timed_out": self.timed_out,
             "failed": self.failed,
+            "evicted": self.evicted,
             "refused": dict(self.refused),
         }
 
