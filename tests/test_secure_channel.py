@@ -17,14 +17,6 @@ port 0, as in L{tests.test_relay} and L{tests.test_portal}.
     identity export and every BARE message written by hand in this file.
 
 Nothing sleeps: waits are events or conditions checked until a deadline.
-
-Three tests fail against the package as it stands (bugs, not test faults):
-L{AccessControlTests.test_outletPortalRefusesUnauthenticated} and
-L{AccessControlTests.test_inletPortalRefusesUnauthenticated} (an
-C{authorized} list checks only Ping and Pong, not the portals' traffic,
-where Ockam 0.83 gives each portal worker the outlet's access control), and
-L{RestartTests.test_inletThroughSecureRecoversAfterRestart} (an inlet routed
-through C{/secure/...} keeps a dead channel forever).
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ valid while the access-control code moves.
   - L{RemoteDialTests}: a remote peer must not make the node dial an
     address of its choice, also not through the C{hop} service.
 
-The last two are marked C{todo}: the package as it stands fails them (bugs,
-see each test); trial reports an unexpected success once they are fixed.
+The last two found real bugs (an inlet's client written to by a refused
+peer before the Pong; C{hop} dialing for a remote peer), fixed by the
+node-wide access control (L{ockamtw.access}).
 
 Nothing sleeps: every wait is an event bounded by a deadline.
 """
@@ -58,6 +59,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
+from ockamtw.access import ANYONE
 from ockamtw.errors import RequestTimeout, WireError
 from ockamtw.secure.codec import (
     Change,
@@ -96,6 +98,8 @@ class Inbox(Worker):
     """
     Records every message; C{when(n)} fires once C{n} have arrived.
     """
+
+    access = ANYONE
 
     def __init__(self) -> None:
         self.messages = []
@@ -172,6 +176,8 @@ class ForgingResponder(Worker):
     C{after}.
     """
 
+    access = ANYONE
+
     def __init__(
         self, export: bytes, sign, kind: int = IdentityChannelMessage.REQUEST, return_route: bool = True, instead=None
     ) -> None:
@@ -217,6 +223,8 @@ class RelayTap(Worker):
     (the initiator's arrive on the connection M1 came on), and can send
     frames of its own along either direction.
     """
+
+    access = ANYONE
 
     def __init__(self) -> None:
         self.from_initiator = None
@@ -736,6 +744,8 @@ class EvilOutlet(Worker):
     C{b"sync"} to C{probe} on the pinging node through the same channel.
     """
 
+    access = ANYONE
+
     def __init__(self) -> None:
         self.pings = []
         self._waiting = []
@@ -792,10 +802,6 @@ class InletBeforePongTests(SecurityTestCase):
         await tp.wait_until(lambda: b"from alice" in client.data, 5, "alice's bytes at the client")
         self.assertEqual(bytes(client.data), b"from alice", "a refused peer wrote to the inlet's client")
 
-    test_refusedPeerCannotWriteToClientBeforePong.todo = (
-        "bug: before a Pong is accepted, an inlet portal writes Payload messages from any peer to its "
-        "client (the authorized check runs only once the portal has a remote route)"
-    )
 
 
 # --- 5. a remote peer makes the node dial ---------------------------------------------------------
@@ -828,7 +834,3 @@ class RemoteDialTests(SecurityTestCase):
         await deadline(second.frames_arrived(1), 5, "the echo on a second connection")
         self.assertEqual(victims.protocols, [], "a remote peer made the node connect to an address of its choice")
 
-    test_hopDoesNotDialForARemotePeer.todo = (
-        "bug: the hop service forwards with node.send, which resolves a 1#host:port first hop, so a remote "
-        "peer can make the node dial any address through [hop, 1#host:port, ...]"
-    )
