@@ -219,64 +219,109 @@ class BackPressure:
         self.release()
 
 
-class StallWatch:
+class LinkWatch:
     """
-    Notices a peer that stops reading: while started, it checks every
-    C{timeout / 4} seconds whether the kernel took any of what was written
-    (C{taken()}, a count that only grows); after C{timeout} seconds with no
-    progress it calls C{on_stall()}.  A check that runs late (the event
-    loop was held up, not the peer) never judges.
+    Watches a congested outbound link (a TCP connection over its high-water
+    mark) every C{interval} seconds, by what the kernel took of what was
+    written (C{taken()}, a count that only grows):
+
+      - a link that took less than C{slow_bytes} in each of two intervals
+        in a row is I{slow} (C{on_slow(True)}), until it takes that much in
+        one (C{on_slow(False)});
+      - a link that took nothing at all for C{stall_timeout} seconds is
+        I{stalled} (C{on_stall()}).
+
+    It runs while C{congested()} holds and stops by itself at the first
+    check after it does not (so a link that is congested many times a
+    second costs one timer, not one per episode).  A check that runs late
+    (the event loop was held up, not the peer) never judges.
     """
 
-    CHECKS = 4
-
-    def __init__(self, clock, timeout: float, taken, on_stall) -> None:
+    def __init__(self, clock, taken, congested, on_slow, on_stall,
+                 interval: float = 0.25, slow_bytes: int = 65536, stall_timeout: Optional[float] = 60.0) -> None:
         self._clock = clock
-        self.timeout = timeout
         self._taken = taken
+        self._congested = congested
+        self._on_slow = on_slow
         self._on_stall = on_stall
+        self.interval = interval
+        self.slow_bytes = slow_bytes
+        self.stall_timeout = stall_timeout
+        self.slow = False
+        self._watching = False
         self._timer = None
         self._last = 0
         self._progress_at = 0.0
+        self._slow_checks = 0
         self._due = 0.0
 
     @property
     def active(self) -> bool:
-        return self._timer is not None
+        return self._watching
 
     def start(self) -> None:
-        if self._timer is not None or self.timeout is None or self._clock is None:
+        """
+        The link is congested: watch it (no-op while watching).
+        """
+        if self._watching or self._clock is None:
             return
+        self._watching = True
         now = self._clock.seconds()
         self._last = self._taken()
         self._progress_at = now
+        self._slow_checks = 0
         self._schedule(now)
 
     def stop(self) -> None:
+        self._watching = False
         if self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+        self._set_slow(False)
 
     def _schedule(self, now: float) -> None:
-        interval = self.timeout / self.CHECKS
-        self._due = now + interval
-        self._timer = self._clock.callLater(interval, self._check)
+        self._due = now + self.interval
+        self._timer = self._clock.callLater(self.interval, self._check)
+
+    def _set_slow(self, slow: bool) -> None:
+        if slow != self.slow:
+            self.slow = slow
+            self._on_slow(slow)
 
     def _check(self) -> None:
+        # Stays "watching" throughout: what the callbacks below cause (a
+        # source resumed writes here and congests the link again) must not
+        # start a second timer.
         self._timer = None
         now = self._clock.seconds()
         taken = self._taken()
-        if taken != self._last:
-            self._last = taken
+        delta = taken - self._last
+        self._last = taken
+        if delta:
             self._progress_at = now
-        late = now - self._due > self.timeout / self.CHECKS
-        if late:
-            self._progress_at = max(self._progress_at, now - self.timeout * (1 - 1 / self.CHECKS))
-        elif now - self._progress_at >= self.timeout:
+        if now - self._due > self.interval:
+            # Late: the event loop, not the peer, held things up.
+            self._progress_at = max(self._progress_at, now - self.interval)
+            self._schedule(now)
+            return
+        if not self._congested():
+            self._watching = False
+            self._set_slow(False)
+            return
+        if delta < self.slow_bytes:
+            self._slow_checks += 1
+            if self._slow_checks >= 2:
+                self._set_slow(True)
+        else:
+            self._slow_checks = 0
+            self._set_slow(False)
+        if self.stall_timeout is not None and now - self._progress_at >= self.stall_timeout:
+            self._watching = False
             self._on_stall()
             return
-        self._schedule(now)
+        if self._watching and self._timer is None:
+            self._schedule(now)
 
 
 class PauseCounter:

@@ -1064,66 +1064,105 @@ class BufferedTransport(StringTransport):
 
 class CreditStreamTests(TcpTestMixin, SynchronousTestCase):
     """
-    Between two connections of a relay node: traffic of portal streams
-    whose both ends speak per-stream credit (their routes end with C{.fc1}
-    addresses) does not pause the connection it came in on when the way out
-    is congested, within the buffer limits; other traffic does.  A peer
-    that reads nothing for C{stall_timeout} is disconnected.
+    Between two connections of a relay node: while the way out is
+    congested but its peer takes data, the connection the data came in on
+    is paused (ordinary back pressure).  Once the peer takes next to
+    nothing (a I{slow} link: under 64 KiB in two quarter-second checks),
+    traffic of portal streams whose both ends speak per-stream credit
+    (their routes end with C{.fc1} addresses) no longer pauses it, within
+    the buffer limits; other traffic still does.  A peer that takes nothing
+    for C{stall_timeout} is disconnected.
     """
 
     def setUp(self):
         TcpTestMixin.setUp(self)
-        # c stands for a peer that only reads: no first-frame timeout here
-        # (see tests.test_connection_limits).
         self.node.tcp.guard.limits.first_frame_timeout = None
         self.pa, self.ta, self.a = self.connect(port=1)
         self.pc, self.tc, self.c = self.connect(port=2, transportClass=BufferedTransport)
         self.tc.producer.pauseProducing()
 
-    def test_creditStreamDoesNotPauseSource(self):
-        payload = b"x" * 100
-        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], payload))
+    def credit(self, to, n):
+        return frame([to.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * n)
+
+    def make_slow(self):
+        # C is congested since setUp (its peer reads nothing): its watch
+        # calls it slow after two checks.
+        self.reactor.pump([0.25] * 3)
+        self.assertIn(self.c, self.node.tcp._slow)
+
+    def test_movingLinkPausesEvenCreditStreams(self):
+        """
+        A congested link whose peer takes data keeps ordinary back pressure.
+        """
+        for _ in range(4):
+            self.pa.dataReceived(self.credit(self.c, 50_000))
+        self.assertEqual(self.ta.producerState, "paused")
+        for _ in range(2):
+            self.node.send([self.c.address, "far"], b"y" * 60_000)
+        for _ in range(6):
+            self.tc.take(120_000)
+            for _ in range(2):
+                self.node.send([self.c.address, "far"], b"y" * 60_000)
+            self.reactor.advance(0.25)
+        self.assertNotIn(self.c, self.node.tcp._slow)
+        self.assertEqual(self.ta.producerState, "paused")
+
+    def test_slowLinkReleasesAndExemptsCreditStreams(self):
+        self.pa.dataReceived(self.credit(self.c, 100))
+        self.assertEqual(self.ta.producerState, "paused")
+        self.reactor.pump([0.25] * 3)
+        self.assertEqual(self.ta.producerState, "producing")
+        self.pa.dataReceived(self.credit(self.c, 100))
         self.assertEqual(self.ta.producerState, "producing")
         self.assertFalse(self.a.paused)
 
     def test_otherTrafficPausesSource(self):
+        self.make_slow()
         self.pa.dataReceived(frame([self.c.address, "b" * 32], ["a" * 32 + ".fc1"], b"x"))
         self.assertEqual(self.ta.producerState, "paused")
 
     def test_overTheLinkLimitPausesSource(self):
+        self.make_slow()
         self.node.tcp.link_credit_buffer = 1000
-        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 500))
+        self.pa.dataReceived(self.credit(self.c, 500))
         self.assertEqual(self.ta.producerState, "producing")
-        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 600))
+        self.pa.dataReceived(self.credit(self.c, 600))
         self.assertEqual(self.ta.producerState, "paused")
 
     def test_overTheNodeLimitPausesSource(self):
         pd, td, d = self.connect(port=3, transportClass=BufferedTransport)
         td.producer.pauseProducing()
-        self.node.tcp.node_credit_buffer = 1000
-        self.pa.dataReceived(frame([d.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 600))
+        self.make_slow()
+        self.assertIn(d, self.node.tcp._slow)
+        # Each credit frame below is 719 bytes: the first fits, the second not.
+        self.node.tcp.node_credit_buffer = self.c.unsent() + d.unsent() + 1000
+        self.pa.dataReceived(self.credit(d, 600))
         self.assertEqual(self.ta.producerState, "producing")
-        self.pa.dataReceived(frame([self.c.address, "b" * 32 + ".fc1"], ["a" * 32 + ".fc1"], b"x" * 600))
+        self.pa.dataReceived(self.credit(self.c, 600))
         self.assertEqual(self.ta.producerState, "paused")
 
     def test_stalledPeerDisconnected(self):
         """
         A congested connection whose peer takes nothing for stall_timeout
-        seconds is aborted; the timer goes when it drains.
+        seconds is aborted; progress restarts the count.
         """
         timeout = self.node.tcp.stall_timeout
         self.pa.dataReceived(frame([self.c.address, "far"], [A], b"x" * 100))
-        self.reactor.pump([1] * int(timeout * 0.75))
+        self.reactor.pump([0.25] * int(timeout * 0.75 * 4))
         self.tc.take(10)  # progress
-        self.reactor.pump([1] * int(timeout * 0.9))
+        self.reactor.pump([0.25] * int(timeout * 0.9 * 4))
         self.assertFalse(self.tc.disconnected)
-        self.reactor.pump([1] * int(timeout * 0.5))
+        self.reactor.pump([0.25] * int(timeout * 0.2 * 4))
         self.assertTrue(self.tc.disconnected)
 
     def test_drainedConnectionNotWatched(self):
+        """
+        The watch stops at its first check after the link drained.
+        """
         self.pa.dataReceived(frame([self.c.address, "far"], [A], b"x" * 100))
-        self.assertTrue(self.reactor.getDelayedCalls())
+        self.tc.take(10_000)
         self.tc.producer.resumeProducing()
-        self.assertEqual([dc for dc in self.reactor.getDelayedCalls() if "_check" in repr(dc)], [])
+        self.reactor.pump([0.25] * 2)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.reactor.pump([1] * int(self.node.tcp.stall_timeout * 3))
         self.assertFalse(self.tc.disconnected)

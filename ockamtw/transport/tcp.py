@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from ..access import ANYONE
 from ..errors import TransportError, WireError
-from ..flow import BackPressure, CloseNotifier, Closer, PauseCounter, StallWatch, credit_stream, send_now, tune, unsent
+from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
 from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, IWorker
 from ..logs import short
 from ..node import InFlight, gather
@@ -264,8 +264,11 @@ class TcpConnection(CloseNotifier):
         self.socket_address = _peer_text(transport.getPeer())
         self.local_address = _peer_text(transport.getHost())
         self.connected = True
-        self.backpressure = BackPressure(on_drain=self._drained, on_pause=self._congested)
-        self._stall = StallWatch(tcp.reactor, tcp.stall_timeout, self._taken, self._stalled)
+        self.backpressure = BackPressure(on_pause=self._congested)
+        self._watch_link = LinkWatch(
+            tcp.reactor, self._taken, lambda: self.backpressure.congested, self._slow, self._stalled,
+            stall_timeout=tcp.stall_timeout,
+        )
         #: Bytes of frames written (to the kernel or the transport's buffer).
         self.bytes_out = 0
         self._decoder = FrameDecoder()
@@ -328,8 +331,7 @@ class TcpConnection(CloseNotifier):
         if self.address is not None:
             self._node.stop_worker(self.address)
         self.backpressure.stopProducing()
-        self._stall.stop()
-        self._tcp._congested.discard(self)
+        self._watch_link.stop()
         self._note("TCP connection {address} to {peer} closed")
         self._closer.closed()
         self._notify_closed()
@@ -442,17 +444,21 @@ class TcpConnection(CloseNotifier):
     def _pause_source(self, source, credit: bool) -> None:
         """
         This connection is congested after writing a message that C{source}
-        read in: pause C{source} until it drains, unless the message belongs
-        to a stream under per-stream credit (its ends bound what it sends)
-        and the buffers are within their limits (L{TcpTransport.may_buffer}):
-        then pausing the source, a connection shared by other streams, would
-        only stall them (head-of-line blocking).
+        read in: pause C{source} until it drains.  Except when the
+        connection is I{slow} (its peer takes next to nothing: see
+        L{LinkWatch}) and the message belongs to a stream under per-stream
+        credit (its ends bound what it sends), within the buffer limits
+        (L{TcpTransport.may_buffer}): then pausing the source, a connection
+        shared by other streams, would only stall them (head-of-line
+        blocking), for as long as this peer likes.  A link that moves keeps
+        ordinary back pressure, which costs nothing and keeps the queue
+        where the data comes from.
         """
-        if credit and self._tcp.may_buffer(self):
+        if credit and self._watch_link.slow and self._tcp.may_buffer(self):
             return
         self.backpressure.wrote(source)
 
-    # --- a peer that reads nothing ------------------------------------------------
+    # --- a peer that reads little or nothing ----------------------------------------
 
     def unsent(self) -> int:
         """
@@ -465,12 +471,18 @@ class TcpConnection(CloseNotifier):
         return self.bytes_out - self.unsent()
 
     def _congested(self) -> None:
-        self._tcp._congested.add(self)
-        self._stall.start()
+        if self.connected:
+            self._watch_link.start()
 
-    def _drained(self) -> None:
-        self._tcp._congested.discard(self)
-        self._stall.stop()
+    def _slow(self, slow: bool) -> None:
+        if slow:
+            self._tcp._slow.add(self)
+            # Let the sources paused for this link go: streams under credit
+            # go on (bounded by credit and may_buffer), the others are
+            # paused again by their next message.
+            self.backpressure.release()
+        else:
+            self._tcp._slow.discard(self)
 
     def _stalled(self) -> None:
         self._node.throttle.log(
@@ -480,7 +492,7 @@ class TcpConnection(CloseNotifier):
             "TCP connection {address} to {peer}: the peer read nothing for {seconds:g} s with {unsent} bytes waiting; closed",
             address=str(self.address),
             peer=self.socket_address,
-            seconds=self._stall.timeout,
+            seconds=self._watch_link.stall_timeout,
             unsent=self.unsent(),
             node=self._node.name,
         )
@@ -818,8 +830,8 @@ class TcpTransport:
         #: The limits on accepted connections, and what they refused and
         #: closed (set C{guard.limits} to change them).
         self.guard = ConnectionGuard()
-        #: connections over their outbound high-water mark
-        self._congested: set = set()
+        #: congested connections whose peers take next to nothing
+        self._slow: set = set()
 
     def may_buffer(self, conn: "TcpConnection") -> bool:
         """
@@ -828,7 +840,7 @@ class TcpTransport:
         """
         if conn.unsent() >= self.link_credit_buffer:
             return False
-        return sum(c.unsent() for c in self._congested) < self.node_credit_buffer
+        return sum(c.unsent() for c in self._slow) < self.node_credit_buffer
 
     # --- listening -------------------------------------------------------------
 
