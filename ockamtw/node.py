@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .access import ANYONE, LOCAL_ONLY, describe_origin
+from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
 from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
 from .interfaces import IAccessPolicy, IWorker
 from .logs import Throttle, short
@@ -153,6 +153,8 @@ class BaseNode(MultiService):
         self.name = name if name is not None else os.urandom(4).hex()
         self._workers: Dict[Address, object] = {}
         self._access: Dict[Address, object] = {}
+        #: address -> (worker, access policy): what delivery looks up
+        self._entries: Dict[Address, tuple] = {}
         self._queue: collections.deque = collections.deque()
         self._delivering = False
         self._current_source = None
@@ -205,11 +207,13 @@ class BaseNode(MultiService):
             raise AddressInUse(f"address {address.value!r} is already taken on node {self.name}")
         self._workers[address] = worker
         self._access[address] = access
+        self._entries[address] = (worker, access)
         try:
             worker.started(self, address)
         except BaseException:
             del self._workers[address]
             del self._access[address]
+            del self._entries[address]
             raise
         return address
 
@@ -226,6 +230,7 @@ class BaseNode(MultiService):
         if not IAccessPolicy.providedBy(access):
             raise TypeError(f"access must provide IAccessPolicy, not {access!r}")
         self._access[address] = access
+        self._entries[address] = (self._workers[address], access)
 
     def access_of(self, address: Union[Address, str]):
         """
@@ -245,6 +250,7 @@ class BaseNode(MultiService):
         if worker is None:
             return False
         self._access.pop(address, None)
+        self._entries.pop(address, None)
         try:
             worker.stopped()
         except Exception:
@@ -270,74 +276,82 @@ class BaseNode(MultiService):
     def deliver(self, message: TransportMessage) -> None:
         """
         Route a message on this node by its onward route: the worker at the
-        first address receives it.  Unknown addresses are logged and
-        dropped.  Delivery is iterative, never recursive, so long chains of
-        local hops cannot exhaust the stack.
+        first address receives it, if its access policy allows (see
+        L{ockamtw.access}).  Messages to unknown addresses, and refused
+        ones, are counted, logged (rate-limited) and dropped.  Delivery is
+        iterative, never recursive, so long chains of local hops cannot
+        exhaust the stack.
         """
         self._queue.append(message)
         if self._delivering:
             return
         self._delivering = True
         queue = self._queue
+        entries = self._entries
         try:
             while queue:
-                self._deliver_one(queue.popleft())
+                message = queue.popleft()
+                onward = message.onward_route
+                if not onward:
+                    continue  # a heartbeat, or nothing to do
+                first = onward[0]
+                entry = entries.get(first)
+                if entry is None:
+                    self._no_worker(message, first)
+                    continue
+                worker, access = entry
+                if access is not ANYONE and (
+                    message.origin is not access.origin if access.__class__ is FromOrigin else not access.allows(message)
+                ):
+                    self._refuse(message, first, access)
+                    continue
+                self._current_source = message.source
+                try:
+                    worker.receive(message)
+                except OckamError as e:
+                    # A peer can cause these (e.g. an answer too large to
+                    # send): one line, not a traceback.
+                    self.throttle.log(
+                        log,
+                        "warn",
+                        ("worker error", first),
+                        "worker at {address} on node {node} dropped a message: {error}",
+                        address=short(first.value),
+                        node=self.name,
+                        error=str(e),
+                    )
+                except Exception:
+                    if self.throttle.admit(("worker failure", first)) >= 0:
+                        log.failure("worker at {address} failed on a message", address=str(first), node=self.name)
+                self._current_source = None
         finally:
             self._delivering = False
             self._current_source = None
 
-    def _deliver_one(self, message: TransportMessage) -> None:
-        onward = message.onward_route
-        if not onward:
-            return  # a heartbeat, or nothing to do
-        first = onward[0]
-        worker = self._workers.get(first)
-        if worker is None:
-            self.dropped += 1
-            self.throttle.log(
-                log,
-                "info",
-                ("no worker", message.origin),
-                "no worker at {address} on node {node}: message from {origin} dropped",
-                address=short(str(first)),
-                node=self.name,
-                origin=describe_origin(message.origin),
-            )
-            return
-        access = self._access[first]
-        if access is not ANYONE and not access.allows(message):
-            self.refused += 1
-            self.throttle.log(
-                log,
-                "warn",
-                ("refused", message.origin),
-                "worker at {address} on node {node} refused a message from {origin} (it accepts {policy})",
-                address=short(str(first)),
-                node=self.name,
-                origin=describe_origin(message.origin),
-                policy=str(access),
-            )
-            return
-        self._current_source = message.source
-        try:
-            worker.receive(message)
-        except OckamError as e:
-            # A peer can cause these (e.g. an answer too large to send):
-            # one line, not a traceback.
-            self.throttle.log(
-                log,
-                "warn",
-                ("worker error", first),
-                "worker at {address} on node {node} dropped a message: {error}",
-                address=short(first.value),
-                node=self.name,
-                error=str(e),
-            )
-        except Exception:
-            if self.throttle.admit(("worker failure", first)) >= 0:
-                log.failure("worker at {address} failed on a message", address=str(first), node=self.name)
-        finally:
-            self._current_source = None
+    def _no_worker(self, message: TransportMessage, first: Address) -> None:
+        self.dropped += 1
+        self.throttle.log(
+            log,
+            "info",
+            ("no worker", message.origin),
+            "no worker at {address} on node {node}: message from {origin} dropped",
+            address=short(str(first)),
+            node=self.name,
+            origin=describe_origin(message.origin),
+        )
+
+    def _refuse(self, message: TransportMessage, first: Address, access) -> None:
+        self.refused += 1
+        self.throttle.log(
+            log,
+            "warn",
+            ("refused", message.origin),
+            "worker at {address} on node {node} refused a message from {origin} (it accepts {policy})",
+            address=short(str(first)),
+            node=self.name,
+            origin=describe_origin(message.origin),
+            policy=str(access),
+        )
 
     def send(
         self,

@@ -562,13 +562,14 @@ class TcpConnection(CloseNotifier):
                     guard.limits.partial_frame_budget,
                 )
                 return
-        if held:
-            if self._watch is None:
-                timeout = guard.limits.frame_timeout
-                if timeout is not None:
-                    self._arm(timeout)
-        elif self._watch is not None and self.frames_in:
-            self._disarm()  # a frame completed and nothing waits: no check is due
+        if held and self._watch is None:
+            timeout = guard.limits.frame_timeout
+            if timeout is not None:
+                self._arm(timeout)
+        # A check already due is left to run (and to lapse if nothing
+        # waits then): cancelling it whenever a read ends on a frame
+        # boundary and arming another at the next partial read cost a timer
+        # per read on a busy connection.
 
     def _arm(self, delay: float) -> None:
         reactor = self._tcp.reactor
