@@ -611,15 +611,15 @@ class PortalTestCase(TestCase):
         except AssertionError as e:
             self.fail(str(e))
 
-    def make_node(self, name: str) -> Node:
-        node = Node(reactor, name=name)
+    def make_node(self, name: str, identity=None) -> Node:
+        node = Node(reactor, name=name, identity=identity)
         node.startService()
         self._stops = getattr(self, "_stops", {})
         self.addCleanup(lambda: Deferred.fromCoroutine(self._stop_node_at_cleanup(node)))
         return node
 
-    async def listening_node(self, name: str, listen: str = LOOPBACK):
-        node = self.make_node(name)
+    async def listening_node(self, name: str, listen: str = LOOPBACK, identity=None):
+        node = self.make_node(name, identity=identity)
         listener = await node.tcp.listen(listen)
         return node, listener
 

@@ -85,20 +85,15 @@ def answer(request: bytes, size: int, seed: int) -> bytes:
     return hashlib.sha1(request).digest() + random.Random(seed).randbytes(size)
 
 
-@implementer(IHalfCloseableProtocol)
-class RequestClient(Collector):
+class HalfClosingWriter:
     """
-    Writes a request, shuts down its write side, reads the answer until end
-    of file and then closes.
+    A mixin for a protocol with C{request} and C{got_eof}: once connected it
+    writes C{request} and shuts down its write side; at end of file it
+    closes.
     """
-
-    def __init__(self, request: bytes) -> None:
-        Collector.__init__(self)
-        self.request = request
-        self.got_eof = False
 
     def connectionMade(self) -> None:
-        Collector.connectionMade(self)
+        super().connectionMade()
         self.transport.write(self.request)
         self.transport.loseWriteConnection()
 
@@ -111,28 +106,20 @@ class RequestClient(Collector):
 
 
 @implementer(IHalfCloseableProtocol)
-class GreeterTarget(Collector):
+class WriteThenHalfClose(HalfClosingWriter, Collector):
     """
-    Writes a greeting and shuts down its write side at once, then reads
-    until end of file and closes.
+    Writes C{data} and shuts down its write side at once, then reads until
+    end of file and closes: a client sending a request, or a target
+    sending a greeting.
     """
 
-    def __init__(self, greeting: bytes) -> None:
+    def __init__(self, data: bytes) -> None:
         Collector.__init__(self)
-        self.greeting = greeting
+        self.request = data
         self.got_eof = False
 
-    def connectionMade(self) -> None:
-        Collector.connectionMade(self)
-        self.transport.write(self.greeting)
-        self.transport.loseWriteConnection()
 
-    def readConnectionLost(self) -> None:
-        self.got_eof = True
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
+RequestClient = GreeterTarget = WriteThenHalfClose
 
 
 @implementer(IHalfCloseableProtocol)
@@ -157,7 +144,7 @@ class ReplyAfterEofClient(Collector):
 
 
 @implementer(IHalfCloseableProtocol)
-class SlowRequestClient(SteadyReader):
+class SlowRequestClient(HalfClosingWriter, SteadyReader):
     """
     A L{RequestClient} that reads the answer slowly (L{SteadyReader}).
     """
@@ -166,18 +153,6 @@ class SlowRequestClient(SteadyReader):
         SteadyReader.__init__(self, rate, 10**12)
         self.request = request
         self.got_eof = False
-
-    def connectionMade(self) -> None:
-        SteadyReader.connectionMade(self)
-        self.transport.write(self.request)
-        self.transport.loseWriteConnection()
-
-    def readConnectionLost(self) -> None:
-        self.got_eof = True
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
 
 # --- 1. slow readers get everything ---------------------------------------------------------

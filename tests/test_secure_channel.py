@@ -271,18 +271,6 @@ class ManualInitiator(Worker):
 class SecureTestCase(tp.PortalTestCase):
     timeout = 30
 
-    def make_node(self, name: str, identity=None) -> Node:
-        node = Node(reactor, name=name, identity=identity)
-        node.startService()
-        self._stops = getattr(self, "_stops", {})
-        self.addCleanup(lambda: Deferred.fromCoroutine(self._stop_node_at_cleanup(node)))
-        return node
-
-    async def listening_node(self, name: str, listen: str = LOOPBACK, identity=None):
-        node = self.make_node(name, identity=identity)
-        listener = await node.tcp.listen(listen)
-        return node, listener
-
     async def pair(self):
         """
         n2 listening on loopback, n1 not.  Returns (n1, n2, "/ip4/.../tcp/P").

@@ -84,6 +84,7 @@ from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
 from . import test_portal as tp
+from .test_secure_channel import Inbox
 from .helpers import RawFrameClient, async_test, connect_raw, deadline, h_frame, h_message, uvarint
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -92,41 +93,6 @@ WINDOW = 1024
 
 
 # --- workers ---------------------------------------------------------------------------
-
-
-class Inbox(Worker):
-    """
-    Records every message; C{when(n)} fires once C{n} have arrived.
-    """
-
-    access = ANYONE
-
-    def __init__(self) -> None:
-        self.messages = []
-        self._waiting = []
-
-    @property
-    def payloads(self):
-        return [m.payload for m in self.messages]
-
-    def receive(self, message) -> None:
-        self.messages.append(message)
-        still = []
-        for n, d in self._waiting:
-            if d.called:
-                continue
-            if len(self.messages) >= n:
-                d.callback(list(self.messages))
-            else:
-                still.append((n, d))
-        self._waiting = still
-
-    def when(self, n: int, seconds: float = 5, what: str = "messages") -> Deferred:
-        if len(self.messages) >= n:
-            return succeed(list(self.messages))
-        d: Deferred = Deferred()
-        self._waiting.append((n, d))
-        return deadline(d, seconds, f"{n} {what} (have {len(self.messages)})")
 
 
 class HandInitiator(Inbox):
@@ -312,18 +278,6 @@ def rotation_to(identity: LocalIdentity, new_key: Ed25519PrivateKey, prev_signer
 
 class SecurityTestCase(tp.PortalTestCase):
     timeout = 60
-
-    def make_node(self, name: str, identity=None) -> Node:
-        node = Node(reactor, name=name, identity=identity)
-        node.startService()
-        self._stops = getattr(self, "_stops", {})
-        self.addCleanup(lambda: Deferred.fromCoroutine(self._stop_node_at_cleanup(node)))
-        return node
-
-    async def listening_node(self, name: str, listen: str = LOOPBACK, identity=None):
-        node = self.make_node(name, identity=identity)
-        listener = await node.tcp.listen(listen)
-        return node, listener
 
     async def pair(self):
         """
