@@ -107,7 +107,7 @@ class Node(BaseNode):
         from .secure.channel import ChannelEnd, TrustPolicy
 
         async def go():
-            resolved = await self.resolve(route)
+            resolved = self.check_route(await self.resolve(route))
             end = ChannelEnd(self, self.identity, TrustPolicy(authorized), initiator=True, owner=self)
             end.route_text = str(route)
             self.secure_channels[end.encryptor.value] = end

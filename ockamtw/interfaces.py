@@ -101,6 +101,10 @@ class IAccessPolicy(Interface):
         L{ockamtw.TransportMessage}), judged by its C{origin}.
         """
 
+    # A policy may also have refused(message), which the node calls after
+    # refusing a message: a feature's chance to tell the sender why (an
+    # outlet answers a refused Ping).
+
 
 class IOrigin(Interface):
     """

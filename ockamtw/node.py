@@ -352,6 +352,12 @@ class BaseNode(MultiService):
             origin=describe_origin(message.origin),
             policy=str(access),
         )
+        refused = getattr(access, "refused", None)
+        if refused is not None:
+            try:
+                refused(message)
+            except Exception:
+                log.failure("answering a refused message failed")
 
     def send(
         self,
@@ -402,6 +408,18 @@ class BaseNode(MultiService):
             self._send_via_tcp(message)
         else:
             self.deliver(message)
+
+    def check_route(self, route: Route) -> Route:
+        """
+        C{route}, if this node can send along it; a first hop that is a
+        local address with no worker fails at once (a message there would
+        only be dropped).
+
+        @raise RouteUnreachable: for such a route.
+        """
+        if route and route[0].type == LOCAL and route[0] not in self._entries:
+            raise RouteUnreachable(f"no worker at /service/{route[0].value} on node {self.name}")
+        return route
 
     def link_of(self, address: Union[Address, str, None]):
         """
@@ -558,7 +576,7 @@ class BaseNode(MultiService):
         """
 
         async def go():
-            resolved = await self._resolve(route)
+            resolved = self.check_route(await self._resolve(route))
             answer: Deferred = Deferred()
             address = self.start_worker(None, _ReplyWorker(answer))
             try:

@@ -80,6 +80,14 @@ PORTAL_EOF_STRUCT = c.Struct(
     "tag" / c.Const(5, c.Int8ub),
     c.Terminated,
 )
+#: ockamtw's extension, sent only to ockamtw inlets (docs/protocol.md,
+#: "Refusal"): Refuse, tag 06, then a BARE string: why the outlet will not
+#: open the stream (in place of the Disconnect an Ockam 0.83 inlet gets).
+PORTAL_REFUSE_STRUCT = c.Struct(
+    "tag" / c.Const(6, c.Int8ub),
+    "reason" / c.PascalString(c.VarInt, "utf8"),
+    c.Terminated,
+)
 
 
 def _construct_call(fn, what: str):
@@ -609,6 +617,32 @@ def decode_eof(data: bytes) -> None:
         if not data or data[0] != EOF_TAG:
             raise WireError("not an Eof message")
         raise WireError(f"{len(data) - 1} bytes after an Eof message")
+
+
+# --- Refuse: why an outlet will not open a stream ----------------------------------
+
+#: The PortalMessage tag of Refuse (an ockamtw extension, like Credit).
+REFUSE_TAG = 6
+#: Characters of a refusal's reason kept (it is shown to the inlet's owner).
+MAX_REASON = 200
+
+
+def encode_refuse(reason: str) -> bytes:
+    """
+    The Refuse message with C{reason} (cut to L{MAX_REASON} characters).
+    """
+    return b"\x06" + encode_string(reason[:MAX_REASON])
+
+
+def decode_refuse(data: bytes) -> str:
+    """
+    The reason of a Refuse message.
+
+    @raise WireError: for another tag, a bad string or trailing bytes.
+    """
+    if not data or data[0] != REFUSE_TAG:
+        raise WireError("not a Refuse message")
+    return decode_string(data[1:])
 
 
 # --- the construct path, for proof and for readers ---------------------------

@@ -54,3 +54,32 @@ class EofCodecTests(SynchronousTestCase):
         except wire.WireError:
             return
         self.assertEqual(wire.PORTAL_CREDIT_STRUCT.parse(data).limit, limit)
+
+
+class RefuseCodecTests(SynchronousTestCase):
+    """
+    Refuse (tag 06, then a BARE string), sent only to ockamtw inlets: the
+    fast path equals the construct declaration.
+    """
+
+    def test_bytes(self):
+        self.assertEqual(wire.encode_refuse("no"), b"\x06\x02no")
+        self.assertEqual(wire.decode_refuse(b"\x06\x02no"), "no")
+        self.assertEqual(len(wire.decode_refuse(wire.encode_refuse("x" * 1000))), wire.MAX_REASON)
+        for bad in (b"", b"\x06", b"\x06\x03no", b"\x06\x02no!", b"\x02", b"\x06\x01\xff"):
+            self.assertRaises(wire.WireError, wire.decode_refuse, bad)
+
+    @given(st.text(max_size=wire.MAX_REASON))
+    def test_fast_path_equals_construct(self, reason):
+        data = wire.encode_refuse(reason)
+        self.assertEqual(data, wire.PORTAL_REFUSE_STRUCT.build({"reason": reason}))
+        self.assertEqual(wire.decode_refuse(data), reason)
+
+    @given(st.binary(max_size=12))
+    def test_decoded_as_declared(self, data):
+        try:
+            reason = wire.decode_refuse(data)
+        except wire.WireError:
+            self.assertRaises(Exception, wire.PORTAL_REFUSE_STRUCT.parse, data)
+            return
+        self.assertEqual(wire.PORTAL_REFUSE_STRUCT.parse(data).reason, reason)

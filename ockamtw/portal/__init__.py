@@ -47,7 +47,7 @@ from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Clo
 from ..interfaces import IFlowSource
 from ..node import Worker
 from ..routing import LOCAL, Address, Route, _encode_uvarint
-from ..wire import CREDIT_TAG, EOF_TAG, _read_uvarint, decode_credit, decode_eof, encode_credit, encode_eof
+from ..wire import CREDIT_TAG, REFUSE_TAG, EOF_TAG, _read_uvarint, decode_credit, decode_eof, encode_credit, encode_eof
 
 log = Logger(namespace="ockamtw.portal")
 
@@ -335,9 +335,9 @@ class PortalWorker(Worker):
             self.dropped += 1
             return
         tag = payload[0]
-        if self.remote_route is None and tag > 2:
-            # Not open yet: only the outlet's Pong (or its Disconnect, when
-            # it cannot reach its target) may come.
+        if self.remote_route is None and tag > 2 and tag != REFUSE_TAG:
+            # Not open yet: only the outlet's Pong, or its Disconnect or
+            # Refuse (it will not open the stream), may come.
             self.dropped += 1
             return
         if tag == _PAYLOAD_TAG:
@@ -365,7 +365,7 @@ class PortalWorker(Worker):
                 # The sender ignores its credit: fall back to pausing the link.
                 bp.wrote(message.source)
         elif tag == 2:  # Disconnect
-            self.finish(notify=False)
+            self.disconnected()
         elif tag == EOF_TAG and self.flow:
             try:
                 decode_eof(payload)
@@ -447,9 +447,16 @@ class PortalWorker(Worker):
         ):
             self._grant(self.bytes_out)
 
+    def disconnected(self) -> None:
+        """
+        The other side sent Disconnect: the stream is over.
+        """
+        self.finish(notify=False)
+
     def control(self, tag: int, message) -> None:
         """
-        Ping and Pong: the inlet and outlet handle them; here they are noise.
+        Ping, Pong and Refuse: the inlet and outlet handle them; here they
+        are noise.
         """
         self._note("info", "unexpected", "{side} {address}: unexpected portal message {tag}; dropped", tag=tag)
 
