@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
-from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
+from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, TransportError, WireError
 from .interfaces import IAccessPolicy, IWorker
 from .logs import Throttle, short
 from .routing import LOCAL, TCP, Address, MultiAddr, Route, parse_route_text
@@ -562,6 +562,8 @@ class BaseNode(MultiService):
             return await self.tcp.connect_shared(target, route_hop=True)
         except CancelledError:
             raise
+        except TransportError as e:
+            raise RouteUnreachable(str(e)) from None  # it names the target already
         except Exception as e:
             raise RouteUnreachable(f"cannot connect to {target}: {e}") from None
 

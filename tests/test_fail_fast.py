@@ -131,3 +131,21 @@ class SecureChannelTests(tp.PortalTestCase):
         e = await self.within(self.assertFailure(n1.create_secure_channel(route, timeout=10), SecureChannelError), 3, "failure")
         self.assertLess(time.monotonic() - started, 2)
         self.assertEqual(str(e), f"{route} did not answer as a secure channel listener")
+
+
+class MessageTests(tp.PortalTestCase):
+    @async_test
+    async def test_unreachable_said_once(self):
+        """
+        "cannot connect to HOST:PORT" appears once in the reason, not twice.
+        """
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Protocol))
+        dead = port.getHost().port
+        await port.stopListening()
+        n1 = self.make_node("n1")
+        e = await self.within(
+            self.assertFailure(n1.request(f"/ip4/127.0.0.1/tcp/{dead}/service/echo", b"x", timeout=5), RouteUnreachable),
+            6,
+            "the failure",
+        )
+        self.assertEqual(str(e).count(f"cannot connect to 127.0.0.1:{dead}"), 1, str(e))
