@@ -283,7 +283,9 @@ class ForwardingService(Worker):
             return
         owner = message.origin
         address = Address(LOCAL, alias)
-        link = node.tcp.connection(route[0]) if route[0].type == LOCAL else None
+        link = node.link_of(route[0])
+        if not hasattr(link, "write_body"):
+            link = None  # the fast path writes to a connection only
         existing = node.worker_at(address)
         if existing is None:
             registry = self.registry

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..errors import OckamError, TransportError
-from ..node import InFlight, gather
+from ..deferred import InFlight, gather
 from ..routing import Route
 from ..transport.tcp import server_description
 from ..errors import WireError

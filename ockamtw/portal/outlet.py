@@ -11,7 +11,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from ..errors import WireError
-from ..node import Worker, gather
+from ..deferred import gather
+from ..node import Worker
 from ..transport.tcp import client_endpoint
 from ..logs import short
 from zope.interface import implementer

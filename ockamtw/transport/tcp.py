@@ -38,10 +38,10 @@ from zope.interface import implementer
 from ..access import ANYONE
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
-from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, IWorker
+from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, ITransport, IWorker
 from ..logs import short
-from ..node import InFlight, gather
-from ..routing import Address
+from ..deferred import InFlight, gather
+from ..routing import TCP, Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
 from .limits import (
     CLOSED_BUDGET,
@@ -801,10 +801,14 @@ class KeptConnection:
         return succeed(None)
 
 
+@implementer(ITransport)
 class TcpTransport:
     """
-    A node's TCP transport: C{node.tcp}.
+    A node's TCP transport: C{node.tcp}, registered with the node for TCP
+    addresses (C{1#host:port}).
     """
+
+    address_type = TCP
 
     #: Seconds to wait for an outgoing connection.
     connect_timeout = 10.0
@@ -973,6 +977,17 @@ class TcpTransport:
             return succeed(conn)
         key = target[2:] if target.startswith("1#") else target
         return self._connecting.wait(key, lambda: self.connect(target))
+
+    def connect_hop(self, value: str) -> Deferred:
+        """
+        ITransport: the connection for C{1#value} named in a route (C{value}
+        is C{host:port}; endpoint strings are refused): see
+        L{connect_shared}.
+        """
+        try:
+            return self.connect_shared(value, route_hop=True)
+        except WireError as e:
+            return fail(e)
 
     def connection_to(self, target: str) -> Optional[TcpConnection]:
         """
