@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
 from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
-from .deferred import InFlight, gather  # noqa: F401 (InFlight: for older imports)
+from .deferred import gather
 from .interfaces import IAccessPolicy, ITransport, IWorker
 from .logs import Throttle, short
 from .routing import LOCAL, Address, MultiAddr, Route, parse_route_text

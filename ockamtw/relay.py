@@ -43,8 +43,8 @@ from .flow import credit_stream
 from .interfaces import IAccessPolicy
 from .logs import short
 from .node import Worker
-from .routing import LOCAL, Address, Route, _encode_uvarint
-from .wire import decode_string, encode_string
+from .routing import LOCAL, Address, Route
+from .wire import decode_string, encode_header, encode_string
 
 log = Logger(namespace="ockamtw.relay")
 
@@ -158,14 +158,11 @@ class Forwarder(Worker):
             # connection worker would write it.
             rest = message.onward_route[1:]
             payload = message.payload
-            head = b"".join(
-                [
-                    b"\x01",
-                    _encode_uvarint(len(self._after_link) + len(rest)),
-                    self._after_link_encoded,
-                ]
-                + [a.encode() for a in rest]
-                + [message.return_route.encode(), _encode_uvarint(len(payload))]
+            head = encode_header(
+                len(self._after_link) + len(rest),
+                [self._after_link_encoded, *[a.encode() for a in rest]],
+                message.return_route,
+                len(payload),
             )
             source = message.source
             link.write_body(

@@ -14,9 +14,9 @@ from twisted.logger import Logger
 from ..errors import OckamError, TransportError
 from ..deferred import InFlight, gather
 from ..routing import Route
-from ..transport.tcp import server_description
+from ..endpoints import server_description
 from ..errors import WireError
-from ..wire import REFUSE_TAG, decode_refuse
+from ..wire import PONG_TAG, REFUSE_TAG, decode_refuse
 from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
@@ -95,7 +95,7 @@ class InletPortal(PortalWorker):
                 self.owner._not_opened(f"refused by the outlet: {reason}")
                 self.finish(notify=False, grace=self.close_grace)
             return
-        if tag != 1:  # only Pong is expected here
+        if tag != PONG_TAG:  # only Pong is expected here
             PortalWorker.control(self, tag, message)
             return
         if self.remote_route is None and not self.finished:

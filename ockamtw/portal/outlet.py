@@ -13,8 +13,7 @@ from twisted.logger import Logger
 from ..errors import WireError
 from ..deferred import gather
 from ..node import Worker
-from ..transport.tcp import client_endpoint
-from ..logs import short
+from ..endpoints import client_endpoint
 from zope.interface import implementer
 
 from ..interfaces import IAccessPolicy
