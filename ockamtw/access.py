@@ -100,8 +100,20 @@ class _Nobody:
         return "nobody"
 
 
+@implementer(IAccessPolicy)
+class _ChannelPeers:
+    def allows(self, message) -> bool:
+        origin = message.origin
+        return origin is not None and getattr(origin, "identity", None) is not None
+
+    def __str__(self) -> str:
+        return "secure channel peers"
+
+
 #: Every sender, local or remote.
 ANYONE = _Anyone()
+#: Any peer that came through a secure channel (whoever it is).
+CHANNEL_PEERS = _ChannelPeers()
 #: Messages that start on this node (the default).
 LOCAL_ONLY = _LocalOnly()
 #: No one (an address that exists only to appear in routes).

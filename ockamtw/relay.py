@@ -179,8 +179,11 @@ class RelayRegistry:
     that the limits count every registration once.
     """
 
-    def __init__(self, limits: Optional[RelayLimits] = None) -> None:
+    def __init__(self, limits: Optional[RelayLimits] = None, forwarder_access=None) -> None:
         self.limits = limits or RelayLimits()
+        #: who may send to the forwarders (anyone: a relay node is a public
+        #: meeting point; a project node admits its members only)
+        self.forwarder_access = forwarder_access
         #: owner -> set of aliases it holds (not for this node's own)
         self._by_owner: dict = {}
         self.refused = 0
@@ -295,7 +298,7 @@ class ForwardingService(Worker):
                     self._refuse(message, "this node holds {n} relays already", n=registry.limits.total)
                     return
             forwarder = Forwarder(route, owner, link)
-            node.start_worker(address, forwarder)
+            node.start_worker(address, forwarder, access=registry.forwarder_access)
             registry.adopt(node, address, forwarder)
             log.info(
                 "relay {alias} registered by {origin}",

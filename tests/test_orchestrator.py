@@ -1,0 +1,220 @@
+"""
+The Orchestrator in-process on loopback: its HTTP API (tokens, enrollment,
+spaces, projects, members), its project authority and project node as an
+Ockam 0.83 client reaches them (secure channels pinned to their identities,
+the API framing of shared/spec/ockam-project-api.md), and what survives a
+restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.web.client import HTTPConnectionPool
+from twisted.trial.unittest import TestCase
+
+from ockamtw import Address, Node, Route, encode_string, decode_string
+from ockamtw.orchestrator.service import ENROLL_CONTEXT, Orchestrator, Settings
+from ockamtw.project import codec
+from ockamtw.project.codec import AddMember, CreateToken, Method, OneTimeCode
+from ockamtw.project.credentials import Credential, verify
+from ockamtw.project.projectinfo import ProjectInfo
+from ockamtw.project.service import ApiError, call
+from ockamtw.secure.identity import LocalIdentity, import_identity
+
+from tests.helpers import async_test, deadline
+
+
+class OrchestratorTestCase(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.data = tempfile.mkdtemp()
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = treq.client.HTTPClient(treq.api.Agent(reactor, pool=self.pool))
+        self.addCleanup(self.pool.closeCachedConnections)
+
+    async def start(self, **kw) -> Orchestrator:
+        kw.setdefault("http", "tcp:0:interface=127.0.0.1")
+        kw.setdefault("project_ports", None)
+        kw.setdefault("refresh", 0.1)
+        settings = Settings(self.data, **kw)
+        o = Orchestrator(reactor, settings)
+        o.startService()
+        self.addCleanup(o.stopService)
+        await deadline(o.ready, 10, "the orchestrator started")
+        self.o = o
+        with open(os.path.join(self.data, "admin.token")) as f:
+            self.token = f.read().strip()
+        return o
+
+    async def api(self, method: str, path: str, body=None, token=True, expect=200):
+        headers = {b"authorization": [f"Bearer {self.token}".encode()]} if token else {}
+        data = json.dumps(body).encode() if body is not None else None
+        response = await self.http.request(method, self.o.url + path, data=data, headers=headers)
+        result = json.loads(await response.content())
+        self.assertEqual(response.code, expect, result)
+        return result
+
+    async def enroll(self, identity: LocalIdentity):
+        challenge = (await self.api("GET", "/v0/enroll/challenge"))["challenge"]
+        signature = identity.sign(ENROLL_CONTEXT + bytes.fromhex(challenge))
+        return await self.api(
+            "POST", "/v0/enroll", {"identity": identity.export().hex(), "challenge": challenge, "signature": signature.hex()}
+        )
+
+    def node(self, name: str, identity=None) -> Node:
+        node = Node(reactor, name=name, identity=identity)
+        node.startService()
+        self.addCleanup(node.stopService)
+        return node
+
+    async def channel(self, node: Node, route: str, identifier: str) -> Address:
+        return await deadline(node.create_secure_channel(route, authorized=[identifier], timeout=5), 6, f"channel {route}")
+
+
+class ApiTests(OrchestratorTestCase):
+    @async_test
+    async def test_tokens_required(self):
+        await self.start()
+        await self.api("GET", "/v0/health", token=False)
+        r = await self.api("GET", "/v0/projects", token=False, expect=401)
+        self.assertEqual(r["error"]["code"], "unauthorized")
+        self.token = "otw_" + "x" * 43
+        await self.api("GET", "/v0/projects", expect=401)
+
+    @async_test
+    async def test_enroll_is_idempotent_and_proved(self):
+        await self.start()
+        admin = LocalIdentity.create()
+        first = await self.enroll(admin)
+        self.assertEqual(first["project"]["name"], "default")
+        second = await self.enroll(admin)
+        self.assertEqual(second["project"]["id"], first["project"]["id"])
+        self.assertEqual(second["space"]["id"], first["space"]["id"])
+        # A signature that does not prove the identity.
+        challenge = (await self.api("GET", "/v0/enroll/challenge"))["challenge"]
+        other = LocalIdentity.create()
+        r = await self.api(
+            "POST", "/v0/enroll",
+            {"identity": admin.export().hex(), "challenge": challenge, "signature": other.sign(b"x").hex()},
+            expect=403,
+        )
+        self.assertEqual(r["error"]["code"], "forbidden")
+        # The token is bound to the first identity.
+        r = await self.enroll_expect(other, 403)
+
+    async def enroll_expect(self, identity, status):
+        challenge = (await self.api("GET", "/v0/enroll/challenge"))["challenge"]
+        signature = identity.sign(ENROLL_CONTEXT + bytes.fromhex(challenge))
+        return await self.api(
+            "POST", "/v0/enroll",
+            {"identity": identity.export().hex(), "challenge": challenge, "signature": signature.hex()},
+            expect=status,
+        )
+
+    @async_test
+    async def test_errors_are_json(self):
+        await self.start()
+        r = await self.api("GET", "/v0/projects/nothing", expect=404)
+        self.assertEqual(r["error"]["code"], "not_found")
+        r = await self.api("POST", "/v0/spaces", {"name": "bad name!"}, expect=400)
+        self.assertEqual(r["error"]["code"], "bad_request")
+        r = await self.api("DELETE", "/v0/health", expect=405)
+        await self.api("POST", "/v0/spaces", {"name": "s1"})
+        r = await self.api("POST", "/v0/spaces", {"name": "s1"}, expect=409)
+        self.assertEqual(r["error"]["code"], "conflict")
+
+
+class ProjectTests(OrchestratorTestCase):
+    async def enrolled(self):
+        await self.start()
+        self.admin = LocalIdentity.create()
+        enrolled = await self.enroll(self.admin)
+        info = await self.api("GET", f"/v0/projects/{enrolled['project']['id']}/information")
+        self.info = ProjectInfo.from_json(json.dumps(info, indent=2))
+        return info
+
+    @async_test
+    async def test_information_and_authority(self):
+        """
+        project.json has Ockam's shape; the authority issues the admin a
+        credential (pre-trusted enroller) that verifies against the
+        authority identity in project.json.
+        """
+        info = await self.enrolled()
+        self.assertEqual(list(info), ["id", "name", "identity", "access_route", "authority_access_route", "authority_identity"])
+        authority = import_identity(bytes.fromhex(info["authority_identity"]))
+        node = self.node("admin", identity=self.admin)
+        enc = await self.channel(node, info["authority_access_route"], authority.identifier)
+        resp = await call(node, Route([enc, codec.CREDENTIAL_ISSUER]), Method.POST, "/")
+        credential = resp.decode_body(Credential.decode)
+        data = verify(credential, [authority], self.admin.identifier, int(reactor.seconds()))
+        self.assertEqual(data.attribute_text("project_id"), info["id"])
+        self.assertEqual(data.attribute_text("ockam-role"), "enroller")
+
+    @async_test
+    async def test_stranger_refused_with_403(self):
+        info = await self.enrolled()
+        authority = import_identity(bytes.fromhex(info["authority_access_route"] and info["authority_identity"]))
+        stranger = self.node("stranger")
+        enc = await self.channel(stranger, info["authority_access_route"], authority.identifier)
+        with self.assertRaises(ApiError) as e:
+            await call(stranger, Route([enc, codec.CREDENTIAL_ISSUER]), Method.POST, "/", timeout=5)
+        self.assertEqual(int(e.exception.status), 403)
+
+    @async_test
+    async def test_enrollment_code_once(self):
+        """
+        The admin makes a one-time code; a new identity redeems it and gets
+        a credential; the code does not work a second time.
+        """
+        info = await self.enrolled()
+        authority = import_identity(bytes.fromhex(info["authority_identity"]))
+        admin = self.node("admin", identity=self.admin)
+        enc = await self.channel(admin, info["authority_access_route"], authority.identifier)
+        resp = await call(admin, Route([enc, codec.ENROLLMENT_TOKEN_ISSUER]), Method.POST, "/",
+                          CreateToken({"role": "member"}))
+        code = resp.decode_body(OneTimeCode.decode)
+        member = self.node("member")
+        enc2 = await self.channel(member, info["authority_access_route"], authority.identifier)
+        await call(member, Route([enc2, codec.ENROLLMENT_TOKEN_ACCEPTOR]), Method.POST, "/", code)
+        resp = await call(member, Route([enc2, codec.CREDENTIAL_ISSUER]), Method.POST, "/")
+        data = verify(resp.decode_body(Credential.decode), [authority], member.identity.identifier, int(reactor.seconds()))
+        self.assertEqual(data.attribute_text("role"), "member")
+        other = self.node("other")
+        enc3 = await self.channel(other, info["authority_access_route"], authority.identifier)
+        with self.assertRaises(ApiError) as e:
+            await call(other, Route([enc3, codec.ENROLLMENT_TOKEN_ACCEPTOR]), Method.POST, "/", code, timeout=5)
+        self.assertEqual(e.exception.message, "unknown token")
+
+    @async_test
+    async def test_project_node_admits_members_only(self):
+        """
+        Through the project node: without a credential, echo and relay
+        registration are refused; after presenting one, both work, and the
+        relay is owned (another member cannot take it).
+        """
+        info = await self.enrolled()
+        authority = import_identity(bytes.fromhex(info["authority_identity"]))
+        n3 = self.node("n3", identity=self.admin)
+        penc = await self.channel(n3, info["access_route"], info["identity"])
+        # Not presented yet: refused.
+        with self.assertRaises(Exception):
+            await deadline(n3.request(Route([penc, "echo"]), b"x", timeout=0.5), 2, "refused echo")
+        aenc = await self.channel(n3, info["authority_access_route"], authority.identifier)
+        credential = (await call(n3, Route([aenc, codec.CREDENTIAL_ISSUER]), Method.POST, "/")).decode_body(Credential.decode)
+        await call(n3, Route([penc, codec.CREDENTIALS]), Method.POST, codec.PRESENT_PATH, credential)
+        reply = await deadline(n3.request(Route([penc, "echo"]), b"hello", timeout=5), 6, "echo")
+        self.assertEqual(reply.payload, b"hello")
+        relay = await deadline(
+            n3.create_relay(Route([penc]), name="n3", service=codec.STATIC_FORWARDING_SERVICE), 6, "relay"
+        )
+        self.assertEqual(relay.remote_address, Address.local("forward_to_n3"))
+        relays = await self.api("GET", f"/v0/projects/{info['id']}/relays")
+        self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
