@@ -646,7 +646,7 @@ class JSONOutputTests(CLITestCase):
         self.assertFields(relays[0], RELAY_FIELDS, "relay list")
         self.assertEqual(
             {k: relays[0][k] for k in RELAY_FIELDS},
-            {"name": "n3", "alias": "forward_to_n3", "at": "/node/n2", "status": "Up"},
+            {"name": "n3", "alias": "forward_to_n3", "at": "/node/n2", "status": "UP"},
         )
 
         # tcp-outlet list
@@ -898,11 +898,11 @@ class StateTests(CLITestCase):
         while True:
             relays = (await self.ockam("relay", "list", "--to", "n3", "--output", "json")).json()
             self.assertEqual([(x["name"], x["alias"], x["at"]) for x in relays], [("n3", "forward_to_n3", "/node/n2")])
-            if relays[0]["status"] == "Up" or time.monotonic() > end:
+            if relays[0]["status"] == "UP" or time.monotonic() > end:
                 break
             await deferLater(reactor, 0.2, lambda: None)
-        self.assertEqual(relays[0]["status"], "Up", relays)
+        self.assertEqual(relays[0]["status"], "UP", relays)
         r = await self.ockam("message", "send", "hello", "--to", "/node/n2/service/forward_to_n3/service/uppercase")
         self.assertEqual(r.out, "HELLO\n", str(r))
         r = await self.ockam("relay", "list", "--to", "n3")
-        self.assertIn("| n3    | /service/forward_to_n3 | /node/n2 | Up     |", r.out)
+        self.assertIn("| n3    | /service/forward_to_n3 | /node/n2 | UP     |", r.out)

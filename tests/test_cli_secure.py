@@ -48,7 +48,7 @@ class SecureChannelCLITests(CLITestCase):
         r = await self.ockam("message", "send", "hello", "--from", "n1", "--to", "-/service/uppercase", stdin=sc + "\n")
         self.assertEqual(r.out, "HELLO\n")
         channels = (await self.ockam("secure-channel", "list", "--at", "n1", "--output", "json")).json()
-        self.assertEqual([(c["encryptor"], c["status"], c["peer"]) for c in channels], [(sc[len("/service/"):], "up", n3_id)])
+        self.assertEqual([(c["encryptor"], c["status"], c["peer"]) for c in channels], [(sc[len("/service/"):], "UP", n3_id)])
 
         web = await self.http_server()
         await self.ockam("tcp-outlet", "create", "--at", "n3", "--to", f"127.0.0.1:{web}", "--authorized", n1_id)
