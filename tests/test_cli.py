@@ -766,6 +766,26 @@ class ErrorTests(CLITestCase):
         self.assertUserError(r, "n1", "not running")
 
     @async_test
+    async def test_route_to_a_stopped_node(self):
+        """
+        A route through a stopped node: one reason, said once, whether
+        the command line or another node would resolve it.
+        """
+        await self.create_nodes("n1", "n5")
+        await self.ockam("node", "stop", "n5")
+        expected = "ockam: node n5 is not running (start it with: ockam node start n5)\n"
+        for args in (
+            ["message", "send", "x", "--to", "/node/n5/service/echo"],
+            ["message", "send", "x", "--from", "n1", "--to", "/node/n5/service/echo"],
+            ["secure-channel", "create", "--from", "n1", "--to", "/node/n5/service/api"],
+            ["relay", "create", "r", "--at", "/node/n5", "--to", "n1"],
+            ["tcp-connection", "create", "--from", "n1", "--to", "/node/n5"],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r)
+            self.assertEqual(r.err, expected, str(r))
+
+    @async_test
     async def test_route_timed_out(self):
         await self.create_nodes("n1")
         started = time.monotonic()
