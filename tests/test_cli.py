@@ -646,7 +646,7 @@ class JSONOutputTests(CLITestCase):
         self.assertFields(relays[0], RELAY_FIELDS, "relay list")
         self.assertEqual(
             {k: relays[0][k] for k in RELAY_FIELDS},
-            {"name": "n3", "alias": "forward_to_n3", "at": "/node/n2", "status": "Up"},
+            {"name": "n3", "alias": "forward_to_n3", "at": "/node/n2", "status": "UP"},
         )
 
         # tcp-outlet list
@@ -764,6 +764,26 @@ class ErrorTests(CLITestCase):
         self.assertUserError(r, "n1", "not running")
         r = await self.ockam("node", "stop", "n1", check=False)
         self.assertUserError(r, "n1", "not running")
+
+    @async_test
+    async def test_route_to_a_stopped_node(self):
+        """
+        A route through a stopped node: one reason, said once, whether
+        the command line or another node would resolve it.
+        """
+        await self.create_nodes("n1", "n5")
+        await self.ockam("node", "stop", "n5")
+        expected = "ockam: node n5 is not running (start it with: ockam node start n5)\n"
+        for args in (
+            ["message", "send", "x", "--to", "/node/n5/service/echo"],
+            ["message", "send", "x", "--from", "n1", "--to", "/node/n5/service/echo"],
+            ["secure-channel", "create", "--from", "n1", "--to", "/node/n5/service/api"],
+            ["relay", "create", "r", "--at", "/node/n5", "--to", "n1"],
+            ["tcp-connection", "create", "--from", "n1", "--to", "/node/n5"],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r)
+            self.assertEqual(r.err, expected, str(r))
 
     @async_test
     async def test_route_timed_out(self):
@@ -898,11 +918,11 @@ class StateTests(CLITestCase):
         while True:
             relays = (await self.ockam("relay", "list", "--to", "n3", "--output", "json")).json()
             self.assertEqual([(x["name"], x["alias"], x["at"]) for x in relays], [("n3", "forward_to_n3", "/node/n2")])
-            if relays[0]["status"] == "Up" or time.monotonic() > end:
+            if relays[0]["status"] == "UP" or time.monotonic() > end:
                 break
             await deferLater(reactor, 0.2, lambda: None)
-        self.assertEqual(relays[0]["status"], "Up", relays)
+        self.assertEqual(relays[0]["status"], "UP", relays)
         r = await self.ockam("message", "send", "hello", "--to", "/node/n2/service/forward_to_n3/service/uppercase")
         self.assertEqual(r.out, "HELLO\n", str(r))
         r = await self.ockam("relay", "list", "--to", "n3")
-        self.assertIn("| n3    | /service/forward_to_n3 | /node/n2 | Up     |", r.out)
+        self.assertIn("| n3    | /service/forward_to_n3 | /node/n2 | UP     |", r.out)

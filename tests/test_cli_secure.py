@@ -48,7 +48,7 @@ class SecureChannelCLITests(CLITestCase):
         r = await self.ockam("message", "send", "hello", "--from", "n1", "--to", "-/service/uppercase", stdin=sc + "\n")
         self.assertEqual(r.out, "HELLO\n")
         channels = (await self.ockam("secure-channel", "list", "--at", "n1", "--output", "json")).json()
-        self.assertEqual([(c["encryptor"], c["status"], c["peer"]) for c in channels], [(sc[len("/service/"):], "up", n3_id)])
+        self.assertEqual([(c["encryptor"], c["status"], c["peer"]) for c in channels], [(sc[len("/service/"):], "UP", n3_id)])
 
         web = await self.http_server()
         await self.ockam("tcp-outlet", "create", "--at", "n3", "--to", f"127.0.0.1:{web}", "--authorized", n1_id)
@@ -91,6 +91,12 @@ class SecureChannelCLITests(CLITestCase):
         self.assertUserError(r, "did not complete within 1 s")
         channels = (await self.ockam("secure-channel", "list", "--at", "n1", "--output", "json")).json()
         self.assertEqual(channels, [])
+        # Nor on the listener's side, whose end of the refused channel waits
+        # for an identity that never comes (no row of status M5, peer "-").
+        channels = (await self.ockam("secure-channel", "list", "--at", "n2", "--output", "json")).json()
+        self.assertEqual(channels, [])
+        r = await self.ockam("secure-channel", "list", "--at", "n2")
+        self.assertEqual(len(r.out.splitlines()), 3, r.out)
 
     @async_test
     async def test_named_identity_shared(self):
@@ -111,6 +117,15 @@ class SecureChannelCLITests(CLITestCase):
         r = await self.ockam("node", "create", "b1", "--identity", "bob", check=False)
         self.assertUserError(r, "no identity named 'bob'")
         self.assertFalse(os.path.exists(os.path.join(self.nodes_dir, "b1")))
+
+        # `identity delete` is refused while a node uses the identity.
+        r = await self.ockam("identity", "delete", "alice", check=False)
+        self.assertUserError(r, "identity 'alice' is used by node a1, a2")
+        await self.ockam("node", "delete", "a1")
+        await self.ockam("node", "delete", "a2")
+        r = await self.ockam("identity", "delete", "alice")
+        self.assertEqual(r.out, "Identity alice deleted\n")
+        self.assertEqual((await self.ockam("identity", "list", "--output", "json")).json(), [])
 
     @async_test
     async def test_restricted_api_listener_survives_restart(self):

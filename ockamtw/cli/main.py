@@ -8,18 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from typing import List, Optional
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 
+from .. import __version__
 from ..control import state as st
 from ..errors import OckamError
 from ..routing import MultiAddr
 from ..transport.tcp import _split_hostport
-from .nodes import CLIError, Nodes, node_name
+from .nodes import CLIError, Nodes, interruptible, node_name, os_error
 
 # --- output -----------------------------------------------------------------------
 
@@ -88,15 +91,19 @@ class Out:
 # --- routes typed by users ----------------------------------------------------------------
 
 
-def read_route(text: str, stdin=None) -> str:
+def read_route(text: str, stdin=None, what: str = "--to") -> str:
     """
     The route text with a C{-} replaced by standard input (so that one
     command's output can be piped into the next), checked as a MultiAddr.
     """
     if "-" == text or text.startswith("-/"):
-        piped = (stdin or sys.stdin).read().strip()
+        stdin = stdin or sys.stdin
+        if stdin.isatty():
+            raise CLIError(f"{what} has '-' but nothing is piped into standard input")
+        with interruptible():
+            piped = stdin.read().strip()
         if not piped:
-            raise CLIError("--to has '-' but standard input is empty")
+            raise CLIError(f"{what} has '-' but standard input is empty")
         text = piped + text[1:]
     if text.startswith("/"):
         try:
@@ -106,14 +113,51 @@ def read_route(text: str, stdin=None) -> str:
     return text
 
 
-def check_hostport(text: str, what: str) -> str:
+#: The forms a TCP address may be given in, for messages.
+HOSTPORT_FORMS = "PORT, HOST:PORT or /ip4/HOST/tcp/PORT"
+
+
+def hostport(text: str, what: str) -> str:
+    """
+    C{HOST:PORT} from what a user typed or the command line printed: a
+    port (on 127.0.0.1), C{HOST:PORT}, C{[V6]:PORT}, or a MultiAddr such as
+    C{/ip4/127.0.0.1/tcp/7000} (what C{node show} prints as "Verbose").
+    """
+    t = text.strip()
+    if t.isascii() and t.isdigit():
+        if int(t) > 65535:
+            raise CLIError(f"{what}: port {t} is above 65535")
+        return f"127.0.0.1:{int(t)}"
+    if t.startswith("/"):
+        try:
+            hops = MultiAddr.parse(t).hops
+        except OckamError as e:
+            raise CLIError(f"{what}: {e}") from None
+        if len(hops) != 1 or hops[0].kind != "tcp":
+            raise CLIError(f"{what}: expected {HOSTPORT_FORMS}, got {text!r}")
+        host, port = hops[0].host, hops[0].port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        hp = _split_hostport(text)
+        hp = _split_hostport(t)
     except OckamError as e:
         raise CLIError(f"{what}: {e}") from None
     if hp is None:
-        raise CLIError(f"{what}: expected HOST:PORT, got {text!r}")
-    return text
+        raise CLIError(f"{what}: expected {HOSTPORT_FORMS}, got {text!r}")
+    return t
+
+
+def multiaddr_of(hostport_text: str) -> str:
+    """
+    C{/ip4/H/tcp/P} (or C{/ip6/...}, C{/dnsaddr/...}) for C{H:P}.
+    """
+    import ipaddress
+
+    host, port = _split_hostport(hostport_text)
+    try:
+        kind = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+    except ValueError:
+        kind = "dnsaddr"
+    return f"/{kind}/{host}/tcp/{port}"
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -131,9 +175,38 @@ class Commands:
         from .client import ControlClient
 
         name = self.nodes.require(name)
-        c = ControlClient(self.reactor, name, self.nodes.socket(name))
+        c = ControlClient(self.reactor, name, self.nodes.socket(name), lambda: self._unreachable(name))
         self._clients.append(c)
         return c
+
+    def _unreachable(self, name: str) -> str:
+        """
+        Why node C{name}'s control socket cannot be reached.
+        """
+        pid = self.nodes.pid(name)
+        if pid is None:
+            return f"node {name} is not running (start it with: ockam node start {name})"
+        sock = self.nodes.socket(name)
+        again = f"ockam node stop {name} && ockam node start {name}"
+        if not os.path.exists(sock):
+            return f"node {name} (pid {pid}) has lost its control socket {sock} (restart it: {again})"
+        return f"node {name} (pid {pid}) does not accept connections on {sock} (restart it: {again})"
+
+    def _check_route_node(self, route: str) -> None:
+        """
+        A route starting at C{/node/NAME} needs that node, running: say so
+        here, in the words every command uses, rather than through the
+        node that would resolve it.
+        """
+        if not route.startswith("/node/"):
+            return
+        try:
+            hops = MultiAddr.parse(route).hops
+        except OckamError:
+            return
+        name = self.nodes.require(hops[0].name)
+        if self.nodes.pid(name) is None:
+            raise CLIError(f"node {name} is not running (start it with: ockam node start {name})")
 
     async def close(self) -> None:
         for c in self._clients:
@@ -161,7 +234,7 @@ class Commands:
                     raise CLIError(self.nodes.startup_error(name, log_offset, stderr.data, code))
                 if os.path.exists(self.nodes.socket(name)):
                     try:
-                        info = await c.call("GET", "node")
+                        info = await c.call("GET", "node", timeout=max(0.5, min(5.0, deadline - time.monotonic())))
                     except CLIError:
                         pass
                     else:
@@ -178,7 +251,7 @@ class Commands:
 
     async def node_create(self):
         a = self.args
-        if a.name:
+        if a.name is not None:
             name = node_name(a.name)
         else:
             name = os.urandom(4).hex()
@@ -187,7 +260,7 @@ class Commands:
         problem = st.socket_path_problem(self.nodes.dir(name))
         if problem:
             raise CLIError(problem)
-        listen = check_hostport(a.tcp_listener_address, "--tcp-listener-address")
+        listen = hostport(a.tcp_listener_address, "--tcp-listener-address")
         state = st.empty_state(name, listen)
         if a.identity:
             if not os.path.exists(st.identity_path(self.nodes.home, a.identity)):
@@ -196,7 +269,10 @@ class Commands:
         d = self.nodes.make_dir(name)  # exclusive: of two racing creates, one gets it
         try:
             with self.nodes.lock(name):
-                st.write_state(d, state)
+                try:
+                    st.write_state(d, state)
+                except OSError as e:
+                    raise CLIError(f"cannot create node {name}: {os_error(e, os.path.join(d, st.STATE))}") from None
                 if a.foreground:
                     # Become the node (its command line names DIR, as a
                     # background node's does); it logs to standard output.
@@ -212,7 +288,10 @@ class Commands:
                     _end(proc)
                     raise
         except BaseException:
-            self.nodes.delete(name)  # the directory is this command's own
+            try:
+                self.nodes.delete(name)  # the directory is this command's own
+            except CLIError:
+                pass  # the first error is the one to tell
             raise
         self.out.emit(info, node_block(info))
 
@@ -226,19 +305,10 @@ class Commands:
         """
         pid = self.nodes.pid(name)
         if pid is not None:
-            d = defer.Deferred.fromCoroutine(self.client(name).call("GET", "node"))
-            timed_out = []
-            timer = self.reactor.callLater(NODE_ANSWER_TIMEOUT, lambda: (timed_out.append(True), d.cancel()))
             try:
-                return await d
+                return await self.client(name).call("GET", "node", timeout=NODE_ANSWER_TIMEOUT)
             except CLIError:
                 pass
-            except Exception:
-                if not timed_out:  # (cancelled, treq says ResponseNeverReceived)
-                    raise
-            finally:
-                if timer.active():
-                    timer.cancel()
         state = self.nodes.state(name)
         return {
             "name": name,
@@ -301,7 +371,7 @@ class Commands:
             problem = st.socket_path_problem(self.nodes.dir(name))
             if problem:
                 raise CLIError(problem)
-            self.nodes.clear_stale(name)
+            self.nodes.clear_stale(name, starting=True)
             offset = self.nodes.log_size(name)
             proc = self.nodes.spawn(name)
             info = await self._wait_ready(name, proc, offset)
@@ -316,10 +386,8 @@ class Commands:
         a = self.args
         if a.all:
             names = self.nodes.names()
-        elif a.name:
-            names = [self.nodes.require(a.name)]
         else:
-            raise CLIError("name a node, or use --all")
+            names = [self.nodes.require(a.name)]
         deleted = []
         for name in names:
             try:
@@ -337,15 +405,17 @@ class Commands:
     async def tcp_create(self):
         name = self.nodes.pick(self.args.from_)
         to = self.args.to
-        if to.startswith("/"):
+        if to.startswith("/node/"):
+            self._check_route_node(to)
             hops = MultiAddr.parse(to).hops
-            if len(hops) != 1 or hops[0].kind not in ("tcp", "node"):
-                raise CLIError(f"--to: expected HOST:PORT or /ip4/HOST/tcp/PORT, got {to!r}")
-            h = hops[0]
-            to = st.listener_of(self.nodes.home, h.name) if h.kind == "node" else f"{h.host}:{h.port}"
+            if len(hops) != 1:
+                raise CLIError(f"--to: expected {HOSTPORT_FORMS} or /node/NAME, got {to!r}")
+            to = st.listener_of(self.nodes.home, hops[0].name)
             if not to:
-                raise CLIError(f"no node named {hops[0].name!r}")
-        conn = await self.client(name).call("POST", "tcp", {"to": to})
+                raise CLIError(f"node {hops[0].name} has no listener address")
+        else:
+            to = hostport(to, "--to")
+        conn = await self.client(name).call("POST", "tcp", {"to": to}, timeout=CONNECT_CALL_TIMEOUT)
         self.out.emit(conn, f"/service/{conn['worker_address'].split('#', 1)[1]}")
 
     async def tcp_list(self):
@@ -358,12 +428,22 @@ class Commands:
         headers = ["Transport ID", "Transport Type", "Mode", "Socket address", "Worker address"]
         self.out.emit(items, table(headers, rows))
 
+    async def tcp_show(self):
+        name = self.nodes.pick(self.args.node)
+        c = await self.client(name).call("GET", ("tcp", self.args.id))
+        text = "\n".join(
+            [
+                f"TCP connection: {c['transport_id']}",
+                f"  Mode: {c['mode']}",
+                f"  Socket address: {c['socket_address']}",
+                f"  Worker address: {c['worker_address']}",
+            ]
+        )
+        self.out.emit(c, text)
+
     async def tcp_delete(self):
         name = self.nodes.pick(self.args.node)
-        key = self.args.id
-        if key.startswith("/service/"):
-            key = key[len("/service/") :]
-        c = await self.client(name).call("DELETE", f"tcp/{key}")
+        c = await self.client(name).call("DELETE", ("tcp", self.args.id))
         self.out.emit(c, f"TCP connection {c['transport_id']} deleted")
 
     # message -------------------------------------------------------------------------
@@ -371,10 +451,12 @@ class Commands:
     async def message_send(self):
         a = self.args
         to = read_route(a.to)
-        if a.from_:
+        if a.from_ is not None:
             name = self.nodes.require(a.from_)
+            self._check_route_node(to)
             reply = await self.client(name).call(
-                "POST", "message", {"to": to, "message": a.message, "timeout": a.timeout}
+                "POST", "message", {"to": to, "message": a.message, "timeout": a.timeout},
+                timeout=a.timeout + CALL_MARGIN,
             )
         else:
             reply = await self._send_embedded(to, a.message, a.timeout)
@@ -390,9 +472,11 @@ class Commands:
         home = self.nodes.home
 
         def resolver(name):
-            address = st.listener_of(home, name)
+            address = st.listener_of(home, self.nodes.require(name))
+            if self.nodes.pid(name) is None:
+                raise CLIError(f"node {name} is not running (start it with: ockam node start {name})")
             if not address:
-                raise CLIError(f"no node named {name!r} (see: ockam node list)")
+                raise CLIError(f"node {name} has no listener address")
             return address
 
         node.node_resolver = resolver
@@ -408,9 +492,32 @@ class Commands:
     async def relay_create(self):
         a = self.args
         name = self.nodes.pick(a.to)
-        at = read_route(a.at)
-        relay = await self.client(name).call("POST", "relays", {"name": a.name, "at": at, "timeout": a.timeout})
+        at = self._relay_at(a.at)
+        self._check_route_node(at)
+        relay = await self.client(name).call(
+            "POST", "relays", {"name": a.name, "at": at, "timeout": a.timeout}, timeout=a.timeout + CALL_MARGIN
+        )
         self.out.emit(relay, f"/service/{relay['alias']}")
+
+    def _relay_at(self, text: str) -> str:
+        """
+        Where a relay goes: a route (C{/node/n2}, C{/ip4/...}), a node's
+        name (C{n2}), or a node's listener as printed (C{127.0.0.1:7000}).
+        """
+        text = read_route(text, what="--at")
+        if text.startswith("/") or "#" in text or "=>" in text:
+            return text
+        if st.valid_node_name(text) and self.nodes.exists(text):
+            return f"/node/{text}"
+        try:
+            hp = _split_hostport(text)
+        except OckamError as e:
+            raise CLIError(f"--at: {e}") from None
+        if hp is not None:
+            return multiaddr_of(text)
+        if st.valid_node_name(text):
+            self.nodes.require(text)
+        return text
 
     async def relay_list(self):
         name = self.nodes.pick(self.args.to)
@@ -420,7 +527,7 @@ class Commands:
 
     async def relay_show(self):
         name = self.nodes.pick(self.args.to)
-        r = await self.client(name).call("GET", f"relays/{self.args.name}")
+        r = await self.client(name).call("GET", ("relays", self.args.name))
         text = "\n".join(
             [
                 f"Relay: {r['name']}",
@@ -435,7 +542,7 @@ class Commands:
 
     async def relay_delete(self):
         name = self.nodes.pick(self.args.to)
-        r = await self.client(name).call("DELETE", f"relays/{self.args.name}")
+        r = await self.client(name).call("DELETE", ("relays", self.args.name))
         self.out.emit(r, f"Relay {r['name']} deleted")
 
     # outlets ----------------------------------------------------------------------------
@@ -443,8 +550,7 @@ class Commands:
     async def outlet_create(self):
         a = self.args
         name = self.nodes.pick(a.at)
-        check_hostport(a.to, "--to")
-        body = {"address": a.from_, "to": a.to}
+        body = {"address": a.from_, "to": hostport(a.to, "--to")}
         if a.authorized:
             body["authorized"] = a.authorized
         o = await self.client(name).call("POST", "outlets", body)
@@ -458,12 +564,12 @@ class Commands:
 
     async def outlet_show(self):
         name = self.nodes.pick(self.args.at)
-        o = await self.client(name).call("GET", f"outlets/{self.args.address}")
+        o = await self.client(name).call("GET", ("outlets", self.args.address))
         self.out.emit(o, f"Outlet: /service/{o['address']}\n  To: {o['target']}\n  Connections: {o['connections']}")
 
     async def outlet_delete(self):
         name = self.nodes.pick(self.args.at)
-        o = await self.client(name).call("DELETE", f"outlets/{self.args.address}")
+        o = await self.client(name).call("DELETE", ("outlets", self.args.address))
         self.out.emit(o, f"Outlet /service/{o['address']} deleted")
 
     # identities ---------------------------------------------------------------------------
@@ -471,15 +577,21 @@ class Commands:
     async def identity_create(self):
         from ..secure.identity import LocalIdentity
 
-        name = self.args.name or "default"
-        if not st.valid_node_name(name):
-            raise CLIError(f"not an identity name: {name!r}")
+        from ..secure.errors import IdentityError
+
+        name = _identity_name(self.args.name)
         path = st.identity_path(self.nodes.home, name)
         if os.path.exists(path):
             raise CLIError(f"identity {name!r} already exists")
-        st.secure_identities_dir(self.nodes.home)
+        try:
+            st.secure_identities_dir(self.nodes.home)
+        except OSError as e:
+            raise CLIError(f"cannot create identity {name}: {os_error(e)}") from None
         identity = LocalIdentity.create()
-        identity.save(path)
+        try:
+            identity.save(path)
+        except IdentityError as e:
+            raise CLIError(f"cannot create identity {name}: {e}") from None
         info = {"name": name, "identifier": identity.identifier}
         self.out.emit(info, identity.identifier)
 
@@ -495,7 +607,7 @@ class Commands:
         from ..secure.errors import IdentityError
         from ..secure.identity import LocalIdentity
 
-        path = st.identity_path(self.nodes.home, name)
+        path = st.identity_path(self.nodes.home, _identity_name(name))
         if not os.path.exists(path):
             raise CLIError(f"no identity named {name!r} (see: ockam identity list)")
         try:
@@ -513,6 +625,33 @@ class Commands:
             info = {"identifier": identity.identifier, "export": identity.export().hex()}
         self.out.emit(info, info["export"] if a.full else info["identifier"])
 
+    async def identity_delete(self):
+        """
+        Delete a named identity; refused while a node uses it.
+        """
+        name = _identity_name(self.args.name)
+        identity = self._load_identity(name)
+        users = []
+        for n in self.nodes.names():
+            try:
+                uses = self.nodes.state(n).get("identity")
+            except st.StateError as e:
+                raise CLIError(f"cannot tell whether node {n} uses identity {name!r}: {e.problem}") from None
+            if uses == name:
+                users.append(n)
+        if users:
+            nodes = ", ".join(users)
+            raise CLIError(f"identity {name!r} is used by node {nodes} (delete the node first: ockam node delete {users[0]})")
+        path = st.identity_path(self.nodes.home, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            raise CLIError(f"no identity named {name!r} (see: ockam identity list)") from None
+        except OSError as e:
+            raise CLIError(f"cannot delete identity {name}: {os_error(e, path)}") from None
+        info = {"name": name, "identifier": identity.identifier}
+        self.out.emit(info, f"Identity {name} deleted")
+
     async def identity_list(self):
         rows, infos = [], []
         for name in self._named_identities():
@@ -527,10 +666,11 @@ class Commands:
         a = self.args
         name = self.nodes.pick(a.from_)
         to = read_route(a.to)
+        self._check_route_node(to)
         body = {"to": to, "timeout": a.timeout}
         if a.authorized:
             body["authorized"] = a.authorized
-        sc = await self.client(name).call("POST", "secure-channels", body)
+        sc = await self.client(name).call("POST", "secure-channels", body, timeout=a.timeout + CALL_MARGIN)
         self.out.emit(sc, f"/service/{sc['encryptor']}")
 
     async def sc_list(self):
@@ -539,9 +679,24 @@ class Commands:
         rows = [[f"/service/{c['encryptor']}", c["role"], c["status"], c["peer"] or "-", c["route"] or "-"] for c in channels]
         self.out.emit(channels, table(["Channel", "Role", "Status", "Peer", "Route"], rows))
 
+    async def sc_show(self):
+        name = self.nodes.pick(self.args.at)
+        c = await self.client(name).call("GET", ("secure-channels", self.args.channel))
+        text = "\n".join(
+            [
+                f"Secure channel: /service/{c['encryptor']}",
+                f"  Role: {c['role']}",
+                f"  Status: {c['status']}",
+                f"  Peer: {c['peer'] or '-'}",
+                f"  Route: {c['route'] or '-'}",
+                f"  Decryptor: /service/{c['decryptor']}",
+            ]
+        )
+        self.out.emit(c, text)
+
     async def sc_delete(self):
         name = self.nodes.pick(self.args.at)
-        c = await self.client(name).call("DELETE", f"secure-channels/{self.args.channel}")
+        c = await self.client(name).call("DELETE", ("secure-channels", self.args.channel))
         self.out.emit(c, f"Secure channel /service/{c['encryptor']} deleted")
 
     async def scl_create(self):
@@ -559,14 +714,19 @@ class Commands:
         rows = [[f"/service/{l['address']}", ", ".join(l["authorized"]) if l["authorized"] else "everyone", str(l["channels"])] for l in listeners]
         self.out.emit(listeners, table(["Listener", "Authorized", "Channels"], rows))
 
+    async def scl_delete(self):
+        name = self.nodes.pick(self.args.at)
+        l = await self.client(name).call("DELETE", ("secure-channel-listeners", self.args.address))
+        self.out.emit(l, f"Secure channel listener /service/{l['address']} deleted")
+
     # inlets -------------------------------------------------------------------------------
 
     async def inlet_create(self):
         a = self.args
         name = self.nodes.pick(a.at)
-        check_hostport(a.from_, "--from")
+        listen = hostport(a.from_, "--from")
         to = read_route(a.to)
-        body = {"listen": a.from_, "to": to}
+        body = {"listen": listen, "to": to}
         if a.authorized:
             body["authorized"] = a.authorized
         i = await self.client(name).call("POST", "inlets", body)
@@ -580,13 +740,13 @@ class Commands:
 
     async def inlet_show(self):
         name = self.nodes.pick(self.args.at)
-        i = await self.client(name).call("GET", f"inlets/{self.args.listen}")
+        i = await self.client(name).call("GET", ("inlets", _inlet_key(self.args.listen)))
         text = f"Inlet: {i['listen']}\n  To: {i['route']}\n  Status: {i['status']}\n  Connections: {i['connections']}"
         self.out.emit(i, text)
 
     async def inlet_delete(self):
         name = self.nodes.pick(self.args.at)
-        i = await self.client(name).call("DELETE", f"inlets/{self.args.listen}")
+        i = await self.client(name).call("DELETE", ("inlets", _inlet_key(self.args.listen)))
         self.out.emit(i, f"Inlet {i['listen']} deleted")
 
 
@@ -594,91 +754,101 @@ class Commands:
 
 
 def parser() -> argparse.ArgumentParser:
+    """
+    The command line.  The global options (C{--output}) are taken before
+    the command, after it, or after the action: C{ockam --output json node
+    list}, C{ockam node --output json list}, C{ockam node list --output json}.
+    """
+    # Below the top level, --output has no default, so that one given
+    # earlier on the line is not reset by the parser of a later word.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--output", choices=["plain", "json"], default="plain", help="output format")
+    common.add_argument("--output", choices=["plain", "json"], default=argparse.SUPPRESS, help="output format (default: plain)")
 
-    p = argparse.ArgumentParser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).", parents=[common])
+    p = argparse.ArgumentParser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).")
+    p.add_argument("--output", choices=["plain", "json"], default="plain", help="output format (default: plain)")
+    p.add_argument("--version", action="version", version=f"ockam {__version__} (ockamtw)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def group(name, help_, aliases=()):
-        g = sub.add_parser(name, help=help_, aliases=list(aliases), parents=[common])
+        g = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases), parents=[common])
         return g.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def cmd(parent, name, func, help_):
         c = parent.add_parser(name, help=help_, description=help_, parents=[common])
-        c.set_defaults(func=func)
+        c.set_defaults(func=func, parser=c)
         return c
 
     node = group("node", "manage background nodes")
     c = cmd(node, "create", Commands.node_create, "create and start a node")
     c.add_argument("name", nargs="?", help="node name (random by default)")
-    c.add_argument("--tcp-listener-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="where the node listens (default: a free port on 127.0.0.1)")
+    c.add_argument("--tcp-listener-address", default="127.0.0.1:0", metavar="ADDRESS",
+                   help=f"where the node listens: {HOSTPORT_FORMS} (default: a free port on 127.0.0.1)")
     c.add_argument("--foreground", action="store_true", help="run in this process instead of in the background")
     c.add_argument("--identity", metavar="NAME", help="use the named identity (see: ockam identity create)")
     cmd(node, "list", Commands.node_list, "list nodes")
     c = cmd(node, "show", Commands.node_show, "show a node's status")
-    c.add_argument("name", nargs="?")
+    c.add_argument("name", nargs="?", metavar="NODE")
     for action, func, help_ in (
         ("stop", Commands.node_stop, "stop a node (its state is kept)"),
         ("start", Commands.node_start, "start a stopped node with its state"),
         ("logs", Commands.node_logs, "print the path of a node's log file"),
     ):
         c = cmd(node, action, func, help_)
-        c.add_argument("name", nargs="?" if action == "logs" else None)
+        c.add_argument("name", nargs="?" if action == "logs" else None, metavar="NODE")
     c = cmd(node, "delete", Commands.node_delete, "stop a node and delete its state")
-    c.add_argument("name", nargs="?")
+    c.add_argument("name", nargs="?", metavar="NODE")
     c.add_argument("--all", action="store_true", help="delete every node")
 
     tcp = group("tcp-connection", "TCP connections of a node")
-    c = cmd(tcp, "create", Commands.tcp_create, "connect a node to HOST:PORT")
+    c = cmd(tcp, "create", Commands.tcp_create, "connect a node to another")
     c.add_argument("--from", dest="from_", metavar="NODE")
-    c.add_argument("--to", required=True, metavar="HOST:PORT")
+    c.add_argument("--to", required=True, metavar="ADDRESS", help=f"{HOSTPORT_FORMS} or /node/NAME")
     c = cmd(tcp, "list", Commands.tcp_list, "list a node's TCP connections")
     c.add_argument("--node", "--from", dest="node", metavar="NODE")
-    c = cmd(tcp, "delete", Commands.tcp_delete, "close a TCP connection")
-    c.add_argument("id", metavar="ID", help="transport id or worker address")
-    c.add_argument("--node", "--from", dest="node", metavar="NODE")
+    for action, func, help_ in (("show", Commands.tcp_show, "show"), ("delete", Commands.tcp_delete, "close")):
+        c = cmd(tcp, action, func, f"{help_} a TCP connection")
+        c.add_argument("id", metavar="ID", help="transport id, worker address (/service/HEX, 0#HEX or HEX) or socket address")
+        c.add_argument("--node", "--from", dest="node", metavar="NODE")
 
     msg = group("message", "send messages")
     c = cmd(msg, "send", Commands.message_send, "send a message and print the reply")
     c.add_argument("message", metavar="MSG")
     c.add_argument("--from", dest="from_", metavar="NODE", help="the node that sends (default: a temporary node)")
     c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route; '-' reads standard input")
-    c.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
 
-    for name, aliases in (("relay", ()), ("forwarder", ())):
+    for name in ("relay", "forwarder"):
         r = group(name, "relays (formerly forwarders)" if name == "relay" else "relays, under their old name")
         c = cmd(r, "create", Commands.relay_create, "register a relay at another node")
         c.add_argument("name", nargs="?", default="default", metavar="NAME")
-        c.add_argument("--at", required=True, metavar="ROUTE", help="the relay node, e.g. /node/n2")
+        c.add_argument("--at", required=True, metavar="ROUTE", help="the relay node: /node/n2, n2, a route or HOST:PORT")
         c.add_argument("--to", metavar="NODE", help="the node the relay forwards to")
-        c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+        c.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS")
         c = cmd(r, "list", Commands.relay_list, "list a node's relays")
         c.add_argument("--to", metavar="NODE")
         for action, func in (("show", Commands.relay_show), ("delete", Commands.relay_delete)):
             c = cmd(r, action, func, f"{action} a relay")
-            c.add_argument("name", metavar="NAME")
+            c.add_argument("name", metavar="NAME", help="its name (n3) or address (/service/forward_to_n3)")
             c.add_argument("--to", metavar="NODE")
 
     o = group("tcp-outlet", "TCP outlets")
     c = cmd(o, "create", Commands.outlet_create, "create a TCP outlet")
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", default="/service/outlet", metavar="ADDRESS")
-    c.add_argument("--to", required=True, metavar="HOST:PORT")
+    c.add_argument("--to", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
     c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
                    help="accept only this identity through a secure channel (repeatable)")
     c = cmd(o, "list", Commands.outlet_list, "list TCP outlets")
     c.add_argument("--at", metavar="NODE")
     for action, func in (("show", Commands.outlet_show), ("delete", Commands.outlet_delete)):
         c = cmd(o, action, func, f"{action} a TCP outlet")
-        c.add_argument("address", metavar="ADDRESS")
+        c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
         c.add_argument("--at", metavar="NODE")
 
     i = group("tcp-inlet", "TCP inlets")
     c = cmd(i, "create", Commands.inlet_create, "create a TCP inlet")
     c.add_argument("--at", metavar="NODE")
-    c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT")
+    c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
     c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; '-' reads standard input")
     c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
                    help="accept only an outlet with this identity, through a secure channel (repeatable)")
@@ -691,33 +861,65 @@ def parser() -> argparse.ArgumentParser:
 
     ident = group("identity", "identities")
     c = cmd(ident, "create", Commands.identity_create, "create a named identity")
-    c.add_argument("name", nargs="?", metavar="NAME")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: default")
     c = cmd(ident, "show", Commands.identity_show, "print an identity's identifier (or its export with --full)")
     c.add_argument("name", nargs="?", metavar="NAME")
     c.add_argument("--node", metavar="NODE", help="the identity of this node")
     c.add_argument("--full", action="store_true", help="print the export (hex)")
     cmd(ident, "list", Commands.identity_list, "list named identities")
+    c = cmd(ident, "delete", Commands.identity_delete, "delete a named identity (not while a node uses it)")
+    c.add_argument("name", metavar="NAME")
 
     sc = group("secure-channel", "secure channels")
     c = cmd(sc, "create", Commands.sc_create, "create a secure channel from a node to a listener")
     c.add_argument("--from", dest="from_", metavar="NODE")
     c.add_argument("--to", required=True, metavar="ROUTE", help="route to the listener, e.g. /node/n2/service/api")
     c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
-    c.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
-    c = cmd(sc, "list", Commands.sc_list, "list a node's secure channels")
+    c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
+    c = cmd(sc, "list", Commands.sc_list, "list a node's established secure channels")
     c.add_argument("--at", metavar="NODE")
-    c = cmd(sc, "delete", Commands.sc_delete, "close a secure channel")
-    c.add_argument("channel", metavar="CHANNEL", help="/service/<encryptor> or its hex")
-    c.add_argument("--at", metavar="NODE")
+    for action, func, help_ in (("show", Commands.sc_show, "show"), ("delete", Commands.sc_delete, "close")):
+        c = cmd(sc, action, func, f"{help_} a secure channel")
+        c.add_argument("channel", metavar="CHANNEL", help="/service/<encryptor> or its hex")
+        c.add_argument("--at", metavar="NODE")
 
     scl = group("secure-channel-listener", "secure channel listeners")
-    c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener")
-    c.add_argument("address", metavar="ADDRESS")
+    c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener (api: restrict the node's own)")
+    c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
     c = cmd(scl, "list", Commands.scl_list, "list a node's secure channel listeners")
     c.add_argument("--at", metavar="NODE")
+    c = cmd(scl, "delete", Commands.scl_delete, "stop a secure channel listener and close its channels")
+    c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
+    c.add_argument("--at", metavar="NODE")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _check_usage(args) -> None:
+    """
+    Usage mistakes argparse cannot see (exit status 2, with the usage).
+    """
+    if getattr(args, "func", None) is Commands.node_delete and (args.name is None) == (not args.all):
+        args.parser.error("name a node, or use --all (not both)")
+
+
+#: Calls that wait for an operation with its own timeout get this much more.
+CALL_MARGIN = 10.0
+
+#: The time to give a node to connect to another (its own connect timeout
+#: is 10 s) and answer.
+CONNECT_CALL_TIMEOUT = 30.0
 
 
 #: How long C{node list} and C{node show} wait for a running node to answer.
@@ -821,28 +1023,138 @@ def _attach_dash_values(argv: List[str]) -> List[str]:
     return out
 
 
+def _inlet_key(text: str) -> str:
+    """
+    An inlet as C{tcp-inlet show/delete} take it: its address as printed
+    (C{127.0.0.1:6000}), a port, or a MultiAddr; anything else is passed
+    on as typed (the node says it has no such inlet).
+    """
+    try:
+        return hostport(text, "inlet")
+    except CLIError:
+        return text
+
+
+def _identity_name(name: Optional[str]) -> str:
+    name = "default" if name is None else name
+    if not st.valid_node_name(name):
+        raise CLIError(f"not an identity name: {name!r}")
+    return name
+
+
+class _Interrupt:
+    """
+    Ctrl-C (SIGINT): the command is cancelled where it waits (its cleanups
+    run: a node being created is removed), then C{ockam: interrupted} and
+    exit status 130.  In a blocking section (L{interruptible}: waiting for
+    a lock, a process, standard input) it raises L{KeyboardInterrupt} there.
+    A second Ctrl-C leaves at once.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        #: While the command runs: how to cancel it (from the signal handler).
+        self.cancel = None
+        #: Once the command has ended: there is nothing left to interrupt.
+        self.done = False
+
+    def handler(self, signum, frame) -> None:
+        from .nodes import blocking
+
+        if self.done:
+            return
+        if self.interrupted:
+            _say("interrupted")
+            os._exit(INTERRUPTED)
+        self.interrupted = True
+        if self.cancel is None or blocking():
+            raise KeyboardInterrupt
+        self.cancel()
+
+
+#: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
+
+def _say(line: str) -> None:
+    try:
+        print(f"ockam: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _exit_status(result, interrupt: _Interrupt) -> int:
+    """
+    Say what went wrong (one line) and return the exit status.
+    """
+    if not isinstance(result, Failure):
+        return 0
+    e = result.value
+    if interrupt.interrupted or isinstance(e, (KeyboardInterrupt, defer.CancelledError)):
+        _say("interrupted")
+        return INTERRUPTED
+    if isinstance(e, BrokenPipeError):
+        # The reader went away (e.g. `| head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if isinstance(e, (CLIError, OckamError)):
+        _say(str(e))
+    elif isinstance(e, OSError):
+        _say(os_error(e))
+    else:
+        _say(f"unexpected error: {type(e).__name__}: {e}")
+    return 1
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    interrupt = _Interrupt()
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupt.handler)
+    try:
+        code = _run(argv, interrupt)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        code = INTERRUPTED
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(code)
+
+
+def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
+    from twisted.internet import reactor
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(_attach_dash_values(argv))
+    _check_usage(args)
+    outcome = []
 
-    async def run(reactor):
+    async def run():
         commands = Commands(reactor, args, Nodes())
         try:
             await args.func(commands)
-        except (CLIError, OckamError) as e:
-            print(f"ockam: {e}", file=sys.stderr)
-            raise SystemExit(1)
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         finally:
             await commands.close()
 
-    try:
-        task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0)
+    def start():
+        d = defer.Deferred.fromCoroutine(run())
+        if not d.called:
+            interrupt.cancel = lambda: reactor.callFromThread(d.cancel)
+
+        def done(result):
+            interrupt.cancel = None
+            interrupt.done = True
+            outcome.append(result)
+            reactor.stop()
+
+        d.addBoth(done)
+
+    reactor.callWhenRunning(start)
+    reactor.run(installSignalHandlers=False)
+    if not outcome:  # stopped from outside (cannot happen: nothing else stops it)
+        return _exit_status(Failure(CLIError("stopped")), interrupt)
+    return _exit_status(outcome[0], interrupt)
 
 
 if __name__ == "__main__":

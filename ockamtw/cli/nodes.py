@@ -32,6 +32,45 @@ class CLIError(Exception):
     """
 
 
+def os_error(e: OSError, path: Optional[str] = None) -> str:
+    """
+    An L{OSError} in one line with the path it is about: C{/x/nodes:
+    Read-only file system}.  C{path}: the path when the error has none
+    (C{os.write} on a full disk names no file).
+    """
+    reason = e.strerror or str(e)
+    where = e.filename if e.filename is not None else path
+    if where is None:
+        return reason
+    if e.filename2 is not None:
+        return f"{where} -> {e.filename2}: {reason}"
+    return f"{where}: {reason}"
+
+
+_blocking = [0]
+
+
+def blocking() -> bool:
+    """
+    Whether the command waits in an L{interruptible} section now.
+    """
+    return _blocking[0] > 0
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """
+    A wait outside the reactor (a lock, a process, standard input) that
+    Ctrl-C ends by raising L{KeyboardInterrupt} there (see the command
+    line's SIGINT handler).
+    """
+    _blocking[0] += 1
+    try:
+        yield
+    finally:
+        _blocking[0] -= 1
+
+
 def node_name(text: str) -> str:
     """
     C{n1} or C{/node/n1} to C{n1}.
@@ -68,6 +107,8 @@ class Nodes:
             entries = sorted(os.listdir(base))
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise CLIError(f"cannot list nodes: {os_error(e)}") from None
         return [n for n in entries if st.valid_node_name(n) and os.path.isdir(os.path.join(base, n))]
 
     def exists(self, name: str) -> bool:
@@ -91,7 +132,7 @@ class Nodes:
         raise CLIError(f"there are {len(names)} nodes ({', '.join(names)}): name one")
 
     def pick(self, name: Optional[str]) -> str:
-        return self.require(name) if name else self.default()
+        return self.require(name) if name is not None else self.default()
 
     def pid(self, name: str) -> Optional[int]:
         """
@@ -125,8 +166,12 @@ class Nodes:
         """
         try:
             return st.make_node_dir(self.home, name)
-        except FileExistsError:
+        except FileExistsError as e:
+            if e.filename is not None and os.path.abspath(e.filename) != os.path.abspath(self.dir(name)):
+                raise CLIError(f"cannot create node {name}: {os_error(e)}") from None
             raise CLIError(f"node {name!r} already exists") from None
+        except OSError as e:
+            raise CLIError(f"cannot create node {name}: {os_error(e)}") from None
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
@@ -140,6 +185,12 @@ class Nodes:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, st.FILE_MODE)
         except FileNotFoundError:
             raise CLIError(f"no node named {name!r} (see: ockam node list)") from None
+        except OSError as e:
+            # A read-only OCKAM_HOME: a lock file already there still locks.
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise CLIError(f"cannot lock node {name}: {os_error(e)}") from None
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -148,29 +199,38 @@ class Nodes:
                     break
                 except OSError as e:
                     if e.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
+                        raise CLIError(f"cannot lock node {name}: {os_error(e, path)}") from None
                 if time.monotonic() > deadline:
                     raise CLIError(f"node {name} is busy: another ockam command is creating, starting or stopping it")
-                time.sleep(0.05)
+                with interruptible():
+                    time.sleep(0.05)
             if not self.exists(name):  # deleted while we waited
                 raise CLIError(f"no node named {name!r} (see: ockam node list)")
             yield
         finally:
             os.close(fd)
 
-    def clear_stale(self, name: str) -> None:
+    def clear_stale(self, name: str, starting: bool = False) -> None:
         """
         Remove a pid file that does not name this node's live process (after
         a crash; twistd would refuse to start while its pid is alive), and
         the control socket it left.  Only call with the node's lock held.
+
+        @param starting: the node is about to start: a file that cannot be
+            removed is an error (L{CLIError}); else it is left (a pid file
+            is only believed for the node's own live process).
         """
         if self.running(name):
             return
         for leftover in (st.PIDFILE, st.SOCKET):
+            path = os.path.join(self.dir(name), leftover)
             try:
-                os.unlink(os.path.join(self.dir(name), leftover))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                if starting:
+                    raise CLIError(f"cannot start node {name}: cannot remove {os_error(e, path)}") from None
 
     # --- processes --------------------------------------------------------------
 
@@ -193,10 +253,17 @@ class Nodes:
         (L{startup_error}); the node logs to C{node.log} itself.
         """
         d = self.dir(name)
-        st.private_dir(st.nodes_dir(self.home))
-        st.secure_node_dir(d)
-        if os.path.isdir(st.identities_dir(self.home)):
-            st.secure_identities_dir(self.home)
+        try:
+            st.private_dir(st.nodes_dir(self.home))
+            st.secure_node_dir(d)
+            if os.path.isdir(st.identities_dir(self.home)):
+                st.secure_identities_dir(self.home)
+        except OSError as e:
+            raise CLIError(f"cannot start node {name}: {os_error(e)}") from None
+        if not os.access(d, os.W_OK):
+            # The node could not write its pid file, log or state.
+            reason = "Read-only file system" if _read_only(d) else "Permission denied"
+            raise CLIError(f"cannot start node {name}: {d}: {reason}")
         return subprocess.Popen(
             self.node_argv(name),
             stdin=subprocess.DEVNULL,
@@ -209,9 +276,10 @@ class Nodes:
 
     def startup_error(self, name: str, offset: int, stderr: bytes = b"", code: Optional[int] = None) -> str:
         """
-        The reason a node process gave for not starting: its last "ockam:"
-        line on standard error, else in the log after C{offset}, else its
-        last line of either.
+        The reason a node process gave for not starting, in one line: its
+        last "ockam:" line on standard error, else in the log after
+        C{offset}; else C{node NAME did not start: LINE} with its last line
+        of either (without the log's time stamp).
         """
         err_lines = stderr.decode("utf-8", "replace").splitlines()
         log_lines = self._log_since(name, offset)
@@ -223,9 +291,9 @@ class Nodes:
         for lines in (err_lines, log_lines):
             for line in reversed(lines):
                 if line.strip():
-                    return line.strip()
+                    return f"node {name} did not start: {_without_log_prefix(line.strip())}"
         status = f" (status {code})" if code is not None else ""
-        return f"the node process exited at start{status}"
+        return f"node {name} did not start: the node process exited at start{status}"
 
     def _log_since(self, name: str, offset: int) -> List[str]:
         try:
@@ -254,7 +322,7 @@ class Nodes:
         pid = self.pid(name)
         if pid is None:
             return False
-        with _Process(pid) as proc:
+        with _Process(pid) as proc, interruptible():
             # The pid may have been reused between the check and the pidfd.
             if not st.is_node_process(pid, d) or not proc.signal(signal.SIGTERM):
                 return False
@@ -267,13 +335,46 @@ class Nodes:
             for leftover in (st.PIDFILE, st.SOCKET):
                 try:
                     os.unlink(os.path.join(d, leftover))
-                except FileNotFoundError:
-                    pass
+                except OSError:
+                    pass  # gone, or a read-only directory: a stale pid file is never believed
         return True
 
     def delete(self, name: str) -> None:
+        """
+        Stop node C{name} and remove its directory.
+
+        @raise CLIError: naming the first file that could not be removed.
+        """
         self.stop(name)
-        shutil.rmtree(self.dir(name), ignore_errors=True)
+        errors = []
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(self.dir(name), onexc=lambda func, path, e: errors.append((path, e)))
+        else:
+            shutil.rmtree(self.dir(name), onerror=lambda func, path, info: errors.append((path, info[1])))
+        if os.path.lexists(self.dir(name)):
+            reason = f"{self.dir(name)}: it is still there"
+            if errors and isinstance(errors[0][1], OSError):
+                path, e = errors[0]
+                reason = f"{path}: {e.strerror or e}"
+            raise CLIError(f"cannot delete node {name}: {reason}")
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _without_log_prefix(line: str) -> str:
+    """
+    A log line without its time stamp and source
+    (C{2024-01-01T00:00:00+0000 [stderr#error] OSError: ...}).
+    """
+    head, sep, rest = line.partition("] ")
+    if sep and " [" in head and head.split(" [", 1)[0][:4].isdigit():
+        return rest
+    return line
 
 
 def _ockam_reason(line: str) -> Optional[str]:

@@ -47,6 +47,24 @@ class ControlError(Exception):
         self.message = message
 
 
+#: Every status the API reports is spelled in capitals, as a node's is
+#: (relays, inlets and secure channels spell theirs in their own case).
+UP = "UP"
+
+
+def status_text(status) -> str:
+    """
+    A status as the API spells every status: C{UP}, C{DOWN}, C{CLOSED}...
+    """
+    return str(status).upper()
+
+
+def _with_status(info: dict) -> dict:
+    if info.get("status") is not None:
+        info["status"] = status_text(info["status"])
+    return info
+
+
 def _status_for(error: BaseException) -> int:
     if isinstance(error, ControlError):
         return error.status
@@ -88,6 +106,25 @@ class NodeController:
 
     # --- state ------------------------------------------------------------------
 
+    async def _saved(self, undo=None) -> None:
+        """
+        Save the state after a change; when it cannot be written (a full
+        disk, a read-only directory), undo the change with C{undo} (if
+        given) and refuse the request with one line naming the file.
+        """
+        try:
+            self.save()
+        except OSError as e:
+            path = os.path.join(self.directory, st.STATE) if self.directory else st.STATE
+            problem = f"cannot save node {self.node.name}'s state to {path}: {e.strerror or e}"
+            if undo is None:
+                raise ControlError(507, f"{problem} (the change holds until the node stops)") from None
+            try:
+                await maybeDeferred(undo)
+            except Exception:
+                log.failure("undoing a change that could not be saved failed")
+            raise ControlError(507, f"{problem} (nothing was changed)") from None
+
     def save(self) -> None:
         if self.directory is None:
             return
@@ -120,11 +157,11 @@ class NodeController:
         node = self.node
         return {
             "name": node.name,
-            "status": "UP",
+            "status": UP,
             "pid": self.pid,
             "route": f"/node/{node.name}",
             "listener": self.listener.socket_address if self.listener is not None else None,
-            "services": [n for n in SERVICES if node.worker_at(n) is not None],
+            "services": [n for n in SERVICES if node.worker_at(n) is not None] + list(node.secure_listeners),
             "forwarders": sorted(
                 a.value for a in node.worker_addresses() if isinstance(node.worker_at(a), Forwarder)
             ),
@@ -171,11 +208,33 @@ class NodeController:
         identity = self.node.identity
         return {"identifier": identity.identifier, "export": identity.export().hex()}
 
-    def secure_channels(self) -> list:
-        channels = []
+    def _channel_ends(self) -> list:
+        """
+        Every secure channel end on the node: those it initiated, then
+        those its listeners accepted (handshakes in progress included).
+        """
+        ends = list(self.node.secure_channels.values())
         for listener in self.node.secure_listeners.values():
-            channels += [c.to_dict() for c in listener.channels]
-        return [c.to_dict() for c in self.node.secure_channels.values()] + channels
+            ends += list(listener.channels)
+        return ends
+
+    def secure_channels(self) -> list:
+        """
+        The established channels (a handshake in progress, or one the peer
+        refused that has not timed out yet, is counted in the status's
+        C{handshakes} instead).
+        """
+        return [_with_status(e.to_dict()) for e in self._channel_ends() if status_text(e.status) == UP]
+
+    def _channel(self, key: str):
+        key = _worker_key(key)
+        for end in self._channel_ends():
+            if key in (end.encryptor.value, end.decryptor.value):
+                return end
+        raise ControlError(404, f"no secure channel {key!r} on node {self.node.name}")
+
+    def secure_channel_show(self, key: str) -> dict:
+        return _with_status(self._channel(key).to_dict())
 
     async def secure_channel_create(self, body: dict) -> dict:
         to = _need(body, "to")
@@ -183,15 +242,13 @@ class NodeController:
         encryptor = await self.node.create_secure_channel(
             to, authorized=_authorized(body), timeout=float(body.get("timeout", 10))
         )
-        return self.node.secure_channels[encryptor.value].to_dict()
+        return _with_status(self.node.secure_channels[encryptor.value].to_dict())
 
     def secure_channel_delete(self, key: str) -> dict:
-        key = _service_name(key) if key.startswith("/") else key.split("#")[-1]
-        end = self.node.secure_channels.get(key)
-        if end is None:
-            raise ControlError(404, f"no secure channel {key!r} on node {self.node.name}")
-        info = end.to_dict()
+        end = self._channel(key)
+        info = _with_status(end.to_dict())
         end.close()
+        info["status"] = "CLOSED"
         return info
 
     def secure_listeners(self) -> list:
@@ -200,36 +257,88 @@ class NodeController:
             for a, l in self.node.secure_listeners.items()
         ]
 
-    def secure_listener_create(self, body: dict) -> dict:
-        address = _service_name(_need(body, "address"))
-        if self.node.worker_at(address) is not None and address not in self.node.secure_listeners:
-            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        self.node.create_secure_channel_listener(address, _authorized(body))
-        self.save()
+    def _listener_info(self, address: str) -> dict:
         return [l for l in self.secure_listeners() if l["address"] == address][0]
+
+    def secure_listener_show(self, address: str) -> dict:
+        address = _service_name(address)
+        if address not in self.node.secure_listeners:
+            raise ControlError(404, f"no secure channel listener {address!r} on node {self.node.name}")
+        return self._listener_info(address)
+
+    async def secure_listener_create(self, body: dict) -> dict:
+        """
+        A new listener; an address already taken is refused (as for an
+        outlet), except C{api}, the node's own listener, whose policy is
+        replaced by the one given (that is how it is restricted).
+        """
+        address = _service_name(_need(body, "address"))
+        authorized = _authorized(body)
+        existing = self.node.secure_listeners.get(address)
+        if self.node.worker_at(address) is not None and address != API_LISTENER:
+            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        if existing is not None:
+            before = existing.trust.authorized
+            self.node.create_secure_channel_listener(address, authorized)
+            await self._saved(undo=lambda: self.node.create_secure_channel_listener(address, _listed(before)))
+        else:
+            self.node.create_secure_channel_listener(address, authorized)
+            await self._saved(undo=lambda: self._drop_listener(address))
+        return self._listener_info(address)
+
+    def _drop_listener(self, address: str) -> None:
+        self.node.secure_listeners.pop(address, None)
+        self.node.stop_worker(address)  # closes the channels it accepted
+
+    async def secure_listener_delete(self, address: str) -> dict:
+        address = _service_name(address)
+        if address not in self.node.secure_listeners:
+            raise ControlError(404, f"no secure channel listener {address!r} on node {self.node.name}")
+        if address == API_LISTENER:
+            raise ControlError(409, f"the node's own secure channel listener {address!r} cannot be deleted")
+        info = self._listener_info(address)
+        self._drop_listener(address)
+        await self._saved()
+        return info
 
     # --- tcp ----------------------------------------------------------------------------
 
     def tcp_list(self) -> list:
         return [connection_dict(i) for i in self.node.tcp.list()]
 
+    def _tcp(self, key: str):
+        item = self.node.tcp.find(_worker_key(key))
+        if item is None:
+            item = self.node.tcp.find(key)
+        if item is None:
+            raise ControlError(404, f"no TCP connection or listener {key!r} on node {self.node.name}")
+        return item
+
+    def tcp_show(self, key: str) -> dict:
+        return connection_dict(self._tcp(key))
+
     async def tcp_create(self, body: dict) -> dict:
         to = _need(body, "to")
         conn = await self.node.tcp.keep(to)
-        self.save()
+
+        async def undo():
+            await self.node.tcp.forget(conn.address)
+            await conn.close()
+
+        await self._saved(undo=undo)
         return connection_dict(conn)
 
     async def tcp_delete(self, key: str) -> dict:
-        item = self.node.tcp.find(key)
-        if item is None:
-            raise ControlError(404, f"no TCP connection or listener {key!r} on node {self.node.name}")
+        item = self._tcp(key)
         if item is self.listener:
             raise ControlError(409, "the node's own listener cannot be deleted")
         info = connection_dict(item)
-        if item.address in self.node.tcp.kept:
+        kept = item.address in self.node.tcp.kept
+        if kept:
             await self.node.tcp.forget(item.address)
-            self.save()
         await item.close()
+        if kept:
+            await self._saved()
         return info
 
     # --- messages -------------------------------------------------------------------
@@ -247,13 +356,23 @@ class NodeController:
     # --- relays ---------------------------------------------------------------------
 
     def relays(self) -> list:
-        return [r.to_dict() for r in self.node.relays.values()]
+        return [_with_status(r.to_dict()) for r in self.node.relays.values()]
 
-    def relay_show(self, name: str) -> dict:
+    def _relay(self, key: str):
+        """
+        A relay by name (C{n3}), or by its address as printed
+        (C{forward_to_n3}, C{/service/forward_to_n3}).
+        """
+        name = _service_name(key)
         relay = self.node.relays.get(name)
         if relay is None:
+            relay = next((r for r in self.node.relays.values() if r.alias == name), None)
+        if relay is None:
             raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
-        return relay.to_dict()
+        return relay
+
+    def relay_show(self, name: str) -> dict:
+        return _with_status(self._relay(name).to_dict())
 
     async def relay_create(self, body: dict) -> dict:
         name = _need(body, "name")
@@ -262,16 +381,14 @@ class NodeController:
         if name in self.node.relays:
             raise ControlError(409, f"relay {name!r} already exists on node {self.node.name}")
         relay = await self.node.create_relay(at, name=name, timeout=float(body.get("timeout", 5)))
-        self.save()
-        return relay.to_dict()
+        await self._saved(undo=lambda: self.node.delete_relay(name))
+        return _with_status(relay.to_dict())
 
-    def relay_delete(self, name: str) -> dict:
-        relay = self.node.relays.get(name)
-        if relay is None:
-            raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
-        self.node.delete_relay(name)
-        self.save()
-        return relay.to_dict()
+    async def relay_delete(self, name: str) -> dict:
+        relay = self._relay(name)
+        self.node.delete_relay(relay.name)
+        await self._saved()
+        return _with_status(relay.to_dict())
 
     # --- outlets -------------------------------------------------------------------------
 
@@ -279,7 +396,8 @@ class NodeController:
         return [o.to_dict() for o in self.node.outlets.values()]
 
     def outlet_show(self, address: str) -> dict:
-        outlet = self.node.outlets.get(_service_name(address))
+        address = _service_name(address)
+        outlet = self.node.outlets.get(address)
         if outlet is None:
             raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
         return outlet.to_dict()
@@ -290,7 +408,7 @@ class NodeController:
         if self.node.worker_at(address) is not None:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
         outlet = await self.node.create_outlet(address, to, authorized=_authorized(body))
-        self.save()
+        await self._saved(undo=lambda: self.node.delete_outlet(address))
         return outlet.to_dict()
 
     async def outlet_delete(self, address: str) -> dict:
@@ -300,13 +418,13 @@ class NodeController:
             raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
         info = outlet.to_dict()
         await self.node.delete_outlet(address)
-        self.save()
+        await self._saved()
         return info
 
     # --- inlets ----------------------------------------------------------------------------
 
     def inlets(self) -> list:
-        return [i.to_dict() for i in self.node.inlets.values()]
+        return [_with_status(i.to_dict()) for i in self.node.inlets.values()]
 
     def _inlet(self, key: str):
         inlet = self.node.inlets.get(key)
@@ -318,21 +436,21 @@ class NodeController:
         return inlet
 
     def inlet_show(self, key: str) -> dict:
-        return self._inlet(key).to_dict()
+        return _with_status(self._inlet(key).to_dict())
 
     async def inlet_create(self, body: dict) -> dict:
         listen = _need(body, "listen")
         to = _need(body, "to")
         parse_route_text(to)
         inlet = await self.node.create_inlet(listen, to, authorized=_authorized(body))
-        self.save()
-        return inlet.to_dict()
+        await self._saved(undo=lambda: self.node.delete_inlet(inlet.socket_address))
+        return _with_status(inlet.to_dict())
 
     async def inlet_delete(self, key: str) -> dict:
         inlet = self._inlet(key)
-        info = inlet.to_dict()
+        info = _with_status(inlet.to_dict())
         await self.node.delete_inlet(inlet.socket_address)
-        self.save()
+        await self._saved()
         return info
 
 
@@ -370,13 +488,36 @@ def _need(body: dict, key: str) -> str:
     return value
 
 
+#: The secure channel listener every node has.
+API_LISTENER = "api"
+
+
 def _service_name(text: str) -> str:
+    """
+    A worker's name from what a user may give: C{NAME}, C{/service/NAME}
+    (as the command line prints it) or C{service/NAME} (as part of a URL
+    path).
+    """
+    if text.startswith(("service/", "worker/")):
+        text = "/" + text
     if text.startswith("/"):
-        m = MultiAddr.parse(text)
-        if len(m.hops) != 1 or m.hops[0].kind != "local":
-            raise ControlError(400, f"expected /service/NAME, got {text!r}")
+        try:
+            m = MultiAddr.parse(text)
+        except WireError:
+            m = None
+        if m is None or len(m.hops) != 1 or m.hops[0].kind != "local":
+            raise ControlError(400, f"expected NAME or /service/NAME, got {text!r}")
         return m.hops[0].name
     return text
+
+
+def _worker_key(text: str) -> str:
+    """
+    A worker address's value from C{/service/HEX}, C{0#HEX} or C{HEX}.
+    """
+    if text.startswith("0#"):
+        return text[2:]
+    return _service_name(text)
 
 
 class ControlResource(resource.Resource):
@@ -398,6 +539,7 @@ class ControlResource(resource.Resource):
             ("GET", "node", False): lambda: c.show(),
             ("GET", "tcp", False): lambda: c.tcp_list(),
             ("POST", "tcp", False): lambda: c.tcp_create(body),
+            ("GET", "tcp", True): lambda: c.tcp_show(key),
             ("DELETE", "tcp", True): lambda: c.tcp_delete(key),
             ("POST", "message", False): lambda: c.message(body),
             ("GET", "relays", False): lambda: c.relays(),
@@ -415,9 +557,12 @@ class ControlResource(resource.Resource):
             ("GET", "identity", False): lambda: c.identity(),
             ("GET", "secure-channels", False): lambda: c.secure_channels(),
             ("POST", "secure-channels", False): lambda: c.secure_channel_create(body),
+            ("GET", "secure-channels", True): lambda: c.secure_channel_show(key),
             ("DELETE", "secure-channels", True): lambda: c.secure_channel_delete(key),
             ("GET", "secure-channel-listeners", False): lambda: c.secure_listeners(),
             ("POST", "secure-channel-listeners", False): lambda: c.secure_listener_create(body),
+            ("GET", "secure-channel-listeners", True): lambda: c.secure_listener_show(key),
+            ("DELETE", "secure-channel-listeners", True): lambda: c.secure_listener_delete(key),
         }
         handler = table.get((m, parts[0] if parts else "", key is not None))
         if handler is None:

@@ -1,0 +1,353 @@
+"""
+The C{ockam} command as a user meets it when things go wrong: wrong input,
+a node that is stopped, killed, stuck or has lost its control socket,
+Ctrl-C during a slow call, an OCKAM_HOME that cannot be used.  Every answer
+is one line starting C{ockam: } with a non-zero exit status (2 for a usage
+mistake, 130 after Ctrl-C); no traceback.
+
+Most cases need no real node: a I{stand-in} is a node directory whose
+process is a sleeping Python (its command line names the directory, as a
+node's does) and whose control socket this test serves, answering nothing
+or closing at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import Factory, Protocol
+
+import ockamtw
+from ockamtw.control import state as st
+
+from .helpers import async_test, deadline, spawn
+from .test_cli import OCKAM_ARGV, CLITestCase, Result, _Command
+from .test_portal import wait_until
+
+
+class _Silent(Protocol):
+    """
+    A control socket's client that is never answered (a stuck node), or
+    closed at once (a node that dies in the middle of a call).
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connected.append(self)
+        if self.factory.close_at_once:
+            self.transport.loseConnection()
+        waiting, self.factory.waiting = self.factory.waiting, []
+        for d in waiting:
+            d.callback(self)
+
+    def connectionLost(self, reason) -> None:
+        if self in self.factory.connected:
+            self.factory.connected.remove(self)
+
+
+class _SilentFactory(Factory):
+    protocol = _Silent
+
+    def __init__(self, close_at_once: bool = False) -> None:
+        self.close_at_once = close_at_once
+        self.connected = []
+        self.waiting = []
+
+    def next_connection(self) -> Deferred:
+        d = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+class _Quiet(Protocol):
+    """
+    A TCP peer that reads and never answers.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        waiting, self.factory.waiting = self.factory.waiting, []
+        for d in waiting:
+            d.callback(data)
+
+
+class _QuietFactory(Factory):
+    protocol = _Quiet
+
+    def __init__(self) -> None:
+        self.waiting = []
+
+
+class ErrorCaseTestCase(CLITestCase):
+    timeout = 60
+
+    def assertInterrupted(self, r: Result) -> None:
+        """
+        Exit status 130, exactly C{ockam: interrupted} on stderr.
+        """
+        self.assertNotIn("Traceback", r.out + r.err, str(r))
+        self.assertEqual((r.code, r.signal, r.err), (130, None, "ockam: interrupted\n"), str(r))
+
+    def assertUsageError(self, r: Result, fragment: str) -> None:
+        self.assertNotIn("Traceback", r.out + r.err, str(r))
+        self.assertEqual(r.code, 2, str(r))
+        self.assertIn("usage: ockam", r.err, str(r))
+        self.assertIn(fragment, r.err, str(r))
+
+    async def interrupted(self, *args: str, when: Deferred, seconds: float = 15) -> Result:
+        """
+        Run C{ockam ARGS}, send it SIGINT (Ctrl-C) once C{when} fires, and
+        return what it did.
+        """
+        argv = OCKAM_ARGV + list(args)
+        proto = _Command(None)
+        transport = reactor.spawnProcess(proto, argv[0], argv, env=self.env, path=self.home)
+
+        def kill():
+            try:
+                transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+        try:
+            await deadline(when, seconds, f"ockam {' '.join(args)} reaching the slow call")
+        except BaseException:
+            kill()
+            await proto.ended
+            raise
+        transport.signalProcess("INT")
+        call = reactor.callLater(seconds, kill)
+        code, sig = await proto.ended
+        if call.active():
+            call.cancel()
+        return Result(list(args), code, sig, proto.out, proto.err)
+
+    # --- stand-ins for nodes -------------------------------------------------------
+
+    async def stand_in(self, name: str = "n1", socket_mode: str = "silent"):
+        """
+        Node C{name}: a directory with a state, a pid file naming a process
+        that is taken for the node, and (unless C{socket_mode} is
+        C{"none"}) a control socket served here: C{"silent"} never answers,
+        C{"close"} closes each connection at once.  Returns the factory
+        serving the socket (or C{None}).
+        """
+        d = os.path.join(self.nodes_dir, name)
+        os.makedirs(d, mode=0o700)
+        st.write_state(d, st.empty_state(name, "127.0.0.1:1"))
+        process = spawn(self, [sys.executable, "-c", "import time; time.sleep(120)", "ockam", "--state", d])
+        pid = _pid_of(process)
+        with open(os.path.join(d, st.PIDFILE), "w") as f:
+            f.write(f"{pid}\n")
+        await wait_until(lambda: st.node_pid(d) == pid, 10, "the stand-in taken for node " + name)
+        if socket_mode == "none":
+            return None
+        factory = _SilentFactory(close_at_once=(socket_mode == "close"))
+        port = reactor.listenUNIX(os.path.join(d, st.SOCKET), factory)
+
+        def close():
+            for p in list(factory.connected):
+                p.transport.abortConnection()
+            return port.stopListening()
+
+        self.addCleanup(close)
+        return factory
+
+
+def _pid_of(process) -> int:
+    return process.transport.pid
+
+
+class InterruptTests(ErrorCaseTestCase):
+    @async_test
+    async def test_ctrl_c_during_a_call_to_a_node(self):
+        """
+        Ctrl-C while the node has not answered yet (listing, creating a
+        secure channel, sending through a node): one line, status 130.
+        """
+        factory = await self.stand_in("n1")
+        for args in (
+            ["tcp-outlet", "list", "--at", "n1"],
+            ["secure-channel", "create", "--from", "n1", "--to", "/service/api"],
+            ["message", "send", "hi", "--from", "n1", "--to", "/service/echo"],
+            ["node", "show", "n1"],
+        ):
+            r = await self.interrupted(*args, when=factory.next_connection())
+            self.assertInterrupted(r)
+
+    @async_test
+    async def test_ctrl_c_during_message_send_without_a_node(self):
+        """
+        Ctrl-C while C{message send} (from a temporary node) waits for a
+        reply: one line, status 130.
+        """
+        factory = _QuietFactory()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        data = Deferred()
+        factory.waiting.append(data)
+        route = f"/ip4/127.0.0.1/tcp/{port.getHost().port}/service/echo"
+        r = await self.interrupted("message", "send", "hi", "--to", route, when=data)
+        self.assertInterrupted(r)
+
+
+class NodeGoneTests(ErrorCaseTestCase):
+    @async_test
+    async def test_node_closes_without_answering(self):
+        """
+        A node that closes the control connection without an answer (it
+        died during the call): one line saying so.
+        """
+        await self.stand_in("n1", socket_mode="close")
+        r = await self.ockam("tcp-outlet", "list", "--at", "n1", check=False)
+        self.assertUserError(r, "node n1 closed the connection without answering")
+
+    @async_test
+    async def test_control_socket_removed(self):
+        """
+        A node whose process runs but whose control socket is gone: one
+        line naming the socket and how to get it back.
+        """
+        await self.stand_in("n1", socket_mode="none")
+        sock = os.path.join(self.nodes_dir, "n1", "control.sock")
+        r = await self.ockam("tcp-inlet", "list", "--at", "n1", check=False)
+        self.assertUserError(r, "node n1", "lost its control socket", sock, "ockam node stop n1 && ockam node start n1")
+
+    @async_test
+    async def test_node_killed(self):
+        """
+        A node killed with SIGKILL (its pid file and control socket left
+        behind): one line saying it is not running.
+        """
+        d = os.path.join(self.nodes_dir, "n1")
+        os.makedirs(d, mode=0o700)
+        st.write_state(d, st.empty_state("n1", "127.0.0.1:1"))
+        process = spawn(self, [sys.executable, "-c", "pass"])
+        await process.ended
+        with open(os.path.join(d, st.PIDFILE), "w") as f:
+            f.write(f"{_pid_of(process)}\n")
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(os.path.join(d, st.SOCKET))
+        left.close()
+        for args in (["relay", "list", "--to", "n1"], ["message", "send", "x", "--from", "n1", "--to", "/service/echo"]):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r, "node n1 is not running (start it with: ockam node start n1)")
+        r = await self.ockam("message", "send", "x", "--to", "/node/n1/service/echo", check=False)
+        self.assertUserError(r, "node n1 is not running (start it with: ockam node start n1)")
+        self.assertNotIn("cannot connect", r.err)
+
+    @async_test
+    async def test_unknown_node_in_a_route_said_one_way(self):
+        """
+        A route through a node that does not exist gets the words of every
+        other command, whether a node or the command line resolves it.
+        """
+        await self.stand_in("n1", socket_mode="close")
+        expected = "ockam: no node named 'nX' (see: ockam node list)\n"
+        for args in (
+            ["message", "send", "x", "--from", "n1", "--to", "/node/nX/service/echo"],
+            ["message", "send", "x", "--to", "/node/nX/service/echo"],
+            ["secure-channel", "create", "--from", "n1", "--to", "/node/nX/service/api"],
+            ["relay", "create", "r", "--at", "/node/nX", "--to", "n1"],
+            ["tcp-outlet", "list", "--at", "nX"],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r)
+            self.assertEqual(r.err, expected, str(r))
+
+
+class HomeTests(ErrorCaseTestCase):
+    @async_test
+    async def test_home_not_a_directory(self):
+        """
+        An OCKAM_HOME under a file: one line with the path, status 1.
+        """
+        a_file = os.path.join(self.home, "file")
+        with open(a_file, "w") as f:
+            f.write("x")
+        for home in ("/dev/null/x", a_file):
+            self.env["OCKAM_HOME"] = home
+            r = await self.ockam("node", "create", "q", check=False)
+            self.assertUserError(r, "cannot create node q", home, "Not a directory")
+            r = await self.ockam("identity", "create", "alice", check=False)
+            self.assertUserError(r, "cannot create identity alice", home, "Not a directory")
+            r = await self.ockam("node", "list", check=False)
+            self.assertUserError(r, "cannot list nodes", home, "Not a directory")
+        self.env["OCKAM_HOME"] = self.home
+
+
+class UsageTests(ErrorCaseTestCase):
+    @async_test
+    async def test_version(self):
+        r = await self.ockam("--version")
+        self.assertEqual(r.out, f"ockam {ockamtw.__version__} (ockamtw)\n")
+
+    @async_test
+    async def test_output_before_or_after_the_command(self):
+        """
+        C{--output json} is taken wherever C{--help} shows it.
+        """
+        for args in (
+            ["--output", "json", "node", "list"],
+            ["node", "--output", "json", "list"],
+            ["node", "list", "--output", "json"],
+            ["--output=json", "identity", "list"],
+            ["identity", "--output=json", "list"],
+        ):
+            r = await self.ockam(*args)
+            self.assertEqual(r.out, "[]\n", str(r))
+        r = await self.ockam("--output", "json", "node", "list", "--output", "plain")
+        self.assertTrue(r.out.startswith("+--"), str(r))
+
+    @async_test
+    async def test_empty_names(self):
+        """
+        An empty node name is a wrong name, not "pick one for me".
+        """
+        r = await self.ockam("node", "create", "", check=False)
+        self.assertUserError(r, "not a node name: ''")
+        r = await self.ockam("tcp-outlet", "list", "--at", "", check=False)
+        self.assertUserError(r, "not a node name: ''")
+        self.assertFalse(os.path.exists(self.nodes_dir) and os.listdir(self.nodes_dir))
+
+    @async_test
+    async def test_node_delete_needs_a_name_or_all(self):
+        r = await self.ockam("node", "delete", check=False)
+        self.assertUsageError(r, "name a node, or use --all")
+        r = await self.ockam("node", "delete", "n1", "--all", check=False)
+        self.assertUsageError(r, "name a node, or use --all")
+
+    @async_test
+    async def test_bad_timeout(self):
+        for value in ("0", "-1", "soon", "nan"):
+            r = await self.ockam("message", "send", "x", "--to", "/service/echo", "--timeout", value, check=False)
+            self.assertUsageError(r, "--timeout")
+
+
+class IdentityDeleteTests(ErrorCaseTestCase):
+    @async_test
+    async def test_identity_delete(self):
+        """
+        C{identity delete NAME}: refused while a node's state names the
+        identity, done once none does; the identity is gone after.
+        """
+        alice = (await self.ockam("identity", "create", "alice")).out.strip()
+        d = os.path.join(self.nodes_dir, "a1")
+        os.makedirs(d, mode=0o700)
+        state = st.empty_state("a1", "127.0.0.1:0")
+        state["identity"] = "alice"
+        st.write_state(d, state)
+        r = await self.ockam("identity", "delete", "alice", check=False)
+        self.assertUserError(r, "identity 'alice' is used by node a1")
+        self.assertEqual((await self.ockam("identity", "show", "alice")).out.strip(), alice)
+        await self.ockam("node", "delete", "a1")
+        r = await self.ockam("identity", "delete", "alice", "--output", "json")
+        self.assertEqual(r.json(), {"name": "alice", "identifier": alice})
+        self.assertEqual((await self.ockam("identity", "list", "--output", "json")).json(), [])
+        r = await self.ockam("identity", "delete", "alice", check=False)
+        self.assertUserError(r, "no identity named 'alice'")
+        r = await self.ockam("identity", "delete", "../x", check=False)
+        self.assertUserError(r, "not an identity name")
