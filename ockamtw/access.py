@@ -175,3 +175,20 @@ class RelayedFor:
 
     def __str__(self) -> str:
         return f"this node, and relays registered by {describe_origin(self.owner)}"
+
+
+@implementer(IAccessPolicy)
+class Either:
+    """
+    Messages that either of two policies allows.
+    """
+
+    def __init__(self, first, second) -> None:
+        self.first = first
+        self.second = second
+
+    def allows(self, message) -> bool:
+        return self.first.allows(message) or self.second.allows(message)
+
+    def __str__(self) -> str:
+        return f"{self.first}, or {self.second}"

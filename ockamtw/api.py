@@ -11,6 +11,7 @@ from .errors import AddressInUse, OckamError, RouteUnreachable
 from .deferred import InFlight, gather
 from .node import BaseNode
 from .portal.inlet import Inlet
+from .project.membership import CredentialsService, Membership
 from .portal.outlet import Outlet
 from .relay import FORWARDING_SERVICE, Relay, start_relay_services
 from .routing import TCP, Address, Route
@@ -63,10 +64,23 @@ class Node(BaseNode):
         self.node_resolver = None
         self.register_resolver("node", self._node_hop)
         self.register_resolver("secure", self._secure_hop)
+        #: the projects this node belongs to (L{ockamtw.project.membership})
+        self.membership = Membership(self)
+        self.register_resolver("project", self.membership.resolve)
         if services:
             start_default_services(self)
             start_relay_services(self)
             self.create_secure_channel_listener("api")
+            self.start_worker("credentials", CredentialsService(self.membership))
+
+    def add_project(self, info) -> None:
+        """
+        Belong to a project (a L{ProjectInfo}, what C{project.json} holds):
+        C{/project/NAME} routes reach it, and inlets and outlets created from
+        now on follow Ockam 0.83's default policy for project nodes
+        (L{ockamtw.project.membership.Membership.policy}).
+        """
+        self.membership.add(info)
 
     # --- identity and secure channels ---------------------------------------
 
@@ -242,7 +256,9 @@ class Node(BaseNode):
         """
 
         def make():
-            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control, **liveness)
+            policy = self.membership.policy("tcp-outlet") if authorized is None else None
+            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control, policy=policy,
+                            **liveness)
             self.start_worker(Address.parse(address), outlet)
             self.outlets[outlet.address.value] = outlet
             return outlet
@@ -288,6 +304,7 @@ class Node(BaseNode):
                 ping_interval=ping_interval,
                 authorized=authorized,
                 flow_control=flow_control,
+                policy=self.membership.policy("tcp-inlet") if authorized is None else None,
                 **liveness,
             )
             return inlet.start()

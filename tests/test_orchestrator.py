@@ -218,3 +218,70 @@ class ProjectTests(OrchestratorTestCase):
         self.assertEqual(relay.remote_address, Address.local("forward_to_n3"))
         relays = await self.api("GET", f"/v0/projects/{info['id']}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
+
+
+class SeedTests(OrchestratorTestCase):
+    """
+    The seed's Orchestrator section with embedded nodes: relay at
+    /project/default, a message through it, a portal through it; a
+    non-member is refused at once with a sentence.
+    """
+
+    async def project(self):
+        await self.start()
+        self.admin = LocalIdentity.create()
+        enrolled = await self.enroll(self.admin)
+        info = await self.api("GET", f"/v0/projects/{enrolled['project']['id']}/information")
+        return ProjectInfo.from_json(json.dumps(info, indent=2))
+
+    def member_node(self, name, info, identity=None):
+        node = self.node(name, identity=identity or self.admin)
+        node.add_project(info)
+        return node
+
+    @async_test
+    async def test_relay_message_and_portal(self):
+        from tests import test_portal as tp
+
+        info = await self.project()
+        n3 = self.member_node("n3", info)
+        n1 = self.member_node("n1", info)
+        relay = await deadline(
+            n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE), 10, "the relay"
+        )
+        self.assertEqual(relay.remote_address, Address.local("forward_to_n3"))
+        reply = await deadline(
+            n1.request("/project/default/service/forward_to_n3/service/uppercase", encode_string("hello"), timeout=10),
+            11, "HELLO",
+        )
+        self.assertEqual(decode_string(reply.payload), "HELLO")
+
+        targets = tp.TargetFactory(tp.EchoTarget)
+        from twisted.internet.endpoints import serverFromString
+
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(targets)
+        self.addCleanup(port.stopListening)
+        await n3.create_outlet("outlet", f"127.0.0.1:{port.getHost().port}")
+        inlet = await n1.create_inlet("127.0.0.1:0", "/project/default/service/forward_to_n3/service/outlet")
+        client = await tp.connectProtocol(
+            tp.TCP4ClientEndpoint(reactor, "127.0.0.1", int(inlet.socket_address.rsplit(":", 1)[1])), tp.Collector()
+        )
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(b"through the project")
+        await client.received(19, 10, "the echo through the project")
+        self.assertEqual(bytes(client.data), b"through the project")
+
+    @async_test
+    async def test_non_member_refused_at_once(self):
+        info = await self.project()
+        x = self.member_node("x", info, identity=LocalIdentity.create())
+        started = reactor.seconds()
+        with self.assertRaises(Exception) as e:
+            await deadline(x.create_relay("/project/default", name="x1", service=codec.STATIC_FORWARDING_SERVICE), 10, "refusal")
+        self.assertIn("not a member of project default", str(e.exception))
+        self.assertLess(reactor.seconds() - started, 5)
+        with self.assertRaises(Exception) as e:
+            await deadline(x.request("/project/default/service/echo", b"x", timeout=10), 11, "refusal")
+        self.assertIn("not a member of project default", str(e.exception))
+        relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
+        self.assertEqual(relays, [])

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..abac import PolicyAccess, default_policy, enroller_policy
-from ..access import CHANNEL_PEERS, describe_origin
+from ..access import CHANNEL_PEERS, Either, RelayedFor, describe_origin
 from ..api import Node
 from ..interfaces import IAccessPolicy
 from ..project import codec
@@ -424,7 +424,11 @@ class ProjectRuntime:
         a.start_worker("authenticator", Authenticator(self), access=CHANNEL_PEERS)
         # The project node.
         admitted = Admitted(self)
-        p.create_secure_channel_listener("api")
+        listener = p.create_secure_channel_listener("api")
+        # Members talk to each other through the project: what an admitted
+        # member sends may enter another member's channel (the project
+        # speaks for its members; docs/orchestrator.md, trust model).
+        listener.encryptor_access = lambda end: Either(RelayedFor(end), admitted)
         p.start_worker(codec.CREDENTIALS, Credentials(self), access=CHANNEL_PEERS)
         p.start_worker("echo", Echo(), access=admitted)
         registry = RelayRegistry(forwarder_access=admitted)

@@ -151,7 +151,7 @@ class Inlet:
 
     def __init__(self, node, listen: str, route, ping_timeout: float = 10.0, ping_interval: float = 1.0, authorized=None,
                  flow_control: bool = True, heartbeat: float = PortalWorker.heartbeat,
-                 idle_timeout: Optional[float] = PortalWorker.idle_timeout) -> None:
+                 idle_timeout: Optional[float] = PortalWorker.idle_timeout, policy=None) -> None:
         self.node = node
         self.flow_control = flow_control
         #: See L{PortalWorker.heartbeat} and L{PortalWorker.idle_timeout}.
@@ -159,7 +159,7 @@ class Inlet:
         self.idle_timeout = idle_timeout
         self.authorized = None if authorized is None else frozenset(authorized)
         #: Who may answer a Ping (and so open a stream): see L{ockamtw.access}.
-        self.pong_access = authorized_policy(self.authorized)
+        self.pong_access = policy if policy is not None else authorized_policy(self.authorized)
         self.reactor = node.reactor
         self.listen_description = server_description(listen)
         self.listen_text = listen

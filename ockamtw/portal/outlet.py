@@ -81,7 +81,7 @@ class Outlet(Worker):
 
     def __init__(self, target: str, connect_timeout: float = 10.0, authorized=None, flow_control: bool = True,
                  heartbeat: float = PortalWorker.heartbeat,
-                 idle_timeout: Optional[float] = PortalWorker.idle_timeout) -> None:
+                 idle_timeout: Optional[float] = PortalWorker.idle_timeout, policy=None) -> None:
         self.target = target
         self.flow_control = flow_control
         #: See L{PortalWorker.heartbeat} and L{PortalWorker.idle_timeout}.
@@ -91,7 +91,7 @@ class Outlet(Worker):
         #: Who may open a stream (send Ping): everyone, or the secure
         #: channel peers in C{authorized}; the node enforces it, and the
         #: outlet answers a refused Ping (L{_OutletAccess}).
-        self.access = _OutletAccess(self, authorized_policy(self.authorized))
+        self.access = _OutletAccess(self, policy if policy is not None else authorized_policy(self.authorized))
         #: Pings refused (not authorized)
         self.unauthorized = 0
         self.connect_timeout = connect_timeout

@@ -106,7 +106,9 @@ class _Part(Worker):
         if role == "decryptor":
             self.access = ANYONE
         elif role == "encryptor":
-            self.access = RelayedFor(end)
+            # The listener may widen it (a project node relays between its
+            # members' channels).
+            self.access = getattr(end.owner, "encryptor_access", RelayedFor)(end)
         else:
             self.access = NOBODY
 
