@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["ockamtw", "ockamtw.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["ockam_plugin.py"]},
+    package_data={"twisted.plugins": ["ockam_plugin.py", "ockam_orchestrator_plugin.py"]},
     include_package_data=False,
     install_requires=[
         "twisted>=23.10,<27",
@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "ockam = ockamtw.cli.main:main",
             "ockamtw-node = ockamtw.tap:run",
+            "ockamtw-orchestrator = ockamtw.orchestrator.tap:run",
         ],
     },
     classifiers=[

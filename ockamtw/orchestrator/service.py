@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..errors import OckamError
 from ..secure.identity import LocalIdentity, import_identity
 from ..secure.errors import IdentityError
 from .http import HttpError, Request, Router, bad_request, conflict, not_found
@@ -419,11 +420,12 @@ class Orchestrator(MultiService):
         self.url = f"http://{host.host}:{host.port}"
 
     def startService(self) -> None:
-        MultiService.startService(self)
         if getattr(self, "http_port", None) is None:
             self.privilegedStartService()
+        #: fires with this orchestrator once it serves, or fails
         self.ready = Deferred.fromCoroutine(self._start())
         self.ready.addErrback(self._failed)
+        MultiService.startService(self)
 
     async def _start(self) -> "Orchestrator":
         from .secrets import load_or_create_key
@@ -442,7 +444,8 @@ class Orchestrator(MultiService):
         return self
 
     def _failed(self, f):
-        log.failure("the orchestrator could not start", f)
+        if not f.check(OckamError):
+            log.failure("the orchestrator could not start", f)
         self.start_error = f
         return f
 
