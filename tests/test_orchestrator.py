@@ -285,3 +285,62 @@ class SeedTests(OrchestratorTestCase):
         self.assertIn("not a member of project default", str(e.exception))
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual(relays, [])
+
+
+class RestartTests(SeedTests):
+    """
+    Restart the Orchestrator: projects, identities, ports, members and relay
+    owners are unchanged, project.json is byte-identical, and live relays
+    and inlets come back on their own.
+    """
+
+    @async_test
+    async def test_restart(self):
+        from tests import test_portal as tp
+
+        info = await self.project()
+        before_json = info.to_json()
+        n3 = self.member_node("n3", info)
+        n1 = self.member_node("n1", info)
+        relay = await deadline(
+            n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE, refresh=0.5,
+                            timeout=1.0),
+            10, "the relay",
+        )
+        targets = tp.TargetFactory(tp.EchoTarget)
+        from twisted.internet.endpoints import serverFromString
+
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(targets)
+        self.addCleanup(port.stopListening)
+        await n3.create_outlet("outlet", f"127.0.0.1:{port.getHost().port}")
+        inlet = await n1.create_inlet("127.0.0.1:0", "/project/default/service/forward_to_n3/service/outlet")
+        inlet_port = int(inlet.socket_address.rsplit(":", 1)[1])
+
+        async def echo(token: bytes):
+            client = await tp.connectProtocol(tp.TCP4ClientEndpoint(reactor, "127.0.0.1", inlet_port), tp.Collector())
+            self.addCleanup(client.transport.abortConnection)
+            client.transport.write(token)
+            await client.received(len(token), 10, f"echo of {token!r}")
+            self.assertEqual(bytes(client.data), token)
+            client.transport.loseConnection()
+
+        await echo(b"before")
+
+        # Stop the orchestrator and start a new one on the same data.
+        await self.o.stopService()
+        await tp.wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
+        await self.start()
+        after = await self.api("GET", f"/v0/projects/{info.id}/information")
+        self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
+        relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
+        self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
+        try:
+            await tp.wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        except AssertionError:
+            self.fail(f"the relay did not come back: {relay.last_error}")
+        reply = await deadline(
+            n1.request("/project/default/service/forward_to_n3/service/uppercase", encode_string("again"), timeout=10),
+            11, "AGAIN",
+        )
+        self.assertEqual(decode_string(reply.payload), "AGAIN")
+        await echo(b"after the restart")

@@ -139,7 +139,7 @@ class Membership:
         now = self.node.reactor.seconds()
         cached = self.credentials.get(info.id)
         if cached is not None:
-            data = cached.credential_data
+            data = cached.credential_data()
             if data.expires - now > (data.expires - data.created) * REFRESH_FRACTION:
                 return cached
         authority = info.authority()
