@@ -68,6 +68,7 @@ from .helpers import (
     h_frame,
     h_message,
     h_string,
+    held_port,
     uvarint,
 )
 
@@ -1121,10 +1122,11 @@ class RestartTests(SecureTestCase):
         """
         An inlet whose route holds /secure/api works again once the far
         node is back on the same port (as one without a channel does, see
-        tests.test_portal): the dead channel must not be reused.
+        tests.test_portal): the dead channel must not be reused.  The port
+        is held by the test (L{held_port}) while n2 is down.
         """
-        n2, l2 = await self.listening_node("n2")
-        port = l2.port
+        port = held_port(self)
+        n2, l2 = await self.listening_node("n2", f"tcp:{port}:interface=127.0.0.1")
         n1 = self.make_node("n1")
         factory, target_port = await self.start_target(tp.EchoTarget)
         target = f"127.0.0.1:{target_port}"

@@ -668,10 +668,8 @@ class ErrorTests(SynchronousTestCase):
         """
         A 10-byte uvarint whose value needs more than 64 bits is refused, as
         a Rust (serde_bare u64) decoder does and as encode_uvarint refuses
-        to produce it.
-
-        Currently fails: decode_uvarint(ff*9 + 02) returns
-        (2**64 + 2**63 - 1, 10).
+        to produce it (decode_uvarint(ff*9 + 02) once returned
+        (2**64 + 2**63 - 1, 10)).
         """
         assert_wire_error(
             self, decode_uvarint, b"\xff" * 9 + b"\x02", context="10-byte uvarint of 2**64 + 2**63 - 1"
