@@ -71,7 +71,7 @@ A = "0123456789abcdef0123456789abcdef"
 #: Another registering worker, for re-registration with a new route.
 M2 = "44444444444444444444444444444444"
 
-# Hex copied from ../shared/conformance/vectors.json so that these tests do
+# Hex copied from tests/data/vectors.json so that these tests do
 # not trust the codec under test.
 #: "relay registration n3 -> n2": onward [0#forwarding_service], return
 #: [0#M], payload the BARE string "forward_to_n3".

@@ -1,5 +1,5 @@
 """
-Integration tests of secure channels (C{shared/spec/ockam-secure-channel.md}):
+Integration tests of secure channels (C{docs/protocol.md}, section 7):
 in-process nodes on the global reactor joined by real loopback sockets on
 port 0, as in L{tests.test_relay} and L{tests.test_portal}.
 
