@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from ockamtw import Address, Route
 
-from .helpers import async_test, ockamtw_node_argv, spawn, start_node, twistd_argv
+from .helpers import REPO_ROOT, async_test, ockamtw_node_argv, spawn, start_node, twistd_argv
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -329,6 +329,19 @@ class UsageTests(TestCase):
             for line in lines:
                 self.assertLessEqual(len(line), 80, line)
             self.assertEqual(help_entries(text), expected, text)
+
+
+    def test_options_documented(self):
+        """
+        Every option of C{twistd ockam} (but twistd's --help and --version)
+        is described in docs/running.md.
+        """
+        from ockamtw.tap import Options
+
+        with open(os.path.join(REPO_ROOT, "docs", "running.md"), encoding="utf-8") as f:
+            doc = f.read()
+        names = {opt.rstrip("=") for opt in Options().longOpt} - {"help", "version"}
+        self.assertEqual(sorted(name for name in names if f"`--{name}" not in doc), [])
 
 
 class PidFileTests(TestCase):
