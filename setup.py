@@ -20,6 +20,7 @@ setup(
         "construct>=2.10.68,<2.11",
         "treq>=23.11,<27",
         "cryptography>=41,<51",
+        "cbor2>=5.4,<7",
     ],
     extras_require={
         "test": ["hypothesis>=6.80,<7"],

@@ -6,6 +6,7 @@ from .errors import (
     AddressInUse,
     MessageTooLarge,
     OckamError,
+    RelayRefused,
     RequestTimeout,
     RouteUnreachable,
     TransportError,
@@ -37,6 +38,7 @@ __all__ = [
     "MessageTooLarge",
     "AddressInUse",
     "RequestTimeout",
+    "RelayRefused",
     "RouteUnreachable",
     "TransportError",
 ]

@@ -7,12 +7,14 @@ from typing import Dict
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
-from .errors import AddressInUse, OckamError
-from .node import BaseNode, InFlight, gather
+from .errors import AddressInUse, OckamError, RouteUnreachable
+from .deferred import InFlight, gather
+from .node import BaseNode
 from .portal.inlet import Inlet
 from .portal.outlet import Outlet
 from .relay import FORWARDING_SERVICE, Relay, start_relay_services
-from .routing import Address
+from .routing import TCP, Address, Route
+from .transport.tcp import TcpTransport
 from .services import start_default_services
 
 
@@ -52,7 +54,15 @@ class Node(BaseNode):
         self._identity = identity
         self.handshake_limits = handshake_limits
         self._pending_hops = InFlight()
-        self.secure_resolver = self._secure_hop
+        #: L{TcpTransport}: C{1#host:port} hops, listeners and connections.
+        self.tcp = TcpTransport(self, self.reactor)
+        self.register_transport(self.tcp)
+        #: a callable C{f(name)} giving the C{"host:port"} (or a Deferred of
+        #: it) of another node, for C{/node/NAME} in a MultiAddr; the command
+        #: line sets it.  C{/node/<own name>} is this node.
+        self.node_resolver = None
+        self.register_resolver("node", self._node_hop)
+        self.register_resolver("secure", self._secure_hop)
         if services:
             start_default_services(self)
             start_relay_services(self)
@@ -107,7 +117,7 @@ class Node(BaseNode):
         from .secure.channel import ChannelEnd, TrustPolicy
 
         async def go():
-            resolved = await self.resolve(route)
+            resolved = self.check_route(await self.resolve(route))
             end = ChannelEnd(self, self.identity, TrustPolicy(authorized), initiator=True, owner=self)
             end.route_text = str(route)
             self.secure_channels[end.encryptor.value] = end
@@ -127,20 +137,41 @@ class Node(BaseNode):
     def _ended(self, end) -> None:
         self.secure_channels.pop(end.encryptor.value, None)
 
-    def _secure_hop(self, prefix, name: str) -> Deferred:
+    def _secure_hop(self, prefix, hop, position) -> Deferred:
+        """
+        C{/secure/NAME}: a secure channel (reused while it is up) to the
+        listener NAME at the route so far; the route continues through its
+        encryptor.
+        """
+        name = hop.name
         key = f"{prefix} => {name}"
         for end in self.secure_channels.values():
             if end.status == "up" and getattr(end, "_hop_key", None) == key:
-                return succeed(end.encryptor)
+                return succeed(Route([end.encryptor]))
 
         def start():
             def made(encryptor):
                 self.secure_channels[encryptor.value]._hop_key = key
-                return encryptor
+                return Route([encryptor])
 
             return self.create_secure_channel(prefix + [name]).addCallback(made)
 
         return self._pending_hops.wait(key, start)
+
+    async def _node_hop(self, prefix, hop, position) -> Route:
+        """
+        C{/node/NAME}: a connection to that node's listener (found with
+        L{node_resolver}); C{/node/<this node's name>} is this node.
+        """
+        if position != 0:
+            raise RouteUnreachable(f"/node/{hop.name} can only start a route")
+        if hop.name == self.name:
+            return prefix
+        if self.node_resolver is None:
+            raise RouteUnreachable(f"unknown node {hop.name!r}")
+        target = await maybeDeferred(self.node_resolver, hop.name)
+        link = await self.connect_hop(Address(TCP, target))
+        return Route([link.address])
 
     # --- relays ---------------------------------------------------------------
 

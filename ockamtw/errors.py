@@ -51,3 +51,10 @@ class TransportError(OckamError):
     """
     A TCP listener or connection could not be set up.
     """
+
+
+class RelayRefused(OckamError):
+    """
+    A relay node refused a registration (the name is taken, too long, or
+    its owner holds too many); an ockamtw relay node says why.
+    """

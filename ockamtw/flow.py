@@ -21,6 +21,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .twisted_internals import idle_socket, unsent  # noqa: F401 (unsent: re-exported)
+
 log = Logger(namespace="ockamtw.flow")
 
 
@@ -57,18 +59,6 @@ def credit_stream(message) -> bool:
 TRANSPORT_BUFFER = 4 * 49152
 
 
-def unsent(transport):
-    """
-    Bytes a Twisted socket transport holds and has not handed to the
-    kernel yet (its C{FileDescriptor} write buffers), or C{None} for a
-    transport that does not say.
-    """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except (AttributeError, TypeError):
-        return None
-
-
 #: Writes at least this large go to the kernel at once (L{send_now}).
 SEND_NOW_FROM = 16384
 #: A smaller write goes at once only if the transport's last one went more
@@ -77,25 +67,6 @@ SEND_NOW_FROM = 16384
 #: buffer and leaves in one segment rather than one each (one segment per
 #: small message stalled a reader with a 16 KiB receive buffer on loopback).
 SMALL_SEND_GAP_NS = 200_000
-
-
-def _idle_socket(transport):
-    """
-    The socket of a plain Twisted TCP transport (no TLS) that is connected,
-    not closing and holds nothing unsent; otherwise C{None}.
-    """
-    try:
-        if (
-            transport.TLS is False
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._writeDisconnected
-            and unsent(transport) == 0
-        ):
-            return transport.socket
-    except AttributeError:  # another kind of transport
-        pass
-    return None
 
 
 #: Platforms without C{sendmsg} write through the transport only.
@@ -123,7 +94,7 @@ def send_now(transport, parts, size: int) -> None:
             transport._ockamtw_small_sent = now
         except AttributeError:
             pass
-    sock = _idle_socket(transport) if _HAVE_SENDMSG else None
+    sock = idle_socket(transport) if _HAVE_SENDMSG else None
     if sock is not None:
         try:
             sent = sock.sendmsg(parts) if len(parts) > 1 else sock.send(parts[0])

@@ -101,6 +101,10 @@ class IAccessPolicy(Interface):
         L{ockamtw.TransportMessage}), judged by its C{origin}.
         """
 
+    # A policy may also have refused(message), which the node calls after
+    # refusing a message: a feature's chance to tell the sender why (an
+    # outlet answers a refused Ping).
+
 
 class IOrigin(Interface):
     """
@@ -124,4 +128,28 @@ class IOrigin(Interface):
     def cancel_on_close(key):
         """
         Withdraw a callback registered with L{on_close}.
+        """
+
+
+class ITransport(Interface):
+    """
+    A transport of a node (TCP, ...), registered with
+    L{ockamtw.node.BaseNode.register_transport} for the addresses of its
+    type (C{1#host:port} for TCP).  Its connections are workers (links)
+    that strip themselves from a message's onward route and send the rest.
+    """
+
+    address_type = Attribute("The address type it serves (1 for TCP).")
+
+    def connect_hop(value):
+        """
+        A Deferred of the link (a worker with an C{address}) to C{value}, the
+        value of an address of this type named in a route (C{"host:port"}):
+        an open one, or a new one.  Fails with an L{ockamtw.OckamError}.
+        """
+
+    def close_all():
+        """
+        Close every listener and connection; a Deferred that fires when
+        they are closed.
         """

@@ -13,22 +13,17 @@ import os
 from typing import Callable, Dict, List, Optional, Union
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    maybeDeferred,
-    succeed,
-)
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
 from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
-from .interfaces import IAccessPolicy, IWorker
+from .deferred import gather
+from .interfaces import IAccessPolicy, ITransport, IWorker
 from .logs import Throttle, short
-from .routing import LOCAL, TCP, Address, MultiAddr, Route, parse_route_text
+from .routing import LOCAL, Address, MultiAddr, Route, parse_route_text
 from .wire import MAX_FRAME, TransportMessage
 
 log = Logger(namespace="ockamtw.node")
@@ -130,17 +125,17 @@ def _route_only(route: RouteLike) -> Route:
 
 class BaseNode(MultiService):
     """
-    An Ockam node: workers at addresses, routing between them and over TCP.
+    An Ockam node's core: workers at addresses, access control, routing
+    between them, and the transports (registered by address type, e.g. TCP
+    for C{1#host:port}) and route resolvers (registered by MultiAddr kind,
+    e.g. C{/node/NAME}, C{/secure/NAME}) that features plug in.  It knows no
+    transport and no feature itself (L{ockamtw.api.Node} is the full node).
 
     It is an L{IService}: add it to an application or call C{startService};
     C{stopService} closes every listener, connection, worker and timer and
     returns a Deferred that fires when they are gone.
 
     @ivar name: the node's name.
-    @ivar tcp: its L{ockamtw.transport.tcp.TcpTransport}.
-    @ivar node_resolver: a callable C{f(name)} giving the C{"host:port"} (or
-        a Deferred of it) of another node for C{/node/NAME} in a MultiAddr;
-        the command line sets it.  C{/node/<own name>} is this node.
     """
 
     def __init__(self, reactor=None, name: Optional[str] = None) -> None:
@@ -159,10 +154,10 @@ class BaseNode(MultiService):
         self._delivering = False
         self._current_source = None
         self._pending: set = set()
-        self.node_resolver: Optional[Callable[[str], object]] = None
-        #: C{f(route_so_far, listener_name)} giving (a Deferred of) the
-        #: encryptor address of a secure channel, for C{/secure/NAME}.
-        self.secure_resolver: Optional[Callable[[Route, str], object]] = None
+        #: address type -> L{ITransport}
+        self._transports: Dict[int, object] = {}
+        #: MultiAddr kind (C{"node"}, C{"secure"}, ...) -> resolver
+        self._resolvers: Dict[str, Callable] = {}
         #: Whether messages from remote peers may name TCP hops
         #: (C{1#host:port}) that this node then connects to (off by
         #: default: only messages sent on this node may).
@@ -173,9 +168,34 @@ class BaseNode(MultiService):
         self.dropped = 0
         #: Rate limits for warnings that a peer can cause.
         self.throttle = Throttle(reactor)
-        from .transport.tcp import TcpTransport
 
-        self.tcp = TcpTransport(self, reactor)
+    # --- what features plug in ------------------------------------------------
+
+    def register_transport(self, transport) -> None:
+        """
+        Route hops of C{transport.address_type} (an L{ITransport}) through
+        C{transport}: it connects to them (L{ITransport.connect_hop}), and
+        the node closes it when it stops.
+        """
+        if not ITransport.providedBy(transport):
+            raise TypeError(f"{transport!r} does not provide ITransport")
+        self._transports[transport.address_type] = transport
+
+    def transport_for(self, address_type: int):
+        """
+        The transport registered for C{address_type}, or C{None}.
+        """
+        return self._transports.get(address_type)
+
+    def register_resolver(self, kind: str, resolver: Callable) -> None:
+        """
+        Resolve MultiAddr hops of C{kind} (C{/KIND/NAME}) with
+        C{resolver(prefix, hop, position)}: C{prefix} is the L{Route}
+        resolved so far, C{hop} the L{ockamtw.routing.Hop}, C{position} its
+        index; it returns (a Deferred of) the new route so far.  Local
+        (C{/service/...}) and transport hops (C{/ip4/...}) need none.
+        """
+        self._resolvers[kind] = resolver
 
     # --- workers ------------------------------------------------------------
 
@@ -352,6 +372,12 @@ class BaseNode(MultiService):
             origin=describe_origin(message.origin),
             policy=str(access),
         )
+        refused = getattr(access, "refused", None)
+        if refused is not None:
+            try:
+                refused(message)
+            except Exception:
+                log.failure("answering a refused message failed")
 
     def send(
         self,
@@ -398,10 +424,22 @@ class BaseNode(MultiService):
                 raise MessageTooLarge(
                     f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit"
                 )
-        if route and route[0].type == TCP:
-            self._send_via_tcp(message)
+        if route and route[0].type != LOCAL:
+            self._send_via_transport(message)
         else:
             self.deliver(message)
+
+    def check_route(self, route: Route) -> Route:
+        """
+        C{route}, if this node can send along it; a first hop that is a
+        local address with no worker fails at once (a message there would
+        only be dropped).
+
+        @raise RouteUnreachable: for such a route.
+        """
+        if route and route[0].type == LOCAL and route[0] not in self._entries:
+            raise RouteUnreachable(f"no worker at /service/{route[0].value} on node {self.name}")
+        return route
 
     def link_of(self, address: Union[Address, str, None]):
         """
@@ -448,12 +486,17 @@ class BaseNode(MultiService):
             size = out.encoded_size() - len(onward[0].encode())
             if size > MAX_FRAME:
                 raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
-        if onward and onward[0].type == TCP:
-            self._send_via_tcp(out)
+        if onward and onward[0].type != LOCAL:
+            self._send_via_transport(out)
         else:
             self.deliver(out)
 
-    def _send_via_tcp(self, message: TransportMessage) -> None:
+    def _send_via_transport(self, message: TransportMessage) -> None:
+        """
+        A message whose first hop is a transport address (C{1#host:port}):
+        connect to it (or reuse a connection) and send it on through the
+        connection, if this node's own message or if allowed.
+        """
         first = message.onward_route[0]
         if message.origin is not None and not self.dial_for_remote:
             self.dropped += 1
@@ -461,28 +504,20 @@ class BaseNode(MultiService):
                 log,
                 "warn",
                 ("dial", message.origin),
-                "a message from {origin} names TCP hop {peer}: this node connects only for its own messages; dropped",
+                "a message from {origin} names transport hop {peer}: this node connects only for its own messages; dropped",
                 origin=describe_origin(message.origin),
-                peer=short(first.value),
+                peer=short(str(first)),
                 node=self.name,
             )
             return
-        try:
-            d = self.tcp.connect_shared(first.value, route_hop=True)
-        except WireError as e:
-            self.dropped += 1
-            log.warn("cannot reach {peer}: message dropped ({reason})", peer=short(first.value), reason=str(e))
-            return
+        d = Deferred.fromCoroutine(self._connect_hop(first))
 
-        def connected(conn):
-            self.deliver(message.with_routes(message.onward_route.step().prepend(conn.address), message.return_route))
+        def connected(link):
+            self.deliver(message.with_routes(message.onward_route.step().prepend(link.address), message.return_route))
 
         def failed(f):
-            log.warn(
-                "cannot reach {peer}: message dropped ({reason})",
-                peer=short(first.value),
-                reason=f.getErrorMessage(),
-            )
+            self.dropped += 1
+            log.warn("message dropped: {reason}", peer=short(str(first)), reason=f.getErrorMessage())
 
         d.addCallbacks(connected, failed)
 
@@ -504,48 +539,55 @@ class BaseNode(MultiService):
         if isinstance(route, str):
             route = parse_route_text(route)
         if isinstance(route, MultiAddr):
-            out: List[Address] = []
+            out: Route = Route._trusted(())
             for i, hop in enumerate(route.hops):
                 if hop.kind == "local":
-                    out.append(Address(LOCAL, hop.name))
+                    out = out + [Address(LOCAL, hop.name)]
                 elif hop.kind == "tcp":
-                    target = Address.tcp(hop.host, hop.port).value
+                    address = Address.tcp(hop.host, hop.port)
                     if i == 0:
-                        conn = await self._connect_for_route(target)
-                        out.append(conn.address)
+                        link = await self._connect_hop(address)
+                        out = out + [link.address]
                     else:
-                        out.append(Address(TCP, target))
-                elif hop.kind == "node":
-                    if i != 0:
-                        raise RouteUnreachable(f"/node/{hop.name} can only start a route")
-                    if hop.name == self.name:
-                        continue
-                    if self.node_resolver is None:
-                        raise RouteUnreachable(f"unknown node {hop.name!r}")
-                    target = await maybeDeferred(self.node_resolver, hop.name)
-                    conn = await self._connect_for_route(target)
-                    out.append(conn.address)
-                elif hop.kind == "secure" and self.secure_resolver is not None:
-                    encryptor = await maybeDeferred(self.secure_resolver, Route._trusted(out), hop.name)
-                    out = [encryptor]
+                        out = out + [address]
                 else:
-                    raise RouteUnreachable(
-                        f"/{hop.kind}/{hop.name}: {hop.kind} routes are not supported by this node yet"
-                    )
-            return Route._trusted(out)
+                    resolver = self._resolvers.get(hop.kind)
+                    if resolver is None:
+                        raise RouteUnreachable(
+                            f"/{hop.kind}/{hop.name}: {hop.kind} routes are not supported by this node"
+                        )
+                    out = Route(await maybeDeferred(resolver, out, hop, i))
+            return out
         route = Route(route)
-        if route and route[0].type == TCP:
-            conn = await self._connect_for_route(route[0].value)
-            return route.step().prepend(conn.address)
+        if route and route[0].type != LOCAL:
+            link = await self._connect_hop(route[0])
+            return route.step().prepend(link.address)
         return route
 
-    async def _connect_for_route(self, target: str):
+    async def connect_hop(self, address: Address):
+        """
+        The link (a connection worker) for a transport address named in a
+        route, e.g. C{1#127.0.0.1:7000}: an open one, or a new one.
+
+        @raise RouteUnreachable: when no transport serves its type or it
+            cannot be reached.
+        """
+        return await self._connect_hop(address)
+
+    async def _connect_hop(self, address: Address):
+        transport = self._transports.get(address.type)
+        if transport is None:
+            raise RouteUnreachable(f"no transport for {address} on node {self.name}")
         try:
-            return await self.tcp.connect_shared(target, route_hop=True)
+            return await transport.connect_hop(address.value)
         except CancelledError:
             raise
+        except OckamError as e:
+            if isinstance(e, RouteUnreachable):
+                raise
+            raise RouteUnreachable(str(e)) from None  # it names the target already
         except Exception as e:
-            raise RouteUnreachable(f"cannot connect to {target}: {e}") from None
+            raise RouteUnreachable(f"cannot connect to {address.value}: {e}") from None
 
     def request(self, route: RouteLike, payload: bytes, timeout: float = 30.0) -> Deferred:
         """
@@ -558,7 +600,7 @@ class BaseNode(MultiService):
         """
 
         async def go():
-            resolved = await self._resolve(route)
+            resolved = self.check_route(await self._resolve(route))
             answer: Deferred = Deferred()
             address = self.start_worker(None, _ReplyWorker(answer))
             try:
@@ -597,7 +639,7 @@ class BaseNode(MultiService):
         async def close_all(_):
             for p in list(self._pending):
                 p.cancel()
-            await self.tcp.close_all()
+            await gather([t.close_all() for t in self._transports.values()])
             for address in list(self._workers):
                 self.stop_worker(address)
 
@@ -606,59 +648,3 @@ class BaseNode(MultiService):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} workers={len(self._workers)}>"
-
-
-class InFlight:
-    """
-    Operations in progress that several callers wait for, by key: the first
-    caller starts one, later callers get a Deferred of the same result.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: Dict[object, list] = {}
-
-    def __contains__(self, key) -> bool:
-        return key in self._waiting
-
-    def wait(self, key, start: Callable[[], Deferred]) -> Deferred:
-        """
-        A new Deferred of the result of the operation C{key}, started with
-        C{start()} unless it is already in progress.
-        """
-        d: Deferred = Deferred()
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            waiting.append(d)
-            return d
-        # Registered before starting: start() may fire synchronously.
-        self._waiting[key] = [d]
-        maybeDeferred(start).addBoth(self._done, key)
-        return d
-
-    def _done(self, result, key) -> None:
-        for d in self._waiting.pop(key, []):
-            if d.called:
-                continue
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-
-    def cancel_all(self) -> None:
-        """
-        Cancel every caller's Deferred (the operations themselves go on).
-        """
-        waiting, self._waiting = self._waiting, {}
-        for ds in waiting.values():
-            for d in ds:
-                d.cancel()
-
-
-def gather(ds) -> Deferred:
-    """
-    A Deferred that fires when all of C{ds} have (errors are consumed).
-    """
-    ds = list(ds)
-    if not ds:
-        return succeed(None)
-    return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)

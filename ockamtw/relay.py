@@ -27,6 +27,7 @@ Who may do what:
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Callable, List, Optional
 
@@ -37,13 +38,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .access import ANYONE, Relayed, describe_origin
-from .errors import MessageTooLarge, RequestTimeout, WireError
+from .errors import MessageTooLarge, RelayRefused, RequestTimeout, WireError
 from .flow import credit_stream
 from .interfaces import IAccessPolicy
 from .logs import short
 from .node import Worker
-from .routing import LOCAL, Address, Route, _encode_uvarint
-from .wire import decode_string, encode_string
+from .routing import LOCAL, Address, Route
+from .wire import decode_string, encode_header, encode_string
 
 log = Logger(namespace="ockamtw.relay")
 
@@ -52,6 +53,19 @@ STATIC_FORWARDING_SERVICE = "static_forwarding_service"
 
 UP = "Up"
 DOWN = "Down"
+
+#: The end of an ockamtw relay client's address: a relay node that sees it
+#: says why it refuses a registration (Ockam 0.83's have plain hex).
+RELAY_MARK = ".r1"
+
+
+def relay_address() -> Address:
+    """
+    A fresh address for a relay client's worker: 32 random hex characters
+    and L{RELAY_MARK}.
+    """
+    return Address.local(os.urandom(16).hex() + RELAY_MARK)
+
 
 #: The longest relay name (characters) a relay node accepts.
 MAX_NAME_LENGTH = 128
@@ -144,14 +158,11 @@ class Forwarder(Worker):
             # connection worker would write it.
             rest = message.onward_route[1:]
             payload = message.payload
-            head = b"".join(
-                [
-                    b"\x01",
-                    _encode_uvarint(len(self._after_link) + len(rest)),
-                    self._after_link_encoded,
-                ]
-                + [a.encode() for a in rest]
-                + [message.return_route.encode(), _encode_uvarint(len(payload))]
+            head = encode_header(
+                len(self._after_link) + len(rest),
+                [self._after_link_encoded, *[a.encode() for a in rest]],
+                message.return_route,
+                len(payload),
             )
             source = message.source
             link.write_body(
@@ -242,6 +253,15 @@ class ForwardingService(Worker):
             node=self.node.name,
             **kw,
         )
+        route = message.return_route
+        if route and route[-1].value.endswith(RELAY_MARK):
+            # An ockamtw relay client: tell it why (from this service's
+            # address, where a success comes from the forwarder's).  Ockam
+            # 0.83 clients get nothing, as from 0.83.
+            try:
+                self.node.send(route, encode_string(reason.format(**kw)[:200]), sender=self.address)
+            except Exception:
+                log.failure("answering a refused registration failed")
 
     def receive(self, message) -> None:
         node = self.node
@@ -260,7 +280,9 @@ class ForwardingService(Worker):
             return
         owner = message.origin
         address = Address(LOCAL, alias)
-        link = node.tcp.connection(route[0]) if route[0].type == LOCAL else None
+        link = node.link_of(route[0])
+        if not hasattr(link, "write_body"):
+            link = None  # the fast path writes to a connection only
         existing = node.worker_at(address)
         if existing is None:
             registry = self.registry
@@ -397,7 +419,7 @@ class Relay:
         Register for the first time: fires with this relay once it is up;
         fails (and leaves nothing behind) when the first registration does.
         """
-        self._address = self.node.start_worker(None, _RelayWorker(self))
+        self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
 
         async def first():
             try:
@@ -415,7 +437,7 @@ class Relay:
         Start without waiting: the relay registers as soon as it can,
         retrying with backoff until it is up (and keeps itself up after).
         """
-        self._address = self.node.start_worker(None, _RelayWorker(self))
+        self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
         self._run_attempt()
         return self
 
@@ -491,6 +513,17 @@ class Relay:
             waiting.errback(RequestTimeout(f"relay {self.name}: no registration reply within {self.timeout:g} s"))
 
     def _registration_reply(self, message) -> None:
+        ret = message.return_route
+        if ret and ret[-1].value == self.service:
+            # An ockamtw relay node refused the registration, and says why.
+            try:
+                reason = decode_string(message.payload)
+            except WireError:
+                reason = "(unreadable reason)"
+            waiting = self._waiting
+            if waiting is not None and not waiting.called:
+                waiting.errback(RelayRefused(f"relay {self.name}: refused by the relay node: {reason}"))
+            return
         if message.payload != self._payload or not message.return_route:
             self.node.throttle.log(
                 log, "warn", ("relay reply", self.name), "relay {name}: unexpected reply; ignored", name=self.name

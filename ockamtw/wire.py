@@ -80,9 +80,20 @@ PORTAL_EOF_STRUCT = c.Struct(
     "tag" / c.Const(5, c.Int8ub),
     c.Terminated,
 )
+#: ockamtw's extension, sent only to ockamtw inlets (docs/protocol.md,
+#: "Refusal"): Refuse, tag 06, then a BARE string: why the outlet will not
+#: open the stream (in place of the Disconnect an Ockam 0.83 inlet gets).
+PORTAL_REFUSE_STRUCT = c.Struct(
+    "tag" / c.Const(6, c.Int8ub),
+    "reason" / c.PascalString(c.VarInt, "utf8"),
+    c.Terminated,
+)
 
 
-def _construct_call(fn, what: str):
+def construct_call(fn, what: str):
+    """
+    C{fn()}, with construct's errors turned into L{WireError}.
+    """
     try:
         return fn()
     except c.ConstructError as e:
@@ -123,6 +134,12 @@ def _read_uvarint(buf, pos: int, end: int) -> Tuple[int, int]:
         shift += 7
         if shift >= 7 * _MAX_UVARINT_BYTES:
             raise WireError("uvarint longer than 10 bytes")
+
+
+#: The fast uvarint encoder and reader for codec code that checks its
+#: ranges itself (the portal and relay fast paths, the secure channel codec).
+uvarint = _encode_uvarint
+read_uvarint = _read_uvarint
 
 
 def decode_uvarint(data: bytes) -> Tuple[int, int]:
@@ -555,6 +572,73 @@ class PortalMessage:
         return f"PortalMessage.{self.name}"
 
 
+# --- headers, for the fast paths that write a message as header + payload ----------
+
+
+def routes_head(onward: Route, return_route: Route) -> bytes:
+    """
+    The start of an encoded TransportMessage: version and both routes
+    (what comes before the payload's length).
+    """
+    return b"\x01" + onward.encode() + return_route.encode()
+
+
+def encode_header(onward_count: int, onward_parts: Sequence[bytes], return_route: Route, payload_len: int) -> bytes:
+    """
+    Everything of an encoded TransportMessage before its payload bytes,
+    from parts: C{onward_count} addresses whose encodings are
+    C{onward_parts} (joined), the return route, the payload's length.
+    Equal to L{TransportMessage.header} of the same message.
+    """
+    return b"".join(
+        [b"\x01", _encode_uvarint(onward_count), *onward_parts, return_route.encode(), _encode_uvarint(payload_len)]
+    )
+
+
+# --- PortalMessage: the fast path --------------------------------------------------
+
+PING_TAG, PONG_TAG, DISCONNECT_TAG, PAYLOAD_TAG = 0, 1, 2, 3
+#: The PortalMessages without data, encoded.
+PING = b"\x00"
+PONG = b"\x01"
+DISCONNECT = b"\x02"
+
+_PAYLOAD_PREFIXES: dict = {}
+
+
+def payload_prefix(n: int) -> bytes:
+    """
+    The bytes of a Payload PortalMessage before its C{n} data bytes.
+    """
+    p = _PAYLOAD_PREFIXES.get(n)
+    if p is None:
+        p = b"\x03" + _encode_uvarint(n)
+        if len(_PAYLOAD_PREFIXES) < 1024:
+            _PAYLOAD_PREFIXES[n] = p
+    return p
+
+
+def encode_payload(chunk: bytes) -> bytes:
+    """
+    The PortalMessage C{Payload(chunk)}.
+    """
+    return b"\x03" + _encode_uvarint(len(chunk)) + chunk
+
+
+def decode_payload(payload: bytes) -> bytes:
+    """
+    The data of a C{Payload} PortalMessage (bytes after its data are
+    ignored, as Rust does).
+
+    @raise WireError: when it is truncated.
+    """
+    end = len(payload)
+    n, pos = _read_uvarint(payload, 1, end)
+    if pos + n > end:
+        raise WireError(f"portal payload of {n} bytes truncated to {end - pos}")
+    return payload[pos : pos + n]
+
+
 # --- Credit: ockamtw's per-stream flow control -------------------------------
 
 #: The PortalMessage tag of Credit (an ockamtw extension; Ockam 0.83 has 0-3).
@@ -611,6 +695,32 @@ def decode_eof(data: bytes) -> None:
         raise WireError(f"{len(data) - 1} bytes after an Eof message")
 
 
+# --- Refuse: why an outlet will not open a stream ----------------------------------
+
+#: The PortalMessage tag of Refuse (an ockamtw extension, like Credit).
+REFUSE_TAG = 6
+#: Characters of a refusal's reason kept (it is shown to the inlet's owner).
+MAX_REASON = 200
+
+
+def encode_refuse(reason: str) -> bytes:
+    """
+    The Refuse message with C{reason} (cut to L{MAX_REASON} characters).
+    """
+    return b"\x06" + encode_string(reason[:MAX_REASON])
+
+
+def decode_refuse(data: bytes) -> str:
+    """
+    The reason of a Refuse message.
+
+    @raise WireError: for another tag, a bad string or trailing bytes.
+    """
+    if not data or data[0] != REFUSE_TAG:
+        raise WireError("not a Refuse message")
+    return decode_string(data[1:])
+
+
 # --- the construct path, for proof and for readers ---------------------------
 
 
@@ -618,7 +728,7 @@ def construct_encode_message(message: TransportMessage) -> bytes:
     """
     L{TransportMessage.encode} by the construct declaration.
     """
-    return _construct_call(
+    return construct_call(
         lambda: TRANSPORT_MESSAGE_STRUCT.build(
             dict(
                 version=VERSION,
@@ -641,7 +751,7 @@ def construct_decode_message(data: bytes) -> TransportMessage:
     """
     L{TransportMessage.decode} by the construct declaration.
     """
-    obj = _construct_call(lambda: TRANSPORT_MESSAGE_STRUCT.parse(bytes(data)), "TransportMessage")
+    obj = construct_call(lambda: TRANSPORT_MESSAGE_STRUCT.parse(bytes(data)), "TransportMessage")
 
     def route(items):
         return Route._trusted([Address(i.type, i.value) for i in items])

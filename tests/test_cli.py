@@ -651,7 +651,7 @@ class JSONOutputTests(CLITestCase):
 
         # tcp-outlet list
         outlets = (await self.ockam("tcp-outlet", "list", "--at", "n3", "--output", "json")).json()
-        self.assertEqual(outlets, [{"address": "outlet", "target": n2, "connections": 0, "authorized": None}])
+        self.assertEqual(outlets, [{"address": "outlet", "target": n2, "connections": 0, "authorized": None, "refused": 0}])
 
         # tcp-inlet list
         inlets = (await self.ockam("tcp-inlet", "list", "--at", "n1", "--output", "json")).json()

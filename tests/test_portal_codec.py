@@ -10,6 +10,9 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import wire
+from ockamtw.wire import TransportMessage
+
+from tests import test_wire
 
 
 class EofCodecTests(SynchronousTestCase):
@@ -54,3 +57,72 @@ class EofCodecTests(SynchronousTestCase):
         except wire.WireError:
             return
         self.assertEqual(wire.PORTAL_CREDIT_STRUCT.parse(data).limit, limit)
+
+
+class RefuseCodecTests(SynchronousTestCase):
+    """
+    Refuse (tag 06, then a BARE string), sent only to ockamtw inlets: the
+    fast path equals the construct declaration.
+    """
+
+    def test_bytes(self):
+        self.assertEqual(wire.encode_refuse("no"), b"\x06\x02no")
+        self.assertEqual(wire.decode_refuse(b"\x06\x02no"), "no")
+        self.assertEqual(len(wire.decode_refuse(wire.encode_refuse("x" * 1000))), wire.MAX_REASON)
+        for bad in (b"", b"\x06", b"\x06\x03no", b"\x06\x02no!", b"\x02", b"\x06\x01\xff"):
+            self.assertRaises(wire.WireError, wire.decode_refuse, bad)
+
+    @given(st.text(max_size=wire.MAX_REASON))
+    def test_fast_path_equals_construct(self, reason):
+        data = wire.encode_refuse(reason)
+        self.assertEqual(data, wire.PORTAL_REFUSE_STRUCT.build({"reason": reason}))
+        self.assertEqual(wire.decode_refuse(data), reason)
+
+    @given(st.binary(max_size=12))
+    def test_decoded_as_declared(self, data):
+        try:
+            reason = wire.decode_refuse(data)
+        except wire.WireError:
+            self.assertRaises(Exception, wire.PORTAL_REFUSE_STRUCT.parse, data)
+            return
+        self.assertEqual(wire.PORTAL_REFUSE_STRUCT.parse(data).reason, reason)
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    The codec the fast paths use (headers written before a payload,
+    PortalMessage Payload) equals the construct declarations.
+    """
+
+    @given(test_wire.routes, test_wire.routes, st.binary(max_size=300), st.integers(0, 3))
+    def test_headers(self, onward, ret, payload, split):
+        m = TransportMessage(onward, ret, payload)
+        expected = wire.construct_encode_message(m)
+        self.assertEqual(wire.routes_head(onward, ret) + wire.uvarint(len(payload)) + payload, expected)
+        split = min(split, len(onward))
+        head = wire.encode_header(
+            len(onward), [b"".join(a.encode() for a in onward[:split]), *[a.encode() for a in onward[split:]]], ret, len(payload)
+        )
+        self.assertEqual(head + payload, expected)
+        self.assertEqual(head, m.header())
+
+    @given(st.binary(max_size=70000))
+    def test_payload(self, data):
+        encoded = wire.encode_payload(data)
+        self.assertEqual(encoded, wire.PORTAL_MESSAGE_STRUCT.build({"tag": "Payload", "data": data}))
+        self.assertEqual(wire.payload_prefix(len(data)) + data, encoded)
+        self.assertEqual(wire.decode_payload(encoded), data)
+
+    @given(st.binary(max_size=20))
+    def test_payload_decoded_as_declared(self, raw):
+        data = b"\x03" + raw
+        try:
+            got = wire.decode_payload(data)
+        except wire.WireError:
+            self.assertRaises(Exception, wire.PORTAL_MESSAGE_STRUCT.parse, data)
+            return
+        self.assertEqual(wire.PORTAL_MESSAGE_STRUCT.parse(data).data, got)
+
+    def test_control_messages(self):
+        for name, encoded in (("Ping", wire.PING), ("Pong", wire.PONG), ("Disconnect", wire.DISCONNECT)):
+            self.assertEqual(wire.PORTAL_MESSAGE_STRUCT.build({"tag": name, "data": None}), encoded)

@@ -37,6 +37,7 @@ from ockamtw import (
     encode_string,
 )
 from ockamtw.access import ANYONE
+from ockamtw.errors import RelayRefused
 from ockamtw.relay import (
     DOWN,
     FORWARDING_SERVICE,
@@ -540,7 +541,7 @@ class RelayClientTests(MemoryMixin, SynchronousTestCase):
         d = self.node.create_relay(at=Route([self.conn.address]), **kw)
         new = [a for a in self.node.worker_addresses() if a not in self.before]
         self.assertEqual(len(new), 1, new)
-        self.assertRegex(new[0].value, HEX32)
+        self.assertRegex(new[0].value, r"^[0-9a-f]{32}\.r1$")
         return d, new[0]
 
     def registration(self, m, alias="forward_to_n3", service=FORWARDING_SERVICE):
@@ -916,8 +917,8 @@ class RelaySocketTests(TestCase):
     async def test_takeOverRefused(self):
         """
         n4 cannot take the name of n3's live relay at n2: its registration
-        is not answered (it fails with L{RequestTimeout}) and requests to
-        forward_to_n3 keep reaching n3.
+        is refused at once, and the reason reaches n4 (L{RelayRefused});
+        requests to forward_to_n3 keep reaching n3.
         """
         events = captureLogs(self, "ockamtw.relay")
         n2, l2 = await start_node(self, "n2", LOOPBACK)
@@ -929,8 +930,9 @@ class RelaySocketTests(TestCase):
         r3 = await deadline(n3.create_relay(at(l2), name="n3"), 5, "n3's relay")
         forwarder = n2.worker_at("forward_to_n3")
 
-        d4 = n4.create_relay(at(l2), name="n3", timeout=0.5)
-        await deadline(self.assertFailure(d4, RequestTimeout), 3, "n4's refusal")
+        d4 = n4.create_relay(at(l2), name="n3", timeout=5)
+        e = await deadline(self.assertFailure(d4, RelayRefused), 3, "n4's refusal")
+        self.assertIn("forward_to_n3 is taken", str(e))
         self.assertNotIn("n3", n4.relays)
         self.assertIs(n2.worker_at("forward_to_n3"), forwarder)
         refused = [

@@ -41,7 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
 from ockamtw.access import ANYONE
 from ockamtw.flow import STREAM_WINDOW
-from ockamtw.errors import RequestTimeout
+from ockamtw.errors import RequestTimeout, RouteUnreachable
 from ockamtw.relay import Forwarder
 from ockamtw.secure.channel import REPLAY_WINDOW, ChannelEnd, SecureChannelListener, TrustPolicy
 from ockamtw.secure.codec import (
@@ -398,8 +398,9 @@ class MutualAuthenticationTests(SecureTestCase):
         self.assertEqual(n1.secure_channels, {})
         self.assertEqual([n1.worker_at(a) for a in parts], [None, None, None])
         self.assertEqual(end.status, "closed")
-        with self.assertRaises(RequestTimeout):
-            await deadline(n1.request(Route([enc, Address.local("uppercase")]), encode_string("x"), 0.3), 2, "x")
+        # A request through the deleted channel fails at once.
+        with self.assertRaises(RouteUnreachable):
+            await deadline(n1.request(Route([enc, Address.local("uppercase")]), encode_string("x"), 5), 2, "x")
         self.assertRaises(KeyError, n1.delete_secure_channel, str(enc))
 
     @async_test

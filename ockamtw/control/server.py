@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from ..errors import AddressInUse, OckamError, RequestTimeout, RouteUnreachable, TransportError, WireError
+from ..errors import AddressInUse, OckamError, RelayRefused, RequestTimeout, RouteUnreachable, TransportError, WireError
 from ..secure.errors import SecureChannelError
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
 from ..routing import MultiAddr, parse_route_text
@@ -50,7 +50,7 @@ class ControlError(Exception):
 def _status_for(error: BaseException) -> int:
     if isinstance(error, ControlError):
         return error.status
-    if isinstance(error, (AddressInUse, TransportError)):
+    if isinstance(error, (AddressInUse, TransportError, RelayRefused)):
         return 409
     if isinstance(error, (WireError, ValueError)):
         return 400

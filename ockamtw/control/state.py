@@ -259,7 +259,7 @@ def validate_state(state: Any) -> dict:
     """
     from ..errors import WireError
     from ..routing import Address, parse_route_text
-    from ..transport.tcp import client_target, server_description
+    from ..endpoints import client_target, server_description
 
     if not isinstance(state, dict):
         raise _Invalid(f"expected a JSON object, got {_kind(state)}")

@@ -46,18 +46,36 @@ from ..errors import MessageTooLarge, WireError
 from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IFlowSource
 from ..node import Worker
-from ..routing import LOCAL, Address, Route, _encode_uvarint
-from ..wire import CREDIT_TAG, EOF_TAG, _read_uvarint, decode_credit, decode_eof, encode_credit, encode_eof
+from ..routing import LOCAL, Address, Route
+from ..wire import (
+    CREDIT_TAG,
+    DISCONNECT,
+    DISCONNECT_TAG,
+    EOF_TAG,
+    PAYLOAD_TAG,
+    PING,  # noqa: F401 (re-exported)
+    PONG,  # noqa: F401 (re-exported)
+    REFUSE_TAG,
+    decode_credit,
+    decode_eof,
+    decode_payload,
+    encode_credit,
+    encode_eof,
+    encode_payload,
+    payload_prefix,
+    routes_head,
+    uvarint,
+)
 
 log = Logger(namespace="ockamtw.portal")
 
 #: Largest chunk of socket bytes in one Payload message (48 KiB).
 MAX_CHUNK = 49152
 
-PING = b"\x00"
-PONG = b"\x01"
-DISCONNECT = b"\x02"
-_PAYLOAD_TAG = 3
+#: Former names, kept for callers (the codec is L{ockamtw.wire}).
+_PAYLOAD_TAG = PAYLOAD_TAG
+payload_message = encode_payload
+parse_payload = decode_payload
 
 #: A receiver grants more credit once it can move the limit by this much.
 GRANT_STEP = STREAM_WINDOW // 4
@@ -85,41 +103,6 @@ def offers_flow_control(address) -> bool:
     Whether a portal worker at C{address} speaks per-stream flow control.
     """
     return address is not None and address.type == LOCAL and address.value.endswith(FLOW_MARK)
-
-
-_PREFIXES = {}
-
-
-def _payload_prefix(n: int) -> bytes:
-    """
-    The bytes of a Payload PortalMessage before its n data bytes.
-    """
-    p = _PREFIXES.get(n)
-    if p is None:
-        p = b"\x03" + _encode_uvarint(n)
-        if len(_PREFIXES) < 1024:
-            _PREFIXES[n] = p
-    return p
-
-
-def payload_message(chunk: bytes) -> bytes:
-    """
-    The PortalMessage C{Payload(chunk)}.
-    """
-    return b"\x03" + _encode_uvarint(len(chunk)) + chunk
-
-
-def parse_payload(payload: bytes) -> bytes:
-    """
-    The data of a C{Payload} PortalMessage.
-
-    @raise WireError: when it is truncated.
-    """
-    end = len(payload)
-    n, pos = _read_uvarint(payload, 1, end)
-    if pos + n > end:
-        raise WireError(f"portal payload of {n} bytes truncated to {end - pos}")
-    return payload[pos : pos + n]
 
 
 def watched_hop(node, route):
@@ -267,13 +250,13 @@ class PortalWorker(Worker):
                 head = self._head
                 for chunk in chunks:
                     n = len(chunk)
-                    inner = _payload_prefix(n)
-                    link.write_body(head + _encode_uvarint(len(inner) + n) + inner, chunk, self)
+                    inner = payload_prefix(n)
+                    link.write_body(head + uvarint(len(inner) + n) + inner, chunk, self)
             else:
                 node = self.node
                 me = self.address
                 for chunk in chunks:
-                    node.send(route, payload_message(chunk), sender=me, source=self)
+                    node.send(route, encode_payload(chunk), sender=me, source=self)
         except MessageTooLarge as e:
             log.error("{side} {address}: {error}; closing", side=self.side, address=str(self.address), error=str(e))
             self.close()
@@ -335,14 +318,14 @@ class PortalWorker(Worker):
             self.dropped += 1
             return
         tag = payload[0]
-        if self.remote_route is None and tag > 2:
-            # Not open yet: only the outlet's Pong (or its Disconnect, when
-            # it cannot reach its target) may come.
+        if self.remote_route is None and tag > DISCONNECT_TAG and tag != REFUSE_TAG:
+            # Not open yet: only the outlet's Pong, or its Disconnect or
+            # Refuse (it will not open the stream), may come.
             self.dropped += 1
             return
-        if tag == _PAYLOAD_TAG:
+        if tag == PAYLOAD_TAG:
             try:
-                data = parse_payload(payload)
+                data = decode_payload(payload)
             except WireError as e:
                 self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
                 return
@@ -364,8 +347,8 @@ class PortalWorker(Worker):
             elif bp.congested and self.bytes_out > self.granted + _OVERSHOOT:
                 # The sender ignores its credit: fall back to pausing the link.
                 bp.wrote(message.source)
-        elif tag == 2:  # Disconnect
-            self.finish(notify=False)
+        elif tag == DISCONNECT_TAG:
+            self.disconnected()
         elif tag == EOF_TAG and self.flow:
             try:
                 decode_eof(payload)
@@ -405,7 +388,7 @@ class PortalWorker(Worker):
         link = self._link
         try:
             if self._head is not None and link is not None and link.connected:
-                link.write_body(self._head + _encode_uvarint(len(message)), message)
+                link.write_body(self._head + uvarint(len(message)), message)
             else:
                 self.node.send(self.remote_route, message, sender=self.address)
         except Exception:
@@ -447,9 +430,16 @@ class PortalWorker(Worker):
         ):
             self._grant(self.bytes_out)
 
+    def disconnected(self) -> None:
+        """
+        The other side sent Disconnect: the stream is over.
+        """
+        self.finish(notify=False)
+
     def control(self, tag: int, message) -> None:
         """
-        Ping and Pong: the inlet and outlet handle them; here they are noise.
+        Ping, Pong and Refuse: the inlet and outlet handle them; here they
+        are noise.
         """
         self._note("info", "unexpected", "{side} {address}: unexpected portal message {tag}; dropped", tag=tag)
 
@@ -488,7 +478,7 @@ class PortalWorker(Worker):
             # A TCP connection first: what every Payload message to the other
             # side starts with once the link has stripped itself (version,
             # onward, return route), for the fast path.
-            self._head = b"\x01" + route.step().encode() + Route([self.address]).encode()
+            self._head = routes_head(route.step(), Route([self.address]))
         self._schedule_liveness()
 
     # --- is the other side still there? ----------------------------------------------

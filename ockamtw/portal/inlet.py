@@ -12,9 +12,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..errors import OckamError, TransportError
-from ..node import InFlight, gather
+from ..deferred import InFlight, gather
 from ..routing import Route
-from ..transport.tcp import server_description
+from ..endpoints import server_description
+from ..errors import WireError
+from ..wire import PONG_TAG, REFUSE_TAG, decode_refuse
 from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
@@ -50,12 +52,16 @@ class InletPortal(PortalWorker):
             return
         inlet = self.owner
         if inlet.reactor.seconds() >= self._deadline:
-            log.warn(
+            inlet.node.throttle.log(
+                log,
+                "warn",
+                ("no pong", id(inlet)),
                 "inlet {listen}: no Pong from {route} within {t:g} s; client closed",
                 listen=inlet.socket_address,
                 route=inlet.route_text,
                 t=inlet.ping_timeout,
             )
+            inlet._not_opened(f"no answer from the outlet at {inlet.route_text} within {inlet.ping_timeout:g} s", logged=True)
             inlet.timeouts += 1
             self.finish(notify=False, grace=self.close_grace)
             return
@@ -72,8 +78,24 @@ class InletPortal(PortalWorker):
         delay = min(inlet.ping_interval, max(0.0, self._deadline - inlet.reactor.seconds()))
         self._timer = inlet.reactor.callLater(delay, self._ping)
 
+    def disconnected(self) -> None:
+        if self.remote_route is None:
+            # An Ockam 0.83 outlet's way of saying no (it refused us, or
+            # cannot reach its target).
+            self.owner._not_opened("the outlet closed the stream before opening it (refused, or its target is unreachable)")
+        PortalWorker.disconnected(self)
+
     def control(self, tag: int, message) -> None:
-        if tag != 1:  # only Pong is expected here
+        if tag == REFUSE_TAG:
+            if self.remote_route is None and not self.finished:
+                try:
+                    reason = decode_refuse(message.payload)
+                except WireError:
+                    reason = "(unreadable reason)"
+                self.owner._not_opened(f"refused by the outlet: {reason}")
+                self.finish(notify=False, grace=self.close_grace)
+            return
+        if tag != PONG_TAG:  # only Pong is expected here
             PortalWorker.control(self, tag, message)
             return
         if self.remote_route is None and not self.finished:
@@ -156,6 +178,9 @@ class Inlet:
         self._link = None
         self._resolving = InFlight()
         self._reached = False
+        self._refused = False
+        #: streams the outlet refused or did not answer
+        self.refusals = 0
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -205,7 +230,7 @@ class Inlet:
 
     @property
     def status(self) -> str:
-        if self.closed or not self._route_alive():
+        if self.closed or self._refused or not self._route_alive():
             return DOWN
         return UP
 
@@ -217,12 +242,14 @@ class Inlet:
             return succeed(self._route)
 
         def resolved(route):
+            self.node.check_route(route)
             link = watched_hop(self.node, route)
             self._route = route
             self._link = link
             if link is not None:
                 link.on_close(lambda _: self._link_lost(link))
-            self.last_error = None
+            if not self._refused:
+                self.last_error = None
             return route
 
         def failed(f):
@@ -232,7 +259,7 @@ class Inlet:
             return f
 
         return self._resolving.wait(
-            "route", lambda: self.node.resolve(self.route_spec).addCallbacks(resolved, failed)
+            "route", lambda: self.node.resolve(self.route_spec).addCallback(resolved).addErrback(failed)
         )
 
     def _link_lost(self, link) -> None:
@@ -244,7 +271,23 @@ class Inlet:
 
     def _pong(self) -> None:
         self._reached = True
+        self._refused = False
+        self.last_error = None
         self.accepted += 1
+
+    def _not_opened(self, reason: str, logged: bool = False) -> None:
+        """
+        A client's stream did not open, for C{reason}: the inlet shows it
+        (C{last_error}, and L{DOWN} until a stream opens again).
+        """
+        self._refused = True
+        self.refusals += 1
+        if not logged:
+            self.node.throttle.log(
+                log, "warn", ("not opened", id(self)), "inlet {listen}: {reason}; client closed",
+                listen=self.socket_address, reason=reason,
+            )
+        self.last_error = reason
 
     def _portal_finished(self, portal) -> None:
         self.portals.discard(portal)
@@ -256,5 +299,6 @@ class Inlet:
             "status": self.status,
             "connections": len(self.portals),
             "last_error": self.last_error,
+            "refusals": self.refusals,
             "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }

@@ -11,10 +11,14 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from ..errors import WireError
-from ..node import Worker, gather
-from ..transport.tcp import client_endpoint
-from ..logs import short
-from . import PING, PONG, PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
+from ..deferred import gather
+from ..node import Worker
+from ..endpoints import client_endpoint
+from zope.interface import implementer
+
+from ..interfaces import IAccessPolicy
+from ..wire import encode_refuse
+from . import DISCONNECT, PING, PONG, PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -43,6 +47,28 @@ class OutletPortal(PortalWorker):
         self.node.send(self.remote_route, PONG, sender=self.address)
 
 
+@implementer(IAccessPolicy)
+class _OutletAccess:
+    """
+    An outlet's policy (everyone, or the listed secure channel peers); a
+    Ping it refuses is answered, so that the inlet's user learns why at
+    once instead of waiting for a time-out.
+    """
+
+    def __init__(self, outlet: "Outlet", policy) -> None:
+        self.outlet = outlet
+        self.policy = policy
+
+    def allows(self, message) -> bool:
+        return self.policy.allows(message)
+
+    def refused(self, message) -> None:
+        self.outlet._refused_ping(message)
+
+    def __str__(self) -> str:
+        return str(self.policy)
+
+
 class Outlet(Worker):
     """
     A TCP outlet at an address (e.g. C{outlet}), forwarding to C{target}.
@@ -63,8 +89,11 @@ class Outlet(Worker):
         self.idle_timeout = idle_timeout
         self.authorized = None if authorized is None else frozenset(authorized)
         #: Who may open a stream (send Ping): everyone, or the secure
-        #: channel peers in C{authorized}; the node enforces it.
-        self.access = authorized_policy(self.authorized)
+        #: channel peers in C{authorized}; the node enforces it, and the
+        #: outlet answers a refused Ping (L{_OutletAccess}).
+        self.access = _OutletAccess(self, authorized_policy(self.authorized))
+        #: Pings refused (not authorized)
+        self.unauthorized = 0
         self.connect_timeout = connect_timeout
         self.portals: set = set()
         self.accepted = 0
@@ -104,7 +133,11 @@ class Outlet(Worker):
                 target=self.target,
                 reason=f.getErrorMessage(),
             )
-            portal.finish(notify=True)
+            if offered:
+                self._answer(portal.remote_route, "the outlet cannot reach its target", portal.address)
+                portal.finish(notify=False)
+            else:
+                portal.finish(notify=True)
 
         def failed_or_cancelled(f):
             portal.connecting = None
@@ -120,6 +153,26 @@ class Outlet(Worker):
 
     def _portal_finished(self, portal) -> None:
         self.portals.discard(portal)
+
+    def _answer(self, route, reason: str, sender) -> None:
+        """
+        Tell an inlet that its stream will not open: Refuse with C{reason}
+        to an ockamtw inlet (its address offers flow control), Disconnect
+        to any other (all an Ockam 0.83 inlet understands).
+        """
+        if not route:
+            return
+        payload = encode_refuse(reason) if offers_flow_control(route[-1]) else DISCONNECT
+        try:
+            self.node.send(route, payload, sender=sender)
+        except Exception:
+            log.failure("answering a refused Ping failed")
+
+    def _refused_ping(self, message) -> None:
+        if message.payload != PING or self.closed:
+            return
+        self.unauthorized += 1
+        self._answer(message.return_route, "not authorized", self.address)
 
     def close(self) -> Deferred:
         """
@@ -141,5 +194,6 @@ class Outlet(Worker):
             "address": self.address.value if self.address else None,
             "target": self.target,
             "connections": len(self.portals),
+            "refused": self.unauthorized,
             "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }

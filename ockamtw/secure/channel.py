@@ -245,7 +245,14 @@ class ChannelEnd(CloseNotifier):
         self._watch(message.origin)
         if self.status == "closed":
             return
-        self._hs.read_message(decode_key_exchange(message.payload))
+        try:
+            self._hs.read_message(decode_key_exchange(message.payload))
+        except (WireError, SecureChannelError):
+            # Not a key exchange message: whatever answered is no secure
+            # channel listener (e.g. an echo service sent M1 back).
+            raise SecureChannelError(
+                f"{self.route_text or 'the route'} did not answer as a secure channel listener"
+            ) from None
         msg3 = self._hs.write_message(b"")
         self._split()
         self._status("m4")

@@ -27,8 +27,8 @@ from typing import Iterable, NamedTuple, Optional, Tuple, Union
 import construct as c
 
 from ..errors import WireError
-from ..routing import Address, _encode_uvarint
-from ..wire import DATA_STRUCT, STRING_STRUCT, _construct_call, _read_uvarint
+from ..routing import Address
+from ..wire import DATA_STRUCT, STRING_STRUCT, construct_call, read_uvarint, uvarint
 
 __all__ = [
     "CHANGE_ID_LEN",
@@ -164,7 +164,7 @@ def _uvarint(buf: _Buf, pos: int, end: int) -> Tuple[int, int]:
     that re-encoding a decoded value gives the same bytes).
     """
     start = pos
-    value, pos = _read_uvarint(buf, pos, end)
+    value, pos = read_uvarint(buf, pos, end)
     if pos - start > 1 and buf[pos - 1] == 0:
         raise WireError(f"uvarint {value} is not minimally encoded")
     return value, pos
@@ -203,13 +203,13 @@ def _bytes(value, what: str) -> bytes:
 
 def _enc_data(value, what: str) -> bytes:
     b = _bytes(value, what)
-    return _encode_uvarint(len(b)) + b
+    return uvarint(len(b)) + b
 
 
 def _enc_enum(enum_cls, value, what: str) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int):
         raise WireError(f"{what} must be an integer, not {value!r}")
-    return _encode_uvarint(_enum(enum_cls, value, what))
+    return uvarint(_enum(enum_cls, value, what))
 
 
 # --- addresses ------------------------------------------------------------
@@ -323,7 +323,7 @@ def encode_encrypted_payload(counter: int, ciphertext: bytes) -> bytes:
     if isinstance(counter, bool) or not isinstance(counter, int) or not 0 <= counter < 1 << 64:
         raise WireError(f"counter must be an integer 0 to 2**64-1, not {counter!r}")
     ct = _bytes(ciphertext, "ciphertext")
-    return _encode_uvarint(COUNTER_LEN + len(ct)) + counter.to_bytes(COUNTER_LEN, "big") + ct
+    return uvarint(COUNTER_LEN + len(ct)) + counter.to_bytes(COUNTER_LEN, "big") + ct
 
 
 def decode_encrypted_payload(payload: _Buf) -> Tuple[int, bytes]:
@@ -430,7 +430,7 @@ class KeyChangeData(NamedTuple):
         return b"".join(
             (
                 prev,
-                _encode_uvarint(len(label)),
+                uvarint(len(label)),
                 label,
                 _enc_enum(SecretType, self.stype, "secret type"),
                 _enc_enum(Persistence, self.persistence, "persistence"),
@@ -488,7 +488,7 @@ class SignedChange(NamedTuple):
             if not isinstance(s, ChangeSignature):
                 raise WireError(f"not a ChangeSignature: {s!r}")
         return b"".join(
-            [cid, self.change.encode(), _encode_uvarint(len(sigs))] + [s.encode() for s in sigs]
+            [cid, self.change.encode(), uvarint(len(sigs))] + [s.encode() for s in sigs]
         )
 
 
@@ -500,7 +500,7 @@ def encode_change_history(changes: Iterable[SignedChange]) -> bytes:
     for ch in changes:
         if not isinstance(ch, SignedChange):
             raise WireError(f"not a SignedChange: {ch!r}")
-    return _encode_uvarint(len(changes)) + b"".join(ch.encode() for ch in changes)
+    return uvarint(len(changes)) + b"".join(ch.encode() for ch in changes)
 
 
 def _read_key_change_data(buf: _Buf, pos: int, end: int) -> Tuple[KeyChangeData, int]:
@@ -577,7 +577,7 @@ def construct_decode_change_history(data: bytes) -> Tuple[SignedChange, ...]:
         except UnicodeDecodeError:
             raise WireError("key label is not UTF-8") from None
 
-    obj = _construct_call(parse, "change history")
+    obj = construct_call(parse, "change history")
     out = []
     for sc in obj:
         d = sc.change.data
@@ -618,4 +618,4 @@ def construct_encode_change_history(changes: Iterable[SignedChange]) -> bytes:
         )
         for sc in changes
     ]
-    return _construct_call(lambda: CHANGE_HISTORY_STRUCT.build(value), "change history")
+    return construct_call(lambda: CHANGE_HISTORY_STRUCT.build(value), "change history")

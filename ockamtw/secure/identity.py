@@ -352,6 +352,14 @@ class LocalIdentity(Identity):
         public = Identity.from_export(export)
         return cls(public.changes, _private_key(secret_key))
 
+    def secret(self) -> bytes:
+        """
+        The 32-byte seed of the current root key (L{from_secret} takes it
+        back); for keeping the identity elsewhere, e.g. sealed in a
+        database.
+        """
+        return _seed_bytes(self._key)
+
     def rotate(self, seed: Optional[bytes] = None) -> "LocalIdentity":
         """
         A new L{LocalIdentity} whose history adds a RotateKey to a new root

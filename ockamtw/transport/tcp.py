@@ -23,9 +23,7 @@ connection has TCP keepalive with short timings.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from typing import Dict, List, Optional, Union
 
 from twisted.application.internet import backoffPolicy
@@ -36,12 +34,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..access import ANYONE
+from ..endpoints import client_endpoint, client_target, server_description, split_hostport
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
-from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, IWorker
+from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, ITransport, IWorker
 from ..logs import short
-from ..node import InFlight, gather
-from ..routing import Address
+from ..deferred import InFlight, gather
+from ..routing import TCP, Address
 from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
 from .limits import (
     CLOSED_BUDGET,
@@ -60,103 +59,9 @@ MODE_LISTENING = "Listening"
 MODE_OUTGOING = "Remote connection"
 MODE_ACCEPTED = "Accepted"
 
-#: Endpoint-string prefixes that are not endpoint plugins but host names.
-_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-_]+)):(?P<port>\d{1,5})$")
-
-
-def _split_hostport(text: str):
-    """
-    C{"host:port"} or C{"[v6]:port"} to (host, port), or C{None} when the
-    text is not of that shape.
-    """
-    m = _HOSTPORT.match(text.strip())
-    if m is None:
-        return None
-    port = int(m.group("port"))
-    if port > 65535:
-        raise WireError(f"port {port} in {text!r} is above 65535")
-    return (m.group("v6") or m.group("host"), port)
-
-
-#: The listen backlog of listeners given as a port or host:port (Twisted's
-#: default of 50 drops bursts of new connections).
-LISTEN_BACKLOG = 1024
-
-#: Endpoint types that "NAME:PORT" could mean; any other NAME is a host.
-_ENDPOINT_TYPES = frozenset(["tcp", "tcp6", "unix", "ssl", "tls", "systemd", "onion", "tor", "le", "lets"])
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def server_description(text: Union[str, int]) -> str:
-    """
-    A server endpoint string for what a user typed: a bare port means
-    loopback (C{7000} -> C{tcp:7000:interface=127.0.0.1:backlog=1024}), C{host:port}
-    binds that host, anything else is an endpoint string already.
-    """
-    text = str(text).strip()
-    if text.isascii() and text.isdigit():
-        if int(text) > 65535:
-            raise WireError(f"port {text} is above 65535")
-        return f"tcp:{int(text)}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
-    hp = _split_hostport(text)
-    if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
-        host, port = hp
-        kind = "tcp6" if ":" in host else "tcp"
-        return f"{kind}:{port}:interface={_escape(host)}:backlog={LISTEN_BACKLOG}"
-    if ":" not in text:
-        raise WireError(f"not a port, host:port or endpoint string: {text!r}")
-    return text
-
-
-def client_target(text: str, hostport_only: bool = False):
-    """
-    Parse a connect target: C{host:port}, C{[v6]:port}, C{1#host:port} or a
-    client endpoint string.  Returns C{("hostport", host, port)} or
-    C{("endpoint", description)}.
-
-    With C{hostport_only} (a TCP hop named in a route), endpoint strings
-    (C{unix:/path}, ...) are refused.
-    """
-    text = text.strip()
-    if text.startswith("1#"):
-        text = text[2:]
-    hp = _split_hostport(text)
-    if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
-        return ("hostport", hp[0], hp[1])
-    if hostport_only:
-        raise WireError(f"a TCP address in a route is HOST:PORT, not {text!r}")
-    if ":" not in text:
-        raise WireError(f"not host:port or an endpoint string: {text!r}")
-    return ("endpoint", text)
-
-
-def client_endpoint(reactor, target: str, timeout: float = 10.0, hostport_only: bool = False):
-    """
-    A client endpoint for C{target} (see L{client_target}) and the
-    C{host:port} key it is known by.
-
-    @raise WireError: for a target that is neither.
-    """
-    kind = client_target(target, hostport_only)
-    if kind[0] == "hostport":
-        _, host, port = kind
-        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        # An IP literal needs no name resolution (HostnameEndpoint would
-        # still run getaddrinfo on a thread, and wait 0.3 s between
-        # attempts at a refused address).
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout), key
-        cls = endpoints.TCP6ClientEndpoint if literal.version == 6 else endpoints.TCP4ClientEndpoint
-        return cls(reactor, host, port, timeout=timeout), key
-    try:
-        return endpoints.clientFromString(reactor, kind[1]), kind[1]
-    except (ValueError, TypeError, KeyError) as e:
-        raise WireError(f"bad endpoint {target!r}: {e}") from None
+# The endpoint helpers live in ockamtw.endpoints; the old private name is
+# kept for callers.
+_split_hostport = split_hostport
 
 
 def _peer_text(addr) -> str:
@@ -801,10 +706,14 @@ class KeptConnection:
         return succeed(None)
 
 
+@implementer(ITransport)
 class TcpTransport:
     """
-    A node's TCP transport: C{node.tcp}.
+    A node's TCP transport: C{node.tcp}, registered with the node for TCP
+    addresses (C{1#host:port}).
     """
+
+    address_type = TCP
 
     #: Seconds to wait for an outgoing connection.
     connect_timeout = 10.0
@@ -973,6 +882,17 @@ class TcpTransport:
             return succeed(conn)
         key = target[2:] if target.startswith("1#") else target
         return self._connecting.wait(key, lambda: self.connect(target))
+
+    def connect_hop(self, value: str) -> Deferred:
+        """
+        ITransport: the connection for C{1#value} named in a route (C{value}
+        is C{host:port}; endpoint strings are refused): see
+        L{connect_shared}.
+        """
+        try:
+            return self.connect_shared(value, route_hop=True)
+        except WireError as e:
+            return fail(e)
 
     def connection_to(self, target: str) -> Optional[TcpConnection]:
         """

@@ -1,0 +1,151 @@
+"""
+Mistakes and refusals are reported at once, on the side that asked, with
+the reason (issue #11 item 4), instead of as a time-out with the reason only
+in the far node's log:
+
+  - a route whose first hop is a local address with no worker;
+  - an inlet whose route cannot work, or whose outlet refuses it (not
+    authorized, or its target is unreachable): the client is closed at
+    once, and the inlet shows the reason and is Down;
+  - a relay name that is taken (tests/test_relay.py, test_takeOverRefused);
+  - a secure channel to something that is not a listener.
+
+Real loopback sockets, port 0; every wait bounded.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ockamtw import Node, RouteUnreachable, Route, encode_string
+from ockamtw.secure.errors import SecureChannelError
+
+from tests import test_portal as tp
+from tests.helpers import async_test
+
+
+class RequestTests(SynchronousTestCase):
+    def test_unknownLocalFirstHopFailsAtOnce(self):
+        node = Node(MemoryReactorClock(), name="n1")
+        for route in ("/service/nobody", Route(["garbage", "echo"])):
+            d = node.request(route, b"x", timeout=10)
+            f = self.failureResultOf(d, RouteUnreachable)
+            self.assertIn("no worker at /service/", str(f.value))
+        self.successResultOf(node.request("/service/echo", b"x", timeout=10))
+
+
+class InletTests(tp.PortalTestCase):
+    timeout = 30
+
+    async def client_closed_at_once(self, inlet, bound: float = 1.0) -> float:
+        port = int(inlet.socket_address.rsplit(":", 1)[1])
+        client = await self.connect_client(port, tp.Collector())
+        client.transport.write(b"anyone?")
+        started = time.monotonic()
+        await client.when_lost(bound + 2, "the client closed")
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, bound, "the client waited for a time-out")
+        self.assertEqual(bytes(client.data), b"")
+        return elapsed
+
+    @async_test
+    async def test_route_to_nothing(self):
+        """
+        An inlet to a local address with no worker is Down and says why
+        from the start.
+        """
+        n1 = self.make_node("n1")
+        inlet = await n1.create_inlet("127.0.0.1:0", "/service/nothing", ping_timeout=10)
+        await tp.wait_until(lambda: inlet.last_error is not None, 2, "the inlet's reason")
+        self.assertEqual(inlet.status, "Down")
+        self.assertIn("no worker at /service/nothing", inlet.last_error)
+
+    async def refused(self, flow_control: bool):
+        targets, target_port = await self.start_target(tp.EchoTarget)
+        n2, l2 = await self.listening_node("n2")
+        outlet = await n2.create_outlet(
+            "private", f"127.0.0.1:{target_port}", authorized=["P" + "0" * 64], flow_control=flow_control
+        )
+        n1 = self.make_node("n1")
+        inlet = await n1.create_inlet(
+            "127.0.0.1:0", f"/ip4/127.0.0.1/tcp/{l2.port}/service/private", ping_timeout=10, flow_control=flow_control
+        )
+        await self.within(inlet.route(), 5, "the route")
+        elapsed = await self.client_closed_at_once(inlet)
+        tp.figure(f"refused inlet (flow control {flow_control}): client closed after {elapsed * 1000:.0f} ms")
+        self.assertEqual(targets.protocols, [])
+        self.assertEqual(outlet.unauthorized, 1)
+        self.assertEqual(inlet.status, "Down")
+        return inlet
+
+    @async_test
+    async def test_refused_by_the_outlet(self):
+        """
+        An outlet's authorized list refuses the inlet's Ping: the outlet
+        answers (Refuse, between ockamtw ends), the client is closed at once
+        and the inlet says why.
+        """
+        inlet = await self.refused(flow_control=True)
+        self.assertEqual(inlet.last_error, "refused by the outlet: not authorized")
+
+    @async_test
+    async def test_refused_as_ockam_083(self):
+        """
+        Without ockamtw's extensions on either end (an Ockam 0.83 peer), the
+        refusal is a Disconnect: the client is closed at once all the same.
+        """
+        inlet = await self.refused(flow_control=False)
+        self.assertIn("before opening it", inlet.last_error)
+
+    @async_test
+    async def test_target_unreachable(self):
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Protocol))
+        dead = port.getHost().port
+        await port.stopListening()
+        n1 = self.make_node("n1")
+        await n1.create_outlet("outlet", f"127.0.0.1:{dead}")
+        inlet = await n1.create_inlet("127.0.0.1:0", "/service/outlet", ping_timeout=10)
+        await self.client_closed_at_once(inlet)
+        self.assertEqual(inlet.last_error, "refused by the outlet: the outlet cannot reach its target")
+        self.assertEqual(inlet.status, "Down")
+
+
+class SecureChannelTests(tp.PortalTestCase):
+    @async_test
+    async def test_not_a_listener(self):
+        """
+        A secure channel pointed at something that is not a listener (here
+        C{echo}, which sends M1 back) fails at once with a sentence, not
+        with a decoding error.
+        """
+        n2, l2 = await self.listening_node("n2")
+        n1 = self.make_node("n1")
+        route = f"/ip4/127.0.0.1/tcp/{l2.port}/service/echo"
+        started = time.monotonic()
+        e = await self.within(self.assertFailure(n1.create_secure_channel(route, timeout=10), SecureChannelError), 3, "failure")
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertEqual(str(e), f"{route} did not answer as a secure channel listener")
+
+
+class MessageTests(tp.PortalTestCase):
+    @async_test
+    async def test_unreachable_said_once(self):
+        """
+        "cannot connect to HOST:PORT" appears once in the reason, not twice.
+        """
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Protocol))
+        dead = port.getHost().port
+        await port.stopListening()
+        n1 = self.make_node("n1")
+        e = await self.within(
+            self.assertFailure(n1.request(f"/ip4/127.0.0.1/tcp/{dead}/service/echo", b"x", timeout=5), RouteUnreachable),
+            6,
+            "the failure",
+        )
+        self.assertEqual(str(e).count(f"cannot connect to 127.0.0.1:{dead}"), 1, str(e))
