@@ -551,9 +551,9 @@ def _fatal(line: str) -> None:
     there is one (its logging may not have begun yet), exit status 1.  A
     daemonizing twistd's parent, which waits for its child's word, gets the
     line and exits with status 1 too (it would wait for ever otherwise);
-    the pid file written for this process is removed.
+    the pid file written for this process is removed first, so that it is
+    gone when twistd (or its parent) has exited.
     """
-    _tell_daemon_parent(line)
     stream = sys.__stderr__ or sys.stderr
     try:
         stream.write(line + "\n")
@@ -566,6 +566,7 @@ def _fatal(line: str) -> None:
         except OSError:
             pass
     _remove_own_pidfile()
+    _tell_daemon_parent(line)
     raise SystemExit(1)
 
 
