@@ -44,7 +44,10 @@ def render(doc) -> str:
     L = []
     m, c = doc["machine"], doc["commit"]
     L.append(f"Command: `{doc['command']}` ({doc['mode']} mode), {doc['started']}, {doc['elapsed_s']} s.  ")
-    L.append(f"Commit: `{c.get('commit')}`{' (with uncommitted changes)' if c.get('dirty') else ''}.  ")
+    if c.get("commit"):
+        L.append(f"Commit: `{c['commit']}`{' (with uncommitted changes)' if c.get('dirty') else ''}.  ")
+    else:
+        L.append("Commit: unknown (not run from a git checkout).  ")
     L.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
              f"{m.get('os')}, Linux {m.get('kernel')}, Python {m.get('python')}.  ")
     vers = "; ".join(f"{k}: {v}" for k, v in doc["versions"].items() if v)

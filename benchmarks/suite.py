@@ -823,6 +823,10 @@ class Suite:
         def ratio(a, b):
             return round(a / b, 3) if a is not None and b else None
 
+        def shown(v, unit=""):
+            # A missing figure (a peer not run, a scenario skipped) in a detail.
+            return "not measured" if v is None else f"{v}{unit}"
+
         def add(name, value, target, met, detail, op, key=None):
             # target None: a ratio for information, with no goal (met is None).
             entry = {"name": name, "value": value, "target": target, "op": op,
@@ -839,9 +843,9 @@ class Suite:
             soc = get(scn, "socat", "gbit_s", "median")
             suffix = "" if variant == "up" else f" ({variant})"
             add(f"relay throughput / ssh -R{suffix}", ratio(rel, ssh), 1.0, lambda v: v >= 1.0,
-                f"{rel} vs {ssh} Gbit/s", ">=")
+                f"{shown(rel, ' Gbit/s')} vs ssh -R {shown(ssh, ' Gbit/s')}", ">=")
             add(f"inlet->outlet throughput / socat{suffix}", ratio(io, soc), 0.8, lambda v: v >= 0.8,
-                f"{io} vs {soc} Gbit/s", ">=")
+                f"{shown(io, ' Gbit/s')} vs socat {shown(soc, ' Gbit/s')}", ">=")
         sec = self.secure_summary()
         if sec:
             for variant in ("up", "down", "p4"):
@@ -855,21 +859,23 @@ class Suite:
                 c = sec["secure_relay_vs_relay"][f"throughput_{variant}"]
                 suffix = "" if variant == "up" else f" ({variant})"
                 add(f"secure_relay_vs_relay: throughput{suffix}", c["ratio"], None, None,
-                    f"{c['secure']} vs {c['relay']} Gbit/s (secure channel vs the same relay path without)", "",
+                    f"{shown(c['secure'], ' Gbit/s')} vs {shown(c['relay'], ' Gbit/s')} (secure channel vs the same "
+                    "relay path without)", "",
                     key=f"secure_relay_vs_relay_throughput_{variant}")
             rust = sec["vs_ockam_rust_portal"]
             add("secure portal / Ockam's Rust portal (published ~1.5 Gbit/s with its secure channel)",
                 rust["ratio"], None, None,
-                f"{rust['ours_gbit_s']} vs {rust['published_gbit_s']} Gbit/s (a published figure, not measured "
+                f"{shown(rust['ours_gbit_s'], ' Gbit/s')} vs {rust['published_gbit_s']} Gbit/s (a published figure, not measured "
                 "here: other machine, other conditions)", "", key="secure_vs_ockam_rust_portal")
         rl = get("latency_64b", "ockam_relay", "added_p50_us")
         pf = get("latency_64b", "twisted_portforward", "added_p50_us")
         add("added 64-byte RTT: relay / portforward", ratio(rl, pf), 2.0, lambda v: v <= 2.0,
-            f"+{rl} us vs +{pf} us (p50 over direct)", "<=")
+            f"relay {shown(None if rl is None else f'+{rl}', ' us')} vs portforward "
+            f"{shown(None if pf is None else f'+{pf}', ' us')} (p50 over direct)", "<=")
         sp = get("connection_setup", "ockam_relay", "p99_ms", "median")
         ss = get("connection_setup", "ssh_R", "p99_ms", "median")
         add("new connection through the relay, p99 (ms)", sp, 2.0, lambda v: v < 2.0,
-            f"ssh -R p99 {ss} ms", "<")
+            f"ssh -R p99 {shown(ss, ' ms')}", "<")
         conc = R.get("concurrent_connections", {}).get("results", {})
         for n, entry in conc.items():
             nodes = entry.get("nodes") or {}
@@ -900,7 +906,7 @@ class Suite:
             lo, hi = fw[ks[0]], fw[ks[-1]]
             a, b = hi["routed_p50_us"]["median"], lo["routed_p50_us"]["median"]
             add(f"relay with {ks[-1]} forwarders / {ks[0]}: routed p50", ratio(a, b), 1.25, lambda v: v <= 1.25,
-                f"{a} vs {b} us", "<=")
+                f"{shown(a, ' us')} vs {shown(b, ' us')}", "<=")
         hol = R.get("head_of_line", {}).get("results", {})
         for name in ("ockam_relay", "ockam_inlet_outlet", "ssh_R"):
             h = hol.get(name)
@@ -908,12 +914,13 @@ class Suite:
                 continue
             add(f"head-of-line ({name}): neighbour pings stalled", h.get("neighbour_stalled"), 0,
                 lambda v: v == 0, f"during flood p50 "
-                f"{(h.get('neighbour_during') or {}).get('p50_us')} us, "
-                f"stalled stream accepted {h.get('stalled_stream_bytes_accepted')} bytes", "==")
+                f"{shown((h.get('neighbour_during') or {}).get('p50_us'), ' us')}, "
+                f"stalled stream accepted {shown(h.get('stalled_stream_bytes_accepted'), ' bytes')}", "==")
             loss = h.get("neighbour_bulk_loss")
             add(f"head-of-line ({name}): neighbour echo throughput before / during", loss, 2,
                 lambda v: v is not None and v <= 2,
-                f"{h.get('neighbour_bulk_before_mbps')} vs {h.get('neighbour_bulk_during_mbps')} MB/s", "<=")
+                f"{shown(h.get('neighbour_bulk_before_mbps'), ' MB/s')} vs "
+                f"{shown(h.get('neighbour_bulk_during_mbps'), ' MB/s')}", "<=")
             growth = h.get("rss_growth_kib") or {}
             worst = max(growth.values(), default=None)
             if name.startswith("ockam"):

@@ -142,6 +142,18 @@ class NodeLog:
 #: The log L{Options} set up for this process (read by L{logObserver}).
 _node_log: Optional[NodeLog] = None
 
+#: The pid file twistd writes for this process, if any (set by L{Options};
+#: L{_fatal} removes it when it names this process).
+_pidfile: Optional[str] = None
+
+#: twistd's options for this process (set by L{Options}): L{_fatal} tells
+#: a daemonizing twistd's waiting parent through its C{statusPipe}.
+_twistd_options: Optional[usage.Options] = None
+
+#: twistd's default pid file, which a foreground C{twistd -n ockam} does not
+#: write (see L{Options._foreground_pidfile}).
+TWISTD_PIDFILE = "twistd.pid"
+
 
 def logObserver():
     """
@@ -158,16 +170,26 @@ class Options(usage.Options):
     Options of C{twistd ockam}.
     """
 
-    synopsis = "[--name NAME] [--listen PORT|HOST:PORT|ENDPOINT]"
+    #: The command named in usage messages; L{run} makes it C{ockamtw-node}.
+    program = "twistd ockam"
+
     longdesc = (
         "Run an Ockam node with the echo, uppercase and hop services. "
         "--listen 7000 listens on 127.0.0.1:7000; any server endpoint string "
-        "is accepted too, e.g. tcp:7000:interface=0.0.0.0."
+        "is accepted too, e.g. tcp:7000:interface=0.0.0.0. "
+        "twistd's own options (twistd --help) go before ockam; in the foreground (-n) "
+        "no pid file is written unless --pidfile names one other than twistd.pid."
     )
     optParameters = [
         ["name", None, None, "The node's name (random by default)."],
         ["listen", None, None, "Where to listen: a port (on 127.0.0.1), HOST:PORT or an endpoint string."],
-        ["state", None, None, "A node directory (as `ockam node create` makes): restore and keep its state there, and serve the control API on its control.sock."],
+        [
+            "state",
+            None,
+            None,
+            "A node directory (as `ockam node create` makes): restore and keep its state there, "
+            "and serve the control API on its control.sock.",
+        ],
     ]
 
     def opt_log_max_size(self, value: str) -> None:
@@ -332,6 +354,10 @@ class Options(usage.Options):
         self["handshake"].update(fields)
 
     def opt_listen(self, value: str) -> None:
+        """
+        Where to listen: a port (on 127.0.0.1), HOST:PORT or an endpoint
+        string.
+        """
         try:
             self["listen"] = server_description(value)
         except WireError as e:
@@ -339,6 +365,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
+        # Help texts are docstrings: one paragraph each, so that --help
+        # wraps them (twistd's wrapping keeps a docstring's indentation).
+        self.docs = {name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()}
         self["connect"] = []
         self["outlet"] = []
         self["inlet"] = []
@@ -369,8 +398,8 @@ class Options(usage.Options):
     def opt_inlet(self, value: str) -> None:
         """
         LISTEN=ROUTE: a TCP inlet listening at LISTEN (HOST:PORT, a port, or
-        an endpoint string) to the outlet at ROUTE (repeatable), e.g.
-        127.0.0.1:6000=/ip4/127.0.0.1/tcp/7000/service/forward_to_n3/service/outlet.
+        an endpoint string) to the outlet at ROUTE, MultiAddr text such as
+        /ip4/127.0.0.1/tcp/7000/service/outlet (repeatable).
         """
         cut = value.rfind("=/")
         if cut <= 0:
@@ -409,6 +438,25 @@ class Options(usage.Options):
             raise usage.UsageError(f"--connect: {e}") from None
         self["connect"].append(value)
 
+    def getSynopsis(self) -> str:
+        if self.program == "ockamtw-node":
+            return "Usage: ockamtw-node [options]\n   or: ockamtw-node [twistd options] ockam [options]"
+        return "Usage: twistd [twistd options] ockam [options]"
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse, and when twistd (or L{run}) is the caller, end a usage
+        mistake in two lines on stderr and exit status 2 instead of
+        twistd's full usage text.  Without a parent (an embedding program,
+        a test), L{usage.UsageError} is raised as usual.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            usage_exit(self.program, e)
+
     def postOptions(self) -> None:
         for kind in ("outlet", "relay"):
             names = [item[0] for item in self[kind]]
@@ -417,7 +465,25 @@ class Options(usage.Options):
         name = self["name"]
         if name is not None and (name == "" or "/" in name or name.strip() != name):
             raise usage.UsageError(f"--name: not a valid node name: {name!r}")
+        self._foreground_pidfile()
         self._rotate_twistd_log()
+
+    def _foreground_pidfile(self) -> None:
+        """
+        A foreground node (C{twistd -n ockam}) writes no pid file unless
+        C{--pidfile} names one other than twistd's default C{twistd.pid}:
+        several nodes started in one directory (C{twistd -n ockam ... &},
+        as the README does) would otherwise refuse to start, each finding
+        the first one's C{twistd.pid}.  A daemon keeps twistd's default.
+        """
+        global _pidfile, _twistd_options
+        parent = getattr(self, "parent", None)
+        if not isinstance(parent, usage.Options) or "pidfile" not in parent:
+            return
+        _twistd_options = parent
+        if parent.get("nodaemon") and parent["pidfile"] == TWISTD_PIDFILE:
+            parent["pidfile"] = ""
+        _pidfile = os.path.abspath(parent["pidfile"]) if parent["pidfile"] else None
 
     def _rotate_twistd_log(self) -> None:
         """
@@ -482,7 +548,11 @@ def _fatal(line: str) -> None:
     """
     End twistd before the reactor runs: one line on the real stderr (twistd
     has redirected sys.stderr into its log by now) and in the log file if
-    there is one (its logging may not have begun yet), exit status 1.
+    there is one (its logging may not have begun yet), exit status 1.  A
+    daemonizing twistd's parent, which waits for its child's word, gets the
+    line and exits with status 1 too (it would wait for ever otherwise);
+    the pid file written for this process is removed first, so that it is
+    gone when twistd (or its parent) has exited.
     """
     stream = sys.__stderr__ or sys.stderr
     try:
@@ -495,7 +565,54 @@ def _fatal(line: str) -> None:
             _node_log.critical(line)
         except OSError:
             pass
+    _remove_own_pidfile()
+    _tell_daemon_parent(line)
     raise SystemExit(1)
+
+
+def _tell_daemon_parent(line: str) -> None:
+    """
+    Write C{line} as a failure (C{"1 ..."}, at most 100 bytes) to the pipe
+    a daemonizing twistd's parent reads; twistd itself writes it only for
+    an L{Exception}, not for the L{SystemExit} of L{_fatal}.
+    """
+    if _twistd_options is None:
+        return
+    pipe = _twistd_options.get("statusPipe")
+    if pipe is None:
+        return
+    _twistd_options["statusPipe"] = None
+    try:
+        os.write(pipe, f"1 {line}".encode("ascii", "backslashreplace")[:100])
+        os.close(pipe)
+    except OSError:
+        pass
+
+
+def _remove_own_pidfile() -> None:
+    """
+    Remove the pid file twistd wrote for this process: twistd removes it
+    only when the reactor has run, and a failed start ends before.  A pid
+    file naming another process (a node already running there) is left.
+    """
+    if not _pidfile:
+        return
+    try:
+        with open(_pidfile) as f:
+            pid = int(f.read().strip() or 0)
+        if pid == os.getpid():
+            os.remove(_pidfile)
+    except (OSError, ValueError):
+        pass
+
+
+def usage_exit(program: str, error) -> None:
+    """
+    End a usage mistake: two lines on stderr, exit status 2.
+    """
+    print(f"{program}: {error}", file=sys.stderr)
+    print(f"Run '{program} --help' for the options.", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _at_once(node: Node, what: str, d):
@@ -778,11 +895,16 @@ def run(argv=None) -> None:
 
     maker = ServiceMaker("ockamtw", "ockamtw.tap", "An Ockam node (ockamtw)", "ockam")
 
+    def options() -> Options:
+        o = Options()
+        o.program = "ockamtw-node"
+        return o
+
     class _Config(twistd.ServerOptions):
         @property
         def subCommands(self):
             self.loadedPlugins = {"ockam": maker}
-            return [("ockam", None, lambda: maker.options(), maker.description)]
+            return [("ockam", None, options, maker.description)]
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "ockam" not in args:
@@ -790,11 +912,8 @@ def run(argv=None) -> None:
     config = _Config()
     try:
         config.parseOptions(args)
-    except usage.error as e:
-        cmd = config.subOptions if config.subOptions is not None else config
-        print(cmd, file=sys.stderr)
-        print(f"ockamtw-node: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    except usage.error as e:  # twistd's own options (ockam's exit in Options)
+        usage_exit("ockamtw-node", e)
     twistd.runApp(config)
 
 

@@ -75,6 +75,31 @@ def ipv6_loopback_available() -> bool:
         s.close()
 
 
+def held_port(testcase, host: str = "127.0.0.1") -> int:
+    """
+    A TCP port on C{host} that refuses connections and that no other
+    program can take while the test runs: a socket bound to it (with
+    SO_REUSEADDR) that does not listen, closed at cleanup.
+
+    Use it instead of closing a port and reusing its number (another
+    program may be given that number meanwhile): connecting to it is
+    refused; the test's own listeners (Twisted's set SO_REUSEADDR, as do
+    the nodes') may still listen on it and stop again, while a program
+    that binds port 0 is never given it (for an automatic port, Linux does
+    not share one that a socket is bound to).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, 0))
+    except OSError:
+        s.close()
+        raise
+    testcase.addCleanup(s.close)
+    return s.getsockname()[1]
+
+
 # --- hand-written BARE, independent of ockamtw.wire ------------------------
 
 
@@ -359,16 +384,18 @@ class NodeProcess(ProcessProtocol):
         return deadline(d, seconds, "process exit")
 
 
-def spawn(testcase, argv: List[str], cwd: Optional[str] = None) -> NodeProcess:
+def spawn(testcase, argv: List[str], cwd: Optional[str] = None, env: Optional[dict] = None) -> NodeProcess:
     """
-    Start C{argv}; at cleanup the process is killed (if still running) and
-    reaped.
+    Start C{argv} (with L{subprocess_env} updated by C{env}); at cleanup
+    the process is killed (if still running) and reaped.
     """
     proto = NodeProcess()
     if cwd is None:
         cwd = testcase.mktemp()
         os.makedirs(cwd)
-    transport = reactor.spawnProcess(proto, argv[0], argv, env=subprocess_env(), path=cwd)
+    environment = subprocess_env()
+    environment.update(env or {})
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=environment, path=cwd)
 
     def cleanup():
         if proto.exit is None:

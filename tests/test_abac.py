@@ -5,9 +5,9 @@ environment and the decision, the access-policy adapter, and property tests
 (display text parses back to an equal expression; the parser raises only
 L{PolicyError}; the evaluator raises only the five L{EvalError} kinds).
 
-The vectors are read from C{tests/data/project-api-vectors.json}, a copy of
-C{../shared/conformance/project-api-vectors.json}; L{VectorFileTests} checks
-that the copy has not drifted when the shared file is present.
+The vectors are read from C{tests/data/project-api-vectors.json}
+(C{tests/data/README.md} says where it comes from; L{tests.test_data_files}
+checks it is unchanged).
 """
 
 import json
@@ -16,7 +16,7 @@ import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from ockamtw import abac
@@ -55,10 +55,8 @@ from ockamtw.errors import OckamError
 from ockamtw.interfaces import IAccessPolicy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 VECTORS_NAME = "project-api-vectors.json"
 VECTORS_COPY = os.path.join(HERE, "data", VECTORS_NAME)
-VECTORS_SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "conformance", VECTORS_NAME)
 
 PROPERTY = settings(
     max_examples=150,
@@ -80,7 +78,7 @@ def load_vectors(testcase):
     """
     if not _vectors_cache:
         if not os.path.exists(VECTORS_COPY):
-            testcase.fail(f"vectors missing: {VECTORS_COPY} must be a copy of ../shared/conformance/{VECTORS_NAME}")
+            testcase.fail(f"vectors missing: {VECTORS_COPY} (see tests/data/README.md)")
         with open(VECTORS_COPY, "rb") as f:
             _vectors_cache.append(json.loads(f.read().decode("utf-8")))
     return _vectors_cache[0]
@@ -143,21 +141,6 @@ class Connection:
 
 
 # --- the vector file ---------------------------------------------------------
-
-
-class VectorFileTests(SynchronousTestCase):
-    def test_copyMatchesShared(self):
-        """
-        tests/data/project-api-vectors.json is byte for byte the shared file.
-        """
-        if not os.path.exists(VECTORS_SHARED):
-            raise SkipTest(f"{VECTORS_SHARED} is absent; cannot compare the copy with it")
-        self.assertTrue(os.path.exists(VECTORS_COPY), f"{VECTORS_COPY} is missing")
-        with open(VECTORS_SHARED, "rb") as f:
-            shared = f.read()
-        with open(VECTORS_COPY, "rb") as f:
-            copy = f.read()
-        self.assertEqual(copy, shared, f"{VECTORS_COPY} differs from {VECTORS_SHARED}: copy the shared file again")
 
 
 class VectorTests(SynchronousTestCase):

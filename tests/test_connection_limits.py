@@ -33,7 +33,7 @@ from ockamtw.wire import MAX_FRAME
 
 from .helpers import RawFrameClient, accepted_connection, async_test, connect_raw, deadline, start_node
 
-# From ../shared/conformance/vectors.json: "uppercase request as a TCP
+# From tests/data/vectors.json: "uppercase request as a TCP
 # frame" and its reply (as in tests.test_tcp_unit).
 UPPERCASE_REQUEST_FRAME = bytes.fromhex(
     "0037010100097570706572636173650100203031323334353637383961626364656630313233343536373839616263646566060568656c6c6f"

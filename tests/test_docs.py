@@ -7,7 +7,7 @@ import re
 import sys
 
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,5 +50,96 @@ class ExampleRunTests(TestCase):
             self.assertIn("relay forward_to_n3 is Up", text)
             self.assertIn("HELLO", text)
             self.assertIn("hello from behind the relay", text)
+
+        return d.addCallback(check)
+
+
+class TableTests(SynchronousTestCase):
+    def test_tablesAreWhole(self):
+        """
+        Every table of the docs starts with its header and separator rows:
+        rows after a blank line inside a table start a new "table" without
+        a header, which renders as raw C{|} text.
+        """
+        from .docblocks import DOCUMENTS
+
+        for document in DOCUMENTS:
+            lines = _read(document).split("\n")
+            fenced = False
+            for i, line in enumerate(lines):
+                if line.startswith("```"):
+                    fenced = not fenced
+                if fenced or not line.startswith("|"):
+                    continue
+                if i > 0 and lines[i - 1].startswith("|"):
+                    continue  # inside a table
+                self.assertRegex(
+                    lines[i + 1] if i + 1 < len(lines) else "",
+                    r"^\|(\s*:?-+:?\s*\|)+\s*$",
+                    f"{document}:{i + 1}: a table without a header (a blank line splitting a table?)",
+                )
+
+
+class ExamplesRunTests(SynchronousTestCase):
+    def test_everyExampleIsRun(self):
+        """
+        Each program in examples/ is run by a test, or by a documented
+        command that the tests run.
+        """
+        from .docblocks import all_blocks
+
+        run_text = "".join(
+            _read("tests", name) for name in os.listdir(os.path.join(REPO, "tests")) if name.startswith("test_")
+        )
+        run_text += "".join(b.text for b in all_blocks() if b.kind in ("run", "continues", "run after", "each line"))
+        for name in sorted(os.listdir(os.path.join(REPO, "examples"))):
+            if name.endswith(".py"):
+                self.assertTrue(
+                    f"examples/{name}" in run_text or f'"examples", "{name}"' in run_text,
+                    f"examples/{name} is run by no test",
+                )
+
+
+class DocsBuildTests(TestCase):
+    """
+    The README's command that builds the docs, as printed, in a copy of
+    docs/: Sphinx with -W (a warning fails the build), and no table that
+    renders as raw text.
+    """
+
+    timeout = 120
+
+    def test_build(self):
+        from .docblocks import all_blocks, shell_commands
+
+        blocks = [b for b in all_blocks() if b.marker == "run by tests/test_docs.py"]
+        self.assertEqual([b.document for b in blocks], ["README.md"])
+        [command] = shell_commands(blocks[0])
+        self.assertTrue(command.text.startswith("python -m sphinx -W docs "), command.text)
+        try:
+            import myst_parser  # noqa: F401
+            import sphinx  # noqa: F401
+        except ImportError as e:
+            raise SkipTest(f"Sphinx and myst-parser are not installed (pip install '.[docs]'): {e}")
+        import shlex
+        import shutil
+        import tempfile
+
+        work = tempfile.mkdtemp(prefix="ockdocs-")
+        self.addCleanup(shutil.rmtree, work, True)
+        shutil.copytree(os.path.join(REPO, "docs"), os.path.join(work, "docs"), ignore=shutil.ignore_patterns("_build"))
+        argv = shlex.split(command.text, comments=True)
+        self.assertEqual(argv[0], "python")
+        out_dir = os.path.join(work, argv[-1])
+        d = getProcessOutputAndValue(sys.executable, argv[1:], env=dict(os.environ), path=work)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, (out + err).decode()[-3000:])
+            pages = [name for name in os.listdir(out_dir) if name.endswith(".html")]
+            self.assertIn("running.html", pages)
+            for name in pages:
+                with open(os.path.join(out_dir, name), encoding="utf-8") as f:
+                    self.assertNotIn("<p>|", f.read(), f"{name}: a table rendered as text")
 
         return d.addCallback(check)

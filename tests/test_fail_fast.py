@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import time
 
-from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,7 +24,7 @@ from ockamtw import Node, RouteUnreachable, Route, encode_string
 from ockamtw.secure.errors import SecureChannelError
 
 from tests import test_portal as tp
-from tests.helpers import async_test
+from tests.helpers import async_test, held_port
 
 
 class RequestTests(SynchronousTestCase):
@@ -105,9 +102,7 @@ class InletTests(tp.PortalTestCase):
 
     @async_test
     async def test_target_unreachable(self):
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Protocol))
-        dead = port.getHost().port
-        await port.stopListening()
+        dead = held_port(self)  # refuses, and nobody else can take it
         n1 = self.make_node("n1")
         await n1.create_outlet("outlet", f"127.0.0.1:{dead}")
         inlet = await n1.create_inlet("127.0.0.1:0", "/service/outlet", ping_timeout=10)
@@ -139,9 +134,7 @@ class MessageTests(tp.PortalTestCase):
         """
         "cannot connect to HOST:PORT" appears once in the reason, not twice.
         """
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Protocol))
-        dead = port.getHost().port
-        await port.stopListening()
+        dead = held_port(self)  # refuses, and nobody else can take it
         n1 = self.make_node("n1")
         e = await self.within(
             self.assertFailure(n1.request(f"/ip4/127.0.0.1/tcp/{dead}/service/echo", b"x", timeout=5), RouteUnreachable),

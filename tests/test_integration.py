@@ -50,7 +50,7 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 #: The stand-in return address "A" of the conformance vectors.
 A = "0123456789abcdef0123456789abcdef"
 
-# Hex copied from ../shared/conformance/vectors.json, so that these tests do
+# Hex copied from tests/data/vectors.json, so that these tests do
 # not trust the codec under test.
 #: "uppercase request as a TCP frame": onward [0#uppercase], return [0#A], "hello".
 UPPERCASE_REQUEST_FRAME = bytes.fromhex(

@@ -5,10 +5,10 @@ cipher states with explicit nonces, and the error contract (every failure is
 a L{SecureChannelError} and kills the handshake).
 
 The vectors are read from C{tests/data/secure-channel-vectors.json} and
-C{tests/data/noise/cacophony-XX_25519_AESGCM_SHA256.json}, copies of the
-files under C{../shared/conformance/}; L{VectorFileTests} checks that the
-copies have not drifted when the shared files are present.  The loaders are
-shared with L{tests.test_identity} and L{tests.test_secure_codec}.
+C{tests/data/noise/cacophony-XX_25519_AESGCM_SHA256.json}
+(C{tests/data/README.md} says where they come from; L{tests.test_data_files}
+checks they are unchanged).  The loaders are shared with
+L{tests.test_identity} and L{tests.test_secure_codec}.
 """
 
 import json
@@ -17,7 +17,7 @@ import os
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw.errors import OckamError
 from ockamtw.secure.errors import SecureChannelError
@@ -31,16 +31,12 @@ from ockamtw.secure.noise import (
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
-SHARED_CONFORMANCE = os.path.join(os.path.dirname(REPO_ROOT), "shared", "conformance")
 
 SECURE_VECTORS_NAME = "secure-channel-vectors.json"
 SECURE_VECTORS_COPY = os.path.join(HERE, "data", SECURE_VECTORS_NAME)
-SECURE_VECTORS_SHARED = os.path.join(SHARED_CONFORMANCE, SECURE_VECTORS_NAME)
 
 CACOPHONY_NAME = "cacophony-XX_25519_AESGCM_SHA256.json"
 CACOPHONY_COPY = os.path.join(HERE, "data", "noise", CACOPHONY_NAME)
-CACOPHONY_SHARED = os.path.join(SHARED_CONFORMANCE, "noise", CACOPHONY_NAME)
 
 #: Modest settings so the module runs in a few seconds.
 PROPERTY = settings(
@@ -60,7 +56,7 @@ def _load(testcase, path):
     """
     if path not in _cache:
         if not os.path.exists(path):
-            testcase.fail(f"vector file missing: {path} must be a copy of ../shared/conformance")
+            testcase.fail(f"vector file missing: {path} (see tests/data/README.md)")
         try:
             with open(path, "rb") as f:
                 _cache[path] = json.loads(f.read().decode("utf-8"))
@@ -130,28 +126,6 @@ def run_handshake(i, r, payloads=(b"", b"", b"")):
 
 
 class VectorFileTests(SynchronousTestCase):
-    def _compare(self, copy, shared):
-        if not os.path.exists(shared):
-            raise SkipTest(f"{shared} is absent; cannot compare the copy with it")
-        self.assertTrue(os.path.exists(copy), f"{copy} is missing")
-        with open(shared, "rb") as f:
-            shared_bytes = f.read()
-        with open(copy, "rb") as f:
-            copy_bytes = f.read()
-        self.assertEqual(copy_bytes, shared_bytes, f"{copy} differs from {shared}: copy it again")
-
-    def test_secureVectorsMatchShared(self):
-        """
-        tests/data/secure-channel-vectors.json is byte for byte the shared file.
-        """
-        self._compare(SECURE_VECTORS_COPY, SECURE_VECTORS_SHARED)
-
-    def test_cacophonyMatchesShared(self):
-        """
-        tests/data/noise/<cacophony> is byte for byte the shared file.
-        """
-        self._compare(CACOPHONY_COPY, CACOPHONY_SHARED)
-
     def test_expectedSections(self):
         """
         The vector files hold what these tests read, so none passes vacuously.

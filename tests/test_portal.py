@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource as web_resource, server as web_server, static as web_static
 from zope.interface import implementer
 
@@ -48,6 +48,7 @@ from .helpers import (
     h_frame,
     h_message,
     h_string,
+    held_port,
     outbound_buffered,
     spawn,
     uvarint,
@@ -729,13 +730,14 @@ class PortalTestCase(TestCase):
         relay: bool = True,
         outlet: bool = True,
         flow_control: bool = True,
+        n2_listen: str = LOOPBACK,
     ):
         """
-        The seed's topology: n1 (inlet) -> n2 (relay node) -> n3 (relay
-        forward_to_n3, outlet to the target).
+        The seed's topology: n1 (inlet) -> n2 (relay node, listening at
+        C{n2_listen}) -> n3 (relay forward_to_n3, outlet to the target).
         """
         t = Topology()
-        t.n2, t.listener = await self.listening_node("n2")
+        t.n2, t.listener = await self.listening_node("n2", n2_listen)
         t.n3 = self.make_node("n3")
         t.n1 = self.make_node("n1")
         t.at = f"/ip4/127.0.0.1/tcp/{t.listener.port}"
@@ -1132,10 +1134,8 @@ class RefusedTargetTests(PortalTestCase):
 
     @async_test
     async def test_refused_target_closes_client(self):
-        # A port nothing listens on: one of ours, closed again.
-        port = await serverFromString(reactor, LOOPBACK).listen(Factory.forProtocol(Protocol))
-        dead = port.getHost().port
-        await port.stopListening()
+        # A port nothing listens on, and that nobody else can take.
+        dead = held_port(self)
 
         t = await self.topology(dead, ping_timeout=10)
         base = {n.name: n.worker_addresses() for n in (t.n1, t.n2, t.n3)}
@@ -1225,9 +1225,7 @@ class InletFirstTests(PortalTestCase):
         created; once n2 listens there (and n3 registers), a new client of
         the same inlet works.
         """
-        port = await serverFromString(reactor, LOOPBACK).listen(Factory.forProtocol(Protocol))
-        p2 = port.getHost().port
-        await port.stopListening()
+        p2 = held_port(self)  # refuses until n2 listens there; nobody else can take it
         targets, target_port = await self.start_target(EchoTarget)
         watch = pong_timeout_events(self)
         n1 = self.make_node("n1")
@@ -1290,8 +1288,17 @@ class RecoveryTests(PortalTestCase):
 
     @async_test
     async def test_relay_node_restarts_on_same_port(self):
+        """
+        n2 stops and a new n2 listens on its port: the relay registers
+        again and the inlet carries traffic again.  The port is held by the
+        test (L{held_port}), so nobody else takes it while n2 is down.
+        """
         targets, target_port = await self.start_target(EchoTarget)
-        t = await self.topology(target_port, ping_timeout=5, ping_interval=0.1, refresh=0.5, timeout=0.5)
+        held = held_port(self)
+        t = await self.topology(
+            target_port, ping_timeout=5, ping_interval=0.1, refresh=0.5, timeout=0.5,
+            n2_listen=f"tcp:{held}:interface=127.0.0.1",
+        )
         first = await self.echo_round_trip(t, b"before the restart")
         self.assertEqual(t.relay.status, "Up")
         port = t.listener.port
@@ -1673,6 +1680,27 @@ class TokenClient(Collector):
 class ManyConnectionsTests(PortalTestCase):
     timeout = 60
     N = 1000
+
+    def setUp(self):
+        """
+        Each connection takes four descriptors in this process (the client,
+        the inlet's socket, the outlet's target connection and the target's
+        end): raise the soft open-file limit (often 1024) to what the test
+        needs, or skip, saying so, when the hard limit does not allow it.
+        """
+        import resource
+
+        need = 4 * self.N + 512
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            if hard != resource.RLIM_INFINITY and hard < need:
+                raise SkipTest(
+                    f"{self.N} connections need {need} open files in this process; the hard limit is {hard} "
+                    "(ulimit -Hn)"
+                )
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        return super().setUp()
 
     @async_test
     async def test_1000_concurrent(self):

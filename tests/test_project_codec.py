@@ -7,10 +7,11 @@ as minicbor writes and reads it (tolerant and strict cases, cross-checked
 with cbor2), property round trips of every message type, and the error
 contract (bad bytes raise L{WireError} and nothing else).
 
-The vectors are read by L{project_vectors}: C{tests/data/project-api-vectors.json}
-when present, else C{../shared/conformance/project-api-vectors.json}; a test
-fails (never skips) when neither exists.  The loader is shared with
-L{tests.test_project_credentials} and L{tests.test_project_info}.
+The vectors are read by L{project_vectors} from
+C{tests/data/project-api-vectors.json} (C{tests/data/README.md} says where
+it comes from); a test fails (never skips) when it is missing.  The loader
+is shared with L{tests.test_project_credentials} and
+L{tests.test_project_info}.
 """
 
 import io
@@ -66,10 +67,8 @@ from ockamtw.secure.identity import LocalIdentity
 from ockamtw.wire import TransportMessage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(HERE)
 VECTORS_NAME = "project-api-vectors.json"
 VECTORS_COPY = os.path.join(HERE, "data", VECTORS_NAME)
-VECTORS_SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "conformance", VECTORS_NAME)
 
 PROPERTY = settings(
     max_examples=80,
@@ -83,21 +82,19 @@ _cache = {}
 
 def project_vectors(testcase):
     """
-    The project API vectors: the copy in C{tests/data} when there is one,
-    else the shared file.  Fails the calling test (never skips) when neither
-    exists or the file is not JSON.
+    The project API vectors of C{tests/data}.  Fails the calling test
+    (never skips) when the file is missing or not JSON.
     """
-    for path in (VECTORS_COPY, VECTORS_SHARED):
-        if path in _cache:
-            return _cache[path]
-        if os.path.exists(path):
-            try:
-                with open(path, "rb") as f:
-                    _cache[path] = json.loads(f.read().decode("utf-8"))
-            except ValueError as e:
-                testcase.fail(f"vector file {path} is not valid JSON: {e}")
-            return _cache[path]
-    testcase.fail(f"vector file missing: neither {VECTORS_COPY} nor {VECTORS_SHARED} exists")
+    path = VECTORS_COPY
+    if path not in _cache:
+        if not os.path.exists(path):
+            testcase.fail(f"vector file missing: {path} (see tests/data/README.md)")
+        try:
+            with open(path, "rb") as f:
+                _cache[path] = json.loads(f.read().decode("utf-8"))
+        except ValueError as e:
+            testcase.fail(f"vector file {path} is not valid JSON: {e}")
+    return _cache[path]
 
 
 def x(hexstr):

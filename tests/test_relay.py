@@ -58,6 +58,7 @@ from .helpers import (
     h_frame,
     h_message,
     h_string,
+    held_port,
     start_node,
 )
 
@@ -71,7 +72,7 @@ A = "0123456789abcdef0123456789abcdef"
 #: Another registering worker, for re-registration with a new route.
 M2 = "44444444444444444444444444444444"
 
-# Hex copied from ../shared/conformance/vectors.json so that these tests do
+# Hex copied from tests/data/vectors.json so that these tests do
 # not trust the codec under test.
 #: "relay registration n3 -> n2": onward [0#forwarding_service], return
 #: [0#M], payload the BARE string "forward_to_n3".
@@ -852,10 +853,13 @@ class RelaySocketTests(TestCase):
         """
         When the relay node stops, the relay goes Down at once; when a new
         node listens on the same port, the relay reconnects and registers
-        again on its own, and n1 reaches n3 through it again.
+        again on its own, and n1 reaches n3 through it again.  The port is
+        held by the test (L{held_port}), so nobody else takes it while no
+        node listens there.
         """
-        n2, l2 = await start_node(self, "n2", LOOPBACK)
-        port = l2.port
+        port = held_port(self)
+        n2, l2 = await start_node(self, "n2", f"tcp:{port}:interface=127.0.0.1")
+        self.assertEqual(l2.port, port)
         n3, _ = await start_node(self, "n3")
         n1, _ = await start_node(self, "n1")
         relay = await deadline(
@@ -901,9 +905,7 @@ class RelaySocketTests(TestCase):
         A relay at a port where nothing listens fails with
         L{RouteUnreachable} and leaves no relay and no worker behind.
         """
-        n2, l2 = await start_node(self, "n2", LOOPBACK)
-        target = at(l2)
-        await l2.close()
+        target = f"/ip4/127.0.0.1/tcp/{held_port(self)}"
         n3, _ = await start_node(self, "n3")
         before = n3.worker_addresses()
         d = n3.create_relay(target, name="n3", timeout=1.0)

@@ -95,10 +95,8 @@ class AddressTests(SynchronousTestCase):
         """
         A value holding a lone surrogate that is not a surrogateescape byte
         (as json.loads gives for "\\ud800") cannot be encoded: WireError, at
-        construction or at encode(), never UnicodeEncodeError.
-
-        Currently fails: Address(0, "\\ud800") is accepted and encode() raises
-        UnicodeEncodeError ('surrogates not allowed').
+        construction or at encode(), never UnicodeEncodeError (which it
+        once raised: 'surrogates not allowed').
         """
 
         def build_and_encode():
@@ -365,11 +363,8 @@ class MultiAddrTests(SynchronousTestCase):
     def test_nonAsciiDigitPort(self):
         """
         A port written with a Unicode digit that int() refuses is bad input:
-        WireError, not a bare ValueError.
-
-        Currently fails: MultiAddr.parse("/ip4/1.2.3.4/tcp/\\u00b2") raises
-        ValueError("invalid literal for int() with base 10: '\\u00b2'"),
-        because _check_port tests str.isdigit() before int().
+        WireError, not a bare ValueError (str.isdigit() accepts it, and
+        int() then raised "invalid literal for int() with base 10").
         """
         assert_wire_error(
             self,

@@ -1,5 +1,5 @@
 """
-Integration tests of secure channels (C{shared/spec/ockam-secure-channel.md}):
+Integration tests of secure channels (C{docs/protocol.md}, section 7):
 in-process nodes on the global reactor joined by real loopback sockets on
 port 0, as in L{tests.test_relay} and L{tests.test_portal}.
 
@@ -68,6 +68,7 @@ from .helpers import (
     h_frame,
     h_message,
     h_string,
+    held_port,
     uvarint,
 )
 
@@ -1122,10 +1123,11 @@ class RestartTests(SecureTestCase):
         """
         An inlet whose route holds /secure/api works again once the far
         node is back on the same port (as one without a channel does, see
-        tests.test_portal): the dead channel must not be reused.
+        tests.test_portal): the dead channel must not be reused.  The port
+        is held by the test (L{held_port}) while n2 is down.
         """
-        n2, l2 = await self.listening_node("n2")
-        port = l2.port
+        port = held_port(self)
+        n2, l2 = await self.listening_node("n2", f"tcp:{port}:interface=127.0.0.1")
         n1 = self.make_node("n1")
         factory, target_port = await self.start_target(tp.EchoTarget)
         target = f"127.0.0.1:{target_port}"

@@ -42,7 +42,7 @@ from ockamtw.wire import MAX_FRAME, encode_frame
 #: The stand-in address "A" of the conformance vectors.
 A = "0123456789abcdef0123456789abcdef"
 
-#: From ../shared/conformance/vectors.json: "uppercase request as a TCP frame".
+#: From tests/data/vectors.json: "uppercase request as a TCP frame".
 UPPERCASE_REQUEST_FRAME = bytes.fromhex(
     "0037"
     "01"

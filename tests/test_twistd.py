@@ -9,13 +9,19 @@ on process output and exit, each bounded by a deadline.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from ockamtw import Address, Route
 
-from .helpers import async_test, ockamtw_node_argv, spawn, start_node, twistd_argv
+from .helpers import REPO_ROOT, async_test, ockamtw_node_argv, spawn, start_node, twistd_argv
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -143,19 +149,17 @@ class TwistdTests(TestCase):
     @async_test
     async def test_ockamtw_node_bad_listen(self):
         """
-        C{ockamtw-node --listen 'bad value'}: a usage error on one line (after
-        the usage text), a non-zero exit, no traceback.
+        C{ockamtw-node --listen 'bad value'}: a usage error, two lines on
+        stderr naming the program, status 2.
         """
         process = spawn(self, ockamtw_node_argv() + ["--listen", "bad value"])
-        code, signal = await process.wait_ended(15)
-        self.assertIsNone(signal)
-        self.assertNotEqual(code, 0, process.text)
-        self.assertNotIn("Traceback", process.text)
+        self.assertEqual(await process.wait_ended(15), (2, None), process.text)
         self.assertEqual(process.stdout, b"")
-        error_lines = [line for line in process.text.splitlines() if "bad value" in line]
-        self.assertEqual(len(error_lines), 1, process.text)
-        self.assertIn("--listen", error_lines[0])
-        self.assertEqual(process.stderr.decode().rstrip("\n").splitlines()[-1], error_lines[0])
+        lines = process.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 2, process.text)
+        self.assertTrue(lines[0].startswith("ockamtw-node: --listen: "), lines)
+        self.assertIn("bad value", lines[0])
+        self.assertEqual(lines[1], "Run 'ockamtw-node --help' for the options.")
 
     @async_test
     async def test_ockamtw_node_runs(self):
@@ -217,23 +221,262 @@ class SeedPortalWithTwistdTests(TestCase):
     @async_test
     async def test_bad_values_are_usage_errors(self):
         """
-        Bad --outlet, --inlet and --relay values end twistd at once with a
-        one-line reason and no traceback.
+        Bad --outlet, --inlet and --relay values are usage errors: twistd
+        ends at once with status 2 and two lines on stderr (the reason, and
+        where the options are).  An outlet address that is taken is found
+        when the node is made: status 1 and the one-line reason.
         """
-        for args, expected in [
-            (["--outlet", "outlet"], "--outlet: expected ADDRESS=HOST:PORT"),
-            (["--outlet", "outlet=nowhere"], "--outlet:"),
-            (["--inlet", "127.0.0.1:6000"], "--inlet: expected LISTEN=/ROUTE"),
-            (["--inlet", "127.0.0.1:6000=/bogus/x"], "--inlet: unknown protocol 'bogus'"),
-            (["--relay", "n3"], "--relay: expected NAME@ROUTE"),
-            (["--relay", "n3@/ip4/1.2.3/tcp/1"], "--relay: bad IPv4 address"),
-            (["--outlet", "echo=127.0.0.1:9000"], "outlet echo: address 'echo' is already taken"),
+        for args, expected, status in [
+            (["--outlet", "outlet"], "--outlet: expected ADDRESS=HOST:PORT", 2),
+            (["--outlet", "outlet=nowhere"], "--outlet:", 2),
+            (["--inlet", "127.0.0.1:6000"], "--inlet: expected LISTEN=/ROUTE", 2),
+            (["--inlet", "127.0.0.1:6000=/bogus/x"], "--inlet: unknown protocol 'bogus'", 2),
+            (["--relay", "n3"], "--relay: expected NAME@ROUTE", 2),
+            (["--relay", "n3@/ip4/1.2.3/tcp/1"], "--relay: bad IPv4 address", 2),
+            (["--outlet", "echo=127.0.0.1:9000"], "outlet echo: address 'echo' is already taken", 1),
         ]:
             p = spawn(self, twistd_argv() + ["-n", "--pidfile=", "ockam", "--name", "bad", *args])
-            code = await p.wait_ended()
-            self.assertNotEqual(code, 0, args)
-            self.assertIn(expected, p.text, args)
-            self.assertNotIn("Traceback", p.text, args)
+            self.assertEqual(await p.wait_ended(), (status, None), (args, p.text))
+            self.assertEqual(p.stdout, b"", args)
+            lines = p.stderr.decode().splitlines()
+            self.assertIn(expected, lines[0], args)
+            if status == 2:
+                self.assertEqual(lines, [lines[0], "Run 'twistd ockam --help' for the options."], args)
+                self.assertTrue(lines[0].startswith("twistd ockam: --"), lines)
+            else:
+                self.assertEqual(len(lines), 1, (args, lines))
+
+
+def help_entries(text: str) -> dict:
+    """
+    The options of a twistd-style C{--help} text with their help, each
+    help's wrapped lines joined by single spaces.
+    """
+    entries: dict = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"^\s+(?:-\w, )?--([\w-]+)=?(?:\s+(.*))?$", line)
+        if m:
+            current = m.group(1)
+            entries[current] = (m.group(2) or "").strip()
+        elif current is not None and line.startswith(" ") and line.strip():
+            entries[current] = (entries[current] + " " + line.strip()).strip()
+        else:
+            current = None
+    return entries
+
+
+class UsageTests(TestCase):
+    """
+    Usage mistakes are short and end with status 2; C{--help} names the
+    program, wraps every option's help and leaves none without.
+    """
+
+    timeout = 60
+
+    async def run_to_end(self, argv, env=None):
+        process = spawn(self, argv, env=env)
+        await process.wait_ended(15)
+        return process
+
+    @async_test
+    async def test_unknown_option(self):
+        """
+        C{twistd ockam --bogus} and C{ockamtw-node --bogus}: two lines on
+        stderr, nothing on stdout, status 2.
+        """
+        for argv, program in [
+            (twistd_argv() + ["ockam", "--bogus"], "twistd ockam"),
+            (ockamtw_node_argv() + ["--bogus"], "ockamtw-node"),
+        ]:
+            p = await self.run_to_end(argv)
+            self.assertEqual(p.exit, (2, None), p.text)
+            self.assertEqual(p.stdout, b"")
+            self.assertEqual(
+                p.stderr.decode().splitlines(),
+                [f"{program}: option --bogus not recognized", f"Run '{program} --help' for the options."],
+            )
+
+    @async_test
+    async def test_help(self):
+        """
+        C{--help} of both programs: their own usage line, lines no wider
+        than the terminal (COLUMNS=80), and every option of L{Options} with
+        its whole help text, wrapped at word boundaries.
+        """
+        from ockamtw.tap import Options
+
+        options = Options()
+        expected = {}
+        for opt in options.longOpt:
+            name = opt.rstrip("=")
+            doc = " ".join((options.docs.get(name) or "").split())
+            self.assertTrue(doc, f"--{name} has no help text")
+            expected[name] = doc
+        env = {"COLUMNS": "80"}
+        for argv, usage_lines in [
+            (twistd_argv() + ["ockam", "--help"], ["Usage: twistd [twistd options] ockam [options]"]),
+            (
+                ockamtw_node_argv() + ["--help"],
+                ["Usage: ockamtw-node [options]", "   or: ockamtw-node [twistd options] ockam [options]"],
+            ),
+        ]:
+            p = await self.run_to_end(argv, env=env)
+            self.assertEqual(p.exit, (0, None), p.text)
+            text = p.stdout.decode()
+            lines = text.splitlines()
+            self.assertEqual(lines[: len(usage_lines)], usage_lines, text)
+            for line in lines:
+                self.assertLessEqual(len(line), 80, line)
+            self.assertEqual(help_entries(text), expected, text)
+
+
+    def test_options_documented(self):
+        """
+        Every option of C{twistd ockam} (but twistd's --help and --version)
+        is described in docs/running.md.
+        """
+        from ockamtw.tap import Options
+
+        with open(os.path.join(REPO_ROOT, "docs", "running.md"), encoding="utf-8") as f:
+            doc = f.read()
+        names = {opt.rstrip("=") for opt in Options().longOpt} - {"help", "version"}
+        self.assertEqual(sorted(name for name in names if f"`--{name}" not in doc), [])
+
+
+class PidFileTests(TestCase):
+    """
+    A foreground C{twistd -n ockam} writes no pid file unless one is named,
+    so that several nodes start from one directory (the README's three
+    commands); a pid file twistd wrote is removed when the start fails; a
+    daemon keeps twistd's C{twistd.pid} and a failed daemon start ends its
+    parent with status 1 instead of leaving it waiting.
+    """
+
+    timeout = 60
+
+    @async_test
+    async def test_foreground_nodes_in_one_directory(self):
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        a = spawn(self, twistd_argv() + ["-n", "ockam", "--name", "a", "--listen", LOOPBACK], cwd=cwd)
+        await a.wait_for(listening_line("a"))
+        b = spawn(self, twistd_argv() + ["-n", "ockam", "--name", "b", "--listen", LOOPBACK], cwd=cwd)
+        await b.wait_for(listening_line("b"))
+        self.assertEqual(os.listdir(cwd), [])
+        self.assertIsNone(a.exit)
+
+    @async_test
+    async def test_named_pid_file_in_the_foreground(self):
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        p = spawn(self, twistd_argv() + ["-n", "--pidfile", "n.pid", "ockam", "--name", "p", "--listen", LOOPBACK], cwd=cwd)
+        await p.wait_for(listening_line("p"))
+        with open(os.path.join(cwd, "n.pid")) as f:
+            self.assertEqual(int(f.read()), p.transport.pid)
+
+    @async_test
+    async def test_failed_start_removes_its_pid_file(self):
+        """
+        The listener's port is taken: status 1, and the pid file twistd
+        wrote for the node is gone.
+        """
+        busy = await serverFromString(reactor, LOOPBACK).listen(Factory.forProtocol(Protocol))
+        self.addCleanup(busy.stopListening)
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        argv = twistd_argv() + ["-n", "--pidfile", "n.pid", "ockam", "--listen", str(busy.getHost().port)]
+        p = spawn(self, argv, cwd=cwd)
+        self.assertEqual(await p.wait_ended(15), (1, None), p.text)
+        self.assertIn("already in use", p.stderr.decode())
+        self.assertEqual(os.listdir(cwd), [])
+
+    @async_test
+    async def test_daemon(self):
+        """
+        Without C{-n}: twistd's parent exits 0 once the node listens, the
+        node's pid is in C{twistd.pid} and it logs to C{twistd.log}.
+        """
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        p = spawn(self, twistd_argv() + ["ockam", "--name", "d", "--listen", LOOPBACK], cwd=cwd)
+        self.addCleanup(kill_pid_in, os.path.join(cwd, "twistd.pid"))
+        self.assertEqual(await p.wait_ended(15), (0, None), p.text)
+        with open(os.path.join(cwd, "twistd.pid")) as f:
+            pid = int(f.read())
+        self.assertTrue(os.path.exists(f"/proc/{pid}"), "the daemon is not running")
+        log = await wait_until_true(lambda: re.search(listening_line("d"), read(os.path.join(cwd, "twistd.log"))), 10)
+        t, _ = await start_node(self, "t")
+        reply = await t.request(f"/ip4/127.0.0.1/tcp/{log.group(1)}/service/echo", b"daemon", timeout=10)
+        self.assertEqual(reply.payload, b"daemon")
+
+    @async_test
+    async def test_failed_daemon_start(self):
+        """
+        A daemon whose port is taken: twistd's parent exits 1 at once with
+        twistd's "An error has occurred" and the start of the reason (the
+        whole line is in the log); no pid file is left.
+        """
+        busy = await serverFromString(reactor, LOOPBACK).listen(Factory.forProtocol(Protocol))
+        self.addCleanup(busy.stopListening)
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        self.addCleanup(kill_pid_in, os.path.join(cwd, "twistd.pid"))
+        p = spawn(self, twistd_argv() + ["ockam", "--listen", str(busy.getHost().port)], cwd=cwd)
+        self.assertEqual(await p.wait_ended(15), (1, None), p.text)
+        self.assertIn("An error has occurred: b'ockam: node ", p.stderr.decode())
+        self.assertEqual(sorted(os.listdir(cwd)), ["twistd.log"])
+        self.assertIn("already in use", read(os.path.join(cwd, "twistd.log")))
+
+
+def read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+async def wait_until_true(predicate, seconds: float):
+    """
+    The first true value of C{predicate()}, polled every 50 ms until
+    C{seconds} have passed (then an C{AssertionError}).
+    """
+    from twisted.internet.task import deferLater
+
+    end = reactor.seconds() + seconds
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if reactor.seconds() > end:
+            raise AssertionError(f"not within {seconds:g} s")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+def kill_pid_in(path: str):
+    """
+    SIGKILL the process named in the pid file C{path} (a daemon, not our
+    child) if there is one, and wait until it is gone.
+    """
+    try:
+        with open(path) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+
+    def gone():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    return Deferred.fromCoroutine(wait_until_true(gone, 10))
 
 
 class RawBytes(Protocol):
