@@ -182,7 +182,7 @@ class Node(BaseNode):
         if hop.name == self.name:
             return prefix
         if self.node_resolver is None:
-            raise RouteUnreachable(f"unknown node {hop.name!r}")
+            raise RouteUnreachable(f"no node named {hop.name!r}")
         target = await maybeDeferred(self.node_resolver, hop.name)
         link = await self.connect_hop(Address(TCP, target))
         return Route([link.address])

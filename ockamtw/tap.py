@@ -359,9 +359,10 @@ class Options(usage.Options):
         string.
         """
         try:
-            self["listen"] = server_description(value)
+            server_description(value)  # checked here, used as typed (messages quote it)
         except WireError as e:
             raise usage.UsageError(f"--listen: {e}") from None
+        self["listen"] = value
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
@@ -759,7 +760,7 @@ def _node_resolver(home: str):
     def resolve(name: str) -> str:
         address = st.listener_of(home, name)
         if not address:
-            raise RouteUnreachable(f"unknown node {name!r} (no such node in {home})")
+            raise RouteUnreachable(f"no node named {name!r} (see: ockam node list)")
         return address
 
     return resolve

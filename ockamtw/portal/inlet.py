@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from ..errors import OckamError, TransportError
 from ..deferred import InFlight, gather
 from ..routing import Route
-from ..endpoints import server_description
+from ..endpoints import reason, server_description
 from ..errors import WireError
 from ..wire import PONG_TAG, REFUSE_TAG, decode_refuse
 from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
@@ -203,7 +203,7 @@ class Inlet:
             return self
 
         def failed(f):
-            raise TransportError(f"cannot listen on {self.listen_text}: {f.getErrorMessage()}")
+            raise TransportError(f"cannot listen on {self.listen_text}: {reason(f)}")
 
         return d.addCallbacks(listening, failed)
 
