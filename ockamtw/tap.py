@@ -485,6 +485,14 @@ class Options(usage.Options):
         if parent.get("nodaemon") and parent["pidfile"] == TWISTD_PIDFILE:
             parent["pidfile"] = ""
         _pidfile = os.path.abspath(parent["pidfile"]) if parent["pidfile"] else None
+        if _pidfile:
+            # twistd writes it after this; a directory that is not there or
+            # not writable would end in a traceback.
+            folder = os.path.dirname(_pidfile)
+            if not os.path.isdir(folder):
+                raise usage.UsageError(f"--pidfile: no directory {folder}")
+            if not os.access(folder, os.W_OK) or (os.path.exists(_pidfile) and not os.access(_pidfile, os.W_OK)):
+                raise usage.UsageError(f"--pidfile: cannot write {_pidfile}: permission denied")
 
     def _rotate_twistd_log(self) -> None:
         """
