@@ -1,6 +1,7 @@
 """
 The state machines of ockamtw's objects with a life: a relay client
-(L{ockamtw.relay.Relay}).
+(L{ockamtw.relay.Relay}) and a secure channel end
+(L{ockamtw.secure.channel.ChannelEnd}).
 
 Each machine is driven two ways:
 
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 from automat import NoTransition
 from twisted.internet.defer import CancelledError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Address, Route
 from ockamtw import relay as relay_module
+from ockamtw.access import ANYONE
 from ockamtw.errors import RelayRefused, RequestTimeout
+from ockamtw.node import BaseNode, FunctionWorker
 from ockamtw.relay import (
     BACKING_OFF,
     DOWN,
@@ -36,6 +40,12 @@ from ockamtw.relay import (
     UP,
     Relay,
 )
+from ockamtw.secure import channel as channel_module
+from ockamtw.secure.channel import ChannelEnd, HandshakeLimits, SecureChannelListener, TrustPolicy
+from ockamtw.secure.codec import CreateResponderChannelMessage
+from ockamtw.secure.errors import SecureChannelError
+from ockamtw.secure.identity import LocalIdentity
+from ockamtw.wire import TransportMessage
 
 from .helpers import h_string
 from .test_relay import MemoryMixin, msg_frame
@@ -348,3 +358,214 @@ class RelayMachineTests(MemoryMixin, SynchronousTestCase):
         idle.stop()
         self.assertEqual(idle.state, STOPPED)
         self.assertNotIn("n5", self.node.relays)
+
+
+# --- the secure channel end ------------------------------------------------------------
+
+_M = object()
+
+
+class ChannelTableTests(TableMixin, SynchronousTestCase):
+    module = channel_module
+    factory = channel_module._ChannelMachine
+    attribute = "status"
+    inputs = {
+        "initiate": (_R, 10.0),
+        "respond": (b"m1", 10.0),
+        "wire": (_M,),
+        "verified": (),
+        "local": (_M,),
+        "timed_out": (10.0,),
+        "link_closed": (),
+        "failed": (SecureChannelError("no"),),
+        "close": (),
+    }
+    HANDSHAKE = ("m2", "m3", "m4", "m5")
+    transitions = [
+        ("new", "initiate", "m2", ["_send_m1"]),
+        ("new", "respond", "m3", ["_send_m2"]),
+        ("m2", "wire", "m4", ["_read_m2_send_m3"]),
+        ("m3", "wire", "m5", ["_read_m3_send_m4"]),
+        ("m4", "wire", "m4", ["_read_m4_send_m5"]),
+        ("m5", "wire", "m5", ["_read_m5"]),
+        ("m4", "verified", "up", ["_established"]),
+        ("m5", "verified", "up", ["_established"]),
+        *[(s, "timed_out", "closed", ["_give_up"]) for s in HANDSHAKE],
+        *[(s, "link_closed", "closed", ["_lost_link_in_handshake"]) for s in ("new", *HANDSHAKE)],
+        *[(s, "failed", "closed", ["_fail"]) for s in ("new", *HANDSHAKE, "up")],
+        *[(s, "close", "closed", ["_tear_down"]) for s in ("new", *HANDSHAKE, "up")],
+        ("up", "wire", "up", ["_deliver"]),
+        ("up", "local", "up", ["_send_encrypted"]),
+        ("up", "link_closed", "closed", ["_lost_link"]),
+        *[(s, "local", s, ["_drop_local"]) for s in ("new", *HANDSHAKE, "closed")],
+        ("new", "wire", "new", ["_drop_frame"]),
+        ("closed", "wire", "closed", ["_drop_frame"]),
+    ]
+    ignored = [("closed", i) for i in ("close", "link_closed", "timed_out", "failed", "verified")]
+    refused = [
+        *[(s, i) for s in ("m2", "m3", "m4", "m5", "up", "closed") for i in ("initiate", "respond")],
+        ("new", "verified"), ("m2", "verified"), ("m3", "verified"), ("up", "verified"),
+        ("new", "timed_out"), ("up", "timed_out"),
+    ]
+
+    def output_classes(self):
+        return [ChannelEnd]
+
+
+# --- the secure channel end, in memory ------------------------------------------------------
+
+_LIMITS = HandshakeLimits(rate=1e6, burst=10**6, peer_rate=1e6, peer_burst=10**6)
+
+
+class _Link:
+    """
+    A stand-in for the TCP connection a peer's handshake came through.
+    """
+
+    identity = None
+    socket_address = "127.0.0.1:4000"
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.callbacks = {}
+
+    def on_close(self, f):
+        key = len(self.callbacks) + 1
+        self.callbacks[key] = f
+        return key
+
+    def cancel_on_close(self, key):
+        self.callbacks.pop(key, None)
+
+    def close(self):
+        self.connected = False
+        for f in list(self.callbacks.values()):
+            f(self)
+
+
+class ChannelMachineTests(SynchronousTestCase):
+    """
+    Channel ends on one node with a fake clock: an initiator (identity A)
+    and the listener C{api} (identity B), so that a handshake runs at once
+    in local deliveries.
+    """
+
+    def setUp(self):
+        self.node = BaseNode(MemoryReactorClock(), name="c")
+        self.a, self.b = LocalIdentity.create(), LocalIdentity.create()
+        self.listener = SecureChannelListener(self.b, limits=_LIMITS)
+        self.node.start_worker("api", self.listener)
+
+    def initiator(self):
+        return ChannelEnd(self.node, self.a, TrustPolicy(), initiator=True)
+
+    def test_handshake(self):
+        end = self.initiator()
+        self.assertEqual(end.status, "new")
+        d = end.start_initiator(Route([Address.local("api")]), 10.0)
+        self.assertIs(self.successResultOf(d), end)
+        (responder,) = self.listener.channels
+        self.assertEqual((end.status, responder.status), ("up", "up"))
+        self.assertEqual((end.identity, responder.identity), (self.b.identifier, self.a.identifier))
+        self.assertEqual(self.node.reactor.getDelayedCalls(), [])
+
+    def test_use_at_once_in_the_callback(self):
+        """
+        Code called back when the channel is up (its Deferred's callbacks)
+        can use it at once, here close it: it is closed when the call
+        returns.
+        """
+        end = self.initiator()
+        seen = []
+
+        def up(e):
+            e.close()
+            seen.append(e.status)
+
+        end.start_initiator(Route([Address.local("api")]), 10.0).addCallback(up)
+        self.assertEqual((seen, end.status), (["closed"], "closed"))
+        self.assertIsNone(self.node.worker_at(end.decryptor))
+
+    def test_not_a_listener(self):
+        """
+        Whatever answers M1 with something else than M2 fails the
+        handshake at once.
+        """
+        self.node.start_worker("echo", FunctionWorker(lambda w, m: w.reply(m, m.payload), access=ANYONE))
+        end = self.initiator()
+        end.route_text = "/service/echo"
+        d = end.start_initiator(Route([Address.local("echo")]), 10.0)
+        f = self.failureResultOf(d, SecureChannelError)
+        self.assertIn("did not answer as a secure channel listener", f.getErrorMessage())
+        self.assertEqual((end.status, end.dropped), ("closed", 1))
+        self.assertIs(end.failure, f.value)
+        self.assertEqual(self.node.reactor.getDelayedCalls(), [])
+
+    def test_timeout(self):
+        self.node.start_worker("sink", FunctionWorker(lambda w, m: None, access=ANYONE))
+        end = self.initiator()
+        d = end.start_initiator(Route([Address.local("sink")]), 3.0)
+        self.assertEqual(end.status, "m2")
+        self.node.reactor.advance(2.9)
+        self.assertNoResult(d)
+        self.node.reactor.advance(0.1)
+        self.failureResultOf(d, RequestTimeout)
+        self.assertEqual(end.status, "closed")
+
+    def test_before_start_and_before_up(self):
+        """
+        A frame at the decryptor before the end starts is dropped; a
+        message to send before it is up is dropped too.
+        """
+        end = self.initiator()
+        end._wire(TransportMessage(Route([end.decryptor]), Route([]), b"junk"))
+        self.assertEqual((end.status, end.dropped), ("new", 1))
+        end._local(TransportMessage(Route([end.encryptor, Address.local("x")]), Route([]), b"early"))
+        self.assertEqual(end.status, "new")
+
+    def half_open_responder(self, link):
+        """
+        A responder for an M1 that came through C{link}, whose M2 goes to
+        a sink (so that it stays half-open).
+        """
+        captured = []
+        self.node.start_worker("capture", FunctionWorker(lambda w, m: captured.append(m), access=ANYONE))
+        self.node.start_worker("sink", FunctionWorker(lambda w, m: None, access=ANYONE))
+        self.initiator().start_initiator(Route([Address.local("capture")]), 10.0)
+        m1 = TransportMessage(Route([Address.local("api")]), Route([Address.local("sink")]), captured[0].payload)
+        m1.origin = link
+        self.listener.receive(m1)
+        (responder,) = self.listener.channels
+        return responder
+
+    def test_link_closed_during_handshake(self):
+        link = _Link()
+        responder = self.half_open_responder(link)
+        self.assertEqual(responder.status, "m3")
+        link.close()
+        self.assertEqual(responder.status, "closed")
+        self.assertIsInstance(responder.failure, SecureChannelError)
+        self.assertIn("closed during the handshake", str(responder.failure))
+        self.assertEqual((self.listener.stats()["half_open"], self.listener.failed), (0, 1))
+
+    def test_m1_through_a_closed_link(self):
+        """
+        An M1 whose link is already closed is refused before any answer.
+        """
+        link = _Link()
+        link.connected = False
+        end = ChannelEnd(self.node, self.b, TrustPolicy(), initiator=False)
+        m1 = TransportMessage(Route([Address.local("api")]), Route([Address.local("nowhere")]), b"")
+        m1.origin = link
+        request = CreateResponderChannelMessage.for_initiator(b"\x00" * 32, Address.local("back"))
+        self.assertRaises(SecureChannelError, end.start_responder, m1, 10.0, request)
+        self.assertEqual(end.status, "closed")
+        self.assertIn("closed during the handshake", str(end.failure))
+
+    def test_verified_after_closed_is_ignored(self):
+        end = self.initiator()
+        end.close()
+        end._machine.verified()
+        end._machine.link_closed()
+        self.assertEqual(end.status, "closed")
+        self.assertRaises(NoTransition, end.start_initiator, Route([Address.local("api")]), 1.0)
