@@ -1,7 +1,7 @@
 """
 The state machines of ockamtw's objects with a life: a relay client
-(L{ockamtw.relay.Relay}) and a secure channel end
-(L{ockamtw.secure.channel.ChannelEnd}).
+(L{ockamtw.relay.Relay}), a secure channel end
+(L{ockamtw.secure.channel.ChannelEnd}) and a portal (L{ockamtw.portal.PortalWorker}).
 
 Each machine is driven two ways:
 
@@ -19,15 +19,31 @@ from __future__ import annotations
 
 from automat import NoTransition
 from twisted.internet.defer import CancelledError
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Address, Route
+from ockamtw import portal as portal_module
 from ockamtw import relay as relay_module
 from ockamtw.access import ANYONE
 from ockamtw.errors import RelayRefused, RequestTimeout
+from ockamtw.flow import STREAM_WINDOW
 from ockamtw.node import BaseNode, FunctionWorker
+from ockamtw.portal import (
+    CONNECTING,
+    DONE,
+    FLUSHING,
+    MAX_CHUNK,
+    NEW,
+    OPEN,
+    READ_CLOSED,
+    WAITING,
+    WRITE_CLOSED,
+    PortalWorker,
+    payload_message,
+    portal_address,
+)
 from ockamtw.relay import (
     BACKING_OFF,
     DOWN,
@@ -45,7 +61,7 @@ from ockamtw.secure.channel import ChannelEnd, HandshakeLimits, SecureChannelLis
 from ockamtw.secure.codec import CreateResponderChannelMessage
 from ockamtw.secure.errors import SecureChannelError
 from ockamtw.secure.identity import LocalIdentity
-from ockamtw.wire import TransportMessage
+from ockamtw.wire import DISCONNECT, TransportMessage, decode_credit, encode_credit, encode_eof
 
 from .helpers import h_string
 from .test_relay import MemoryMixin, msg_frame
@@ -569,3 +585,315 @@ class ChannelMachineTests(SynchronousTestCase):
         end._machine.link_closed()
         self.assertEqual(end.status, "closed")
         self.assertRaises(NoTransition, end.start_initiator, Route([Address.local("api")]), 1.0)
+
+
+# --- the portal ---------------------------------------------------------------------
+
+_T, _O = object(), object()
+
+
+class PortalTableTests(TableMixin, SynchronousTestCase):
+    module = portal_module
+    factory = portal_module._StreamMachine
+    inputs = {
+        "socket_made": (_T,),
+        "remote_known": (_R, _O),
+        "pong": (_R, _O),
+        "refused": ("no",),
+        "socket_eof": (),
+        "socket_lost": (None,),
+        "disconnected": (),
+        "peer_eof": (),
+        "finish": (True, 1.0, 2.0, False),
+    }
+    OPENED = (OPEN, READ_CLOSED, WRITE_CLOSED)
+    transitions = [
+        (NEW, "socket_made", WAITING, ["_take_first_socket"]),
+        (NEW, "remote_known", CONNECTING, ["_remember_remote"]),
+        (WAITING, "remote_known", OPEN, ["_remember_remote"]),
+        (CONNECTING, "socket_made", OPEN, ["_take_second_socket"]),
+        (DONE, "socket_made", DONE, ["_close_late_socket"]),
+        (WAITING, "pong", OPEN, ["_open_on_pong"]),
+        (WAITING, "refused", FLUSHING, ["_end_refused"]),
+        *[(s, "pong", s, ["_turn_away_pong"]) for s in OPENED],
+        (WAITING, "socket_eof", FLUSHING, ["_end_at_eof"]),
+        (OPEN, "socket_eof", READ_CLOSED, ["_read_ended"]),
+        (WRITE_CLOSED, "socket_eof", FLUSHING, ["_end_both_read"]),
+        (OPEN, "peer_eof", WRITE_CLOSED, ["_shut_down_writing"]),
+        (READ_CLOSED, "peer_eof", FLUSHING, ["_end_by_peer"]),
+        (WAITING, "disconnected", FLUSHING, ["_end_before_open"]),
+        *[(s, "disconnected", FLUSHING, ["_end_by_peer"]) for s in OPENED],
+        *[(s, "disconnected", DONE, ["_end_by_peer_at_once"]) for s in (NEW, CONNECTING)],
+        *[(s, "finish", DONE, ["_end_at_once"]) for s in (NEW, CONNECTING)],
+        *[(s, "finish", FLUSHING, ["_end"]) for s in (WAITING, *OPENED)],
+        *[(s, "socket_lost", DONE, ["_lost_socket"]) for s in (WAITING, *OPENED)],
+        (FLUSHING, "socket_lost", DONE, ["_socket_closed"]),
+        (DONE, "socket_lost", DONE, ["_late_socket_closed"]),
+        # finish (close() with hurry) while flushing shortens the flush
+        (FLUSHING, "finish", FLUSHING, ["_hurry"]),
+        (DONE, "finish", DONE, ["_hurry"]),
+    ]
+    ignored = [
+        *[(s, "refused") for s in OPENED],
+        (READ_CLOSED, "socket_eof"),
+        (FLUSHING, "socket_eof"),
+        (DONE, "socket_eof"),  # a socket that connected late, closing
+        (WRITE_CLOSED, "peer_eof"),
+        (CONNECTING, "peer_eof"),
+    ]
+    # What cannot happen is refused: a second socket or a second other
+    # side, Eof or a lost socket before there is one, anything but a late
+    # socket once the stream is over.
+    refused = [
+        (NEW, "pong"), (NEW, "refused"), (NEW, "socket_eof"), (NEW, "socket_lost"), (NEW, "peer_eof"),
+        (WAITING, "socket_made"), (WAITING, "peer_eof"),
+        (CONNECTING, "remote_known"), (CONNECTING, "pong"), (CONNECTING, "refused"),
+        (CONNECTING, "socket_eof"), (CONNECTING, "socket_lost"),
+        *[(s, i) for s in OPENED for i in ("socket_made", "remote_known")],
+        (FLUSHING, "socket_made"),
+        *[(s, i) for s in (FLUSHING, DONE) for i in ("remote_known", "pong", "refused", "disconnected", "peer_eof")],
+    ]
+
+    def output_classes(self):
+        from ockamtw.portal.inlet import InletPortal
+        from ockamtw.portal.outlet import OutletPortal
+
+        return [PortalWorker, InletPortal, OutletPortal]
+
+
+# --- the portal, in memory ------------------------------------------------------------------
+
+
+class _Owner:
+    """
+    What a portal needs of its inlet or outlet.
+    """
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.finished = []
+
+    def _portal_finished(self, portal) -> None:
+        self.finished.append(portal)
+
+
+class _HalfClosingTransport(StringTransport):
+    write_lost = False
+
+    def loseWriteConnection(self):
+        self.write_lost = True
+
+
+class PortalMachineTests(SynchronousTestCase):
+    """
+    A L{PortalWorker} on a node with a fake clock, its socket a
+    L{StringTransport}, the other side a worker that records what it gets.
+    """
+
+    def setUp(self):
+        self.node = BaseNode(MemoryReactorClock(), name="m")
+        self.got = []
+        self.owner = _Owner(self.node)
+
+    def other_side(self, flow=True):
+        return self.node.start_worker(portal_address(flow), FunctionWorker(lambda w, m: self.got.append(m.payload)))
+
+    def portal(self):
+        portal = PortalWorker(self.owner)
+        self.node.start_worker(portal_address(True), portal)
+        return portal
+
+    def opened(self, flow=True):
+        peer = self.other_side(flow)
+        portal = self.portal()
+        transport = _HalfClosingTransport()
+        portal._socket_made(transport)
+        portal.set_remote(Route([peer]))
+        return portal, transport, peer
+
+    def test_socket_first(self):
+        """
+        The socket first (as an inlet's client): L{WAITING}; nothing read
+        is sent and no Payload written until the other side is known.
+        """
+        portal = self.portal()
+        self.assertEqual(portal.state, NEW)
+        transport = StringTransport()
+        portal._socket_made(transport)
+        self.assertEqual(portal.state, WAITING)
+        portal._socket_data(b"early")
+        peer = self.other_side()
+        self.node.send(portal.address, payload_message(b"too soon"), sender=peer)
+        self.assertEqual((self.got, transport.value(), portal.dropped), ([], b"", 1))
+        portal.set_remote(Route([peer]))
+        self.assertEqual(portal.state, OPEN)
+        self.assertTrue(portal.flow)
+        portal._socket_data(b"now")
+        self.assertEqual(self.got, [payload_message(b"now")])
+
+    def test_other_side_first(self):
+        """
+        The other side first (as an outlet's Ping): L{CONNECTING} until
+        the socket is there; a Payload meanwhile is not written.
+        """
+        peer = self.other_side()
+        portal = self.portal()
+        portal.set_remote(Route([peer]))
+        self.assertEqual(portal.state, CONNECTING)
+        self.assertIsNone(portal.transport)
+        self.node.send(portal.address, payload_message(b"x"), sender=peer)
+        self.assertEqual((portal.bytes_out, portal.dropped), (0, 0))
+        transport = StringTransport()
+        portal._socket_made(transport)
+        self.assertEqual(portal.state, OPEN)
+        self.node.send(portal.address, payload_message(b"y"), sender=peer)
+        self.assertEqual(transport.value(), b"y")
+
+    def test_second_other_side_refused(self):
+        portal, transport, peer = self.opened()
+        self.assertRaises(NoTransition, portal.set_remote, Route([peer]))
+        self.assertEqual(portal.state, OPEN)
+
+    def test_half_close_here_first(self):
+        """
+        End of file here: L{READ_CLOSED}, Eof sent; the other side's Eof
+        then ends the stream without Disconnect (L{FLUSHING}); the socket
+        closed, it is L{DONE} and the owner told.
+        """
+        portal, transport, peer = self.opened()
+        portal._socket_eof()
+        self.assertEqual((portal.state, portal.read_done, portal.finished), (READ_CLOSED, True, False))
+        self.assertEqual(self.got, [encode_eof()])
+        portal._socket_eof()  # a second end of file changes nothing
+        self.assertEqual((portal.state, self.got), (READ_CLOSED, [encode_eof()]))
+        self.node.send(portal.address, payload_message(b"still"), sender=peer)
+        self.assertEqual(transport.value(), b"still")
+        done = portal.when_done()
+        self.node.send(portal.address, encode_eof(), sender=peer)
+        self.assertEqual(portal.state, FLUSHING)
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(self.node.worker_at(portal.address))
+        self.assertEqual(self.got, [encode_eof()])  # no Disconnect
+        self.assertNoResult(done)
+        portal._socket_lost(None)
+        self.assertEqual(portal.state, DONE)
+        self.assertEqual(self.owner.finished, [portal])
+        self.successResultOf(done)
+        self.successResultOf(portal.when_done())
+
+    def test_half_close_there_first(self):
+        """
+        The other side's Eof first: L{WRITE_CLOSED}, the socket's write
+        side shut down, a later Payload not written; end of file here then
+        sends Eof and ends the stream.
+        """
+        portal, transport, peer = self.opened()
+        self.node.send(portal.address, encode_eof(), sender=peer)
+        self.assertEqual((portal.state, portal.write_done, transport.write_lost), (WRITE_CLOSED, True, True))
+        self.node.send(portal.address, payload_message(b"late"), sender=peer)
+        self.node.send(portal.address, encode_eof(), sender=peer)  # a second Eof is ignored
+        self.assertEqual((portal.state, transport.value()), (WRITE_CLOSED, b""))
+        portal._socket_data(b"answer")
+        self.assertEqual(self.got, [payload_message(b"answer")])
+        portal._socket_eof()
+        self.assertEqual(portal.state, FLUSHING)
+        self.assertEqual(self.got, [payload_message(b"answer"), encode_eof()])
+
+    def test_end_of_file_without_flow_control(self):
+        """
+        With a peer that has no flow control (Ockam 0.83), end of file
+        ends the stream: Disconnect, and the socket flushes.
+        """
+        portal, transport, peer = self.opened(flow=False)
+        self.assertFalse(portal.flow)
+        portal._socket_eof()
+        self.assertEqual(portal.state, FLUSHING)
+        self.assertEqual(self.got, [DISCONNECT])
+        self.assertTrue(transport.disconnecting)
+
+    def test_disconnect(self):
+        """
+        Disconnect from the other side: while open, the socket flushes;
+        while connecting (no socket yet), done at once.
+        """
+        portal, transport, peer = self.opened()
+        self.node.send(portal.address, DISCONNECT, sender=peer)
+        self.assertEqual(portal.state, FLUSHING)
+        self.assertEqual(self.got, [])
+        portal2 = self.portal()
+        portal2.set_remote(Route([peer]))
+        self.node.send(portal2.address, DISCONNECT, sender=peer)
+        self.assertEqual(portal2.state, DONE)
+        self.assertEqual(self.owner.finished, [portal2])
+
+    def test_socket_lost(self):
+        """
+        The socket closed while open: Disconnect to the other side, done.
+        """
+        portal, transport, peer = self.opened()
+        portal._socket_lost(None)
+        self.assertEqual((portal.state, self.got, self.owner.finished), (DONE, [DISCONNECT], [portal]))
+        self.assertIsNone(portal.transport)
+
+    def test_close_hurries_a_flush(self):
+        """
+        L{PortalWorker.close} ends an open stream (Disconnect) and bounds
+        its flush; on one already flushing it only bounds the flush; once
+        done it fires at once.
+        """
+        portal, transport, peer = self.opened()
+        self.node.send(portal.address, DISCONNECT, sender=peer)
+        self.assertEqual(portal.state, FLUSHING)
+        d = portal.close()
+        self.assertEqual(portal.state, FLUSHING)
+        self.assertEqual(self.got, [])  # no Disconnect: the other side ended it
+        clock = self.node.reactor
+        clock.advance(portal.close_grace + 0.1)
+        self.assertTrue(transport.disconnecting)
+        portal._socket_lost(None)
+        self.successResultOf(d)
+        self.successResultOf(portal.close())
+        self.assertEqual(portal.state, DONE)
+
+    def test_finish_twice(self):
+        portal, transport, peer = self.opened()
+        portal.finish(notify=True)
+        portal.finish(notify=True)
+        self.assertEqual((portal.state, self.got), (FLUSHING, [DISCONNECT]))
+
+    def test_credit_paused_is_a_number_comparison(self):
+        """
+        Out of credit is no state: it is bytes sent against the limit.
+        """
+        portal, transport, peer = self.opened()
+        while portal.bytes_in < STREAM_WINDOW:
+            self.assertFalse(portal.credit_paused)
+            portal._socket_data(b"s" * MAX_CHUNK)
+        self.assertTrue(portal.credit_paused)
+        self.assertEqual((portal.state, transport.producerState), (OPEN, "paused"))
+        self.node.send(portal.address, encode_credit(portal.bytes_in + 1), sender=peer)
+        self.assertFalse(portal.credit_paused)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_grants_only_while_writing(self):
+        """
+        Credit is granted as Payloads are written, not once the other
+        side's Eof came.
+        """
+        portal, transport, peer = self.opened()
+        for _ in range(STREAM_WINDOW // MAX_CHUNK):
+            self.node.send(portal.address, payload_message(b"r" * MAX_CHUNK), sender=peer)
+        grants = [decode_credit(p) for p in self.got]
+        self.assertTrue(grants)
+        self.node.send(portal.address, encode_eof(), sender=peer)
+        del self.got[:]
+        portal._drained()
+        self.assertEqual(self.got, [])
+
+    def test_node_stopping(self):
+        """
+        The node removing an open portal ends it as close() does.
+        """
+        portal, transport, peer = self.opened()
+        self.node.stop_worker(portal.address)
+        self.assertEqual((portal.state, self.got), (FLUSHING, [DISCONNECT]))
