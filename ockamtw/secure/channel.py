@@ -299,7 +299,13 @@ class ChannelEnd(CloseNotifier):
         A message at the encryptor.
         """
         if self.status == UP:
-            self._encrypt_and_send(message)
+            # What the machine does when up (_encrypt_and_send), inline.
+            self._send_inner(
+                message.onward_route.step().prepend(self._peer_backwards),
+                message.return_route,
+                message.payload,
+                sender=self.encryptor,
+            )
         else:
             self._input(self._machine.local, message)
 
