@@ -23,6 +23,7 @@ setup(
     include_package_data=False,
     install_requires=[
         "twisted>=23.10,<27",
+        "automat>=24.8",  # TypeMachineBuilder (the relay, channel and portal state machines)
         "zope.interface>=6.0,<9",
         "construct>=2.10.68,<2.11",
         "treq>=23.11,<27",

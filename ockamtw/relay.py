@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from zope.interface import implementer
 
+from .machines import transitions
 from .access import ANYONE, Relayed, describe_origin
 from .errors import MessageTooLarge, RelayRefused, RequestTimeout, WireError
 from .flow import credit_stream
@@ -762,22 +763,7 @@ class Relay:
         }
 
 
-def _on(old, input, new, output: Optional[str] = None) -> None:
-    """
-    In state C{old}, C{input} leads to state C{new}: the relay's C{state}
-    becomes C{new}'s name, then its method named C{output} (if any) runs
-    with the input's arguments.  (By name, so that test doubles of the
-    relay supply their own.)
-    """
-    name = new.name
-
-    def transition(machine, core, *args) -> None:
-        core.state = name
-        if output is not None:
-            getattr(core, output)(*args)
-
-    transition.__name__ = output or "nothing"
-    (old.upon(input).loop() if old is new else old.upon(input).to(new))(transition)
+_on = transitions("state")
 
 
 _builder = TypeMachineBuilder(_RelayInputs, Relay)

@@ -43,6 +43,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..machines import transitions
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
 from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
@@ -221,22 +222,7 @@ class _StreamInputs(typing.Protocol):
         """
 
 
-def _on(old, input, new, output: Optional[str] = None) -> None:
-    """
-    In state C{old}, C{input} leads to state C{new}: the portal's C{state}
-    becomes C{new}'s name, then its method named C{output} (if any) runs
-    with the input's arguments.  (By name, so that the inlet's and the
-    outlet's portals, and test doubles, supply their own.)
-    """
-    name = new.name
-
-    def transition(machine, core, *args) -> None:
-        core.state = name
-        if output is not None:
-            getattr(core, output)(*args)
-
-    transition.__name__ = output or "nothing"
-    (old.upon(input).loop() if old is new else old.upon(input).to(new))(transition)
+_on = transitions("state")
 
 
 @implementer(IFlowSource)

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from zope.interface import implementer
 
+from ..machines import transitions
 from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
@@ -629,22 +630,7 @@ class ChannelEnd(CloseNotifier):
         }
 
 
-def _on(old, input, new, output: Optional[str] = None) -> None:
-    """
-    In state C{old}, C{input} leads to state C{new}: the end's C{status}
-    becomes C{new}'s name, then its method named C{output} (if any) runs
-    with the input's arguments.  (By name, so that test doubles of the end
-    supply their own.)
-    """
-    name = new.name
-
-    def transition(machine, core, *args) -> None:
-        core.status = name
-        if output is not None:
-            getattr(core, output)(*args)
-
-    transition.__name__ = output or "nothing"
-    (old.upon(input).loop() if old is new else old.upon(input).to(new))(transition)
+_on = transitions("status")
 
 
 _builder = TypeMachineBuilder(_ChannelInputs, ChannelEnd)
