@@ -601,6 +601,15 @@ class ChannelEnd(CloseNotifier):
         return True
 
     @property
+    def link(self):
+        """
+        What the peer's messages come through: the TCP connection or the
+        outer secure channel (C{None} before the handshake, or on this
+        node).
+        """
+        return self._link
+
+    @property
     def identity(self) -> Optional[str]:
         """
         The peer's identifier once the channel is up (IOrigin).
