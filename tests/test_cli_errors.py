@@ -25,9 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 import ockamtw
 from ockamtw.control import state as st
 
-from .helpers import async_test, deadline, spawn
+from .helpers import async_test, deadline, spawn, wait_until
 from .test_cli import OCKAM_ARGV, CLITestCase, Result, _Command
-from .test_portal import wait_until
 
 
 class _Silent(Protocol):

@@ -53,9 +53,9 @@ from ockamtw.secure.identity import LocalIdentity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
-from . import test_portal as tp
-from .helpers import async_test, h_frame, h_message
-from .test_secure_channel import SecureTestCase, log_text
+from .helpers import async_test, h_frame, h_message, log_text, wait_until
+from .portal_harness import r_frame
+from .test_secure_channel import SecureTestCase
 
 log = Logger(namespace="tests.test_handshake_limits")
 
@@ -487,7 +487,7 @@ class Flooder(Protocol):
             frame, buffer = buffer[: 2 + n], buffer[2 + n :]
             self.answered += 1
             if self._answer:
-                _, ret, _ = tp.r_frame(frame)
+                _, ret, _ = r_frame(frame)
                 self.transport.write(h_frame(h_message(ret[:1], ["0#" + "c" * 32], b"\x40" + bytes(64))))
         self._buffer = buffer
 
@@ -542,7 +542,7 @@ class FloodTests(SecureTestCase):
         def flooded():
             return sum(c.messages_in for c in n2.tcp.connections if c.socket_address in sources)
 
-        await tp.wait_until(lambda: flooded() > 3000 * connections, 10, "the flood under way")
+        await wait_until(lambda: flooded() > 3000 * connections, 10, "the flood under way")
         most_half_open = most_workers = 0
         echo, through = [], []
         for i in range(self.ROUND_TRIPS):
@@ -593,8 +593,8 @@ class FloodTests(SecureTestCase):
         # The flood's connections close: what they held is freed.
         for f in flooders:
             f.transport.abortConnection()
-        await tp.wait_until(lambda: self.half_open(listener) == 0, 5, "the flood's half-open handshakes freed")
-        await tp.wait_until(
+        await wait_until(lambda: self.half_open(listener) == 0, 5, "the flood's half-open handshakes freed")
+        await wait_until(
             lambda: not any(c.socket_address in sources for c in n2.tcp.connections), 5, "the flood's connections closed"
         )
         self.assertEqual(len(n2.worker_addresses()), base_workers + 3)

@@ -15,6 +15,7 @@ import tempfile
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import TestCase
 
@@ -27,7 +28,8 @@ from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
 
-from tests.helpers import async_test, deadline
+from tests.helpers import async_test, deadline, wait_until
+from tests.portal_harness import Collector, EchoTarget, TargetFactory
 
 
 class OrchestratorTestCase(TestCase):
@@ -241,8 +243,6 @@ class SeedTests(OrchestratorTestCase):
 
     @async_test
     async def test_relay_message_and_portal(self):
-        from tests import test_portal as tp
-
         info = await self.project()
         n3 = self.member_node("n3", info)
         n1 = self.member_node("n1", info)
@@ -256,15 +256,15 @@ class SeedTests(OrchestratorTestCase):
         )
         self.assertEqual(decode_string(reply.payload), "HELLO")
 
-        targets = tp.TargetFactory(tp.EchoTarget)
+        targets = TargetFactory(EchoTarget)
         from twisted.internet.endpoints import serverFromString
 
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(targets)
         self.addCleanup(port.stopListening)
         await n3.create_outlet("outlet", f"127.0.0.1:{port.getHost().port}")
         inlet = await n1.create_inlet("127.0.0.1:0", "/project/default/service/forward_to_n3/service/outlet")
-        client = await tp.connectProtocol(
-            tp.TCP4ClientEndpoint(reactor, "127.0.0.1", int(inlet.socket_address.rsplit(":", 1)[1])), tp.Collector()
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", int(inlet.socket_address.rsplit(":", 1)[1])), Collector()
         )
         self.addCleanup(client.transport.abortConnection)
         client.transport.write(b"through the project")
@@ -296,8 +296,6 @@ class RestartTests(SeedTests):
 
     @async_test
     async def test_restart(self):
-        from tests import test_portal as tp
-
         info = await self.project()
         before_json = info.to_json()
         n3 = self.member_node("n3", info)
@@ -307,7 +305,7 @@ class RestartTests(SeedTests):
                             timeout=1.0),
             10, "the relay",
         )
-        targets = tp.TargetFactory(tp.EchoTarget)
+        targets = TargetFactory(EchoTarget)
         from twisted.internet.endpoints import serverFromString
 
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(targets)
@@ -317,7 +315,7 @@ class RestartTests(SeedTests):
         inlet_port = int(inlet.socket_address.rsplit(":", 1)[1])
 
         async def echo(token: bytes):
-            client = await tp.connectProtocol(tp.TCP4ClientEndpoint(reactor, "127.0.0.1", inlet_port), tp.Collector())
+            client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", inlet_port), Collector())
             self.addCleanup(client.transport.abortConnection)
             client.transport.write(token)
             await client.received(len(token), 10, f"echo of {token!r}")
@@ -328,14 +326,14 @@ class RestartTests(SeedTests):
 
         # Stop the orchestrator and start a new one on the same data.
         await self.o.stopService()
-        await tp.wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
+        await wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
         await self.start()
         after = await self.api("GET", f"/v0/projects/{info.id}/information")
         self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
         try:
-            await tp.wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+            await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
         except AssertionError:
             self.fail(f"the relay did not come back: {relay.last_error}")
         reply = await deadline(
