@@ -179,6 +179,12 @@ class LogWatch:
                     still.append((n, d))
             self._waiting = still
 
+    def texts(self) -> List[str]:
+        """
+        The events seen so far, as text (L{log_text}).
+        """
+        return [log_text(e) for e in self.events]
+
     def when(self, n: int, seconds: Optional[float] = None, what: str = "log events") -> Deferred:
         """
         Fires with the first C{n} events once they have been seen; fails

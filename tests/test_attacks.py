@@ -26,7 +26,7 @@ from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_strin
 from ockamtw.portal import PING, PONG
 from ockamtw.wire import TransportMessage
 
-from tests.helpers import async_test, connect_raw, deadline, h_frame, h_message, h_string, wait_until
+from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_frame, h_message, h_string, wait_until
 from tests.portal_harness import Collector, EchoTarget, PortalTestCase, RawPeer, StreamWriter, figure, r_frame
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -395,18 +395,11 @@ class LivenessTests(AttackTestCase):
 
 
 class LogAmplificationTests(AttackTestCase):
-    def log_bytes(self):
-        from twisted.logger import formatEvent, globalLogPublisher
-
-        sizes = []
-
-        def observer(event):
-            if str(event.get("log_namespace", "")).startswith("ockamtw"):
-                sizes.append(len(formatEvent(event)))
-
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return sizes
+    def log_bytes(self) -> LogWatch:
+        """
+        The log events of ockamtw code from now on.
+        """
+        return LogWatch(self, lambda e: str(e.get("log_namespace", "")).startswith("ockamtw"))
 
     @async_test
     async def test_bad_frames_long_names_unknown_addresses(self):
@@ -416,7 +409,7 @@ class LogAmplificationTests(AttackTestCase):
         exist and 2,000 refused by a worker's policy: the node logs a few
         KB, not megabytes.
         """
-        sizes = self.log_bytes()
+        logged = self.log_bytes()
         n2, l2 = await self.listening_node("n2")
         peer = await self.raw(l2.port)
         peer.transport.write(b"\x00\x01\x02" * 100_000)
@@ -429,6 +422,7 @@ class LogAmplificationTests(AttackTestCase):
         for i in range(2000):
             peer.send(["private"], ["m"], b"x")
         await self.processed(peer, "n2 handled it all")
+        sizes = [len(text) for text in logged.texts()]
         total = sum(sizes)
         figure(f"log amplification: {len(sizes)} events, {total} bytes for ~1.5 MB of attack")
         self.assertLess(total, 20_000)
@@ -449,11 +443,9 @@ class SmallerTests(AttackTestCase):
         its upper case 3): one warning line, no traceback, and the service
         goes on answering.
         """
-        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+        from twisted.logger import LogLevel, formatEvent
 
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogWatch(self, lambda e: True).events
         n2, l2 = await self.listening_node("n2")
         n1 = self.make_node("n1")
         at = f"/ip4/127.0.0.1/tcp/{l2.port}/service/uppercase"

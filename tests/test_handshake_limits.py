@@ -35,7 +35,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ockamtw import Address, Node, Route, Worker
@@ -53,7 +53,7 @@ from ockamtw.secure.identity import LocalIdentity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
-from .helpers import async_test, h_frame, h_message, log_text, wait_until
+from .helpers import LogWatch, async_test, h_frame, h_message, log_text, wait_until
 from .portal_harness import r_frame
 from .test_secure_channel import SecureTestCase
 
@@ -100,20 +100,11 @@ class Sink(Worker):
         self.messages.append(message)
 
 
-class LogLines:
+def secure_log_lines(testcase, needle: str) -> LogWatch:
     """
     The log events of the secure channel code whose text holds C{needle}.
     """
-
-    def __init__(self, testcase, needle: str) -> None:
-        self.events = []
-        self.needle = needle
-        globalLogPublisher.addObserver(self)
-        testcase.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event) -> None:
-        if event.get("log_namespace") == "ockamtw.secure" and self.needle in log_text(event):
-            self.events.append(event)
+    return LogWatch(testcase, lambda e: e.get("log_namespace") == "ockamtw.secure" and needle in log_text(e))
 
 
 # --- in memory --------------------------------------------------------------------------------------
@@ -370,7 +361,7 @@ class GraceTests(ListenerInMemory):
         default), their workers gone, their peer's slots free again; 25 of
         them ending at once do not log a line each.
         """
-        lines = LogLines(self, "did not complete")
+        lines = secure_log_lines(self, "did not complete")
         listener = self.listener()
         self.assertEqual(listener.timeout, 10.0)
         peers = [Peer(f"10.0.0.{i}:1") for i in range(5)]
@@ -399,7 +390,7 @@ class GraceTests(ListenerInMemory):
         once, and connections closing together do not log a line each; an
         M1 from a closed connection is refused before any work.
         """
-        lines = LogLines(self, "closed during the handshake")
+        lines = secure_log_lines(self, "closed during the handshake")
         listener = self.listener()
         a1, a2, b, c = Peer("10.0.0.1:1"), Peer("10.0.0.1:2"), Peer("10.0.0.2:1"), Peer("10.0.0.3:1")
         self.m1(a1, 3)
@@ -431,7 +422,7 @@ class RefusalLogTests(ListenerInMemory):
         A thousand refusals log a few lines; the next period's first line
         says how many were held back.
         """
-        lines = LogLines(self, "refused (per_peer")
+        lines = secure_log_lines(self, "refused (per_peer")
         listener = self.listener(timeout=60.0)
         peer = Peer("10.0.0.1:1")
         self.m1(peer, 1005)

@@ -18,10 +18,10 @@ import re
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -53,8 +53,10 @@ from .helpers import (
     RawFrameClient,
     accepted_connection,
     async_test,
+    captureLogs,
     connect_raw,
     deadline,
+    first_log_event,
     h_frame,
     h_message,
     h_string,
@@ -144,43 +146,6 @@ def h_split(data: bytes):
 
 def msg_frame(onward, ret, payload: bytes) -> bytes:
     return h_frame(h_message(onward, ret, payload))
-
-
-def captureLogs(testcase, *namespaces):
-    """
-    Collect the log events of C{namespaces} for the rest of the test.
-    """
-    events = []
-
-    def observer(event):
-        if event.get("log_namespace") in namespaces:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
-
-
-def first_log_event(testcase, predicate) -> Deferred:
-    """
-    A Deferred that fires with the first log event (from now on) for which
-    C{predicate(event)} is true.
-    """
-    d: Deferred = Deferred()
-
-    def observer(event):
-        if not d.called and predicate(event):
-            globalLogPublisher.removeObserver(observer)
-            d.callback(event)
-
-    globalLogPublisher.addObserver(observer)
-
-    def cleanup():
-        if not d.called:
-            globalLogPublisher.removeObserver(observer)
-
-    testcase.addCleanup(cleanup)
-    return d
 
 
 def who(name: bytes):
