@@ -25,8 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 import ockamtw
 from ockamtw.control import state as st
 
+from .cli_harness import OCKAM_ARGV, CLITestCase, CommandProcess, Result
 from .helpers import async_test, deadline, spawn, wait_until
-from .test_cli import OCKAM_ARGV, CLITestCase, Result, _Command
 
 
 class _Silent(Protocol):
@@ -102,7 +102,7 @@ class ErrorCaseTestCase(CLITestCase):
         return what it did.
         """
         argv = OCKAM_ARGV + list(args)
-        proto = _Command(None)
+        proto = CommandProcess(None)
         transport = reactor.spawnProcess(proto, argv[0], argv, env=self.env, path=self.home)
 
         def kill():
