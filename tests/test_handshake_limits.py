@@ -55,7 +55,7 @@ from ockamtw.wire import TransportMessage
 
 from .helpers import LogWatch, async_test, h_frame, h_message, log_text, wait_until
 from .portal_harness import r_frame
-from .test_secure_channel import SecureTestCase
+from .secure_harness import SecureTestCase
 
 log = Logger(namespace="tests.test_handshake_limits")
 

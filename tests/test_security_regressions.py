@@ -83,9 +83,9 @@ from ockamtw.secure.identity import LocalIdentity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
-from .test_secure_channel import Inbox
 from .helpers import RawFrameClient, async_test, connect_raw, deadline, h_frame, h_message, uvarint, wait_until
 from .portal_harness import Collector, EchoTarget, PortalTestCase, h_payload, r_uvarint
+from .secure_harness import Inbox
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 #: The replay window of docs/protocol.md ("Where ockamtw differs", 9).
