@@ -31,6 +31,8 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 
+from ockamtw.errors import WireError
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 
@@ -259,6 +261,22 @@ def held_port(testcase, host: str = "127.0.0.1") -> int:
         raise
     testcase.addCleanup(s.close)
     return s.getsockname()[1]
+
+
+# --- assertions -------------------------------------------------------------------
+
+
+def assert_wire_error(testcase, fn, *args, context=""):
+    """
+    Assert that C{fn(*args)} raises L{ockamtw.errors.WireError} (and nothing else).
+    """
+    try:
+        result = fn(*args)
+    except WireError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
+        testcase.fail(f"{context}: expected WireError, got {type(e).__name__}: {e!r}")
+    testcase.fail(f"{context}: expected WireError, got a result: {result!r}")
 
 
 # --- hand-written BARE, independent of ockamtw.wire ------------------------
