@@ -1,7 +1,7 @@
 """
 Integration tests of secure channels (C{docs/protocol.md}, section 7):
 in-process nodes on the global reactor joined by real loopback sockets on
-port 0, as in L{tests.test_relay} and L{tests.test_portal}.
+port 0, as in L{tests.test_relay} and L{tests.test_portal_seed}.
 
   - mutual authentication, and the peer identity on every decrypted message;
   - a refused identity, on either side; our own identity refused unless
@@ -1010,7 +1010,7 @@ class RestartTests(SecureTestCase):
         """
         An inlet whose route holds /secure/api works again once the far
         node is back on the same port (as one without a channel does, see
-        tests.test_portal): the dead channel must not be reused.  The port
+        tests.test_portal_lifecycle): the dead channel must not be reused.  The port
         is held by the test (L{held_port}) while n2 is down.
         """
         port = held_port(self)
