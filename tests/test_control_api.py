@@ -24,8 +24,8 @@ from ockamtw.control import server
 from ockamtw.control import state as st
 from ockamtw.control.server import ControlService, NodeController, status_text
 
-from .helpers import async_test
-from .test_portal import PortalTestCase, wait_until
+from .helpers import async_test, wait_until
+from .portal_harness import PortalTestCase
 
 OTHER = "P" + "1" * 64
 
