@@ -65,8 +65,8 @@ def _read_json(path: str, what: str) -> Optional[dict]:
     try:
         with open(path, "rb") as f:
             raw = f.read(1 << 20)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # (a home that is not a directory: the command says so itself)
     except OSError as e:
         raise CLIError(f"cannot read {what}: {os_error(e, path)}") from None
     try:

@@ -284,7 +284,7 @@ class Commands:
         a = self.args
         listen = hostport(a.tcp_listener_address, "--tcp-listener-address")
         extra = {}
-        if a.project is not None:
+        if getattr(a, "project", None) is not None:
             from ..project.projectinfo import ProjectInfo
             from . import home as h
 
@@ -315,9 +315,10 @@ class Commands:
         state = st.empty_state(name, listen)
         state.update(extra or {})
         home = self.nodes.home
-        if enrolled and identity is None:
-            identity = h.enrolled_identity(home)
-            if identity is not None and "project" not in state:
+        enrolled_identity = h.enrolled_identity(home) if enrolled else None
+        if enrolled_identity is not None:
+            identity = identity or enrolled_identity
+            if "project" not in state:
                 default = h.default_project(home)
                 if default is not None:
                     state["project"] = h.load_project(home, default).to_dict()
@@ -379,6 +380,7 @@ class Commands:
             "forwarders": [],
             "identity": _identity_on_disk(self.nodes, name, state),
             "project": (state.get("project") or {}).get("name"),
+            "authority": _authority_on_disk(state),
             "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down"} for i in state.get("inlets", [])],
             "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
             "relays": [
@@ -1151,11 +1153,24 @@ def _broken_info(name: str, error, pid) -> dict:
         "services": [],
         "forwarders": [],
         "identity": None,
+        "project": None,
+        "authority": None,
         "inlets": [],
         "outlets": [],
         "relays": [],
         "problem": error.problem,
     }
+
+
+def _authority_on_disk(state: dict) -> Optional[dict]:
+    """
+    What a stopped authority node's state says of its authority.
+    """
+    doc = state.get("authority")
+    if not isinstance(doc, dict):
+        return None
+    return {"project_identifier": doc.get("project_identifier"), "identifier": None, "services": [],
+            "members": len(doc.get("members") or {}), "trusted_identities_file": doc.get("trusted_identities_file")}
 
 
 class _PipeTail:
@@ -1305,6 +1320,9 @@ def _exit_status(result, interrupt: _Interrupt) -> int:
     if interrupt.interrupted or isinstance(e, (KeyboardInterrupt, defer.CancelledError)):
         _say("interrupted")
         return INTERRUPTED
+    if isinstance(e, SystemExit):
+        # A usage mistake a command found (parser.error): already said.
+        return e.code if isinstance(e.code, int) else 2
     if isinstance(e, BrokenPipeError):
         # The reader went away (e.g. `| head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -123,6 +123,9 @@ class LocalOrchestrator:
                 except FileNotFoundError:
                     pass
             h.write_private(os.path.join(self.dir, RUN_JSON), json.dumps({"data": data}) + "\n")
+            # twistd appends to the log and keeps its mode: make it private.
+            os.close(os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            os.chmod(self.log, 0o600)
         except OSError as e:
             raise CLIError(f"cannot start the orchestrator: {os_error(e)}") from None
         return subprocess.Popen(

@@ -208,7 +208,8 @@ class NodeController:
             "pid": self.pid,
             "route": f"/node/{node.name}",
             "listener": self.listener.socket_address if self.listener is not None else None,
-            "services": [n for n in SERVICES if node.worker_at(n) is not None] + list(node.secure_listeners),
+            "services": [n for n in SERVICES if node.worker_at(n) is not None] + list(node.secure_listeners)
+            + (self.authority.services() if self.authority is not None else []),
             "forwarders": sorted(
                 a.value for a in node.worker_addresses() if isinstance(node.worker_at(a), Forwarder)
             ),
