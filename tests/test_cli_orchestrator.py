@@ -256,6 +256,29 @@ class EnrollTests(OrchestratorCLITestCase):
         self.assertRegex(r.out, r"Projects:\n    default [0-9a-f-]{36} /dnsaddr/")
 
 
+class TwistdTests(OrchestratorCLITestCase):
+    @async_test
+    async def test_enroll_finds_an_orchestrator_run_with_twistd(self):
+        """
+        An Orchestrator run directly (C{ockamtw-orchestrator}, the twistd
+        plugin's script) with this home's default data directory is found
+        by C{ockam enroll}, which keeps its URL and token.
+        """
+        from .helpers import script_argv
+
+        data = os.path.join(self.home, "orchestrator")
+        argv = script_argv("ockamtw-orchestrator", ["-m", "ockamtw.orchestrator"])
+        process = spawn(self, argv + ["--data", data, "--http", "tcp:0:interface=127.0.0.1", "--project-ports", "0"],
+                        env={"OCKAM_HOME": self.home})
+        await process.wait_for(r"serving http://127\.0\.0\.1:\d+", seconds=20)
+        r = await self.ockam("enroll")
+        self.assertIn("  Name: default\n", r.out)
+        with open(os.path.join(data, "http.json")) as f:
+            url = json.load(f)["url"]
+        with open(os.path.join(self.home, "orchestrator.json")) as f:
+            self.assertEqual(json.load(f)["url"], url)
+
+
 class NonMemberTests(OrchestratorCLITestCase):
     @async_test
     async def test_non_member_errors(self):
@@ -537,8 +560,16 @@ class ProcessTests(OrchestratorCLITestCase):
         self.assertEqual(r.out, log + "\n")
         r = await self.ockam("orchestrator", "status", "--output", "json")
         self.assertEqual((r.json()["status"], r.json()["pid"], r.json()["url"]), ("UP", info["pid"], info["url"]))
+        await self.ockam("enroll")
         r = await self.ockam("orchestrator", "stop")
         self.assertTrue(process_gone(info["pid"]))
+        # Started again: the same data (its project), a new URL kept for the CLI.
+        again = await self.start_orchestrator()
+        with open(os.path.join(self.home, "orchestrator.json")) as f:
+            self.assertEqual(json.load(f)["url"], again["url"])
+        r = await self.ockam("project", "list", "--output", "json")
+        self.assertEqual([p["name"] for p in r.json()], ["default"])
+        await self.ockam("orchestrator", "stop")
 
         # A stale pid file naming another live process.
         sleeper = spawn(self, [sys.executable, "-c", "import time; time.sleep(60)"])

@@ -15,17 +15,14 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Node
-from ockamtw.control import server
 from ockamtw.control import state as st
 from ockamtw.control.server import NodeController, relay_dict
 from ockamtw.project import codec
 from ockamtw.project.authority import Authority, AuthorityConfig, AuthorityConfigError, parse_trusted_identities
-from ockamtw.project.codec import OneTimeCode
 from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError
 from ockamtw.relay import STATIC_FORWARDING_SERVICE, Relay

@@ -207,7 +207,7 @@ def client(c, url: Optional[str] = None, token: Optional[str] = None) -> Orchest
     C{token}); its connection pool is closed when the command ends.
     """
     if url is None:
-        conf = h.read_orchestrator(c.nodes.home)
+        conf = h.read_orchestrator(c.nodes.home) or local_conf(c.nodes.home)
         if conf is None:
             raise CLIError(
                 "no orchestrator known in this home: start one (ockam orchestrator start) "
@@ -217,6 +217,19 @@ def client(c, url: Optional[str] = None, token: Optional[str] = None) -> Orchest
     http, pool = http_client(c.reactor)
     c._clients.append(_Pool(pool))
     return _CLIClient(http, url, token, clock=c.reactor)
+
+
+def local_conf(home: str):
+    """
+    C{{"url", "token"}} read from the data of an Orchestrator started here
+    without C{ockam orchestrator start} (C{twistd -n ockam-orchestrator}
+    with its default C{--data}, C{$OCKAM_HOME/orchestrator}), or C{None}.
+    """
+    local = LocalOrchestrator(home)
+    url, token = local.url(), local.token()
+    if url is None or token is None:
+        return None
+    return {"url": url, "token": token}
 
 
 class _Pool:

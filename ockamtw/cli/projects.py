@@ -37,7 +37,7 @@ from ..project.service import ApiError, call
 from ..routing import Route
 from ..secure.errors import SecureChannelError
 from . import home as h
-from .nodes import CLIError, os_error
+from .nodes import CLIError
 from .orchestrator import client
 
 #: ✔︎ as Ockam prints it (U+2714 U+FE0E).
@@ -240,8 +240,9 @@ async def enroll(c) -> None:
     name = identity_name(c, a.identity)
     identity = load_identity(c, name, create=True)
     result = await api.enroll(identity)
-    if a.orchestrator is not None:
-        h.write_orchestrator(home, api.base_url, a.token)
+    if a.orchestrator is not None or h.read_orchestrator(home) is None:
+        # Named here, or found in the local Orchestrator's data: kept.
+        h.write_orchestrator(home, api.base_url, api.token)
     space, project = result["space"], result["project"]
     info = ProjectInfo.from_json(json.dumps(await api.project_information(project["id"])))
     config = h.read_config(home)

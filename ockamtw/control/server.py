@@ -121,8 +121,8 @@ class NodeController:
         info = st.project_of(state)
         if info is not None:
             self.node.add_project(info)
-        for resource, expression in (state.get("policies") or {}).items():
-            self.node.membership.set_policy(resource, expression)
+        for name, expression in (state.get("policies") or {}).items():
+            self.node.membership.set_policy(name, expression)
         config = st.authority_of(state)
         if config is not None and self.authority is None:
             from ..project.authority import Authority
