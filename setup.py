@@ -1,11 +1,18 @@
 from setuptools import find_packages, setup
 
+import re
+
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
+# One version, ockamtw.__version__ (read, not imported: the dependencies may
+# not be installed yet).
+with open("ockamtw/__init__.py", encoding="utf-8") as f:
+    version = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
+
 setup(
     name="ockamtw",
-    version="0.1.0",
+    version=version,
     description="Ockam's routed messaging, relays and portals on Twisted, wire-compatible with Ockam 0.83",
     long_description=long_description,
     long_description_content_type="text/markdown",
@@ -16,6 +23,7 @@ setup(
     include_package_data=False,
     install_requires=[
         "twisted>=23.10,<27",
+        "automat>=24.8",  # TypeMachineBuilder (the relay, channel and portal state machines)
         "zope.interface>=6.0,<9",
         "construct>=2.10.68,<2.11",
         "treq>=23.11,<27",
@@ -28,7 +36,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ockam = ockamtw.cli.main:main",
+            "ockam = ockamtw.cli.entry:main",
             "ockamtw-node = ockamtw.tap:run",
             "ockamtw-orchestrator = ockamtw.orchestrator.tap:run",
         ],

@@ -1,44 +1,50 @@
 """
 ockamtw: Ockam's routed messaging, relays and portals on Twisted.
+
+The names below are imported when first used (PEP 562), so that a command
+line importing C{ockamtw.cli} starts without loading the node, and a Ctrl-C
+while it loads ends the command quietly.
 """
 
-from .errors import (
-    AddressInUse,
-    MessageTooLarge,
-    OckamError,
-    RelayRefused,
-    RequestTimeout,
-    RouteUnreachable,
-    TransportError,
-    WireError,
-)
-from .routing import Address, MultiAddr, Route
-from .node import BaseNode, FunctionWorker, Worker
-from .api import Node
-from .interfaces import IWorker
-from .wire import PortalMessage, TransportMessage, decode_string, encode_string
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Node",
-    "BaseNode",
-    "Worker",
-    "FunctionWorker",
-    "IWorker",
-    "Address",
-    "Route",
-    "MultiAddr",
-    "TransportMessage",
-    "PortalMessage",
-    "encode_string",
-    "decode_string",
-    "OckamError",
-    "WireError",
-    "MessageTooLarge",
-    "AddressInUse",
-    "RequestTimeout",
-    "RelayRefused",
-    "RouteUnreachable",
-    "TransportError",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Node": ".api",
+    "BaseNode": ".node",
+    "Worker": ".node",
+    "FunctionWorker": ".node",
+    "IWorker": ".interfaces",
+    "Address": ".routing",
+    "Route": ".routing",
+    "MultiAddr": ".routing",
+    "TransportMessage": ".wire",
+    "PortalMessage": ".wire",
+    "encode_string": ".wire",
+    "decode_string": ".wire",
+    "OckamError": ".errors",
+    "WireError": ".errors",
+    "MessageTooLarge": ".errors",
+    "AddressInUse": ".errors",
+    "RequestTimeout": ".errors",
+    "RelayRefused": ".errors",
+    "RouteUnreachable": ".errors",
+    "TransportError": ".errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

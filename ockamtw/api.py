@@ -120,6 +120,17 @@ class Node(BaseNode):
         self.secure_listeners[Address.parse(address).value] = listener
         return listener
 
+    def delete_secure_channel_listener(self, address: str) -> None:
+        """
+        Stop the secure channel listener at C{address}; the channels it
+        accepted are closed with it.
+
+        @raise KeyError: if there is none.
+        """
+        address = Address.parse(address).value
+        self.secure_listeners.pop(address)
+        self.stop_worker(address)
+
     def create_secure_channel(self, route, authorized=None, timeout: float = 10.0) -> Deferred:
         """
         Create a secure channel to the listener at the end of C{route}
@@ -135,7 +146,13 @@ class Node(BaseNode):
             end = ChannelEnd(self, self.identity, TrustPolicy(authorized), initiator=True, owner=self)
             end.route_text = str(route)
             self.secure_channels[end.encryptor.value] = end
-            await end.start_initiator(resolved, timeout)
+            try:
+                await end.start_initiator(resolved, timeout)
+            except BaseException:
+                # Refused, timed out, or cancelled by the caller: nothing
+                # of the half-made channel stays (close is idempotent).
+                end.close()
+                raise
             return end.encryptor
 
         return Deferred.fromCoroutine(go())
@@ -182,7 +199,7 @@ class Node(BaseNode):
         if hop.name == self.name:
             return prefix
         if self.node_resolver is None:
-            raise RouteUnreachable(f"unknown node {hop.name!r}")
+            raise RouteUnreachable(f"no node named {hop.name!r}")
         target = await maybeDeferred(self.node_resolver, hop.name)
         link = await self.connect_hop(Address(TCP, target))
         return Route([link.address])

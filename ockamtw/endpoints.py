@@ -6,11 +6,13 @@ C{[v6]:port}, C{1#host:port}, or a Twisted endpoint string
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import re
 from typing import Union
 
-from twisted.internet import endpoints
+from twisted.internet import endpoints, error
 
 from .errors import WireError
 
@@ -111,3 +113,33 @@ def client_endpoint(reactor, target: str, timeout: float = 10.0, hostport_only: 
         return endpoints.clientFromString(reactor, kind[1]), kind[1]
     except (ValueError, TypeError, KeyError) as e:
         raise WireError(f"bad endpoint {target!r}: {e}") from None
+
+
+def reason(failure_or_error) -> str:
+    """
+    Why a listen or a connection failed, as a user reads it: the system's
+    words for the error (C{Address already in use}, C{Connection refused})
+    without Twisted's wrapping, which repeats the address the caller
+    already names (C{Couldn't listen on 127.0.0.1:7000: [Errno 98] ...}).
+    """
+    e = getattr(failure_or_error, "value", failure_or_error)
+    if isinstance(e, error.CannotListenError):
+        inner = e.socketError
+        if isinstance(inner, OSError) and inner.strerror:
+            return inner.strerror
+        return str(inner) if inner is not None else "cannot listen"
+    if isinstance(e, error.DNSLookupError):
+        return "no such host"
+    if isinstance(e, error.TimeoutError):
+        return "timed out"
+    if isinstance(e, error.ConnectError):
+        text = e.args[0] if e.args else ""
+        if text:
+            return str(text).rstrip(".")
+        code = e.osError
+        if isinstance(code, int) and code in errno.errorcode:
+            return os.strerror(code)
+        return getattr(e, "MESSAGE", "") or type(e).__name__
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Protocol
 
+from automat import TypeMachineBuilder
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 
 from zope.interface import implementer
 
+from .machines import transitions
 from .access import ANYONE, Relayed, describe_origin
 from .errors import MessageTooLarge, RelayRefused, RequestTimeout, WireError
 from .flow import credit_stream
@@ -357,6 +359,54 @@ class _FromRelayLink:
         return f"only the link to the relay node of relay {self.relay.name}"
 
 
+class _RelayInputs(Protocol):
+    """
+    What happens to a relay client: the inputs of its machine (L{Relay}).
+    """
+
+    def start(self) -> None:
+        "L{Relay.start}: register for the first time; if that fails, stop."
+
+    def start_in_background(self) -> None:
+        "L{Relay.start_in_background}: register, and retry until it works."
+
+    def registered(self, route: object) -> None:
+        "The relay node answered the registration in flight; C{route} leads to it."
+
+    def attempt_failed(self, failure: object) -> None:
+        "The registration in flight failed: no reply in time, refused, or unreachable."
+
+    def timer_fired(self) -> None:
+        "The refresh (when up) or the retry (when backing off) is due."
+
+    def link_lost(self) -> None:
+        "The connection or secure channel to the relay node closed."
+
+    def stop(self) -> None:
+        "L{Relay.stop}."
+
+
+#: The states of a relay client, by name (L{Relay.state}).
+#: Created, not started.
+IDLE = "idle"
+#: The first registration (L{Relay.start}) is in flight; if it fails, the
+#: relay stops and C{start}'s Deferred fails.
+STARTING = "starting"
+#: A registration is in flight while the relay is L{DOWN} (started in the
+#: background, retrying, or a refresh whose link closed).
+REGISTERING = "registering"
+#: Registered (L{UP}); the next refresh is due in C{refresh} seconds.
+REGISTERED = "up"
+#: A refresh is in flight while the relay is L{UP}.
+REFRESHING = "refreshing"
+#: L{DOWN}; the next registration is due after a backoff delay.
+BACKING_OFF = "backing off"
+#: Stopped for good: no worker, no timer, nothing in flight.
+STOPPED = "stopped"
+
+_SHOWN_UP = frozenset({REGISTERED, REFRESHING})
+
+
 class Relay:
     """
     A relay registered at another node, kept alive on its own.
@@ -366,9 +416,14 @@ class Relay:
     then reconnects (re-resolving C{at}) and re-registers under the same
     name with exponential backoff, until L{stop}.
 
+    A state machine (C{_RelayInputs}, the table after this class): its
+    state is L{state}, one of L{IDLE}, L{STARTING}, L{REGISTERING},
+    L{REGISTERED}, L{REFRESHING}, L{BACKING_OFF}, L{STOPPED}; L{status}
+    derives from it.
+
     @ivar name: the relay's name (C{n3}).
     @ivar alias: the forwarder's address at the relay node (C{forward_to_n3}).
-    @ivar status: L{UP} or L{DOWN}.
+    @ivar state: the name of the machine's state.
     @ivar remote_address: the forwarder's L{Address} as the relay node
         answered it.
     @ivar route: the L{Route} from this node to the forwarder.
@@ -395,7 +450,7 @@ class Relay:
         self.alias = name if service == STATIC_FORWARDING_SERVICE else alias_for(name)
         self.refresh = refresh
         self.timeout = timeout
-        self.status = DOWN
+        self.state = IDLE
         self.remote_address: Optional[Address] = None
         self.route: Optional[Route] = None
         self.last_error: Optional[str] = None
@@ -403,17 +458,34 @@ class Relay:
         self._payload = encode_string(self.alias)
         self._address: Optional[Address] = None
         self._link = None
+        #: the reply the registration in flight waits for
         self._waiting: Optional[Deferred] = None
+        #: the refresh or retry timer (up, or backing off)
         self._timer = None
+        #: the registration in flight (starting, registering, refreshing)
         self._attempt: Optional[Deferred] = None
+        #: what L{start} returned, until the first registration ends
+        self._started: Optional[Deferred] = None
         self._failures = 0
         self._messages_in_at_send = None
-        self._stopped = False
         self._observers: List[Callable[[str], None]] = []
+        #: the status the observers were last told
+        self._shown = DOWN
+        self._machine = _RelayMachine(self)
+        self._busy = 0
+        self._after: list = []
 
     @property
     def at_text(self) -> str:
         return str(self.at)
+
+    @property
+    def status(self) -> str:
+        """
+        L{UP} when registered (also while a refresh is in flight), else
+        L{DOWN}.
+        """
+        return UP if self.state in _SHOWN_UP else DOWN
 
     # --- public -------------------------------------------------------------
 
@@ -422,26 +494,16 @@ class Relay:
         Register for the first time: fires with this relay once it is up;
         fails (and leaves nothing behind) when the first registration does.
         """
-        self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
-
-        async def first():
-            try:
-                await self._register_once()
-            except BaseException:
-                self._shutdown()
-                raise
-            self._schedule(self.refresh, self._refresh)
-            return self
-
-        return Deferred.fromCoroutine(first())
+        started = self._started = Deferred()
+        self._input(self._machine.start)
+        return started
 
     def start_in_background(self) -> "Relay":
         """
         Start without waiting: the relay registers as soon as it can,
         retrying with backoff until it is up (and keeps itself up after).
         """
-        self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
-        self._run_attempt()
+        self._input(self._machine.start_in_background)
         return self
 
     def stop(self) -> None:
@@ -449,11 +511,7 @@ class Relay:
         Stop refreshing and reconnecting, remove the local worker, and free
         the name on this node.
         """
-        self._shutdown()
-        self._set_status(DOWN)
-        relays = getattr(self.node, "relays", None)
-        if relays is not None and relays.get(self.name) is self:
-            del relays[self.name]
+        self._input(self._machine.stop)
 
     def on_status(self, observer: Callable[[str], None]) -> None:
         """
@@ -477,9 +535,162 @@ class Relay:
         self._observers.append(watch)
         return d
 
+    # --- the machine's inputs ----------------------------------------------------------
+
+    def _input(self, input, *args) -> None:
+        """
+        Give the machine C{input} (a method of C{self._machine}).  An input
+        that comes while the machine is busy (from its own outputs, or code
+        they call) waits until it is done, as automat does; the code that
+        its outputs leave for later (L{_later}: status observers, the
+        callbacks of L{start}'s Deferred) runs once it is done, so that it
+        can use this relay at once, as any caller can.
+        """
+        self._busy += 1
+        try:
+            input(*args)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                after = self._after
+                while after:
+                    after.pop(0)()
+
+    def _later(self, f, *args) -> None:
+        self._after.append(lambda: f(*args))
+
+    def _attempt_succeeded(self, route: Route) -> None:
+        self._attempt = None
+        self._input(self._machine.registered, route)
+
+    def _attempt_lost(self, failure) -> None:
+        self._attempt = None
+        self._input(self._machine.attempt_failed, failure)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._input(self._machine.timer_fired)
+
+    def _link_lost(self, link) -> None:
+        if link is not self._link:
+            return
+        self._link = None
+        self._input(self._machine.link_lost)
+
+    # --- the machine's outputs ------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
+        self._register()
+
+    def _register(self) -> None:
+        """
+        Send a registration; its reply (or failure) comes back as an input.
+        """
+        attempt = self._attempt = Deferred.fromCoroutine(self._register_once())
+        attempt.addCallbacks(self._attempt_succeeded, self._attempt_lost)
+
+    def _registered(self, route: Route) -> None:
+        self.route = route + [self.remote_address]
+        self.registrations += 1
+        self._failures = 0
+        self.last_error = None
+        self._announce()
+        self._schedule(self.refresh)
+        started, self._started = self._started, None
+        if started is not None:
+            self._later(started.callback, self)
+
+    def _start_failed(self, failure) -> None:
+        self._shutdown()
+        started, self._started = self._started, None
+        if started is not None:
+            self._later(started.errback, failure)
+
+    def _retry_later(self, failure) -> None:
+        self.last_error = failure.getErrorMessage()
+        self._failures += 1
+        self._announce()
+        link = self._link
+        if failure.check(RequestTimeout) and link is not None and link.connected and hasattr(link, "abort"):
+            if link.messages_in == self._messages_in_at_send:
+                # Nothing at all came back on the link: it is dead, start over.
+                log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
+                link.abort()
+        delay = self.retry_policy(self._failures - 1)
+        log.info(
+            "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
+            name=self.name,
+            at=self.at_text,
+            reason=self.last_error,
+            delay=delay,
+        )
+        self._schedule(delay)
+
+    def _link_lost_while_starting(self) -> None:
+        # The first registration's reply cannot come any more: it times
+        # out, and start() fails.
+        self.last_error = "connection to the relay node closed"
+        log.info("relay {name}: link to {at} closed", name=self.name, at=self.at_text)
+
+    def _link_lost_while_registering(self) -> None:
+        # The registration in flight fails (no reply), and is retried.
+        self.last_error = "connection to the relay node closed"
+        self._announce()
+        log.info("relay {name}: link to {at} closed; reconnecting", name=self.name, at=self.at_text)
+
+    def _link_lost_reconnect(self) -> None:
+        self._link_lost_while_registering()
+        self._schedule(self.retry_policy(0))
+
+    def _stop(self) -> None:
+        self._shutdown()
+        self._announce()
+        started, self._started = self._started, None
+        if started is not None:
+            self._later(started.errback, CancelledError())
+        self._forget()
+
+    def _forget(self) -> None:
+        relays = getattr(self.node, "relays", None)
+        if relays is not None and relays.get(self.name) is self:
+            del relays[self.name]
+
+    def _announce(self) -> None:
+        """
+        Tell the observers the status (once the machine is done), if it
+        changed since they were last told.
+        """
+        status = self.status
+        if status == self._shown:
+            return
+        self._shown = status
+        self._later(self._tell, status)
+
+    def _tell(self, status: str) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(status)
+            except Exception:
+                log.failure("relay status observer failed")
+
+    def _shutdown(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._attempt is not None:
+            attempt, self._attempt = self._attempt, None
+            attempt.cancel()
+        waiting = self._waiting
+        if waiting is not None and not waiting.called:
+            waiting.cancel()
+        if self._address is not None:
+            self.node.stop_worker(self._address)
+            self._address = None
+
     # --- registration -------------------------------------------------------------
 
-    async def _register_once(self) -> None:
+    async def _register_once(self) -> Route:
         route = await self._resolve()
         waiting: Deferred = Deferred()
         self._waiting = waiting
@@ -494,11 +705,7 @@ class Relay:
                 timer.cancel()
             if self._waiting is waiting:
                 self._waiting = None
-        self.route = route + [self.remote_address]
-        self.registrations += 1
-        self._failures = 0
-        self.last_error = None
-        self._set_status(UP)
+        return route
 
     async def _resolve(self) -> Route:
         link = self._link
@@ -539,87 +746,10 @@ class Relay:
 
     # --- keeping it up -------------------------------------------------------------
 
-    def _schedule(self, delay: float, f) -> None:
-        if self._stopped:
-            return
+    def _schedule(self, delay: float) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self._timer = self.reactor.callLater(delay, f)
-
-    def _refresh(self) -> None:
-        self._timer = None
-        self._run_attempt()
-
-    def _run_attempt(self) -> None:
-        if self._stopped or self._attempt is not None:
-            return
-
-        def ok(_):
-            self._attempt = None
-            self._schedule(self.refresh, self._refresh)
-
-        def failed(f):
-            self._attempt = None
-            if f.check(CancelledError) or self._stopped:
-                return
-            self.last_error = f.getErrorMessage()
-            self._failures += 1
-            self._set_status(DOWN)
-            link = self._link
-            if f.check(RequestTimeout) and link is not None and link.connected and hasattr(link, "abort"):
-                if link.messages_in == self._messages_in_at_send:
-                    # Nothing at all came back on the link: it is dead, start over.
-                    log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
-                    link.abort()
-            delay = self.retry_policy(self._failures - 1)
-            log.info(
-                "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
-                name=self.name,
-                at=self.at_text,
-                reason=self.last_error,
-                delay=delay,
-            )
-            self._schedule(delay, self._refresh)
-
-        self._attempt = Deferred.fromCoroutine(self._register_once())
-        self._attempt.addCallbacks(ok, failed)
-
-    def _link_lost(self, link) -> None:
-        if link is not self._link:
-            return
-        self._link = None
-        if self._stopped:
-            return
-        self.last_error = "connection to the relay node closed"
-        self._set_status(DOWN)
-        log.info("relay {name}: link to {at} closed; reconnecting", name=self.name, at=self.at_text)
-        if self._attempt is None:
-            self._schedule(self.retry_policy(0), self._refresh)
-
-    def _set_status(self, status: str) -> None:
-        if status == self.status:
-            return
-        self.status = status
-        for observer in list(self._observers):
-            try:
-                observer(status)
-            except Exception:
-                log.failure("relay status observer failed")
-
-    def _shutdown(self) -> None:
-        self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._attempt is not None:
-            self._attempt.cancel()
-            self._attempt = None
-        waiting = self._waiting
-        if waiting is not None and not waiting.called:
-            waiting.cancel()
-        if self._address is not None:
-            self.node.stop_worker(self._address)
-            self._address = None
+        self._timer = self.reactor.callLater(delay, self._timer_fired)
 
     def to_dict(self) -> dict:
         return {
@@ -631,6 +761,51 @@ class Relay:
             "route": str(self.route) if self.route else None,
             "last_error": self.last_error,
         }
+
+
+_on = transitions("state")
+
+
+_builder = TypeMachineBuilder(_RelayInputs, Relay)
+_idle = _builder.state(IDLE)
+_starting = _builder.state(STARTING)
+_registering = _builder.state(REGISTERING)
+_registered = _builder.state(REGISTERED)
+_refreshing = _builder.state(REFRESHING)
+_backing_off = _builder.state(BACKING_OFF)
+_stopped = _builder.state(STOPPED)
+_R = _RelayInputs
+
+_on(_idle, _R.start, _starting, "_start")
+_on(_idle, _R.start_in_background, _registering, "_start")
+# The registration in flight ends.
+_on(_starting, _R.registered, _registered, "_registered")
+_on(_registering, _R.registered, _registered, "_registered")
+_on(_refreshing, _R.registered, _registered, "_registered")
+_on(_starting, _R.attempt_failed, _stopped, "_start_failed")
+_on(_registering, _R.attempt_failed, _backing_off, "_retry_later")
+_on(_refreshing, _R.attempt_failed, _backing_off, "_retry_later")
+# The refresh or the retry is due.
+_on(_registered, _R.timer_fired, _refreshing, "_register")
+_on(_backing_off, _R.timer_fired, _registering, "_register")
+# The link to the relay node closed: a registration in flight fails (and
+# is retried, but the first); otherwise reconnect soon.
+_on(_starting, _R.link_lost, _starting, "_link_lost_while_starting")
+_on(_registering, _R.link_lost, _registering, "_link_lost_while_registering")
+_on(_refreshing, _R.link_lost, _registering, "_link_lost_while_registering")
+_on(_registered, _R.link_lost, _backing_off, "_link_lost_reconnect")
+_on(_backing_off, _R.link_lost, _backing_off, "_link_lost_reconnect")
+for _state in (_idle, _starting, _registering, _registered, _refreshing, _backing_off):
+    _on(_state, _R.stop, _stopped, "_stop")
+# Stopped is the end: stopping again only frees the name (if it is still
+# this relay's); what was in flight ends quietly.
+_on(_stopped, _R.stop, _stopped, "_forget")
+_on(_stopped, _R.registered, _stopped)
+_on(_stopped, _R.attempt_failed, _stopped)
+_on(_stopped, _R.link_lost, _stopped)
+
+_RelayMachine = _builder.build()
+del _state
 
 
 def start_relay_services(node) -> None:

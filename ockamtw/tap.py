@@ -359,9 +359,10 @@ class Options(usage.Options):
         string.
         """
         try:
-            self["listen"] = server_description(value)
+            server_description(value)  # checked here, used as typed (messages quote it)
         except WireError as e:
             raise usage.UsageError(f"--listen: {e}") from None
+        self["listen"] = value
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
@@ -484,6 +485,14 @@ class Options(usage.Options):
         if parent.get("nodaemon") and parent["pidfile"] == TWISTD_PIDFILE:
             parent["pidfile"] = ""
         _pidfile = os.path.abspath(parent["pidfile"]) if parent["pidfile"] else None
+        if _pidfile:
+            # twistd writes it after this; a directory that is not there or
+            # not writable would end in a traceback.
+            folder = os.path.dirname(_pidfile)
+            if not os.path.isdir(folder):
+                raise usage.UsageError(f"--pidfile: no directory {folder}")
+            if not os.access(folder, os.W_OK) or (os.path.exists(_pidfile) and not os.access(_pidfile, os.W_OK)):
+                raise usage.UsageError(f"--pidfile: cannot write {_pidfile}: permission denied")
 
     def _rotate_twistd_log(self) -> None:
         """
@@ -759,7 +768,7 @@ def _node_resolver(home: str):
     def resolve(name: str) -> str:
         address = st.listener_of(home, name)
         if not address:
-            raise RouteUnreachable(f"unknown node {name!r} (no such node in {home})")
+            raise RouteUnreachable(f"no node named {name!r} (see: ockam node list)")
         return address
 
     return resolve

@@ -33,7 +33,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from .helpers import async_test, deadline, script_argv, spawn, subprocess_env
+from .helpers import async_test, deadline, held_port, script_argv, spawn, subprocess_env
 
 #: How to run the command line: the console script next to this interpreter,
 #: or the package's module.
@@ -453,8 +453,13 @@ class WalkthroughTests(CLITestCase):
         The seed's local relay and portal walkthrough, then restarts of n1
         and n2, then C{node delete --all}.
         """
-        # Relay.
-        r = await self.ockam("node", "create", "n2")
+        # Relay.  n2 listens, and the inlet below is bound, on held ports
+        # (see helpers.held_port): the test checks that they refuse
+        # connections while their node is stopped, and that the node takes
+        # them back when it starts again; no other program gets them
+        # meanwhile.
+        n2_port = held_port(self)
+        r = await self.ockam("node", "create", "n2", "--tcp-listener-address", f"127.0.0.1:{n2_port}")
         self.assertIn("Name: n2", r.out)
         self.assertIn("Status: UP", r.out)
         await self.ockam("node", "create", "n3")
@@ -462,6 +467,7 @@ class WalkthroughTests(CLITestCase):
         self.assertEqual(r.out, "/service/forward_to_n3\n", str(r))
         await self.ockam("node", "create", "n1")
         n2 = await self.listener("n2")
+        self.assertEqual(n2, f"127.0.0.1:{n2_port}")
         r = await self.ockam("tcp-connection", "create", "--from", "n1", "--to", n2)
         created = re.fullmatch(rf"/service/({HEX32})\n", r.out)
         self.assertIsNotNone(created, str(r))
@@ -488,14 +494,12 @@ class WalkthroughTests(CLITestCase):
             "tcp-outlet", "create", "--at", "/node/n3", "--from", "/service/outlet", "--to", f"127.0.0.1:{http_port}"
         )
         self.assertEqual(r.out, "/service/outlet\n", str(r))
+        inlet_port = held_port(self)
         r = await self.ockam(
-            "tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0",
+            "tcp-inlet", "create", "--at", "/node/n1", "--from", f"127.0.0.1:{inlet_port}",
             "--to", f"/service/{worker}/service/forward_to_n3/service/outlet",
         )
-        m = re.fullmatch(r"127\.0\.0\.1:(\d+)\n", r.out)
-        self.assertIsNotNone(m, f"tcp-inlet create should print the bound address:\n{r}")
-        inlet_port = int(m.group(1))
-        self.assertNotEqual(inlet_port, 0)
+        self.assertEqual(r.out, f"127.0.0.1:{inlet_port}\n", f"tcp-inlet create should print the bound address:\n{r}")
         inlets = (await self.ockam("tcp-inlet", "list", "--at", "n1", "--output", "json")).json()
         self.assertEqual([i["listen"] for i in inlets], [f"127.0.0.1:{inlet_port}"])
 
@@ -746,13 +750,21 @@ class ErrorTests(CLITestCase):
 
     @async_test
     async def test_unknown_node(self):
-        r = await self.ockam("message", "send", "x", "--from", "nope", "--to", "/service/echo", check=False)
-        self.assertUserError(r, "nope")
-        r = await self.ockam("message", "send", "x", "--to", "/node/nope/service/echo", "--timeout", "2", check=False)
-        self.assertUserError(r, "nope")
+        # One mistake, one message, whoever resolves the name (the command
+        # itself, or node n1 for a route it is given).
+        await self.create_nodes("n1")
+        expected = "ockam: no node named 'nope' (see: ockam node list)\n"
+        for args in (
+            ["message", "send", "x", "--from", "nope", "--to", "/service/echo"],
+            ["message", "send", "x", "--to", "/node/nope/service/echo", "--timeout", "2"],
+            ["message", "send", "x", "--from", "n1", "--to", "/node/nope/service/echo", "--timeout", "2"],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r)
+            self.assertEqual(r.err, expected, str(r))
         r = await self.ockam("tcp-outlet", "list", "--at", "nope", check=False)
         self.assertUserError(r, "nope")
-        self.assertEqual(os.listdir(self.nodes_dir) if os.path.exists(self.nodes_dir) else [], [])
+        self.assertEqual(os.listdir(self.nodes_dir), ["n1"])
 
     @async_test
     async def test_node_down(self):
@@ -797,9 +809,10 @@ class ErrorTests(CLITestCase):
 
     @async_test
     async def test_route_unreachable(self):
-        infos = await self.create_nodes("n1", "n5")
+        await self.create_nodes("n1")
+        stopped = f"127.0.0.1:{held_port(self)}"
+        await self.ockam("node", "create", "n5", "--tcp-listener-address", stopped)
         await self.ockam("node", "stop", "n5")
-        stopped = infos["n5"]["listener"]
         self.assertTrue(connection_refused(port_of(stopped)))
         r = await self.ockam("tcp-connection", "create", "--from", "n1", "--to", stopped, check=False)
         self.assertUserError(r, stopped)

@@ -194,6 +194,35 @@ class InterruptTests(ErrorCaseTestCase):
         self.assertInterrupted(r)
 
 
+    @async_test
+    async def test_ctrl_c_while_the_command_line_loads(self):
+        """
+        Ctrl-C before the command line has finished importing (the signal
+        is sent from an import hook the moment C{ockamtw.cli.main} starts
+        loading): one line, status 130, as later on.  The console script
+        and C{python -m ockamtw.cli} both start there.
+        """
+        code = (
+            "import os, signal, sys\n"
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'ockamtw.cli.main':\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "import runpy\n"
+            "sys.argv = ['ockam', 'node', 'list']\n"
+            "runpy.run_module('ockamtw.cli', run_name='__main__')\n"
+        )
+        p = spawn(self, [sys.executable, "-c", code], env=self.env)
+        code_, sig = await p.wait_ended(30)
+        self.assertEqual((code_, sig, p.stdout, p.stderr), (130, None, b"", b"ockam: interrupted\n"), p.text)
+        from importlib.metadata import entry_points
+
+        scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name == "ockam"}
+        self.assertEqual(scripts, {"ockam": "ockamtw.cli.entry:main"})
+
+
 class NodeGoneTests(ErrorCaseTestCase):
     @async_test
     async def test_node_closes_without_answering(self):

@@ -223,3 +223,45 @@ def _add_document_tests():
 
 
 _add_document_tests()
+
+
+#: The README's first two commands: each makes a virtualenv and installs
+#: into it (which needs the package index), then runs the demo or the tests.
+#: .ci/run runs both exactly as printed, on a clean clone; here the part
+#: after the install is run as printed, in a namespace as the other blocks.
+_INSTALL = "python3 -m venv .venv && . .venv/bin/activate && pip install "
+
+
+class QuickStartTests(NamespaceTestCase):
+    timeout = 180
+
+    def quick_start(self):
+        blocks = [b for b in blocks_of("README.md") if b.kind == "run by" and b.argument == ".ci/run"]
+        self.assertEqual(len(blocks), 2, "README.md: the two first commands are marked 'run by .ci/run'")
+        commands = [block_commands(b) for b in blocks]
+        self.assertEqual([len(c) for c in commands], [1, 1])
+        return commands[0][0], commands[1][0]
+
+    def test_shape(self):
+        """
+        The README starts with the two commands: install and run the demo,
+        install and run the tests (the command .ci/run and CI run).
+        """
+        demo, tests = self.quick_start()
+        self.assertTrue(demo.text.startswith(_INSTALL + ". && python examples/seed_demo.py"), demo.text)
+        self.assertTrue(demo.promises, "the demo's command says what it prints")
+        self.assertEqual(tests.text, _INSTALL + "'.[test,docs]' && python -m twisted.trial tests")
+        with open(os.path.join(docblocks.REPO, ".ci", "run"), encoding="utf-8") as f:
+            self.assertIn('bash -c "${commands[1]}"', f.read(), ".ci/run runs the README's test command")
+
+    @async_test
+    async def test_demo(self):
+        """
+        The demo, the first command's end, prints what the README says.
+        """
+        demo, _ = self.quick_start()
+        text = demo.text[len(_INSTALL + ". && "):]
+        session = Session(demo.where, [Command(text, demo.promises, where=demo.where)], [])
+        status, output = await run_session(self, session, 150)
+        self.assertEqual(status, 0, output[-8000:])
+        self.assertIn("@@@ SESSION DONE", output)

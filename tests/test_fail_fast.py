@@ -15,12 +15,14 @@ Real loopback sockets, port 0; every wait bounded.
 
 from __future__ import annotations
 
+import socket
 import time
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Node, RouteUnreachable, Route, encode_string
+from ockamtw.errors import TransportError
 from ockamtw.secure.errors import SecureChannelError
 
 from tests import test_portal as tp
@@ -142,3 +144,21 @@ class MessageTests(tp.PortalTestCase):
             "the failure",
         )
         self.assertEqual(str(e).count(f"cannot connect to 127.0.0.1:{dead}"), 1, str(e))
+        # The system's reason, without Twisted's own wording around it.
+        self.assertTrue(str(e).endswith(f"cannot connect to 127.0.0.1:{dead}: Connection refused"), str(e))
+
+    @async_test
+    async def test_listen_failure_quotes_what_was_typed(self):
+        """
+        A port in use: the message names the address as the caller gave it
+        (not the endpoint string it became) and the reason once.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        n1 = self.make_node("n1")
+        for typed in (str(port), f"127.0.0.1:{port}", f"tcp:{port}:interface=127.0.0.1"):
+            e = await self.within(self.assertFailure(n1.tcp.listen(typed), TransportError), 3, "the failure")
+            self.assertEqual(str(e), f"cannot listen on {typed}: Address already in use")

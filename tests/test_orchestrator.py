@@ -14,7 +14,8 @@ import tempfile
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import TestCase
 
@@ -28,6 +29,7 @@ from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
 
 from tests.helpers import async_test, deadline
+from tests.test_portal import wait_until
 
 
 class OrchestratorTestCase(TestCase):
@@ -220,11 +222,10 @@ class ProjectTests(OrchestratorTestCase):
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
 
 
-class SeedTests(OrchestratorTestCase):
+class ProjectTestCase(OrchestratorTestCase):
     """
-    The seed's Orchestrator section with embedded nodes: relay at
-    /project/default, a message through it, a portal through it; a
-    non-member is refused at once with a sentence.
+    An orchestrator with the admin enrolled (its project "default"), and
+    member nodes embedded in the test.
     """
 
     async def project(self):
@@ -238,6 +239,15 @@ class SeedTests(OrchestratorTestCase):
         node = self.node(name, identity=identity or self.admin)
         node.add_project(info)
         return node
+
+
+
+class SeedTests(ProjectTestCase):
+    """
+    The seed's Orchestrator section with embedded nodes: relay at
+    /project/default, a message through it, a portal through it; a
+    non-member is refused at once with a sentence.
+    """
 
     @async_test
     async def test_relay_message_and_portal(self):
@@ -287,7 +297,7 @@ class SeedTests(OrchestratorTestCase):
         self.assertEqual(relays, [])
 
 
-class RestartTests(SeedTests):
+class RestartTests(ProjectTestCase):
     """
     Restart the Orchestrator: projects, identities, ports, members and relay
     owners are unchanged, project.json is byte-identical, and live relays
@@ -344,3 +354,101 @@ class RestartTests(SeedTests):
         )
         self.assertEqual(decode_string(reply.payload), "AGAIN")
         await echo(b"after the restart")
+
+
+class _Pipe(Protocol):
+    """
+    One side of a L{_FreezingProxy} connection: passes bytes to its peer
+    until the proxy is frozen, then drops them (the connection stays open:
+    a half-dead path, as a NAT that forgot the mapping).
+    """
+
+    def __init__(self, proxy, peer=None) -> None:
+        self.proxy = proxy
+        self.peer = peer
+        self.frozen = False
+
+    def connectionMade(self) -> None:
+        self.proxy.pipes.append(self)
+        if self.peer is None:  # the accepted side: dial the target
+            self.transport.pauseProducing()
+            ep = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target)
+
+            def connected(other):
+                self.peer = other
+                self.transport.resumeProducing()
+
+            connectProtocol(ep, _Pipe(self.proxy, self)).addCallbacks(connected, lambda f: self.transport.loseConnection())
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.frozen and self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class _FreezingProxy(Factory):
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.pipes = []
+
+    def buildProtocol(self, addr):
+        return _Pipe(self)
+
+    def freeze(self) -> int:
+        """
+        Silence every connection open now (new ones pass); returns how many.
+        """
+        for pipe in self.pipes:
+            pipe.frozen = True
+        return len(self.pipes)
+
+
+class HealingTests(ProjectTestCase):
+    @async_test
+    async def test_relay_heals_after_silence(self):
+        """
+        The path to the project node goes silent without closing (a proxy
+        that stops passing bytes): the Medic, pinging every 100 ms, closes
+        the channel after three unanswered pings; the relay then resolves
+        /project/default again (a new connection, channel and presented
+        credential) and registers the same name; messages through it work
+        again.
+        """
+        info = await self.project()
+        host, port = info.access_route.split("/")[2], int(info.access_route.split("/")[4])
+        self.assertEqual(host, "127.0.0.1")
+        proxy = _FreezingProxy(port)
+        listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in proxy.pipes if p.transport])
+        proxied = info._replace(access_route=f"/dnsaddr/127.0.0.1/tcp/{listening.getHost().port}/service/api")
+        n3 = self.member_node("n3", proxied)
+        n3.membership.medic.interval = 0.1
+        n1 = self.member_node("n1", info)
+        relay = await deadline(
+            n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE, refresh=0.3,
+                            timeout=0.5),
+            10, "the relay",
+        )
+
+        async def hello(text):
+            reply = await deadline(
+                n1.request("/project/default/service/forward_to_n3/service/uppercase", encode_string(text), timeout=5),
+                6, text,
+            )
+            return decode_string(reply.payload)
+
+        self.assertEqual(await hello("before"), "BEFORE")
+        first_channel = n3.membership.project_channel("default")
+        self.assertEqual(proxy.freeze(), 2)
+        await wait_until(lambda: first_channel.status == "closed", 5, "the silent channel closed by the Medic")
+        self.assertEqual(n3.membership.medic.closed, 1)
+        await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != first_channel.encryptor, 10,
+                         "the relay registered again through a new channel")
+        self.assertEqual(relay.remote_address, Address.local("forward_to_n3"))
+        self.assertEqual(await hello("after"), "AFTER")
+        relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
+        self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])

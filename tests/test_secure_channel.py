@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -841,6 +841,44 @@ class TimeoutTests(SecureTestCase):
             await deadline(d, 3, "the initiator's timeout")
         self.assertEqual(set(n1.worker_addresses()), before)
         self.assertEqual(n1.secure_channels, {})
+
+    @async_test
+    async def test_initiatorCancelled(self):
+        """
+        The caller cancels C{create_secure_channel} while M2 is awaited: the
+        Deferred fails with CancelledError at once and nothing of the
+        half-made channel stays (workers, the channel, its timer).
+        """
+        n1, n2, at = await self.pair()
+        conn = await self.connection(n1, at)
+        before = set(n1.worker_addresses())
+        d = n1.create_secure_channel(conn + ["nobody"], timeout=30)
+        await tp.wait_until(lambda: len(n1.secure_channels) == 1, 3, "the channel started")
+        (end,) = n1.secure_channels.values()
+        d.cancel()
+        with self.assertRaises(CancelledError):
+            await deadline(d, 1, "the cancellation")
+        self.assertEqual(set(n1.worker_addresses()), before)
+        self.assertEqual(n1.secure_channels, {})
+        self.assertEqual(end.status, "closed")
+        self.assertFalse(any(c.active() and getattr(c.func, "__self__", None) is end for c in reactor.getDelayedCalls()))
+
+    @async_test
+    async def test_deleteListener(self):
+        """
+        Node.delete_secure_channel_listener: the listener and the channels
+        it accepted are gone; an unknown one is a KeyError.
+        """
+        n1, n2, at = await self.pair()
+        n2.create_secure_channel_listener("other")
+        await self.within(n1.create_secure_channel(f"{at}/service/other", timeout=5), 6, "channel")
+        accepted = list(n2.secure_listeners["other"].channels)
+        self.assertEqual(len(accepted), 1)
+        n2.delete_secure_channel_listener("other")
+        self.assertNotIn("other", n2.secure_listeners)
+        self.assertIsNone(n2.worker_at(Address.local("other")))
+        self.assertEqual(accepted[0].status, "closed")
+        self.assertRaises(KeyError, n2.delete_secure_channel_listener, "other")
 
     @async_test
     async def test_m1WithoutCustomPayloadRefused(self):

@@ -341,8 +341,8 @@ class NodeController:
         return self._listener_info(address)
 
     def _drop_listener(self, address: str) -> None:
-        self.node.secure_listeners.pop(address, None)
-        self.node.stop_worker(address)  # closes the channels it accepted
+        if address in self.node.secure_listeners:
+            self.node.delete_secure_channel_listener(address)  # closes the channels it accepted
 
     async def secure_listener_delete(self, address: str) -> dict:
         address = _service_name(address)

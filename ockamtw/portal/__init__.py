@@ -33,14 +33,17 @@ L{PortalWorker.flush_grace} seconds (L{ockamtw.flow.Closer}).
 from __future__ import annotations
 
 import os
+import typing
 from typing import Optional
 
+from automat import TypeMachineBuilder
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..machines import transitions
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
 from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
@@ -161,11 +164,87 @@ class _OneProtocolFactory(Factory):
         return _SocketProtocol(self._portal)
 
 
+#: The states of a portal, by name (L{PortalWorker.state}).
+NEW = "new"
+WAITING = "waiting"
+CONNECTING = "connecting"
+OPEN = "open"
+READ_CLOSED = "read closed"
+WRITE_CLOSED = "write closed"
+FLUSHING = "flushing"
+DONE = "done"
+
+#: States in which the other side is not known yet.
+_NOT_OPEN = frozenset({NEW, WAITING})
+#: States in which the socket is read and what it gives is sent.
+_READING = frozenset({OPEN, WRITE_CLOSED})
+#: States in which Payloads are written to the socket (and credit granted).
+_WRITING = frozenset({OPEN, READ_CLOSED})
+#: States in which the stream is over.
+_ENDED = frozenset({FLUSHING, DONE})
+
+
+class _StreamInputs(typing.Protocol):
+    """
+    What happens to one side of a tunnelled connection: the inputs of its
+    machine (L{PortalWorker}).  Data and Credit are not inputs: plain
+    methods handle them, checking the state.
+    """
+
+    def socket_made(self, transport: object) -> None:
+        "The socket is there: the inlet's client accepted, or the outlet's target connected."
+
+    def remote_known(self, route: object, origin: object) -> None:
+        "L{PortalWorker.set_remote}: the other side's portal is at the end of C{route}."
+
+    def pong(self, route: object, origin: object) -> None:
+        "(An inlet's portal) the outlet's Pong came from the end of C{route}, through C{origin}."
+
+    def refused(self, reason: str) -> None:
+        "(An inlet's portal) the outlet will not open the stream (Refuse), for C{reason}."
+
+    def socket_eof(self) -> None:
+        "The socket reached end of file; it can still be written to."
+
+    def socket_lost(self, reason: object) -> None:
+        "The socket is closed."
+
+    def disconnected(self) -> None:
+        "The other side sent Disconnect."
+
+    def peer_eof(self) -> None:
+        "The other side sent Eof: no Payload follows."
+
+    def finish(self, notify: bool, grace: object, limit: object, hurry: bool) -> None:
+        """
+        End the stream here (L{PortalWorker.finish}; L{PortalWorker.close}
+        with C{hurry}, which also shortens a flush under way).
+        """
+
+
+_on = transitions("state")
+
+
 @implementer(IFlowSource)
 class PortalWorker(Worker):
     """
     One side of one tunnelled TCP connection.
 
+    A state machine (automat): its state is L{state}.  An inlet's portal
+    goes L{NEW}, L{WAITING} (its client accepted), L{OPEN} (the outlet's
+    Pong); an outlet's L{NEW}, L{CONNECTING} (a Ping), L{OPEN} (its target
+    connected); then either, possibly through one of the half-closed
+    states (L{READ_CLOSED}, L{WRITE_CLOSED}), to L{FLUSHING} and L{DONE}
+    (straight to L{DONE} when no socket is left).  The data paths (a
+    Payload or a Credit received, a socket read) are plain methods that
+    check the state, and the counters of flow control plain numbers.
+
+    As automat does, an input given while the machine is busy (by its own
+    outputs, or by code they call) is taken once it is done.  The code
+    they call back gives this portal no input whose effect it then relies
+    on (its L{when_done} Deferreds fire once it is done).
+
+    @ivar state: the name of the machine's state.
     @ivar remote_route: where Payload and Disconnect go (the other side's
         portal worker), once known.
     @ivar bytes_in: bytes read from the socket and sent.
@@ -173,16 +252,13 @@ class PortalWorker(Worker):
     @ivar flow: whether both ends use per-stream flow control (credit).
     @ivar limit: with C{flow}, the total bytes this side may send.
     @ivar granted: with C{flow}, the total bytes the other side may send.
-    @ivar read_done: the socket reached end of file (with C{flow}, Eof was
-        sent to the other side).
-    @ivar write_done: the other side sent Eof: the socket's write side is
-        shut down once its buffer is written out.
     """
 
     side = "portal"
 
     def __init__(self, owner) -> None:
         self.owner = owner
+        self.state = NEW
         self.remote_route: Optional[Route] = None
         self.transport = None
         self.backpressure = BackPressure(self._drained)
@@ -194,17 +270,12 @@ class PortalWorker(Worker):
         self._origin = None
         self._origin_key = None
         self._head: Optional[bytes] = None
-        self.finished = False
-        self.read_done = False
-        self.write_done = False
-        self._reported = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0
         self.flow = False
         self.limit = STREAM_WINDOW
         self.granted = STREAM_WINDOW
-        self.credit_paused = False
         self.credits_sent = 0
         #: Messages received from, and sent to, the other side (liveness).
         self.heard = 0
@@ -212,6 +283,38 @@ class PortalWorker(Worker):
         self._live_timer = None
         self._marks = (0, 0)
         self._silent = 0
+        self._machine = _StreamMachine(self)
+
+    @property
+    def finished(self) -> bool:
+        """
+        Whether the stream is over (L{FLUSHING} or L{DONE}).
+        """
+        return self.state in _ENDED
+
+    @property
+    def read_done(self) -> bool:
+        """
+        Whether nothing more is read from the socket: it reached end of
+        file (with C{flow}, Eof was sent), or the stream is over.
+        """
+        return self.state == READ_CLOSED or self.state in _ENDED
+
+    @property
+    def write_done(self) -> bool:
+        """
+        Whether nothing more is written to the socket but what it holds:
+        the other side sent Eof, or the stream is over.
+        """
+        return self.state == WRITE_CLOSED or self.state in _ENDED
+
+    @property
+    def credit_paused(self) -> bool:
+        """
+        Whether this side has sent all that its credit allows: it then
+        reads nothing from its socket until a Credit raises L{limit}.
+        """
+        return self.flow and self.bytes_in >= self.limit
 
     def _note(self, level: str, what: str, format: str, **kw) -> None:
         """
@@ -224,20 +327,12 @@ class PortalWorker(Worker):
     # --- socket side -------------------------------------------------------------
 
     def _socket_made(self, transport) -> None:
-        self.transport = transport
-        self._closer = Closer(self.owner.node.reactor)
-        try:
-            transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
-        tune(transport)
-        self.backpressure.attach(transport)
-        self._reading = PauseCounter(transport)
+        self._machine.socket_made(transport)
 
     def _socket_data(self, data: bytes) -> None:
-        route = self.remote_route
-        if route is None or self.finished:
+        if self.state not in _READING:
             return
+        route = self.remote_route
         self.said += 1
         if len(data) <= MAX_CHUNK:
             chunks = (data,)
@@ -261,41 +356,20 @@ class PortalWorker(Worker):
             log.error("{side} {address}: {error}; closing", side=self.side, address=str(self.address), error=str(e))
             self.close()
             return
-        self.bytes_in += len(data)
-        if self.flow and self.bytes_in >= self.limit and not self.credit_paused:
+        before = self.bytes_in
+        self.bytes_in = before + len(data)
+        if self.flow and self.bytes_in >= self.limit > before:
             # Out of credit: stop reading this socket (only this one).
-            self.credit_paused = True
             self._reading.pause()
 
     def _socket_eof(self) -> None:
         """
         The socket reached end of file; it can still be written to.
         """
-        if self.read_done or self.finished:
-            return
-        self.read_done = True
-        if self._reading is not None:
-            # Reading has ended: no later pause or resume may restart it.
-            self._reading.active = False
-        if not self.flow:
-            # As Ockam 0.83: end of file ends the stream (Disconnect); what
-            # the socket has still to write is flushed.
-            self.finish(notify=True, grace=self.flush_grace)
-            return
-        # After the last Payload, on the same path: no more data this way.
-        self._send_to_other_side(encode_eof())
-        if self.write_done:
-            self.finish(notify=False)
+        self._machine.socket_eof()
 
     def _socket_lost(self, reason) -> None:
-        self.transport = None
-        if self._closer is not None:
-            self._closer.closed()
-        if self._reading is not None:
-            self._reading.active = False
-        self.backpressure.stopProducing()
-        self.finish(notify=True)  # no-op if already finished
-        self._check_done()
+        self._machine.socket_lost(reason)
 
     # --- IFlowSource ---------------------------------------------------------------
 
@@ -318,7 +392,8 @@ class PortalWorker(Worker):
             self.dropped += 1
             return
         tag = payload[0]
-        if self.remote_route is None and tag > DISCONNECT_TAG and tag != REFUSE_TAG:
+        state = self.state
+        if state in _NOT_OPEN and tag > DISCONNECT_TAG and tag != REFUSE_TAG:
             # Not open yet: only the outlet's Pong, or its Disconnect or
             # Refuse (it will not open the stream), may come.
             self.dropped += 1
@@ -329,7 +404,7 @@ class PortalWorker(Worker):
             except WireError as e:
                 self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
                 return
-            if self.transport is None or self.write_done:
+            if state not in _WRITING:
                 return
             send_now(self.transport, [data], len(data))
             self.bytes_out += len(data)
@@ -348,14 +423,14 @@ class PortalWorker(Worker):
                 # The sender ignores its credit: fall back to pausing the link.
                 bp.wrote(message.source)
         elif tag == DISCONNECT_TAG:
-            self.disconnected()
+            self._machine.disconnected()
         elif tag == EOF_TAG and self.flow:
             try:
                 decode_eof(payload)
             except WireError as e:
                 self._note("warn", "bad", "{side} {address}: bad Eof ({error}); dropped", error=str(e))
                 return
-            self._peer_eof()
+            self._machine.peer_eof()
         elif tag == CREDIT_TAG and self.flow:
             try:
                 limit = decode_credit(payload)
@@ -363,9 +438,9 @@ class PortalWorker(Worker):
                 self._note("warn", "bad", "{side} {address}: bad Credit ({error}); dropped", error=str(e))
                 return
             if limit > self.limit:
+                out_of_credit = self.bytes_in >= self.limit
                 self.limit = limit
-                if self.credit_paused and self.bytes_in < limit:
-                    self.credit_paused = False
+                if out_of_credit and self.bytes_in < limit:
                     self._reading.resume()
         else:
             self.control(tag, message)
@@ -394,38 +469,12 @@ class PortalWorker(Worker):
         except Exception:
             log.failure("sending a portal message failed")
 
-    def _peer_eof(self) -> None:
-        """
-        The other side's socket reached end of file (Eof): no Payload
-        follows.  Shut down this socket's write side once its buffer is
-        written out; reading goes on.
-        """
-        if self.write_done or self.finished:
-            return
-        self.write_done = True
-        if self.read_done:
-            self.finish(notify=False)
-            return
-        transport = self.transport
-        if transport is not None:
-            # Twisted does not shut down a transport whose streaming
-            # producer is registered (and paused), and nothing more will be
-            # written here: no more flow control to do on this side.
-            try:
-                transport.unregisterProducer()
-            except Exception:
-                pass
-            self.backpressure.stopProducing()
-            transport.loseWriteConnection()
-
     def _drained(self) -> None:
         # The socket's buffer drained (BackPressure.resumeProducing):
         # everything written so far is taken.
         if (
             self.flow
-            and not self.finished
-            and not self.write_done
-            and self.transport is not None
+            and self.state in _WRITING
             and self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP
         ):
             self._grant(self.bytes_out)
@@ -434,7 +483,7 @@ class PortalWorker(Worker):
         """
         The other side sent Disconnect: the stream is over.
         """
-        self.finish(notify=False)
+        self._machine.disconnected()
 
     def control(self, tag: int, message) -> None:
         """
@@ -464,22 +513,7 @@ class PortalWorker(Worker):
         portal ends when that does too: the other side can no longer be
         reached.
         """
-        self.remote_route = route
-        self.node.set_access(self.address, FromOrigin(origin))
-        if origin is not None and hasattr(origin, "on_close") and origin is not self.node.link_of(route[0] if route else None):
-            self._origin = origin
-            self._origin_key = origin.on_close(self._origin_lost)
-        self.flow = bool(route) and offers_flow_control(self.address) and offers_flow_control(route[-1])
-        link = watched_hop(self.node, route)
-        if link is not None:
-            self._link = link
-            self._link_key = link.on_close(self._link_lost)
-        if link is not None and hasattr(link, "write_body"):
-            # A TCP connection first: what every Payload message to the other
-            # side starts with once the link has stripped itself (version,
-            # onward, return route), for the fast path.
-            self._head = routes_head(route.step(), Route([self.address]))
-        self._schedule_liveness()
+        self._machine.remote_known(route, origin)
 
     # --- is the other side still there? ----------------------------------------------
 
@@ -508,7 +542,7 @@ class PortalWorker(Worker):
 
     def _liveness(self) -> None:
         self._live_timer = None
-        if self.finished:
+        if self.state in _ENDED:
             return
         marks = (self.heard, self.said)
         heard_nothing = marks[0] == self._marks[0]
@@ -532,13 +566,13 @@ class PortalWorker(Worker):
 
     def _origin_lost(self, origin) -> None:
         self._origin_key = None
-        if not self.finished:
+        if self.state not in _ENDED:
             self._note("info", "gone", "{side} {address}: the peer that opened it is gone; portal closed")
             self.finish(notify=False, grace=self.close_grace)
 
     def _link_lost(self, link) -> None:
         self._link_key = None
-        if not self.finished:
+        if self.state not in _ENDED:
             self._note("info", "link", "{side} {address}: link to the other side closed; portal closed")
             self.finish(notify=False, grace=self.close_grace)
 
@@ -550,9 +584,167 @@ class PortalWorker(Worker):
         the other side disconnected and L{close_grace} otherwise, or after
         C{limit} seconds in all), and leave the node.
         """
-        if self.finished:
+        self._machine.finish(notify, grace, limit, False)
+
+    def close(self) -> Deferred:
+        """
+        Close this portal now (Disconnect to the other side): its socket
+        gets at most L{close_grace} seconds to flush, also if it was
+        flushing already.  Fires once the socket is closed.
+        """
+        d = self.when_done()
+        self._machine.finish(True, self.close_grace, self.close_grace, True)
+        return d
+
+    def when_done(self) -> Deferred:
+        """
+        A Deferred that fires once this portal is finished and its socket
+        closed.
+        """
+        if self.state == DONE and self.transport is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopped(self) -> None:
+        # Ending removes the worker itself; the node removing a portal
+        # whose stream is not over (it is stopping) ends it as close() does.
+        if self.state not in _ENDED:
+            self._machine.finish(True, self.close_grace, self.close_grace, False)
+
+    # --- the machine's outputs ------------------------------------------------------------
+
+    def _take_first_socket(self, transport) -> None:
+        self._attach(transport)
+        self._accepted()
+
+    def _take_second_socket(self, transport) -> None:
+        self._attach(transport)
+        self._connected()
+
+    def _close_late_socket(self, transport) -> None:
+        # A socket connected after the stream ended: close it at once.
+        self._attach(transport)
+        self._closer.close(transport, self.close_grace)
+
+    def _open_on_pong(self, route: Route, origin) -> None:
+        self._remember_remote(route, origin)
+        self._pong_accepted()
+
+    def _turn_away_pong(self, route: Route, origin) -> None:
+        if route != self.remote_route:
+            # A Pong for a repeated Ping: that outlet portal is not needed.
+            self.node.send(route, DISCONNECT, sender=self.address)
+
+    def _end_refused(self, reason: str) -> None:
+        self._refused_by_outlet(reason)
+        self._ending(False, self.close_grace, None)
+
+    def _end_at_eof(self) -> None:
+        self._stop_reading()
+        self._ending(True, self.flush_grace, None)
+
+    def _read_ended(self) -> None:
+        self._stop_reading()
+        if not self.flow:
+            # As Ockam 0.83: end of file ends the stream (Disconnect); what
+            # the socket has still to write is flushed.
+            self._machine.finish(True, self.flush_grace, None, False)
             return
-        self.finished = True
+        # After the last Payload, on the same path: no more data this way.
+        self._send_to_other_side(encode_eof())
+
+    def _end_both_read(self) -> None:
+        # Eof came from the other side already: both directions are done.
+        self._stop_reading()
+        self._send_to_other_side(encode_eof())
+        self._ending(False, None, None)
+
+    def _shut_down_writing(self) -> None:
+        # Write out what the socket holds, then shut down its write side.
+        # Twisted does not shut down a transport whose streaming producer
+        # is registered (and paused), and nothing more will be written
+        # here: no more flow control to do on this side.
+        transport = self.transport
+        try:
+            transport.unregisterProducer()
+        except Exception:
+            pass
+        self.backpressure.stopProducing()
+        transport.loseWriteConnection()
+
+    def _end_by_peer(self) -> None:
+        self._ending(False, None, None)
+
+    def _end_by_peer_at_once(self) -> None:
+        self._ending(False, None, None)
+        self._report_done()
+
+    def _end_before_open(self) -> None:
+        self._disconnected_before_open()
+        self._ending(False, None, None)
+
+    def _end(self, notify: bool, grace, limit, hurry: bool) -> None:
+        self._ending(notify, grace, limit)
+
+    def _end_at_once(self, notify: bool, grace, limit, hurry: bool) -> None:
+        self._ending(notify, grace, limit)
+        self._report_done()
+
+    def _hurry(self, notify: bool, grace, limit, hurry: bool) -> None:
+        # Closed here (hurry) while flushing: at most that much more.
+        if hurry and self.transport is not None:
+            self._closer.close(self.transport, grace, limit)
+
+    def _lost_socket(self, reason) -> None:
+        self._forget_socket()
+        self._ending(True, None, None)
+        self._report_done()
+
+    def _socket_closed(self, reason) -> None:
+        self._forget_socket()
+        self._report_done()
+
+    def _late_socket_closed(self, reason) -> None:
+        self._forget_socket()
+        self._fire_waiters()
+
+    # --- what the outputs do -------------------------------------------------------------
+
+    def _attach(self, transport) -> None:
+        self.transport = transport
+        self._closer = Closer(self.owner.node.reactor)
+        try:
+            transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        tune(transport)
+        self.backpressure.attach(transport)
+        self._reading = PauseCounter(transport)
+
+    def _remember_remote(self, route: Route, origin) -> None:
+        self.remote_route = route
+        self.node.set_access(self.address, FromOrigin(origin))
+        if origin is not None and hasattr(origin, "on_close") and origin is not self.node.link_of(route[0] if route else None):
+            self._origin = origin
+            self._origin_key = origin.on_close(self._origin_lost)
+        self.flow = bool(route) and offers_flow_control(self.address) and offers_flow_control(route[-1])
+        link = watched_hop(self.node, route)
+        if link is not None:
+            self._link = link
+            self._link_key = link.on_close(self._link_lost)
+        if link is not None and hasattr(link, "write_body"):
+            # A TCP connection first: what every Payload message to the other
+            # side starts with once the link has stripped itself (version,
+            # onward, return route), for the fast path.
+            self._head = routes_head(route.step(), Route([self.address]))
+        self._schedule_liveness()
+
+    def _ending(self, notify: bool, grace: Optional[float], limit: Optional[float]) -> None:
+        """
+        End the stream (see L{finish}).
+        """
         if self._live_timer is not None:
             if self._live_timer.active():
                 self._live_timer.cancel()
@@ -576,44 +768,113 @@ class PortalWorker(Worker):
             self._closer.close(self.transport, grace, limit)
         if self.node is not None and self.address is not None:
             self.node.stop_worker(self.address)
-        self._check_done()
+        self._ended()
 
-    def close(self) -> Deferred:
-        """
-        Close this portal now (Disconnect to the other side): its socket
-        gets at most L{close_grace} seconds to flush, also if it was
-        flushing already.  Fires once the socket is closed.
-        """
-        d = self.when_done()
-        if not self.finished:
-            self.finish(notify=True, grace=self.close_grace, limit=self.close_grace)
-        elif self.transport is not None:
-            self._closer.close(self.transport, self.close_grace, self.close_grace)
-        return d
+    def _stop_reading(self) -> None:
+        if self._reading is not None:
+            # Reading has ended: no later pause or resume may restart it.
+            self._reading.active = False
 
-    def when_done(self) -> Deferred:
-        """
-        A Deferred that fires once this portal is finished and its socket
-        closed.
-        """
-        if self.finished and self.transport is None:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
+    def _forget_socket(self) -> None:
+        self.transport = None
+        if self._closer is not None:
+            self._closer.closed()
+        if self._reading is not None:
+            self._reading.active = False
+        self.backpressure.stopProducing()
 
-    def _check_done(self) -> None:
+    def _report_done(self) -> None:
         # The owner keeps a portal until its socket is closed, so that its
         # close() waits for (and hurries) sockets still flushing.
-        if self.finished and self.transport is None:
-            if not self._reported:
-                self._reported = True
-                self.owner._portal_finished(self)
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+        self.owner._portal_finished(self)
+        self._fire_waiters()
 
-    def stopped(self) -> None:
-        # The node removed us (e.g. it is stopping): end as close() does.
-        if not self.finished:
-            self.finish(notify=True, grace=self.close_grace, limit=self.close_grace)
+    def _fire_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # What the inlet's and the outlet's portals add (nothing here).
+
+    def _accepted(self) -> None:
+        """
+        The socket came first (an inlet's client was accepted).
+        """
+
+    def _connected(self) -> None:
+        """
+        The socket came second (an outlet's target connected).
+        """
+
+    def _pong_accepted(self) -> None:
+        """
+        The outlet's Pong opened the stream.
+        """
+
+    def _refused_by_outlet(self, reason: str) -> None:
+        """
+        The outlet refused to open the stream.
+        """
+
+    def _disconnected_before_open(self) -> None:
+        """
+        Disconnect came before the other side was known.
+        """
+
+    def _ended(self) -> None:
+        """
+        The stream ended.
+        """
+
+
+_builder = TypeMachineBuilder(_StreamInputs, PortalWorker)
+_new = _builder.state(NEW)
+_waiting = _builder.state(WAITING)
+_connecting = _builder.state(CONNECTING)
+_open = _builder.state(OPEN)
+_read_closed = _builder.state(READ_CLOSED)
+_write_closed = _builder.state(WRITE_CLOSED)
+_flushing = _builder.state(FLUSHING)
+_done = _builder.state(DONE)
+_S = _StreamInputs
+
+# Opening: the socket and the other side, in either order.
+_on(_new, _S.socket_made, _waiting, "_take_first_socket")
+_on(_new, _S.remote_known, _connecting, "_remember_remote")
+_on(_waiting, _S.remote_known, _open, "_remember_remote")
+_on(_connecting, _S.socket_made, _open, "_take_second_socket")
+_on(_done, _S.socket_made, _done, "_close_late_socket")
+# An inlet's answer from the outlet: Pong opens the stream (a second Pong,
+# for a repeated Ping, is turned away), Refuse ends it.
+_on(_waiting, _S.pong, _open, "_open_on_pong")
+_on(_waiting, _S.refused, _flushing, "_end_refused")
+for _state in (_open, _read_closed, _write_closed):
+    _on(_state, _S.pong, _state, "_turn_away_pong")
+    _on(_state, _S.refused, _state)
+# Half-close: end of file read here, Eof from the other side.
+_on(_waiting, _S.socket_eof, _flushing, "_end_at_eof")
+_on(_open, _S.socket_eof, _read_closed, "_read_ended")
+_on(_write_closed, _S.socket_eof, _flushing, "_end_both_read")
+for _state in (_read_closed, _flushing, _done):
+    _on(_state, _S.socket_eof, _state)
+_on(_open, _S.peer_eof, _write_closed, "_shut_down_writing")
+_on(_read_closed, _S.peer_eof, _flushing, "_end_by_peer")
+_on(_write_closed, _S.peer_eof, _write_closed)
+_on(_connecting, _S.peer_eof, _connecting)
+# Ending: with a socket, it is flushed (then closed); without one, done.
+_on(_waiting, _S.disconnected, _flushing, "_end_before_open")
+for _state in (_open, _read_closed, _write_closed):
+    _on(_state, _S.disconnected, _flushing, "_end_by_peer")
+for _state in (_new, _connecting):
+    _on(_state, _S.disconnected, _done, "_end_by_peer_at_once")
+    _on(_state, _S.finish, _done, "_end_at_once")
+for _state in (_waiting, _open, _read_closed, _write_closed):
+    _on(_state, _S.finish, _flushing, "_end")
+    _on(_state, _S.socket_lost, _done, "_lost_socket")
+_on(_flushing, _S.socket_lost, _done, "_socket_closed")
+_on(_done, _S.socket_lost, _done, "_late_socket_closed")
+for _state in (_flushing, _done):
+    _on(_state, _S.finish, _state, "_hurry")
+
+_StreamMachine = _builder.build()
+del _state

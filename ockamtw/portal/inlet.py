@@ -14,10 +14,10 @@ from twisted.logger import Logger
 from ..errors import OckamError, TransportError
 from ..deferred import InFlight, gather
 from ..routing import Route
-from ..endpoints import server_description
+from ..endpoints import reason, server_description
 from ..errors import WireError
 from ..wire import PONG_TAG, REFUSE_TAG, decode_refuse
-from . import DISCONNECT, PING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
+from . import PING, WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
@@ -28,7 +28,8 @@ DOWN = "Down"
 class InletPortal(PortalWorker):
     """
     The inlet side of one tunnelled connection: it reads nothing from its
-    client until the outlet's Pong arrives.
+    client until the outlet's Pong arrives (L{WAITING}), repeating its
+    Ping meanwhile.
     """
 
     side = "inlet"
@@ -38,8 +39,7 @@ class InletPortal(PortalWorker):
         self._timer = None
         self._deadline = None
 
-    def _socket_made(self, transport) -> None:
-        PortalWorker._socket_made(self, transport)
+    def _accepted(self) -> None:
         self._reading.pause()  # until Pong
         # Until the Pong, the inlet's policy says who may answer.
         self.owner.node.start_worker(portal_address(self.owner.flow_control), self, access=self.owner.pong_access)
@@ -48,7 +48,7 @@ class InletPortal(PortalWorker):
 
     def _ping(self) -> None:
         self._timer = None
-        if self.finished or self.remote_route is not None:
+        if self.state != WAITING:
             return
         inlet = self.owner
         if inlet.reactor.seconds() >= self._deadline:
@@ -67,7 +67,7 @@ class InletPortal(PortalWorker):
             return
 
         def send(route):
-            if self.finished or self.remote_route is not None:
+            if self.state != WAITING:
                 return
             self.node.send(route, PING, sender=self.address)
 
@@ -78,44 +78,41 @@ class InletPortal(PortalWorker):
         delay = min(inlet.ping_interval, max(0.0, self._deadline - inlet.reactor.seconds()))
         self._timer = inlet.reactor.callLater(delay, self._ping)
 
-    def disconnected(self) -> None:
-        if self.remote_route is None:
-            # An Ockam 0.83 outlet's way of saying no (it refused us, or
-            # cannot reach its target).
-            self.owner._not_opened("the outlet closed the stream before opening it (refused, or its target is unreachable)")
-        PortalWorker.disconnected(self)
-
     def control(self, tag: int, message) -> None:
         if tag == REFUSE_TAG:
-            if self.remote_route is None and not self.finished:
-                try:
-                    reason = decode_refuse(message.payload)
-                except WireError:
-                    reason = "(unreadable reason)"
-                self.owner._not_opened(f"refused by the outlet: {reason}")
-                self.finish(notify=False, grace=self.close_grace)
-            return
-        if tag != PONG_TAG:  # only Pong is expected here
+            try:
+                reason = decode_refuse(message.payload)
+            except WireError:
+                reason = "(unreadable reason)"
+            self._machine.refused(reason)
+        elif tag == PONG_TAG:
+            if message.return_route:
+                self._machine.pong(message.return_route, message.origin)
+        else:  # only Pong and Refuse are expected here
             PortalWorker.control(self, tag, message)
-            return
-        if self.remote_route is None and not self.finished:
-            if not message.return_route:
-                return
-            self.set_remote(message.return_route, message.origin)
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-            self.owner._pong()
-            self._reading.resume()
-        elif message.return_route != self.remote_route and message.return_route:
-            # A Pong for a repeated Ping: that outlet portal is not needed.
-            self.node.send(message.return_route, DISCONNECT, sender=self.address)
 
-    def finish(self, notify: bool, grace=None, limit=None) -> None:
+    # --- what the machine's outputs do here -------------------------------------------------
+
+    def _pong_accepted(self) -> None:
+        self._cancel_ping()
+        self.owner._pong()
+        self._reading.resume()
+
+    def _refused_by_outlet(self, reason: str) -> None:
+        self.owner._not_opened(f"refused by the outlet: {reason}")
+
+    def _disconnected_before_open(self) -> None:
+        # An Ockam 0.83 outlet's way of saying no (it refused us, or
+        # cannot reach its target).
+        self.owner._not_opened("the outlet closed the stream before opening it (refused, or its target is unreachable)")
+
+    def _ended(self) -> None:
+        self._cancel_ping()
+
+    def _cancel_ping(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        PortalWorker.finish(self, notify, grace, limit)
 
 
 class _InletFactory(Factory):
@@ -203,7 +200,7 @@ class Inlet:
             return self
 
         def failed(f):
-            raise TransportError(f"cannot listen on {self.listen_text}: {f.getErrorMessage()}")
+            raise TransportError(f"cannot listen on {self.listen_text}: {reason(f)}")
 
         return d.addCallbacks(listening, failed)
 

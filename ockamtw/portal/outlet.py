@@ -26,25 +26,21 @@ log = Logger(namespace="ockamtw.portal.outlet")
 class OutletPortal(PortalWorker):
     """
     The outlet side of one tunnelled connection.  It answers Pong once its
-    target socket is connected, so no data can overtake the Pong.
+    target socket is connected (L{CONNECTING} to L{OPEN}), so no data can
+    overtake the Pong.
     """
 
     side = "outlet"
     #: The Deferred of the target connection while it is being made.
     connecting = None
 
-    def finish(self, notify: bool, grace=None, limit=None) -> None:
+    def _connected(self) -> None:
+        self.node.send(self.remote_route, PONG, sender=self.address)
+
+    def _ended(self) -> None:
         connecting, self.connecting = self.connecting, None
-        PortalWorker.finish(self, notify, grace, limit)
         if connecting is not None and not connecting.called:
             connecting.cancel()
-
-    def _socket_made(self, transport) -> None:
-        PortalWorker._socket_made(self, transport)
-        if self.finished:
-            self._closer.close(transport, self.close_grace)
-            return
-        self.node.send(self.remote_route, PONG, sender=self.address)
 
 
 @implementer(IAccessPolicy)

@@ -32,11 +32,13 @@ from ..access import CHANNEL_PEERS
 from ..deferred import InFlight
 from ..errors import OckamError, RequestTimeout, RouteUnreachable
 from ..routing import Route
+from ..secure.channel import UP
 from ..secure.errors import SecureChannelError
 from . import codec
 from .codec import Method, Status
 from .credentials import Credential, verify
 from .errors import CredentialError
+from .medic import Medic
 from .members import MemberEntry, MemoryMemberStore
 from .projectinfo import ProjectInfo
 from .service import ApiError, ApiService, call
@@ -75,6 +77,9 @@ class Membership:
         self._project_ends: Dict[str, object] = {}
         #: seconds a project API call may take (0.83: 30)
         self.timeout = 30.0
+        #: checks the channels to projects (its intervals may be changed
+        #: before the first /project route is used)
+        self.medic = Medic(node)
 
     # --- what the node knows ---------------------------------------------------------------
 
@@ -179,7 +184,7 @@ class Membership:
             known = ", ".join(sorted(self.projects)) or "none"
             raise RouteUnreachable(f"unknown project {hop.name!r} on node {self.node.name} (it knows: {known})")
         end = self._project_ends.get(info.name)
-        if end is not None and end.status == "up":
+        if end is not None and end.status == UP:
             return Deferred.fromCoroutine(_route_of(end))
         return self._channels.wait(info.name, lambda: Deferred.fromCoroutine(self._connect(info)))
 
@@ -198,6 +203,7 @@ class Membership:
             raise NotAMember(f"project {info.name} refused this node's credential: {e}") from None
         end = node.secure_channels[enc.value]
         self._project_ends[info.name] = end
+        self.medic.watch(end, info.name)
         end.on_close(lambda _: self._project_ends.pop(info.name, None) if self._project_ends.get(info.name) is end else None)
         return Route([enc])
 

@@ -29,13 +29,15 @@ import collections
 import ipaddress
 import random as _random
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Protocol, Tuple
 
+from automat import TypeMachineBuilder
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from zope.interface import implementer
 
+from ..machines import transitions
 from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
@@ -127,6 +129,58 @@ class _Part(Worker):
         # The backwards address accepts nothing (NOBODY): never called.
 
 
+class _ChannelInputs(Protocol):
+    """
+    What happens to a secure channel end: the inputs of its machine
+    (L{ChannelEnd}).
+    """
+
+    def initiate(self, route: object, timeout: float) -> None:
+        "L{ChannelEnd.start_initiator}: send M1 along C{route}, to a listener."
+
+    def respond(self, msg1: bytes, timeout: float) -> None:
+        "L{ChannelEnd.start_responder}: M1 (its Noise message C{msg1}) came to our listener."
+
+    def wire(self, message: object) -> None:
+        "A message from the peer arrived at the decryptor."
+
+    def verified(self) -> None:
+        "The peer's identity message verified (an initiator has sent M5)."
+
+    def local(self, message: object) -> None:
+        "A message of this node arrived at the encryptor, to go to the peer."
+
+    def timed_out(self, timeout: float) -> None:
+        "The handshake did not complete within C{timeout} seconds."
+
+    def link_closed(self) -> None:
+        "The connection or outer channel the peer's handshake came through closed."
+
+    def failed(self, error: Exception) -> None:
+        "The handshake failed with C{error} (a malformed or refused message)."
+
+    def close(self) -> None:
+        "L{ChannelEnd.close}."
+
+
+#: The states of a channel end, by the name L{ChannelEnd.status} shows
+#: (the control API and the command line read them).
+#: Created, not started yet.
+NEW = "new"
+#: An initiator that sent M1, waiting for the responder's M2.
+WAITING_FOR_M2 = "m2"
+#: A responder that answered M1 with M2, waiting for the initiator's M3.
+WAITING_FOR_M3 = "m3"
+#: An initiator that sent M3, waiting for the responder's identity (M4).
+WAITING_FOR_M4 = "m4"
+#: A responder that sent its identity (M4), waiting for the initiator's (M5).
+WAITING_FOR_M5 = "m5"
+#: Both identities verified: messages are encrypted and decrypted.
+UP = "up"
+#: Ended (closed, failed, timed out, or its link closed): its workers are gone.
+CLOSED = "closed"
+
+
 @implementer(IOrigin)
 class ChannelEnd(CloseNotifier):
     """
@@ -136,12 +190,23 @@ class ChannelEnd(CloseNotifier):
     The channel ends with the origin of the peer's handshake messages (the
     TCP connection or outer secure channel they came through).
 
+    A state machine (C{_ChannelInputs}, the table after this class): an
+    initiator goes L{NEW}, L{WAITING_FOR_M2}, L{WAITING_FOR_M4}, L{UP}; a
+    responder L{NEW}, L{WAITING_FOR_M3}, L{WAITING_FOR_M5}, L{UP}; any of
+    them may end in L{CLOSED}.  Its inputs are what arrives (a message from
+    the peer, a message to send, the handshake's time-out, the loss of its
+    link, L{close}); its outputs what the end does (send M1 to M5, decrypt
+    and deliver, encrypt and send, fail, close).  Once up, messages take
+    plain methods that check the state (what the machine does when up,
+    without its dispatch).
+
     @ivar encryptor: the L{Address} to route through.
     @ivar peer_identifier: the other end's identifier (C{P<hex>}) once
         established.
-    @ivar status: C{"m2"}, C{"m3"} (waiting for that key exchange
-        message), C{"m4"}, C{"m5"} (waiting for that identity message),
-        C{"up"} or C{"closed"}.
+    @ivar status: the name of the machine's state: C{"m2"}, C{"m3"}
+        (waiting for that key exchange message), C{"m4"}, C{"m5"} (waiting
+        for that identity message), C{"up"} or C{"closed"} (C{"new"} before
+        it starts).
     """
 
     def __init__(self, node, identity, trust: TrustPolicy, initiator: bool, owner=None) -> None:
@@ -150,7 +215,7 @@ class ChannelEnd(CloseNotifier):
         self.trust = trust
         self.initiator = initiator
         self.owner = owner
-        self.status = "handshake"
+        self.status = NEW
         self.peer_identifier: Optional[str] = None
         self.remote_route: Optional[Route] = None
         self.route_text: Optional[str] = None
@@ -176,30 +241,32 @@ class ChannelEnd(CloseNotifier):
         #: The peer (L{peer_group}) a responder's handshake is counted
         #: against, set by its listener.
         self.peer_group = None
+        self._machine = _ChannelMachine(self)
+        self._busy = 0
+        self._after: list = []
         self.decryptor = node.start_worker(None, _Part(self, "decryptor"))
         self.encryptor = node.start_worker(None, _Part(self, "encryptor"))
         self.backwards = node.start_worker(None, _Part(self, "backwards"))
 
-    # --- starting ------------------------------------------------------------
+    # --- starting and closing ---------------------------------------------------------
 
     def start_initiator(self, route: Route, timeout: float) -> Deferred:
         """
         Send M1 along C{route} (ending at a listener); fires with this end
         once the identity exchange is done.
         """
-        self._ready = Deferred()
-        msg1 = self._hs.write_message(b"")
-        payload = CreateResponderChannelMessage.for_initiator(msg1, self.backwards).encode()
-        self._status("m2")
-        self._timer = self.node.reactor.callLater(timeout, self._timed_out, timeout)
-        self.node.send(route, payload, sender=self.decryptor)
-        return self._ready
+        ready = self._ready = Deferred()
+        self._input(self._machine.initiate, route, timeout)
+        return ready
 
     def start_responder(self, m1, timeout: float, request: Optional[CreateResponderChannelMessage] = None) -> None:
         """
         Answer M1 (a message to the listener) with M2; the handshake must
         be done within C{timeout} seconds of M1.  C{request}: M1's payload
         already decoded.
+
+        @raise SecureChannelError: (or L{WireError}) for an M1 it cannot
+            answer; the caller closes the end.
         """
         if not m1.return_route:
             raise SecureChannelError("M1 without a return route")
@@ -207,85 +274,127 @@ class ChannelEnd(CloseNotifier):
             request = CreateResponderChannelMessage.decode(m1.payload)
         self._peer_backwards = request.backwards_address()
         self.remote_route = m1.return_route
-        self._watch(m1.origin)
-        if self.status == "closed":
+        if not self._watch(m1.origin):
+            self._input(self._machine.link_closed)
+        if self.status == CLOSED:
             raise SecureChannelError("the connection M1 came through is closed")
-        self._hs.read_message(request.payload)
+        self._input(self._machine.respond, request.payload, timeout)
+
+    def close(self) -> None:
+        """
+        Remove the channel end's workers (no message tells the peer).
+        """
+        self._input(self._machine.close)
+
+    # --- what arrives ---------------------------------------------------------------
+
+    def _wire(self, message) -> None:
+        """
+        A message at the decryptor.
+        """
+        if self.status == UP:
+            self._decrypt_and_deliver(message)
+        else:
+            self._input(self._machine.wire, message)
+
+    def _local(self, message) -> None:
+        """
+        A message at the encryptor.
+        """
+        if self.status == UP:
+            # What the machine does when up (_encrypt_and_send), inline.
+            self._send_inner(
+                message.onward_route.step().prepend(self._peer_backwards),
+                message.return_route,
+                message.payload,
+                sender=self.encryptor,
+            )
+        else:
+            self._input(self._machine.local, message)
+
+    def _timed_out(self, timeout: float) -> None:
+        self._timer = None
+        self._input(self._machine.timed_out, timeout)
+
+    def _link_closed(self) -> None:
+        self._link_key = None
+        self._input(self._machine.link_closed)
+
+    def _input(self, input, *args) -> None:
+        """
+        Give the machine C{input} (a method of C{self._machine}).  An input
+        that comes while the machine is busy (from its own outputs, or code
+        they call) waits until it is done, as automat does; the code that
+        its outputs leave for later (L{_later}: the callbacks of
+        L{start_initiator}'s Deferred) runs once it is done, so that it can
+        use this end at once, as any caller can.
+        """
+        self._busy += 1
+        try:
+            input(*args)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                after = self._after
+                while after:
+                    after.pop(0)()
+
+    def _later(self, f, *args) -> None:
+        self._after.append(lambda: f(*args))
+
+    # --- the machine's outputs: the handshake ------------------------------------------
+
+    def _send_m1(self, route: Route, timeout: float) -> None:
+        msg1 = self._hs.write_message(b"")
+        payload = CreateResponderChannelMessage.for_initiator(msg1, self.backwards).encode()
+        self._timer = self.node.reactor.callLater(timeout, self._timed_out, timeout)
+        self.node.send(route, payload, sender=self.decryptor)
+
+    def _send_m2(self, msg1: bytes, timeout: float) -> None:
+        self._hs.read_message(msg1)
         msg2 = self._hs.write_message(b"")
-        self._status("m3")
         self._timer = self.node.reactor.callLater(timeout, self._timed_out, timeout)
         self.node.send(self.remote_route, encode_key_exchange(msg2), sender=self.decryptor)
 
-    # --- the wire side -----------------------------------------------------------
-
-    def _wire(self, message) -> None:
+    def _read_m2_send_m3(self, message) -> None:
         try:
-            if self.status == "up":
-                self._transport_in(message)
-            elif self.status == "m2":
-                self._on_m2(message)
-            elif self.status == "m3":
-                self._on_m3(message)
-            elif self.status in ("m4", "m5"):
-                self._on_identity(message)
-            else:
-                self.dropped += 1
+            if not message.return_route:
+                raise SecureChannelError("M2 without a return route")
+            self.remote_route = message.return_route
+            if not self._watch(message.origin):
+                self._input(self._machine.link_closed)
+                return
+            try:
+                self._hs.read_message(decode_key_exchange(message.payload))
+            except (WireError, SecureChannelError):
+                # Not a key exchange message: whatever answered is no secure
+                # channel listener (e.g. an echo service sent M1 back).
+                raise SecureChannelError(
+                    f"{self.route_text or 'the route'} did not answer as a secure channel listener"
+                ) from None
+            msg3 = self._hs.write_message(b"")
+            self._split()
+            self.node.send(self.remote_route, encode_key_exchange(msg3), sender=self.decryptor)
         except (WireError, SecureChannelError) as e:
-            self.dropped += 1
-            if self.status in ("up",):
-                self.node.throttle.log(
-                    log, "info", ("channel frame", id(self)), "secure channel {e}: frame dropped: {err}",
-                    e=str(self.encryptor), err=str(e),
-                )
-            else:
-                self._fail(e)
+            self._bad_handshake_message(e)
 
-    def _on_m2(self, message) -> None:
-        if not message.return_route:
-            raise SecureChannelError("M2 without a return route")
-        self.remote_route = message.return_route
-        self._watch(message.origin)
-        if self.status == "closed":
-            return
+    def _read_m3_send_m4(self, message) -> None:
         try:
+            self.remote_route = message.return_route
             self._hs.read_message(decode_key_exchange(message.payload))
-        except (WireError, SecureChannelError):
-            # Not a key exchange message: whatever answered is no secure
-            # channel listener (e.g. an echo service sent M1 back).
-            raise SecureChannelError(
-                f"{self.route_text or 'the route'} did not answer as a secure channel listener"
-            ) from None
-        msg3 = self._hs.write_message(b"")
-        self._split()
-        self._status("m4")
-        self.node.send(self.remote_route, encode_key_exchange(msg3), sender=self.decryptor)
+            self._split()
+            self._send_inner(
+                Route([self._peer_backwards]),
+                Route([self.backwards]),
+                IdentityChannelMessage.request(self.own_identity.export(), self.own_identity.sign(self._h)).encode(),
+                sender=self.decryptor,
+            )
+        except (WireError, SecureChannelError) as e:
+            self._bad_handshake_message(e)
 
-    def _on_m3(self, message) -> None:
-        self.remote_route = message.return_route
-        self._hs.read_message(decode_key_exchange(message.payload))
-        self._split()
-        self._status("m5")
-        self._send_inner(
-            Route([self._peer_backwards]),
-            Route([self.backwards]),
-            IdentityChannelMessage.request(self.own_identity.export(), self.own_identity.sign(self._h)).encode(),
-            sender=self.decryptor,
-        )
-
-    def _on_identity(self, message) -> None:
-        inner = self._decrypt(message)
-        exchange = IdentityChannelMessage.decode(inner.payload)
-        expected = IdentityChannelMessage.REQUEST if self.initiator else IdentityChannelMessage.RESPONSE
-        if exchange.kind != expected:
-            raise SecureChannelError("unexpected identity message")
+    def _read_m4_send_m5(self, message) -> None:
         try:
-            peer = import_identity(exchange.identity)
-            peer.verify(self._h, exchange.signature)
-        except (IdentityError, WireError) as e:
-            raise SecureChannelError(f"the peer's identity does not verify: {e}") from None
-        self.trust.check(self.own_identity.identifier, peer.identifier)
-        self.peer_identifier = peer.identifier
-        if self.initiator:
+            inner = self._verify_identity(message, IdentityChannelMessage.REQUEST)
             if not inner.return_route:
                 raise SecureChannelError("identity request without a return route")
             self._peer_backwards = inner.return_route[-1]
@@ -295,28 +404,146 @@ class ChannelEnd(CloseNotifier):
                 IdentityChannelMessage.response(self.own_identity.export(), self.own_identity.sign(self._h)).encode(),
                 sender=self.decryptor,
             )
-        self._established()
-
-    def _transport_in(self, message) -> None:
-        inner = self._decrypt(message)
-        onward = inner.onward_route
-        if not onward or onward[0] != self.backwards:
-            raise SecureChannelError("inner message does not start at our backwards address")
-        inner = inner.with_routes(onward.step(), inner.return_route.prepend(self.encryptor))
-        inner.source = message.source
-        inner.origin = self
-        inner.local = {IDENTITY: self.peer_identifier}
-        self.last_active = self.node.reactor.seconds()
-        self.node.deliver(inner)
-
-    # --- the local side ---------------------------------------------------------------
-
-    def _local(self, message) -> None:
-        if self.status != "up":
-            self.node.throttle.log(
-                log, "info", ("channel down", id(self)), "secure channel {e} is not up; message dropped", e=str(self.encryptor)
-            )
+        except (WireError, SecureChannelError) as e:
+            self._bad_handshake_message(e)
             return
+        self._input(self._machine.verified)
+
+    def _read_m5(self, message) -> None:
+        try:
+            self._verify_identity(message, IdentityChannelMessage.RESPONSE)
+        except (WireError, SecureChannelError) as e:
+            self._bad_handshake_message(e)
+            return
+        self._input(self._machine.verified)
+
+    def _bad_handshake_message(self, error: Exception) -> None:
+        self.dropped += 1
+        self._input(self._machine.failed, error)
+
+    def _established(self) -> None:
+        self._cancel_timer()
+        self.last_active = self.node.reactor.seconds()
+        log.info(
+            "secure channel {e} up with {peer} ({role})",
+            e=str(self.encryptor),
+            peer=self.peer_identifier,
+            role="initiator" if self.initiator else "responder",
+        )
+        up = getattr(self.owner, "_up", None)
+        if up is not None:
+            up(self)
+        ready = self._ready
+        if ready is not None and not ready.called:
+            self._later(ready.callback, self)
+
+    # --- the machine's outputs: messages ------------------------------------------------
+
+    def _deliver(self, message) -> None:
+        self._decrypt_and_deliver(message)
+
+    def _drop_frame(self, message) -> None:
+        self.dropped += 1
+
+    def _send_encrypted(self, message) -> None:
+        self._encrypt_and_send(message)
+
+    def _drop_local(self, message) -> None:
+        self.node.throttle.log(
+            log, "info", ("channel down", id(self)), "secure channel {e} is not up; message dropped", e=str(self.encryptor)
+        )
+
+    # --- the machine's outputs: ending ----------------------------------------------------
+
+    def _give_up(self, timeout: float) -> None:
+        self._fail(RequestTimeout(f"secure channel handshake did not complete within {timeout:g} s"))
+
+    def _lost_link_in_handshake(self) -> None:
+        self._fail(SecureChannelError("the connection to the peer closed during the handshake"))
+
+    def _lost_link(self) -> None:
+        log.info("secure channel {e}: its connection closed; channel closed", e=str(self.encryptor))
+        self._tear_down()
+
+    def _fail(self, error: Exception) -> None:
+        self.failure = error
+        if self.initiator:
+            log.warn("secure channel {e} (initiator) failed: {error}", e=str(self.encryptor), error=str(error))
+        else:
+            # Peers cause these, as many as the listener admits handshakes:
+            # a few lines per period for each listener (its stats count all).
+            self.node.throttle.log(
+                log,
+                "warn",
+                ("secure responder failed", getattr(self.owner, "address", None)),
+                "secure channel {e} (responder for {peer}) failed: {error}",
+                e=str(self.encryptor),
+                error=short(str(error), 200),
+                peer=describe_origin(self._peer_origin),
+            )
+        self._tear_down()
+        ready = self._ready
+        if ready is not None and not ready.called:
+            self._later(ready.errback, error)
+
+    def _tear_down(self) -> None:
+        self._cancel_timer()
+        if self._link_key is not None:
+            self._link.cancel_on_close(self._link_key)
+            self._link_key = None
+        for address in (self.decryptor, self.encryptor, self.backwards):
+            if self.node.worker_at(address) is not None and self.node.worker_at(address).end is self:
+                self.node.stop_worker(address)
+        if self.owner is not None:
+            self.owner._ended(self)
+        self._notify_closed()
+
+    # --- the handshake's messages ------------------------------------------------------
+
+    def _verify_identity(self, message, kind) -> TransportMessage:
+        """
+        The peer's identity message (M4 or M5, of C{kind}), decrypted and
+        verified against the handshake hash and our trust policy.
+        """
+        inner = self._decrypt(message)
+        exchange = IdentityChannelMessage.decode(inner.payload)
+        if exchange.kind != kind:
+            raise SecureChannelError("unexpected identity message")
+        try:
+            peer = import_identity(exchange.identity)
+            peer.verify(self._h, exchange.signature)
+        except (IdentityError, WireError) as e:
+            raise SecureChannelError(f"the peer's identity does not verify: {e}") from None
+        self.trust.check(self.own_identity.identifier, peer.identifier)
+        self.peer_identifier = peer.identifier
+        return inner
+
+    # --- messages, once up ---------------------------------------------------------------
+
+    def _decrypt_and_deliver(self, message) -> None:
+        """
+        Decrypt a message from the peer and deliver it; a malformed,
+        tampered or replayed one is dropped and harms nothing.
+        """
+        try:
+            inner = self._decrypt(message)
+            onward = inner.onward_route
+            if not onward or onward[0] != self.backwards:
+                raise SecureChannelError("inner message does not start at our backwards address")
+            inner = inner.with_routes(onward.step(), inner.return_route.prepend(self.encryptor))
+            inner.source = message.source
+            inner.origin = self
+            inner.local = {IDENTITY: self.peer_identifier}
+            self.last_active = self.node.reactor.seconds()
+            self.node.deliver(inner)
+        except (WireError, SecureChannelError) as e:
+            self.dropped += 1
+            self.node.throttle.log(
+                log, "info", ("channel frame", id(self)), "secure channel {e}: frame dropped: {err}",
+                e=str(self.encryptor), err=str(e),
+            )
+
+    def _encrypt_and_send(self, message) -> None:
         self._send_inner(
             message.onward_route.step().prepend(self._peer_backwards),
             message.return_route,
@@ -351,18 +578,17 @@ class ChannelEnd(CloseNotifier):
                 self._seen = {c for c in self._seen if c > floor}
         return TransportMessage.decode(plaintext)
 
-    # --- ending ------------------------------------------------------------------------------------
+    # --- its link ----------------------------------------------------------------------------
 
-    def _status(self, status: str) -> None:
-        self.status = status
-
-    def _watch(self, origin) -> None:
+    def _watch(self, origin) -> bool:
         """
         End with C{origin}, where the peer's handshake came from (a TCP
         connection, or an outer secure channel); C{None}: this node.
+        Whether it is still open (when it is not, the caller gives the
+        machine L{_ChannelInputs.link_closed}).
         """
         if origin is self._peer_origin:
-            return
+            return True
         if self._link_key is not None:
             self._link.cancel_on_close(self._link_key)
             self._link_key = None
@@ -370,98 +596,37 @@ class ChannelEnd(CloseNotifier):
         self._link = origin
         if origin is not None and hasattr(origin, "on_close"):
             if not getattr(origin, "connected", True):
-                self._link_closed()
-                return
+                return False
             self._link_key = origin.on_close(lambda _: self._link_closed())
+        return True
+
+    @property
+    def link(self):
+        """
+        What the peer's messages come through: the TCP connection or the
+        outer secure channel (C{None} before the handshake, or on this
+        node).
+        """
+        return self._link
 
     @property
     def identity(self) -> Optional[str]:
         """
         The peer's identifier once the channel is up (IOrigin).
         """
-        return self.peer_identifier if self.status == "up" else None
-
-    def _established(self) -> None:
-        self._status("up")
-        self._cancel_timer()
-        self.last_active = self.node.reactor.seconds()
-        log.info(
-            "secure channel {e} up with {peer} ({role})",
-            e=str(self.encryptor),
-            peer=self.peer_identifier,
-            role="initiator" if self.initiator else "responder",
-        )
-        up = getattr(self.owner, "_up", None)
-        if up is not None:
-            up(self)
-        if self._ready is not None and not self._ready.called:
-            self._ready.callback(self)
-
-    def _link_closed(self) -> None:
-        self._link_key = None
-        if self.status == "closed":
-            return
-        if self.status != "up":
-            self._fail(SecureChannelError("the connection to the peer closed during the handshake"))
-            return
-        log.info("secure channel {e}: its connection closed; channel closed", e=str(self.encryptor))
-        self.close()
+        return self.peer_identifier if self.status == UP else None
 
     @property
     def connected(self) -> bool:
         """
         Whether the channel can still carry messages (not closed).
         """
-        return self.status != "closed"
-
-    def _timed_out(self, timeout: float) -> None:
-        self._timer = None
-        self._fail(RequestTimeout(f"secure channel handshake did not complete within {timeout:g} s"))
-
-    def _fail(self, error: Exception) -> None:
-        if self.status == "closed":
-            return
-        self.failure = error
-        if self.initiator:
-            log.warn("secure channel {e} (initiator) failed: {error}", e=str(self.encryptor), error=str(error))
-        else:
-            # Peers cause these, as many as the listener admits handshakes:
-            # a few lines per period for each listener (its stats count all).
-            self.node.throttle.log(
-                log,
-                "warn",
-                ("secure responder failed", getattr(self.owner, "address", None)),
-                "secure channel {e} (responder for {peer}) failed: {error}",
-                e=str(self.encryptor),
-                error=short(str(error), 200),
-                peer=describe_origin(self._peer_origin),
-            )
-        self.close()
-        if self._ready is not None and not self._ready.called:
-            self._ready.errback(error)
+        return self.status != CLOSED
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-    def close(self) -> None:
-        """
-        Remove the channel end's workers (no message tells the peer).
-        """
-        if self.status == "closed":
-            return
-        self._status("closed")
-        self._cancel_timer()
-        if self._link_key is not None:
-            self._link.cancel_on_close(self._link_key)
-            self._link_key = None
-        for address in (self.decryptor, self.encryptor, self.backwards):
-            if self.node.worker_at(address) is not None and self.node.worker_at(address).end is self:
-                self.node.stop_worker(address)
-        if self.owner is not None:
-            self.owner._ended(self)
-        self._notify_closed()
 
     def to_dict(self) -> dict:
         return {
@@ -472,6 +637,56 @@ class ChannelEnd(CloseNotifier):
             "peer": self.peer_identifier,
             "route": self.route_text or (str(self.remote_route) if self.remote_route else None),
         }
+
+
+_on = transitions("status")
+
+
+_builder = TypeMachineBuilder(_ChannelInputs, ChannelEnd)
+_new = _builder.state(NEW)
+_waiting_for_m2 = _builder.state(WAITING_FOR_M2)
+_waiting_for_m3 = _builder.state(WAITING_FOR_M3)
+_waiting_for_m4 = _builder.state(WAITING_FOR_M4)
+_waiting_for_m5 = _builder.state(WAITING_FOR_M5)
+_up = _builder.state(UP)
+_closed = _builder.state(CLOSED)
+_handshake = (_waiting_for_m2, _waiting_for_m3, _waiting_for_m4, _waiting_for_m5)
+_I = _ChannelInputs
+
+_on(_new, _I.initiate, _waiting_for_m2, "_send_m1")
+_on(_new, _I.respond, _waiting_for_m3, "_send_m2")
+# The handshake: each message moves it on (a bad one fails it); an
+# identity message that verifies brings the channel up.
+_on(_waiting_for_m2, _I.wire, _waiting_for_m4, "_read_m2_send_m3")
+_on(_waiting_for_m3, _I.wire, _waiting_for_m5, "_read_m3_send_m4")
+_on(_waiting_for_m4, _I.wire, _waiting_for_m4, "_read_m4_send_m5")
+_on(_waiting_for_m5, _I.wire, _waiting_for_m5, "_read_m5")
+_on(_waiting_for_m4, _I.verified, _up, "_established")
+_on(_waiting_for_m5, _I.verified, _up, "_established")
+for _state in _handshake:
+    _on(_state, _I.timed_out, _closed, "_give_up")
+for _state in (_new, *_handshake):
+    _on(_state, _I.link_closed, _closed, "_lost_link_in_handshake")
+for _state in (_new, *_handshake, _up):
+    _on(_state, _I.failed, _closed, "_fail")
+    _on(_state, _I.close, _closed, "_tear_down")
+# Up: messages both ways (ChannelEnd._wire and _local take this path
+# without the machine's dispatch).
+_on(_up, _I.wire, _up, "_deliver")
+_on(_up, _I.local, _up, "_send_encrypted")
+_on(_up, _I.link_closed, _closed, "_lost_link")
+# Nothing is encrypted before the channel is up, or after; nothing is
+# decrypted before it starts, or after it ends.
+for _state in (_new, *_handshake, _closed):
+    _on(_state, _I.local, _state, "_drop_local")
+for _state in (_new, _closed):
+    _on(_state, _I.wire, _state, "_drop_frame")
+# Closed is the end: what still comes is ignored.
+for _input in (_I.close, _I.link_closed, _I.timed_out, _I.failed, _I.verified):
+    _on(_closed, _input, _closed)
+
+_ChannelMachine = _builder.build()
+del _state, _input
 
 
 # --- admission of handshakes ---------------------------------------------------------------------------

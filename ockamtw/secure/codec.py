@@ -1,6 +1,6 @@
 """
-The BARE messages of Ockam 0.83 secure channels (sections 2 to 4 of the
-secure-channel contract, C{shared/spec/ockam-secure-channel.md}):
+The BARE messages of Ockam 0.83 secure channels (docs/protocol.md,
+section 7):
 
   - L{CreateResponderChannelMessage}: the payload of M1, the first
     handshake message sent to a listener;

@@ -408,7 +408,7 @@ class LocalIdentity(Identity):
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
         except OSError as e:
-            raise IdentityError(f"cannot write identity file {path}: {e}") from None
+            raise IdentityError(f"cannot write identity file {path}: {e.strerror or e}") from None
         try:
             try:
                 os.fchmod(fd, 0o600)
@@ -424,7 +424,7 @@ class LocalIdentity(Identity):
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise IdentityError(f"cannot write identity file {path}: {e}") from None
+            raise IdentityError(f"cannot write identity file {path}: {e.strerror or e}") from None
         try:
             dfd = os.open(directory, os.O_RDONLY)
         except OSError:

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..access import ANYONE
-from ..endpoints import client_endpoint, client_target, server_description, split_hostport
+from ..endpoints import client_endpoint, client_target, reason, server_description, split_hostport
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
 from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, ITransport, IWorker
@@ -778,7 +778,7 @@ class TcpTransport:
             return listener
 
         def failed(f):
-            raise TransportError(f"cannot listen on {description}: {f.getErrorMessage()}")
+            raise TransportError(f"cannot listen on {description}: {reason(f)}")
 
         return d.addCallbacks(listening, failed)
 
@@ -812,7 +812,7 @@ class TcpTransport:
         def failed(f):
             if f.check(CancelledError, TransportError):
                 return f
-            raise TransportError(f"cannot connect to {target}: {f.getErrorMessage()}")
+            raise TransportError(f"cannot connect to {target}: {reason(f)}")
 
         return d.addCallbacks(connected, failed)
 
