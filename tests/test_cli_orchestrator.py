@@ -26,7 +26,7 @@ from ockamtw.project.credentials import Credential, CredentialData, authenticate
 from ockamtw.project.projectinfo import ProjectInfo
 
 from .helpers import async_test, spawn
-from .test_cli import CLITestCase, http_head, port_of, process_gone, processes_naming
+from .cli_harness import CLITestCase, http_head, port_of, process_gone, processes_naming
 
 HEX64 = r"[0-9a-f]{64}"
 IDENTIFIER = r"P[0-9a-f]{64}"

@@ -29,7 +29,7 @@ from ockamtw.relay import STATIC_FORWARDING_SERVICE, Relay
 from ockamtw.secure.identity import LocalIdentity
 
 from .helpers import async_test
-from .test_control_api import ControlAPITestCase
+from .control_harness import ControlAPITestCase
 
 MEMBER = "P" + "1" * 64
 ENROLLER = "P" + "2" * 64

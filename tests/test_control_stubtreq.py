@@ -201,11 +201,6 @@ class OutletTests(ControlResourceTestCase):
         self.assertEqual(json.loads(text), {"error": "the request body must be a JSON object"})
         self.assertEqual(self.node.outlets, {})
 
-    test_json_array_body_is_400.todo = (  # type: ignore[attr-defined]
-        "ControlResource.render raises ControlError for a JSON body that is not an object outside its "
-        "error handling (it catches ValueError only): twisted.web answers 500 with an HTML page"
-    )
-
 
 class InletTests(ControlResourceTestCase):
     def setUp(self) -> None:

@@ -770,15 +770,13 @@ class ControlResource(resource.Resource):
         from urllib.parse import unquote
 
         parts = [unquote(p.decode()) for p in request.postpath if p]
+        raw = request.content.read() if request.content is not None else b""
         try:
-            raw = request.content.read() if request.content is not None else b""
             body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ControlError(400, "the request body must be a JSON object")
         except ValueError:
-            body = None
-        if body is None:
             return self._finish(request, Failure(ControlError(400, "the request body is not JSON")))
+        if not isinstance(body, dict):
+            return self._finish(request, Failure(ControlError(400, "the request body must be a JSON object")))
 
         def call():
             result = self._route(request.method, parts, body)
