@@ -43,6 +43,12 @@ class Node(BaseNode):
         per second it answers, and the handshake grace.
     """
 
+    #: Whether this node's identity may be other nodes' too (a named
+    #: identity of the command line): then a peer presenting it is
+    #: accepted (it is one of those nodes), where a node's own identity
+    #: coming back from a peer is refused.
+    shared_identity = False
+
     def __init__(self, reactor=None, name=None, services=True, identity=None, handshake_limits=None):
         BaseNode.__init__(self, reactor, name)
         self.relays: Dict[str, Relay] = {}
@@ -96,25 +102,28 @@ class Node(BaseNode):
             self._identity = LocalIdentity.create()
         return self._identity
 
-    def create_secure_channel_listener(self, address: str = "api", authorized=None, limits=None):
+    def create_secure_channel_listener(self, address: str = "api", authorized=None, limits=None, identity=None):
         """
         Start a secure channel listener at C{address}, accepting the
         identifiers in C{authorized} (everyone when C{None}), under
         C{limits} (a L{HandshakeLimits}; the node's C{handshake_limits}
-        when C{None}).  If a listener is already there (every node has one
-        at C{api}), its policy (and, if given, its limits) is replaced
-        instead; channels it already accepted stay.
+        when C{None}), presenting C{identity} (a L{LocalIdentity}; the
+        node's own when C{None}).  If a listener is already there (every
+        node has one at C{api}), its policy (and, if given, its limits) is
+        replaced instead; channels it already accepted stay.
         """
         from .secure.channel import SecureChannelListener, TrustPolicy
 
         existing = self.secure_listeners.get(Address.parse(address).value)
         if existing is not None:
-            existing.trust = TrustPolicy(authorized)
+            existing.trust = TrustPolicy(authorized, allow_self=existing.trust.allow_self)
             if limits is not None:
                 existing.limits = limits
             return existing
         listener = SecureChannelListener(
-            self.identity, TrustPolicy(authorized), limits=limits if limits is not None else self.handshake_limits
+            identity if identity is not None else self.identity,
+            TrustPolicy(authorized, allow_self=self.shared_identity),
+            limits=limits if limits is not None else self.handshake_limits,
         )
         self.start_worker(address, listener)
         self.secure_listeners[Address.parse(address).value] = listener
@@ -143,7 +152,8 @@ class Node(BaseNode):
 
         async def go():
             resolved = self.check_route(await self.resolve(route))
-            end = ChannelEnd(self, self.identity, TrustPolicy(authorized), initiator=True, owner=self)
+            trust = TrustPolicy(authorized, allow_self=self.shared_identity)
+            end = ChannelEnd(self, self.identity, trust, initiator=True, owner=self)
             end.route_text = str(route)
             self.secure_channels[end.encryptor.value] = end
             try:

@@ -106,6 +106,14 @@ class NodeController:
         self.listener = None
         #: the L{ockamtw.project.authority.Authority} this node runs, if any
         self.authority = None
+        #: alias -> inlet key (its socket address) / outlet address, as
+        #: Ockam 0.83 names inlets and outlets (C{--alias})
+        self.inlet_aliases = {}
+        self.outlet_aliases = {}
+        #: address -> type of the services started through the API
+        self.started_services = {}
+        #: secure channel listener address -> the named identity it presents
+        self.listener_identities = {}
         if directory is not None:
             self.restore(st.read_state(directory) or {})
 
@@ -123,12 +131,53 @@ class NodeController:
             self.node.add_project(info)
         for name, expression in (state.get("policies") or {}).items():
             self.node.membership.set_policy(name, expression)
+        self._restore_names(state)
         config = st.authority_of(state)
         if config is not None and self.authority is None:
             from ..project.authority import Authority
 
             self.authority = Authority(self.node, config, on_change=self._authority_changed)
             self.authority.start()
+
+    def _restore_names(self, state: dict) -> None:
+        """
+        What the command line of Ockam 0.83 adds to a node's state: aliases
+        of inlets and outlets, services started at other addresses,
+        listeners presenting a named identity; and a node with a named
+        identity (one other nodes may have too) accepts secure channels
+        with peers presenting it.
+        """
+        for i in state.get("inlets") or []:
+            if isinstance(i.get("alias"), str):
+                self.inlet_aliases[i["alias"]] = i["listen"]
+        for o in state.get("outlets") or []:
+            if isinstance(o.get("alias"), str):
+                self.outlet_aliases[o["alias"]] = o["address"]
+        if state.get("identity"):
+            self.node.shared_identity = True
+            for listener in self.node.secure_listeners.values():
+                listener.trust.allow_self = True
+        for svc in state.get("services") or []:
+            try:
+                self._start_service(svc.get("type"), svc.get("address"))
+            except (ControlError, OckamError, TypeError, AttributeError) as e:
+                log.error("service {s} not restored: {e}", s=svc, e=str(e))
+        for listener in state.get("secure_listeners") or []:
+            name = listener.get("identity")
+            if name and listener.get("address") not in self.node.secure_listeners:
+                try:
+                    self._listener_with_identity(listener["address"], listener.get("authorized"), name)
+                except (ControlError, OckamError) as e:
+                    log.error("secure channel listener {a} not restored: {e}", a=listener.get("address"),
+                              e=getattr(e, "message", str(e)))
+
+    def home(self) -> str:
+        """
+        The C{$OCKAM_HOME} of this node (its directory is C{HOME/nodes/NAME}).
+        """
+        if self.directory is None:
+            return st.ockam_home()
+        return os.path.dirname(os.path.dirname(os.path.abspath(self.directory)))
 
     def _authority_changed(self) -> None:
         try:
@@ -167,20 +216,25 @@ class NodeController:
             name=node.name,
             listen=listen or state.get("listen"),
             outlets=[
-                {"address": a, "to": o.target, "authorized": _listed(o.authorized)} for a, o in node.outlets.items()
+                {"address": a, "to": o.target, "authorized": _listed(o.authorized), "alias": self._outlet_alias(a)}
+                for a, o in node.outlets.items()
             ],
             inlets=[
-                {"listen": i.socket_address, "to": i.route_text, "authorized": _listed(i.authorized)}
+                {"listen": i.socket_address, "to": i.route_text, "authorized": _listed(i.authorized),
+                 "alias": self._inlet_alias(i.socket_address)}
                 for i in node.inlets.values()
             ],
             secure_listeners=[
-                {"address": a, "authorized": _listed(l.trust.authorized)}
+                dict({"address": a, "authorized": _listed(l.trust.authorized)},
+                     **({"identity": self.listener_identities[a]} if a in self.listener_identities else {}))
                 for a, l in node.secure_listeners.items()
                 if a != "api" or l.trust.authorized is not None
             ],
             relays=[{"name": r.name, "at": r.at_text} for r in node.relays.values()],
             connections=[{"to": k.target, "address": k.address.value} for k in node.tcp.kept.values()],
         )
+        if self.started_services or "services" in state:
+            state["services"] = [{"type": t, "address": a} for a, t in self.started_services.items()]
         project = self.project_info()
         if project is not None:
             state["project"] = project.to_dict()
@@ -307,9 +361,33 @@ class NodeController:
 
     def secure_listeners(self) -> list:
         return [
-            {"address": a, "authorized": _listed(l.trust.authorized), "channels": len(l.channels), "handshakes": l.stats()}
+            {"address": a, "authorized": _listed(l.trust.authorized), "channels": len(l.channels), "handshakes": l.stats(),
+             "identity": self.listener_identities.get(a), "identifier": l.identity.identifier}
             for a, l in self.node.secure_listeners.items()
         ]
+
+    def _listener_with_identity(self, address: str, authorized, name: str):
+        """
+        A new secure channel listener at C{address} presenting the named
+        identity C{name} of this node's home (C{identities/NAME.json})
+        instead of the node's own.
+        """
+        from ..secure.errors import IdentityError
+        from ..secure.identity import LocalIdentity
+
+        if not st.valid_node_name(name):
+            raise ControlError(400, f"not an identity name: {name!r}")
+        path = st.identity_path(self.home(), name)
+        if not os.path.exists(path):
+            raise ControlError(404, f"no identity named {name!r} (create it with: ockam identity create {name})")
+        try:
+            identity = LocalIdentity.load(path)
+        except IdentityError as e:
+            raise ControlError(400, f"identity {name!r}: {e}") from None
+        listener = self.node.create_secure_channel_listener(address, authorized, identity=identity)
+        listener.trust.allow_self = True  # a named identity may be other nodes' too
+        self.listener_identities[address] = name
+        return listener
 
     def _listener_info(self, address: str) -> dict:
         return [l for l in self.secure_listeners() if l["address"] == address][0]
@@ -331,7 +409,14 @@ class NodeController:
         existing = self.node.secure_listeners.get(address)
         if self.node.worker_at(address) is not None and address != API_LISTENER:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        if existing is not None:
+        identity = body.get("identity")
+        if identity is not None:
+            if existing is not None:
+                raise ControlError(409, f"the secure channel listener {address!r} of node {self.node.name} "
+                                        "keeps the node's identity")
+            self._listener_with_identity(address, authorized, identity)
+            await self._saved(undo=lambda: self._drop_listener(address))
+        elif existing is not None:
             before = existing.trust.authorized
             self.node.create_secure_channel_listener(address, authorized)
             await self._saved(undo=lambda: self.node.create_secure_channel_listener(address, _listed(before)))
@@ -341,6 +426,7 @@ class NodeController:
         return self._listener_info(address)
 
     def _drop_listener(self, address: str) -> None:
+        self.listener_identities.pop(address, None)
         if address in self.node.secure_listeners:
             self.node.delete_secure_channel_listener(address)  # closes the channels it accepted
 
@@ -395,6 +481,77 @@ class NodeController:
             await self._saved()
         return info
 
+    async def tcp_listener_create(self, body: dict) -> dict:
+        """
+        Another TCP listener (C{ockam tcp-listener create}); it lasts until
+        the node stops.
+        """
+        from ..endpoints import server_description
+
+        address = _need(body, "address")
+        try:
+            description = server_description(address)
+        except (OckamError, ValueError) as e:
+            raise ControlError(400, f"not a listener address: {address!r} ({e})") from None
+        listener = await self.node.tcp.listen(description)
+        return connection_dict(listener)
+
+    async def tcp_listener_delete(self, key: str) -> dict:
+        item = self._tcp(key)
+        if item.mode != "Listening":
+            raise ControlError(404, f"no TCP listener {key!r} on node {self.node.name} (a connection: see tcp-connection)")
+        if item is self.listener:
+            raise ControlError(409, "the node's own listener cannot be deleted")
+        info = connection_dict(item)
+        await item.close()
+        return info
+
+    # --- services and workers ----------------------------------------------------------
+
+    def services(self) -> list:
+        """
+        The node's services as Ockam 0.83 lists them: C{{"address",
+        "type"}}, the default ones first.
+        """
+        from ..services import DEFAULT_SERVICES
+
+        out = []
+        for name, cls in (("uppercase", DEFAULT_SERVICES["uppercase"]), ("echo", DEFAULT_SERVICES["echo"]),
+                          ("hop", DEFAULT_SERVICES["hop"])):
+            if isinstance(self.node.worker_at(name), cls) and name not in self.started_services:
+                out.append({"address": name, "type": name})
+        if self.node.worker_at("credentials") is not None:
+            out.append({"address": "credentials", "type": "credentials"})
+        out += [{"address": a, "type": t} for a, t in self.started_services.items()]
+        return out
+
+    def _start_service(self, kind, address) -> dict:
+        from ..services import DEFAULT_SERVICES
+
+        if kind not in DEFAULT_SERVICES:
+            raise ControlError(400, f"unknown service {kind!r} (services: {', '.join(sorted(DEFAULT_SERVICES))})")
+        if not isinstance(address, str) or not address:
+            raise ControlError(400, "missing 'address'")
+        address = _service_name(address)
+        if self.node.worker_at(address) is not None:
+            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        self.node.start_worker(address, DEFAULT_SERVICES[kind]())
+        self.started_services[address] = kind
+        return {"address": address, "type": kind}
+
+    async def service_start(self, body: dict) -> dict:
+        info = self._start_service(body.get("type"), body.get("address"))
+
+        def undo():
+            self.started_services.pop(info["address"], None)
+            self.node.stop_worker(info["address"])
+
+        await self._saved(undo=undo)
+        return info
+
+    def workers(self) -> list:
+        return sorted(str(a) for a in self.node.worker_addresses())
+
     # --- messages -------------------------------------------------------------------
 
     async def message(self, body: dict) -> dict:
@@ -446,41 +603,89 @@ class NodeController:
 
     # --- outlets -------------------------------------------------------------------------
 
-    def outlets(self) -> list:
-        return [o.to_dict() for o in self.node.outlets.values()]
+    def _outlet_alias(self, address: str) -> str:
+        for alias, a in self.outlet_aliases.items():
+            if a == address:
+                return alias
+        alias = _random_alias()  # an outlet made before aliases, or by twistd's --outlet
+        self.outlet_aliases[alias] = address
+        return alias
 
-    def outlet_show(self, address: str) -> dict:
-        address = _service_name(address)
-        outlet = self.node.outlets.get(address)
-        if outlet is None:
-            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
-        return outlet.to_dict()
+    def _outlet_dict(self, outlet) -> dict:
+        info = outlet.to_dict()
+        info["alias"] = self._outlet_alias(info["address"])
+        return info
+
+    def outlets(self) -> list:
+        return [self._outlet_dict(o) for o in self.node.outlets.values()]
+
+    def _outlet_address(self, key: str) -> str:
+        """
+        An outlet's address from its alias or its address (C{NAME},
+        C{/service/NAME}).
+        """
+        address = self.outlet_aliases.get(key)
+        if address is not None and address in self.node.outlets:
+            return address
+        try:
+            address = _service_name(key)
+        except ControlError:
+            address = None
+        if address is None or address not in self.node.outlets:
+            raise ControlError(404, f"no outlet {key!r} on node {self.node.name}")
+        return address
+
+    def outlet_show(self, key: str) -> dict:
+        return self._outlet_dict(self.node.outlets[self._outlet_address(key)])
 
     async def outlet_create(self, body: dict) -> dict:
         address = _service_name(_need(body, "address"))
         to = _need(body, "to")
+        alias = _alias_of(body)
         if self.node.worker_at(address) is not None:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        if alias in self.outlet_aliases and self.outlet_aliases[alias] in self.node.outlets:
+            raise ControlError(409, f"an outlet with alias {alias!r} already exists on node {self.node.name}")
         outlet = await self.node.create_outlet(address, to, authorized=_authorized(body))
-        await self._saved(undo=lambda: self.node.delete_outlet(address))
-        return outlet.to_dict()
+        self.outlet_aliases[alias] = address
 
-    async def outlet_delete(self, address: str) -> dict:
-        address = _service_name(address)
-        outlet = self.node.outlets.get(address)
-        if outlet is None:
-            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
-        info = outlet.to_dict()
+        def undo():
+            self.outlet_aliases.pop(alias, None)
+            return self.node.delete_outlet(address)
+
+        await self._saved(undo=undo)
+        return self._outlet_dict(outlet)
+
+    async def outlet_delete(self, key: str) -> dict:
+        address = self._outlet_address(key)
+        info = self._outlet_dict(self.node.outlets[address])
         await self.node.delete_outlet(address)
+        self.outlet_aliases.pop(info["alias"], None)
         await self._saved()
         return info
 
     # --- inlets ----------------------------------------------------------------------------
 
+    def _inlet_alias(self, key: str) -> str:
+        for alias, k in self.inlet_aliases.items():
+            if k == key:
+                return alias
+        alias = _random_alias()  # an inlet made before aliases, or by twistd's --inlet
+        self.inlet_aliases[alias] = key
+        return alias
+
+    def _inlet_dict(self, inlet) -> dict:
+        info = _with_status(inlet.to_dict())
+        info["alias"] = self._inlet_alias(inlet.socket_address)
+        return info
+
     def inlets(self) -> list:
-        return [_with_status(i.to_dict()) for i in self.node.inlets.values()]
+        return [self._inlet_dict(i) for i in self.node.inlets.values()]
 
     def _inlet(self, key: str):
+        by_alias = self.inlet_aliases.get(key)
+        if by_alias is not None and by_alias in self.node.inlets:
+            return self.node.inlets[by_alias]
         inlet = self.node.inlets.get(key)
         if inlet is None:
             for i in self.node.inlets.values():
@@ -490,13 +695,17 @@ class NodeController:
         return inlet
 
     def inlet_show(self, key: str) -> dict:
-        return _with_status(self._inlet(key).to_dict())
+        return self._inlet_dict(self._inlet(key))
 
     async def inlet_create(self, body: dict) -> dict:
         listen = _need(body, "listen")
         to = _need(body, "to")
         parse_route_text(to)
+        alias = _alias_of(body)
+        if alias in self.inlet_aliases and self.inlet_aliases[alias] in self.node.inlets:
+            raise ControlError(409, f"an inlet with alias {alias!r} already exists on node {self.node.name}")
         inlet = await self.node.create_inlet(listen, to, authorized=_authorized(body))
+        self.inlet_aliases[alias] = inlet.socket_address
         if to.startswith("/project/"):
             # As Ockam 0.83 does: an inlet to a project is made only once the
             # project is reached (and this node admitted), so that a
@@ -506,13 +715,18 @@ class NodeController:
             except Exception:
                 await self.node.delete_inlet(inlet.socket_address)
                 raise
-        await self._saved(undo=lambda: self.node.delete_inlet(inlet.socket_address))
-        return _with_status(inlet.to_dict())
+        def undo():
+            self.inlet_aliases.pop(alias, None)
+            return self.node.delete_inlet(inlet.socket_address)
+
+        await self._saved(undo=undo)
+        return self._inlet_dict(inlet)
 
     async def inlet_delete(self, key: str) -> dict:
         inlet = self._inlet(key)
-        info = _with_status(inlet.to_dict())
+        info = self._inlet_dict(inlet)
         await self.node.delete_inlet(inlet.socket_address)
+        self.inlet_aliases.pop(info["alias"], None)
         await self._saved()
         return info
 
@@ -643,6 +857,23 @@ def relay_dict(relay) -> dict:
     return info
 
 
+def _random_alias() -> str:
+    """
+    An alias for an inlet or outlet created without one (as Ockam 0.83's:
+    32 hex digits).
+    """
+    return os.urandom(16).hex()
+
+
+def _alias_of(body: dict) -> str:
+    alias = body.get("alias")
+    if alias is None:
+        return _random_alias()
+    if not isinstance(alias, str) or not alias or ":" in alias or "/" in alias:
+        raise ControlError(400, f"not an alias: {alias!r} (an alias must not contain ':' or '/')")
+    return alias
+
+
 def _listed(authorized):
     return sorted(authorized) if authorized is not None else None
 
@@ -726,6 +957,11 @@ class ControlResource(resource.Resource):
         key = "/".join(parts[1:]) if len(parts) > 1 else None
         table = {
             ("GET", "node", False): lambda: c.show(),
+            ("GET", "services", False): lambda: c.services(),
+            ("POST", "services", False): lambda: c.service_start(body),
+            ("GET", "workers", False): lambda: c.workers(),
+            ("POST", "tcp-listeners", False): lambda: c.tcp_listener_create(body),
+            ("DELETE", "tcp-listeners", True): lambda: c.tcp_listener_delete(key),
             ("GET", "tcp", False): lambda: c.tcp_list(),
             ("POST", "tcp", False): lambda: c.tcp_create(body),
             ("GET", "tcp", True): lambda: c.tcp_show(key),
