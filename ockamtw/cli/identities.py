@@ -31,7 +31,8 @@ def random_name() -> str:
 
 def _check_name(name: str, what: str) -> str:
     if not st.valid_node_name(name):
-        raise CLIError(f"not a {what} name: {name!r}")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise CLIError(f"not {article} {what} name: {name!r}")
     return name
 
 
@@ -267,7 +268,10 @@ def create_identity(c, name: str, vault_name: Optional[str] = None, say=None):
             vault = open_vault(home, default)
         else:
             vault_name = random_name()
-            vault = create_vault(c, vault_name)
+            try:
+                vault = create_vault(c, vault_name)
+            except CLIError as e:
+                raise CLIError(f"cannot create identity {name}: {e}") from None
             if say is not None:
                 say(f"Default vault created: {vault_name}")
     try:
@@ -389,8 +393,9 @@ async def identity_delete(c):
         if uses == name:
             users.append(n)
     if users:
+        more = f" (and {', '.join(users[1:])})" if len(users) > 1 else ""
         raise CLIError(
-            f"Can't delete identity '{name}' because is currently in use by node '{users[0]}' "
+            f"Can't delete identity '{name}' because is currently in use by node '{users[0]}'{more} "
             f"(delete the node first: ockam node delete {users[0]})"
         )
     doc = _identity_doc(home, name)

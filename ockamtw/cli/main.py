@@ -100,6 +100,8 @@ def replace_stdin_markers(argv: List[str], stdin=None) -> List[str]:
         with interruptible():
             line = stdin.readline()
         parts = [p for p in line.strip().split("/") if p]
+        if not line:
+            raise CLIError(f"{arg!r} has {mark!r} but standard input is empty")
         if not parts:
             raise CLIError(f"{arg!r} has {mark!r} but standard input has no route on its line")
         if segment:
@@ -266,7 +268,7 @@ class Commands:
             if not os.path.exists(h.project_path(self.nodes.home, info.name)) and st.valid_node_name(info.name):
                 h.save_project(self.nodes.home, info)  # /project/NAME in this home too (as 0.83's lookup)
         identity = a.identity
-        if a.vault is not None:
+        if getattr(a, "vault", None) is not None:
             identity = self._identity_in_vault(identity, a.vault)
         await self.create_node(a.name, listen, extra=extra, identity=identity, foreground=a.foreground)
 
@@ -702,7 +704,7 @@ class Commands:
         if a.authorized:
             if at.startswith("/project/"):
                 raise CLIError("--authorized can not be used with project addresses")
-            body["authorized"] = [a.authorized]
+            raise CLIError("--authorized is not supported by ockamtw's forwarder create (see docs/cli.md)")
         relay = await self.client(name).call("POST", "relays", body, timeout=a.timeout + CALL_MARGIN)
         self.out.emit(relay, f"/service/{relay['alias']}")
 
@@ -906,6 +908,16 @@ class Commands:
     async def sc_show(self):
         name = self.nodes.pick(self.args.at)
         c = await self.client(name).call("GET", ("secure-channels", self.args.channel))
+        if self.args.details and not self.out.json:
+            print("\n".join([
+                f"Secure channel: /service/{c['encryptor']}",
+                f"  Role: {c['role']}",
+                f"  Status: {c['status']}",
+                f"  Peer: {c['peer'] or '-'}",
+                f"  Route: {c['route'] or '-'}",
+                f"  Decryptor: /service/{c['decryptor']}",
+            ]))
+            return
         authorized = c.get("authorized") or ["none"]
         text = "\n".join(
             [
@@ -1043,9 +1055,9 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func, parser=c)
         return c
 
-    def node_opt(c, *extra):
+    def node_opt(c, *extra, default=None):
         # Ockam's NodeOpts: -n/--node, the default node when not given.
-        c.add_argument("--node", "-n", *extra, dest="node", metavar="NODE",
+        c.add_argument("--node", "-n", *extra, dest="node", metavar="NODE", default=default,
                        help="the node (default: the default node, see: ockam node default)")
 
     def table_opt(c):
@@ -1219,6 +1231,8 @@ def parser() -> argparse.ArgumentParser:
         c = cmd(sc, action, func, f"{help_} a secure channel")
         c.add_argument("channel", metavar="ADDRESS", help="/service/<encryptor> or its hex")
         c.add_argument("--at", metavar="NODE", help="default: the default node")
+        if action == "show":
+            c.add_argument("--details", action="store_true", help="print ockamtw's view of the channel instead of Ockam's")
 
     scl = group("secure-channel-listener", "secure channel listeners")
     c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener (api: restrict the node's own)")
@@ -1243,12 +1257,12 @@ def parser() -> argparse.ArgumentParser:
     for kind in ("uppercase", "echo", "hop"):
         c = cmd(kinds, kind, Commands.service_start, f"the {kind} service (ockamtw)")
         c.add_argument("--addr", default=kind, metavar="ADDRESS", help=f"its address (default: {kind})")
-        node_opt(c)
+        node_opt(c, default=argparse.SUPPRESS)
     for kind, default in (("vault", "vault_service"), ("identity", "identity_service"),
                           ("authenticated", "authenticated")):
         c = cmd(kinds, kind, Commands.service_start, f"Ockam's {kind} service (not in ockamtw)")
         c.add_argument("addr", nargs="?", default=default, metavar="ADDRESS")
-        node_opt(c)
+        node_opt(c, default=argparse.SUPPRESS)
     for kind, default in (("verifier", "verifier"), ("credentials", "credentials"),
                           ("authenticator", "direct_authenticator")):
         c = cmd(kinds, kind, Commands.service_start, f"Ockam's {kind} service (not in ockamtw)")
@@ -1257,7 +1271,7 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--oneway", action="store_true")
         if kind == "authenticator":
             c.add_argument("--project", required=True, metavar="PROJECT")
-        node_opt(c)
+        node_opt(c, default=argparse.SUPPRESS)
     c = cmd(svc, "list", Commands.service_list, "list a node's services")
     node_opt(c)
     table_opt(c)
