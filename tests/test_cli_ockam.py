@@ -61,7 +61,7 @@ class NodeTests(OckamCLITestCase):
         """
         r = await self.ockam("node", "create", "n1")
         self.assertTrue(r.out.startswith("\nNode:\n  Name: n1 (Default)\n  Status: UP\n"), str(r))
-        await self.ockam("node", "create", "n2")
+        await self.ockam("node", "create", "n2", "-t", "127.0.0.1:0")
         n2 = (await self.ockam("node", "show", "n2", "--output", "json")).json()
         port = port_of(n2["listener"])
         await self.ockam("tcp-outlet", "create", "--at", "n2", "--from", "/service/outlet", "--to", "127.0.0.1:9",
@@ -168,6 +168,10 @@ class NodeTests(OckamCLITestCase):
         os.kill(infos["n1"]["pid"], signal.SIGSTOP)
         r = await self.ockam("node", "start", "n2")
         self.assertEqual(r.out, "Restart aborted, node: n2 already running\n")
+        r = await self.ockam("node", "start", "n2", "--force", "--output", "json")
+        self.assertTrue(process_gone(infos["n2"]["pid"]), "node start --force left the old process")
+        infos["n2"] = r.json()
+        pids["n2"] = infos["n2"]["pid"]
         r = await self.ockam("node", "logs", "n2", "--err")
         self.assertEqual(r.out, os.path.join(self.nodes_dir, "n2", "node.log") + "\n")
         r = await self.ockam("node", "stop", "n2", "--force")
@@ -321,6 +325,9 @@ class IdentityVaultTests(OckamCLITestCase):
         blocks = r.out.rstrip("\n").split("\n\n")
         self.assertEqual(len(blocks), 3, r.out)
         self.assertIn(f"Identity[1]:\n  Name: alice (default)\n  Identifier: {alice}", blocks)
+        r = await self.ockam("identity", "list", "--full")
+        self.assertIn(f"Identity[1]:\n  Name: alice (default)\n  Change History:\n  Change[0]:\n"
+                      f"    identifier: {change.change_id.hex()}\n", r.out)
         r = await self.ockam("identity", "default", names[0])
         self.assertEqual(r.out, f"Identity '{names[0]}' is now the default\n")
         r = await self.ockam("identity", "default", names[0], check=False)
@@ -412,7 +419,7 @@ class PipingTests(OckamCLITestCase):
             self.assertEqual(r.out, "HI\n", str(r))
         self.assertEqual(len(names), 2)
         relay = sorted(names)[0]
-        r = await self.ockam("message", "send", "hi", "--from", "/node/-", "--to", "/node/n2/-/service/echo",
+        r = await self.ockam("message", "send", "hi", "-f", "/node/-", "-t", "/node/n2/-/service/echo",
                              stdin=f"n1\n{relay}\n")
         self.assertEqual(r.out, "hi\n", str(r))
         r = await self.ockam("message", "send", "hi", "--to", "/node/n2/-/service/echo", check=False)
