@@ -18,6 +18,7 @@ import re
 import signal
 import stat
 import subprocess
+import time
 
 from .cli_harness import HEX32, CLITestCase, port_of, process_gone
 from .helpers import async_test
@@ -179,8 +180,11 @@ class NodeTests(OckamCLITestCase):
         self.assertTrue(process_gone(infos["n2"]["pid"]))
         r = await self.ockam("node", "start", "n2", "--output", "json")
         pids["n2"] = r.json()["pid"]
+        started = time.monotonic()
         r = await self.ockam("node", "delete", "--all", "--force", timeout=20)
         self.assertEqual((r.out, r.err), ("", ""))
+        # SIGKILL at once: a stopped process would have had 10 s after SIGTERM.
+        self.assertLess(time.monotonic() - started, 9)
         self.assertNoNodesLeft(pids)
         await self.create_nodes("n3")
         pids = self.recorded_pids()
