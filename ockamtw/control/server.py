@@ -627,12 +627,9 @@ class NodeController:
         address = self.outlet_aliases.get(key)
         if address is not None and address in self.node.outlets:
             return address
-        try:
-            address = _service_name(key)
-        except ControlError:
-            address = None
-        if address is None or address not in self.node.outlets:
-            raise ControlError(404, f"no outlet {key!r} on node {self.node.name}")
+        address = _service_name(key)
+        if address not in self.node.outlets:
+            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
         return address
 
     def outlet_show(self, key: str) -> dict:
