@@ -1294,9 +1294,14 @@ class _Interrupt:
             _say("interrupted")
             os._exit(INTERRUPTED)
         self.interrupted = True
-        if self.cancel is None or blocking():
+        if blocking():
             raise KeyboardInterrupt
-        self.cancel()
+        if self.cancel is not None:
+            self.cancel()
+        # Otherwise the command has not started waiting yet: it is cancelled
+        # as soon as it does (see _run).  Raising here instead could land in
+        # a finalizer or a weakref callback, where Python only prints the
+        # exception and carries on.
 
 
 #: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -1356,7 +1361,11 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
     from twisted.internet import reactor
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(_attach_dash_values(argv))
+    top = parser()
+    args, extras = top.parse_known_args(_attach_dash_values(argv))
+    if extras:
+        # Said with the usage of the command they were given to, not ockam's.
+        getattr(args, "parser", top).error(f"unrecognized arguments: {' '.join(extras)}")
     _check_usage(args)
     outcome = []
 
@@ -1371,6 +1380,8 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
         d = defer.Deferred.fromCoroutine(run())
         if not d.called:
             interrupt.cancel = lambda: reactor.callFromThread(d.cancel)
+            if interrupt.interrupted:  # Ctrl-C while the command line was getting ready
+                d.cancel()
 
         def done(result):
             interrupt.cancel = None
