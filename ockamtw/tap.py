@@ -847,7 +847,7 @@ def makeService(options, reactor=None):
         st.secure_node_dir(state_dir)  # 0700 and 0600, also for a node made by an older version
         name = name or state.get("name")
         if not listen and state.get("listen"):
-            listen = server_description(state["listen"])
+            listen = state["listen"]  # as recorded (HOST:PORT): said so when it cannot be bound
     home = os.path.dirname(os.path.dirname(state_dir)) if state_dir else st.ockam_home()
 
     identity = _load_identity(state_dir, state, home) if state_dir else None

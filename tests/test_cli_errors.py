@@ -411,6 +411,38 @@ class UsageTests(ErrorCaseTestCase):
             self.assertTrue(r.err.startswith("usage: ockam relay list "), str(r))
 
     @async_test
+    async def test_values_that_cannot_work(self):
+        """
+        Values of the right shape that cannot work are refused before
+        anything is made: an identifier that is not one (C{--authorized}),
+        port 0 as a place to connect to.  A listener address that is taken
+        is said as it was typed.
+        """
+        for args in (
+            ["tcp-outlet", "create", "--at", "n1", "--to", "127.0.0.1:9", "--authorized", "Pnothex"],
+            ["secure-channel-listener", "create", "l1", "--at", "n1", "--authorized", "P" + "A" * 64],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUsageError(r, "--authorized: not an identifier (P + 64 lowercase hex)")
+        await self.ockam("node", "create", "n1")
+        for args in (
+            ["tcp-outlet", "create", "--at", "n1", "--to", "127.0.0.1:0"],
+            ["tcp-connection", "create", "--from", "n1", "--to", "127.0.0.1:0"],
+            ["message", "send", "hi", "--from", "n1", "--to", "/ip4/127.0.0.1/tcp/0/service/echo"],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r, "port 0 in '127.0.0.1:0' is not a port to connect to")
+        r = await self.ockam("tcp-outlet", "list", "--at", "n1", "--output", "json")
+        self.assertEqual(r.out, "[]\n", str(r))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = await self.ockam("node", "create", "n2", "--tcp-listener-address", f"127.0.0.1:{port}", check=False)
+        self.assertUserError(r, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+    @async_test
     async def test_bad_timeout(self):
         for value in ("0", "-1", "soon", "nan"):
             r = await self.ockam("message", "send", "x", "--to", "/service/echo", "--timeout", value, check=False)
