@@ -25,7 +25,7 @@ from .api import Node
 from .secure.channel import HandshakeLimits
 from .control import state as st
 from .control.server import ControlService, NodeController
-from .errors import OckamError, RouteUnreachable, WireError
+from .errors import NoSuchAddress, OckamError, WireError
 from .routing import Address, MultiAddr
 from .relay import RelayLimits
 from .transport.limits import (
@@ -768,7 +768,7 @@ def _node_resolver(home: str):
     def resolve(name: str) -> str:
         address = st.listener_of(home, name)
         if not address:
-            raise RouteUnreachable(f"no node named {name!r} (see: ockam node list)")
+            raise NoSuchAddress(f"no node named {name!r} (see: ockam node list)")
         return address
 
     return resolve
