@@ -352,3 +352,36 @@ class UnsentTests(SynchronousTestCase):
         a, b = pipe(Clock(), OckamAddress("a"), OckamAddress("b"))
         self.assertIsInstance(a, StreamTransport)
         self.assertEqual(unsent(a), 0)
+
+
+class RefillTests(PipeTestCase):
+    def test_writer_that_writes_when_drained(self):
+        """
+        A streaming producer that writes again as soon as it is resumed
+        (while the reader is still reading what it wrote before): its new
+        data is read too.
+        """
+        self.make()
+        self.a.bufferSize = 10
+
+        class Refill:
+            def __init__(self_):
+                self_.left = 5
+
+            def pauseProducing(self_):
+                pass
+
+            def resumeProducing(self_):
+                if self_.left:
+                    self_.left -= 1
+                    self.a.write(b"x" * 20)
+
+            def stopProducing(self_):
+                pass
+
+        self.b.pauseProducing()
+        self.a.registerProducer(Refill(), True)
+        self.a.write(b"x" * 20)
+        self.b.resumeProducing()
+        self.settle()
+        self.assertEqual(len(self.pb.data), 120)

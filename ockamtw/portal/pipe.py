@@ -333,6 +333,11 @@ class StreamTransport:
             if self._inbox:
                 return
             self.peer._drained()
+            if self._inbox:
+                # The writer wrote more when told its data was read: read
+                # it in a later reactor round.
+                self._schedule()
+                return
             if self._closing:
                 # Everything the closing end wrote is read: it is closed.
                 self._closer_done()
