@@ -693,3 +693,89 @@ class EmbeddedNodeTests(TestCase):
 class EchoBack(Protocol):
     def dataReceived(self, data):
         self.transport.write(data)
+
+
+class ProjectTests(TestCase):
+    """
+    C{/project/NAME} routes, with an Orchestrator in-process: a server
+    endpoint on a member node registers its relay at the project, and a
+    client endpoint with C{identity=} (an identity of the home, enrolled in
+    the project the home knows) reaches it; an identity that is not a
+    member is refused, saying so.
+    """
+
+    timeout = 90
+
+    async def orchestrator(self):
+        import json
+
+        import treq
+        from twisted.web.client import HTTPConnectionPool
+
+        from ockamtw.orchestrator.service import ENROLL_CONTEXT, Orchestrator, Settings
+        from ockamtw.project.projectinfo import ProjectInfo
+        from ockamtw.secure.identity import LocalIdentity
+
+        data = tempfile.mkdtemp(prefix="ockorch-")
+        o = Orchestrator(reactor, Settings(data, http="tcp:0:interface=127.0.0.1", project_ports=None, refresh=0.1))
+        o.startService()
+        self.addCleanup(o.stopService)
+        await deadline(o.ready, 10, "the orchestrator started")
+        with open(os.path.join(data, "admin.token")) as f:
+            token = f.read().strip()
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        http = treq.client.HTTPClient(treq.api.Agent(reactor, pool=pool))
+
+        async def api(method, path, body=None):
+            headers = {b"authorization": [f"Bearer {token}".encode()]}
+            response = await http.request(method, o.url + path, data=json.dumps(body).encode() if body else None,
+                                          headers=headers)
+            return json.loads(await response.content())
+
+        admin = LocalIdentity.create()
+        challenge = (await api("GET", "/v0/enroll/challenge"))["challenge"]
+        signature = admin.sign(ENROLL_CONTEXT + bytes.fromhex(challenge))
+        enrolled = await api("POST", "/v0/enroll", {"identity": admin.export().hex(), "challenge": challenge,
+                                                     "signature": signature.hex()})
+        info = await api("GET", f"/v0/projects/{enrolled['project']['id']}/information")
+        return admin, ProjectInfo.from_json(json.dumps(info))
+
+    @async_test
+    async def test_project_routes(self):
+        from ockamtw.cli import home as h
+        from ockamtw.secure.identity import LocalIdentity
+
+        admin, info = await self.orchestrator()
+        home = tempfile.mkdtemp(prefix="ockhome-")
+        self.patch(os, "environ", dict(os.environ, OCKAM_HOME=home))
+        self.addCleanup(stop_embedded_nodes, reactor)
+        st.secure_identities_dir(home)
+        admin.save(st.identity_path(home, "admin"))
+        LocalIdentity.create().save(st.identity_path(home, "stranger"))
+        h.save_project(home, info)
+
+        srv = Node(reactor, name="srv", identity=admin)
+        srv.add_project(info)
+        srv.startService()
+        self.addCleanup(srv.stopService)
+        register_node(srv)
+        self.addCleanup(unregister_node, srv)
+        port = await deadline(serverFromString(reactor, "ockam:relay=n3:at=/project/default:node=srv").listen(
+            Factory.forProtocol(EchoBack)), STEP, "the relay at the project")
+        self.addCleanup(port.stopListening)
+        route = "/project/default/service/forward_to_n3/service/outlet"
+        self.assertEqual(port.getHost().route, route)
+        client = await deadline(clientFromString(reactor, f"ockam:route={route}:identity=admin")
+                                .connect(Factory.forProtocol(Collector)), 20, "connect through the project")
+        client.transport.write(b"through the project")
+        await client.received(19, STEP, "the echo")
+        self.assertEqual(bytes(client.data), b"through the project")
+
+        try:
+            await deadline(clientFromString(reactor, f"ockam:route={route}:identity=stranger")
+                           .connect(Factory.forProtocol(Protocol)), 20, "a stranger's attempt")
+        except error.NoRouteError as e:
+            self.assertIn("not a member of project default", str(e))
+        else:
+            self.fail("a stranger connected")

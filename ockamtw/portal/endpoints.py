@@ -464,7 +464,8 @@ class OckamServerEndpoint:
                     raise
                 reason = relay.last_error or str(e) or type(e).__name__
                 raise error.CannotListenError("ockam", f"relay {self.relay} at {at}", reason) from None
-            route = f"{at.rstrip('/')}/service/{relay.alias}{where}"
+            forwarder = relay.remote_address.value if relay.remote_address is not None else relay.alias
+            route = f"{at.rstrip('/')}/service/{forwarder}{where}"
         port = _OutletPort(streams, factory, outlet, relay, route)
         streams.ports.add(port)
         log.info("outlet {service} serving {factory}{relay}", service=self.service, factory=type(factory).__name__,
