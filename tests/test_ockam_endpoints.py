@@ -507,6 +507,24 @@ class ListenTests(EndpointTestCase):
         self.assertIsNone(self.srv.worker_at("outlet"))
 
     @async_test
+    async def test_relay_node_starts_later(self):
+        """
+        listen() retries the relay while the relay node is not there yet
+        (two programs started together), and fires once it is registered.
+        """
+        self.srv = await self.node("srv")
+        port = held_port(self)
+        endpoint = serverFromString(reactor, f"ockam:relay=n3:at=/ip4/127.0.0.1/tcp/{port}:node=srv")
+        listening = endpoint.listen(Factory.forProtocol(Protocol))
+        await wait_until(lambda: self.srv.tcp.connections == [] and reactor.seconds() > 0, STEP, "a turn")
+        self.assertFalse(listening.called)
+        n2 = await self.node("n2")
+        await n2.tcp.listen(f"tcp:{port}:interface=127.0.0.1")
+        outlet_port = await deadline(listening, STEP, "listening once the relay node is up")
+        self.addCleanup(outlet_port.stopListening)
+        self.assertEqual(outlet_port.relay.status, "Up")
+
+    @async_test
     async def test_address_taken(self):
         await self.nodes()
         await self.srv.create_outlet("outlet", "127.0.0.1:9")

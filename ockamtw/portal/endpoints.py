@@ -24,7 +24,7 @@ from typing import Dict, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -402,9 +402,12 @@ class OckamServerEndpoint:
 
     C{listen(factory)} fires with an C{IListeningPort} once the outlet is
     there and the relay registered (C{getHost().route} is the route
-    clients use), or fails with C{CannotListenError} (the address is taken,
-    the relay node cannot be reached or refuses the name).  The relay then
-    keeps itself registered, and comes back after the relay node restarts.
+    clients use); registration is retried for up to C{timeout} seconds
+    (the relay node may be starting too).  It fails with
+    C{CannotListenError} when the address is taken, or the relay is not
+    registered by then (the line says why: the relay node cannot be
+    reached, refuses the name).  The relay then keeps itself registered,
+    and comes back after the relay node restarts.
 
     @param node: a started L{ockamtw.Node} (or a callable giving one).
     @param authorized: identifiers: only streams opened through a secure
@@ -431,7 +434,7 @@ class OckamServerEndpoint:
         return Deferred.fromCoroutine(self._listen(protocolFactory))
 
     async def _listen(self, factory):
-        from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Relay
+        from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, UP, Relay
 
         where = f"/service/{self.service}"
         try:
@@ -454,16 +457,21 @@ class OckamServerEndpoint:
         if self.relay is not None:
             at = str(self.at)
             service = STATIC_FORWARDING_SERVICE if at.startswith("/project/") else FORWARDING_SERVICE
-            relay = Relay(node, self.at, name=self.relay, service=service, timeout=self.timeout)
+            # Registered in the background, retried with backoff (the relay
+            # node may be starting too), for at most `timeout` seconds.
+            relay = Relay(node, self.at, name=self.relay, service=service, timeout=min(self.timeout, 5.0))
+            up = relay.start_in_background().when_status(UP)
+            up.addTimeout(self.timeout, node.reactor)
             try:
-                await relay.start()
+                await up
             except BaseException as e:
+                relay.stop()
                 outlet.stop_accepting()
                 factory.doStop()
-                if isinstance(e, CancelledError):
-                    raise
-                reason = relay.last_error or str(e) or type(e).__name__
-                raise error.CannotListenError("ockam", f"relay {self.relay} at {at}", reason) from None
+                if isinstance(e, defer.TimeoutError):
+                    reason = relay.last_error or f"no answer within {self.timeout:g} s"
+                    raise error.CannotListenError("ockam", f"relay {self.relay} at {at}", reason) from None
+                raise
             forwarder = relay.remote_address.value if relay.remote_address is not None else relay.alias
             route = f"{at.rstrip('/')}/service/{forwarder}{where}"
         port = _OutletPort(streams, factory, outlet, relay, route)
