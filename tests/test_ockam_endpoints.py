@@ -353,6 +353,40 @@ class FlowControlTests(EndpointTestCase):
         client.reason.trap(error.ConnectionDone)
 
 
+class WithoutCreditTests(EndpointTestCase):
+    @async_test
+    async def test_outlet_without_credit(self):
+        """
+        An outlet that offers no per-stream credit (as Ockam 0.83's): 4 MiB
+        echoed (flow control by pausing the link), and a half-close ends the
+        stream as 0.83 does (Disconnect): the client loses the connection
+        cleanly after the echo.
+        """
+        await self.nodes()
+
+        class Echo(Protocol):
+            def connectionMade(self):
+                self.transport.registerProducer(self.transport, True)
+
+            def dataReceived(self, data):
+                self.transport.write(data)
+
+        listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Echo))
+        self.addCleanup(listening.stopListening)
+        await self.srv.create_outlet("outlet", f"127.0.0.1:{listening.getHost().port}", flow_control=False)
+        await self.srv.create_relay(self.at, name="n3")
+        client = await self.connect(self.relayed(), Collector(keep=False))
+        [portal] = [p for o in self.cli.getServiceNamed("ockamtw-endpoints").openers.values() for p in o.portals]
+        self.assertFalse(portal.flow)
+        writer = StreamWriter(client.transport, 4 * 1024 * 1024, seed=3)
+        writer.start()
+        await client.received(writer.total, STEP, "the echo")
+        self.assertEqual(client.digest.hexdigest(), writer.digest.hexdigest())
+        client.transport.loseWriteConnection()
+        await client.when_lost(STEP, "the end of the stream")
+        client.reason.trap(error.ConnectionDone)
+
+
 class HalfCloseTests(EndpointTestCase):
     @async_test
     async def test_half_close_to_a_tcp_target(self):
