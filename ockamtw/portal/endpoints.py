@@ -144,6 +144,9 @@ class _ClientPortal(_StreamEnd, InletPortal):
                     string=f"no answer from the outlet at {owner.route_text} within {owner.ping_timeout:g} s"
                     + (f" ({owner.last_error})" if owner.last_error else "")
                 )
+            elif owner.last_error:
+                # The route stopped resolving (what it names is gone).
+                failure = error.NoRouteError(string=f"{owner.route_text}: {owner.last_error}")
             else:
                 failure = error.ConnectError(string="the stream ended before it opened")
         opened.errback(failure)
