@@ -570,6 +570,26 @@ class ListenTests(EndpointTestCase):
             self.fail("listened")
 
     @async_test
+    async def test_relay_name_taken(self):
+        """
+        The relay is one of the node's relays: a name the node has taken
+        already cannot be listened on, and stopListening frees it.
+        """
+        await self.nodes()
+        port = await self.serve(Factory.forProtocol(Protocol))
+        self.assertIs(self.srv.relays["n3"], port.relay)
+        try:
+            await serverFromString(reactor, f"ockam:relay=n3:at={self.at}:node=srv:service=other").listen(
+                Factory.forProtocol(Protocol))
+        except error.CannotListenError as e:
+            self.assertIn("relay 'n3' already exists", str(e))
+        else:
+            self.fail("listened")
+        self.assertIsNone(self.srv.worker_at("other"))
+        await port.stopListening()
+        self.assertNotIn("n3", self.srv.relays)
+
+    @async_test
     async def test_stop_listening(self):
         """
         After stopListening, new streams are not opened (the relay is gone)

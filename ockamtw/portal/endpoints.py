@@ -352,6 +352,16 @@ class OckamClientEndpoint:
         return await opener.open(factory)
 
 
+def _forget_relay(node, relay) -> None:
+    """
+    Stop C{relay}, one of C{node}'s relays.
+    """
+    if node is not None and getattr(node, "relays", {}).get(relay.name) is relay:
+        node.delete_relay(relay.name)
+    else:
+        relay.stop()
+
+
 @implementer(IListeningPort)
 class _OutletPort:
     """
@@ -377,7 +387,7 @@ class _OutletPort:
         if not self._stopped:
             self._stopped = True
             if self.relay is not None:
-                self.relay.stop()
+                _forget_relay(self.outlet.node, self.relay)
             self.outlet.stop_accepting()
             self.factory.doStop()
             self._streams.ports.discard(self)
@@ -437,7 +447,7 @@ class OckamServerEndpoint:
         return Deferred.fromCoroutine(self._listen(protocolFactory))
 
     async def _listen(self, factory):
-        from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, UP, Relay
+        from ..relay import UP
 
         where = f"/service/{self.service}"
         try:
@@ -459,16 +469,21 @@ class OckamServerEndpoint:
         route = where
         if self.relay is not None:
             at = str(self.at)
-            service = STATIC_FORWARDING_SERVICE if at.startswith("/project/") else FORWARDING_SERVICE
-            # Registered in the background, retried with backoff (the relay
-            # node may be starting too), for at most `timeout` seconds.
-            relay = Relay(node, self.at, name=self.relay, service=service, timeout=min(self.timeout, 5.0))
-            up = relay.start_in_background().when_status(UP)
+            # The node's own relay (its relays list shows it), registered in
+            # the background, retried with backoff (the relay node may be
+            # starting too), for at most `timeout` seconds.
+            try:
+                relay = node.add_relay(self.at, name=self.relay, timeout=min(self.timeout, 5.0))
+            except OckamError as e:
+                outlet.stop_accepting()
+                factory.doStop()
+                raise error.CannotListenError("ockam", f"relay {self.relay} at {at}", e) from None
+            up = relay.when_status(UP)
             up.addTimeout(self.timeout, node.reactor)
             try:
                 await up
             except BaseException as e:
-                relay.stop()
+                _forget_relay(node, relay)
                 outlet.stop_accepting()
                 factory.doStop()
                 if isinstance(e, defer.TimeoutError):
