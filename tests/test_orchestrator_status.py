@@ -199,6 +199,32 @@ class BrowserTests(StatusTestCase):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
     @async_test
+    async def test_refreshes(self):
+        """
+        The page reads C{/v0/status} again and again: a member added after
+        its first reading is shown.
+        """
+        from ockamtw.orchestrator import status
+
+        await self.orchestrator()
+        carol = LocalIdentity.create().identifier
+        calls = []
+        original = status.snapshot
+
+        async def counting(orchestrator):
+            calls.append(1)
+            if len(calls) == 2:
+                await self.api("POST", f"/v0/projects/{self.project_id}/members",
+                               {"identifier": carol, "attributes": {"role": "late"}})
+            return await original(orchestrator)
+
+        self.patch(status, "snapshot", counting)
+        dom = await self.dom(f"{self.o.url}/status#token={self.token}")
+        self.assertGreaterEqual(len(calls), 3)
+        self.assertIn(f'data-id="{carol}"', dom)
+        self.assertIn("role=late", dom)
+
+    @async_test
     async def test_refused_token(self):
         """
         A wrong token: the sign-in form again, with the API's reason.
