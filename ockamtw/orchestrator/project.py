@@ -31,7 +31,6 @@ import hashlib
 from typing import Dict, Optional, Set
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -57,13 +56,10 @@ from ..routing import Route
 from ..secure.identity import LocalIdentity
 from ..services import Echo
 from ..wire import decode_string, encode_string
-from ..errors import WireError
+from ..errors import OckamError, WireError
 
 log = Logger(namespace="ockamtw.orchestrator.project")
 
-#: Default seconds between refreshes of the members (revocations made
-#: through another instance or the HTTP API reach the project node then).
-REFRESH = 2.0
 #: The one-time code lifetime when the enroller gives none (0.83: 600 s).
 CODE_LIFETIME = 600
 
@@ -250,6 +246,12 @@ class ProjectRelays(ForwardingService):
 # --- the runtime ----------------------------------------------------------------------------------------
 
 
+class ProjectStartError(OckamError):
+    """
+    A project cannot be served here (its ports cannot be bound).
+    """
+
+
 class ProjectRuntime:
     """
     One project's authority and project node in this process.
@@ -277,11 +279,13 @@ class ProjectRuntime:
         #: admitted channel end -> (identifier, attributes, expires)
         self.admitted: Dict[object, tuple] = {}
         self.credential_ttl = orchestrator.settings.credential_ttl
-        self.refresh_interval = orchestrator.settings.intervals.get("refresh", REFRESH)
+        #: member entries written here (a reload read before one of them
+        #: must not drop it: L{apply})
+        self.writes = 0
+        self._written: Dict[str, int] = {}
         self.authority = Node(reactor, name=f"{self.name}-authority", services=False, identity=self.authority_identity)
         self.project = Node(reactor, name=f"{self.name}-project", services=False, identity=self.project_identity)
         self.project_credential: Optional[Credential] = None
-        self._loop: Optional[LoopingCall] = None
         #: requests of ours in flight (cancelled when the project stops)
         self._calls: set = set()
         self.members_only = PolicyAccess(
@@ -336,6 +340,8 @@ class ProjectRuntime:
             return
         attributes = dict(attributes, project_id=self.id)
         await self.store.put_member(self.id, identifier, attributes, added_by)
+        self.writes += 1
+        self._written[identifier] = self.writes
         self.members[identifier] = attributes
 
     # --- admission on the project node -----------------------------------------------------------
@@ -399,9 +405,25 @@ class ProjectRuntime:
         Reload members (and administrators) from the store; close the
         channels of members no longer there.
         """
-        await self.refresh_admins()
+        token = self.writes
+        rows = await self.store.query("SELECT identifier FROM identities")
         members = await self.store.members(self.id)
         live = {m["identifier"]: m["attributes"] for m in members if m["revoked_at"] is None}
+        self.apply({r[0] for r in rows}, live, token)
+
+    def apply(self, admins: Set[str], live: Dict[str, Dict[str, str]], token: int) -> None:
+        """
+        The administrators and live members, as read from the store when
+        C{writes} was C{token}: entries written here since are kept; the
+        channels of members no longer there are closed.
+        """
+        self.admins = admins
+        live = dict(live)
+        for identifier, written in list(self._written.items()):
+            if written > token and identifier in self.members:
+                live.setdefault(identifier, self.members[identifier])
+            elif written <= token:
+                del self._written[identifier]
         gone = set(self.members) - set(live)
         self.members = live
         for identifier in gone:
@@ -409,7 +431,21 @@ class ProjectRuntime:
                 self._close_channels_of(identifier)
 
     async def start(self) -> None:
+        """
+        Serve: the authority and the project node listen on the project's
+        ports.  Fails with L{ProjectStartError} (everything started is
+        stopped again).
+        """
         await self.refresh()
+        try:
+            await self._start()
+        except BaseException as e:
+            await self.stop()
+            if isinstance(e, (OckamError, OSError)):
+                raise ProjectStartError(f"project {self.name}: {e}") from None
+            raise
+
+    async def _start(self) -> None:
         host = self.o.settings.listen_host
         a, p = self.authority, self.project
         a.startService()
@@ -444,18 +480,8 @@ class ProjectRuntime:
             # Ports chosen now (any free port): kept from now on.
             self.row["authority_port"], self.row["project_port"] = la.port, lp.port
             await self.store.set_project(self.id, authority_port=la.port, project_port=lp.port)
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.reactor
-        self._loop.start(self.refresh_interval, now=False)
-
-    def _tick(self) -> Deferred:
-        d = Deferred.fromCoroutine(self.refresh())
-        d.addErrback(lambda f: log.failure("project {project}: refresh failed", f, project=self.name))
-        return d
 
     async def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
         for d in list(self._calls):
             d.cancel()
         await self.project.stopService()
