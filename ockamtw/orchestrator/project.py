@@ -35,12 +35,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..abac import PolicyAccess, default_policy, enroller_policy
-from ..access import CHANNEL_PEERS, Either, RelayedFor, describe_origin
+from ..access import CHANNEL_PEERS, Either, RelayedFor
 from ..api import Node
 from ..interfaces import IAccessPolicy
 from ..project import codec
 from ..project.codec import (
-    EXPIRED_TOKEN,
     UNKNOWN_TOKEN,
     AddMember,
     CreateToken,
@@ -55,8 +54,9 @@ from ..relay import ForwardingService, RelayRegistry
 from ..routing import Route
 from ..secure.identity import LocalIdentity
 from ..services import Echo
-from ..wire import decode_string, encode_string
+from ..wire import decode_string
 from ..errors import OckamError, WireError
+from .store import StoreError
 
 log = Logger(namespace="ockamtw.orchestrator.project")
 
@@ -72,8 +72,23 @@ def code_hash(code: bytes) -> str:
 
 
 class _AuthorityService(ApiService):
+    """
+    A service of the authority: C{serve} answers; a database that cannot
+    be reached now is answered 500 with a sentence (the caller may try
+    again), not a traceback in the log.
+    """
+
     def __init__(self, runtime: "ProjectRuntime") -> None:
         self.runtime = runtime
+
+    async def handle(self, req, identity, message):
+        try:
+            return await self.serve(req, identity, message)
+        except StoreError as e:
+            raise ApiError(Status.INTERNAL_SERVER_ERROR, f"the project's database: {e}; try again") from None
+
+    async def serve(self, req, identity, message):
+        raise NotImplementedError()
 
 
 class CredentialIssuer(_AuthorityService):
@@ -84,7 +99,7 @@ class CredentialIssuer(_AuthorityService):
 
     paths = ("/", "/credential")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         return self.runtime.credential_for(identity)
 
 
@@ -95,7 +110,7 @@ class DirectAuthenticator(_AuthorityService):
 
     paths = ("/", "/members")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         body = req.decode_body(AddMember.decode)
         await self.runtime.put_member(body.member, dict(body.attributes), identity)
         return None
@@ -110,7 +125,7 @@ class TokenIssuer(_AuthorityService):
 
     paths = ("/", "/tokens")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         body = req.decode_body(CreateToken.decode)
         code = OneTimeCode.random()
         runtime = self.runtime
@@ -131,7 +146,7 @@ class TokenAcceptor(_AuthorityService):
 
     paths = ("/", "/credential")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         code = req.decode_body(OneTimeCode.decode)
         runtime = self.runtime
         got = await runtime.store.redeem_ticket(code_hash(code.code), runtime.id)
@@ -151,17 +166,17 @@ class Authenticator(_AuthorityService):
 
     paths = ("/tokens", "/members", "/credential")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         runtime = self.runtime
         if req.path == "/credential":
             if req.body is not None:
-                await TokenAcceptor.handle(self, req, identity, message)
+                await TokenAcceptor.serve(self, req, identity, message)
             runtime.require(runtime.members_only, identity)
             return runtime.credential_for(identity)
         runtime.require(runtime.enrollers_only, identity)
         if req.path == "/members":
-            return await DirectAuthenticator.handle(self, req, identity, message)
-        return await TokenIssuer.handle(self, req, identity, message)
+            return await DirectAuthenticator.serve(self, req, identity, message)
+        return await TokenIssuer.serve(self, req, identity, message)
 
 
 # --- the project node's services --------------------------------------------------------------------
@@ -221,7 +236,15 @@ class ProjectRelays(ForwardingService):
             return
         identity = message.origin.identity if message.origin is not None else None
         d = Deferred.fromCoroutine(self._claim(name, identity, message))
-        d.addErrback(lambda f: log.failure("relay registration failed", f))
+        d.addErrback(self._failed, name)
+
+    def _failed(self, f, name: str) -> None:
+        if f.check(StoreError):
+            # The relay registers again (every few seconds) on its own.
+            log.warn("project {project}: relay {name} not registered: {reason}", project=self.runtime.name,
+                     name=name, reason=f.getErrorMessage())
+        else:
+            log.failure("relay registration failed", f)
 
     async def _claim(self, name: str, identity: Optional[str], message) -> None:
         runtime = self.runtime

@@ -448,6 +448,10 @@ class Orchestrator(MultiService):
         self._transitions = DeferredLock()
         self._refresh_loop: Optional[LoopingCall] = None
         self._refreshing: Optional[Deferred] = None
+        #: whether L{stopService} gives up this instance's leases (so that
+        #: another instance serves its projects at once); C{False} stops as
+        #: a crash would, and the leases run out
+        self.give_up_leases = True
 
     async def refresh_space_names(self) -> None:
         self.space_names = {s["id"]: s["name"] for s in await self.store.spaces()}
@@ -699,7 +703,7 @@ class Orchestrator(MultiService):
                 await self._refreshing
             for project_id in list(self.runtimes):
                 await self.unserve(project_id, "the instance stops")
-            if self.leases is not None and self.store.pool is not None:
+            if self.give_up_leases and self.leases is not None and self.store.pool is not None:
                 try:
                     await self.store.release(self.instance_id)
                 except StoreError as e:

@@ -32,6 +32,7 @@ as SHA-256 hashes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -346,10 +347,8 @@ class Store:
         version.
         """
         if self.postgres:
-            try:
-                import psycopg  # noqa: F401
-            except ImportError:
-                raise StoreError("PostgreSQL needs psycopg (pip install 'psycopg[binary]')") from None
+            if importlib.util.find_spec("psycopg") is None:
+                raise StoreError("PostgreSQL needs psycopg (pip install 'psycopg[binary]')")
             extra = {} if "connect_timeout" in self.db else {"connect_timeout": 10}
             self.pool = _Pool(
                 "psycopg", self.db, cp_min=1, cp_max=5, application_name="ockamtw-orchestrator",
