@@ -13,7 +13,7 @@ from .node import BaseNode
 from .portal.inlet import Inlet
 from .project.membership import CredentialsService, Membership
 from .portal.outlet import Outlet
-from .relay import FORWARDING_SERVICE, Relay, start_relay_services
+from .relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Relay, start_relay_services
 from .routing import TCP, Address, Route
 from .transport.tcp import TcpTransport
 from .services import start_default_services
@@ -206,10 +206,13 @@ class Node(BaseNode):
 
     # --- relays ---------------------------------------------------------------
 
-    def create_relay(self, at, name: str = "default", service: str = FORWARDING_SERVICE, refresh: float = 5.0, timeout: float = 5.0) -> Deferred:
+    def create_relay(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Deferred:
         """
         Register a relay named C{name} at the node C{at} (a route or
         MultiAddr text such as C{/ip4/127.0.0.1/tcp/7000} or C{/node/n2}).
+        The relay service is C{service}; by default
+        C{static_forwarding_service} at a project (C{at} starting with
+        C{/project/}, as Ockam 0.83 does), else C{forwarding_service}.
 
         Fires with the L{Relay} once the relay node has answered; the
         relay then stays up on its own (see L{Relay}).  Fails with
@@ -217,7 +220,7 @@ class Node(BaseNode):
         """
         if name in self.relays:
             return _fail(AddressInUse(f"relay {name!r} already exists on node {self.name}"))
-        relay = Relay(self, at, name=name, service=service, refresh=refresh, timeout=timeout)
+        relay = Relay(self, at, name=name, service=_relay_service(at, service), refresh=refresh, timeout=timeout)
         self.relays[name] = relay
 
         def failed(f):
@@ -227,7 +230,7 @@ class Node(BaseNode):
 
         return relay.start().addErrback(failed)
 
-    def add_relay(self, at, name: str = "default", service: str = FORWARDING_SERVICE, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
+    def add_relay(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
         """
         Like L{create_relay}, without waiting: the relay keeps trying to
         register (with backoff) until the relay node answers, and stays up
@@ -237,7 +240,7 @@ class Node(BaseNode):
         """
         if name in self.relays:
             raise AddressInUse(f"relay {name!r} already exists on node {self.name}")
-        relay = Relay(self, at, name=name, service=service, refresh=refresh, timeout=timeout)
+        relay = Relay(self, at, name=name, service=_relay_service(at, service), refresh=refresh, timeout=timeout)
         self.relays[name] = relay
         return relay.start_in_background()
 
@@ -354,6 +357,16 @@ class Node(BaseNode):
         d = gather(ds)
         d.addCallback(lambda _: BaseNode.stopService(self))
         return d
+
+
+def _relay_service(at, service):
+    """
+    The relay service to register with: C{service}, else Ockam 0.83's
+    choice for C{at} (static relays at a project).
+    """
+    if service is not None:
+        return service
+    return STATIC_FORWARDING_SERVICE if str(at).startswith("/project/") else FORWARDING_SERVICE
 
 
 def _fail(error: OckamError) -> Deferred:

@@ -1,11 +1,18 @@
 """
-Shared helpers for the integration suites (L{tests.test_integration} and
-L{tests.test_twistd}): nodes on loopback port 0 with their cleanups, a raw
-frame client that uses no ockamtw code, hand-written BARE encoders, and a
-process protocol for node subprocesses.
+Shared helpers for every test module: async test methods and deadlines,
+waiting for a condition (L{wait_until}), log events (L{LogWatch},
+L{captureLogs}), nodes on loopback port 0 with their cleanups, a raw frame
+client that uses no ockamtw code, hand-written BARE encoders, and a process
+protocol for node subprocesses.
+
+The harness of one kind of test builds on these: L{tests.portal_harness}
+(portals, targets, clients, raw peers), L{tests.secure_harness} (secure
+channels), L{tests.memory_harness} (nodes on a fake reactor),
+L{tests.cli_harness} (the command line), L{tests.vectors} (the vector files)
+and L{tests.strategies} (Hypothesis strategies).
 
 Nothing here sleeps: every wait is a Deferred fired by an event, bounded by
-a deadline (L{deadline}).
+a deadline (L{deadline}), or a condition checked until one.
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ import os
 import re
 import socket
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.logger import formatEvent, globalLogPublisher
+
+from ockamtw.errors import WireError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -57,6 +67,159 @@ def deadline(d: Deferred, seconds: float, what: str) -> Deferred:
     d.addTimeout(seconds, reactor)
     d.addErrback(translate)
     return d
+
+
+# --- waiting ------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, what: str, interval: float = 0.01) -> Deferred:
+    """
+    Fires once C{predicate()} is true (checked now and every C{interval}
+    seconds on the global reactor); fails with an C{AssertionError} after
+    C{seconds}.
+    """
+    d: Deferred = Deferred()
+    pending = [None]
+
+    def check():
+        pending[0] = None
+        if d.called:
+            return
+        if predicate():
+            d.callback(None)
+        else:
+            pending[0] = reactor.callLater(interval, check)
+
+    def stop_polling(result):
+        if pending[0] is not None and pending[0].active():
+            pending[0].cancel()
+        pending[0] = None
+        return result
+
+    d.addBoth(stop_polling)
+    check()
+    return deadline(d, seconds, what)
+
+
+def fresh(waiters: list) -> Deferred:
+    """
+    A new Deferred, appended to C{waiters} (fired by L{fire_all}).
+    """
+    d: Deferred = Deferred()
+    waiters.append(d)
+    return d
+
+
+def fire_all(waiters: list, result=None) -> None:
+    """
+    Fire (with C{result}) and forget every Deferred of C{waiters} that has
+    not fired yet (a deadline may have cancelled one).
+    """
+    while waiters:
+        d = waiters.pop(0)
+        if not d.called:
+            d.callback(result)
+
+
+def fresh_from(d: Deferred) -> Deferred:
+    """
+    A new Deferred that fires (with C{None}) when C{d} has, so that a
+    deadline on it does not cancel C{d}.
+    """
+    out: Deferred = Deferred()
+
+    def fire(result):
+        if not out.called:
+            out.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return out
+
+
+# --- log events -----------------------------------------------------------------
+
+
+def log_text(event) -> str:
+    """
+    An event's text as a log file shows it (C{""} when it cannot be
+    formatted).
+    """
+    try:
+        return formatEvent(event)
+    except Exception:
+        return ""
+
+
+class LogWatch:
+    """
+    Collects, in C{events}, the log events (of the global log publisher)
+    for which C{match(event)} is true, from now until the test's cleanup;
+    C{when(n)} fires once C{n} have been seen.  A C{match} that raises
+    counts as false.
+    """
+
+    def __init__(self, testcase, match: Callable[[dict], bool]) -> None:
+        self.match = match
+        self.events: List[dict] = []
+        self._waiting: List[tuple] = []
+        globalLogPublisher.addObserver(self)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: dict) -> None:
+        try:
+            matched = self.match(event)
+        except Exception:
+            matched = False
+        if matched:
+            self.events.append(event)
+            still = []
+            for n, d in self._waiting:
+                if len(self.events) >= n and not d.called:
+                    d.callback(self.events[:n])
+                elif not d.called:
+                    still.append((n, d))
+            self._waiting = still
+
+    def texts(self) -> List[str]:
+        """
+        The events seen so far, as text (L{log_text}).
+        """
+        return [log_text(e) for e in self.events]
+
+    def when(self, n: int, seconds: Optional[float] = None, what: str = "log events") -> Deferred:
+        """
+        Fires with the first C{n} events once they have been seen; fails
+        after C{seconds} (never, when C{None}).
+        """
+        if len(self.events) >= n:
+            return succeed(self.events[:n])
+        d: Deferred = Deferred()
+        self._waiting.append((n, d))
+        return d if seconds is None else deadline(d, seconds, what)
+
+
+def captureLogs(testcase, *namespaces: str) -> List[dict]:
+    """
+    The log events of C{namespaces}, collected for the rest of the test
+    (a list that grows as they come).
+    """
+    return LogWatch(testcase, lambda e: e.get("log_namespace") in namespaces).events
+
+
+def log_watch(testcase, *needles: str) -> LogWatch:
+    """
+    A L{LogWatch} of the events whose text contains every one of C{needles}.
+    """
+    return LogWatch(testcase, lambda e: all(n in log_text(e) for n in needles))
+
+
+def first_log_event(testcase, predicate: Callable[[dict], bool]) -> Deferred:
+    """
+    A Deferred that fires with the first log event (from now on) for which
+    C{predicate(event)} is true.
+    """
+    return LogWatch(testcase, predicate).when(1).addCallback(lambda events: events[0])
 
 
 def ipv6_loopback_available() -> bool:
@@ -98,6 +261,22 @@ def held_port(testcase, host: str = "127.0.0.1") -> int:
         raise
     testcase.addCleanup(s.close)
     return s.getsockname()[1]
+
+
+# --- assertions -------------------------------------------------------------------
+
+
+def assert_wire_error(testcase, fn, *args, context=""):
+    """
+    Assert that C{fn(*args)} raises L{ockamtw.errors.WireError} (and nothing else).
+    """
+    try:
+        result = fn(*args)
+    except WireError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
+        testcase.fail(f"{context}: expected WireError, got {type(e).__name__}: {e!r}")
+    testcase.fail(f"{context}: expected WireError, got a result: {result!r}")
 
 
 # --- hand-written BARE, independent of ockamtw.wire ------------------------
@@ -142,6 +321,14 @@ def h_message(onward, return_route, payload: bytes) -> bytes:
 def h_frame(body: bytes) -> bytes:
     assert len(body) <= 0xFFFF, len(body)
     return len(body).to_bytes(2, "big") + body
+
+
+def msg_frame(onward, return_route, payload: bytes) -> bytes:
+    """
+    A whole frame (length included) of a TransportMessage, from address
+    texts and raw payload bytes.
+    """
+    return h_frame(h_message(onward, return_route, payload))
 
 
 def h_string(s: str) -> bytes:

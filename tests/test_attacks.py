@@ -26,8 +26,8 @@ from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_strin
 from ockamtw.portal import PING, PONG
 from ockamtw.wire import TransportMessage
 
-from tests import test_portal as tp
-from tests.helpers import async_test, connect_raw, deadline, h_frame, h_message, h_string
+from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_frame, h_message, h_string, wait_until
+from tests.portal_harness import Collector, EchoTarget, PortalTestCase, RawPeer, StreamWriter, figure, r_frame
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -48,7 +48,7 @@ class Counting(Factory):
         return p
 
 
-class AttackTestCase(tp.PortalTestCase):
+class AttackTestCase(PortalTestCase):
     timeout = 60
 
     async def counting_server(self):
@@ -64,10 +64,10 @@ class AttackTestCase(tp.PortalTestCase):
         self.addCleanup(close)
         return factory, port.getHost().port
 
-    async def raw(self, port: int) -> tp.RawPeer:
-        return await connect_raw(self, port, tp.RawPeer())
+    async def raw(self, port: int) -> RawPeer:
+        return await connect_raw(self, port, RawPeer())
 
-    async def processed(self, peer: tp.RawPeer, what: str) -> None:
+    async def processed(self, peer: RawPeer, what: str) -> None:
         """
         Send an echo request and wait for its answer: the node has handled
         everything the peer sent before it (one connection, in order).
@@ -89,7 +89,7 @@ class EncryptorTests(AttackTestCase):
     """
 
     async def setup(self):
-        self.targets, target_port = await self.start_target(tp.EchoTarget)
+        self.targets, target_port = await self.start_target(EchoTarget)
         self.n3, l3 = await self.listening_node("n3")
         self.n1, self.l1 = await self.listening_node("n1")
         at3 = f"/ip4/127.0.0.1/tcp/{l3.port}"
@@ -100,7 +100,7 @@ class EncryptorTests(AttackTestCase):
         # The owner's own use works.
         inlet = await self.n1.create_inlet("127.0.0.1:0", Route([self.enc, Address.local("private")]))
         port = int(inlet.socket_address.rsplit(":", 1)[1])
-        client = await self.connect_client(port, tp.Collector())
+        client = await self.connect_client(port, Collector())
         client.transport.write(b"mine")
         await client.received(4, 5, "n1's own stream through its channel")
         self.assertEqual(self.outlet.accepted, 1)
@@ -126,7 +126,7 @@ class EncryptorTests(AttackTestCase):
         self.assertEqual(reply.payload, b"after")
         self.assertEqual(self.outlet.accepted, 1)
         self.assertEqual(len(self.targets.protocols), 1)
-        self.assertEqual([f for f in peer.frames if tp.r_frame(f)[2] == PONG], [])
+        self.assertEqual([f for f in peer.frames if r_frame(f)[2] == PONG], [])
         self.assertGreaterEqual(self.n1.refused, 3)
 
     @async_test
@@ -178,7 +178,7 @@ class HopTests(AttackTestCase):
 
         n2.dial_for_remote = True
         peer.send(["hop", target, "echo"], ["evil"], b"allowed")
-        await tp.wait_until(lambda: len(victim.accepted) == 1, 5, "the allowed connection")
+        await wait_until(lambda: len(victim.accepted) == 1, 5, "the allowed connection")
 
     @async_test
     async def test_no_unix_sockets(self):
@@ -210,7 +210,7 @@ class HopTests(AttackTestCase):
         """
         n2, l2 = await self.listening_node("n2")
         loop = await n2.tcp.connect(f"127.0.0.1:{l2.port}")
-        await tp.wait_until(lambda: loop.loop is not None, 5, "the loop noticed")
+        await wait_until(lambda: loop.loop is not None, 5, "the loop noticed")
         reply = await self.within(n2.request(Route([loop.address, Address.local("echo")]), b"own", 5), 6, "own")
         self.assertEqual(reply.payload, b"own")
         peer = await self.raw(l2.port)
@@ -240,12 +240,12 @@ class TakeoverTests(AttackTestCase):
         await owner.frames_arrived(1)
         evil = await self.raw(l2.port)
         evil.send(["forward_to_victim", "svc"], ["evil"], b"hello")
-        _, ret, _ = tp.r_frame((await owner.frames_arrived(2))[1])
+        _, ret, _ = r_frame((await owner.frames_arrived(2))[1])
         # The owner answers along the return route; the answer tells evil
         # the owner's connection at n2.
         owner.send(ret, ["svc"], b"hi")
         frames = await evil.frames_arrived(1)
-        _, seen, _ = tp.r_frame(frames[0])
+        _, seen, _ = r_frame(frames[0])
         owner_conn = seen[0]
         evil.send(["forwarding_service"], [owner_conn], h_string("forward_to_victim"))
         evil.send(["hop", "forwarding_service"], [owner_conn], h_string("forward_to_victim"))
@@ -253,7 +253,7 @@ class TakeoverTests(AttackTestCase):
         self.assertEqual(len(evil.frames), 2)  # the answer and the probe: no registration reply
         evil.send(["forward_to_victim", "svc"], ["evil"], b"again")
         await owner.frames_arrived(3)
-        self.assertEqual(tp.r_frame(owner.frames[2])[2], b"again")
+        self.assertEqual(r_frame(owner.frames[2])[2], b"again")
 
 
 # --- 4. what a peer creates dies with it -------------------------------------------------------------
@@ -270,11 +270,11 @@ class OwnershipTests(AttackTestCase):
         n1 = self.make_node("n1")
         at = f"/ip4/127.0.0.1/tcp/{l2.port}"
         await self.within(n1.create_secure_channel(f"{at}/service/hop/service/api"), 5, "channel through hop")
-        await tp.wait_until(lambda: len(n2.secure_listeners["api"].channels) == 1, 5, "responder up")
+        await wait_until(lambda: len(n2.secure_listeners["api"].channels) == 1, 5, "responder up")
         before = len(n2.worker_addresses())
         for c in n1.tcp.connections:
             c.abort()
-        await tp.wait_until(lambda: not n2.secure_listeners["api"].channels, 5, "the responder gone")
+        await wait_until(lambda: not n2.secure_listeners["api"].channels, 5, "the responder gone")
         self.assertEqual(len(n2.worker_addresses()), before - 3 - 1)  # its three workers and the connection
 
     @async_test
@@ -297,7 +297,7 @@ class OwnershipTests(AttackTestCase):
             reply = await self.within(n1.request(Route([used, Address.local("echo")]), b"still", 5), 6, "echo")
             self.assertEqual(reply.payload, b"still")
         listener = n2.secure_listeners["api"]
-        await tp.wait_until(lambda: listener.stats()["channels"] == 3, 5, "three channels kept")
+        await wait_until(lambda: listener.stats()["channels"] == 3, 5, "three channels kept")
         self.assertEqual(listener.stats()["evicted"], 3)
         reply = await self.within(n1.request(Route([used, Address.local("echo")]), b"kept", 5), 6, "echo")
         self.assertEqual(reply.payload, b"kept")
@@ -314,7 +314,7 @@ class OwnershipTests(AttackTestCase):
         await peer.frames_arrived(1)
         self.assertIsNotNone(n2.worker_at("forward_to_gone"))
         peer.transport.abortConnection()
-        await tp.wait_until(lambda: n2.worker_at("forward_to_gone") is None, 5, "the forwarder removed")
+        await wait_until(lambda: n2.worker_at("forward_to_gone") is None, 5, "the forwarder removed")
 
     @async_test
     async def test_pings_from_a_peer_that_left(self):
@@ -323,7 +323,7 @@ class OwnershipTests(AttackTestCase):
         target connections), and leaves: every portal and target socket
         closes.
         """
-        targets, target_port = await self.start_target(tp.Collector)
+        targets, target_port = await self.start_target(Collector)
         n3, l3 = await self.listening_node("n3")
         outlet = await n3.create_outlet("outlet", f"127.0.0.1:{target_port}")
         peer = await self.raw(l3.port)
@@ -333,7 +333,7 @@ class OwnershipTests(AttackTestCase):
         await targets.accepted(20, 5, "20 target connections")
         self.assertEqual(len(outlet.portals), 20)
         peer.transport.abortConnection()
-        await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
+        await wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
 
 
 class LivenessTests(AttackTestCase):
@@ -349,7 +349,7 @@ class LivenessTests(AttackTestCase):
         link drops without a word (as if n1 were killed): n3's portals and
         target sockets close after a few heartbeats.
         """
-        targets, target_port = await self.start_target(tp.EchoTarget)
+        targets, target_port = await self.start_target(EchoTarget)
         n2, l2 = await self.listening_node("n2")
         at = f"/ip4/127.0.0.1/tcp/{l2.port}"
         n3 = self.make_node("n3")
@@ -359,15 +359,15 @@ class LivenessTests(AttackTestCase):
         inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/service/forward_to_n3/service/outlet", heartbeat=0.2)
         port = int(inlet.socket_address.rsplit(":", 1)[1])
         for i in range(5):
-            c = await self.connect_client(port, tp.Collector())
+            c = await self.connect_client(port, Collector())
             c.transport.write(b"hi")
             await c.received(2, 5, "echo")
         # Idle but alive streams stay up across several heartbeats.
-        await tp.wait_until(lambda: min(p.heard for p in outlet.portals) >= 3, 5, "keepalives heard")
+        await wait_until(lambda: min(p.heard for p in outlet.portals) >= 3, 5, "keepalives heard")
         self.assertEqual(len(outlet.portals), 5)
         for c in n1.tcp.connections:
             c.transport.abortConnection()
-        await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "n3's portals closed")
+        await wait_until(lambda: not outlet.portals and not targets.open, 5, "n3's portals closed")
 
     @async_test
     async def test_pings_from_a_peer_that_left_behind_a_relay(self):
@@ -376,7 +376,7 @@ class LivenessTests(AttackTestCase):
         streams to an outlet behind a relay and leaves: after the outlet's
         idle timeout they are all closed.
         """
-        targets, target_port = await self.start_target(tp.Collector)
+        targets, target_port = await self.start_target(Collector)
         n2, l2 = await self.listening_node("n2")
         n3 = self.make_node("n3")
         await n3.create_relay(f"/ip4/127.0.0.1/tcp/{l2.port}", name="n3")
@@ -388,25 +388,18 @@ class LivenessTests(AttackTestCase):
         await targets.accepted(20, 5, "20 target connections")
         peer.transport.abortConnection()
         self.assertEqual(len(outlet.portals), 20)
-        await tp.wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
+        await wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
 
 
 # --- 10. the log is no amplifier ------------------------------------------------------------------------------
 
 
 class LogAmplificationTests(AttackTestCase):
-    def log_bytes(self):
-        from twisted.logger import formatEvent, globalLogPublisher
-
-        sizes = []
-
-        def observer(event):
-            if str(event.get("log_namespace", "")).startswith("ockamtw"):
-                sizes.append(len(formatEvent(event)))
-
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        return sizes
+    def log_bytes(self) -> LogWatch:
+        """
+        The log events of ockamtw code from now on.
+        """
+        return LogWatch(self, lambda e: str(e.get("log_namespace", "")).startswith("ockamtw"))
 
     @async_test
     async def test_bad_frames_long_names_unknown_addresses(self):
@@ -416,7 +409,7 @@ class LogAmplificationTests(AttackTestCase):
         exist and 2,000 refused by a worker's policy: the node logs a few
         KB, not megabytes.
         """
-        sizes = self.log_bytes()
+        logged = self.log_bytes()
         n2, l2 = await self.listening_node("n2")
         peer = await self.raw(l2.port)
         peer.transport.write(b"\x00\x01\x02" * 100_000)
@@ -429,8 +422,9 @@ class LogAmplificationTests(AttackTestCase):
         for i in range(2000):
             peer.send(["private"], ["m"], b"x")
         await self.processed(peer, "n2 handled it all")
+        sizes = [len(text) for text in logged.texts()]
         total = sum(sizes)
-        tp.figure(f"log amplification: {len(sizes)} events, {total} bytes for ~1.5 MB of attack")
+        figure(f"log amplification: {len(sizes)} events, {total} bytes for ~1.5 MB of attack")
         self.assertLess(total, 20_000)
         self.assertLess(max(sizes), 400)
         self.assertEqual(got, [])
@@ -449,11 +443,9 @@ class SmallerTests(AttackTestCase):
         its upper case 3): one warning line, no traceback, and the service
         goes on answering.
         """
-        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+        from twisted.logger import LogLevel, formatEvent
 
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = LogWatch(self, lambda e: True).events
         n2, l2 = await self.listening_node("n2")
         n1 = self.make_node("n1")
         at = f"/ip4/127.0.0.1/tcp/{l2.port}/service/uppercase"
@@ -500,7 +492,7 @@ class SlowOwnerTests(AttackTestCase):
         Meanwhile another client of n1, to the healthy owner n3 through the
         same n2, moves 4 MiB back and forth: it must not stall.
         """
-        targets, target_port = await self.start_target(tp.EchoTarget)
+        targets, target_port = await self.start_target(EchoTarget)
         n2, l2 = await self.listening_node("n2")
         at = f"/ip4/127.0.0.1/tcp/{l2.port}"
         n3 = self.make_node("n3")
@@ -519,40 +511,40 @@ class SlowOwnerTests(AttackTestCase):
         good_port = int(good.socket_address.rsplit(":", 1)[1])
         writers = []
         for i in range(4):
-            c = await self.connect_client(bad_port, tp.Collector(keep=False))
+            c = await self.connect_client(bad_port, Collector(keep=False))
             writers.append(c)
         await deadline(evil.all_ponged, 10, "evil answered the four Pings")
         for i, c in enumerate(writers):
-            tp.StreamWriter(c.transport, 8 * 1024 * 1024, seed=i).start()
+            StreamWriter(c.transport, 8 * 1024 * 1024, seed=i).start()
         # Wait until n2's link to evil is full, i.e. the attack is on.
         evil_link = [c for c in n2.tcp.connections if c.socket_address == evil.local][0]
-        await tp.wait_until(lambda: evil_link.congested, 10, "n2's link to evil congested")
+        await wait_until(lambda: evil_link.congested, 10, "n2's link to evil congested")
 
-        client = await self.connect_client(good_port, tp.Collector(keep=False))
+        client = await self.connect_client(good_port, Collector(keep=False))
         size = 4 * 1024 * 1024
-        tp.StreamWriter(client.transport, size, seed=99).start()
+        StreamWriter(client.transport, size, seed=99).start()
         await client.received(size, 15, "the healthy stream's 4 MiB echoed while evil stalls")
         # The attack was on all along: n2 holds megabytes for evil.
         self.assertTrue(evil_link.connected)
         self.assertGreater(evil_link.unsent(), 1024 * 1024)
-        tp.figure(f"slow owner: n2 holds {evil_link.unsent()} bytes for evil; the neighbour moved {size} bytes")
+        figure(f"slow owner: n2 holds {evil_link.unsent()} bytes for evil; the neighbour moved {size} bytes")
 
 
-class EvilOwner(tp.RawPeer):
+class EvilOwner(RawPeer):
     """
     Registers a relay, answers the first C{n} Pings with Pongs from
     flow-control portal addresses, then stops reading its socket.
     """
 
     def __init__(self, n: int) -> None:
-        tp.RawPeer.__init__(self)
+        RawPeer.__init__(self)
         self.n = n
         self.ponged = 0
         self.registered: Deferred = Deferred()
         self.all_ponged: Deferred = Deferred()
 
     def connectionMade(self) -> None:
-        tp.RawPeer.connectionMade(self)
+        RawPeer.connectionMade(self)
         h = self.transport.getHost()
         self.local = f"{h.host}:{h.port}"
 
@@ -560,10 +552,10 @@ class EvilOwner(tp.RawPeer):
         self.send(["static_forwarding_service"], ["m"], h_string(name))
 
     def dataReceived(self, data: bytes) -> None:
-        tp.RawPeer.dataReceived(self, data)
+        RawPeer.dataReceived(self, data)
         while self.frames:
             frame = self.frames.pop(0)
-            onward, ret, payload = tp.r_frame(frame)
+            onward, ret, payload = r_frame(frame)
             if not self.registered.called:
                 self.registered.callback(None)
                 continue

@@ -25,9 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 import ockamtw
 from ockamtw.control import state as st
 
-from .helpers import async_test, deadline, spawn
-from .test_cli import OCKAM_ARGV, CLITestCase, Result, _Command
-from .test_portal import wait_until
+from .cli_harness import OCKAM_ARGV, CLITestCase, CommandProcess, Result
+from .helpers import async_test, deadline, spawn, wait_until
 
 
 class _Silent(Protocol):
@@ -103,7 +102,7 @@ class ErrorCaseTestCase(CLITestCase):
         return what it did.
         """
         argv = OCKAM_ARGV + list(args)
-        proto = _Command(None)
+        proto = CommandProcess(None)
         transport = reactor.spawnProcess(proto, argv[0], argv, env=self.env, path=self.home)
 
         def kill():

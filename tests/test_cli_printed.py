@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import socket
 
+from .cli_harness import HEX32, CLITestCase, port_of
 from .helpers import async_test
-from .test_cli import HEX32, CLITestCase, port_of
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ import os
 import re
 import stat
 
+from .cli_harness import HEX32, CLITestCase, http_head, port_of
 from .helpers import async_test
-from .test_cli import HEX32, CLITestCase, http_head, port_of
 
 IDENTIFIER = r"P[0-9a-f]{64}"
 

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from ockamtw import Address, Route
 from ockamtw.flow import Closer
 
-from .helpers import async_test, h_frame, h_message
-from .test_portal import PortalTestCase, SlowCollector, fresh_from
+from .helpers import async_test, fresh_from, h_frame, h_message
+from .portal_harness import PortalTestCase, SteadyReader
 
 
 # --- in memory --------------------------------------------------------
@@ -158,20 +158,6 @@ class CloserTests(SynchronousTestCase):
 
 
 # --- on loopback sockets ----------------------------------------------------------------
-
-
-class SteadyReader(SlowCollector):
-    """
-    A L{SlowCollector} that reads at most 4 KiB at a time, so that it stops
-    as soon as it is ahead of its pace and the sender sees progress every
-    pacing tick or so, not in 64 KiB bursts far apart (which a short test
-    grace would take for a stall).  Its kernel receive buffer stays 64 KiB
-    (a window far below loopback's 64 KiB segments stalls the sender).
-    """
-
-    def connectionMade(self) -> None:
-        self.transport.bufferSize = 4096
-        SlowCollector.connectionMade(self)
 
 
 class ConnectionCloseTests(PortalTestCase):

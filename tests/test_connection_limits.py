@@ -31,7 +31,7 @@ from ockamtw.tap import Options, makeService
 from ockamtw.transport.tcp import MODE_ACCEPTED, MODE_OUTGOING
 from ockamtw.wire import MAX_FRAME
 
-from .helpers import RawFrameClient, accepted_connection, async_test, connect_raw, deadline, start_node
+from .helpers import LogWatch, RawFrameClient, accepted_connection, async_test, connect_raw, deadline, start_node
 
 # From tests/data/vectors.json: "uppercase request as a TCP
 # frame" and its reply (as in tests.test_tcp_unit).
@@ -47,18 +47,15 @@ HEARTBEAT_FRAME = bytes.fromhex("000401000000")
 BIG_HEADER = MAX_FRAME.to_bytes(2, "big")
 
 
-def captured_warnings(testcase):
-    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+def captured_warnings(testcase) -> LogWatch:
+    """
+    The warnings of the TCP transport from now on.
+    """
+    from twisted.logger import LogLevel
 
-    lines = []
-
-    def observer(event):
-        if event.get("log_namespace") == "ockamtw.transport.tcp" and event.get("log_level") == LogLevel.warn:
-            lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return lines
+    return LogWatch(
+        testcase, lambda e: e.get("log_namespace") == "ockamtw.transport.tcp" and e.get("log_level") == LogLevel.warn
+    )
 
 
 class Peer:
@@ -212,6 +209,7 @@ class AdmissionTests(InMemory, SynchronousTestCase):
         for _ in range(50):
             self.assertTrue(self.peer("10.0.0.1").closed_by_node)
         self.assertEqual(self.status()["refused"]["max_connections_per_peer"], 50)
+        warnings = warnings.texts()
         self.assertTrue(1 <= len(warnings) <= 10, warnings)
         self.assertIn("10.0.0.1", warnings[0])
         self.assertIn("--max-connections-per-peer", warnings[0])
@@ -407,7 +405,7 @@ class UndecodableTests(InMemory, SynchronousTestCase):
         lines = captured_warnings(self)
         p = self.peer()
         p.send(b"\x00\x01\xff" * 200)
-        self.assertTrue(1 <= len(lines) <= 10, len(lines))
+        self.assertTrue(1 <= len(lines.events) <= 10, len(lines.events))
         self.assertEqual(p.connection.frames_in, 200)
         self.assertTrue(p.answers())
 

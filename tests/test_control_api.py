@@ -13,51 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
 
-from twisted.internet import reactor
-
-from ockamtw.cli.client import ControlClient
-from ockamtw.cli.nodes import CLIError
 from ockamtw.control import server
-from ockamtw.control import state as st
-from ockamtw.control.server import ControlService, NodeController, status_text
+from ockamtw.control.server import status_text
 
-from .helpers import async_test
-from .test_portal import PortalTestCase, wait_until
+from .control_harness import ControlAPITestCase
+from .helpers import async_test, wait_until
 
 OTHER = "P" + "1" * 64
-
-
-class ControlAPITestCase(PortalTestCase):
-    timeout = 30
-
-    async def serve(self, name: str = "n1"):
-        """
-        A node listening on loopback, its controller (with a state
-        directory) served on a UNIX socket, and a client of it.
-        """
-        node, listener = await self.listening_node(name)
-        directory = tempfile.mkdtemp(prefix="ockctl", dir="/tmp")  # short: a socket path
-        self.addCleanup(shutil.rmtree, directory, True)
-        st.write_state(directory, st.empty_state(name, listener.socket_address))
-        controller = NodeController(node, directory)
-        controller.listener = listener
-        service = ControlService(reactor, controller, os.path.join(directory, st.SOCKET))
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        client = ControlClient(reactor, name, os.path.join(directory, st.SOCKET))
-        self.addCleanup(client.close)
-        return node, listener, controller, client
-
-    async def refused(self, client, method, path, body=None) -> str:
-        try:
-            await client.call(method, path, body)
-        except CLIError as e:
-            return str(e)
-        self.fail(f"{method} {path} was not refused")
 
 
 class PrintedKeysTests(ControlAPITestCase):

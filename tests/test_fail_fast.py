@@ -25,8 +25,8 @@ from ockamtw import Node, RouteUnreachable, Route, encode_string
 from ockamtw.errors import TransportError
 from ockamtw.secure.errors import SecureChannelError
 
-from tests import test_portal as tp
-from tests.helpers import async_test, held_port
+from tests.helpers import async_test, held_port, wait_until
+from tests.portal_harness import Collector, EchoTarget, PortalTestCase, figure
 
 
 class RequestTests(SynchronousTestCase):
@@ -39,12 +39,12 @@ class RequestTests(SynchronousTestCase):
         self.successResultOf(node.request("/service/echo", b"x", timeout=10))
 
 
-class InletTests(tp.PortalTestCase):
+class InletTests(PortalTestCase):
     timeout = 30
 
     async def client_closed_at_once(self, inlet, bound: float = 1.0) -> float:
         port = int(inlet.socket_address.rsplit(":", 1)[1])
-        client = await self.connect_client(port, tp.Collector())
+        client = await self.connect_client(port, Collector())
         client.transport.write(b"anyone?")
         started = time.monotonic()
         await client.when_lost(bound + 2, "the client closed")
@@ -61,12 +61,12 @@ class InletTests(tp.PortalTestCase):
         """
         n1 = self.make_node("n1")
         inlet = await n1.create_inlet("127.0.0.1:0", "/service/nothing", ping_timeout=10)
-        await tp.wait_until(lambda: inlet.last_error is not None, 2, "the inlet's reason")
+        await wait_until(lambda: inlet.last_error is not None, 2, "the inlet's reason")
         self.assertEqual(inlet.status, "Down")
         self.assertIn("no worker at /service/nothing", inlet.last_error)
 
     async def refused(self, flow_control: bool):
-        targets, target_port = await self.start_target(tp.EchoTarget)
+        targets, target_port = await self.start_target(EchoTarget)
         n2, l2 = await self.listening_node("n2")
         outlet = await n2.create_outlet(
             "private", f"127.0.0.1:{target_port}", authorized=["P" + "0" * 64], flow_control=flow_control
@@ -77,7 +77,7 @@ class InletTests(tp.PortalTestCase):
         )
         await self.within(inlet.route(), 5, "the route")
         elapsed = await self.client_closed_at_once(inlet)
-        tp.figure(f"refused inlet (flow control {flow_control}): client closed after {elapsed * 1000:.0f} ms")
+        figure(f"refused inlet (flow control {flow_control}): client closed after {elapsed * 1000:.0f} ms")
         self.assertEqual(targets.protocols, [])
         self.assertEqual(outlet.unauthorized, 1)
         self.assertEqual(inlet.status, "Down")
@@ -113,7 +113,7 @@ class InletTests(tp.PortalTestCase):
         self.assertEqual(inlet.status, "Down")
 
 
-class SecureChannelTests(tp.PortalTestCase):
+class SecureChannelTests(PortalTestCase):
     @async_test
     async def test_not_a_listener(self):
         """
@@ -130,7 +130,7 @@ class SecureChannelTests(tp.PortalTestCase):
         self.assertEqual(str(e), f"{route} did not answer as a secure channel listener")
 
 
-class MessageTests(tp.PortalTestCase):
+class MessageTests(PortalTestCase):
     @async_test
     async def test_unreachable_said_once(self):
         """

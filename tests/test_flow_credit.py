@@ -19,8 +19,8 @@ from ockamtw.flow import STREAM_WINDOW, TRANSPORT_BUFFER
 from ockamtw.portal import FLOW_MARK, GRANT_STEP, MAX_CHUNK, offers_flow_control, portal_address
 from ockamtw.wire import PORTAL_CREDIT_STRUCT, WireError, decode_credit, encode_credit
 
-from .helpers import async_test, h_frame, h_message, uvarint
-from .test_portal import (
+from .helpers import async_test, h_frame, h_message, uvarint, wait_until
+from .portal_harness import (
     HEX32_FC,
     MIB,
     Collector,
@@ -32,7 +32,6 @@ from .test_portal import (
     node_buffered,
     r_frame,
     r_portal_payload,
-    wait_until,
 )
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase

@@ -35,7 +35,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ockamtw import Address, Node, Route, Worker
@@ -53,9 +53,9 @@ from ockamtw.secure.identity import LocalIdentity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
-from . import test_portal as tp
-from .helpers import async_test, h_frame, h_message
-from .test_secure_channel import SecureTestCase, log_text
+from .helpers import LogWatch, async_test, h_frame, h_message, log_text, wait_until
+from .portal_harness import r_frame
+from .secure_harness import SecureTestCase
 
 log = Logger(namespace="tests.test_handshake_limits")
 
@@ -100,20 +100,11 @@ class Sink(Worker):
         self.messages.append(message)
 
 
-class LogLines:
+def secure_log_lines(testcase, needle: str) -> LogWatch:
     """
     The log events of the secure channel code whose text holds C{needle}.
     """
-
-    def __init__(self, testcase, needle: str) -> None:
-        self.events = []
-        self.needle = needle
-        globalLogPublisher.addObserver(self)
-        testcase.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event) -> None:
-        if event.get("log_namespace") == "ockamtw.secure" and self.needle in log_text(event):
-            self.events.append(event)
+    return LogWatch(testcase, lambda e: e.get("log_namespace") == "ockamtw.secure" and needle in log_text(e))
 
 
 # --- in memory --------------------------------------------------------------------------------------
@@ -370,7 +361,7 @@ class GraceTests(ListenerInMemory):
         default), their workers gone, their peer's slots free again; 25 of
         them ending at once do not log a line each.
         """
-        lines = LogLines(self, "did not complete")
+        lines = secure_log_lines(self, "did not complete")
         listener = self.listener()
         self.assertEqual(listener.timeout, 10.0)
         peers = [Peer(f"10.0.0.{i}:1") for i in range(5)]
@@ -399,7 +390,7 @@ class GraceTests(ListenerInMemory):
         once, and connections closing together do not log a line each; an
         M1 from a closed connection is refused before any work.
         """
-        lines = LogLines(self, "closed during the handshake")
+        lines = secure_log_lines(self, "closed during the handshake")
         listener = self.listener()
         a1, a2, b, c = Peer("10.0.0.1:1"), Peer("10.0.0.1:2"), Peer("10.0.0.2:1"), Peer("10.0.0.3:1")
         self.m1(a1, 3)
@@ -431,7 +422,7 @@ class RefusalLogTests(ListenerInMemory):
         A thousand refusals log a few lines; the next period's first line
         says how many were held back.
         """
-        lines = LogLines(self, "refused (per_peer")
+        lines = secure_log_lines(self, "refused (per_peer")
         listener = self.listener(timeout=60.0)
         peer = Peer("10.0.0.1:1")
         self.m1(peer, 1005)
@@ -487,7 +478,7 @@ class Flooder(Protocol):
             frame, buffer = buffer[: 2 + n], buffer[2 + n :]
             self.answered += 1
             if self._answer:
-                _, ret, _ = tp.r_frame(frame)
+                _, ret, _ = r_frame(frame)
                 self.transport.write(h_frame(h_message(ret[:1], ["0#" + "c" * 32], b"\x40" + bytes(64))))
         self._buffer = buffer
 
@@ -542,7 +533,7 @@ class FloodTests(SecureTestCase):
         def flooded():
             return sum(c.messages_in for c in n2.tcp.connections if c.socket_address in sources)
 
-        await tp.wait_until(lambda: flooded() > 3000 * connections, 10, "the flood under way")
+        await wait_until(lambda: flooded() > 3000 * connections, 10, "the flood under way")
         most_half_open = most_workers = 0
         echo, through = [], []
         for i in range(self.ROUND_TRIPS):
@@ -593,8 +584,8 @@ class FloodTests(SecureTestCase):
         # The flood's connections close: what they held is freed.
         for f in flooders:
             f.transport.abortConnection()
-        await tp.wait_until(lambda: self.half_open(listener) == 0, 5, "the flood's half-open handshakes freed")
-        await tp.wait_until(
+        await wait_until(lambda: self.half_open(listener) == 0, 5, "the flood's half-open handshakes freed")
+        await wait_until(
             lambda: not any(c.socket_address in sources for c in n2.tcp.connections), 5, "the flood's connections closed"
         )
         self.assertEqual(len(n2.worker_addresses()), base_workers + 3)

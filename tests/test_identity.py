@@ -38,7 +38,7 @@ from ockamtw.secure.identity import (
     import_identity,
 )
 
-from .test_noise import handshake_vector, ockam_pair, run_handshake, secure_vectors, x
+from .vectors import handshake_vector, ockam_pair, run_handshake, secure_vectors, x
 
 SEED_B = bytes(range(100, 132))
 SEED_C = bytes(range(200, 232))

@@ -63,8 +63,8 @@ from ockamtw.secure.errors import SecureChannelError
 from ockamtw.secure.identity import LocalIdentity
 from ockamtw.wire import DISCONNECT, TransportMessage, decode_credit, encode_credit, encode_eof
 
-from .helpers import h_string
-from .test_relay import MemoryMixin, msg_frame
+from .helpers import h_string, msg_frame
+from .memory_harness import MemoryMixin
 
 
 class Recorder:

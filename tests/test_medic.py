@@ -14,7 +14,8 @@ from ockamtw.node import Worker
 from ockamtw.project import codec
 from ockamtw.project.medic import Medic
 
-from tests import test_portal as tp
+from tests.helpers import wait_until
+from tests.portal_harness import LOOPBACK, PortalTestCase
 from tests.helpers import async_test
 
 
@@ -37,7 +38,7 @@ class Silencer(Worker):
         self.node.forward(message, message.onward_route.step(), message.return_route.prepend(self.address))
 
 
-class MedicTests(tp.PortalTestCase):
+class MedicTests(PortalTestCase):
     timeout = 30
 
     async def channel(self):
@@ -69,7 +70,7 @@ class MedicTests(tp.PortalTestCase):
             original(message)
 
         echoes.receive = counting
-        await tp.wait_until(lambda: len(seen) >= 8, 5, "eight pings answered")
+        await wait_until(lambda: len(seen) >= 8, 5, "eight pings answered")
         self.assertEqual(end.status, "up")
         self.assertEqual((medic.closed, downs), (0, []))
         self.assertEqual(medic.watching(), 1)
@@ -84,7 +85,7 @@ class MedicTests(tp.PortalTestCase):
         workers = set(n1.worker_addresses())
         self.assertIn(Address.local(codec.PING_COLLECTOR), workers)
         silencer.silent = True
-        await tp.wait_until(lambda: end.status == "closed", 5, "the silent channel closed")
+        await wait_until(lambda: end.status == "closed", 5, "the silent channel closed")
         self.assertEqual(downs, [("p", end)])
         self.assertEqual(medic.closed, 1)
         self.assertGreaterEqual(silencer.dropped, 3, "three pings went unanswered first")
@@ -106,7 +107,7 @@ class MedicTests(tp.PortalTestCase):
         silencer.silent = True
         # A second channel from n2 to n1 (n1 listens too): n2 sends forged
         # pongs through it to n1's collector, on every tick.
-        l1 = await n1.tcp.listen(tp.LOOPBACK)
+        l1 = await n1.tcp.listen(LOOPBACK)
         enc = await self.within(
             n2.create_secure_channel(f"/ip4/127.0.0.1/tcp/{l1.port}/service/api", timeout=5), 6, "n2 -> n1"
         )
@@ -125,6 +126,6 @@ class MedicTests(tp.PortalTestCase):
         loop.clock = reactor
         loop.start(0.02)
         self.addCleanup(lambda: loop.running and loop.stop())
-        await tp.wait_until(lambda: end.status == "closed", 5, "the silent channel closed despite forged pongs")
+        await wait_until(lambda: end.status == "closed", 5, "the silent channel closed despite forged pongs")
         self.assertGreater(forged, 0)
         self.assertEqual(medic.closed, 1)

@@ -12,7 +12,7 @@ import sys
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -37,6 +37,8 @@ from ockamtw.node import BaseNode
 from ockamtw.routing import TCP
 from ockamtw.services import Echo, Hop, Uppercase
 from ockamtw.wire import FORWARD_BUDGET, MAX_FRAME
+
+from .helpers import captureLogs
 
 RANDOM_ADDRESS = re.compile(r"^[0-9a-f]{32}$")
 
@@ -98,21 +100,6 @@ class FakeSource:
 
     def resume_flow(self):
         pass
-
-
-def captureLogs(testcase, *namespaces):
-    """
-    Collect the log events of C{namespaces} for the rest of the test.
-    """
-    events = []
-
-    def observer(event):
-        if event.get("log_namespace") in namespaces:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 def local(name):

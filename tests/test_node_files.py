@@ -4,7 +4,7 @@ someone else's process, a broken C{state.json}, loose permissions, two
 commands creating the same node at once, and a log that grows without bound.
 
 Unit tests work on a temporary C{OCKAM_HOME} in this process; the end-to-end
-ones run the C{ockam} command line (L{tests.test_cli.CLITestCase}).  Every
+ones run the C{ockam} command line (L{tests.cli_harness.CLITestCase}).  Every
 process a test starts is killed at cleanup; every wait is polling with a
 deadline.
 """
@@ -30,8 +30,8 @@ from ockamtw import tap
 from ockamtw.cli.nodes import CLIError, Nodes
 from ockamtw.control import state as st
 
+from .cli_harness import OCKAM_ARGV, CLITestCase, port_of, process_gone, processes_naming
 from .helpers import NodeProcess, async_test, ockamtw_node_argv, spawn
-from .test_cli import OCKAM_ARGV, CLITestCase, port_of, process_gone, processes_naming
 
 #: Broken state files, and the words the one-line error must contain.
 BROKEN_STATES = [

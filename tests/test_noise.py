@@ -7,12 +7,8 @@ a L{SecureChannelError} and kills the handshake).
 The vectors are read from C{tests/data/secure-channel-vectors.json} and
 C{tests/data/noise/cacophony-XX_25519_AESGCM_SHA256.json}
 (C{tests/data/README.md} says where they come from; L{tests.test_data_files}
-checks they are unchanged).  The loaders are shared with
-L{tests.test_identity} and L{tests.test_secure_codec}.
+checks they are unchanged) by the loaders of L{tests.vectors}.
 """
-
-import json
-import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
@@ -30,13 +26,7 @@ from ockamtw.secure.noise import (
     x25519_public_key,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-SECURE_VECTORS_NAME = "secure-channel-vectors.json"
-SECURE_VECTORS_COPY = os.path.join(HERE, "data", SECURE_VECTORS_NAME)
-
-CACOPHONY_NAME = "cacophony-XX_25519_AESGCM_SHA256.json"
-CACOPHONY_COPY = os.path.join(HERE, "data", "noise", CACOPHONY_NAME)
+from .vectors import cacophony_vector, handshake_vector, ockam_pair, run_handshake, secure_vectors, x
 
 #: Modest settings so the module runs in a few seconds.
 PROPERTY = settings(
@@ -45,50 +35,6 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-_cache = {}
-
-
-def _load(testcase, path):
-    """
-    A parsed vector file; fails (never skips) the calling test when it is
-    missing or unreadable.
-    """
-    if path not in _cache:
-        if not os.path.exists(path):
-            testcase.fail(f"vector file missing: {path} (see tests/data/README.md)")
-        try:
-            with open(path, "rb") as f:
-                _cache[path] = json.loads(f.read().decode("utf-8"))
-        except ValueError as e:
-            testcase.fail(f"vector file {path} is not valid JSON: {e}")
-    return _cache[path]
-
-
-def secure_vectors(testcase):
-    """
-    C{secure-channel-vectors.json}.
-    """
-    return _load(testcase, SECURE_VECTORS_COPY)
-
-
-def cacophony_vector(testcase):
-    """
-    The cacophony XX vector.
-    """
-    return _load(testcase, CACOPHONY_COPY)
-
-
-def handshake_vector(testcase):
-    """
-    Ockam's C{noise_handshake_1}.
-    """
-    return secure_vectors(testcase)["noise_handshake_1"]
-
-
-def x(hexstr):
-    return bytes.fromhex(hexstr)
-
 
 def assert_secure_error(testcase, fn, *args, context=""):
     """
@@ -101,28 +47,6 @@ def assert_secure_error(testcase, fn, *args, context=""):
     except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
         testcase.fail(f"{context}: expected SecureChannelError, got {type(e).__name__}: {e!r}")
     testcase.fail(f"{context}: expected SecureChannelError, got a result: {result!r}")
-
-
-def ockam_pair(v):
-    """
-    Initiator and responder with the keys of Ockam's vector.
-    """
-    i = HandshakeState(True, x(v["init_static"]), x(v["init_ephemeral"]), x(v["prologue"]))
-    r = HandshakeState(False, x(v["resp_static"]), x(v["resp_ephemeral"]), x(v["prologue"]))
-    return i, r
-
-
-def run_handshake(i, r, payloads=(b"", b"", b"")):
-    """
-    The three messages between C{i} and C{r}.
-    """
-    m1 = i.write_message(payloads[0])
-    r.read_message(m1)
-    m2 = r.write_message(payloads[1])
-    i.read_message(m2)
-    m3 = i.write_message(payloads[2])
-    r.read_message(m3)
-    return m1, m2, m3
 
 
 class VectorFileTests(SynchronousTestCase):

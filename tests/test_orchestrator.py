@@ -22,14 +22,14 @@ from twisted.trial.unittest import TestCase
 from ockamtw import Address, Node, Route, encode_string, decode_string
 from ockamtw.orchestrator.service import ENROLL_CONTEXT, Orchestrator, Settings
 from ockamtw.project import codec
-from ockamtw.project.codec import AddMember, CreateToken, Method, OneTimeCode
+from ockamtw.project.codec import CreateToken, Method, OneTimeCode
 from ockamtw.project.credentials import Credential, verify
 from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
 
-from tests.helpers import async_test, deadline
-from tests.test_portal import wait_until
+from tests.helpers import async_test, deadline, wait_until
+from tests.portal_harness import Collector, EchoTarget, TargetFactory
 
 
 class OrchestratorTestCase(TestCase):
@@ -251,8 +251,6 @@ class SeedTests(ProjectTestCase):
 
     @async_test
     async def test_relay_message_and_portal(self):
-        from tests import test_portal as tp
-
         info = await self.project()
         n3 = self.member_node("n3", info)
         n1 = self.member_node("n1", info)
@@ -266,15 +264,15 @@ class SeedTests(ProjectTestCase):
         )
         self.assertEqual(decode_string(reply.payload), "HELLO")
 
-        targets = tp.TargetFactory(tp.EchoTarget)
+        targets = TargetFactory(EchoTarget)
         from twisted.internet.endpoints import serverFromString
 
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(targets)
         self.addCleanup(port.stopListening)
         await n3.create_outlet("outlet", f"127.0.0.1:{port.getHost().port}")
         inlet = await n1.create_inlet("127.0.0.1:0", "/project/default/service/forward_to_n3/service/outlet")
-        client = await tp.connectProtocol(
-            tp.TCP4ClientEndpoint(reactor, "127.0.0.1", int(inlet.socket_address.rsplit(":", 1)[1])), tp.Collector()
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", int(inlet.socket_address.rsplit(":", 1)[1])), Collector()
         )
         self.addCleanup(client.transport.abortConnection)
         client.transport.write(b"through the project")
@@ -306,8 +304,6 @@ class RestartTests(ProjectTestCase):
 
     @async_test
     async def test_restart(self):
-        from tests import test_portal as tp
-
         info = await self.project()
         before_json = info.to_json()
         n3 = self.member_node("n3", info)
@@ -317,7 +313,7 @@ class RestartTests(ProjectTestCase):
                             timeout=1.0),
             10, "the relay",
         )
-        targets = tp.TargetFactory(tp.EchoTarget)
+        targets = TargetFactory(EchoTarget)
         from twisted.internet.endpoints import serverFromString
 
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(targets)
@@ -327,7 +323,7 @@ class RestartTests(ProjectTestCase):
         inlet_port = int(inlet.socket_address.rsplit(":", 1)[1])
 
         async def echo(token: bytes):
-            client = await tp.connectProtocol(tp.TCP4ClientEndpoint(reactor, "127.0.0.1", inlet_port), tp.Collector())
+            client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", inlet_port), Collector())
             self.addCleanup(client.transport.abortConnection)
             client.transport.write(token)
             await client.received(len(token), 10, f"echo of {token!r}")
@@ -338,14 +334,14 @@ class RestartTests(ProjectTestCase):
 
         # Stop the orchestrator and start a new one on the same data.
         await self.o.stopService()
-        await tp.wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
+        await wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
         await self.start()
         after = await self.api("GET", f"/v0/projects/{info.id}/information")
         self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
         try:
-            await tp.wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+            await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
         except AssertionError:
             self.fail(f"the relay did not come back: {relay.last_error}")
         reply = await deadline(

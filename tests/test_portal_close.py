@@ -29,18 +29,16 @@ from zope.interface import implementer
 from ockamtw.flow import Closer
 from ockamtw.portal import FLOW_MARK, PortalWorker
 
-from .helpers import async_test, h_frame, h_message
-from .test_closer import SteadyReader
-from .test_portal import (
+from .helpers import async_test, fresh_from, h_frame, h_message, wait_until
+from .portal_harness import (
     HEX32,
     Collector,
     PortalTestCase,
     RawPeer,
+    SteadyReader,
     WriterTarget,
-    fresh_from,
     h_payload,
     r_frame,
-    wait_until,
 )
 
 

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ockamtw import wire
 from ockamtw.wire import TransportMessage
 
-from tests import test_wire
+from .strategies import routes
 
 
 class EofCodecTests(SynchronousTestCase):
@@ -94,7 +94,7 @@ class FastPathTests(SynchronousTestCase):
     PortalMessage Payload) equals the construct declarations.
     """
 
-    @given(test_wire.routes, test_wire.routes, st.binary(max_size=300), st.integers(0, 3))
+    @given(routes, routes, st.binary(max_size=300), st.integers(0, 3))
     def test_headers(self, onward, ret, payload, split):
         m = TransportMessage(onward, ret, payload)
         expected = wire.construct_encode_message(m)

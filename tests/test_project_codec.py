@@ -15,11 +15,9 @@ L{tests.test_project_info}.
 """
 
 import io
-import json
-import os
 
 import cbor2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -63,64 +61,11 @@ from ockamtw.project.codec import (
 )
 from ockamtw.project.credentials import MAX_CREDENTIAL_VALIDITY, Credential, issue
 from ockamtw.routing import Route
-from ockamtw.secure.identity import LocalIdentity
 from ockamtw.wire import TransportMessage
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-VECTORS_NAME = "project-api-vectors.json"
-VECTORS_COPY = os.path.join(HERE, "data", VECTORS_NAME)
-
-PROPERTY = settings(
-    max_examples=80,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
-_cache = {}
-
-
-def project_vectors(testcase):
-    """
-    The project API vectors of C{tests/data}.  Fails the calling test
-    (never skips) when the file is missing or not JSON.
-    """
-    path = VECTORS_COPY
-    if path not in _cache:
-        if not os.path.exists(path):
-            testcase.fail(f"vector file missing: {path} (see tests/data/README.md)")
-        try:
-            with open(path, "rb") as f:
-                _cache[path] = json.loads(f.read().decode("utf-8"))
-        except ValueError as e:
-            testcase.fail(f"vector file {path} is not valid JSON: {e}")
-    return _cache[path]
-
-
-def x(hexstr):
-    return bytes.fromhex(hexstr)
-
-
-def identities(testcase):
-    """
-    The vectors' identities as L{LocalIdentity}, rebuilt from their seeds.
-    """
-    v = project_vectors(testcase)
-    return {name: LocalIdentity.create(x(i["ed25519_seed"])) for name, i in v["identities"].items()}
-
-
-def assert_wire_error(testcase, fn, *args, context=""):
-    """
-    Assert that C{fn(*args)} raises L{WireError} (and nothing else).
-    """
-    try:
-        result = fn(*args)
-    except WireError as e:
-        return e
-    except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
-        testcase.fail(f"{context}: expected WireError, got {type(e).__name__}: {e!r}")
-    testcase.fail(f"{context}: expected WireError, got a result: {result!r}")
-
+from .helpers import assert_wire_error
+from .strategies import PROJECT_PROPERTY as PROPERTY
+from .vectors import identities, project_vectors, x
 
 # --- vectors --------------------------------------------------------------------------
 

@@ -44,7 +44,9 @@ from ockamtw.project.members import (
 )
 from ockamtw.secure.identity import Identity, LocalIdentity
 
-from .test_project_codec import PROPERTY, assert_wire_error, identities, project_vectors, x
+from .helpers import assert_wire_error
+from .strategies import PROJECT_PROPERTY as PROPERTY
+from .vectors import identities, project_vectors, x
 
 
 class CredentialVectorTests(SynchronousTestCase):

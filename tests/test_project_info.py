@@ -17,7 +17,8 @@ from ockamtw.errors import OckamError
 from ockamtw.project.errors import ProjectInfoError
 from ockamtw.project.projectinfo import MAX_PROJECT_JSON, OktaConfig, ProjectInfo
 
-from .test_project_codec import PROPERTY, identities, project_vectors
+from .strategies import PROJECT_PROPERTY as PROPERTY
+from .vectors import identities, project_vectors
 
 
 class VectorTests(SynchronousTestCase):

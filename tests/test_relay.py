@@ -17,19 +17,14 @@ from __future__ import annotations
 import re
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.internet.defer import CancelledError
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ockamtw import (
     Address,
     AddressInUse,
     FunctionWorker,
-    Node,
     RequestTimeout,
     Route,
     RouteUnreachable,
@@ -47,20 +42,21 @@ from ockamtw.relay import (
     Relay,
 )
 from ockamtw.services import Echo
-from ockamtw.transport.tcp import MODE_ACCEPTED, _FrameFactory
 
 from .helpers import (
     RawFrameClient,
     accepted_connection,
     async_test,
+    captureLogs,
     connect_raw,
     deadline,
-    h_frame,
-    h_message,
+    first_log_event,
     h_string,
     held_port,
+    msg_frame,
     start_node,
 )
+from .memory_harness import MemoryMixin
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -142,86 +138,11 @@ def h_split(data: bytes):
     return out
 
 
-def msg_frame(onward, ret, payload: bytes) -> bytes:
-    return h_frame(h_message(onward, ret, payload))
-
-
-def captureLogs(testcase, *namespaces):
-    """
-    Collect the log events of C{namespaces} for the rest of the test.
-    """
-    events = []
-
-    def observer(event):
-        if event.get("log_namespace") in namespaces:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
-
-
-def first_log_event(testcase, predicate) -> Deferred:
-    """
-    A Deferred that fires with the first log event (from now on) for which
-    C{predicate(event)} is true.
-    """
-    d: Deferred = Deferred()
-
-    def observer(event):
-        if not d.called and predicate(event):
-            globalLogPublisher.removeObserver(observer)
-            d.callback(event)
-
-    globalLogPublisher.addObserver(observer)
-
-    def cleanup():
-        if not d.called:
-            globalLogPublisher.removeObserver(observer)
-
-    testcase.addCleanup(cleanup)
-    return d
-
-
 def who(name: bytes):
     """
     A worker that answers every message with C{name}.
     """
     return FunctionWorker(lambda worker, message: worker.reply(message, name), access=ANYONE)
-
-
-class MemoryMixin:
-    """
-    A node on a L{MemoryReactorClock} and connections to it on
-    L{StringTransport}s.
-    """
-
-    node_name = "n2"
-
-    def setUp(self):
-        self.reactor = MemoryReactorClock()
-        self.node = Node(self.reactor, name=self.node_name)
-        # These connections stand in for peers that may stay silent; their
-        # first-frame timeout is tested in tests.test_connection_limits.
-        self.node.tcp.guard.limits.first_frame_timeout = None
-        self._port = 5555
-
-    def connect(self):
-        """
-        @return: C{(protocol, transport, connection)} of a new accepted
-            connection.
-        """
-        proto = _FrameFactory(self.node.tcp, MODE_ACCEPTED).buildProtocol(None)
-        t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
-        self._port += 1
-        proto.makeConnection(t)
-        return proto, t, proto.connection
-
-    def lose(self, proto):
-        proto.connectionLost(Failure(ConnectionDone()))
-
-    def text(self, conn) -> str:
-        return str(conn.address)
 
 
 # --- the relay service, in memory --------------------------------------------

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from ockamtw.errors import WireError
 from ockamtw.routing import (
     LOCAL,
     PROTOCOLS,
@@ -20,20 +19,9 @@ from ockamtw.routing import (
     parse_route_text,
 )
 
+from .helpers import assert_wire_error
+
 PROPERTY = settings(max_examples=60, deadline=None, database=None)
-
-
-def assert_wire_error(testcase, fn, *args, context=""):
-    """
-    Assert that C{fn(*args)} raises L{WireError} (and nothing else).
-    """
-    try:
-        result = fn(*args)
-    except WireError as e:
-        return e
-    except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
-        testcase.fail(f"{context}: expected WireError, got {type(e).__name__}: {e!r}")
-    testcase.fail(f"{context}: expected WireError, got a result: {result!r}")
 
 
 A = Address(LOCAL, "a")

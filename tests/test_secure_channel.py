@@ -1,14 +1,15 @@
 """
 Integration tests of secure channels (C{docs/protocol.md}, section 7):
 in-process nodes on the global reactor joined by real loopback sockets on
-port 0, as in L{tests.test_relay} and L{tests.test_portal}.
+port 0, as in L{tests.test_relay} and L{tests.test_portal_seed}.
 
   - mutual authentication, and the peer identity on every decrypted message;
   - a refused identity, on either side; our own identity refused unless
     explicitly allowed;
-  - tampered, malformed, replayed, reordered and reflected frames (a L{Tap}
-    worker inserted in the channel's route on the responder's node sees,
-    alters, holds and re-sends the encrypted frames);
+  - tampered, malformed, replayed, reordered and reflected frames (a
+    L{tests.secure_harness.Tap} worker inserted in the channel's route on
+    the responder's node sees, alters, holds and re-sends the encrypted
+    frames);
   - the responder's handshake timeout;
   - a channel through a relay whose node never sees the plaintext;
   - C{/secure/NAME} in MultiAddr routes (direct and after a relay hop);
@@ -35,7 +36,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
@@ -57,7 +57,6 @@ from ockamtw.secure.identity import LocalIdentity, import_identity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
-from . import test_portal as tp
 from .helpers import (
     HERE,
     RawFrameClient,
@@ -69,8 +68,12 @@ from .helpers import (
     h_message,
     h_string,
     held_port,
+    log_watch,
     uvarint,
+    wait_until,
 )
+from .portal_harness import Collector, EchoTarget, h_payload, r_frame, r_uvarint
+from .secure_harness import Inbox, SecureTestCase
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -89,111 +92,7 @@ def other_identifier() -> str:
     return LocalIdentity.create().identifier
 
 
-def log_text(event) -> str:
-    try:
-        return formatEvent(event)
-    except Exception:
-        return ""
-
-
-def log_watch(testcase, *needles: str) -> tp.LogWatch:
-    """
-    Collects the log events whose text contains every one of C{needles}.
-    """
-    return tp.LogWatch(testcase, lambda e: all(n in log_text(e) for n in needles))
-
-
 # --- workers used by the tests -------------------------------------------------
-
-
-class Inbox(Worker):
-    """
-    Records every message; C{reply} (bytes) makes it answer each one with
-    its payload followed by C{reply}.
-    """
-
-    access = ANYONE
-
-    def __init__(self, reply=None) -> None:
-        self.messages = []
-        self._reply = reply
-        self._waiting = []
-
-    @property
-    def payloads(self):
-        return [m.payload for m in self.messages]
-
-    def receive(self, message) -> None:
-        self.messages.append(message)
-        if self._reply is not None:
-            self.reply(message, message.payload + self._reply)
-        still = []
-        for n, d in self._waiting:
-            if d.called:
-                continue
-            if len(self.messages) >= n:
-                d.callback(list(self.messages))
-            else:
-                still.append((n, d))
-        self._waiting = still
-
-    def when(self, n: int, seconds: float = 5, what: str = "messages") -> Deferred:
-        if len(self.messages) >= n:
-            return succeed(list(self.messages))
-        d: Deferred = Deferred()
-        self._waiting.append((n, d))
-        return deadline(d, seconds, f"{n} {what} (have {len(self.messages)})")
-
-
-class Tap(Worker):
-    """
-    A hop on the responder's node inserted in a channel's route
-    (C{.../service/tap/service/api}): both ends then route through it.
-    Frames towards the responder arrive with onward C{[tap, decryptor]}
-    ("in"), frames towards the initiator with C{[tap, connection,
-    decryptor]} ("out").  It records every frame, and applies one-shot
-    actions: a function of the payload giving the payload to forward, or
-    C{None} to hold the frame (see L{release}).
-    """
-
-    access = ANYONE
-
-    def __init__(self) -> None:
-        self.frames = {"in": [], "out": []}
-        self.held = []
-        self._actions = []
-
-    @staticmethod
-    def direction(message) -> str:
-        return "in" if len(message.onward_route) == 2 else "out"
-
-    def on_next(self, direction: str, action) -> None:
-        self._actions.append((direction, action))
-
-    def receive(self, message) -> None:
-        d = self.direction(message)
-        self.frames[d].append(message)
-        payload = message.payload
-        for i, (direction, action) in enumerate(self._actions):
-            if direction == d:
-                del self._actions[i]
-                payload = action(payload)
-                break
-        if payload is None:
-            self.held.append(message)
-            return
-        self.forward(message, payload)
-
-    def forward(self, message, payload=None) -> None:
-        if payload is not None:
-            message = message.with_routes(message.onward_route, message.return_route)
-            message.payload = payload
-        self.node.forward(message, message.onward_route.step(), message.return_route.prepend(self.address))
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for message in held:
-            self.forward(message)
 
 
 def flip(index: int):
@@ -264,56 +163,6 @@ class ManualInitiator(Worker):
         plaintext = TransportMessage(Route(onward), Route(ret), payload).encode()
         ciphertext = self.send_cs.encrypt_at(counter, plaintext, b"")
         self.node.send(self.remote, encode_encrypted_payload(counter, ciphertext), sender=self.address)
-
-
-# --- the test case base ----------------------------------------------------------------
-
-
-class SecureTestCase(tp.PortalTestCase):
-    timeout = 30
-
-    async def pair(self):
-        """
-        n2 listening on loopback, n1 not.  Returns (n1, n2, "/ip4/.../tcp/P").
-        """
-        n2, l2 = await self.listening_node("n2")
-        n1 = self.make_node("n1")
-        return n1, n2, f"/ip4/127.0.0.1/tcp/{l2.port}"
-
-    async def connection(self, n1, at: str) -> Route:
-        """
-        n1's connection to C{at}, as a one-address route.
-        """
-        return await self.within(n1.resolve(at), 5, f"connection to {at}")
-
-    def responder(self, node, listener: str = "api") -> ChannelEnd:
-        ends = list(node.secure_listeners[listener].channels) if listener in node.secure_listeners else None
-        self.assertEqual(len(ends), 1, ends)
-        return ends[0]
-
-    async def tapped_channel(self):
-        """
-        A channel from n1 to n2's api listener through a L{Tap} on n2.
-        Returns (n1, n2, tap, initiator end, responder end), both up.
-        """
-        n1, n2, at = await self.pair()
-        tap = Tap()
-        n2.start_worker("tap", tap)
-        enc = await self.within(
-            n1.create_secure_channel(f"{at}/service/tap/service/api", timeout=5), 6, "the tapped channel"
-        )
-        init = n1.secure_channels[enc.value]
-        resp = self.responder(n2)
-        await tp.wait_until(lambda: resp.status == "up", 5, "responder up")
-        return n1, n2, tap, init, resp
-
-    async def round_trip(self, n1, encryptor: Address, text: str) -> str:
-        reply = await self.within(
-            n1.request(Route([encryptor, Address.local("uppercase")]), encode_string(text), timeout=5),
-            6,
-            f"uppercase of {text!r} through the channel",
-        )
-        return decode_string(reply.payload)
 
 
 # --- trust policy -------------------------------------------------------------------------
@@ -432,13 +281,13 @@ class MutualAuthenticationTests(SecureTestCase):
         self.assertEqual(ins[0].payload[33:], b"\x01\x22\x00\x20" + init.backwards.value.encode())
         m4, m5 = outs[1], ins[2]
         for m in (m4, m5):
-            n, pos = tp.r_uvarint(m.payload, 0)
+            n, pos = r_uvarint(m.payload, 0)
             self.assertEqual(pos + n, len(m.payload))
             self.assertEqual(m.payload[pos : pos + 8], bytes(8))
         self.assertEqual(await self.round_trip(n1, init.encryptor, "one"), "ONE")
         request, reply = ins[3], outs[2]
         for m in (request, reply):
-            n, pos = tp.r_uvarint(m.payload, 0)
+            n, pos = r_uvarint(m.payload, 0)
             self.assertEqual(m.payload[pos : pos + 8], (1).to_bytes(8, "big"))
             self.assertNotIn(b"one", m.payload.lower())
 
@@ -497,7 +346,7 @@ class RefusedIdentityTests(SecureTestCase):
         enc = await deadline(d, 3, "the initiator's side of the channel")
         self.assertRegex(str(enc), ENCRYPTOR)
         await watch.when(1, 3, "the listener's refusal logged")
-        await tp.wait_until(lambda: not strict.channels, 3, "the refused responder closed")
+        await wait_until(lambda: not strict.channels, 3, "the refused responder closed")
         # Nothing established on n2, no channel worker left there.
         parts = [a for a in n2.worker_addresses() if getattr(n2.worker_at(a), "end", None) is not None]
         self.assertEqual(parts, [])
@@ -560,7 +409,7 @@ class RefusedIdentityTests(SecureTestCase):
         self.addCleanup(end2.close)
         await self.within(end2.start_initiator(conn + ["api"], 5), 6, "initiator side")
         await watch.when(1, 3, "the api listener's refusal")
-        await tp.wait_until(lambda: not n2.secure_listeners["api"].channels, 3, "the refused responder closed")
+        await wait_until(lambda: not n2.secure_listeners["api"].channels, 3, "the refused responder closed")
 
 
 # --- 4, 5, 6. tampering, replay, reflection -------------------------------------------------------------
@@ -625,7 +474,7 @@ class FrameAttackTests(SecureTestCase):
         tap.forward(captured)
         tap.forward(captured)
         tap.forward(tap.frames["in"][2])  # M5 (counter 0)
-        await tp.wait_until(lambda: resp.dropped == 3, 5, "three replays dropped")
+        await wait_until(lambda: resp.dropped == 3, 5, "three replays dropped")
         n1.send(route, b"b")
         await inbox.when(2)
         self.assertEqual(inbox.payloads, [b"a", b"b"])
@@ -640,7 +489,7 @@ class FrameAttackTests(SecureTestCase):
         dropped = init.dropped
         tap.forward(reply_frame)
         tap.forward(m4)
-        await tp.wait_until(lambda: init.dropped == dropped + 2, 5, "two replays dropped by the initiator")
+        await wait_until(lambda: init.dropped == dropped + 2, 5, "two replays dropped by the initiator")
         self.assertEqual(await self.round_trip(n1, init.encryptor, "s"), "S")
 
     @async_test
@@ -684,7 +533,7 @@ class FrameAttackTests(SecureTestCase):
         n, _ = decode_encrypted_payload(held.payload)
         self.assertEqual(n, 1)
         tap.release()
-        await tp.wait_until(lambda: resp.dropped == 1, 5, "the old frame dropped")
+        await wait_until(lambda: resp.dropped == 1, 5, "the old frame dropped")
         n1.send(route, b"after")
         await inbox.when(count + 1)
         self.assertNotIn(b"old", inbox.payloads)
@@ -712,8 +561,8 @@ class FrameAttackTests(SecureTestCase):
         # The responder's frame back to the responder (and its M4).
         n2.deliver(TransportMessage(Route([resp.decryptor]), Route([]), to_n1.payload))
         n2.deliver(TransportMessage(Route([resp.decryptor]), Route([]), tap.frames["out"][1].payload))
-        await tp.wait_until(lambda: resp.dropped == 2, 5, "the reflected frames dropped by the responder")
-        await tp.wait_until(lambda: init.dropped == 1, 5, "the reflected frame dropped by the initiator")
+        await wait_until(lambda: resp.dropped == 2, 5, "the reflected frames dropped by the responder")
+        await wait_until(lambda: init.dropped == 1, 5, "the reflected frame dropped by the initiator")
         self.assertEqual(await self.round_trip(n1, init.encryptor, "after"), "AFTER")
         self.assertEqual(inbox1.payloads, [b"to n1"])
         self.assertEqual(inbox2.payloads, [b"to n2"])
@@ -811,7 +660,7 @@ class TimeoutTests(SecureTestCase):
         self.assertEqual(m2.return_route[-1], end.decryptor)
         for a in parts:
             self.assertIs(n2.worker_at(a).end, end)
-        await tp.wait_until(lambda: all(n2.worker_at(a) is None for a in parts), 3, "the half-open responder removed")
+        await wait_until(lambda: all(n2.worker_at(a) is None for a in parts), 3, "the half-open responder removed")
         self.assertGreater(time.monotonic() - started, 0.3)
         self.assertEqual(listener.channels, set())
         self.assertEqual(end.status, "closed")
@@ -853,7 +702,7 @@ class TimeoutTests(SecureTestCase):
         conn = await self.connection(n1, at)
         before = set(n1.worker_addresses())
         d = n1.create_secure_channel(conn + ["nobody"], timeout=30)
-        await tp.wait_until(lambda: len(n1.secure_channels) == 1, 3, "the channel started")
+        await wait_until(lambda: len(n1.secure_channels) == 1, 3, "the channel started")
         (end,) = n1.secure_channels.values()
         d.cancel()
         with self.assertRaises(CancelledError):
@@ -940,7 +789,7 @@ class RelayTests(SecureTestCase):
         )
         self.assertEqual(n1.secure_channels[enc.value].peer_identifier, n3.identity.identifier)
         resp = self.responder(n3)
-        await tp.wait_until(lambda: resp.status == "up", 5, "n3's responder up")
+        await wait_until(lambda: resp.status == "up", 5, "n3's responder up")
         self.assertEqual(resp.peer_identifier, n1.identity.identifier)
         self.assertEqual(n2.secure_listeners["api"].channels, set())
 
@@ -1001,11 +850,11 @@ class RelayTests(SecureTestCase):
         tunnels to n3's outlet; n2 sees no plaintext.
         """
         n1, n2, n3, at, forwarded, routed = await self.relay_topology()
-        factory, target_port = await self.start_target(tp.EchoTarget)
+        factory, target_port = await self.start_target(EchoTarget)
         await n3.create_outlet("outlet", f"127.0.0.1:{target_port}", authorized=[n1.identity.identifier])
         inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/service/forward_to_n3/secure/api/service/outlet")
         port = int(inlet.socket_address.rsplit(":", 1)[1])
-        client = await self.connect_client(port, tp.Collector())
+        client = await self.connect_client(port, Collector())
         token = b"GET /" + MARKER + b" HTTP/1.0\r\n\r\n"
         client.transport.write(token)
         await client.received(len(token), 5, "echo through the secure portal")
@@ -1019,7 +868,7 @@ class RelayTests(SecureTestCase):
             self.assertNotIn(MARKER, payload)
         # A second client reuses the channel, with 1 MiB each way (full
         # 48 KiB chunks still fit in a frame once encrypted).
-        client2 = await self.connect_client(port, tp.Collector())
+        client2 = await self.connect_client(port, Collector())
         data = os.urandom(1024 * 1024)
         client2.transport.write(data)
         await client2.received(len(data), 10, "1 MiB echoed through the channel")
@@ -1043,8 +892,8 @@ class RelayTests(SecureTestCase):
 
 
 class AccessControlTests(SecureTestCase):
-    async def refused_client(self, port: int) -> tp.Collector:
-        client = await self.connect_client(port, tp.Collector())
+    async def refused_client(self, port: int) -> Collector:
+        client = await self.connect_client(port, Collector())
         client.transport.write(b"knock")
         await client.when_lost(3, "the refused client closed")
         self.assertEqual(client.count, 0)
@@ -1053,13 +902,13 @@ class AccessControlTests(SecureTestCase):
     @async_test
     async def test_outletAuthorized(self):
         n1, n2, at = await self.pair()
-        factory, target_port = await self.start_target(tp.EchoTarget)
+        factory, target_port = await self.start_target(EchoTarget)
         target = f"127.0.0.1:{target_port}"
         await n2.create_outlet("outlet_ok", target, authorized=[n1.identity.identifier])
         await n2.create_outlet("outlet_other", target, authorized=[other_identifier()])
 
         ok = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet_ok")
-        client = await self.connect_client(int(ok.socket_address.rsplit(":", 1)[1]), tp.Collector())
+        client = await self.connect_client(int(ok.socket_address.rsplit(":", 1)[1]), Collector())
         client.transport.write(b"allowed")
         await client.received(7, 5, "echo through the authorized outlet")
         self.assertEqual(bytes(client.data), b"allowed")
@@ -1082,11 +931,11 @@ class AccessControlTests(SecureTestCase):
     @async_test
     async def test_inletAuthorized(self):
         n1, n2, at = await self.pair()
-        factory, target_port = await self.start_target(tp.EchoTarget)
+        factory, target_port = await self.start_target(EchoTarget)
         await n2.create_outlet("outlet", f"127.0.0.1:{target_port}")
 
         ok = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet", authorized=[n2.identity.identifier])
-        client = await self.connect_client(int(ok.socket_address.rsplit(":", 1)[1]), tp.Collector())
+        client = await self.connect_client(int(ok.socket_address.rsplit(":", 1)[1]), Collector())
         client.transport.write(b"pong ok")
         await client.received(7, 5, "echo through the authorized inlet")
         self.assertEqual(bytes(client.data), b"pong ok")
@@ -1115,20 +964,20 @@ class AccessControlTests(SecureTestCase):
         dropped, as the Ping would be.
         """
         n1, n2, at = await self.pair()
-        factory, target_port = await self.start_target(tp.Collector)
+        factory, target_port = await self.start_target(Collector)
         await n2.create_outlet("outlet_ok", f"127.0.0.1:{target_port}", authorized=[n1.identity.identifier])
         inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet_ok")
-        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), tp.Collector())
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
         client.transport.write(b"legit-1 ")
         (target,) = await factory.accepted(1, 5, "the outlet's connection to the target")
         await target.received(8, 5, "legit-1 at the target")
         (portal,) = n2.outlets["outlet_ok"].portals
         conn = await self.connection(n1, at)
-        n1.send(conn + [portal.address], tp.h_payload(b"INJECTED "))
+        n1.send(conn + [portal.address], h_payload(b"INJECTED "))
         # A round trip on the same connection: n2 has handled the injection.
         await self.within(n1.request(conn + ["echo"], b"sync", 5), 6, "sync")
         client.transport.write(b"legit-2")
-        await tp.wait_until(lambda: b"legit-2" in target.data, 5, "legit-2 at the target")
+        await wait_until(lambda: b"legit-2" in target.data, 5, "legit-2 at the target")
         self.assertNotIn(b"INJECTED", bytes(target.data), "a plain message reached the authorized outlet's target")
         self.assertEqual(bytes(target.data), b"legit-1 legit-2")
 
@@ -1139,18 +988,18 @@ class AccessControlTests(SecureTestCase):
         through the channel do not reach the inlet's client.
         """
         n1, n2, at = await self.pair()
-        factory, target_port = await self.start_target(tp.EchoTarget)
+        factory, target_port = await self.start_target(EchoTarget)
         await n2.create_outlet("outlet", f"127.0.0.1:{target_port}")
         inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet", authorized=[n2.identity.identifier])
-        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), tp.Collector())
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
         client.transport.write(b"legit-1 ")
         await client.received(8, 5, "legit-1 echoed")
         (portal,) = inlet.portals
         (to_n1,) = n2.tcp.connections
-        n2.send(Route([to_n1.address, portal.address]), tp.h_payload(b"INJECTED "))
+        n2.send(Route([to_n1.address, portal.address]), h_payload(b"INJECTED "))
         # The echo of legit-2 leaves n2 on the same connection, after the injection.
         client.transport.write(b"legit-2")
-        await tp.wait_until(lambda: b"legit-2" in client.data, 5, "legit-2 echoed")
+        await wait_until(lambda: b"legit-2" in client.data, 5, "legit-2 echoed")
         self.assertNotIn(b"INJECTED", bytes(client.data), "a plain message reached the authorized inlet's client")
         self.assertEqual(bytes(client.data), b"legit-1 legit-2")
 
@@ -1161,27 +1010,27 @@ class RestartTests(SecureTestCase):
         """
         An inlet whose route holds /secure/api works again once the far
         node is back on the same port (as one without a channel does, see
-        tests.test_portal): the dead channel must not be reused.  The port
+        tests.test_portal_lifecycle): the dead channel must not be reused.  The port
         is held by the test (L{held_port}) while n2 is down.
         """
         port = held_port(self)
         n2, l2 = await self.listening_node("n2", f"tcp:{port}:interface=127.0.0.1")
         n1 = self.make_node("n1")
-        factory, target_port = await self.start_target(tp.EchoTarget)
+        factory, target_port = await self.start_target(EchoTarget)
         target = f"127.0.0.1:{target_port}"
         await n2.create_outlet("outlet", target)
         inlet = await n1.create_inlet(
             "127.0.0.1:0", f"/ip4/127.0.0.1/tcp/{port}/secure/api/service/outlet", ping_timeout=2.0, ping_interval=0.2
         )
         inlet_port = int(inlet.socket_address.rsplit(":", 1)[1])
-        client = await self.connect_client(inlet_port, tp.Collector())
+        client = await self.connect_client(inlet_port, Collector())
         client.transport.write(b"before")
         await client.received(6, 5, "echo before the restart")
         await self.within(self.stop_node(n2), 8, "n2 stopped")
-        await tp.wait_until(lambda: not n1.tcp.connections, 5, "n1 noticed n2 is gone")
+        await wait_until(lambda: not n1.tcp.connections, 5, "n1 noticed n2 is gone")
         n2b, _ = await self.listening_node("n2b", f"tcp:{port}:interface=127.0.0.1")
         await n2b.create_outlet("outlet", target)
-        client2 = await self.connect_client(inlet_port, tp.Collector())
+        client2 = await self.connect_client(inlet_port, Collector())
         client2.transport.write(b"after")
         await client2.received(5, 4, "echo after the restart through a new channel")
         self.assertEqual(bytes(client2.data), b"after")
@@ -1305,28 +1154,28 @@ def hand_read_export(data: bytes):
     """
     The public keys of an export's changes, checking every change id.
     """
-    count, pos = tp.r_uvarint(data, 0)
+    count, pos = r_uvarint(data, 0)
     keys = []
     for _ in range(count):
         change_id = data[pos : pos + 32]
         start = pos = pos + 32
-        _kind, pos = tp.r_uvarint(data, pos)
+        _kind, pos = r_uvarint(data, pos)
         pos += 32  # prev change id
-        n, pos = tp.r_uvarint(data, pos)
+        n, pos = r_uvarint(data, pos)
         assert data[pos : pos + n] == b"OCKAM_RK"
         pos += n
-        _stype, pos = tp.r_uvarint(data, pos)
-        _persistence, pos = tp.r_uvarint(data, pos)
+        _stype, pos = r_uvarint(data, pos)
+        _persistence, pos = r_uvarint(data, pos)
         pos += 4
-        n, pos = tp.r_uvarint(data, pos)
+        n, pos = r_uvarint(data, pos)
         keys.append(data[pos : pos + n])
         pos += n
-        _key_stype, pos = tp.r_uvarint(data, pos)
+        _key_stype, pos = r_uvarint(data, pos)
         assert hashlib.sha256(data[start:pos]).digest() == change_id
-        sigs, pos = tp.r_uvarint(data, pos)
+        sigs, pos = r_uvarint(data, pos)
         for _ in range(sigs):
-            _t, pos = tp.r_uvarint(data, pos)
-            n, pos = tp.r_uvarint(data, pos)
+            _t, pos = r_uvarint(data, pos)
+            n, pos = r_uvarint(data, pos)
             pos += n
     assert pos == len(data), (pos, len(data))
     return keys
@@ -1336,14 +1185,14 @@ def r_message(body: bytes):
     """
     A TransportMessage (no frame length) as (onward, return, payload).
     """
-    return tp.r_frame(len(body).to_bytes(2, "big") + body)
+    return r_frame(len(body).to_bytes(2, "big") + body)
 
 
 def r_sealed(payload: bytes, key: bytes):
     """
     (counter, plaintext) of an encrypted payload.
     """
-    n, pos = tp.r_uvarint(payload, 0)
+    n, pos = r_uvarint(payload, 0)
     assert pos + n == len(payload)
     counter = int.from_bytes(payload[pos : pos + 8], "big")
     return counter, AESGCM(key).decrypt(r_nonce(counter), payload[pos + 8 :], b"")
@@ -1398,7 +1247,7 @@ class RawInitiatorTests(SecureTestCase):
         send(["0#api"], ["0#" + my_dec], m1)
 
         frames = await deadline(client.frames_arrived(1), 5, "M2")
-        onward, ret, payload = tp.r_frame(frames[0])
+        onward, ret, payload = r_frame(frames[0])
         self.assertEqual(onward, ["0#" + my_dec])
         self.assertEqual(len(ret), 1)
         resp_dec = ret[0]
@@ -1413,7 +1262,7 @@ class RawInitiatorTests(SecureTestCase):
         send_key, recv_key = noise.split()
 
         frames = await deadline(client.frames_arrived(2), 5, "M4")
-        onward, ret, payload = tp.r_frame(frames[1])
+        onward, ret, payload = r_frame(frames[1])
         self.assertEqual((onward, ret), (["0#" + my_dec], [resp_dec]))
         counter, plaintext = r_sealed(payload, recv_key)
         self.assertEqual(counter, 0)
@@ -1424,9 +1273,9 @@ class RawInitiatorTests(SecureTestCase):
         self.assertNotEqual(resp_bwd, resp_dec)
         # Request{identity, signature}
         self.assertEqual(request[0], 0)
-        n, pos = tp.r_uvarint(request, 1)
+        n, pos = r_uvarint(request, 1)
         export = request[pos : pos + n]
-        n, pos = tp.r_uvarint(request, pos + n)
+        n, pos = r_uvarint(request, pos + n)
         signature = request[pos : pos + n]
         self.assertEqual(pos + n, len(request))
         keys = hand_read_export(export)
@@ -1446,7 +1295,7 @@ class RawInitiatorTests(SecureTestCase):
         end = self.responder(n2)
         self.assertEqual(end.status, "up")
         self.assertEqual(end.peer_identifier, my_identifier)
-        onward, ret, payload = tp.r_frame(frames[2])
+        onward, ret, payload = r_frame(frames[2])
         self.assertEqual(onward, ["0#" + my_dec])
         self.assertEqual(ret, [str(end.encryptor)])
         counter, plaintext = r_sealed(payload, recv_key)
@@ -1459,7 +1308,7 @@ class RawInitiatorTests(SecureTestCase):
         inner2 = h_message([resp_bwd, "0#uppercase"], ["0#" + my_reply], h_string("again"))
         send([resp_dec], ["0#" + my_enc], h_sealed(2, send_key, inner2))
         frames = await deadline(client.frames_arrived(4), 5, "the second reply")
-        counter, plaintext = r_sealed(tp.r_frame(frames[3])[2], recv_key)
+        counter, plaintext = r_sealed(r_frame(frames[3])[2], recv_key)
         self.assertEqual(counter, 2)
         self.assertEqual(r_message(plaintext)[2], h_string("AGAIN"))
         self.assertEqual(end.dropped, 1)

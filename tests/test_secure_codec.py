@@ -34,7 +34,8 @@ from ockamtw.secure.codec import (
     encode_key_exchange,
 )
 
-from .test_noise import secure_vectors, x
+from .helpers import assert_wire_error
+from .vectors import secure_vectors, x
 
 PROPERTY = settings(
     max_examples=60,
@@ -42,19 +43,6 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-def assert_wire_error(testcase, fn, *args, context=""):
-    """
-    Assert that C{fn(*args)} raises L{WireError} (and nothing else).
-    """
-    try:
-        result = fn(*args)
-    except WireError as e:
-        return e
-    except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
-        testcase.fail(f"{context}: expected WireError, got {type(e).__name__}: {e!r}")
-    testcase.fail(f"{context}: expected WireError, got a result: {result!r}")
 
 
 def m1_vector(testcase):

@@ -83,9 +83,9 @@ from ockamtw.secure.identity import LocalIdentity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
 
-from . import test_portal as tp
-from .test_secure_channel import Inbox
-from .helpers import RawFrameClient, async_test, connect_raw, deadline, h_frame, h_message, uvarint
+from .helpers import RawFrameClient, async_test, connect_raw, deadline, h_frame, h_message, uvarint, wait_until
+from .portal_harness import Collector, EchoTarget, PortalTestCase, h_payload, r_uvarint
+from .secure_harness import Inbox
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 #: The replay window of docs/protocol.md ("Where ockamtw differs", 9).
@@ -232,7 +232,7 @@ def counter_of(payload: bytes) -> int:
     The counter of an encrypted payload, read by hand: data(counter_be8 ++
     ciphertext).
     """
-    n, pos = tp.r_uvarint(payload, 0)
+    n, pos = r_uvarint(payload, 0)
     assert pos + n == len(payload) and n >= 24, (pos, n, len(payload))
     return int.from_bytes(payload[pos : pos + 8], "big")
 
@@ -276,7 +276,7 @@ def rotation_to(identity: LocalIdentity, new_key: Ed25519PrivateKey, prev_signer
 # --- the test case base --------------------------------------------------------------------
 
 
-class SecurityTestCase(tp.PortalTestCase):
+class SecurityTestCase(PortalTestCase):
     timeout = 60
 
     async def pair(self):
@@ -430,7 +430,7 @@ class ForgedIdentityTests(SecurityTestCase):
                 n1.create_secure_channel(conn + [name], authorized=[alice.identifier], timeout=5), 6, name
             )
             self.assertIsInstance(encryptor, Address)
-            await tp.wait_until(lambda: fake.after, 5, f"{name}: M5 at the fake listener")
+            await wait_until(lambda: fake.after, 5, f"{name}: M5 at the fake listener")
 
 
 # --- 2. the replay window ----------------------------------------------------------------------
@@ -607,16 +607,16 @@ class RestoredAccessControlTests(SecurityTestCase):
         """
         before = len(target_factory.protocols)
         inlet = await node.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/private", ping_timeout=0.5, ping_interval=0.1)
-        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), tp.Collector())
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
         client.transport.write(b"knock")
-        await tp.wait_until(
+        await wait_until(
             lambda: client.lost.called or client.data or len(target_factory.protocols) > before, 5, "the refused client closed"
         )
         self.assertEqual(bytes(client.data), b"", "the outlet served an unauthorized peer")
         self.assertEqual(len(target_factory.protocols), before, "the outlet connected for an unauthorized peer")
 
     async def _served(self, port: int, token: bytes) -> None:
-        client = await self.connect_client(port, tp.Collector())
+        client = await self.connect_client(port, Collector())
         client.transport.write(token)
         await client.received(len(token), 10, f"echo of {token!r}")
         self.assertEqual(bytes(client.data), token)
@@ -628,14 +628,14 @@ class RestoredAccessControlTests(SecurityTestCase):
         opens a second target connection), and no byte goes either way.
         """
         before = len(mallory_targets.protocols)
-        client = await self.connect_client(port, tp.Collector())
+        client = await self.connect_client(port, Collector())
         client.transport.write(b"knock")
 
         def settled():
             new = mallory_targets.protocols[before:]
             return len(new) >= 2 or any(p.count for p in new) or client.data
 
-        await tp.wait_until(settled, 10, "a second Ping, or bytes through the refused inlet")
+        await wait_until(settled, 10, "a second Ping, or bytes through the refused inlet")
         new = mallory_targets.protocols[before:]
         self.assertEqual([p.count for p in new], [0] * len(new), "the client's bytes reached mallory")
         self.assertEqual(bytes(client.data), b"", "mallory's bytes reached the client")
@@ -649,9 +649,9 @@ class RestoredAccessControlTests(SecurityTestCase):
         at_alice = f"/ip4/127.0.0.1/tcp/{la.port}"
         at_mallory = f"/ip4/127.0.0.1/tcp/{lm.port}"
         a_id = alice.identity.identifier
-        private_targets, private_port = await self.start_target(tp.EchoTarget)
-        alice_targets, alice_port = await self.start_target(tp.EchoTarget)
-        mallory_targets, mallory_port = await self.start_target(tp.Collector)
+        private_targets, private_port = await self.start_target(EchoTarget)
+        alice_targets, alice_port = await self.start_target(EchoTarget)
+        mallory_targets, mallory_port = await self.start_target(Collector)
         await alice.create_outlet("outlet", f"127.0.0.1:{alice_port}")
         await mallory.create_outlet("outlet", f"127.0.0.1:{mallory_port}")
 
@@ -706,7 +706,7 @@ class EvilOutlet(Worker):
 
     def receive(self, message) -> None:
         self.pings.append(message)
-        self.send(message.return_route, tp.h_payload(b"INJECTED"))
+        self.send(message.return_route, h_payload(b"INJECTED"))
         self.node.send(Route([message.return_route[0], Address.local("probe")]), b"sync", sender=self.address)
         for d in self._waiting:
             if not d.called:
@@ -745,15 +745,15 @@ class InletBeforePongTests(SecurityTestCase):
             authorized=[alice.identity.identifier],
             ping_interval=10,
         )
-        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), tp.Collector())
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
         ping = await evil.first_ping()
         await probe.when(1, 5, "mallory's sync through the channel")  # n1 has handled the injection
         # Alice answers the same portal through her own channel to n1.
         portal = ping.return_route[-1]
         encryptor = await self.within(alice.create_secure_channel(f"/ip4/127.0.0.1/tcp/{l1.port}/service/api", timeout=5), 6, "alice's channel")
         alice.send(Route([encryptor, portal]), b"\x01")  # Pong
-        alice.send(Route([encryptor, portal]), tp.h_payload(b"from alice"))
-        await tp.wait_until(lambda: b"from alice" in client.data, 5, "alice's bytes at the client")
+        alice.send(Route([encryptor, portal]), h_payload(b"from alice"))
+        await wait_until(lambda: b"from alice" in client.data, 5, "alice's bytes at the client")
         self.assertEqual(bytes(client.data), b"from alice", "a refused peer wrote to the inlet's client")
 
 
@@ -773,7 +773,7 @@ class RemoteDialTests(SecurityTestCase):
         straight to C{1#127.0.0.1:P}, the documented case) and nothing
         connects to port P.
         """
-        victims, victim_port = await self.start_target(tp.Collector)
+        victims, victim_port = await self.start_target(Collector)
         node, listener = await self.listening_node("n")
         client = await connect_raw(self, listener.port, RawFrameClient())
         tcp_hop = f"1#127.0.0.1:{victim_port}"

@@ -7,7 +7,7 @@ outgoing connections on a L{MemoryReactorClock}.  No real sockets.
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
@@ -38,6 +38,8 @@ from ockamtw.transport.tcp import (
     server_description,
 )
 from ockamtw.wire import MAX_FRAME, encode_frame
+
+from .helpers import captureLogs
 
 #: The stand-in address "A" of the conformance vectors.
 A = "0123456789abcdef0123456789abcdef"
@@ -102,18 +104,6 @@ class SocketOptionsTransport(StringTransport):
 
     def setTcpKeepAlive(self, enabled):
         self.keepAlive.append(enabled)
-
-
-def captureLogs(testcase, *namespaces):
-    events = []
-
-    def observer(event):
-        if event.get("log_namespace") in namespaces:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 def frame(onward, ret, payload):

@@ -15,8 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ockamtw.flow import send_now
 from ockamtw.twisted_internals import idle_socket, unsent
 
-from tests.helpers import async_test, deadline
-from tests.test_portal import wait_until
+from tests.helpers import async_test, deadline, wait_until
 
 
 class Collect(Protocol):

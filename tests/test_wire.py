@@ -35,6 +35,9 @@ from ockamtw.wire import (
     frame_parts,
 )
 
+from .helpers import assert_wire_error
+from .strategies import addresses, messages, portal_messages
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS_COPY = os.path.join(HERE, "data", "vectors.json")
 
@@ -88,19 +91,6 @@ def vectors_of(testcase, kind):
     return found
 
 
-def assert_wire_error(testcase, fn, *args, context=""):
-    """
-    Assert that C{fn(*args)} raises L{WireError} (and nothing else).
-    """
-    try:
-        result = fn(*args)
-    except WireError as e:
-        return e
-    except Exception as e:  # noqa: BLE001 - the point is to catch the wrong kind
-        testcase.fail(f"{context}: expected WireError, got {type(e).__name__}: {e!r}")
-    testcase.fail(f"{context}: expected WireError, got a result: {result!r}")
-
-
 def drain(decoder):
     """
     Every whole frame buffered in C{decoder}.
@@ -111,20 +101,6 @@ def drain(decoder):
         if m is None:
             return out
         out.append(m)
-
-
-# --- strategies ------------------------------------------------------------
-
-addresses = st.builds(Address, st.integers(0, 255), st.binary(max_size=40))
-routes = st.lists(addresses, max_size=5).map(Route)
-payloads = st.one_of(st.binary(max_size=64), st.binary(min_size=120, max_size=400))
-messages = st.builds(TransportMessage, routes, routes, payloads)
-portal_messages = st.one_of(
-    st.sampled_from([PortalMessage.PING, PortalMessage.PONG, PortalMessage.DISCONNECT]).map(
-        PortalMessage
-    ),
-    st.binary(max_size=300).map(PortalMessage.payload),
-)
 
 
 # --- the vector file ---------------------------------------------------------

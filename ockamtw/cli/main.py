@@ -62,6 +62,10 @@ def node_block(info: dict) -> str:
     lines.append(f"  Listener: {listener}")
     if info.get("identity"):
         lines.append(f"  Identity: {info['identity']}")
+    if info.get("project"):
+        lines.append(f"  Project: {info['project']}")
+    if info.get("authority"):
+        lines.append(f"  Authority of project: {info['authority']['project_identifier']}")
     services = info.get("services")
     if services is not None:
         lines.append("  Services:")
@@ -81,10 +85,14 @@ class Out:
     def __init__(self, fmt: str) -> None:
         self.json = fmt == "json"
 
-    def emit(self, data, text: str) -> None:
+    def emit(self, data, text: Optional[str]) -> None:
+        """
+        Print C{data} as JSON (C{--output json}), else C{text} (nothing for
+        C{None}: a command that prints nothing on success, as in Ockam).
+        """
         if self.json:
             print(json.dumps(data, indent=2, sort_keys=True))
-        else:
+        elif text is not None:
             print(text)
 
 
@@ -96,7 +104,8 @@ def read_route(text: str, stdin=None, what: str = "--to") -> str:
     The route text with a C{-} replaced by standard input (so that one
     command's output can be piped into the next), checked as a MultiAddr.
     """
-    if "-" == text or text.startswith("-/"):
+    at = _dash_at(text)
+    if at is not None:
         stdin = stdin or sys.stdin
         if stdin.isatty():
             raise CLIError(f"{what} has '-' but nothing is piped into standard input")
@@ -104,13 +113,35 @@ def read_route(text: str, stdin=None, what: str = "--to") -> str:
             piped = stdin.read().strip()
         if not piped:
             raise CLIError(f"{what} has '-' but standard input is empty")
-        text = piped + text[1:]
+        if at == 0:
+            text = piped + text[1:]
+        else:  # /project/default/- : the piped route replaces the segment
+            text = text[: at - 1] + (piped if piped.startswith("/") else "/" + piped) + text[at + 1 :]
     if text.startswith("/"):
         try:
             MultiAddr.parse(text)
         except OckamError as e:
             raise CLIError(str(e)) from None
     return text
+
+
+def _dash_at(text: str) -> Optional[int]:
+    """
+    Where the C{-} standing for standard input is in a route: the whole
+    text, its start (C{-/service/uppercase}), or a segment where a
+    protocol would be (C{/project/default/-/service/uppercase}).
+    """
+    if text == "-" or text.startswith("-/"):
+        return 0
+    if not text.startswith("/"):
+        return None
+    parts = text.split("/")[1:]
+    offset = 1
+    for i, part in enumerate(parts):
+        if part == "-" and i % 2 == 0:
+            return offset
+        offset += len(part) + 1
+    return None
 
 
 #: The forms a TCP address may be given in, for messages.
@@ -251,21 +282,50 @@ class Commands:
 
     async def node_create(self):
         a = self.args
-        if a.name is not None:
-            name = node_name(a.name)
-        else:
-            name = os.urandom(4).hex()
+        listen = hostport(a.tcp_listener_address, "--tcp-listener-address")
+        extra = {}
+        if getattr(a, "project", None) is not None:
+            from ..project.projectinfo import ProjectInfo
+            from . import home as h
+
+            info = ProjectInfo.load(a.project)
+            info.require_complete()
+            extra["project"] = info.to_dict()
+            if not os.path.exists(h.project_path(self.nodes.home, info.name)) and st.valid_node_name(info.name):
+                h.save_project(self.nodes.home, info)  # /project/NAME in this home too (as 0.83's lookup)
+        await self.create_node(a.name, listen, extra=extra, identity=a.identity, foreground=a.foreground)
+
+    async def create_node(self, name, listen: str, extra: Optional[dict] = None, identity: Optional[str] = None,
+                          foreground: bool = False, enrolled: bool = True) -> None:
+        """
+        Create node C{name} (random when C{None}) listening at C{listen},
+        with C{extra} in its state, start it and print it.  In a home
+        that enrolled (C{ockam enroll}), with C{enrolled}, the node uses the
+        enrolled identity unless C{identity} names another, and belongs to
+        the home's default project unless C{extra} names one.
+        """
+        from . import home as h
+
+        name = node_name(name) if name is not None else os.urandom(4).hex()
         if self.nodes.exists(name):
             raise CLIError(f"node {name!r} already exists")
         problem = st.socket_path_problem(self.nodes.dir(name))
         if problem:
             raise CLIError(problem)
-        listen = hostport(a.tcp_listener_address, "--tcp-listener-address")
         state = st.empty_state(name, listen)
-        if a.identity:
-            if not os.path.exists(st.identity_path(self.nodes.home, a.identity)):
-                raise CLIError(f"no identity named {a.identity!r} (create it with: ockam identity create {a.identity})")
-            state["identity"] = a.identity
+        state.update(extra or {})
+        home = self.nodes.home
+        enrolled_identity = h.enrolled_identity(home) if enrolled else None
+        if enrolled_identity is not None:
+            identity = identity or enrolled_identity
+            if "project" not in state:
+                default = h.default_project(home)
+                if default is not None:
+                    state["project"] = h.load_project(home, default).to_dict()
+        if identity:
+            if not os.path.exists(st.identity_path(home, identity)):
+                raise CLIError(f"no identity named {identity!r} (create it with: ockam identity create {identity})")
+            state["identity"] = identity
         d = self.nodes.make_dir(name)  # exclusive: of two racing creates, one gets it
         try:
             with self.nodes.lock(name):
@@ -273,7 +333,7 @@ class Commands:
                     st.write_state(d, state)
                 except OSError as e:
                     raise CLIError(f"cannot create node {name}: {os_error(e, os.path.join(d, st.STATE))}") from None
-                if a.foreground:
+                if foreground:
                     # Become the node (its command line names DIR, as a
                     # background node's does); it logs to standard output.
                     sys.stdout.flush()
@@ -319,6 +379,8 @@ class Commands:
             "services": [],
             "forwarders": [],
             "identity": _identity_on_disk(self.nodes, name, state),
+            "project": (state.get("project") or {}).get("name"),
+            "authority": _authority_on_disk(state),
             "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down"} for i in state.get("inlets", [])],
             "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
             "relays": [
@@ -452,6 +514,8 @@ class Commands:
         a = self.args
         to = read_route(a.to)
         if a.from_ is not None:
+            if a.identity is not None or a.project_path is not None:
+                a.parser.error("--identity and --project-path are for a message sent without --from")
             name = self.nodes.require(a.from_)
             self._check_route_node(to)
             reply = await self.client(name).call(
@@ -464,28 +528,29 @@ class Commands:
         self.out.emit(reply, text)
 
     async def _send_embedded(self, to: str, message: str, timeout: float) -> dict:
-        from ..api import Node
+        """
+        Send from a short-lived node in this process, with this home's
+        enrolled identity (or C{--identity}) and the projects it knows (or
+        C{--project-path}), so that C{/project/NAME} routes work.
+        """
         from ..control.server import reply_dict
         from ..wire import encode_string
+        from . import home as h
+        from . import projects as p
 
-        node = Node(self.reactor, name=f"cli-{os.getpid()}")
+        a = self.args
         home = self.nodes.home
-
-        def resolver(name):
-            address = st.listener_of(home, self.nodes.require(name))
-            if self.nodes.pid(name) is None:
-                raise CLIError(f"node {name} is not running (start it with: ockam node start {name})")
-            if not address:
-                raise CLIError(f"node {name} has no listener address")
-            return address
-
-        node.node_resolver = resolver
-        node.startService()
-        try:
-            reply = await node.request(to, encode_string(message), timeout=timeout)
-            return reply_dict(reply)
-        finally:
-            await node.stopService()
+        name = a.identity or h.enrolled_identity(home)
+        identity = p.load_identity(self, name) if name else None
+        if a.project_path is not None:
+            projects = [p.project_named(self, path=a.project_path)]
+        else:
+            projects = []
+            if to.startswith("/project/"):
+                projects = [p.project_named(self, to.split("/")[2])]
+        node = await p.embedded_node(self, identity, projects)
+        reply = await node.request(to, encode_string(message), timeout=timeout)
+        return reply_dict(reply)
 
     # relays ----------------------------------------------------------------------------
 
@@ -774,7 +839,7 @@ def parser() -> argparse.ArgumentParser:
         return g.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def cmd(parent, name, func, help_):
-        c = parent.add_parser(name, help=help_, description=help_, parents=[common])
+        c = (parent or sub).add_parser(name, help=help_, description=help_, parents=[common])
         c.set_defaults(func=func, parser=c)
         return c
 
@@ -784,7 +849,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tcp-listener-address", default="127.0.0.1:0", metavar="ADDRESS",
                    help=f"where the node listens: {HOSTPORT_FORMS} (default: a free port on 127.0.0.1)")
     c.add_argument("--foreground", action="store_true", help="run in this process instead of in the background")
-    c.add_argument("--identity", metavar="NAME", help="use the named identity (see: ockam identity create)")
+    c.add_argument("--identity", metavar="NAME", help="use the named identity (see: ockam identity create; "
+                   "in an enrolled home: the enrolled one)")
+    c.add_argument("--project", "--project-path", dest="project", metavar="PROJECT_JSON",
+                   help="belong to the project this project.json describes (in an enrolled home: its default project)")
     cmd(node, "list", Commands.node_list, "list nodes")
     c = cmd(node, "show", Commands.node_show, "show a node's status")
     c.add_argument("name", nargs="?", metavar="NODE")
@@ -816,6 +884,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="from_", metavar="NODE", help="the node that sends (default: a temporary node)")
     c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route; '-' reads standard input")
     c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
+    c.add_argument("--identity", metavar="NAME", help="without --from: send as this identity (default: the enrolled one)")
+    c.add_argument("--project-path", metavar="PROJECT_JSON",
+                   help="without --from: the project of /project/NAME (default: the one this home knows)")
 
     for name in ("relay", "forwarder"):
         r = group(name, "relays (formerly forwarders)" if name == "relay" else "relays, under their old name")
@@ -893,7 +964,150 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(scl, "delete", Commands.scl_delete, "stop a secure channel listener and close its channels")
     c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
     c.add_argument("--at", metavar="NODE")
+    _orchestrator_parsers(group, cmd, common)
     return p
+
+
+def _orchestrator_parsers(group, cmd, common) -> None:
+    """
+    The Orchestrator's commands: orchestrator, enroll, space, project,
+    policy, credential, authority.
+    """
+    from . import orchestrator as o
+    from . import projects as pr
+
+    orch = group("orchestrator", "the local Orchestrator (a background process, as nodes are)")
+    c = cmd(orch, "start", o.orchestrator_start, "start the Orchestrator in the background and wait until it serves")
+    c.add_argument("--data", metavar="DIR", help="its data directory (default: $OCKAM_HOME/orchestrator)")
+    c.add_argument("--http", metavar="ENDPOINT", help="where its HTTP API listens (default: 127.0.0.1:6252)")
+    c.add_argument("--db", metavar="PATH_OR_URL", help="a SQLite file (default: DATA/orchestrator.sqlite3) or a postgresql:// URL")
+    c.add_argument("--project-ports", metavar="A-B", help="ports of project nodes and authorities (default: 4000-4099; 0: any)")
+    c.add_argument("--advertise-host", metavar="HOST", help="the host project routes name (default: the listen host)")
+    c.add_argument("--listen-host", metavar="HOST", help="where project nodes and authorities listen (default: 127.0.0.1)")
+    c.add_argument("--credential-ttl", metavar="SECONDS", help="lifetime of members' credentials (default: 30 days)")
+    c.add_argument("--secrets-key-file", metavar="PATH", help="the key sealing project keys (default: DATA/secrets.key)")
+    c.add_argument("--refresh", metavar="SECONDS", help="seconds between reloads of members (default: 2)")
+    cmd(orch, "stop", o.orchestrator_stop, "stop the Orchestrator (SIGTERM, and wait)")
+    cmd(orch, "status", o.orchestrator_status, "whether the Orchestrator runs, its URL and its projects")
+    cmd(orch, "logs", o.orchestrator_logs, "print the path of the Orchestrator's log file")
+    tok = orch.add_parser("token", help="bearer tokens of the Orchestrator's HTTP API", parents=[common])
+    toks = tok.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    c = cmd(toks, "create", o.orchestrator_token_create, "make a token for another machine (ockam enroll --token)")
+    c.add_argument("--label", metavar="LABEL")
+    c.add_argument("--expires-in", type=_seconds, metavar="SECONDS")
+
+    c = cmd(None, "enroll", pr.enroll, "enroll this home's identity with an Orchestrator")
+    c.add_argument("--orchestrator", metavar="URL", help="a remote Orchestrator's URL (with --token)")
+    c.add_argument("--token", metavar="TOKEN", help="a token of that Orchestrator (ockam orchestrator token create)")
+    c.add_argument("--identity", metavar="NAME", help="the identity to enroll (default: default, made if missing)")
+
+    sp = group("space", "spaces of the Orchestrator")
+    c = cmd(sp, "create", pr.space_create, "create a space")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
+    c.add_argument("admins", nargs="*", metavar="ADMIN", help="after --: its users")
+    cmd(sp, "list", pr.space_list, "list spaces")
+    for action, func in (("show", pr.space_show), ("delete", pr.space_delete)):
+        c = cmd(sp, action, func, f"{action} a space")
+        c.add_argument("name", metavar="NAME")
+
+    pj = group("project", "projects of the Orchestrator, their members and credentials")
+    c = cmd(pj, "create", pr.project_create, "create a project in a space")
+    c.add_argument("space", metavar="SPACE")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
+    c.add_argument("services", nargs="*", metavar="SERVICE", help=argparse.SUPPRESS)
+    cmd(pj, "list", pr.project_list, "list projects")
+    c = cmd(pj, "show", pr.project_show, "show a project")
+    c.add_argument("name", metavar="NAME")
+    c = cmd(pj, "information", pr.project_information, "a project's project.json (with --output json)")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: default")
+    c = cmd(pj, "delete", pr.project_delete, "delete a project")
+    c.add_argument("space", metavar="SPACE")
+    c.add_argument("name", metavar="NAME")
+    c = cmd(pj, "enroll", pr.project_enroll, "an enroller adds a member (--member) or makes a one-time code")
+    c.add_argument("--member", "-m", metavar="IDENTIFIER", help="add this identity as a member")
+    c.add_argument("--to", "-t", default="/project/default", metavar="ROUTE", help="the project (default: /project/default)")
+    c.add_argument("--attribute", "-a", action="append", metavar="KEY=VALUE", help="an attribute (repeatable)")
+    c.add_argument("--expires-in", type=_whole_seconds, metavar="SECONDS", help="the code's lifetime (default: 600)")
+    c.add_argument("--usage-count", type=_count, metavar="N", help="how many times the code may be used (default: 1)")
+    c.add_argument("--relay", metavar="NAME", help="the relay the member may take (attribute ockam-relay)")
+    c.add_argument("--identity", metavar="NAME", help="the enroller's identity (default: the enrolled one)")
+    c.add_argument("--project-path", metavar="PROJECT_JSON", help="the project (instead of --to)")
+    c = cmd(pj, "authenticate", pr.project_authenticate, "redeem a one-time code and print this identity's credential")
+    c.add_argument("--token", metavar="CODE", help="a one-time code (64 hex)")
+    c.add_argument("--project-path", metavar="PROJECT_JSON", help="the project (default: the home's)")
+    c.add_argument("--identity", metavar="NAME", help="the member's identity (default: the enrolled one)")
+    c = cmd(pj, "revoke", pr.project_revoke, "revoke a member (it cannot use the project any more)")
+    c.add_argument("--member", "-m", required=True, metavar="IDENTIFIER")
+    c.add_argument("--to", "-t", default="/project/default", metavar="ROUTE", help="the project (default: /project/default)")
+    c.add_argument("--project-path", metavar="PROJECT_JSON", help="the project (instead of --to)")
+
+    po = group("policy", "ABAC policies of a node's inlets and outlets")
+    for action, func, help_ in (
+        ("set", pr.policy_set, "set the policy of a resource (tcp-inlet, tcp-outlet)"),
+        ("show", pr.policy_show, "print the policy of a resource"),
+        ("get", pr.policy_show, "print the policy of a resource (as show)"),
+        ("delete", pr.policy_delete, "delete the policy of a resource (it then denies)"),
+    ):
+        c = cmd(po, action, func, help_)
+        c.add_argument("--at", metavar="NODE")
+        c.add_argument("--resource", "-r", required=True, metavar="RESOURCE")
+        c.add_argument("--action", "-a", default="handle_message", metavar="ACTION")
+        if action == "set":
+            c.add_argument("--expression", "-e", required=True, metavar="EXPRESSION")
+    c = cmd(po, "list", pr.policy_list, "list a node's policies")
+    c.add_argument("--at", metavar="NODE")
+    c.add_argument("--resource", "-r", metavar="RESOURCE")
+
+    cr = group("credential", "credentials")
+    c = cmd(cr, "issue", pr.credential_issue, "issue a credential as one of this home's identities")
+    c.add_argument("--as", dest="as_", metavar="IDENTITY", help="the issuer (default: the enrolled identity, or default)")
+    c.add_argument("--for", dest="for_", required=True, metavar="IDENTIFIER", help="the subject")
+    c.add_argument("--attribute", "-a", action="append", metavar="KEY=VALUE")
+    c.add_argument("--encoding", choices=["plain", "hex"], default="plain")
+    for action, func, help_ in (("verify", pr.credential_verify, "verify a credential"),
+                                ("store", pr.credential_store, "keep a credential in this home")):
+        c = cmd(cr, action, func, help_)
+        if action == "store":
+            c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
+        c.add_argument("--issuer", required=True, metavar="IDENTITY",
+                       help="identifier (of an identity or project authority of this home) or exported identity (hex)")
+        c.add_argument("--credential", metavar="HEX")
+        c.add_argument("--credential-path", metavar="FILE")
+    c = cmd(cr, "show", pr.credential_show, "show a stored credential")
+    c.add_argument("name", metavar="NAME")
+    cmd(cr, "list", pr.credential_list, "list stored credentials")
+
+    au = group("authority", "standalone project authorities")
+    c = cmd(au, "create", pr.authority_create, "create a node running a project authority")
+    c.add_argument("name", nargs="?", default="authority", metavar="NAME")
+    c.add_argument("--project-identifier", required=True, metavar="PROJECT_ID")
+    c.add_argument("--tcp-listener-address", "-t", default="127.0.0.1:4000", metavar="ADDRESS")
+    c.add_argument("--no-direct-authentication", action="store_true")
+    c.add_argument("--no-token-enrollment", action="store_true")
+    c.add_argument("--trusted-identities", metavar="JSON_OBJECT")
+    c.add_argument("--reload-from-trusted-identities-file", metavar="PATH")
+    c.add_argument("--identity", metavar="NAME", help="the authority's identity (default: its own)")
+    c.add_argument("--foreground", "-f", action="store_true")
+
+
+def _whole_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -939,11 +1153,24 @@ def _broken_info(name: str, error, pid) -> dict:
         "services": [],
         "forwarders": [],
         "identity": None,
+        "project": None,
+        "authority": None,
         "inlets": [],
         "outlets": [],
         "relays": [],
         "problem": error.problem,
     }
+
+
+def _authority_on_disk(state: dict) -> Optional[dict]:
+    """
+    What a stopped authority node's state says of its authority.
+    """
+    doc = state.get("authority")
+    if not isinstance(doc, dict):
+        return None
+    return {"project_identifier": doc.get("project_identifier"), "identifier": None, "services": [],
+            "members": len(doc.get("members") or {}), "trusted_identities_file": doc.get("trusted_identities_file")}
 
 
 class _PipeTail:
@@ -1093,6 +1320,9 @@ def _exit_status(result, interrupt: _Interrupt) -> int:
     if interrupt.interrupted or isinstance(e, (KeyboardInterrupt, defer.CancelledError)):
         _say("interrupted")
         return INTERRUPTED
+    if isinstance(e, SystemExit):
+        # A usage mistake a command found (parser.error): already said.
+        return e.code if isinstance(e.code, int) else 2
     if isinstance(e, BrokenPipeError):
         # The reader went away (e.g. `| head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -398,10 +398,13 @@ class _Process:
     still the node's.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, check=None) -> None:
         self.pid = pid
         self.fd: Optional[int] = None
         self._directory: Optional[str] = None
+        #: C{check(pid)}: whether the process is still the one meant (by
+        #: default: the node of the directory given to L{wait})
+        self._check = check
         opener = getattr(os, "pidfd_open", None)
         if opener is not None and hasattr(signal, "pidfd_send_signal"):
             try:
@@ -424,7 +427,7 @@ class _Process:
         try:
             if self.fd is not None:
                 signal.pidfd_send_signal(self.fd, signum)
-            elif self._directory is None or st.is_node_process(self.pid, self._directory):
+            elif self._directory is None or self._is_it(self._directory):
                 os.kill(self.pid, signum)
             else:
                 return False
@@ -458,7 +461,12 @@ class _Process:
             if poller.poll(0):  # readable: the process has exited
                 return True
             return not st.pid_alive(self.pid)  # a zombie: exited, not reaped
-        return not st.pid_alive(self.pid) or not st.is_node_process(self.pid, directory)
+        return not st.pid_alive(self.pid) or not self._is_it(directory)
+
+    def _is_it(self, directory: str) -> bool:
+        if self._check is not None:
+            return self._check(self.pid)
+        return st.is_node_process(self.pid, directory)
 
 
 def _reap(pid: int) -> None:

@@ -22,6 +22,7 @@ from twisted.web import resource, server
 
 from ..errors import AddressInUse, OckamError, RelayRefused, RequestTimeout, RouteUnreachable, TransportError, WireError
 from ..secure.errors import SecureChannelError
+from ..project.membership import NotAMember
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
 from ..routing import MultiAddr, parse_route_text
 from ..services import DEFAULT_SERVICES
@@ -74,7 +75,7 @@ def _status_for(error: BaseException) -> int:
         return 400
     if isinstance(error, RequestTimeout):
         return 504
-    if isinstance(error, SecureChannelError):
+    if isinstance(error, (SecureChannelError, NotAMember)):
         return 403
     if isinstance(error, (RouteUnreachable, OckamError)):
         return 502
@@ -103,6 +104,37 @@ class NodeController:
         self.directory = directory
         self.pid = pid if pid is not None else os.getpid()
         self.listener = None
+        #: the L{ockamtw.project.authority.Authority} this node runs, if any
+        self.authority = None
+        if directory is not None:
+            self.restore(st.read_state(directory) or {})
+
+    def restore(self, state: dict) -> None:
+        """
+        Give the node what its C{state.json} says beyond its workers: its
+        project (C{project}: C{/project/NAME} routes, credentials, default
+        policies), its policies (C{policies}) and, for an authority node,
+        the authority's services (C{authority}).  Done when the controller
+        is made, before the node's inlets and outlets are restored; doing
+        it again changes nothing.
+        """
+        info = st.project_of(state)
+        if info is not None:
+            self.node.add_project(info)
+        for name, expression in (state.get("policies") or {}).items():
+            self.node.membership.set_policy(name, expression)
+        config = st.authority_of(state)
+        if config is not None and self.authority is None:
+            from ..project.authority import Authority
+
+            self.authority = Authority(self.node, config, on_change=self._authority_changed)
+            self.authority.start()
+
+    def _authority_changed(self) -> None:
+        try:
+            self.save()
+        except OSError as e:
+            log.error("cannot save the authority's members: {e}", e=str(e))
 
     # --- state ------------------------------------------------------------------
 
@@ -149,7 +181,22 @@ class NodeController:
             relays=[{"name": r.name, "at": r.at_text} for r in node.relays.values()],
             connections=[{"to": k.target, "address": k.address.value} for k in node.tcp.kept.values()],
         )
+        project = self.project_info()
+        if project is not None:
+            state["project"] = project.to_dict()
+        if node.membership.policies or "policies" in state:
+            state["policies"] = dict(sorted(node.membership.policies.items()))
+        if self.authority is not None:
+            state["authority"] = self.authority.config.to_dict()
         st.write_state(self.directory, state)
+
+    def project_info(self):
+        """
+        The node's project (the first it was given), or C{None}.
+        """
+        for info in self.node.membership.projects.values():
+            return info
+        return None
 
     # --- node ---------------------------------------------------------------------
 
@@ -161,7 +208,8 @@ class NodeController:
             "pid": self.pid,
             "route": f"/node/{node.name}",
             "listener": self.listener.socket_address if self.listener is not None else None,
-            "services": [n for n in SERVICES if node.worker_at(n) is not None] + list(node.secure_listeners),
+            "services": [n for n in SERVICES if node.worker_at(n) is not None] + list(node.secure_listeners)
+            + (self.authority.services() if self.authority is not None else []),
             "forwarders": sorted(
                 a.value for a in node.worker_addresses() if isinstance(node.worker_at(a), Forwarder)
             ),
@@ -169,8 +217,14 @@ class NodeController:
             "outlets": self.outlets(),
             "relays": self.relays(),
             "identity": node.identity.identifier,
+            "project": self.project_name(),
+            "authority": self.authority.to_dict() if self.authority is not None else None,
             **self.limits(),
         }
+
+    def project_name(self) -> Optional[str]:
+        info = self.project_info()
+        return None if info is None else info.name
 
     def limits(self) -> dict:
         """
@@ -356,7 +410,7 @@ class NodeController:
     # --- relays ---------------------------------------------------------------------
 
     def relays(self) -> list:
-        return [_with_status(r.to_dict()) for r in self.node.relays.values()]
+        return [relay_dict(r) for r in self.node.relays.values()]
 
     def _relay(self, key: str):
         """
@@ -366,13 +420,13 @@ class NodeController:
         name = _service_name(key)
         relay = self.node.relays.get(name)
         if relay is None:
-            relay = next((r for r in self.node.relays.values() if r.alias == name), None)
+            relay = next((r for r in self.node.relays.values() if relay_dict(r)["alias"] == name), None)
         if relay is None:
             raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
         return relay
 
     def relay_show(self, name: str) -> dict:
-        return _with_status(self._relay(name).to_dict())
+        return relay_dict(self._relay(name))
 
     async def relay_create(self, body: dict) -> dict:
         name = _need(body, "name")
@@ -382,13 +436,13 @@ class NodeController:
             raise ControlError(409, f"relay {name!r} already exists on node {self.node.name}")
         relay = await self.node.create_relay(at, name=name, timeout=float(body.get("timeout", 5)))
         await self._saved(undo=lambda: self.node.delete_relay(name))
-        return _with_status(relay.to_dict())
+        return relay_dict(relay)
 
     async def relay_delete(self, name: str) -> dict:
         relay = self._relay(name)
         self.node.delete_relay(relay.name)
         await self._saved()
-        return _with_status(relay.to_dict())
+        return relay_dict(relay)
 
     # --- outlets -------------------------------------------------------------------------
 
@@ -443,6 +497,15 @@ class NodeController:
         to = _need(body, "to")
         parse_route_text(to)
         inlet = await self.node.create_inlet(listen, to, authorized=_authorized(body))
+        if to.startswith("/project/"):
+            # As Ockam 0.83 does: an inlet to a project is made only once the
+            # project is reached (and this node admitted), so that a
+            # non-member learns it at once.
+            try:
+                await inlet.route()
+            except Exception:
+                await self.node.delete_inlet(inlet.socket_address)
+                raise
         await self._saved(undo=lambda: self.node.delete_inlet(inlet.socket_address))
         return _with_status(inlet.to_dict())
 
@@ -452,6 +515,132 @@ class NodeController:
         await self.node.delete_inlet(inlet.socket_address)
         await self._saved()
         return info
+
+
+    # --- project, policies, credentials -----------------------------------------------
+
+    def project(self) -> dict:
+        info = self.project_info()
+        if info is None:
+            raise ControlError(404, f"node {self.node.name} belongs to no project")
+        return info.to_dict()
+
+    def policies(self) -> list:
+        return [_policy_dict(r, e) for r, e in sorted(self.node.membership.policies.items())]
+
+    def policy_show(self, resource: str) -> dict:
+        expression = self.node.membership.policies.get(resource)
+        if expression is None:
+            raise ControlError(404, f"no policy for resource {resource!r} on node {self.node.name}")
+        return _policy_dict(resource, expression)
+
+    async def policy_set(self, resource: str, body: dict) -> dict:
+        """
+        Store the policy of C{resource} (action C{handle_message}, the only
+        one portals ask about); it applies to the next message.
+        """
+        from ..abac import HANDLE_MESSAGE, Policy, PolicyError
+
+        expression = _need(body, "expression")
+        action = body.get("action") or HANDLE_MESSAGE
+        if action != HANDLE_MESSAGE:
+            raise ControlError(400, f"unknown action {action!r} (policies are for {HANDLE_MESSAGE})")
+        if not resource or "/" in resource:
+            raise ControlError(400, f"not a resource name: {resource!r}")
+        try:
+            text = str(Policy.parse(expression))
+        except PolicyError as e:
+            raise ControlError(400, f"bad policy expression: {e}") from None
+        policies = self.node.membership.policies
+        before = policies.get(resource)
+        self.node.membership.set_policy(resource, text)
+
+        def undo():
+            if before is None:
+                policies.pop(resource, None)
+            else:
+                policies[resource] = before
+
+        await self._saved(undo=undo)
+        return _policy_dict(resource, text)
+
+    async def policy_delete(self, resource: str) -> dict:
+        info = self.policy_show(resource)
+        del self.node.membership.policies[resource]
+        await self._saved()
+        return info
+
+    def credentials(self) -> dict:
+        """
+        This node's own credentials (one per project it has fetched one
+        for) and the attributes peers presented to it.
+        """
+        from ..project.credentials import display
+
+        membership = self.node.membership
+        now = self.node.reactor.seconds()
+        names = {info.id: info.name for info in membership.projects.values()}
+        own = []
+        for project_id, credential in sorted(membership.credentials.items()):
+            data = credential.credential_data()
+            own.append({
+                "project": names.get(project_id),
+                "project_id": project_id,
+                "issuer": data.issuer,
+                "subject": data.subject,
+                "expires": data.expires,
+                "attributes": _texts(data.attributes),
+                "credential": credential.hex(),
+                "display": display(credential),
+            })
+        presented = [
+            {"identifier": identifier, "attributes": _texts(entry.attributes), "expires": entry.expires,
+             "issuer": entry.attested_by}
+            for identifier, entry in sorted(membership.presented.members(now).items())
+        ]
+        return {"own": own, "presented": presented}
+
+    async def credential_get(self, body: dict) -> dict:
+        """
+        Fetch (or take the cached) credential of this node for its project
+        (C{{"project": NAME}}, its first one by default).
+        """
+        membership = self.node.membership
+        name = body.get("project")
+        info = membership.projects.get(name) if name else self.project_info()
+        if info is None:
+            raise ControlError(404, f"node {self.node.name} belongs to no project {name or ''}".rstrip())
+        await membership.credential(info)
+        return [c for c in self.credentials()["own"] if c["project_id"] == info.id][0]
+
+
+def _texts(attributes) -> dict:
+    out = {}
+    for k, v in sorted(attributes.items()):
+        try:
+            out[k] = bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            out[k] = "**binary**"
+    return out
+
+
+def _policy_dict(resource: str, expression: str) -> dict:
+    from ..abac import HANDLE_MESSAGE
+
+    return {"resource": resource, "action": HANDLE_MESSAGE, "expression": expression}
+
+
+def relay_dict(relay) -> dict:
+    """
+    A relay as the API shows it; a relay at a project (registered with
+    C{static_forwarding_service} under its bare name) has the address the
+    project gave it, C{forward_to_NAME}.
+    """
+    info = _with_status(relay.to_dict())
+    if relay.service == STATIC_FORWARDING_SERVICE:
+        remote = relay.remote_address
+        info["alias"] = remote.value if remote is not None else f"forward_to_{relay.name}"
+    return info
 
 
 def _listed(authorized):
@@ -559,6 +748,14 @@ class ControlResource(resource.Resource):
             ("POST", "secure-channels", False): lambda: c.secure_channel_create(body),
             ("GET", "secure-channels", True): lambda: c.secure_channel_show(key),
             ("DELETE", "secure-channels", True): lambda: c.secure_channel_delete(key),
+            ("GET", "project", False): lambda: c.project(),
+            ("GET", "policies", False): lambda: c.policies(),
+            ("GET", "policies", True): lambda: c.policy_show(key),
+            ("PUT", "policies", True): lambda: c.policy_set(key, body),
+            ("POST", "policies", True): lambda: c.policy_set(key, body),
+            ("DELETE", "policies", True): lambda: c.policy_delete(key),
+            ("GET", "credentials", False): lambda: c.credentials(),
+            ("POST", "credentials", False): lambda: c.credential_get(body),
             ("GET", "secure-channel-listeners", False): lambda: c.secure_listeners(),
             ("POST", "secure-channel-listeners", False): lambda: c.secure_listener_create(body),
             ("GET", "secure-channel-listeners", True): lambda: c.secure_listener_show(key),
@@ -573,15 +770,13 @@ class ControlResource(resource.Resource):
         from urllib.parse import unquote
 
         parts = [unquote(p.decode()) for p in request.postpath if p]
+        raw = request.content.read() if request.content is not None else b""
         try:
-            raw = request.content.read() if request.content is not None else b""
             body = json.loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ControlError(400, "the request body must be a JSON object")
         except ValueError:
-            body = None
-        if body is None:
             return self._finish(request, Failure(ControlError(400, "the request body is not JSON")))
+        if not isinstance(body, dict):
+            return self._finish(request, Failure(ControlError(400, "the request body must be a JSON object")))
 
         def call():
             result = self._route(request.method, parts, body)

@@ -2,7 +2,10 @@
 A background node's state on disk: C{$OCKAM_HOME/nodes/NAME/} (mode 0700,
 every file in it 0600).
 
-  - C{state.json}: name, listener address, outlets, inlets, relays
+  - C{state.json}: name, listener address, outlets, inlets, relays; for
+    a node of a project, C{project} (what C{project.json} holds, as an
+    object) and C{policies} (resource -> ABAC expression text); for an
+    authority node, C{authority} (L{ockamtw.project.authority.AuthorityConfig})
   - C{identity.json}: the node's own identity (unless it uses a named one)
   - C{pid}: the node process's pid (written by twistd)
   - C{node.log}: its log, rotated by size (C{node.log.1} ... C{node.log.N})
@@ -310,7 +313,74 @@ def validate_state(state: Any) -> dict:
     items("relays", [("name", _relay_name), ("at", parse_route_text)])
     items("connections", [("to", client_target), ("address", Address.parse)])
     items("secure_listeners", [("address", Address.parse)])
+    if state.get("project") is not None:
+        project_of(state)
+    policies = state.get("policies")
+    if policies is not None:
+        if not isinstance(policies, dict):
+            raise _Invalid(f"policies: expected an object {{resource: expression}}, got {_kind(policies)}")
+        for resource, expression in policies.items():
+            policy_check(f"policies.{resource}", resource, expression)
+    if state.get("authority") is not None:
+        authority_of(state)
     return state
+
+
+def project_of(state: dict):
+    """
+    The L{ProjectInfo} of C{state["project"]} (checked complete, as C{node
+    create --project} checks it), or C{None}.
+
+    @raise _Invalid: when it is not a usable project.
+    """
+    from ..project.errors import ProjectInfoError
+    from ..project.projectinfo import ProjectInfo
+
+    doc = state.get("project")
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise _Invalid(f"project: expected an object (what project.json holds), got {_kind(doc)}")
+    try:
+        info = ProjectInfo.from_json(json.dumps(doc))
+        info.require_complete()
+    except ProjectInfoError as e:
+        raise _Invalid(f"project: {str(e).replace('project.json: ', '', 1)}") from None
+    return info
+
+
+def policy_check(where: str, resource: Any, expression: Any) -> None:
+    """
+    @raise _Invalid: unless C{resource} is a name and C{expression} policy
+        text that parses.
+    """
+    from ..abac import Policy, PolicyError
+
+    if not isinstance(resource, str) or not resource or "/" in resource:
+        raise _Invalid(f"{where}: not a resource name: {resource!r}")
+    if not isinstance(expression, str):
+        raise _Invalid(f"{where}: expected policy text, got {_kind(expression)}")
+    try:
+        Policy.parse(expression)
+    except PolicyError as e:
+        raise _Invalid(f"{where}: {e}") from None
+
+
+def authority_of(state: dict):
+    """
+    The L{AuthorityConfig} of C{state["authority"]}, or C{None}.
+
+    @raise _Invalid: when it is not usable.
+    """
+    from ..project.authority import AuthorityConfig, AuthorityConfigError
+
+    doc = state.get("authority")
+    if doc is None:
+        return None
+    try:
+        return AuthorityConfig.from_dict(doc)
+    except AuthorityConfigError as e:
+        raise _Invalid(f"authority: {e}") from None
 
 
 def _relay_name(name: str) -> None:

@@ -1,0 +1,358 @@
+"""
+The Orchestrator on the command line: C{ockam orchestrator
+start|stop|status|logs} (a background C{twistd ockam-orchestrator}
+process, as nodes are), C{ockam orchestrator token create}, and the
+client side of the HTTP API every Orchestrator command uses.
+
+The local Orchestrator lives in C{$OCKAM_HOME/orchestrator/}: its data
+(unless C{--data} names another directory), C{pid}, C{orchestrator.log},
+and C{run.json} (C{{"data": DIR}}: where its data is).  A pid file is
+believed only for a live process whose command line is C{...
+ockam-orchestrator ... --data DIR} for that directory; signals go through a
+pidfd where there is one (L{ockamtw.cli.nodes._Process}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from twisted.internet import task
+
+from ..control import state as st
+from ..orchestrator.client import OrchestratorClient, OrchestratorError, http_client
+from . import home as h
+from .nodes import CLIError, _Process, _reap, interruptible, os_error
+
+PIDFILE = "pid"
+LOGFILE = "orchestrator.log"
+RUN_JSON = "run.json"
+
+#: How long C{orchestrator start} waits for the HTTP API to answer.
+START_TIMEOUT = 30.0
+
+
+def is_orchestrator_process(pid: int, data: str) -> bool:
+    """
+    Whether process C{pid} is an Orchestrator whose data directory is
+    C{data}: its command line holds C{ockam-orchestrator} and then C{--data
+    DATA} (or C{--data=DATA}).
+    """
+    args = st.command_line(pid)
+    if not args or "ockam-orchestrator" not in args:
+        return False
+    target = os.path.realpath(data)
+    start = args.index("ockam-orchestrator")
+    for i, arg in enumerate(args[start:], start):
+        if arg == "--data" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--data="):
+            value = arg[len("--data="):]
+        else:
+            continue
+        if os.path.realpath(value) == target:
+            return True
+    return False
+
+
+class LocalOrchestrator:
+    """
+    The Orchestrator process of one C{OCKAM_HOME}.
+    """
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.dir = h.orchestrator_dir(home)
+        self.pidfile = os.path.join(self.dir, PIDFILE)
+        self.log = os.path.join(self.dir, LOGFILE)
+
+    def data(self) -> str:
+        """
+        Its data directory: the one it was last started with, else
+        C{$OCKAM_HOME/orchestrator}.
+        """
+        try:
+            with open(os.path.join(self.dir, RUN_JSON)) as f:
+                data = json.load(f).get("data")
+            if isinstance(data, str) and data:
+                return data
+        except (OSError, ValueError, AttributeError):
+            pass
+        return self.dir
+
+    def pid(self) -> Optional[int]:
+        pid = st.read_pid(self.dir)
+        if pid is None or not st.pid_alive(pid):
+            return None
+        return pid if is_orchestrator_process(pid, self.data()) else None
+
+    def url(self, data: Optional[str] = None) -> Optional[str]:
+        try:
+            with open(os.path.join(data or self.data(), "http.json")) as f:
+                url = json.load(f).get("url")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return url if isinstance(url, str) else None
+
+    def token(self, data: Optional[str] = None) -> Optional[str]:
+        try:
+            with open(os.path.join(data or self.data(), "admin.token")) as f:
+                token = f.read().strip()
+        except OSError:
+            return None
+        return token or None
+
+    def argv(self, data: str, options: List[str]) -> List[str]:
+        return [
+            sys.executable, "-m", "ockamtw.orchestrator", "-n", "--pidfile", self.pidfile, "--umask", "0077",
+            "--logfile", self.log, "ockam-orchestrator", "--data", data,
+        ] + options
+
+    def spawn(self, data: str, options: List[str]) -> subprocess.Popen:
+        try:
+            st.private_dir(self.dir)
+            st.private_dir(data)
+            for stale in (self.pidfile, os.path.join(data, "http.json")):
+                try:
+                    os.unlink(stale)
+                except FileNotFoundError:
+                    pass
+            h.write_private(os.path.join(self.dir, RUN_JSON), json.dumps({"data": data}) + "\n")
+            # twistd appends to the log and keeps its mode: make it private.
+            os.close(os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            os.chmod(self.log, 0o600)
+        except OSError as e:
+            raise CLIError(f"cannot start the orchestrator: {os_error(e)}") from None
+        return subprocess.Popen(
+            self.argv(data, options),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.dir,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """
+        SIGTERM the Orchestrator and wait for it to exit (SIGKILL after
+        C{timeout}); its pid, or C{None} if it was not running.
+        """
+        data = self.data()
+        pid = self.pid()
+        if pid is None:
+            return None
+        with _Process(pid, check=lambda p: is_orchestrator_process(p, data)) as proc, interruptible():
+            if not is_orchestrator_process(pid, data) or not proc.signal(signal.SIGTERM):
+                return None
+            if not proc.wait(timeout, self.dir):
+                proc.signal(signal.SIGKILL)
+                if not proc.wait(5.0, self.dir):
+                    raise CLIError(f"the orchestrator (pid {pid}) did not exit, even after SIGKILL")
+        _reap(pid)
+        if st.read_pid(self.dir) == pid:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
+        return pid
+
+
+def _start_options(a) -> List[str]:
+    options = []
+    for flag, value in (
+        ("--http", a.http), ("--db", a.db), ("--project-ports", a.project_ports),
+        ("--advertise-host", a.advertise_host), ("--listen-host", a.listen_host),
+        ("--credential-ttl", a.credential_ttl), ("--secrets-key-file", a.secrets_key_file),
+        ("--refresh", a.refresh),
+    ):
+        if value is not None:
+            options += [flag, str(value)]
+    return options
+
+
+def _reason_from(stderr: bytes, log_path: str, offset: int, code) -> str:
+    """
+    Why the Orchestrator process did not start: its last
+    C{ockam-orchestrator: REASON} line (standard error, then the log).
+    """
+    lines = stderr.decode("utf-8", "replace").splitlines()
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            lines += f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        pass
+    for line in reversed(lines):
+        for marker in ("ockam-orchestrator: ",):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+    for line in reversed(lines):
+        if line.strip():
+            return f"the orchestrator did not start: {line.strip()}"
+    return f"the orchestrator did not start (status {code})"
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def client(c, url: Optional[str] = None, token: Optional[str] = None) -> OrchestratorClient:
+    """
+    An L{OrchestratorClient} for this home's Orchestrator (or C{url} and
+    C{token}); its connection pool is closed when the command ends.
+    """
+    if url is None:
+        conf = h.read_orchestrator(c.nodes.home) or local_conf(c.nodes.home)
+        if conf is None:
+            raise CLIError(
+                "no orchestrator known in this home: start one (ockam orchestrator start) "
+                "or enroll with one (ockam enroll --orchestrator URL --token TOKEN)"
+            )
+        url, token = conf["url"], conf["token"]
+    http, pool = http_client(c.reactor)
+    c._clients.append(_Pool(pool))
+    return _CLIClient(http, url, token, clock=c.reactor)
+
+
+def local_conf(home: str):
+    """
+    C{{"url", "token"}} read from the data of an Orchestrator started here
+    without C{ockam orchestrator start} (C{twistd -n ockam-orchestrator}
+    with its default C{--data}, C{$OCKAM_HOME/orchestrator}), or C{None}.
+    """
+    local = LocalOrchestrator(home)
+    url, token = local.url(), local.token()
+    if url is None or token is None:
+        return None
+    return {"url": url, "token": token}
+
+
+class _Pool:
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    async def close(self) -> None:
+        await self.pool.closeCachedConnections()
+
+
+class _CLIClient(OrchestratorClient):
+    """
+    A refused token is said with what to do about it.
+    """
+
+    async def call(self, *args, **kw):
+        try:
+            return await OrchestratorClient.call(self, *args, **kw)
+        except OrchestratorError as e:
+            if e.status == 401:
+                raise CLIError(
+                    f"the orchestrator at {self.base_url} refused this home's token ({e.message}); "
+                    "enroll again with: ockam enroll --orchestrator URL --token TOKEN"
+                ) from None
+            raise
+
+
+async def orchestrator_start(c) -> None:
+    a = c.args
+    home = c.nodes.home
+    local = LocalOrchestrator(home)
+    pid = local.pid()
+    if pid is not None:
+        raise CLIError(f"the orchestrator is already running (pid {pid}, {local.url() or 'no URL yet'})")
+    data = os.path.abspath(a.data) if a.data else local.dir
+    offset = _size(local.log)
+    started = time.time()
+    proc = local.spawn(data, _start_options(a))
+    from .main import _PipeTail, _end
+
+    stderr = _PipeTail(proc.stderr)
+    probe = None
+    deadline = time.monotonic() + START_TIMEOUT
+    url = None
+    try:
+        while True:
+            stderr.read()
+            code = proc.poll()
+            if code is not None:
+                stderr.read()
+                raise CLIError(_reason_from(stderr.data, local.log, offset, code))
+            url = local.url(data)
+            if url is not None and st.read_pid(local.dir) == proc.pid:
+                if probe is None or probe.base_url != url.rstrip("/"):
+                    probe = client(c, url, None)
+                try:
+                    await probe.call("GET", "v0/health", auth=False, timeout=2.0)
+                except OrchestratorError:
+                    pass
+                else:
+                    break
+            if time.monotonic() > deadline:
+                _end(proc)
+                raise CLIError(f"the orchestrator did not answer within {START_TIMEOUT:g} s (see: {local.log})")
+            await task.deferLater(c.reactor, 0.05, lambda: None)
+    except BaseException:
+        _end(proc)
+        raise
+    finally:
+        stderr.close()
+    token = local.token(data)
+    if token is None:
+        raise CLIError(f"the orchestrator runs at {url}, but {os.path.join(data, 'admin.token')} is missing "
+                       "(its first start wrote the administrator's token there)")
+    h.write_orchestrator(home, url, token)
+    info = {"status": "UP", "pid": proc.pid, "url": url, "data": data, "log": local.log,
+            "started": started}
+    c.out.emit(info, f"Orchestrator started (pid {proc.pid})\n  URL: {url}\n  Data: {data}\n  Log: {local.log}")
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+async def orchestrator_stop(c) -> None:
+    local = LocalOrchestrator(c.nodes.home)
+    pid = local.stop()
+    if pid is None:
+        raise CLIError("the orchestrator is not running (start it with: ockam orchestrator start)")
+    c.out.emit({"status": "DOWN", "pid": pid}, "Orchestrator stopped")
+
+
+async def orchestrator_status(c) -> None:
+    local = LocalOrchestrator(c.nodes.home)
+    pid = local.pid()
+    data = local.data()
+    info = {"status": "UP" if pid else "DOWN", "pid": pid, "url": local.url(data) if pid else None,
+            "data": data, "log": local.log, "projects": []}
+    if pid and info["url"]:
+        token = local.token(data)
+        conf = h.read_orchestrator(c.nodes.home)
+        if conf is not None and conf["url"] == info["url"]:
+            token = conf["token"] or token
+        info["projects"] = await client(c, info["url"], token).projects()
+    lines = [f"Orchestrator: {info['status']}" + (f" (pid {pid})" if pid else "")]
+    if pid:
+        lines.append(f"  URL: {info['url'] or '-'}")
+    lines += [f"  Data: {data}", f"  Log: {local.log}"]
+    if pid:
+        lines.append("  Projects:")
+        lines += [f"    {p['name']} {p['id']} {p['access_route']}" for p in info["projects"]] or ["    -"]
+    c.out.emit(info, "\n".join(lines))
+
+
+async def orchestrator_logs(c) -> None:
+    local = LocalOrchestrator(c.nodes.home)
+    c.out.emit({"log": local.log}, local.log)
+
+
+async def orchestrator_token_create(c) -> None:
+    a = c.args
+    result = await client(c).token_create(a.label, a.expires_in)
+    c.out.emit(result, result["token"])
