@@ -14,7 +14,7 @@ from ockamtw.orchestrator.store import MIGRATIONS, Store, StoreUnavailable
 
 from tests import pgserver
 from tests.helpers import async_test
-from tests.test_orchestrator_store import StoreTestsMixin
+from tests.store_harness import StoreTestsMixin
 
 
 class PostgresMixin:
