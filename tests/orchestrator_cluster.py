@@ -1,7 +1,7 @@
 """
 Helpers for the tests of several Orchestrator instances on one PostgreSQL
 database (L{tests.pgserver}): instances in this process (L{ClusterTestCase})
-or as twistd processes, their HTTP API, member nodes embedded in the test,
+or as processes (L{InstancesCLITestCase}), their HTTP API, member nodes embedded in the test,
 an echo server and client for portals, and a range of loopback ports held
 for the test.
 
@@ -33,7 +33,8 @@ from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.secure.identity import LocalIdentity
 
 from tests import pgserver
-from tests.helpers import deadline
+from tests.cli_harness import CLITestCase
+from tests.helpers import deadline, spawn, twistd_argv
 
 
 async def poll(predicate: Callable[[], object], seconds: float, what: str, every: float = 0.05):
@@ -272,3 +273,108 @@ class ClusterTestCase(TestCase):
         The instances among C{instances} that serve C{project_id} now.
         """
         return [o for o in instances if o.running and project_id in o.runtimes]
+
+
+# --- instances as processes --------------------------------------------------------------------------
+
+
+class InstancesCLITestCase(CLITestCase):
+    """
+    Orchestrator instances as processes on one PostgreSQL database (a
+    database of L{tests.pgserver} per test), sharing one secrets key file
+    and one range of project ports (held for the test, L{held_range}):
+    started with C{ockam orchestrator start} in an C{OCKAM_HOME} of their
+    own (L{start_cli}) or with C{twistd -n ockam-orchestrator}
+    (L{start_twistd}); short lease times.  The test's own C{OCKAM_HOME}
+    (L{CLITestCase}) holds the nodes.
+    """
+
+    timeout = 180
+    lease = 2.0
+    tick = 0.5
+
+    def setUp(self) -> None:
+        CLITestCase.setUp(self)
+        for key in ("OCKAMTW_ORCHESTRATOR_URL", "OCKAMTW_ORCHESTRATOR_TOKEN"):
+            self.env.pop(key, None)
+        self.db = pgserver.database(self)
+        self.key_file = os.path.join(self.home, "secrets.key")
+        load_or_create_key(self.key_file)
+        self.ports = held_range(self, 8)
+        self.token: Optional[str] = None
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = treq.client.HTTPClient(treq.api.Agent(reactor, pool=pool))
+        self.addCleanup(pool.closeCachedConnections)
+
+    def options(self) -> List[str]:
+        return [
+            "--http", "tcp:0:interface=127.0.0.1", "--db", self.db, "--secrets-key-file", self.key_file,
+            "--project-ports", f"{self.ports[0]}-{self.ports[1]}", "--lease-ttl", str(self.lease),
+            "--tick", str(self.tick), "--refresh", str(self.tick),
+        ]
+
+    def instance_home(self, name: str) -> str:
+        home = os.path.join(self.home, name)
+        os.makedirs(home, exist_ok=True)
+        return home
+
+    async def ockam_at(self, home: str, *args: str, **kw):
+        """
+        C{ockam ARGS} with C{OCKAM_HOME} set to C{home}.
+        """
+        saved = self.env
+        self.env = dict(self.env, OCKAM_HOME=home)
+        try:
+            return await self.ockam(*args, **kw)
+        finally:
+            self.env = saved
+
+    async def start_cli(self, name: str) -> dict:
+        """
+        C{ockam orchestrator start ... --output json} in the home C{name}
+        (its data in C{NAME/orchestrator}); stopped at cleanup.  Its
+        printed information (C{pid}, C{url}, C{data}).
+        """
+        home = self.instance_home(name)
+
+        async def stop():
+            await self.ockam_at(home, "orchestrator", "stop", check=False, timeout=30)
+
+        self.addCleanup(stop)
+        r = await self.ockam_at(home, "orchestrator", "start", *self.options(), "--output", "json", timeout=60)
+        info = r.json()
+        self.assertEqual(info["status"], "UP", str(r))
+        self._read_token(info["data"])
+        return info
+
+    async def start_twistd(self, name: str) -> dict:
+        """
+        C{twistd -n ockam-orchestrator --data NAME ...} (killed at
+        cleanup), once it serves: C{{"pid", "url", "data", "process"}}.
+        """
+        data = os.path.join(self.home, name)
+        argv = twistd_argv() + ["-n", "--pidfile=", "ockam-orchestrator", "--data", data] + self.options()
+        process = spawn(self, argv, cwd=self.instance_home(name + "-cwd"))
+        match = await process.wait_for(r"orchestrator \S+ serving (http://[0-9.:]+)", seconds=60)
+        self._read_token(data)
+        return {"pid": process.transport.pid, "url": match.group(1), "data": data, "process": process}
+
+    def _read_token(self, data: str) -> None:
+        path = os.path.join(data, "admin.token")
+        if self.token is None and os.path.exists(path):
+            with open(path) as f:
+                self.token = f.read().strip()
+
+    async def api(self, url: str, method: str, path: str, body=None, expect=200):
+        headers = {b"authorization": [f"Bearer {self.token}".encode()]}
+        data = json.dumps(body).encode() if body is not None else None
+        response = await self.http.request(method, url + path, data=data, headers=headers)
+        result = json.loads(await response.content())
+        self.assertEqual(response.code, expect, result)
+        return result
+
+    async def instances(self, url: str) -> dict:
+        """
+        C{GET /v0/instances} through C{url}, by instance id.
+        """
+        return {i["id"]: i for i in await self.api(url, "GET", "/v0/instances")}

@@ -191,6 +191,37 @@ class StoreTestsMixin:
         self.assertEqual(await a.claim("A", ["id-p1"], 5), set())
 
     @async_test
+    async def test_lease_ages(self):
+        """
+        The instances' view: each instance's leases with the time it has
+        held each (kept across renewals and claims by the same owner, new
+        for a new owner), the age of the last renewal and the time left.
+        """
+        a = await self.open_store()
+        await self.project(a, "p1")
+        await self.project(a, "p2")
+        await a.lease_tick("A", "http://a", "h", 5)
+        self.assertEqual(await a.claim("A", ["id-p1", "id-p2"], 5), {"id-p1", "id-p2"})
+        await deadline(_later(0.3), 2, "a pause")
+        await a.lease_tick("A", "http://a", "h", 5)
+        self.assertEqual(await a.claim("A", ["id-p1"], 5), {"id-p1"})
+        [view] = await a.instances(5)
+        self.assertEqual((view["id"], view["http_url"], view["alive"], view["projects"]), ("A", "http://a", True, 2))
+        self.assertEqual([(x["name"], x["project_id"]) for x in view["leases"]], [("p1", "id-p1"), ("p2", "id-p2")])
+        for lease in view["leases"]:
+            self.assertGreaterEqual(lease["held"], 0.25)
+            self.assertLess(lease["age"], 0.25)
+            self.assertTrue(4.5 < lease["left"] <= 5, lease)
+        await a.release("A", ["id-p1"])
+        self.assertEqual(await a.claim("B", ["id-p1"], 5), {"id-p1"})
+        held = {v["id"]: v for v in await a.instances(5)}
+        self.assertEqual([x["name"] for x in held["A"]["leases"]], ["p2"])
+        self.assertNotIn("B", held)  # claims do not make an instance seen
+        # B's lease on p1 was taken now: held since its (only) renewal.
+        [(since, renewed)] = await a.query("SELECT since, renewed_at FROM project_owner WHERE project_id = 'id-p1'")
+        self.assertEqual(since, renewed)
+
+    @async_test
     async def test_concurrent_claims_one_winner(self):
         """
         Three instances claiming the same projects at once: each project

@@ -169,7 +169,7 @@ def _start_options(a) -> List[str]:
         ("--http", a.http), ("--db", a.db), ("--project-ports", a.project_ports),
         ("--advertise-host", a.advertise_host), ("--listen-host", a.listen_host),
         ("--credential-ttl", a.credential_ttl), ("--secrets-key-file", a.secrets_key_file),
-        ("--refresh", a.refresh),
+        ("--refresh", a.refresh), ("--lease-ttl", a.lease_ttl), ("--tick", a.tick),
     ):
         if value is not None:
             options += [flag, str(value)]
@@ -326,17 +326,29 @@ async def orchestrator_stop(c) -> None:
 
 
 async def orchestrator_status(c) -> None:
+    """
+    The local Orchestrator: whether it runs, its URL, its projects, and
+    the instances that share its database (one, on SQLite): whether each
+    is alive, which projects it serves, and for each the age of its lease
+    (held for, last renewed, time left).
+    """
     local = LocalOrchestrator(c.nodes.home)
     pid = local.pid()
     data = local.data()
     info = {"status": "UP" if pid else "DOWN", "pid": pid, "url": local.url(data) if pid else None,
-            "data": data, "log": local.log, "projects": []}
+            "data": data, "log": local.log, "projects": [], "instances": []}
+    problem = None
     if pid and info["url"]:
         token = local.token(data)
         conf = h.read_orchestrator(c.nodes.home)
         if conf is not None and conf["url"] == info["url"]:
             token = conf["token"] or token
-        info["projects"] = await client(c, info["url"], token).projects()
+        api = client(c, info["url"], token)
+        info["projects"] = await api.projects()
+        try:
+            info["instances"] = await api.instances()
+        except OrchestratorError as e:
+            problem = str(e)
     lines = [f"Orchestrator: {info['status']}" + (f" (pid {pid})" if pid else "")]
     if pid:
         lines.append(f"  URL: {info['url'] or '-'}")
@@ -344,7 +356,33 @@ async def orchestrator_status(c) -> None:
     if pid:
         lines.append("  Projects:")
         lines += [f"    {p['name']} {p['id']} {p['access_route']}" for p in info["projects"]] or ["    -"]
+        lines.append("  Instances:")
+        if problem is not None:
+            lines.append(f"    unknown: {problem}")
+        lines += instance_lines(info["instances"], info["url"])
     c.out.emit(info, "\n".join(lines))
+
+
+def _s(seconds) -> str:
+    return "?" if seconds is None else f"{seconds:.1f} s"
+
+
+def instance_lines(instances, url: Optional[str]) -> List[str]:
+    """
+    C{ockam orchestrator status}'s lines of the instances (those of
+    C{GET /v0/instances}): one per instance, and one per project it
+    serves with its lease's age.
+    """
+    lines = []
+    for i in instances:
+        state = "alive" if i["alive"] else "gone"
+        this = " (this one)" if url is not None and i.get("http_url") == url else ""
+        lines.append(f"    {i['id']}{this} {i.get('http_url') or '-'} {state}, seen {_s(i.get('seen'))} ago, "
+                     f"serves {i['projects']}")
+        for lease in i.get("leases", []):
+            lines.append(f"      {lease['name']} {lease['project_id']} held {_s(lease['held'])}, "
+                         f"renewed {_s(lease['age'])} ago, {_s(lease['left'])} left")
+    return lines
 
 
 async def orchestrator_logs(c) -> None:

@@ -100,7 +100,7 @@ _TIMESTAMPS = {
     "members": ("added_at", "revoked_at"),
     "tickets": ("expires_at", "created_at"),
     "relays": ("created_at", "last_registered_at"),
-    "project_owner": ("lease_until",),
+    "project_owner": ("lease_until",),  # since, renewed_at: made DOUBLE PRECISION by migration 3
     "instances": ("started_at", "last_seen"),
 }
 
@@ -204,6 +204,12 @@ MIGRATIONS: List[List[str]] = [
     + [
         ("postgresql", f"ALTER TABLE {table} " + ", ".join(f"ALTER COLUMN {c} TYPE DOUBLE PRECISION" for c in columns))
         for table, columns in _TIMESTAMPS.items()
+    ],
+    # 3: when a lease was taken by its owner, and last renewed (for
+    # `ockam orchestrator status`)
+    [
+        "ALTER TABLE project_owner ADD COLUMN since REAL",
+        "ALTER TABLE project_owner ADD COLUMN renewed_at REAL",
     ],
 ]
 
@@ -784,9 +790,9 @@ class Store:
                 (instance_id, http_url, advertise_host, now, now),
             )
             c.execute(
-                "UPDATE project_owner SET lease_until = ? WHERE owner = ? AND lease_until >= ? "
+                "UPDATE project_owner SET lease_until = ?, renewed_at = ? WHERE owner = ? AND lease_until >= ? "
                 "AND project_id IN (SELECT id FROM projects WHERE state = 'ready') RETURNING project_id",
-                (now + ttl, instance_id, now),
+                (now + ttl, now, instance_id, now),
             )
             renewed = {r[0] for r in c.fetchall()}
             c.execute(
@@ -816,13 +822,15 @@ class Store:
                 return set()
             now = self._db_now(c)
             c.execute(
-                "INSERT INTO project_owner (project_id, owner, lease_until) "
-                f"SELECT id, ?, ? FROM projects WHERE state = 'ready' AND id IN ({', '.join('?' for _ in ids)}) "
+                "INSERT INTO project_owner (project_id, owner, lease_until, since, renewed_at) "
+                f"SELECT id, ?, ?, ?, ? FROM projects WHERE state = 'ready' AND id IN ({', '.join('?' for _ in ids)}) "
                 "ORDER BY id "
-                "ON CONFLICT (project_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until "
+                "ON CONFLICT (project_id) DO UPDATE SET lease_until = excluded.lease_until, "
+                "renewed_at = excluded.renewed_at, since = CASE WHEN project_owner.owner = excluded.owner "
+                "THEN COALESCE(project_owner.since, excluded.since) ELSE excluded.since END, owner = excluded.owner "
                 "WHERE project_owner.lease_until < ? OR project_owner.owner = excluded.owner "
                 "RETURNING project_id",
-                (instance_id, now + ttl, *ids, now),
+                (instance_id, now + ttl, now, now, *ids, now),
             )
             return {r[0] for r in c.fetchall()}
 
@@ -848,21 +856,37 @@ class Store:
     def instances(self, ttl: float) -> Deferred:
         """
         The instances seen in the last day, oldest first: id, HTTP URL,
-        advertised host, times, whether alive (seen within C{ttl}) and how
-        many projects each serves.
+        advertised host, times, whether alive (seen within C{ttl}), how
+        many projects each serves (C{projects}) and their leases
+        (C{leases}: project id and name, C{held} seconds since the
+        instance took the lease, C{age} seconds since it last renewed it,
+        C{left} seconds until it runs out), all by the database's clock
+        (C{now}).
         """
 
         def f(c):
             now = self._db_now(c)
-            c.execute("SELECT owner, COUNT(*) FROM project_owner WHERE lease_until >= ? GROUP BY owner", (now,))
-            counts = dict(c.fetchall())
+            c.execute(
+                "SELECT o.owner, o.project_id, p.name, o.since, o.renewed_at, o.lease_until FROM project_owner o "
+                "JOIN projects p ON p.id = o.project_id WHERE o.lease_until >= ? ORDER BY p.name, o.project_id",
+                (now,),
+            )
+            leases: Dict[str, List[Dict[str, Any]]] = {}
+            for owner, project_id, name, since, renewed, until in c.fetchall():
+                leases.setdefault(owner, []).append({
+                    "project_id": project_id, "name": name,
+                    "held": None if since is None else round(now - since, 3),
+                    "age": None if renewed is None else round(now - renewed, 3),
+                    "left": round(until - now, 3),
+                })
             c.execute(
                 "SELECT instance_id, http_url, advertise_host, started_at, last_seen FROM instances "
                 "ORDER BY started_at, instance_id"
             )
             return [
                 {"id": i, "http_url": u, "advertise_host": h, "started_at": s, "last_seen": seen,
-                 "alive": seen >= now - ttl, "projects": counts.get(i, 0)}
+                 "seen": round(now - seen, 3), "alive": seen >= now - ttl, "projects": len(leases.get(i, [])),
+                 "leases": leases.get(i, []), "now": now}
                 for i, u, h, s, seen in c.fetchall()
             ]
 
