@@ -6,7 +6,7 @@ exits; each test gets a database of its own on it.
 The server runs from PostgreSQL's own binaries (C{initdb}, C{pg_ctl},
 C{postgres}) found in C{PATH}, C{/usr/local/bin} or
 C{/usr/lib/postgresql/*/bin} (where Debian's C{postgresql} package puts
-them; C{.ci/run} installs it when none is found).  A missing server is an
+them; C{.ci/run} installs it when C{python3 tests/pgserver.py} finds none).  A missing server is an
 error, never a skipped test.  It lives in a temporary directory and listens
 only on a UNIX socket there (no TCP port to collide with another run); as
 root it runs as the C{postgres} user (C{nobody} if there is none), since
@@ -28,9 +28,8 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import sys
 from typing import List, Optional
-
-from twisted.internet import threads
 
 #: Where the server binaries are looked for, in order (after C{PATH}).
 SEARCH = ["/usr/local/bin"]
@@ -137,9 +136,13 @@ class Server:
         """
         L{stop} without blocking the reactor: a Deferred.
         """
+        from twisted.internet import threads
+
         return threads.deferToThread(self.stop, mode)
 
     def start_in_thread(self):
+        from twisted.internet import threads
+
         return threads.deferToThread(self.start)
 
     def dsn(self, database: str = "postgres") -> str:
@@ -190,7 +193,21 @@ def database(testcase) -> str:
     The URL of a new database for C{testcase}, dropped at its cleanup (after
     the cleanups added later, which close what uses it).
     """
+    from twisted.internet import threads
+
     s = server()
     url = s.create_database()
     testcase.addCleanup(lambda: threads.deferToThread(s.drop_database, url))
     return url
+
+
+if __name__ == "__main__":
+    # `python3 tests/pgserver.py`: whether the tests will find PostgreSQL's
+    # server binaries (exit status 0, and where), or not (1, and what to
+    # install).  .ci/run asks this, with the system's python3 (standard
+    # library only), before it installs what the tests need.
+    try:
+        print(binaries())
+    except PostgresMissing as e:
+        print(e, file=sys.stderr)
+        sys.exit(1)

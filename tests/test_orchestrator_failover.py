@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 from twisted.internet import reactor
@@ -132,7 +133,7 @@ class FailoverTests(InstancesCLITestCase):
         self.assertGreater(lease["held"], 0)
         self.assertEqual(by_id[a2_id]["leases"], [])
         r = await self.ockam_at(self.instance_home("a"), "orchestrator", "status")
-        self.assertRegex(r.out, rf"\n    {b_id} {b['url']} alive, seen \d+\.\d s ago, serves 1\n"
+        self.assertRegex(r.out, rf"\n    {re.escape(b_id)} {b['url']} alive, seen \d+\.\d s ago, serves 1\n"
                                 rf"      default {info.id} held \d+\.\d s, renewed \d+\.\d s ago, \d+\.\d s left\n")
-        self.assertRegex(r.out, rf"\n    {a2_id} \(this one\) {again['url']} alive, seen \d+\.\d s ago, serves 0\n")
+        self.assertRegex(r.out, rf"\n    {re.escape(a2_id)} \(this one\) {again['url']} alive, seen \d+\.\d s ago, serves 0\n")
         self.assertEqual(await echo_through(self, inlet, b"still", seconds=10), b"still")

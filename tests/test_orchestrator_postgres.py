@@ -7,13 +7,17 @@ is not.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from twisted.internet.defer import gatherResults
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ockamtw.orchestrator.store import MIGRATIONS, Store, StoreUnavailable
 
 from tests import pgserver
-from tests.helpers import async_test
+from tests.helpers import REPO_ROOT, async_test
 from tests.store_harness import StoreTestsMixin
 
 
@@ -129,3 +133,33 @@ class LostConnectionTests(PostgresMixin, TestCase):
         self.assertTrue(e.exception.sent)
         self.assertEqual(len(calls), 1)
         self.assertEqual(await store.query("SELECT 1"), [(1,)])
+
+
+class ServerTests(SynchronousTestCase):
+    """
+    Where the tests find PostgreSQL's server, and what they say when they
+    find none (they fail: they never skip).
+    """
+
+    def test_missing_server_fails(self):
+        empty = self.mktemp()
+        os.makedirs(empty)
+        self.patch(pgserver.shutil, "which", lambda name: None)
+        self.patch(pgserver, "SEARCH", [empty])
+        self.patch(pgserver, "DEBIAN", os.path.join(empty, "*", "bin"))
+        with self.assertRaises(pgserver.PostgresMissing) as e:
+            pgserver.binaries()
+        self.assertIsInstance(e.exception, AssertionError)  # a failure, not a skip
+        self.assertIn("apt-get install postgresql", str(e.exception))
+
+    def test_ci_asks_the_tests(self):
+        """
+        C{.ci/run} installs PostgreSQL when C{python3 tests/pgserver.py}
+        (standard library only) finds no server where the tests look;
+        here it finds the one the tests use.
+        """
+        with open(os.path.join(REPO_ROOT, ".ci", "run")) as f:
+            self.assertIn("python3 tests/pgserver.py >/dev/null 2>&1 || need+=(postgresql)", f.read())
+        r = subprocess.run([sys.executable, "-I", os.path.join(REPO_ROOT, "tests", "pgserver.py")],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, pgserver.binaries()), r.stderr)
