@@ -126,6 +126,7 @@ class FailoverTests(InstancesCLITestCase):
         # The status: instances, what each serves, the lease's age.
         r = await self.ockam_at(self.instance_home("a"), "orchestrator", "status", "--output", "json")
         status = r.json()
+        self.assertEqual(status["instance"], a2_id)
         by_id = {i["id"]: i for i in status["instances"]}
         self.assertEqual([x["name"] for x in by_id[b_id]["leases"]], ["default"])
         lease = by_id[b_id]["leases"][0]
