@@ -73,12 +73,18 @@ def binaries() -> str:
 
 class Server:
     """
-    A PostgreSQL server in a temporary directory, on a UNIX socket there.
+    A PostgreSQL server in a temporary directory (or C{directory}, made
+    here), on a UNIX socket there.  (The benchmarks run one too:
+    L{benchmarks.orchestrator}.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Optional[str] = None) -> None:
         self.bin = binaries()
-        self.directory = tempfile.mkdtemp(prefix="ockamtw-pg-")
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="ockamtw-pg-")
+        else:
+            os.makedirs(directory, mode=0o700)
+        self.directory = directory
         self.data = os.path.join(self.directory, "data")
         self.log = os.path.join(self.directory, "server.log")
         self._prefix: List[str] = []

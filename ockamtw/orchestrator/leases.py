@@ -12,7 +12,10 @@ have no live lease.  It then:
     being deleted: it then deletes them);
   - claims projects nobody holds (no lease, or one that ran out), up to
     its fair share (the projects over the live instances, rounded up),
-    in random order, and serves those it won;
+    in random order, and serves those it won; when a lease held elsewhere
+    runs out before the next tick, it takes an extra turn just after (so a
+    crashed instance's projects move within the lease time and a turn,
+    not up to a tick later);
   - never serves a project past its lease: a project is stopped at the
     local time its last renewal was I{sent} plus C{ttl} minus a margin,
     unless a later renewal succeeded.  An instance that cannot reach the
@@ -23,7 +26,7 @@ have no live lease.  It then:
 
 A project's lease is given up when the instance stops (so a restart takes
 over at once), not when it crashes: then the project moves to another
-instance once its lease runs out, within C{ttl} plus one tick.  A project
+instance once its lease runs out: within C{ttl} and a turn.  A project
 stays where it is: an instance that starts or comes back takes only
 projects no one serves (no rebalancing).
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -49,6 +52,12 @@ LEASE_TTL = 15.0
 TICK = 2.0
 #: Ticks to wait before trying again to serve a project that failed to start here.
 START_BACKOFF_TICKS = 5
+#: Claims in one turn when instances claiming at once take some of the
+#: projects asked for.
+CLAIM_ROUNDS = 4
+#: Seconds after another instance's lease runs out (by the database's
+#: clock) that an extra turn claims it.
+WAKE_AFTER = 0.01
 
 
 class Leases(Service):
@@ -77,6 +86,8 @@ class Leases(Service):
         self._taken: Dict[str, float] = {}
         self._loop: Optional[LoopingCall] = None
         self._safety = None
+        #: an extra turn when a lease held elsewhere runs out before the next tick
+        self._wake = None
         self._turn: Optional[Deferred] = None
         #: project id -> ticks to wait before claiming it again
         self._backoff: Dict[str, int] = {}
@@ -99,6 +110,9 @@ class Leases(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._disarm()
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = None
         turn = self._turn
         return succeed(None) if turn is None else turn
 
@@ -185,15 +199,48 @@ class Leases(Service):
                 del self._backoff[project_id]
         if free and mine < share:
             random.shuffle(free)
-            wanted = free[: share - mine]
-            sent = self.clock.seconds()
-            won = await store.claim(o.instance_id, wanted, self.ttl)
-            for project_id in won:
-                self.valid_until[project_id] = sent + self.ttl - self.margin
+            won: List[str] = []
+            # Instances claiming at once (a crashed one's projects) may win
+            # fewer than they asked for: ask again for others, a few times.
+            for _ in range(CLAIM_ROUNDS):
+                wanted, free = free[: share - mine], free[share - mine:]
+                if not wanted:
+                    break
+                sent = self.clock.seconds()
+                got = await store.claim(o.instance_id, wanted, self.ttl)
+                for project_id in got:
+                    self.valid_until[project_id] = sent + self.ttl - self.margin
+                won += sorted(got)
+                mine += len(got)
+                if len(got) == len(wanted) or mine >= share:
+                    break
             for project_id in won:
                 if self.running:
                     await self._serve(project_id)
         self._arm()
+        # Another instance's lease that runs out before the next tick (its
+        # owner has not renewed it for longer than the lease time less a
+        # tick: it died, or lost the database): a turn then, not up to a
+        # tick later (the fair share is reckoned again then, without it).
+        due = [
+            row.lease_until - view.now for row in ready
+            if row.owner not in (None, o.instance_id) and row.lease_until is not None
+            and row.lease_until >= view.now and row.id not in o.runtimes
+        ]
+        if due and min(due) < self.tick:
+            self._wake_in(min(due) + WAKE_AFTER)
+
+    def _wake_in(self, delay: float) -> None:
+        if self._wake is not None and self._wake.active():
+            if self._wake.getTime() <= self.clock.seconds() + delay:
+                return
+            self._wake.cancel()
+        self._wake = self.clock.callLater(delay, self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        if self.running and self._turn is None:
+            self._run_turn()
 
     def _backing_off(self, project_id: str) -> bool:
         return project_id in self._backoff

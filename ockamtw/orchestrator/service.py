@@ -15,6 +15,7 @@ by one of them at a time (L{ockamtw.orchestrator.leases}).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -95,6 +96,17 @@ class Settings:
         return float(self.intervals.get("refresh", REFRESH))
 
 
+@functools.lru_cache(maxsize=8192)
+def identifier_of(export: bytes) -> str:
+    """
+    The identifier of an exported identity (the project's or the
+    authority's, which never change): verified once, then remembered, so
+    that listing many projects does not verify their identities again
+    each time (about half a millisecond each).
+    """
+    return import_identity(export).identifier
+
+
 def project_info(row: Dict, advertise_host: str) -> Dict:
     """
     C{project.json} for a project row: the keys and order of Ockam 0.83's
@@ -103,11 +115,10 @@ def project_info(row: Dict, advertise_host: str) -> Dict:
     answers), else C{advertise_host}.
     """
     advertise_host = row.get("advertise_host") or advertise_host
-    project = import_identity(row["project_identity"])
     return {
         "id": row["id"],
         "name": row["name"],
-        "identity": project.identifier,
+        "identity": identifier_of(bytes(row["project_identity"])),
         "access_route": f"/dnsaddr/{advertise_host}/tcp/{row['project_port']}/service/api",
         "authority_access_route": f"/dnsaddr/{advertise_host}/tcp/{row['authority_port']}/service/api",
         "authority_identity": bytes(row["authority_identity"]).hex(),
@@ -275,7 +286,7 @@ class Api:
             "identity": info["identity"],
             "authority_access_route": info["authority_access_route"],
             "authority_identity": info["authority_identity"],
-            "authority_identifier": import_identity(row["authority_identity"]).identifier,
+            "authority_identifier": identifier_of(bytes(row["authority_identity"])),
             "users": [],
             "services": [],
             "state": row["state"],
@@ -627,6 +638,8 @@ class Orchestrator(MultiService):
         settings = self.settings
         os.makedirs(settings.data, mode=0o700, exist_ok=True)
         await self.store.open()
+        if self.store.postgres:
+            _warn_ephemeral(settings.project_ports)
         self.sealer = Sealer(await self._secrets_key())
         await self._bootstrap()
         await self.refresh_space_names()
@@ -717,6 +730,44 @@ class Orchestrator(MultiService):
         d = maybeDeferred(MultiService.stopService, self)
         d.addCallback(lambda _: Deferred.fromCoroutine(stop()))
         return d
+
+
+def ephemeral_ports(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> Optional[tuple]:
+    """
+    The range of ports the system gives outgoing connections, or C{None}
+    where it cannot be read.
+    """
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return None
+
+
+def _warn_ephemeral(ports, ephemeral=None) -> Optional[str]:
+    """
+    Several instances take each other's projects over on the projects'
+    own ports: a port among those the system gives outgoing connections
+    may be taken by one while no instance serves the project (the instance
+    taking it over then cannot listen on it).  Say so once at start.
+    """
+    ephemeral = ephemeral or ephemeral_ports()
+    if ephemeral is None:
+        return None
+    low, high = ephemeral
+    if ports is None:
+        text = (f"--project-ports 0 gives projects ports among the ephemeral ones ({low}-{high}): with several "
+                "instances, choose a range outside them, so that no outgoing connection takes a project's port "
+                "while it moves to another instance")
+    elif ports[0] <= high and ports[1] >= low:
+        text = (f"--project-ports {ports[0]}-{ports[1]} overlaps the ephemeral ports ({low}-{high}): an outgoing "
+                "connection may take a project's port while it moves to another instance; choose a range outside "
+                "them (or change net.ipv4.ip_local_port_range)")
+    else:
+        return None
+    log.warn("{text}", text=text)
+    return text
 
 
 class StartError(Exception):
