@@ -103,6 +103,8 @@ class OrchestratorBench:
         self.token: Optional[str] = None
         self.instances: List[Instance] = []
         self.ports: Tuple[int, int] = (0, 0)
+        #: (lease, tick) of the failover runs, if not the mode's
+        self.failover_lease: Optional[Tuple[float, float]] = None
         self._starts = 0
         self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -200,7 +202,7 @@ class OrchestratorBench:
 
     def failover(self, echo_port: int) -> dict:
         runs_wanted = getattr(self.suite.args, "repeat", None) or (1 if self.quick else 5)
-        lease, tick = (2.0, 0.5) if self.quick else (5.0, 1.0)
+        lease, tick = self.failover_lease or ((2.0, 0.5) if self.quick else (5.0, 1.0))
         db = self.pg.create_database()
         a = self.start_instance("fa", db, lease, tick)
         b = self.start_instance("fb", db, lease, tick)
