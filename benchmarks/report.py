@@ -190,6 +190,8 @@ def render(doc) -> str:
                      f"| {_f(h.get('neighbour_bulk_before_mbps'), 0)} / {_f(h.get('neighbour_bulk_during_mbps'), 0)} "
                      f"| {h['stalled_stream_bytes_accepted']:,} | {growth} |")
 
+    L += _orchestrator(doc)
+
     if doc.get("ratios"):
         L += ["", "### Targets (ratios within this run)", "", "| target | measured | goal | met | detail |",
               "|---|---|---|---|---|"]
@@ -206,6 +208,49 @@ def render(doc) -> str:
     if doc.get("leftover_processes"):
         L += ["", "**Processes left behind:** " + "; ".join(doc["leftover_processes"])]
     return "\n".join(L) + "\n"
+
+
+def _orchestrator(doc) -> list:
+    """
+    The Orchestrator on PostgreSQL: failover, and three instances with
+    many projects.
+    """
+    L = []
+    f = doc["scenarios"].get("orchestrator_failover")
+    if f:
+        r, st = f["results"], f["settings"]
+        L += ["", "### The Orchestrator on PostgreSQL: failover", "",
+              f"Two instances, lease {_f(st['lease_ttl_s'])} s, tick {_f(st['tick_s'])} s, {st['runs']} runs: the "
+              "instance serving the project is killed with SIGKILL; a relay is up at the project and an inlet "
+              "reaches an outlet through it (nodes made with `ockam node create --project`).", "",
+              "| from the kill to | median s | max s |", "|---|---|---|",
+              f"| another instance serves the project | {_f(r['served_again_s']['median'], 2)} | "
+              f"{_f(r['served_again_s']['max'], 2)} |",
+              f"| the first new connection through the inlet that echoes | {_f(r['first_connection_s']['median'], 2)} "
+              f"| {_f(r['first_connection_s']['max'], 2)} |", "",
+              f"Every run recovered: {'yes' if r['all_recovered'] else '**no**'}; project.json unchanged: "
+              f"{'yes' if r['project_json_unchanged'] else '**no**'}."]
+    sp = doc["scenarios"].get("orchestrator_spread")
+    if sp:
+        r, st = sp["results"], sp["settings"]
+        names = sorted(r["served_per_instance"])
+        per = ", ".join(f"{n} {r['served_per_instance'][n]}" for n in names)
+        cpu = ", ".join(f"{n} {_f(r['idle_cpu_percent'][n])}" for n in names)
+        rss = ", ".join(f"{n} {_f(r['rss_mib'][n], 1)}" for n in names)
+        shares = ", ".join(f"{n} {v}" for n, v in sorted(r["survivor_shares"].items()))
+        L += ["", f"### The Orchestrator on PostgreSQL: three instances, {st['projects']} projects", "",
+              f"Lease {_f(st['lease_ttl_s'])} s, tick {_f(st['tick_s'])} s.", "",
+              "| measure | value |", "|---|---|",
+              f"| projects made (through the three in turn) | {st['projects']} in {_f(r['create_seconds'])} s, "
+              f"{_f(r['projects_per_second'], 1)}/s; {_spread(r['create_ms'], 1)} ms each |",
+              f"| projects each serves | {per} |",
+              f"| idle CPU % of one core (over {_f(st['idle_window_s'])} s) | {cpu} |",
+              f"| RSS MiB | {rss} |",
+              f"| GET /v0/projects ms | {_spread(r['list_projects_ms'], 1)} |",
+              f"| {r['killed']} ({r['killed_served']} projects) killed: every project served again after | "
+              f"{_f(r['all_served_again_s'])} s |",
+              f"| then served by | {shares} |"]
+    return L
 
 
 def update_docs(path: str, md: str) -> None:

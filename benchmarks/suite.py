@@ -35,6 +35,7 @@ from typing import Dict, List, Optional
 from ockamtw.flow import STREAM_WINDOW
 
 from . import report
+from .orchestrator import OrchestratorBench
 from .paths import OckamRelay, Path, Sshd, _Ssh, all_paths
 from .procs import (REPO_ROOT, Proc, ProcessManager, cpu_seconds, cpu_seconds_tree, fd_count, free_port, node_stats,
                     raise_nofile, rss_bytes, version_of, wait_port, which)
@@ -97,6 +98,7 @@ class Suite:
         self.paths: List[Path] = []
         self.active: List[Path] = []
         self.ports: Dict[str, Dict[str, int]] = {}
+        self.path_info: Dict[str, dict] = {}
         self.iperf3 = which("iperf3") if not args.builtin_bulk else None
         self.wrk = which("wrk") if not args.builtin_http else None
 
@@ -996,7 +998,8 @@ class Suite:
         try:
             targets = self.start_targets()
             self.log(f"targets: {targets}")
-            self.start_paths(targets)
+            if not self.args.only or set(self.args.only) - {"orchestrator"}:
+                self.start_paths(targets)
             steps = [("latency", self.scenario_latency), ("setup", self.scenario_setup),
                      ("throughput", self.scenario_throughput), ("http", self.scenario_http),
                      ("routed", self.scenario_routed), ("head_of_line", self.scenario_hol)]
@@ -1024,6 +1027,16 @@ class Suite:
                 except Exception as e:
                     self.error(f"memory: {e}")
                     traceback.print_exc()
+            if not self.args.only or "orchestrator" in self.args.only:
+                if self.time_left() < 120 and not self.s.quick and not self.args.only:
+                    self.notice("orchestrator scenarios skipped: time budget")
+                else:
+                    self.log("scenario orchestrator (PostgreSQL, several instances)")
+                    try:
+                        self.results.update(OrchestratorBench(self).run(targets["echo"]))
+                    except Exception as e:
+                        self.error(f"orchestrator: {e}")
+                        traceback.print_exc()
         finally:
             self.pm.stop_all()
         time.sleep(0.2)
@@ -1091,7 +1104,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-peers", dest="peers", action="store_false", help="do not run the peers")
     p.add_argument("--paths", default="", help="comma-separated path names to run (direct always runs)")
     p.add_argument("--only", action="append", default=[],
-                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory"],
+                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory",
+                            "orchestrator"],
                    help="run only these scenarios (repeatable)")
     p.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     p.add_argument("--builtin-bulk", action="store_true", help="use the built-in bulk tool even if iperf3 is there")

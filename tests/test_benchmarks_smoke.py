@@ -39,6 +39,8 @@ SCENARIOS = [
     "head_of_line",
     "relay_forwarders",
     "concurrent_connections",
+    "orchestrator_failover",
+    "orchestrator_spread",
 ]
 OCKAM_PATHS = ["ockam_portal_1node", "ockam_inlet_outlet", "ockam_relay", "ockam_secure_relay"]
 
@@ -151,5 +153,17 @@ class QuickBenchmarkTests(TestCase):
         for n, entry in scenarios["concurrent_connections"]["results"].items():
             self.assertTrue(entry["all_succeeded"], entry)
             self.assertEqual(set(entry["nodes"]), {"inlet", "relay", "outlet"})
+        # The Orchestrator on PostgreSQL: the project moved and the inlet
+        # served again; three instances shared the projects, and the
+        # survivors of a kill serve them all.
+        failover = scenarios["orchestrator_failover"]["results"]
+        self.assertTrue(failover["all_recovered"], failover)
+        self.assertTrue(failover["project_json_unchanged"], failover)
+        self.assertGreater(failover["first_connection_s"]["median"], 0)
+        spread = scenarios["orchestrator_spread"]
+        self.assertEqual(sum(spread["results"]["served_per_instance"].values()), spread["settings"]["projects"])
+        self.assertEqual(sum(spread["results"]["survivor_shares"].values()), spread["settings"]["projects"])
+        self.assertIsNotNone(spread["results"]["all_served_again_s"])
+        self.assertIn("### The Orchestrator on PostgreSQL: failover", md)
         self.assertEqual(doc["errors"], [])
         self.assertEqual(doc["leftover_processes"], [])
