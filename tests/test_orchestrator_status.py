@@ -116,6 +116,10 @@ class ApiTests(StatusTestCase):
         members = {m["identifier"]: m["attributes"] for m in project["members"]}
         self.assertEqual(members[self.bob].get("role"), "web")
         self.assertEqual(sorted(t["label"] for t in s["tokens"]), ["bootstrap", "ci"])
+        [instance] = s["instances"]
+        self.assertEqual((instance["id"], instance["alive"], instance["projects"]), (self.o.instance_id, True, 1))
+        self.assertEqual(project["lease"]["owner"], self.o.instance_id)
+        self.assertGreater(project["lease"]["until"], s["now"])
         self.assertNotIn(self.token, json.dumps(s))
         relays = await self.api("GET", f"/v0/projects/{self.project_id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [(relay["name"], relay["owner"])])
@@ -188,6 +192,9 @@ class BrowserTests(StatusTestCase):
         bob = [row for row in member_rows if f'data-id="{self.bob}"' in row]
         self.assertEqual(len(bob), 1)
         self.assertIn("role=web", bob[0])
+        [instance_row] = re.findall(r'<tr data-row="instances">(.*?)</tr>', dom, re.S)
+        self.assertIn(f"<td>{self.o.instance_id} (this one)</td>", instance_row)
+        self.assertIn(f"leased by {self.o.instance_id}", section)
         token_rows = re.findall(r'<tr data-row="tokens">(.*?)</tr>', dom, re.S)
         self.assertEqual(sorted(re.match(r"<td>([^<]*)</td>", row).group(1) for row in token_rows),
                          sorted(t["label"] for t in s["tokens"]))

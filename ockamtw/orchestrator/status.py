@@ -109,14 +109,13 @@ async def _tokens(store, now: float) -> List[Dict[str, Any]]:
 
 
 async def _instances(orchestrator) -> List[Dict[str, Any]]:
-    store = orchestrator.store
-    if hasattr(store, "instances"):  # instances that renew leases (PostgreSQL, issue #14)
-        ttl = getattr(orchestrator.settings, "lease_ttl", None)
-        return list(await store.instances(ttl))
-    rows = await store.query("SELECT instance_id, http_url, advertise_host, started_at, last_seen FROM instances "
-                             "ORDER BY started_at")
-    keys = ("instance_id", "http_url", "advertise_host", "started_at", "last_seen")
-    return [dict(zip(keys, row)) for row in rows]
+    """
+    The instances that share the database (L{Store.instances}): id, HTTP
+    URL, when started and last seen, alive, how many projects each serves.
+    """
+    rows = await orchestrator.store.instances(orchestrator.settings.lease_ttl)
+    keys = ("id", "http_url", "advertise_host", "started_at", "last_seen", "alive", "projects")
+    return [{k: row.get(k) for k in keys} for row in rows]
 
 
 async def _leases(store) -> Dict[str, Dict[str, Any]]:
@@ -165,7 +164,8 @@ function ago(now, t) {
 function until(now, t) {
   if (t === null || t === undefined) return "never";
   const s = Math.round(t - now);
-  return s <= 0 ? "expired" : "in " + (s < 7200 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h");
+  if (s <= 0) return "expired";
+  return "in " + (s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h");
 }
 function short(id) { return id ? id.slice(0, 12) + "\\u2026" : "-"; }
 function attrs(a) { return Object.entries(a || {}).map(([k, v]) => k + "=" + v).join(", "); }
@@ -187,8 +187,9 @@ function render(s) {
     "; updated " + new Date().toLocaleTimeString() + "."));
   out.append(el("h2", {}, "Instances"));
   out.append(s.instances === null ? el("p", {class: "muted"}, "unavailable") :
-    table("instances", ["instance", "HTTP", "started", "last seen"],
-      s.instances.map(i => [i.instance_id, i.http_url, ago(now, i.started_at), ago(now, i.last_seen)])));
+    table("instances", ["instance", "HTTP", "started", "last seen", "alive", "projects"],
+      s.instances.map(i => [i.id + (i.id === s.instance.id ? " (this one)" : ""), i.http_url, ago(now, i.started_at),
+        ago(now, i.last_seen), i.alive ? "yes" : "no", i.projects])));
   out.append(el("h2", {}, "Projects (" + s.projects.length + ")"));
   for (const p of s.projects) {
     const sec = el("section", {class: "project", "data-project": p.name});
