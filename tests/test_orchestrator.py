@@ -9,18 +9,12 @@ restart.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import Factory, Protocol
-from twisted.web.client import HTTPConnectionPool
-from twisted.trial.unittest import TestCase
 
-from ockamtw import Address, Node, Route, encode_string, decode_string
-from ockamtw.orchestrator.service import ENROLL_CONTEXT, Orchestrator, Settings
+from ockamtw import Address, Route, encode_string, decode_string
+from ockamtw.orchestrator.service import ENROLL_CONTEXT
 from ockamtw.project import codec
 from ockamtw.project.codec import CreateToken, Method, OneTimeCode
 from ockamtw.project.credentials import Credential, verify
@@ -28,56 +22,9 @@ from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
 
-from tests.helpers import async_test, deadline, wait_until
-from tests.portal_harness import Collector, EchoTarget, TargetFactory
-
-
-class OrchestratorTestCase(TestCase):
-    timeout = 60
-
-    def setUp(self):
-        self.data = tempfile.mkdtemp()
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = treq.client.HTTPClient(treq.api.Agent(reactor, pool=self.pool))
-        self.addCleanup(self.pool.closeCachedConnections)
-
-    async def start(self, **kw) -> Orchestrator:
-        kw.setdefault("http", "tcp:0:interface=127.0.0.1")
-        kw.setdefault("project_ports", None)
-        kw.setdefault("refresh", 0.1)
-        settings = Settings(self.data, **kw)
-        o = Orchestrator(reactor, settings)
-        o.startService()
-        self.addCleanup(o.stopService)
-        await deadline(o.ready, 10, "the orchestrator started")
-        self.o = o
-        with open(os.path.join(self.data, "admin.token")) as f:
-            self.token = f.read().strip()
-        return o
-
-    async def api(self, method: str, path: str, body=None, token=True, expect=200):
-        headers = {b"authorization": [f"Bearer {self.token}".encode()]} if token else {}
-        data = json.dumps(body).encode() if body is not None else None
-        response = await self.http.request(method, self.o.url + path, data=data, headers=headers)
-        result = json.loads(await response.content())
-        self.assertEqual(response.code, expect, result)
-        return result
-
-    async def enroll(self, identity: LocalIdentity):
-        challenge = (await self.api("GET", "/v0/enroll/challenge"))["challenge"]
-        signature = identity.sign(ENROLL_CONTEXT + bytes.fromhex(challenge))
-        return await self.api(
-            "POST", "/v0/enroll", {"identity": identity.export().hex(), "challenge": challenge, "signature": signature.hex()}
-        )
-
-    def node(self, name: str, identity=None) -> Node:
-        node = Node(reactor, name=name, identity=identity)
-        node.startService()
-        self.addCleanup(node.stopService)
-        return node
-
-    async def channel(self, node: Node, route: str, identifier: str) -> Address:
-        return await deadline(node.create_secure_channel(route, authorized=[identifier], timeout=5), 6, f"channel {route}")
+from .helpers import async_test, deadline, wait_until
+from .orchestrator_harness import FreezingProxy, OrchestratorTestCase, ProjectTestCase
+from .portal_harness import Collector, EchoTarget, TargetFactory
 
 
 class ApiTests(OrchestratorTestCase):
@@ -222,26 +169,6 @@ class ProjectTests(OrchestratorTestCase):
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
 
 
-class ProjectTestCase(OrchestratorTestCase):
-    """
-    An orchestrator with the admin enrolled (its project "default"), and
-    member nodes embedded in the test.
-    """
-
-    async def project(self):
-        await self.start()
-        self.admin = LocalIdentity.create()
-        enrolled = await self.enroll(self.admin)
-        info = await self.api("GET", f"/v0/projects/{enrolled['project']['id']}/information")
-        return ProjectInfo.from_json(json.dumps(info, indent=2))
-
-    def member_node(self, name, info, identity=None):
-        node = self.node(name, identity=identity or self.admin)
-        node.add_project(info)
-        return node
-
-
-
 class SeedTests(ProjectTestCase):
     """
     The seed's Orchestrator section with embedded nodes: relay at
@@ -352,56 +279,6 @@ class RestartTests(ProjectTestCase):
         await echo(b"after the restart")
 
 
-class _Pipe(Protocol):
-    """
-    One side of a L{_FreezingProxy} connection: passes bytes to its peer
-    until the proxy is frozen, then drops them (the connection stays open:
-    a half-dead path, as a NAT that forgot the mapping).
-    """
-
-    def __init__(self, proxy, peer=None) -> None:
-        self.proxy = proxy
-        self.peer = peer
-        self.frozen = False
-
-    def connectionMade(self) -> None:
-        self.proxy.pipes.append(self)
-        if self.peer is None:  # the accepted side: dial the target
-            self.transport.pauseProducing()
-            ep = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target)
-
-            def connected(other):
-                self.peer = other
-                self.transport.resumeProducing()
-
-            connectProtocol(ep, _Pipe(self.proxy, self)).addCallbacks(connected, lambda f: self.transport.loseConnection())
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.frozen and self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
-
-    def connectionLost(self, reason) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.loseConnection()
-
-
-class _FreezingProxy(Factory):
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.pipes = []
-
-    def buildProtocol(self, addr):
-        return _Pipe(self)
-
-    def freeze(self) -> int:
-        """
-        Silence every connection open now (new ones pass); returns how many.
-        """
-        for pipe in self.pipes:
-            pipe.frozen = True
-        return len(self.pipes)
-
-
 class HealingTests(ProjectTestCase):
     @async_test
     async def test_relay_heals_after_silence(self):
@@ -416,7 +293,7 @@ class HealingTests(ProjectTestCase):
         info = await self.project()
         host, port = info.access_route.split("/")[2], int(info.access_route.split("/")[4])
         self.assertEqual(host, "127.0.0.1")
-        proxy = _FreezingProxy(port)
+        proxy = FreezingProxy(port)
         listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(proxy)
         self.addCleanup(listening.stopListening)
         self.addCleanup(lambda: [p.transport.abortConnection() for p in proxy.pipes if p.transport])
