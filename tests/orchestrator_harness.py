@@ -13,7 +13,7 @@ import tempfile
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -24,6 +24,7 @@ from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.secure.identity import LocalIdentity
 
 from .helpers import deadline
+from .portal_harness import Collector, EchoTarget, TargetFactory
 
 
 class OrchestratorTestCase(TestCase):
@@ -91,6 +92,56 @@ class ProjectTestCase(OrchestratorTestCase):
         node = self.node(name, identity=identity or self.admin)
         node.add_project(info)
         return node
+
+    async def new_member(self, info, attributes=None) -> LocalIdentity:
+        """
+        A new identity, added as a member of project C{info} through the
+        HTTP API.
+        """
+        identity = LocalIdentity.create()
+        await self.api("POST", f"/v0/projects/{info.id}/members",
+                       {"identifier": identity.identifier, "attributes": attributes or {}})
+        return identity
+
+    async def echo_target(self) -> int:
+        """
+        A TCP echo server on a free port (stopped at cleanup); its port.
+        """
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(TargetFactory(EchoTarget))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    async def echo_through(self, port: int, token: bytes, seconds: float = 10) -> None:
+        """
+        C{token} goes through the inlet at C{port} to an echo server and
+        comes back, on one new connection.
+        """
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collector())
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(token)
+        try:
+            await client.received(len(token), seconds, f"echo of {token!r}")
+            self.assertEqual(bytes(client.data), token)
+        finally:
+            client.transport.abortConnection()
+
+    async def echo_until(self, port: int, token: bytes, seconds: float) -> int:
+        """
+        New connections to the inlet at C{port}, one after the other (as
+        a user retries), until one echoes C{token}, within C{seconds};
+        returns how many failed first.
+        """
+        end = reactor.seconds() + seconds
+        failed = 0
+        while True:
+            left = end - reactor.seconds()
+            if left <= 0:
+                self.fail(f"no echo of {token!r} through the inlet within {seconds:g} s ({failed} tries failed)")
+            try:
+                await self.echo_through(port, token, min(left, 3.0))
+                return failed
+            except (AssertionError, ConnectionError, OSError):
+                failed += 1
 
 
 class Pipe(Protocol):

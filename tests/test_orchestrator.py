@@ -325,3 +325,97 @@ class HealingTests(ProjectTestCase):
         self.assertEqual(await hello("after"), "AFTER")
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
+
+
+PLAIN = "/project/default/service/forward_to_n3/service/outlet"
+NESTED = "/project/default/service/forward_to_n3/secure/api/service/outlet"
+
+
+class InletHealingTests(ProjectTestCase):
+    """
+    Inlets to C{/project/...} routes, plain and nested (a secure channel
+    to n3 through its relay at the project, C{.../secure/api/...}), come
+    back on their own after the Orchestrator restarts and after a path to
+    the project goes silent, on n1's side or on n3's side.
+    """
+
+    async def portal(self, route: str, info=None, n1_info=None, n3_info=None, refresh=0.3, timeout=0.5):
+        """
+        n3 (the admin) with a relay at the project and an outlet to an echo
+        server; n1 (another member) with an inlet to C{route}; returns the
+        relay and the inlet's port, once a byte went through.
+        """
+        n1_identity = await self.new_member(info)
+        n3 = self.member_node("n3", n3_info or info)
+        n1 = self.member_node("n1", n1_info or info, identity=n1_identity)
+        self.n1, self.n3 = n1, n3
+        for node in (n1, n3):
+            node.membership.medic.interval = 0.1
+        relay = await deadline(
+            n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE, refresh=refresh,
+                            timeout=timeout),
+            10, "the relay",
+        )
+        await n3.create_outlet("outlet", f"127.0.0.1:{await self.echo_target()}")
+        inlet = await n1.create_inlet("127.0.0.1:0", route, ping_timeout=2.0)
+        port = int(inlet.socket_address.rsplit(":", 1)[1])
+        await self.echo_through(port, b"before")
+        return relay, inlet, port
+
+    async def restart(self, route: str) -> None:
+        info = await self.project()
+        relay, inlet, port = await self.portal(route, info)
+        await self.o.stopService()
+        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await self.start()
+        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        failed = await self.echo_until(port, b"after the restart", 15)
+        self.assertEqual(failed, 0, "the first connection after the relay came back failed")
+
+    @async_test
+    async def test_plain_inlet_after_restart(self):
+        await self.restart(PLAIN)
+
+    @async_test
+    async def test_nested_inlet_after_restart(self):
+        await self.restart(NESTED)
+
+    async def silence(self, route: str, side: str) -> None:
+        """
+        The path of C{side} (n1 or n3) to the project node goes silent
+        (a proxy stops passing bytes, the connections stay open); the
+        Medic of that node closes its channel; the inlet works again.
+        """
+        info = await self.project()
+        host, port = info.access_route.split("/")[2], int(info.access_route.split("/")[4])
+        proxy = FreezingProxy(port)
+        listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in proxy.pipes if p.transport])
+        proxied = info._replace(access_route=f"/dnsaddr/{host}/tcp/{listening.getHost().port}/service/api")
+        kw = {"n1_info": proxied} if side == "n1" else {"n3_info": proxied}
+        relay, inlet, inlet_port = await self.portal(route, info, **kw)
+        silent = self.n1 if side == "n1" else self.n3
+        channel = silent.membership.project_channel("default")
+        self.assertGreater(proxy.freeze(), 0)
+        await wait_until(lambda: channel.status == "closed", 5, "the silent channel closed by the Medic")
+        if side == "n3":
+            await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != channel.encryptor, 10,
+                             "the relay registered again through a new channel")
+        await self.echo_until(inlet_port, b"after the silence", 15)
+
+    @async_test
+    async def test_plain_inlet_after_silence_at_n1(self):
+        await self.silence(PLAIN, "n1")
+
+    @async_test
+    async def test_plain_inlet_after_silence_at_n3(self):
+        await self.silence(PLAIN, "n3")
+
+    @async_test
+    async def test_nested_inlet_after_silence_at_n1(self):
+        await self.silence(NESTED, "n1")
+
+    @async_test
+    async def test_nested_inlet_after_silence_at_n3(self):
+        await self.silence(NESTED, "n3")
