@@ -258,6 +258,13 @@ class RestartTests(ProjectTestCase):
             client.transport.loseConnection()
 
         await echo(b"before")
+        member = await self.new_member(info, {"role": "edge"})
+        revoked = await self.new_member(info)
+        await self.api("DELETE", f"/v0/projects/{info.id}/members/{revoked.identifier}")
+        members = await self.api("GET", f"/v0/projects/{info.id}/members")
+        self.assertEqual(sorted((m["identifier"], m["revoked_at"] is None) for m in members),
+                         sorted([(member.identifier, True), (revoked.identifier, False)]))
+        projects = await self.api("GET", "/v0/projects")
 
         # Stop the orchestrator and start a new one on the same data.
         await self.o.stopService()
@@ -265,6 +272,8 @@ class RestartTests(ProjectTestCase):
         await self.start()
         after = await self.api("GET", f"/v0/projects/{info.id}/information")
         self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
+        self.assertEqual(await self.api("GET", "/v0/projects"), projects)  # identities, ports, routes
+        self.assertEqual(await self.api("GET", f"/v0/projects/{info.id}/members"), members)
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
         try:
@@ -339,7 +348,8 @@ class InletHealingTests(ProjectTestCase):
     the project goes silent, on n1's side or on n3's side.
     """
 
-    async def portal(self, route: str, info=None, n1_info=None, n3_info=None, refresh=0.3, timeout=0.5):
+    async def portal(self, route: str, info=None, n1_info=None, n3_info=None, refresh=0.3, timeout=0.5, medic=0.1,
+                     ping_timeout=2.0):
         """
         n3 (the admin) with a relay at the project and an outlet to an echo
         server; n1 (another member) with an inlet to C{route}; returns the
@@ -349,15 +359,16 @@ class InletHealingTests(ProjectTestCase):
         n3 = self.member_node("n3", n3_info or info)
         n1 = self.member_node("n1", n1_info or info, identity=n1_identity)
         self.n1, self.n3 = n1, n3
-        for node in (n1, n3):
-            node.membership.medic.interval = 0.1
+        if medic is not None:
+            for node in (n1, n3):
+                node.membership.medic.interval = medic
         relay = await deadline(
             n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE, refresh=refresh,
                             timeout=timeout),
             10, "the relay",
         )
         await n3.create_outlet("outlet", f"127.0.0.1:{await self.echo_target()}")
-        inlet = await n1.create_inlet("127.0.0.1:0", route, ping_timeout=2.0)
+        inlet = await n1.create_inlet("127.0.0.1:0", route, ping_timeout=ping_timeout)
         port = int(inlet.socket_address.rsplit(":", 1)[1])
         await self.echo_through(port, b"before")
         return relay, inlet, port
@@ -371,6 +382,27 @@ class InletHealingTests(ProjectTestCase):
         await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
         failed = await self.echo_until(port, b"after the restart", 15)
         self.assertEqual(failed, 0, "the first connection after the relay came back failed")
+
+    @async_test
+    async def test_default_intervals(self):
+        """
+        With the default intervals (relay refresh 5 s, Medic 3 s, inlet
+        Pong timeout 10 s), the relay and both inlets, plain and nested,
+        work again within 15 s of the restart.
+        """
+        info = await self.project()
+        relay, _, plain = await self.portal(PLAIN, info, refresh=5.0, timeout=5.0, medic=None, ping_timeout=10.0)
+        nested = await self.n1.create_inlet("127.0.0.1:0", NESTED)
+        nested = int(nested.socket_address.rsplit(":", 1)[1])
+        await self.echo_through(nested, b"nested before")
+        await self.o.stopService()
+        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await self.start()
+        restarted = reactor.seconds()
+        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        await self.echo_until(plain, b"plain after", 15 - (reactor.seconds() - restarted))
+        await self.echo_until(nested, b"nested after", 15 - (reactor.seconds() - restarted))
+        self.assertLess(reactor.seconds() - restarted, 15)
 
     @async_test
     async def test_plain_inlet_after_restart(self):
