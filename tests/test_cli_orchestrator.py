@@ -17,6 +17,7 @@ import re
 import signal
 import stat
 import sys
+import time
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
@@ -169,6 +170,45 @@ class SeedTests(OrchestratorCLITestCase):
         self.assertRegex(r.out, r"^/service/[0-9a-f]{32}\n$")
         r = await self.ockam("message", "send", "hi", "--from", "n1", "--to", "-/service/uppercase", stdin=r.out)
         self.assertEqual(r.out, "HI\n", str(r))
+
+
+class RestartTests(OrchestratorCLITestCase):
+    @async_test
+    async def test_restart_with_background_nodes(self):
+        """
+        The seed's Orchestrator section with background nodes and every
+        interval at its default, plus a nested inlet
+        (C{.../secure/api/...}) from a second member; then C{orchestrator
+        stop} and C{start}: C{project information --output json} is
+        byte-identical, and both inlets answer HEAD again within 15 s of
+        the start, with nothing done to the nodes.
+        """
+        await self.enrolled()
+        before = (await self.ockam("project", "information", "--output", "json")).out
+        await self.ockam("identity", "create", "other")
+        await self.ockam("project", "enroll", "--member", await self.identifier("other"))
+        await self.ockam("node", "create", "n3", "--project", "project.json")
+        await self.ockam("node", "create", "n1", "--project", "project.json", "--identity", "other")
+        await self.ockam("forwarder", "create", "n3", "--at", "/project/default", "--to", "/node/n3")
+        web = await self.http_server()
+        await self.ockam("tcp-outlet", "create", "--at", "/node/n3", "--from", "/service/outlet", "--to",
+                         f"127.0.0.1:{web}")
+        inlets = []
+        for route in ("/project/default/service/forward_to_n3/service/outlet",
+                      "/project/default/service/forward_to_n3/secure/api/service/outlet"):
+            r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to", route)
+            inlets.append(port_of(r.out.strip()))
+            self.assertEqual(await self.head_until_ok(inlets[-1], 10), "HTTP/1.0 200 OK")
+
+        await self.ockam("orchestrator", "stop")
+        await self.start_orchestrator()
+        started = time.monotonic()
+        for port in inlets:
+            self.assertEqual(await self.head_until_ok(port, 15 - (time.monotonic() - started)), "HTTP/1.0 200 OK")
+        self.assertLess(time.monotonic() - started, 15)
+        self.assertEqual((await self.ockam("project", "information", "--output", "json")).out, before)
+        r = await self.ockam("relay", "list", "--to", "n3", "--output", "json")
+        self.assertEqual([(x["alias"], x["status"]) for x in r.json()], [("forward_to_n3", "UP")])
 
 
 class EnrollTests(OrchestratorCLITestCase):
