@@ -1,6 +1,6 @@
 """
-The client of the Orchestrator scenario (``python -m benchmarks.probes
-orchestrator``): one process with one ockamtw node, acting for the
+The client of the scenario ``orchestrator_scale`` (``python -m
+benchmarks.probes orchestrator_scale``): one process with one ockamtw node, acting for the
 administrator of a self-hosted Orchestrator, in phases the suite steps
 through (it reads the Orchestrator's RSS and CPU between them):
 

@@ -3,7 +3,7 @@ The client side of each measurement, run as its own process so that it
 shares no interpreter (and no GIL) with the nodes or the orchestrator:
 ``python -m benchmarks.probes KIND ... --tag TAG``.  Each prints one JSON
 object on its last stdout line (``conns``, ``register`` and
-``orchestrator`` also print progress lines and wait for commands on
+``orchestrator_scale`` also print progress lines and wait for commands on
 stdin).
 
 The routed-message probes speak Ockam's TCP framing by hand (2-byte
@@ -578,7 +578,7 @@ def http(args) -> dict:
     return asyncio.run(main())
 
 
-def orchestrator(args) -> dict:
+def orchestrator_scale(args) -> dict:
     """
     The Orchestrator scenario's client (an ockamtw node; see
     L{benchmarks.orchestrator_probe}).
@@ -639,7 +639,7 @@ def main(argv=None) -> None:
     sp.add_argument("--port", type=int, required=True)
     sp.add_argument("--conns", type=int, default=32)
     sp.add_argument("--duration", type=float, default=2.0)
-    sp = add("orchestrator", orchestrator)
+    sp = add("orchestrator_scale", orchestrator_scale)
     sp.add_argument("--url", required=True)
     sp.add_argument("--data", required=True, help="the Orchestrator's data directory (its admin.token)")
     sp.add_argument("--projects", type=int, default=100)

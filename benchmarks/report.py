@@ -133,14 +133,14 @@ def render(doc) -> str:
             v = c.get(key) or {}
             L.append(f"| {label} | {_f(v.get('relay'), nd)} | {_f(v.get('project'), nd)} | {_f(v.get('ratio'), 3)} |")
 
-    o = doc["scenarios"].get("orchestrator", {}).get("results", {}).get("orchestrator")
+    o = doc["scenarios"].get("orchestrator_scale", {}).get("results", {}).get("orchestrator")
     if o:
         L += ["", "### One Orchestrator, many projects and relays", ""]
         if "error" in o:
             L.append(f"Error: {o['error']}")
         else:
             rss = o.get("rss_mib") or {}
-            L += [doc["scenarios"]["orchestrator"]["description"] + ".", "",
+            L += [doc["scenarios"]["orchestrator_scale"]["description"] + ".", "",
                   "| projects | relays | projects/s | member channels/s | registrations/s (all at once) | "
                   "registrations per CPU second | CPU % holding the relays | KiB per project | KiB per member "
                   "channel | KiB per relay | RSS MiB: started, projects, channels, relays, held | relays up |",

@@ -811,7 +811,7 @@ class Suite:
 
     # --- one orchestrator, many projects and relays -------------------------------------------------
 
-    def scenario_orchestrator(self) -> None:
+    def scenario_orchestrator_scale(self) -> None:
         """
         A fresh Orchestrator process; a client process (an ockamtw node,
         L{benchmarks.orchestrator_probe}) makes it serve N projects, reaches
@@ -831,7 +831,7 @@ class Suite:
             time.sleep(0.3)
             rss = {"started": rss_bytes(orch.pid)}
             cpu0 = cpu_seconds(orch.pid)
-            probe = self.start_probe("orchestrator", "--url", url, "--data", data, "--projects", str(n),
+            probe = self.start_probe("orchestrator_scale", "--url", url, "--data", data, "--projects", str(n),
                                      "--relays", str(m))
 
             def step(phase: str, timeout: float) -> dict:
@@ -884,18 +884,18 @@ class Suite:
                 "cpu_seconds_total": round(cpu_seconds(orch.pid) - cpu0, 2) if cpu0 is not None else None,
             })
             if done.get("relays_up") != m:
-                self.error(f"orchestrator: {done.get('relays_up')} of {m} relays up after holding them")
-            self.log(f"orchestrator: {n} projects, {m} relays: {out['registrations_per_second']} registrations/s, "
+                self.error(f"orchestrator_scale: {done.get('relays_up')} of {m} relays up after holding them")
+            self.log(f"orchestrator_scale: {n} projects, {m} relays: {out['registrations_per_second']} registrations/s, "
                      f"{out['kib_per_relay']} KiB per relay, {out['kib_per_project']} KiB per project")
         except Exception as e:
             out["error"] = str(e)
-            self.error(f"orchestrator: {e}")
+            self.error(f"orchestrator_scale: {e}")
             traceback.print_exc()
         finally:
             if probe is not None:
                 self.pm.stop(probe)
             self.pm.stop(orch)
-        self.results["orchestrator"] = {
+        self.results["orchestrator_scale"] = {
             "description": f"one Orchestrator process serving {n} projects (a project node and an authority "
                            f"each), reached by one member node (a credential, a secure channel and a "
                            f"presentation per project), with {m} relays registered at once, spread over the "
@@ -974,7 +974,7 @@ class Suite:
                 add(f"project_vs_relay: {label}", c["ratio"], None, None,
                     f"{shown(c['project'])} vs {shown(c['relay'])} (the seed's portal through a project vs through "
                     "a relay node, same run)", "", key=f"project_vs_relay_{key}")
-        orch = R.get("orchestrator", {}).get("results", {}).get("orchestrator")
+        orch = R.get("orchestrator_scale", {}).get("results", {}).get("orchestrator")
         if orch and "error" not in orch:
             add(f"orchestrator with {orch['projects']} projects and {orch['relays']} relays: registrations/s",
                 orch.get("registrations_per_second"), None, None,
@@ -1180,15 +1180,15 @@ class Suite:
                 except Exception as e:
                     self.error(f"memory: {e}")
                     traceback.print_exc()
-            if not self.args.only or "orchestrator" in self.args.only:
+            if not self.args.only or "orchestrator_scale" in self.args.only:
                 if self.time_left() < 30 and not self.s.quick:
-                    self.notice("orchestrator skipped: time budget")
+                    self.notice("orchestrator_scale skipped: time budget")
                 else:
-                    self.log("scenario orchestrator (a fresh Orchestrator, many projects and relays)")
+                    self.log("scenario orchestrator_scale (a fresh Orchestrator, many projects and relays)")
                     try:
-                        self.scenario_orchestrator()
+                        self.scenario_orchestrator_scale()
                     except Exception as e:
-                        self.error(f"orchestrator: {e}")
+                        self.error(f"orchestrator_scale: {e}")
                         traceback.print_exc()
         finally:
             self.pm.stop_all()
@@ -1258,7 +1258,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-peers", dest="peers", action="store_false", help="do not run the peers")
     p.add_argument("--paths", default="", help="comma-separated path names to run (direct always runs)")
     p.add_argument("--only", action="append", default=[],
-                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory", "orchestrator"],
+                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory",
+                            "orchestrator_scale"],
                    help="run only these scenarios (repeatable)")
     p.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     p.add_argument("--builtin-bulk", action="store_true", help="use the built-in bulk tool even if iperf3 is there")

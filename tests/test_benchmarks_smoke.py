@@ -40,7 +40,7 @@ SCENARIOS = [
     "head_of_line",
     "relay_forwarders",
     "concurrent_connections",
-    "orchestrator",
+    "orchestrator_scale",
 ]
 OCKAM_PATHS = ["ockam_portal_1node", "ockam_inlet_outlet", "ockam_relay", "ockam_secure_relay", "ockam_project"]
 
@@ -154,7 +154,7 @@ class QuickBenchmarkTests(TestCase):
         self.assertEqual((project["path"], project["compared_with"]), ("ockam_project", "ockam_relay"))
         for key in ("throughput_up", "http_requests_per_second", "latency_p50_us"):
             self.assertGreater(project["project_vs_relay"][key]["ratio"], 0, key)
-        orchestrator = scenarios["orchestrator"]["results"]["orchestrator"]
+        orchestrator = scenarios["orchestrator_scale"]["results"]["orchestrator"]
         self.assertEqual(orchestrator["relays_up"], orchestrator["relays"], orchestrator)
         self.assertGreater(orchestrator["registrations_per_second"], 0)
         self.assertIsNotNone(orchestrator["kib_per_relay"])
