@@ -7,7 +7,7 @@ from typing import Dict
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
-from .errors import AddressInUse, OckamError, RouteUnreachable
+from .errors import AddressInUse, NoSuchAddress, OckamError
 from .deferred import InFlight, gather
 from .node import BaseNode
 from .portal.inlet import Inlet
@@ -196,11 +196,11 @@ class Node(BaseNode):
         L{node_resolver}); C{/node/<this node's name>} is this node.
         """
         if position != 0:
-            raise RouteUnreachable(f"/node/{hop.name} can only start a route")
+            raise NoSuchAddress(f"/node/{hop.name} can only start a route")
         if hop.name == self.name:
             return prefix
         if self.node_resolver is None:
-            raise RouteUnreachable(f"no node named {hop.name!r}")
+            raise NoSuchAddress(f"no node named {hop.name!r}")
         target = await maybeDeferred(self.node_resolver, hop.name)
         link = await self.connect_hop(Address(TCP, target))
         return Route([link.address])

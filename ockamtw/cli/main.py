@@ -818,6 +818,17 @@ class Commands:
 # --- the parser -----------------------------------------------------------------------------------
 
 
+def identifier_arg(text: str) -> str:
+    """
+    An identity's identifier as an option's value (C{--authorized}).
+    """
+    from ..project.codec import is_identifier
+
+    if not is_identifier(text):
+        raise argparse.ArgumentTypeError(f"not an identifier (P + 64 lowercase hex): {text!r}")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     """
     The command line.  The global options (C{--output}) are taken before
@@ -907,7 +918,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", default="/service/outlet", metavar="ADDRESS")
     c.add_argument("--to", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER",
                    help="accept only this identity through a secure channel (repeatable)")
     c = cmd(o, "list", Commands.outlet_list, "list TCP outlets")
     c.add_argument("--at", metavar="NODE")
@@ -921,7 +932,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
     c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; '-' reads standard input")
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER",
                    help="accept only an outlet with this identity, through a secure channel (repeatable)")
     c = cmd(i, "list", Commands.inlet_list, "list TCP inlets")
     c.add_argument("--at", metavar="NODE")
@@ -945,7 +956,7 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(sc, "create", Commands.sc_create, "create a secure channel from a node to a listener")
     c.add_argument("--from", dest="from_", metavar="NODE")
     c.add_argument("--to", required=True, metavar="ROUTE", help="route to the listener, e.g. /node/n2/service/api")
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
     c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
     c = cmd(sc, "list", Commands.sc_list, "list a node's established secure channels")
     c.add_argument("--at", metavar="NODE")
@@ -958,7 +969,7 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener (api: restrict the node's own)")
     c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
     c.add_argument("--at", metavar="NODE")
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
     c = cmd(scl, "list", Commands.scl_list, "list a node's secure channel listeners")
     c.add_argument("--at", metavar="NODE")
     c = cmd(scl, "delete", Commands.scl_delete, "stop a secure channel listener and close its channels")
@@ -1294,9 +1305,14 @@ class _Interrupt:
             _say("interrupted")
             os._exit(INTERRUPTED)
         self.interrupted = True
-        if self.cancel is None or blocking():
+        if blocking():
             raise KeyboardInterrupt
-        self.cancel()
+        if self.cancel is not None:
+            self.cancel()
+        # Otherwise the command has not started waiting yet: it is cancelled
+        # as soon as it does (see _run).  Raising here instead could land in
+        # a finalizer or a weakref callback, where Python only prints the
+        # exception and carries on.
 
 
 #: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -1356,7 +1372,11 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
     from twisted.internet import reactor
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(_attach_dash_values(argv))
+    top = parser()
+    args, extras = top.parse_known_args(_attach_dash_values(argv))
+    if extras:
+        # Said with the usage of the command they were given to, not ockam's.
+        getattr(args, "parser", top).error(f"unrecognized arguments: {' '.join(extras)}")
     _check_usage(args)
     outcome = []
 
@@ -1371,6 +1391,8 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
         d = defer.Deferred.fromCoroutine(run())
         if not d.called:
             interrupt.cancel = lambda: reactor.callFromThread(d.cancel)
+            if interrupt.interrupted:  # Ctrl-C while the command line was getting ready
+                d.cancel()
 
         def done(result):
             interrupt.cancel = None

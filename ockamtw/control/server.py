@@ -22,6 +22,7 @@ from twisted.web import resource, server
 
 from ..errors import AddressInUse, OckamError, RelayRefused, RequestTimeout, RouteUnreachable, TransportError, WireError
 from ..secure.errors import SecureChannelError
+from ..project.codec import is_identifier
 from ..project.membership import NotAMember
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
 from ..routing import MultiAddr, parse_route_text
@@ -653,8 +654,11 @@ def _authorized(body: dict):
         return None
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("P") for v in value):
-        raise ControlError(400, "authorized must be a list of identifiers (P<hex>)")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ControlError(400, "authorized must be a list of identifiers (P + 64 lowercase hex)")
+    for v in value:
+        if not is_identifier(v):
+            raise ControlError(400, f"authorized: not an identifier (P + 64 lowercase hex): {v!r}")
     return value
 
 

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from ..abac import DEFAULT_POLICY_TEXT, Policy, PolicyAccess
 from ..access import CHANNEL_PEERS
 from ..deferred import InFlight
-from ..errors import OckamError, RequestTimeout, RouteUnreachable
+from ..errors import NoSuchAddress, OckamError, RequestTimeout, RouteUnreachable
 from ..routing import Route
 from ..secure.channel import UP
 from ..secure.errors import SecureChannelError
@@ -190,11 +190,11 @@ class Membership:
         The C{project} route resolver (see the module's docstring).
         """
         if position != 0:
-            raise RouteUnreachable(f"/project/{hop.name} can only start a route")
+            raise NoSuchAddress(f"/project/{hop.name} can only start a route")
         info = self.projects.get(hop.name)
         if info is None:
             known = ", ".join(sorted(self.projects)) or "none"
-            raise RouteUnreachable(f"unknown project {hop.name!r} on node {self.node.name} (it knows: {known})")
+            raise NoSuchAddress(f"unknown project {hop.name!r} on node {self.node.name} (it knows: {known})")
         end = self._project_ends.get(info.name)
         if end is not None and end.status == UP:
             return Deferred.fromCoroutine(_route_of(end))
