@@ -451,3 +451,31 @@ class InletHealingTests(ProjectTestCase):
     @async_test
     async def test_nested_inlet_after_silence_at_n3(self):
         await self.silence(NESTED, "n3")
+
+
+class NestedChannelTests(ProjectTestCase):
+    @async_test
+    async def test_credentials_both_ways_and_a_policy_on_the_member(self):
+        """
+        Through C{.../forward_to_n3/secure/api/...} n1 and n3 present their
+        credentials to each other: each holds the other's attributes, so a
+        policy on n3's outlet about n1's own attribute admits n1's stream;
+        the plain route through the project, where n3 sees only the
+        project's identity, is refused by that policy.
+        """
+        info = await self.project()
+        edge = await self.new_member(info, {"role": "edge"})
+        n3 = self.member_node("n3", info)
+        n1 = self.member_node("n1", info, identity=edge)
+        await wait_until(lambda: edge.identifier in self.o.runtimes[info.id].members, 5, "n1 a member")
+        await deadline(n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE), 10,
+                       "the relay")
+        await n3.create_outlet("outlet", f"127.0.0.1:{await self.echo_target()}")
+        n3.membership.set_policy("tcp-outlet", '(= subject.role "edge")')
+        nested = await n1.create_inlet("127.0.0.1:0", NESTED, ping_timeout=2.0)
+        await self.echo_through(int(nested.socket_address.rsplit(":", 1)[1]), b"as edge")
+        self.assertEqual(n3.membership.attributes_of(edge.identifier)["role"], b"edge")
+        self.assertEqual(n1.membership.attributes_of(self.admin.identifier)["project_id"], info.id.encode())
+        plain = await n1.create_inlet("127.0.0.1:0", PLAIN, ping_timeout=2.0)
+        with self.assertRaises(AssertionError):
+            await self.echo_through(int(plain.socket_address.rsplit(":", 1)[1]), b"as the project", 5)
