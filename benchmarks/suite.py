@@ -896,7 +896,7 @@ class Suite:
                 self.pm.stop(probe)
             self.pm.stop(orch)
         self.results["orchestrator_scale"] = {
-            "description": f"one Orchestrator process serving {n} projects (a project node and an authority "
+            "description": f"One Orchestrator process serving {n} projects (a project node and an authority "
                            f"each), reached by one member node (a credential, a secure channel and a "
                            f"presentation per project), with {m} relays registered at once, spread over the "
                            f"projects, then held for {self.s.orchestrator_hold:g} s (each re-registers every "
