@@ -829,6 +829,17 @@ def identifier_arg(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """
+    A usage mistake is one line, as every other error: what is wrong and
+    where the command's help is (not the whole usage, which wraps over
+    several lines for most commands).  Exit status 2.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """
     The command line.  The global options (C{--output}) are taken before
@@ -837,10 +848,10 @@ def parser() -> argparse.ArgumentParser:
     """
     # Below the top level, --output has no default, so that one given
     # earlier on the line is not reset by the parser of a later word.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--output", choices=["plain", "json"], default=argparse.SUPPRESS, help="output format (default: plain)")
 
-    p = argparse.ArgumentParser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).")
+    p = _Parser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).")
     p.add_argument("--output", choices=["plain", "json"], default="plain", help="output format (default: plain)")
     p.add_argument("--version", action="version", version=f"ockam {__version__} (ockamtw)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
