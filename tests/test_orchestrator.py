@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 
 from ockamtw import Address, Route, encode_string, decode_string
@@ -286,6 +287,36 @@ class RestartTests(ProjectTestCase):
         )
         self.assertEqual(decode_string(reply.payload), "AGAIN")
         await echo(b"after the restart")
+
+
+class StopTests(ProjectTestCase):
+    @async_test
+    async def test_stop_waits_for_a_refresh_in_flight(self):
+        """
+        A project's refresh of its members that is reading the database
+        when the Orchestrator stops ends before the database is closed (it
+        used to fail on the closed database and log a traceback).
+        """
+        await self.project()
+        (runtime,) = self.o.runtimes.values()
+        store = self.o.store
+        gate, entered = Deferred(), []
+        real = store.members
+
+        def members(project_id):
+            entered.append(project_id)
+            return gate.addCallback(lambda _: real(project_id))
+
+        store.members = members
+        await wait_until(lambda: entered, 5, "a refresh reading the members")
+        stopped = self.o.stopService()
+        try:
+            await wait_until(lambda: store.pool is None, 1, "the database closed")
+        except AssertionError:
+            pass  # it waits for the refresh: good
+        gate.callback(None)
+        await deadline(stopped, 10, "the orchestrator stopped")
+        self.assertIsNone(store.pool)
 
 
 class HealingTests(ProjectTestCase):

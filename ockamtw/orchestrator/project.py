@@ -446,7 +446,8 @@ class ProjectRuntime:
             await self.store.set_project(self.id, authority_port=la.port, project_port=lp.port)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
-        self._loop.start(self.refresh_interval, now=False)
+        #: fires once the loop has stopped and its last refresh is done
+        self._loop_done = self._loop.start(self.refresh_interval, now=False)
 
     def _tick(self) -> Deferred:
         d = Deferred.fromCoroutine(self.refresh())
@@ -456,6 +457,7 @@ class ProjectRuntime:
     async def stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+            await self._loop_done  # a refresh in flight ends before the store closes
         for d in list(self._calls):
             d.cancel()
         await self.project.stopService()
