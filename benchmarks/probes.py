@@ -2,8 +2,9 @@
 The client side of each measurement, run as its own process so that it
 shares no interpreter (and no GIL) with the nodes or the orchestrator:
 ``python -m benchmarks.probes KIND ... --tag TAG``.  Each prints one JSON
-object on its last stdout line (``conns`` and ``register`` also print
-progress lines and wait for commands on stdin).
+object on its last stdout line (``conns``, ``register`` and
+``orchestrator_scale`` also print progress lines and wait for commands on
+stdin).
 
 The routed-message probes speak Ockam's TCP framing by hand (2-byte
 big-endian length, then a TransportMessage in BARE) and use no ockamtw
@@ -632,6 +633,16 @@ def http(args) -> dict:
     return asyncio.run(main())
 
 
+def orchestrator_scale(args) -> dict:
+    """
+    The Orchestrator scenario's client (an ockamtw node; see
+    L{benchmarks.orchestrator_probe}).
+    """
+    from .orchestrator_probe import run
+
+    return run(args)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.probes")
     sub = p.add_subparsers(dest="kind", required=True)
@@ -689,6 +700,13 @@ def main(argv=None) -> None:
     sp.add_argument("--port", type=int, required=True)
     sp.add_argument("--conns", type=int, default=32)
     sp.add_argument("--duration", type=float, default=2.0)
+    sp = add("orchestrator_scale", orchestrator_scale)
+    sp.add_argument("--url", required=True)
+    sp.add_argument("--data", required=True, help="the Orchestrator's data directory (its admin.token)")
+    sp.add_argument("--projects", type=int, default=100)
+    sp.add_argument("--relays", type=int, default=1000)
+    sp.add_argument("--concurrency", type=int, default=10)
+    sp.add_argument("--refresh", type=float, default=5.0)
     args = p.parse_args(argv)
     raise_nofile()
     emit(args.func(args))

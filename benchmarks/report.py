@@ -115,6 +115,44 @@ def render(doc) -> str:
                   f"= {_f(rust['ratio'], 2)}x (a published figure from another machine, not measured in this "
                   "run)."]
 
+    proj = doc.get("project")
+    if proj:
+        c = proj["project_vs_relay"]
+        L += ["", "### The seed's Orchestrator section: `ockam_project` beside `ockam_relay`", "",
+              "The same portal through a self-hosted Orchestrator's project: the outlet node's relay is at "
+              "`/project/default` and the inlet's route is `/project/default/service/forward_to_X/service/o_T`; "
+              "each node reaches the project node over a secure channel (a credential presented), so the project "
+              "node decrypts and encrypts every message. project_vs_relay = project / relay, within this run.", "",
+              "| measure | `ockam_relay` | `ockam_project` | project_vs_relay |", "|---|---|---|---|"]
+        rows = [("throughput up, Gbit/s", "throughput_up", 2), ("throughput down, Gbit/s", "throughput_down", 2),
+                ("throughput 4 streams, Gbit/s", "throughput_p4", 2),
+                ("path CPU % (up)", "path_cpu_percent_up", 0), ("64 B RTT p50, µs", "latency_p50_us", 0),
+                ("64 B RTT p99, µs", "latency_p99_us", 0), ("new conn p50, ms", "setup_p50_ms", 2),
+                ("new conn p99, ms", "setup_p99_ms", 2), ("HTTP req/s", "http_requests_per_second", 0)]
+        for label, key, nd in rows:
+            v = c.get(key) or {}
+            L.append(f"| {label} | {_f(v.get('relay'), nd)} | {_f(v.get('project'), nd)} | {_f(v.get('ratio'), 3)} |")
+
+    o = doc["scenarios"].get("orchestrator_scale", {}).get("results", {}).get("orchestrator")
+    if o:
+        L += ["", "### One Orchestrator, many projects and relays", ""]
+        if "error" in o:
+            L.append(f"Error: {o['error']}")
+        else:
+            rss = o.get("rss_mib") or {}
+            L += [doc["scenarios"]["orchestrator_scale"]["description"] + ".", "",
+                  "| projects | relays | projects/s | member channels/s | registrations/s (all at once) | "
+                  "registrations per CPU second | CPU % holding the relays | KiB per project | KiB per member "
+                  "channel | KiB per relay | RSS MiB: started, projects, channels, relays, held | relays up |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                  f"| {o['projects']} | {o['relays']} | {_f(o.get('projects_per_second'), 1)} | "
+                  f"{_f(o.get('channels_per_second'), 1)} | {_f(o.get('registrations_per_second'), 0)} | "
+                  f"{_f(o.get('registrations_per_cpu_second'), 0)} | {_f(o.get('held_cpu_percent'), 1)} | "
+                  f"{_f(o.get('kib_per_project'), 1)} | {_f(o.get('kib_per_member_channel'), 1)} | "
+                  f"{_f(o.get('kib_per_relay'), 2)} | "
+                  + ", ".join(_f(rss.get(k), 1) for k in ("started", "projects", "channels", "relays", "held"))
+                  + f" | {o.get('relays_up')} |"]
+
     r = doc["scenarios"].get("routed_rtt", {}).get("results", {})
     if r:
         L += ["", "### Routed messages (raw Ockam frames, 64-byte payload)", "",

@@ -224,6 +224,7 @@ class Api:
         if project is None:
             project = await self.o.create_project(space["id"], "default", identity.identifier)
         await self.o.admins_changed()
+        await self.o.refresh_space_names()
         return {"space": space, "project": self._project(project)}
 
     async def token_create(self, request: Request) -> Dict:
@@ -314,6 +315,7 @@ class Api:
             raise bad_request("a project name is 1 to 64 letters, digits, '-' or '_'")
         admin = request.token_row.get("identifier")
         row = await self.o.create_project(space["id"], name, admin)
+        await self.o.refresh_space_names()
         return self._project(row)
 
     async def project_show(self, request: Request) -> Dict:
