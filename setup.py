@@ -19,7 +19,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["ockamtw", "ockamtw.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["ockam_plugin.py", "ockam_orchestrator_plugin.py"]},
+    package_data={"twisted.plugins": ["ockam_plugin.py", "ockam_orchestrator_plugin.py", "ockam_endpoints.py"]},
     include_package_data=False,
     install_requires=[
         "twisted>=23.10,<27",
@@ -31,7 +31,9 @@ setup(
         "cbor2>=5.4,<7",
     ],
     extras_require={
-        "test": ["hypothesis>=6.80,<7"],
+        # Several Orchestrator instances on one PostgreSQL database (--db postgresql://...).
+        "postgresql": ["psycopg[binary]>=3.1,<4"],
+        "test": ["hypothesis>=6.80,<7", "psycopg[binary]>=3.1,<4"],
         "docs": ["sphinx>=7", "myst-parser>=2"],
     },
     entry_points={

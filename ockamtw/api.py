@@ -73,6 +73,7 @@ class Node(BaseNode):
         #: the projects this node belongs to (L{ockamtw.project.membership})
         self.membership = Membership(self)
         self.register_resolver("project", self.membership.resolve)
+        self.register_resolver("secure", self.membership.secure_hop(self._secure_hop))
         if services:
             start_default_services(self)
             start_relay_services(self)

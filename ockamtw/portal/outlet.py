@@ -95,15 +95,21 @@ class Outlet(Worker):
         self.accepted = 0
         self.refused = 0
         self.closed = False
+        self._check_target()
+
+    #: The class of this outlet's portal workers.
+    portal_class = OutletPortal
+
+    def _check_target(self) -> None:
         # Fail early on a bad target.
-        client_endpoint(None, target, connect_timeout)
+        client_endpoint(None, self.target, self.connect_timeout)
 
     def receive(self, message) -> None:
         if message.payload != PING:
             return
         if not message.return_route or self.closed:
             return
-        portal = OutletPortal(self)
+        portal = self.portal_class(self)
         # Flow control only with an inlet that offers it: to any other
         # peer, the portal looks as Ockam's do.
         offered = offers_flow_control(message.return_route[-1])
@@ -111,6 +117,13 @@ class Outlet(Worker):
         portal.set_remote(message.return_route, message.origin)
         self.portals.add(portal)
         self.accepted += 1
+        self._connect_target(portal, offered)
+
+    def _connect_target(self, portal: OutletPortal, offered: bool) -> None:
+        """
+        Give C{portal} its socket: a connection to the target.  C{offered}:
+        whether the inlet offered per-stream flow control.
+        """
         try:
             endpoint, _ = client_endpoint(self.node.reactor, self.target, self.connect_timeout)
         except WireError as e:
