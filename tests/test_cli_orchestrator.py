@@ -196,8 +196,9 @@ class RestartTests(OrchestratorCLITestCase):
         inlets = []
         for route in ("/project/default/service/forward_to_n3/service/outlet",
                       "/project/default/service/forward_to_n3/secure/api/service/outlet"):
-            r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to", route)
-            inlets.append(port_of(r.out.strip()))
+            r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to", route,
+                                 "--output", "json")
+            inlets.append(port_of(r.json()["listen"]))
             self.assertEqual(await self.head_until_ok(inlets[-1], 10), "HTTP/1.0 200 OK")
 
         await self.ockam("orchestrator", "stop")
