@@ -1,6 +1,7 @@
 """
-Deferred helpers shared by the node and its features: operations in
-progress that several callers wait for, and waiting for many at once.
+Deferred helpers shared by the node, its features and its clients:
+operations in progress that several callers wait for, waiting for many at
+once, and a call with a time limit.
 
 A leaf module: it imports nothing of ockamtw.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 
@@ -67,3 +68,42 @@ def gather(ds) -> Deferred:
     if not ds:
         return succeed(None)
     return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
+
+
+class TimedOut(Exception):
+    """
+    L{within}'s operation did not end within its time limit.
+    """
+
+
+def within(clock, seconds: float, start: Callable[[], Deferred]) -> Deferred:
+    """
+    The result of C{start()}, cancelled after C{seconds} on C{clock}: then
+    it fails with L{TimedOut}, whatever the operation made of being
+    cancelled (an HTTP client says C{ResponseNeverReceived}, say).
+    Cancelling the returned Deferred cancels the operation and fails with
+    C{CancelledError} all the same.
+    """
+    inner = start()
+    why: list = []
+
+    def cancel(_) -> None:
+        why.append(CancelledError)
+        inner.cancel()
+
+    def expire() -> None:
+        why.append(TimedOut)
+        inner.cancel()
+
+    timer = clock.callLater(seconds, expire)
+
+    def ended(result):
+        if timer.active():
+            timer.cancel()
+        if isinstance(result, Failure) and why:
+            return Failure(CancelledError() if why[0] is CancelledError else TimedOut(seconds))
+        return result
+
+    outer = Deferred(cancel)
+    inner.addBoth(ended).chainDeferred(outer)
+    return outer

@@ -16,6 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, Respon
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from ..deferred import TimedOut, within
 from .nodes import CLIError
 
 #: How long a call may take beyond the time the operation itself is given
@@ -73,7 +74,6 @@ class ControlClient:
         """
         data = json.dumps(body).encode() if body is not None else None
         limit = CALL_TIMEOUT if timeout is None else timeout
-        timed_out = []
 
         async def go():
             response = await self._http.request(
@@ -81,40 +81,20 @@ class ControlClient:
             )
             return response, await response.content()
 
-        inner = defer.Deferred.fromCoroutine(go())
-        cancelled = []
-
-        def cancel(_):
-            cancelled.append(True)
-            inner.cancel()
-
         # Cancelling the call (Ctrl-C) is not the node's failure: it ends
         # as CancelledError, whatever the HTTP client makes of it.
-        d = defer.Deferred(cancel)
-        inner.chainDeferred(d)
-
-        def expire():
-            timed_out.append(True)
-            inner.cancel()
-
-        timer = self.reactor.callLater(limit, expire)
         try:
-            response, raw = await d
-        except Exception as e:
-            if cancelled:
-                raise defer.CancelledError() from None
-            if isinstance(e, (ConnectError, OSError)):
-                raise CLIError(self._not_reachable()) from e
-            if not timed_out and isinstance(e, (ResponseFailed, ResponseNeverReceived)):
-                raise CLIError(
-                    f"node {self.name} closed the connection without answering (see: ockam node show {self.name})"
-                ) from None
-            if timed_out:
-                raise CLIError(f"node {self.name} did not answer within {limit:g} s (see: ockam node logs {self.name})") from None
+            response, raw = await within(self.reactor, limit, lambda: defer.Deferred.fromCoroutine(go()))
+        except TimedOut:
+            raise CLIError(f"node {self.name} did not answer within {limit:g} s (see: ockam node logs {self.name})") from None
+        except defer.CancelledError:
             raise
-        finally:
-            if timer.active():
-                timer.cancel()
+        except (ConnectError, OSError) as e:
+            raise CLIError(self._not_reachable()) from e
+        except (ResponseFailed, ResponseNeverReceived):
+            raise CLIError(
+                f"node {self.name} closed the connection without answering (see: ockam node show {self.name})"
+            ) from None
         try:
             result = json.loads(raw)
         except ValueError:

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from ..deferred import TimedOut, within
 from ..errors import OckamError
 
 #: What an enrolling identity signs: this prefix, then the challenge bytes
@@ -99,38 +100,16 @@ class OrchestratorClient:
             response = await self.http.request(method, url, data=data, headers=headers)
             return response, await response.content()
 
-        inner = defer.Deferred.fromCoroutine(go())
-        cancelled = []
-        timed_out = []
-
-        def cancel(_):
-            cancelled.append(True)
-            inner.cancel()
-
-        outer = defer.Deferred(cancel)
-        inner.chainDeferred(outer)
-
-        def expire():
-            timed_out.append(True)
-            inner.cancel()
-
-        timer = self.clock.callLater(limit, expire)
         try:
-            response, raw = await outer
-        except Exception as e:
-            if cancelled:
-                raise defer.CancelledError() from None
-            if timed_out:
-                raise OrchestratorError(f"{where} did not answer within {limit:g} s") from None
-            if isinstance(e, (ConnectError, DNSLookupError, OSError)):
-                reason = _reason(e)
-                raise OrchestratorError(f"cannot reach {where}: {reason}") from None
-            if isinstance(e, (ResponseFailed, ResponseNeverReceived)):
-                raise OrchestratorError(f"{where} closed the connection without answering") from None
+            response, raw = await within(self.clock, limit, lambda: defer.Deferred.fromCoroutine(go()))
+        except TimedOut:
+            raise OrchestratorError(f"{where} did not answer within {limit:g} s") from None
+        except defer.CancelledError:
             raise
-        finally:
-            if timer.active():
-                timer.cancel()
+        except (ConnectError, DNSLookupError, OSError) as e:
+            raise OrchestratorError(f"cannot reach {where}: {_reason(e)}") from None
+        except (ResponseFailed, ResponseNeverReceived):
+            raise OrchestratorError(f"{where} closed the connection without answering") from None
         try:
             result = json.loads(raw)
         except ValueError:
