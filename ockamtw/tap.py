@@ -35,7 +35,7 @@ from .transport.limits import (
     MAX_CONNECTIONS_PER_PEER,
     PARTIAL_FRAME_BUDGET,
 )
-from .transport.tcp import client_target, server_description
+from .endpoints import client_target, server_description
 
 log = Logger(namespace="ockamtw.tap")
 
@@ -431,8 +431,6 @@ class Options(usage.Options):
         """
         Open a TCP connection to HOST:PORT at start (repeatable).
         """
-        from .transport.tcp import client_target
-
         try:
             client_target(value)
         except WireError as e:

@@ -41,7 +41,6 @@ from ockamtw.portal import (
     WAITING,
     WRITE_CLOSED,
     PortalWorker,
-    payload_message,
     portal_address,
 )
 from ockamtw.relay import (
@@ -61,7 +60,7 @@ from ockamtw.secure.channel import ChannelEnd, HandshakeLimits, SecureChannelLis
 from ockamtw.secure.codec import CreateResponderChannelMessage
 from ockamtw.secure.errors import SecureChannelError
 from ockamtw.secure.identity import LocalIdentity
-from ockamtw.wire import DISCONNECT, TransportMessage, decode_credit, encode_credit, encode_eof
+from ockamtw.wire import DISCONNECT, TransportMessage, decode_credit, encode_credit, encode_eof, encode_payload
 
 from .helpers import h_string, msg_frame
 from .memory_harness import MemoryMixin
@@ -723,13 +722,13 @@ class PortalMachineTests(SynchronousTestCase):
         self.assertEqual(portal.state, WAITING)
         portal._socket_data(b"early")
         peer = self.other_side()
-        self.node.send(portal.address, payload_message(b"too soon"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"too soon"), sender=peer)
         self.assertEqual((self.got, transport.value(), portal.dropped), ([], b"", 1))
         portal.set_remote(Route([peer]))
         self.assertEqual(portal.state, OPEN)
         self.assertTrue(portal.flow)
         portal._socket_data(b"now")
-        self.assertEqual(self.got, [payload_message(b"now")])
+        self.assertEqual(self.got, [encode_payload(b"now")])
 
     def test_other_side_first(self):
         """
@@ -741,12 +740,12 @@ class PortalMachineTests(SynchronousTestCase):
         portal.set_remote(Route([peer]))
         self.assertEqual(portal.state, CONNECTING)
         self.assertIsNone(portal.transport)
-        self.node.send(portal.address, payload_message(b"x"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"x"), sender=peer)
         self.assertEqual((portal.bytes_out, portal.dropped), (0, 0))
         transport = StringTransport()
         portal._socket_made(transport)
         self.assertEqual(portal.state, OPEN)
-        self.node.send(portal.address, payload_message(b"y"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"y"), sender=peer)
         self.assertEqual(transport.value(), b"y")
 
     def test_second_other_side_refused(self):
@@ -766,7 +765,7 @@ class PortalMachineTests(SynchronousTestCase):
         self.assertEqual(self.got, [encode_eof()])
         portal._socket_eof()  # a second end of file changes nothing
         self.assertEqual((portal.state, self.got), (READ_CLOSED, [encode_eof()]))
-        self.node.send(portal.address, payload_message(b"still"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"still"), sender=peer)
         self.assertEqual(transport.value(), b"still")
         done = portal.when_done()
         self.node.send(portal.address, encode_eof(), sender=peer)
@@ -790,14 +789,14 @@ class PortalMachineTests(SynchronousTestCase):
         portal, transport, peer = self.opened()
         self.node.send(portal.address, encode_eof(), sender=peer)
         self.assertEqual((portal.state, portal.write_done, transport.write_lost), (WRITE_CLOSED, True, True))
-        self.node.send(portal.address, payload_message(b"late"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"late"), sender=peer)
         self.node.send(portal.address, encode_eof(), sender=peer)  # a second Eof is ignored
         self.assertEqual((portal.state, transport.value()), (WRITE_CLOSED, b""))
         portal._socket_data(b"answer")
-        self.assertEqual(self.got, [payload_message(b"answer")])
+        self.assertEqual(self.got, [encode_payload(b"answer")])
         portal._socket_eof()
         self.assertEqual(portal.state, FLUSHING)
-        self.assertEqual(self.got, [payload_message(b"answer"), encode_eof()])
+        self.assertEqual(self.got, [encode_payload(b"answer"), encode_eof()])
 
     def test_end_of_file_without_flow_control(self):
         """
@@ -882,7 +881,7 @@ class PortalMachineTests(SynchronousTestCase):
         """
         portal, transport, peer = self.opened()
         for _ in range(STREAM_WINDOW // MAX_CHUNK):
-            self.node.send(portal.address, payload_message(b"r" * MAX_CHUNK), sender=peer)
+            self.node.send(portal.address, encode_payload(b"r" * MAX_CHUNK), sender=peer)
         grants = [decode_credit(p) for p in self.got]
         self.assertTrue(grants)
         self.node.send(portal.address, encode_eof(), sender=peer)

@@ -34,9 +34,8 @@ from ockamtw.transport.tcp import (
     TcpConnection,
     TcpListener,
     _FrameFactory,
-    client_target,
-    server_description,
 )
+from ockamtw.endpoints import client_target, server_description
 from ockamtw.wire import MAX_FRAME, encode_frame
 
 from .helpers import captureLogs

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import List, Optional
@@ -21,27 +20,11 @@ from .. import __version__
 from ..control import state as st
 from ..errors import OckamError
 from ..routing import MultiAddr
-from ..transport.tcp import _split_hostport
-from .nodes import CLIError, Nodes, interruptible, node_name, os_error
+from ..endpoints import split_hostport
+from .nodes import CLIError, Nodes, end_process, PipeTail, interruptible, node_name, os_error
+from .text import HOSTPORT_FORMS, hostport, table
 
 # --- output -----------------------------------------------------------------------
-
-
-def table(headers: List[str], rows: List[List[str]]) -> str:
-    """
-    An ASCII table as Ockam's CLI draws it.
-    """
-    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells):
-        return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
-
-    out = [rule, line(headers), rule]
-    out += [line(r) for r in rows]
-    if rows:
-        out.append(rule)
-    return "\n".join(out)
 
 
 def node_block(info: dict) -> str:
@@ -54,7 +37,7 @@ def node_block(info: dict) -> str:
         "  Route To Node:",
         f"    Short: /node/{info['name']}",
     ]
-    hp = _split_hostport(listener) if listener != "-" else None
+    hp = split_hostport(listener) if listener != "-" else None
     if hp:
         host, port = hp
         proto = "ip6" if ":" in host else "ip4"
@@ -144,46 +127,13 @@ def _dash_at(text: str) -> Optional[int]:
     return None
 
 
-#: The forms a TCP address may be given in, for messages.
-HOSTPORT_FORMS = "PORT, HOST:PORT or /ip4/HOST/tcp/PORT"
-
-
-def hostport(text: str, what: str) -> str:
-    """
-    C{HOST:PORT} from what a user typed or the command line printed: a
-    port (on 127.0.0.1), C{HOST:PORT}, C{[V6]:PORT}, or a MultiAddr such as
-    C{/ip4/127.0.0.1/tcp/7000} (what C{node show} prints as "Verbose").
-    """
-    t = text.strip()
-    if t.isascii() and t.isdigit():
-        if int(t) > 65535:
-            raise CLIError(f"{what}: port {t} is above 65535")
-        return f"127.0.0.1:{int(t)}"
-    if t.startswith("/"):
-        try:
-            hops = MultiAddr.parse(t).hops
-        except OckamError as e:
-            raise CLIError(f"{what}: {e}") from None
-        if len(hops) != 1 or hops[0].kind != "tcp":
-            raise CLIError(f"{what}: expected {HOSTPORT_FORMS}, got {text!r}")
-        host, port = hops[0].host, hops[0].port
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        hp = _split_hostport(t)
-    except OckamError as e:
-        raise CLIError(f"{what}: {e}") from None
-    if hp is None:
-        raise CLIError(f"{what}: expected {HOSTPORT_FORMS}, got {text!r}")
-    return t
-
-
 def multiaddr_of(hostport_text: str) -> str:
     """
     C{/ip4/H/tcp/P} (or C{/ip6/...}, C{/dnsaddr/...}) for C{H:P}.
     """
     import ipaddress
 
-    host, port = _split_hostport(hostport_text)
+    host, port = split_hostport(hostport_text)
     try:
         kind = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
     except ValueError:
@@ -255,7 +205,7 @@ class Commands:
         deadline = time.monotonic() + timeout
         c = ControlClient(self.reactor, name, self.nodes.socket(name))
         self._clients.append(c)
-        stderr = _PipeTail(proc.stderr)
+        stderr = PipeTail(proc.stderr)
         try:
             while True:
                 stderr.read()
@@ -272,7 +222,7 @@ class Commands:
                         if info.get("pid") == proc.pid:
                             return info
                 if time.monotonic() > deadline:
-                    _end(proc)
+                    end_process(proc)
                     raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
                 await task.deferLater(self.reactor, 0.05, lambda: None)
         finally:
@@ -345,7 +295,7 @@ class Commands:
                 try:
                     info = await self._wait_ready(name, proc, offset)
                 except BaseException:
-                    _end(proc)
+                    end_process(proc)
                     raise
         except BaseException:
             try:
@@ -575,7 +525,7 @@ class Commands:
         if st.valid_node_name(text) and self.nodes.exists(text):
             return f"/node/{text}"
         try:
-            hp = _split_hostport(text)
+            hp = split_hostport(text)
         except OckamError as e:
             raise CLIError(f"--at: {e}") from None
         if hp is not None:
@@ -1171,51 +1121,6 @@ def _authority_on_disk(state: dict) -> Optional[dict]:
         return None
     return {"project_identifier": doc.get("project_identifier"), "identifier": None, "services": [],
             "members": len(doc.get("members") or {}), "trusted_identities_file": doc.get("trusted_identities_file")}
-
-
-class _PipeTail:
-    """
-    What a starting node writes on its standard error (a pipe), read
-    without blocking; the last 64 KiB are kept.
-    """
-
-    LIMIT = 64 * 1024
-
-    def __init__(self, pipe) -> None:
-        self.pipe = pipe
-        self.data = b""
-        if pipe is not None:
-            os.set_blocking(pipe.fileno(), False)
-
-    def read(self) -> None:
-        if self.pipe is None or self.pipe.closed:
-            return
-        while True:
-            try:
-                chunk = os.read(self.pipe.fileno(), 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self.data = (self.data + chunk)[-self.LIMIT :]
-
-    def close(self) -> None:
-        if self.pipe is not None and not self.pipe.closed:
-            self.pipe.close()
-
-
-def _end(proc) -> None:
-    """
-    Stop a node process this command started (SIGTERM, then SIGKILL after
-    5 s) and reap it.
-    """
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _identity_on_disk(nodes, name, state):

@@ -474,3 +474,48 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+class PipeTail:
+    """
+    What a starting node writes on its standard error (a pipe), read
+    without blocking; the last 64 KiB are kept.
+    """
+
+    LIMIT = 64 * 1024
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.data = b""
+        if pipe is not None:
+            os.set_blocking(pipe.fileno(), False)
+
+    def read(self) -> None:
+        if self.pipe is None or self.pipe.closed:
+            return
+        while True:
+            try:
+                chunk = os.read(self.pipe.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.data = (self.data + chunk)[-self.LIMIT :]
+
+    def close(self) -> None:
+        if self.pipe is not None and not self.pipe.closed:
+            self.pipe.close()
+
+
+def end_process(proc) -> None:
+    """
+    Stop a node process this command started (SIGTERM, then SIGKILL after
+    5 s) and reap it.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -268,9 +268,9 @@ async def orchestrator_start(c) -> None:
     offset = _size(local.log)
     started = time.time()
     proc = local.spawn(data, _start_options(a))
-    from .main import _PipeTail, _end
+    from .nodes import PipeTail, end_process
 
-    stderr = _PipeTail(proc.stderr)
+    stderr = PipeTail(proc.stderr)
     probe = None
     deadline = time.monotonic() + START_TIMEOUT
     url = None
@@ -292,11 +292,11 @@ async def orchestrator_start(c) -> None:
                 else:
                     break
             if time.monotonic() > deadline:
-                _end(proc)
+                end_process(proc)
                 raise CLIError(f"the orchestrator did not answer within {START_TIMEOUT:g} s (see: {local.log})")
             await task.deferLater(c.reactor, 0.05, lambda: None)
     except BaseException:
-        _end(proc)
+        end_process(proc)
         raise
     finally:
         stderr.close()

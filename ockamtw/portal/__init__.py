@@ -56,8 +56,6 @@ from ..wire import (
     DISCONNECT_TAG,
     EOF_TAG,
     PAYLOAD_TAG,
-    PING,  # noqa: F401 (re-exported)
-    PONG,  # noqa: F401 (re-exported)
     REFUSE_TAG,
     decode_credit,
     decode_eof,
@@ -74,11 +72,6 @@ log = Logger(namespace="ockamtw.portal")
 
 #: Largest chunk of socket bytes in one Payload message (48 KiB).
 MAX_CHUNK = 49152
-
-#: Former names, kept for callers (the codec is L{ockamtw.wire}).
-_PAYLOAD_TAG = PAYLOAD_TAG
-payload_message = encode_payload
-parse_payload = decode_payload
 
 #: A receiver grants more credit once it can move the limit by this much.
 GRANT_STEP = STREAM_WINDOW // 4

@@ -16,8 +16,8 @@ from ..deferred import InFlight, gather
 from ..routing import Route
 from ..endpoints import reason, server_description
 from ..errors import WireError
-from ..wire import PONG_TAG, REFUSE_TAG, decode_refuse
-from . import PING, WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
+from ..wire import PING, PONG_TAG, REFUSE_TAG, decode_refuse
+from . import WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 

@@ -17,8 +17,8 @@ from ..endpoints import client_endpoint
 from zope.interface import implementer
 
 from ..interfaces import IAccessPolicy
-from ..wire import encode_refuse
-from . import DISCONNECT, PING, PONG, PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
+from ..wire import DISCONNECT, PING, PONG, encode_refuse
+from . import PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
 
 log = Logger(namespace="ockamtw.portal.outlet")
 

@@ -34,19 +34,18 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..access import ANYONE
-from ..endpoints import client_endpoint, client_target, reason, server_description, split_hostport
+from ..endpoints import client_endpoint, client_target, reason, server_description
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
 from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, ITransport, IWorker
 from ..logs import short
 from ..deferred import InFlight, gather
 from ..routing import TCP, Address
-from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
+from ..wire import HEARTBEAT_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, body_frame_parts, frame_parts
 from .limits import (
     CLOSED_BUDGET,
     CLOSED_FIRST_FRAME,
     CLOSED_FRAME,
-    HEARTBEAT_FRAME,
     HELLO_DELAY,
     ConnectionGuard,
     Refused,
@@ -58,11 +57,6 @@ log = Logger(namespace="ockamtw.transport.tcp")
 MODE_LISTENING = "Listening"
 MODE_OUTGOING = "Remote connection"
 MODE_ACCEPTED = "Accepted"
-
-# The endpoint helpers live in ockamtw.endpoints; the old private name is
-# kept for callers.
-_split_hostport = split_hostport
-
 
 def _peer_text(addr) -> str:
     host = getattr(addr, "host", None)
@@ -335,12 +329,11 @@ class TcpConnection(CloseNotifier):
 
         @raise MessageTooLarge: when the body exceeds a frame.
         """
-        size = len(head) + len(data)
-        if size > MAX_FRAME:
-            raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
+        parts = body_frame_parts(head, data)
         if not self.connected:
             return
-        send_now(self.transport, [size.to_bytes(2, "big") + head, data], size)
+        size = len(head) + len(data)
+        send_now(self.transport, parts, size)
         self.messages_out += 1
         self.bytes_out += size + 2
         if source is not None and self.backpressure.congested:
