@@ -17,6 +17,7 @@ from .relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Relay, start_r
 from .routing import TCP, Address, Route
 from .transport.tcp import TcpTransport
 from .services import start_default_services
+from .status import UP
 
 
 class Node(BaseNode):
@@ -177,7 +178,7 @@ class Node(BaseNode):
         name = hop.name
         key = f"{prefix} => {name}"
         for end in self.secure_channels.values():
-            if end.status == "up" and getattr(end, "_hop_key", None) == key:
+            if end.status == UP and getattr(end, "_hop_key", None) == key:
                 return succeed(Route([end.encryptor]))
 
         def start():

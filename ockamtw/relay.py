@@ -46,6 +46,7 @@ from .interfaces import IAccessPolicy
 from .logs import short
 from .node import Worker
 from .routing import LOCAL, Address, Route
+from .status import DOWN, UP
 from .wire import decode_string, encode_header, encode_string
 
 log = Logger(namespace="ockamtw.relay")
@@ -53,8 +54,6 @@ log = Logger(namespace="ockamtw.relay")
 FORWARDING_SERVICE = "forwarding_service"
 STATIC_FORWARDING_SERVICE = "static_forwarding_service"
 
-UP = "Up"
-DOWN = "Down"
 
 #: The end of an ockamtw relay client's address: a relay node that sees it
 #: says why it refuses a registration (Ockam 0.83's have plain hex).

@@ -135,7 +135,7 @@ class ListenerInMemory(SynchronousTestCase):
             self.node.deliver(message)
 
     def half_open(self, listener) -> int:
-        return sum(1 for e in listener.channels if e.status != "up")
+        return sum(1 for e in listener.channels if e.state != "up")
 
     def assertNoExtraState(self, listener) -> None:
         """
@@ -511,7 +511,7 @@ class FloodTests(SecureTestCase):
         return flooders
 
     def half_open(self, listener) -> int:
-        return sum(1 for e in listener.channels if e.status != "up")
+        return sum(1 for e in listener.channels if e.state != "up")
 
     async def flood_scenario(self, n2, at: str, flood_from: str, connections: int, cap: int, answer: bool = False):
         """

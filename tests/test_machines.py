@@ -383,7 +383,6 @@ _M = object()
 class ChannelTableTests(TableMixin, SynchronousTestCase):
     module = channel_module
     factory = channel_module._ChannelMachine
-    attribute = "status"
     inputs = {
         "initiate": (_R, 10.0),
         "respond": (b"m1", 10.0),
@@ -476,11 +475,11 @@ class ChannelMachineTests(SynchronousTestCase):
 
     def test_handshake(self):
         end = self.initiator()
-        self.assertEqual(end.status, "new")
+        self.assertEqual(end.state, "new")
         d = end.start_initiator(Route([Address.local("api")]), 10.0)
         self.assertIs(self.successResultOf(d), end)
         (responder,) = self.listener.channels
-        self.assertEqual((end.status, responder.status), ("up", "up"))
+        self.assertEqual((end.state, responder.state), ("up", "up"))
         self.assertEqual((end.identity, responder.identity), (self.b.identifier, self.a.identifier))
         self.assertEqual(self.node.reactor.getDelayedCalls(), [])
 
@@ -495,10 +494,10 @@ class ChannelMachineTests(SynchronousTestCase):
 
         def up(e):
             e.close()
-            seen.append(e.status)
+            seen.append(e.state)
 
         end.start_initiator(Route([Address.local("api")]), 10.0).addCallback(up)
-        self.assertEqual((seen, end.status), (["closed"], "closed"))
+        self.assertEqual((seen, end.state), (["closed"], "closed"))
         self.assertIsNone(self.node.worker_at(end.decryptor))
 
     def test_not_a_listener(self):
@@ -512,7 +511,7 @@ class ChannelMachineTests(SynchronousTestCase):
         d = end.start_initiator(Route([Address.local("echo")]), 10.0)
         f = self.failureResultOf(d, SecureChannelError)
         self.assertIn("did not answer as a secure channel listener", f.getErrorMessage())
-        self.assertEqual((end.status, end.dropped), ("closed", 1))
+        self.assertEqual((end.state, end.dropped), ("closed", 1))
         self.assertIs(end.failure, f.value)
         self.assertEqual(self.node.reactor.getDelayedCalls(), [])
 
@@ -520,12 +519,12 @@ class ChannelMachineTests(SynchronousTestCase):
         self.node.start_worker("sink", FunctionWorker(lambda w, m: None, access=ANYONE))
         end = self.initiator()
         d = end.start_initiator(Route([Address.local("sink")]), 3.0)
-        self.assertEqual(end.status, "m2")
+        self.assertEqual(end.state, "m2")
         self.node.reactor.advance(2.9)
         self.assertNoResult(d)
         self.node.reactor.advance(0.1)
         self.failureResultOf(d, RequestTimeout)
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
 
     def test_before_start_and_before_up(self):
         """
@@ -534,9 +533,9 @@ class ChannelMachineTests(SynchronousTestCase):
         """
         end = self.initiator()
         end._wire(TransportMessage(Route([end.decryptor]), Route([]), b"junk"))
-        self.assertEqual((end.status, end.dropped), ("new", 1))
+        self.assertEqual((end.state, end.dropped), ("new", 1))
         end._local(TransportMessage(Route([end.encryptor, Address.local("x")]), Route([]), b"early"))
-        self.assertEqual(end.status, "new")
+        self.assertEqual(end.state, "new")
 
     def half_open_responder(self, link):
         """
@@ -556,9 +555,9 @@ class ChannelMachineTests(SynchronousTestCase):
     def test_link_closed_during_handshake(self):
         link = _Link()
         responder = self.half_open_responder(link)
-        self.assertEqual(responder.status, "m3")
+        self.assertEqual(responder.state, "m3")
         link.close()
-        self.assertEqual(responder.status, "closed")
+        self.assertEqual(responder.state, "closed")
         self.assertIsInstance(responder.failure, SecureChannelError)
         self.assertIn("closed during the handshake", str(responder.failure))
         self.assertEqual((self.listener.stats()["half_open"], self.listener.failed), (0, 1))
@@ -574,7 +573,7 @@ class ChannelMachineTests(SynchronousTestCase):
         m1.origin = link
         request = CreateResponderChannelMessage.for_initiator(b"\x00" * 32, Address.local("back"))
         self.assertRaises(SecureChannelError, end.start_responder, m1, 10.0, request)
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         self.assertIn("closed during the handshake", str(end.failure))
 
     def test_verified_after_closed_is_ignored(self):
@@ -582,7 +581,7 @@ class ChannelMachineTests(SynchronousTestCase):
         end.close()
         end._machine.verified()
         end._machine.link_closed()
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         self.assertRaises(NoTransition, end.start_initiator, Route([Address.local("api")]), 1.0)
 
 

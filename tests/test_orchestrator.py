@@ -27,6 +27,7 @@ from ockamtw.project.credentials import Credential, verify
 from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
+from ockamtw.status import CLOSED, DOWN, UP
 
 from tests.helpers import async_test, deadline, wait_until
 from tests.portal_harness import Collector, EchoTarget, TargetFactory
@@ -334,14 +335,14 @@ class RestartTests(ProjectTestCase):
 
         # Stop the orchestrator and start a new one on the same data.
         await self.o.stopService()
-        await wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
+        await wait_until(lambda: relay.status == DOWN, 10, "the relay down")
         await self.start()
         after = await self.api("GET", f"/v0/projects/{info.id}/information")
         self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
         try:
-            await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+            await wait_until(lambda: relay.status == UP, 15, "the relay back")
         except AssertionError:
             self.fail(f"the relay did not come back: {relay.last_error}")
         reply = await deadline(
@@ -440,9 +441,9 @@ class HealingTests(ProjectTestCase):
         self.assertEqual(await hello("before"), "BEFORE")
         first_channel = n3.membership.project_channel("default")
         self.assertEqual(proxy.freeze(), 2)
-        await wait_until(lambda: first_channel.status == "closed", 5, "the silent channel closed by the Medic")
+        await wait_until(lambda: first_channel.status == CLOSED, 5, "the silent channel closed by the Medic")
         self.assertEqual(n3.membership.medic.closed, 1)
-        await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != first_channel.encryptor, 10,
+        await wait_until(lambda: relay.status == UP and relay.route[0] != first_channel.encryptor, 10,
                          "the relay registered again through a new channel")
         self.assertEqual(relay.remote_address, Address.local("forward_to_n3"))
         self.assertEqual(await hello("after"), "AFTER")

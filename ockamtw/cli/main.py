@@ -20,6 +20,7 @@ from .. import __version__
 from ..control import state as st
 from ..errors import OckamError
 from ..routing import MultiAddr
+from ..status import BROKEN, DOWN, UNRESPONSIVE, title
 from ..endpoints import split_hostport
 from .nodes import CLIError, Nodes, end_process, PipeTail, interruptible, node_name, os_error
 from .text import HOSTPORT_FORMS, hostport, table
@@ -322,7 +323,7 @@ class Commands:
         state = self.nodes.state(name)
         return {
             "name": name,
-            "status": "DOWN" if pid is None else "UNRESPONSIVE",
+            "status": DOWN if pid is None else UNRESPONSIVE,
             "pid": pid,
             "route": f"/node/{name}",
             "listener": state.get("listen"),
@@ -331,10 +332,10 @@ class Commands:
             "identity": _identity_on_disk(self.nodes, name, state),
             "project": (state.get("project") or {}).get("name"),
             "authority": _authority_on_disk(state),
-            "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down"} for i in state.get("inlets", [])],
+            "inlets": [{"listen": i["listen"], "route": i["to"], "status": title(DOWN)} for i in state.get("inlets", [])],
             "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
             "relays": [
-                {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": "Down"}
+                {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": title(DOWN)}
                 for r in state.get("relays", [])
             ],
             # Known only to a running node (see NodeController.limits).
@@ -371,7 +372,7 @@ class Commands:
             self.nodes.clear_stale(name)
         if not stopped:
             raise CLIError(f"node {name} is not running")
-        self.out.emit({"name": name, "status": "DOWN"}, f"Node {name} stopped")
+        self.out.emit({"name": name, "status": DOWN}, f"Node {name} stopped")
 
     async def node_start(self):
         name = self.nodes.require(self.args.name)
@@ -1096,7 +1097,7 @@ def _broken_info(name: str, error, pid) -> dict:
     """
     return {
         "name": name,
-        "status": "BROKEN",
+        "status": BROKEN,
         "pid": pid,
         "route": f"/node/{name}",
         "listener": None,

@@ -26,6 +26,7 @@ from twisted.internet import task
 
 from ..control import state as st
 from ..orchestrator.client import OrchestratorClient, OrchestratorError, http_client
+from ..status import DOWN, UP
 from . import home as h
 from .nodes import CLIError, _Process, _reap, interruptible, os_error
 
@@ -305,7 +306,7 @@ async def orchestrator_start(c) -> None:
         raise CLIError(f"the orchestrator runs at {url}, but {os.path.join(data, 'admin.token')} is missing "
                        "(its first start wrote the administrator's token there)")
     h.write_orchestrator(home, url, token)
-    info = {"status": "UP", "pid": proc.pid, "url": url, "data": data, "log": local.log,
+    info = {"status": UP, "pid": proc.pid, "url": url, "data": data, "log": local.log,
             "started": started}
     c.out.emit(info, f"Orchestrator started (pid {proc.pid})\n  URL: {url}\n  Data: {data}\n  Log: {local.log}")
 
@@ -322,14 +323,14 @@ async def orchestrator_stop(c) -> None:
     pid = local.stop()
     if pid is None:
         raise CLIError("the orchestrator is not running (start it with: ockam orchestrator start)")
-    c.out.emit({"status": "DOWN", "pid": pid}, "Orchestrator stopped")
+    c.out.emit({"status": DOWN, "pid": pid}, "Orchestrator stopped")
 
 
 async def orchestrator_status(c) -> None:
     local = LocalOrchestrator(c.nodes.home)
     pid = local.pid()
     data = local.data()
-    info = {"status": "UP" if pid else "DOWN", "pid": pid, "url": local.url(data) if pid else None,
+    info = {"status": UP if pid else DOWN, "pid": pid, "url": local.url(data) if pid else None,
             "data": data, "log": local.log, "projects": []}
     if pid and info["url"]:
         token = local.token(data)

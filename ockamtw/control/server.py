@@ -26,6 +26,7 @@ from ..project.membership import NotAMember
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
 from ..routing import MultiAddr, parse_route_text
 from ..services import DEFAULT_SERVICES
+from ..status import CLOSED, UP
 from ..transport.tcp import MODE_OUTGOING
 from ..wire import decode_string, encode_string
 from . import state as st
@@ -46,24 +47,6 @@ class ControlError(Exception):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
-
-
-#: Every status the API reports is spelled in capitals, as a node's is
-#: (relays, inlets and secure channels spell theirs in their own case).
-UP = "UP"
-
-
-def status_text(status) -> str:
-    """
-    A status as the API spells every status: C{UP}, C{DOWN}, C{CLOSED}...
-    """
-    return str(status).upper()
-
-
-def _with_status(info: dict) -> dict:
-    if info.get("status") is not None:
-        info["status"] = status_text(info["status"])
-    return info
 
 
 def _status_for(error: BaseException) -> int:
@@ -278,7 +261,7 @@ class NodeController:
         refused that has not timed out yet, is counted in the status's
         C{handshakes} instead).
         """
-        return [_with_status(e.to_dict()) for e in self._channel_ends() if status_text(e.status) == UP]
+        return [e.to_dict() for e in self._channel_ends() if e.status == UP]
 
     def _channel(self, key: str):
         key = _worker_key(key)
@@ -288,7 +271,7 @@ class NodeController:
         raise ControlError(404, f"no secure channel {key!r} on node {self.node.name}")
 
     def secure_channel_show(self, key: str) -> dict:
-        return _with_status(self._channel(key).to_dict())
+        return self._channel(key).to_dict()
 
     async def secure_channel_create(self, body: dict) -> dict:
         to = _need(body, "to")
@@ -296,13 +279,13 @@ class NodeController:
         encryptor = await self.node.create_secure_channel(
             to, authorized=_authorized(body), timeout=float(body.get("timeout", 10))
         )
-        return _with_status(self.node.secure_channels[encryptor.value].to_dict())
+        return self.node.secure_channels[encryptor.value].to_dict()
 
     def secure_channel_delete(self, key: str) -> dict:
         end = self._channel(key)
-        info = _with_status(end.to_dict())
+        info = end.to_dict()
         end.close()
-        info["status"] = "CLOSED"
+        info["status"] = CLOSED
         return info
 
     def secure_listeners(self) -> list:
@@ -478,7 +461,7 @@ class NodeController:
     # --- inlets ----------------------------------------------------------------------------
 
     def inlets(self) -> list:
-        return [_with_status(i.to_dict()) for i in self.node.inlets.values()]
+        return [i.to_dict() for i in self.node.inlets.values()]
 
     def _inlet(self, key: str):
         inlet = self.node.inlets.get(key)
@@ -490,7 +473,7 @@ class NodeController:
         return inlet
 
     def inlet_show(self, key: str) -> dict:
-        return _with_status(self._inlet(key).to_dict())
+        return self._inlet(key).to_dict()
 
     async def inlet_create(self, body: dict) -> dict:
         listen = _need(body, "listen")
@@ -507,11 +490,11 @@ class NodeController:
                 await self.node.delete_inlet(inlet.socket_address)
                 raise
         await self._saved(undo=lambda: self.node.delete_inlet(inlet.socket_address))
-        return _with_status(inlet.to_dict())
+        return inlet.to_dict()
 
     async def inlet_delete(self, key: str) -> dict:
         inlet = self._inlet(key)
-        info = _with_status(inlet.to_dict())
+        info = inlet.to_dict()
         await self.node.delete_inlet(inlet.socket_address)
         await self._saved()
         return info
@@ -636,7 +619,7 @@ def relay_dict(relay) -> dict:
     C{static_forwarding_service} under its bare name) has the address the
     project gave it, C{forward_to_NAME}.
     """
-    info = _with_status(relay.to_dict())
+    info = relay.to_dict()
     if relay.service == STATIC_FORWARDING_SERVICE:
         remote = relay.remote_address
         info["alias"] = remote.value if remote is not None else f"forward_to_{relay.name}"

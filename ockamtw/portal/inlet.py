@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from ..errors import OckamError, TransportError
 from ..deferred import InFlight, gather
 from ..routing import Route
+from ..status import DOWN, UP
 from ..endpoints import reason, server_description
 from ..errors import WireError
 from ..wire import PING, PONG_TAG, REFUSE_TAG, decode_refuse
@@ -21,8 +22,6 @@ from . import WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
-UP = "Up"
-DOWN = "Down"
 
 
 class InletPortal(PortalWorker):

@@ -40,7 +40,7 @@ from ..errors import WireError
 from ..interfaces import IAccessPolicy
 from ..node import Worker
 from ..routing import Address, Route
-from ..secure.channel import CLOSED
+from ..status import CLOSED
 from . import codec
 
 log = Logger(namespace="ockamtw.project.medic")

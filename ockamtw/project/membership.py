@@ -32,8 +32,8 @@ from ..access import CHANNEL_PEERS
 from ..deferred import InFlight
 from ..errors import OckamError, RequestTimeout, RouteUnreachable
 from ..routing import Route
-from ..secure.channel import UP
 from ..secure.errors import SecureChannelError
+from ..status import UP
 from . import codec
 from .codec import Method, Status
 from .credentials import Credential, verify
