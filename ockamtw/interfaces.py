@@ -55,7 +55,8 @@ class IFlowSource(Interface):
 
 class ITcpConnection(Interface):
     """
-    A TCP connection of a node's TCP transport.
+    A TCP connection of a node's TCP transport (it is also an
+    L{IConnection}).
     """
 
     address = Attribute("The connection worker's L{ockamtw.Address} (C{0#<32 hex>}).")
@@ -128,6 +129,57 @@ class IOrigin(Interface):
     def cancel_on_close(key):
         """
         Withdraw a callback registered with L{on_close}.
+        """
+
+
+class ILink(IOrigin):
+    """
+    What a route leaves the node through, and what its answers come back
+    through: a transport connection (L{IConnection}) or a secure channel end.
+    A feature that sends along a route finds its link with
+    L{ockamtw.node.BaseNode.link_of} (the link of the route's first
+    address) and watches it: when the link closes, the route is gone.  In
+    every module, C{_link} names this.
+    """
+
+
+class ILinkWorker(IWorker):
+    """
+    A worker that stands for a link: routes starting with its address leave
+    the node through L{leads_to} (a connection's worker, a secure channel's
+    encryptor).
+    """
+
+    leads_to = Attribute("The L{ILink} a route through this worker leaves the node through, or C{None}.")
+
+
+class IConnection(ILink):
+    """
+    A link that is a transport connection (TCP): it can be written to
+    directly (the portal and relay fast paths), tells how much came in on
+    it, and can be dropped.
+    """
+
+    address = Attribute("Its worker's L{ockamtw.Address}: routes through the connection start with it.")
+    messages_in = Attribute("Messages that came in through it so far (a measure of its liveness).")
+    loop = Attribute("The other end when the node is connected to itself, else C{None}.")
+    backpressure = Attribute(
+        "Its L{ockamtw.flow.BackPressure}: C{backpressure.congested} says whether its outbound buffer is full."
+    )
+
+    def write_body(head, data, source=None, credit=False):
+        """
+        Write one frame whose body is C{head + data}: an encoded
+        TransportMessage whose onward route no longer holds this
+        connection.  C{source} (an L{IFlowSource}) is paused while the
+        connection is congested (unless C{credit}: a stream under its own
+        flow control).
+        """
+
+    def abort():
+        """
+        Drop the connection without flushing; a Deferred that fires once it
+        is closed.
         """
 
 

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
 from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
 from .deferred import gather
-from .interfaces import IAccessPolicy, ITransport, IWorker
+from .interfaces import IAccessPolicy, ILinkWorker, ITransport, IWorker
 from .logs import Throttle, short
 from .routing import LOCAL, Address, MultiAddr, Route, parse_route_text
 from .wire import MAX_FRAME, TransportMessage
@@ -443,16 +443,17 @@ class BaseNode(MultiService):
 
     def link_of(self, address: Union[Address, str, None]):
         """
-        What a route starting at C{address} leaves this node through, as an
-        L{ockamtw.interfaces.IOrigin}: the TCP connection or the secure
-        channel whose worker is there (answers come back with that origin),
-        or C{None}.
+        What a route starting at C{address} leaves this node through: the
+        L{ockamtw.interfaces.ILink} (a TCP connection, a secure channel end)
+        whose worker (an L{ockamtw.interfaces.ILinkWorker}) is there, or
+        C{None}.  Answers come back with that link as their origin.
         """
         if address is None:
             return None
         if not isinstance(address, Address):
             address = Address.parse(address)
-        return getattr(self._workers.get(address), "leads_to", None)
+        worker = self._workers.get(address)
+        return worker.leads_to if ILinkWorker.providedBy(worker) else None
 
     def forward(self, message: TransportMessage, onward: Route, return_route: Route, origin=_KEEP) -> None:
         """

@@ -42,7 +42,7 @@ from .machines import transitions
 from .access import ANYONE, Relayed, describe_origin
 from .errors import MessageTooLarge, RelayRefused, RequestTimeout, WireError
 from .flow import credit_stream
-from .interfaces import IAccessPolicy
+from .interfaces import IAccessPolicy, IConnection, IOrigin
 from .logs import short
 from .node import Worker
 from .routing import LOCAL, Address, Route
@@ -203,7 +203,7 @@ class RelayRegistry:
         if owner is None:
             return
         self._by_owner.setdefault(owner, set()).add(address)
-        if hasattr(owner, "on_close"):
+        if IOrigin.providedBy(owner):
             forwarder._owner_key = owner.on_close(lambda _: self._owner_closed(node, address, forwarder))
 
     def disown(self, address: Address, forwarder: "Forwarder") -> None:
@@ -213,7 +213,7 @@ class RelayRegistry:
             held.discard(address)
             if not held:
                 del self._by_owner[owner]
-        if forwarder._owner_key is not None and hasattr(owner, "cancel_on_close"):
+        if forwarder._owner_key is not None and IOrigin.providedBy(owner):
             owner.cancel_on_close(forwarder._owner_key)
         forwarder._owner_key = None
 
@@ -285,7 +285,7 @@ class ForwardingService(Worker):
         owner = message.origin
         address = Address(LOCAL, alias)
         link = node.link_of(route[0])
-        if not hasattr(link, "write_body"):
+        if not IConnection.providedBy(link):
             link = None  # the fast path writes to a connection only
         existing = node.worker_at(address)
         if existing is None:
@@ -611,7 +611,7 @@ class Relay:
         self._failures += 1
         self._announce()
         link = self._link
-        if failure.check(RequestTimeout) and link is not None and link.connected and hasattr(link, "abort"):
+        if failure.check(RequestTimeout) and IConnection.providedBy(link) and link.connected:
             if link.messages_in == self._messages_in_at_send:
                 # Nothing at all came back on the link: it is dead, start over.
                 log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
@@ -694,7 +694,7 @@ class Relay:
         waiting: Deferred = Deferred()
         self._waiting = waiting
         link = self._link
-        self._messages_in_at_send = getattr(link, "messages_in", None)
+        self._messages_in_at_send = link.messages_in if IConnection.providedBy(link) else None
         self.node.send(route + [self.service], self._payload, sender=self._address)
         timer = self.reactor.callLater(self.timeout, self._registration_timeout, waiting)
         try:

@@ -22,6 +22,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from ockamtw import Address, Route
 from ockamtw import portal as portal_module
@@ -29,6 +30,7 @@ from ockamtw import relay as relay_module
 from ockamtw.access import ANYONE
 from ockamtw.errors import RelayRefused, RequestTimeout
 from ockamtw.flow import STREAM_WINDOW
+from ockamtw.interfaces import ILink
 from ockamtw.node import BaseNode, FunctionWorker
 from ockamtw.portal import (
     CONNECTING,
@@ -431,6 +433,7 @@ class ChannelTableTests(TableMixin, SynchronousTestCase):
 _LIMITS = HandshakeLimits(rate=1e6, burst=10**6, peer_rate=1e6, peer_burst=10**6)
 
 
+@implementer(ILink)
 class _Link:
     """
     A stand-in for the TCP connection a peer's handshake came through.

@@ -37,10 +37,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
 from ockamtw.access import ANYONE
 from ockamtw.flow import STREAM_WINDOW
+from ockamtw.interfaces import ILink, ILinkWorker
+from ockamtw.status import UP
 from ockamtw.errors import RequestTimeout, RouteUnreachable
 from ockamtw.relay import Forwarder
 from ockamtw.secure.channel import REPLAY_WINDOW, ChannelEnd, SecureChannelListener, TrustPolicy
@@ -213,6 +216,11 @@ class MutualAuthenticationTests(SecureTestCase):
         init = n1.secure_channels[enc.value]
         self.assertEqual(init.peer_identifier, n2.identity.identifier)
         self.assertEqual(init.state, "up")
+        self.assertEqual(init.status, UP)
+        verifyObject(ILink, init)
+        verifyObject(ILinkWorker, n1.worker_at(enc))
+        self.assertIs(n1.link_of(enc), init)
+        self.assertIsNone(n1.link_of(init.decryptor))
         # Worker addresses: three random ones on each side.
         for a in (init.decryptor, init.encryptor, init.backwards):
             self.assertRegex(a.value, HEX32)

@@ -26,7 +26,7 @@ from ockamtw import (
     encode_string,
 )
 from ockamtw.access import ANYONE
-from ockamtw.interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
+from ockamtw.interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, ITcpListener, IWorker
 from ockamtw.transport.tcp import (
     MODE_ACCEPTED,
     MODE_LISTENING,
@@ -148,6 +148,9 @@ class ConnectionTests(TcpTestMixin, SynchronousTestCase):
         verifyObject(ITcpConnection, conn)
         verifyObject(IWorker, conn)
         verifyObject(IFlowSource, conn)
+        verifyObject(IConnection, conn)
+        verifyObject(ILinkWorker, conn)
+        self.assertIs(self.node.link_of(conn.address), conn)
 
     def test_identity(self):
         """

@@ -41,7 +41,7 @@ from ..machines import transitions
 from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
-from ..interfaces import IOrigin
+from ..interfaces import ILink, ILinkWorker, IOrigin
 from ..logs import short
 from ..node import Worker
 from ..routing import Address, Route
@@ -92,6 +92,7 @@ class TrustPolicy:
         return "TrustPolicy(everyone)" if self.authorized is None else f"TrustPolicy({sorted(self.authorized)})"
 
 
+@implementer(ILinkWorker)
 class _Part(Worker):
     """
     One of a channel end's three workers, each with its own access policy:
@@ -187,7 +188,7 @@ ENDED = "closed"
 _STATUS = {ESTABLISHED: UP, ENDED: CLOSED}
 
 
-@implementer(IOrigin)
+@implementer(ILink)
 class ChannelEnd(CloseNotifier):
     """
     One end of a secure channel, and the origin of the messages it
@@ -599,8 +600,8 @@ class ChannelEnd(CloseNotifier):
             self._peer_origin.cancel_on_close(self._peer_origin_key)
             self._peer_origin_key = None
         self._peer_origin = origin
-        if origin is not None and hasattr(origin, "on_close"):
-            if not getattr(origin, "connected", True):
+        if IOrigin.providedBy(origin):
+            if not origin.connected:
                 return False
             self._peer_origin_key = origin.on_close(lambda _: self._link_closed())
         return True

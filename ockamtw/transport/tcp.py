@@ -37,7 +37,7 @@ from ..access import ANYONE
 from ..endpoints import client_endpoint, client_target, reason, server_description
 from ..errors import TransportError, WireError
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
-from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, ITransport, IWorker
+from ..interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, ITcpListener, ITransport
 from ..logs import short
 from ..deferred import InFlight, gather
 from ..routing import TCP, Address
@@ -134,7 +134,7 @@ class _FrameFactory(Factory):
         return p
 
 
-@implementer(ITcpConnection, IWorker, IFlowSource, IOrigin)
+@implementer(ITcpConnection, IConnection, ILinkWorker, IFlowSource)
 class TcpConnection(CloseNotifier):
     """
     One TCP connection: a worker at C{address} that writes what it is sent
