@@ -793,34 +793,44 @@ class _CleanSigterm(Service):
 
     Until the reactor runs, Python's default SIGTERM disposition would kill
     the process (status 143): this service's handler, installed before any
-    other part of the node starts, stops the reactor instead.  Once the
-    reactor runs, Twisted's own handler takes over, and twistd re-raises the
-    signal at exit; this service forgets SIGTERM when the node stops.  It
-    reads Twisted's private C{_exitSignal}, guarded, since no public API
-    exists for it.
+    other part of the node starts, stops the reactor instead.  The reactor
+    installs its own handlers as it starts (Twisted's would have twistd
+    re-raise the signal at exit, status 143): once it runs
+    (C{callWhenRunning}), this service's handler takes SIGTERM back.  It
+    gives the signal back to whoever had it when the node stops.
     """
 
     def __init__(self, reactor) -> None:
         self.reactor = reactor
         self._previous = None
+        self._installed = False
+        self._terminated = False
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._early_term)
+            self._previous = signal.signal(signal.SIGTERM, self._term)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            return
+        self._installed = True
+        self.reactor.callWhenRunning(self._take_back)
 
-    def _early_term(self, signum, frame) -> None:
+    def _take_back(self) -> None:
+        if self._installed and self.running:
+            signal.signal(signal.SIGTERM, self._term)
+
+    def _term(self, signum, frame) -> None:
+        self._terminated = True
         self.reactor.callFromThread(self.reactor.stop)
 
     def stopService(self):
         Service.stopService(self)
-        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+        if self._terminated:
             log.info("SIGTERM: node stopped")
-            self.reactor._exitSignal = None
-        if signal.getsignal(signal.SIGTERM) == self._early_term and self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            self._installed = False
+            if signal.getsignal(signal.SIGTERM) == self._term and self._previous is not None:
+                signal.signal(signal.SIGTERM, self._previous)
 
 
 def makeService(options, reactor=None):

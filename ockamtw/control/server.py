@@ -9,6 +9,7 @@ L{ControlResource} maps requests to it; L{ControlService} serves it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from typing import Optional
@@ -763,15 +764,18 @@ class ControlResource(resource.Resource):
 
         def call():
             result = self._route(request.method, parts, body)
-            if hasattr(result, "__await__"):
+            if inspect.iscoroutine(result):
                 return Deferred.fromCoroutine(result)
             return result
 
+        # A client that went away before the answer gets none.
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
         d = maybeDeferred(call)
-        d.addBoth(lambda result: self._finish(request, result))
+        d.addBoth(lambda result: self._finish(request, result, gone))
         return server.NOT_DONE_YET
 
-    def _finish(self, request, result):
+    def _finish(self, request, result, gone=()):
         if isinstance(result, Failure):
             error = result.value
             status = _status_for(error)
@@ -783,7 +787,7 @@ class ControlResource(resource.Resource):
             status = 200
             payload = result
         data = json.dumps(payload).encode() + b"\n"
-        if request.finished or request._disconnected:
+        if request.finished or gone:
             return server.NOT_DONE_YET
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
