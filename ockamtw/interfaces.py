@@ -2,6 +2,7 @@
 The zope Interfaces of ockamtw's public surfaces.
 """
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -204,4 +205,39 @@ class ITransport(Interface):
         """
         Close every listener and connection; a Deferred that fires when
         they are closed.
+        """
+
+
+class IFeature(IService):
+    """
+    A part of a node that plugs in (see L{ockamtw.feature}): a child service
+    of the node, registered with L{ockamtw.node.BaseNode.add_feature},
+    owning its objects, its part of the node's state and its control
+    routes.  Its C{stopService} closes what it made and returns a Deferred
+    that fires once it is closed.
+    """
+
+    node = Attribute("The node it belongs to.")
+    state_keys = Attribute("The keys of the node's C{state.json} it keeps (a tuple).")
+    routes = Attribute(
+        "Its control routes: (HTTP method, collection, whether a key follows) -> the name of its method "
+        "answering an L{ockamtw.feature.Call}."
+    )
+
+    def save():
+        """
+        A dict of its keys of C{state.json} and their values (a key left
+        out is left as it is).
+        """
+
+    def restore(state):
+        """
+        Make again what C{state} (a checked C{state.json}) says it had;
+        what is there already is left as it is, so doing it twice changes
+        nothing.  What cannot be restored is logged.
+        """
+
+    def route_handlers():
+        """
+        Its routes with the callables answering them.
         """

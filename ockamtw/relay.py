@@ -7,7 +7,9 @@ L{Forwarder} at the alias, which sends whatever reaches it down the route
 the registration came from.
 
 L{Relay} is the client side: it registers a name at a relay node and keeps
-the registration alive, reconnecting with backoff when the link dies.
+the registration alive, reconnecting with backoff when the link dies;
+L{Relays} is the feature that keeps a node's relays (their state and their
+control routes).
 
 Who may do what:
   - anyone may register a name and send to a forwarder (a relay node is a
@@ -29,23 +31,24 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol
 
 from automat import TypeMachineBuilder
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 
 from zope.interface import implementer
 
 from .machines import transitions
 from .access import ANYONE, Relayed, describe_origin
-from .errors import MessageTooLarge, RelayRefused, RequestTimeout, WireError
+from .errors import AddressInUse, MessageTooLarge, RelayRefused, RequestTimeout, WireError
+from .feature import ControlError, Feature, service_name
 from .flow import credit_stream
 from .interfaces import IAccessPolicy, IConnection, IOrigin
 from .logs import short
 from .node import Worker
-from .routing import LOCAL, Address, Route
+from .routing import LOCAL, Address, Route, parse_route_text
 from .status import DOWN, UP
 from .wire import decode_string, encode_header, encode_string
 
@@ -815,3 +818,153 @@ def start_relay_services(node) -> None:
     node.relay_registry = registry
     node.start_worker(FORWARDING_SERVICE, ForwardingService(static=False, registry=registry))
     node.start_worker(STATIC_FORWARDING_SERVICE, ForwardingService(static=True, registry=registry))
+
+
+def relay_service(at, service=None) -> str:
+    """
+    The relay service to register with: C{service}, else Ockam 0.83's
+    choice for C{at} (C{static_forwarding_service} at a project).
+    """
+    if service is not None:
+        return service
+    return STATIC_FORWARDING_SERVICE if str(at).startswith("/project/") else FORWARDING_SERVICE
+
+
+def relay_dict(relay: Relay) -> dict:
+    """
+    A relay as the control API shows it; a relay at a project (registered
+    with C{static_forwarding_service} under its bare name) has the address
+    the project gave it, C{forward_to_NAME}.
+    """
+    info = relay.to_dict()
+    if relay.service == STATIC_FORWARDING_SERVICE:
+        remote = relay.remote_address
+        info["alias"] = remote.value if remote is not None else f"forward_to_{relay.name}"
+    return info
+
+
+class Relays(Feature):
+    """
+    A node's relays at other nodes, by name: C{state.json}'s C{relays}, the
+    control API's C{/relays}.  Restored relays start registering when the
+    node starts; stopping it stops them.
+    """
+
+    name = "relays"
+    state_keys = ("relays",)
+    routes = {
+        ("GET", "relays", False): "list_route",
+        ("POST", "relays", False): "create_route",
+        ("GET", "relays", True): "show_route",
+        ("DELETE", "relays", True): "delete_route",
+    }
+
+    def __init__(self, node) -> None:
+        Feature.__init__(self, node)
+        #: name -> L{Relay}
+        self.relays: Dict[str, Relay] = {}
+        #: relays restored before the node started: (name, at)
+        self._restoring: List[tuple] = []
+
+    def create(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Deferred:
+        """
+        See L{ockamtw.api.Node.create_relay}.
+        """
+        if name in self.relays:
+            return fail(AddressInUse(f"relay {name!r} already exists on node {self.node.name}"))
+        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
+        self.relays[name] = relay
+
+        def failed(f):
+            if self.relays.get(name) is relay:
+                del self.relays[name]
+            return f
+
+        return relay.start().addErrback(failed)
+
+    def add(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
+        """
+        See L{ockamtw.api.Node.add_relay}.
+        """
+        if name in self.relays:
+            raise AddressInUse(f"relay {name!r} already exists on node {self.node.name}")
+        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
+        self.relays[name] = relay
+        return relay.start_in_background()
+
+    def delete(self, name: str) -> None:
+        """
+        See L{ockamtw.api.Node.delete_relay}.
+        """
+        self.relays[name].stop()
+
+    # --- life -------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        Feature.startService(self)
+        self._add_restored()
+
+    def _add_restored(self) -> None:
+        restoring, self._restoring = self._restoring, []
+        for name, at in restoring:
+            if name not in self.relays:
+                self.add(at, name=name)
+
+    def stopService(self):
+        Feature.stopService(self)
+        self._restoring = []
+        for relay in list(self.relays.values()):
+            relay.stop()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def save(self) -> dict:
+        return {"relays": [{"name": r.name, "at": r.at_text} for r in self.relays.values()]}
+
+    def restore(self, state: dict) -> None:
+        waiting = {name for name, _ in self._restoring}
+        for item in state.get("relays", []):
+            name = item["name"]
+            if name in self.relays or name in waiting:
+                continue
+            waiting.add(name)
+            self._restoring.append((name, item["at"]))
+        if self.running:
+            self._add_restored()
+
+    # --- control routes -------------------------------------------------------------------
+
+    def list_route(self, call) -> list:
+        return [relay_dict(r) for r in self.relays.values()]
+
+    def _relay(self, key: str) -> Relay:
+        """
+        A relay by name (C{n3}), or by its address as printed
+        (C{forward_to_n3}, C{/service/forward_to_n3}).
+        """
+        name = service_name(key)
+        relay = self.relays.get(name)
+        if relay is None:
+            relay = next((r for r in self.relays.values() if relay_dict(r)["alias"] == name), None)
+        if relay is None:
+            raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
+        return relay
+
+    def show_route(self, call) -> dict:
+        return relay_dict(self._relay(call.key))
+
+    async def create_route(self, call) -> dict:
+        name = call.need("name")
+        at = call.need("at")
+        parse_route_text(at)
+        if name in self.relays:
+            raise ControlError(409, f"relay {name!r} already exists on node {self.node.name}")
+        relay = await self.create(at, name=name, timeout=float(call.body.get("timeout", 5)))
+        await call.saved(undo=lambda: self.delete(name))
+        return relay_dict(relay)
+
+    async def delete_route(self, call) -> dict:
+        relay = self._relay(call.key)
+        self.delete(relay.name)
+        await call.saved()
+        return relay_dict(relay)

@@ -1,19 +1,22 @@
 """
-The TCP inlet: listens, and tunnels every accepted client to an outlet.
+The TCP inlet: listens, and tunnels every accepted client to an outlet;
+and L{Inlets}, the feature that keeps a node's inlets (their state and
+their control routes).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..errors import OckamError, TransportError
 from ..deferred import InFlight, gather
-from ..routing import Route
+from ..feature import ControlError, Feature, authorized_of, listed
+from ..routing import Route, parse_route_text
 from ..status import DOWN, UP
 from ..endpoints import reason, server_description
 from ..errors import WireError
@@ -298,3 +301,158 @@ class Inlet:
             "refusals": self.refusals,
             "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }
+
+
+class Inlets(Feature):
+    """
+    A node's TCP inlets, by the address they listen on: C{state.json}'s
+    C{inlets}, the control API's C{/inlets}.  Restored inlets listen when
+    the node starts (one that cannot is logged, and the node runs without
+    it); stopping it closes them.
+    """
+
+    name = "inlets"
+    state_keys = ("inlets",)
+    routes = {
+        ("GET", "inlets", False): "list_route",
+        ("POST", "inlets", False): "create_route",
+        ("GET", "inlets", True): "show_route",
+        ("DELETE", "inlets", True): "delete_route",
+    }
+
+    def __init__(self, node) -> None:
+        Feature.__init__(self, node)
+        #: listening address (C{host:port}) -> L{Inlet}
+        self.inlets: Dict[str, Inlet] = {}
+        #: restored inlets waiting for the node to start: (listen, route, authorized)
+        self._restoring: List[tuple] = []
+
+    def create(
+        self,
+        listen: str,
+        route,
+        ping_timeout: float = 10.0,
+        ping_interval: float = 1.0,
+        authorized=None,
+        flow_control: bool = True,
+        **liveness,
+    ) -> Deferred:
+        """
+        See L{ockamtw.api.Node.create_inlet}.
+        """
+
+        def make():
+            inlet = Inlet(
+                self.node,
+                listen,
+                route,
+                ping_timeout=ping_timeout,
+                ping_interval=ping_interval,
+                authorized=authorized,
+                flow_control=flow_control,
+                policy=self.node.membership.policy("tcp-inlet") if authorized is None else None,
+                **liveness,
+            )
+            return inlet.start()
+
+        def started(inlet):
+            self.inlets[inlet.socket_address] = inlet
+            return inlet
+
+        return maybeDeferred(make).addCallback(started)
+
+    def delete(self, listen: str) -> Deferred:
+        """
+        See L{ockamtw.api.Node.delete_inlet}.
+        """
+        inlet = self.inlets.pop(listen)
+        return inlet.close()
+
+    # --- life -------------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        Feature.privilegedStartService(self)
+        self._listen_restored()
+
+    def startService(self) -> None:
+        Feature.startService(self)
+        self._listen_restored()  # when the node was started without privilegedStartService
+
+    def _listen_restored(self) -> None:
+        restoring, self._restoring = self._restoring, []
+        for listen, route, authorized in restoring:
+            self.create(listen, route, authorized=authorized).addErrback(
+                lambda f, listen=listen: log.error(
+                    "node {node}: inlet {listen} not restored: {reason}",
+                    node=self.node.name,
+                    listen=listen,
+                    reason=f.getErrorMessage(),
+                )
+            )
+
+    def stopService(self) -> Deferred:
+        Feature.stopService(self)
+        self._restoring = []
+        return gather([i.close() for i in self.inlets.values()])
+
+    # --- state ---------------------------------------------------------------------------
+
+    def save(self) -> dict:
+        return {
+            "inlets": [
+                {"listen": i.socket_address, "to": i.route_text, "authorized": listed(i.authorized)}
+                for i in self.inlets.values()
+            ]
+        }
+
+    def restore(self, state: dict) -> None:
+        waiting = {item[0] for item in self._restoring}
+        for item in state.get("inlets", []):
+            listen = item["listen"]
+            if listen in self.inlets or listen in waiting:
+                continue
+            waiting.add(listen)
+            self._restoring.append((listen, item["to"], item.get("authorized")))
+        if self.running:
+            self._listen_restored()
+
+    # --- control routes -------------------------------------------------------------------
+
+    def list_route(self, call) -> list:
+        return [i.to_dict() for i in self.inlets.values()]
+
+    def _inlet(self, key: str) -> Inlet:
+        inlet = self.inlets.get(key)
+        if inlet is None:
+            for i in self.inlets.values():
+                if key in (i.listen_text, i.socket_address):
+                    return i
+            raise ControlError(404, f"no inlet {key!r} on node {self.node.name}")
+        return inlet
+
+    def show_route(self, call) -> dict:
+        return self._inlet(call.key).to_dict()
+
+    async def create_route(self, call) -> dict:
+        listen = call.need("listen")
+        to = call.need("to")
+        parse_route_text(to)
+        inlet = await self.create(listen, to, authorized=authorized_of(call.body))
+        if to.startswith("/project/"):
+            # As Ockam 0.83 does: an inlet to a project is made only once the
+            # project is reached (and this node admitted), so that a
+            # non-member learns it at once.
+            try:
+                await inlet.route()
+            except Exception:
+                await self.delete(inlet.socket_address)
+                raise
+        await call.saved(undo=lambda: self.delete(inlet.socket_address))
+        return inlet.to_dict()
+
+    async def delete_route(self, call) -> dict:
+        inlet = self._inlet(call.key)
+        info = inlet.to_dict()
+        await self.delete(inlet.socket_address)
+        await call.saved()
+        return info
