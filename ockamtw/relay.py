@@ -34,9 +34,13 @@ import random
 from typing import Callable, Dict, List, Optional, Protocol
 
 from automat import TypeMachineBuilder
-from twisted.application.internet import backoffPolicy
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet import protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
@@ -379,7 +383,7 @@ class _RelayInputs(Protocol):
         "The registration in flight failed: no reply in time, refused, or unreachable."
 
     def timer_fired(self) -> None:
-        "The refresh (when up) or the retry (when backing off) is due."
+        "The refresh is due (when up), or the retry (backing off: the ClientService connects again)."
 
     def link_lost(self) -> None:
         "The connection or secure channel to the relay node closed."
@@ -401,7 +405,8 @@ REGISTERING = "registering"
 REGISTERED = "up"
 #: A refresh is in flight while the relay is L{UP}.
 REFRESHING = "refreshing"
-#: L{DOWN}; the next registration is due after a backoff delay.
+#: L{DOWN}; the next registration is due after a backoff delay (the
+#: ClientService's).
 BACKING_OFF = "backing off"
 #: Stopped for good: no worker, no timer, nothing in flight.
 STOPPED = "stopped"
@@ -409,14 +414,57 @@ STOPPED = "stopped"
 _SHOWN_UP = frozenset({REGISTERED, REFRESHING})
 
 
-class Relay:
+class _RelayEndpoint:
+    """
+    The endpoint of a relay's C{ClientService}: connecting is registering
+    at the relay node (L{Relay._connect}).
+    """
+
+    def __init__(self, relay: "Relay") -> None:
+        self._relay = relay
+
+    def connect(self, factory) -> Deferred:
+        return self._relay._connect(factory)
+
+    def __repr__(self) -> str:
+        return f"<registration of relay {self._relay.name} at {self._relay.at_text}>"
+
+
+class _Registration(protocol.Protocol):
+    """
+    A registration that holds, as the relay's C{ClientService} sees it: a
+    connection that is made when the relay node answers and lost when a
+    refresh fails or the link to the relay node closes.
+    """
+
+
+class _RegistrationTransport:
+    """
+    What the C{ClientService} closes to stop a registration that holds.
+    """
+
+    def __init__(self, relay: "Relay") -> None:
+        self._relay = relay
+
+    def loseConnection(self) -> None:
+        self._relay._end_session()
+
+
+class Relay(Service):
     """
     A relay registered at another node, kept alive on its own.
 
     It re-registers every C{refresh} seconds; a reply missing for
     C{timeout} seconds or the loss of its TCP link marks it L{DOWN}, and it
     then reconnects (re-resolving C{at}) and re-registers under the same
-    name with exponential backoff, until L{stop}.
+    name with exponential backoff, until L{stop}.  The reconnecting is a
+    Twisted C{ClientService}'s: a registration that holds is its
+    connection (L{_Registration}), registering is connecting
+    (L{_RelayEndpoint}), and its C{retryPolicy} spaces the attempts.
+
+    A service (a child of the node's L{Relays}): starting it starts the
+    relay in the background unless it was started already, and stopping it
+    stops the relay, with a Deferred that fires once it is stopped.
 
     A state machine (C{_RelayInputs}, the table after this class): its
     state is L{state}, one of L{IDLE}, L{STARTING}, L{REGISTERING},
@@ -462,14 +510,26 @@ class Relay:
         self._link = None
         #: the reply the registration in flight waits for
         self._waiting: Optional[Deferred] = None
-        #: the refresh or retry timer (up, or backing off)
+        #: the refresh timer (up)
         self._timer = None
         #: the registration in flight (starting, registering, refreshing)
         self._attempt: Optional[Deferred] = None
         #: what L{start} returned, until the first registration ends
         self._started: Optional[Deferred] = None
-        self._failures = 0
         self._messages_in_at_send = None
+        #: reconnecting: the service, what it waits for while connecting
+        #: (the registration in flight), and the registration that holds
+        self._service = ClientService(
+            _RelayEndpoint(self), protocol.Factory.forProtocol(_Registration), retryPolicy=self._delay, clock=self.reactor
+        )
+        self._factory = None
+        self._connecting: Optional[Deferred] = None
+        self._session = None
+        #: whether the service is calling L{_connect} (it is busy: it is
+        #: stopped afterwards, not then)
+        self._in_connect = False
+        self._first_connect = False
+        self._service_stopped: Deferred = succeed(None)
         self._observers: List[Callable[[str], None]] = []
         #: the status the observers were last told
         self._shown = DOWN
@@ -514,6 +574,19 @@ class Relay:
         the name on this node.
         """
         self._input(self._machine.stop)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.state == IDLE:
+            self.start_in_background()
+
+    def stopService(self) -> Deferred:
+        """
+        L{stop}; fires once the relay is stopped.
+        """
+        Service.stopService(self)
+        self.stop()
+        return self._service_stopped
 
     def on_status(self, observer: Callable[[str], None]) -> None:
         """
@@ -573,6 +646,80 @@ class Relay:
         self._timer = None
         self._input(self._machine.timer_fired)
 
+    # --- what the ClientService does --------------------------------------------------------
+
+    def _connect(self, factory) -> Deferred:
+        """
+        The service connects: register (the first time, as the machine's
+        L{_start} asks; after a backoff, as the input C{timer_fired}).  The
+        Deferred fires with the registration (a protocol of C{factory})
+        once the relay node answers, fails when the attempt fails; while
+        starting (L{start}), a failure stops the relay and the service
+        instead.
+        """
+        self._factory = factory
+        connecting = self._connecting = Deferred()
+        self._in_connect = True
+        try:
+            if self._first_connect:
+                self._first_connect = False
+                self._register()
+            else:
+                self._input(self._machine.timer_fired)
+        finally:
+            self._in_connect = False
+        return connecting
+
+    def _delay(self, attempt: int) -> float:
+        """
+        The service's C{retryPolicy}: it counts from 1 (retry number 0 of
+        L{retry_policy}).
+        """
+        delay = self.retry_policy(max(0, attempt - 1))
+        log.info(
+            "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
+            name=self.name,
+            at=self.at_text,
+            reason=self.last_error,
+            delay=delay,
+        )
+        return delay
+
+    def _session_made(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is None:
+            return  # a refresh: the registration held
+        session = self._factory.buildProtocol(None)
+        session.makeConnection(_RegistrationTransport(self))
+        self._session = session
+        connecting.callback(session)
+
+    def _end_session(self) -> None:
+        """
+        The registration that held does not hold any more: the service
+        reconnects after its backoff.
+        """
+        session, self._session = self._session, None
+        if session is not None:
+            session.connectionLost(Failure(ConnectionDone("the relay registration ended")))
+
+    def _attempt_lost_for_service(self, failure) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.errback(failure)
+        else:
+            self._end_session()
+
+    def _stop_service(self) -> None:
+        self._connecting = None  # the service cancels it
+        if not self._service.running:
+            return
+        if self._in_connect:  # the service is busy calling us: stop it next
+            stopped = self._service_stopped = Deferred()
+            self.reactor.callLater(0, lambda: self._service.stopService().chainDeferred(stopped))
+        else:
+            self._service_stopped = self._service.stopService()
+
     def _link_lost(self, link) -> None:
         if link is not self._link:
             return
@@ -583,7 +730,8 @@ class Relay:
 
     def _start(self) -> None:
         self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
-        self._register()
+        self._first_connect = True
+        self._service.startService()  # it connects: L{_connect} registers
 
     def _register(self) -> None:
         """
@@ -595,23 +743,23 @@ class Relay:
     def _registered(self, route: Route) -> None:
         self.route = route + [self.remote_address]
         self.registrations += 1
-        self._failures = 0
         self.last_error = None
         self._announce()
         self._schedule(self.refresh)
+        self._session_made()
         started, self._started = self._started, None
         if started is not None:
             self._later(started.callback, self)
 
     def _start_failed(self, failure) -> None:
         self._shutdown()
+        self._forget()
         started, self._started = self._started, None
         if started is not None:
             self._later(started.errback, failure)
 
     def _retry_later(self, failure) -> None:
         self.last_error = failure.getErrorMessage()
-        self._failures += 1
         self._announce()
         link = self._link
         if failure.check(RequestTimeout) and IConnection.providedBy(link) and link.connected:
@@ -619,15 +767,9 @@ class Relay:
                 # Nothing at all came back on the link: it is dead, start over.
                 log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
                 link.abort()
-        delay = self.retry_policy(self._failures - 1)
-        log.info(
-            "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
-            name=self.name,
-            at=self.at_text,
-            reason=self.last_error,
-            delay=delay,
-        )
-        self._schedule(delay)
+        self._cancel_timer()
+        # The service retries after its backoff (see _delay).
+        self._attempt_lost_for_service(failure)
 
     def _link_lost_while_starting(self) -> None:
         # The first registration's reply cannot come any more: it times
@@ -643,7 +785,9 @@ class Relay:
 
     def _link_lost_reconnect(self) -> None:
         self._link_lost_while_registering()
-        self._schedule(self.retry_policy(0))
+        self._cancel_timer()
+        # The service reconnects after its backoff (see _delay).
+        self._end_session()
 
     def _stop(self) -> None:
         self._shutdown()
@@ -657,6 +801,9 @@ class Relay:
         relays = getattr(self.node, "relays", None)
         if relays is not None and relays.get(self.name) is self:
             del relays[self.name]
+        parent, self.parent = self.parent, None
+        if parent is not None:
+            parent.removeService(self)  # stopping it stops this relay: done already
 
     def _announce(self) -> None:
         """
@@ -676,10 +823,15 @@ class Relay:
             except Exception:
                 log.failure("relay status observer failed")
 
-    def _shutdown(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def _shutdown(self) -> None:
+        self._cancel_timer()
+        self._first_connect = False
+        self._stop_service()  # cancels the attempt it waits for, ends a session
         if self._attempt is not None:
             attempt, self._attempt = self._attempt, None
             attempt.cancel()
@@ -874,13 +1026,10 @@ class Relays(Feature):
             return fail(AddressInUse(f"relay {name!r} already exists on node {self.node.name}"))
         relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
         self.relays[name] = relay
-
-        def failed(f):
-            if self.relays.get(name) is relay:
-                del self.relays[name]
-            return f
-
-        return relay.start().addErrback(failed)
+        started = relay.start()  # a relay whose start fails forgets itself
+        if relay.state != STOPPED:
+            relay.setServiceParent(self)
+        return started
 
     def add(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
         """
@@ -890,7 +1039,9 @@ class Relays(Feature):
             raise AddressInUse(f"relay {name!r} already exists on node {self.node.name}")
         relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
         self.relays[name] = relay
-        return relay.start_in_background()
+        relay.start_in_background()
+        relay.setServiceParent(self)
+        return relay
 
     def delete(self, name: str) -> None:
         """
@@ -910,11 +1061,13 @@ class Relays(Feature):
             if name not in self.relays:
                 self.add(at, name=name)
 
-    def stopService(self):
-        Feature.stopService(self)
+    def stopService(self) -> Deferred:
+        """
+        Stop every relay (they are its child services); fires once they
+        are stopped.
+        """
         self._restoring = []
-        for relay in list(self.relays.values()):
-            relay.stop()
+        return Feature.stopService(self)
 
     # --- state ---------------------------------------------------------------------------
 
