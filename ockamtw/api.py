@@ -10,7 +10,7 @@ from typing import Dict
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from .errors import RouteUnreachable
+from .errors import NoSuchAddress
 from .node import BaseNode
 from .portal.inlet import Inlet, Inlets
 from .portal.outlet import Outlet, Outlets
@@ -180,11 +180,11 @@ class Node(BaseNode):
         L{node_resolver}); C{/node/<this node's name>} is this node.
         """
         if position != 0:
-            raise RouteUnreachable(f"/node/{hop.name} can only start a route")
+            raise NoSuchAddress(f"/node/{hop.name} can only start a route")
         if hop.name == self.name:
             return prefix
         if self.node_resolver is None:
-            raise RouteUnreachable(f"no node named {hop.name!r}")
+            raise NoSuchAddress(f"no node named {hop.name!r}")
         target = await maybeDeferred(self.node_resolver, hop.name)
         link = await self.connect_hop(Address(TCP, target))
         return Route([link.address])

@@ -81,6 +81,8 @@ def client_target(text: str, hostport_only: bool = False):
         text = text[2:]
     hp = split_hostport(text)
     if hp is not None and (text.startswith("[") or hp[0] not in _ENDPOINT_TYPES):
+        if hp[1] == 0:
+            raise WireError(f"port 0 in {text!r} is not a port to connect to")
         return ("hostport", hp[0], hp[1])
     if hostport_only:
         raise WireError(f"a TCP address in a route is HOST:PORT, not {text!r}")

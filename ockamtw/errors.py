@@ -47,6 +47,14 @@ class RouteUnreachable(OckamError):
     """
 
 
+class NoSuchAddress(RouteUnreachable):
+    """
+    A route names something that does not exist (a worker of this node, a
+    node, a project): unlike a peer that cannot be reached now, waiting
+    does not help.
+    """
+
+
 class TransportError(OckamError):
     """
     A TCP listener or connection could not be set up.

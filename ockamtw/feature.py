@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from .errors import WireError
 from .interfaces import IFeature
+from .project.codec import is_identifier
 from .routing import MultiAddr
 
 #: A route: (HTTP method, collection, whether a key follows the collection).
@@ -152,15 +153,19 @@ def authorized_of(body: dict):
     The C{authorized} identifiers of a request's body (one, or a list), or
     C{None}.
 
-    @raise ControlError: 400 for anything but identifiers (C{P<hex>}).
+    @raise ControlError: 400 for anything but identifiers (C{P} and 64
+        lowercase hex characters).
     """
     value = body.get("authorized")
     if value is None:
         return None
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.startswith("P") for v in value):
-        raise ControlError(400, "authorized must be a list of identifiers (P<hex>)")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ControlError(400, "authorized must be a list of identifiers (P + 64 lowercase hex)")
+    for v in value:
+        if not is_identifier(v):
+            raise ControlError(400, f"authorized: not an identifier (P + 64 lowercase hex): {v!r}")
     return value
 
 

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
-from .errors import AddressInUse, MessageTooLarge, OckamError, RequestTimeout, RouteUnreachable, WireError
+from .errors import AddressInUse, MessageTooLarge, NoSuchAddress, OckamError, RequestTimeout, RouteUnreachable, WireError
 from .deferred import gather
 from .interfaces import IAccessPolicy, IFeature, ILinkWorker, ITransport, IWorker
 from .logs import Throttle, short
@@ -504,7 +504,7 @@ class BaseNode(MultiService):
         @raise RouteUnreachable: for such a route.
         """
         if route and route[0].type == LOCAL and route[0] not in self._entries:
-            raise RouteUnreachable(f"no worker at /service/{route[0].value} on node {self.name}")
+            raise NoSuchAddress(f"no worker at /service/{route[0].value} on node {self.name}")
         return route
 
     def link_of(self, address: Union[Address, str, None]):
@@ -620,7 +620,7 @@ class BaseNode(MultiService):
                 else:
                     resolver = self._resolvers.get(hop.kind)
                     if resolver is None:
-                        raise RouteUnreachable(
+                        raise NoSuchAddress(
                             f"/{hop.kind}/{hop.name}: {hop.kind} routes are not supported by this node"
                         )
                     out = Route(await maybeDeferred(resolver, out, hop, i))
@@ -644,7 +644,7 @@ class BaseNode(MultiService):
     async def _connect_hop(self, address: Address):
         transport = self._transports.get(address.type)
         if transport is None:
-            raise RouteUnreachable(f"no transport for {address} on node {self.name}")
+            raise NoSuchAddress(f"no transport for {address} on node {self.name}")
         try:
             return await transport.connect_hop(address.value)
         except CancelledError:

@@ -25,7 +25,7 @@ from .api import Node
 from .secure.channel import HandshakeLimits
 from .control import state as st
 from .control.server import ControlService, NodeController
-from .errors import OckamError, RouteUnreachable, WireError
+from .errors import NoSuchAddress, OckamError, WireError
 from .routing import Address, MultiAddr
 from .relay import RelayLimits
 from .transport.limits import (
@@ -755,7 +755,7 @@ def _node_resolver(home: str):
     def resolve(name: str) -> str:
         address = st.listener_of(home, name)
         if not address:
-            raise RouteUnreachable(f"no node named {name!r} (see: ockam node list)")
+            raise NoSuchAddress(f"no node named {name!r} (see: ockam node list)")
         return address
 
     return resolve
@@ -829,7 +829,7 @@ def makeService(options, reactor=None):
         st.secure_node_dir(state_dir)  # 0700 and 0600, also for a node made by an older version
         name = name or state.get("name")
         if not listen and state.get("listen"):
-            listen = server_description(state["listen"])
+            listen = state["listen"]  # as recorded (HOST:PORT): said so when it cannot be bound
     home = os.path.dirname(os.path.dirname(state_dir)) if state_dir else st.ockam_home()
 
     identity = _load_identity(state_dir, state, home) if state_dir else None

@@ -486,7 +486,8 @@ class ErrorTests(CLITestCase):
             r = await self.ockam(*args, check=False)
             self.assertEqual(r.code, 2, str(r))
             self.assertNotIn("Traceback", r.out + r.err, str(r))
-            self.assertIn("usage: ockam", r.err, str(r))
+            self.assertEqual(len(r.err.splitlines()), 1, str(r))
+            self.assertIn("(see: ockam", r.err, str(r))
         self.assertFalse(os.path.exists(self.nodes_dir) and os.listdir(self.nodes_dir))
 
 

@@ -93,7 +93,9 @@ class ErrorCaseTestCase(CLITestCase):
     def assertUsageError(self, r: Result, fragment: str) -> None:
         self.assertNotIn("Traceback", r.out + r.err, str(r))
         self.assertEqual(r.code, 2, str(r))
-        self.assertIn("usage: ockam", r.err, str(r))
+        # One line, as every error: what is wrong and where the help is.
+        self.assertEqual(len(r.err.splitlines()), 1, str(r))
+        self.assertTrue(r.err.startswith("ockam") and r.err.endswith(" --help)\n"), str(r))
         self.assertIn(fragment, r.err, str(r))
 
     async def interrupted(self, *args: str, when: Deferred, seconds: float = 15) -> Result:
@@ -192,7 +194,6 @@ class InterruptTests(ErrorCaseTestCase):
         r = await self.interrupted("message", "send", "hi", "--to", route, when=data)
         self.assertInterrupted(r)
 
-
     @async_test
     async def test_ctrl_c_while_the_command_line_loads(self):
         """
@@ -220,6 +221,58 @@ class InterruptTests(ErrorCaseTestCase):
 
         scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name == "ockam"}
         self.assertEqual(scripts, {"ockam": "ockamtw.cli.entry:main"})
+
+
+    @async_test
+    async def test_ctrl_c_inside_a_finalizer(self):
+        """
+        Ctrl-C whose handler runs inside a weakref callback (or any
+        finalizer), while the command line loads or before the command
+        waits: Python only prints an exception raised there ("Exception
+        ignored") and goes on, so the command would run on as if nothing
+        had been pressed.  It is noted instead: one line, status 130.
+        """
+        factory = _QuietFactory()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        route = f"/ip4/127.0.0.1/tcp/{port.getHost().port}/service/echo"
+        finalizer = (
+            "import os, signal, sys, weakref\n"
+            "class Thing:\n"
+            "    pass\n"
+            "def press(ref):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    for i in range(1000):\n"  # the handler runs in this loop
+            "        pass\n"
+            "def collect():\n"
+            "    thing = Thing()\n"
+            "    ref = weakref.ref(thing, press)\n"
+            "    del thing\n"
+        )
+        while_loading = finalizer + (
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'ockamtw.cli.main':\n"
+            "            collect()\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "from ockamtw.cli.entry import main\n"
+            "sys.argv = ['ockam', 'node', 'list']\n"
+            "main()\n"
+        )
+        before_waiting = finalizer + (
+            "from ockamtw.cli import main as cli\n"
+            "parser = cli.parser\n"
+            "def slow_parser():\n"
+            "    collect()\n"
+            "    return parser()\n"
+            "cli.parser = slow_parser\n"
+            f"cli.main(['message', 'send', 'hi', '--to', {route!r}])\n"
+        )
+        for code in (while_loading, before_waiting):
+            p = spawn(self, [sys.executable, "-c", code], env=self.env)
+            code_, sig = await p.wait_ended(30)
+            self.assertEqual((code_, sig, p.stdout, p.stderr), (130, None, b"", b"ockam: interrupted\n"), p.text)
 
 
 class NodeGoneTests(ErrorCaseTestCase):
@@ -347,6 +400,49 @@ class UsageTests(ErrorCaseTestCase):
         self.assertUsageError(r, "name a node, or use --all")
         r = await self.ockam("node", "delete", "n1", "--all", check=False)
         self.assertUsageError(r, "name a node, or use --all")
+
+    @async_test
+    async def test_unknown_option_named_with_its_command(self):
+        """
+        An option the command does not take is said with that command's
+        usage (what it does take), wherever on the line it was typed.
+        """
+        for args in (["relay", "list", "--bogus"], ["--bogus", "relay", "list"], ["relay", "--bogus", "list"]):
+            r = await self.ockam(*args, check=False)
+            self.assertUsageError(r, "ockam relay list: unrecognized arguments: --bogus")
+            self.assertEqual(r.err, "ockam relay list: unrecognized arguments: --bogus (see: ockam relay list --help)\n")
+
+    @async_test
+    async def test_values_that_cannot_work(self):
+        """
+        Values of the right shape that cannot work are refused before
+        anything is made: an identifier that is not one (C{--authorized}),
+        port 0 as a place to connect to.  A listener address that is taken
+        is said as it was typed.
+        """
+        for args in (
+            ["tcp-outlet", "create", "--at", "n1", "--to", "127.0.0.1:9", "--authorized", "Pnothex"],
+            ["secure-channel-listener", "create", "l1", "--at", "n1", "--authorized", "P" + "A" * 64],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUsageError(r, "--authorized: not an identifier (P + 64 lowercase hex)")
+        await self.ockam("node", "create", "n1")
+        for args in (
+            ["tcp-outlet", "create", "--at", "n1", "--to", "127.0.0.1:0"],
+            ["tcp-connection", "create", "--from", "n1", "--to", "127.0.0.1:0"],
+            ["message", "send", "hi", "--from", "n1", "--to", "/ip4/127.0.0.1/tcp/0/service/echo"],
+        ):
+            r = await self.ockam(*args, check=False)
+            self.assertUserError(r, "port 0 in '127.0.0.1:0' is not a port to connect to")
+        r = await self.ockam("tcp-outlet", "list", "--at", "n1", "--output", "json")
+        self.assertEqual(r.out, "[]\n", str(r))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = await self.ockam("node", "create", "n2", "--tcp-listener-address", f"127.0.0.1:{port}", check=False)
+        self.assertUserError(r, f"cannot listen on 127.0.0.1:{port}: Address already in use")
 
     @async_test
     async def test_bad_timeout(self):

@@ -41,7 +41,11 @@ from .memory_harness import ListeningReactor
 #: An identifier of nobody on these nodes.
 OTHER = "P" + "1" * 64
 #: What a bad C{authorized} gets.
-BAD_AUTHORIZED = "authorized must be a list of identifiers (P<hex>)"
+BAD_AUTHORIZED = "authorized must be a list of identifiers (P + 64 lowercase hex)"
+
+
+def not_an_identifier(text: str) -> str:
+    return f"authorized: not an identifier (P + 64 lowercase hex): {text!r}"
 
 
 class ControlResourceTestCase(SynchronousTestCase):
@@ -180,7 +184,7 @@ class OutletTests(ControlResourceTestCase):
             (json.dumps({"address": "o1"}).encode(), "missing 'to'"),
             (json.dumps({"address": "", "to": "127.0.0.1:9"}).encode(), "missing 'address'"),
             (json.dumps({"address": 7, "to": "127.0.0.1:9"}).encode(), "missing 'address'"),
-            (json.dumps({"address": "o1", "to": "127.0.0.1:9", "authorized": ["me"]}).encode(), BAD_AUTHORIZED),
+            (json.dumps({"address": "o1", "to": "127.0.0.1:9", "authorized": ["me"]}).encode(), not_an_identifier("me")),
             (json.dumps({"address": "o1", "to": "127.0.0.1:9", "authorized": {"P": 1}}).encode(), BAD_AUTHORIZED),
         ]
         for raw, expected in cases:
@@ -296,7 +300,7 @@ class InletTests(ControlResourceTestCase):
             ({"listen": "127.0.0.1:4001"}, "missing 'to'"),
             ({"listen": "127.0.0.1:4001", "to": "/ip4/127.0.0.1/tcp/x"}, "bad TCP port 'x' in '/ip4/127.0.0.1/tcp/x'"),
             ({"listen": "nonsense", "to": "/service/o1"}, "not a port, host:port or endpoint string: 'nonsense'"),
-            ({"listen": "127.0.0.1:4001", "to": "/service/o1", "authorized": [OTHER, "x"]}, BAD_AUTHORIZED),
+            ({"listen": "127.0.0.1:4001", "to": "/service/o1", "authorized": [OTHER, "x"]}, not_an_identifier("x")),
         ]
         for body, expected in cases:
             self.assertEqual(self.refused(400, "POST", "inlets", body=body), expected, body)
@@ -363,7 +367,7 @@ class SecureChannelListenerTests(ControlResourceTestCase):
     def test_bad_body_is_400(self):
         for body, expected in (
             ({}, "missing 'address'"),
-            ({"address": "l1", "authorized": "me"}, BAD_AUTHORIZED),
+            ({"address": "l1", "authorized": "me"}, not_an_identifier("me")),
             ({"address": "/nonsense/x"}, "expected NAME or /service/NAME, got '/nonsense/x'"),
         ):
             self.assertEqual(self.refused(400, "POST", "secure-channel-listeners", body=body), expected, body)

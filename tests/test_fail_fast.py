@@ -21,7 +21,7 @@ import time
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ockamtw import Node, RouteUnreachable, Route, encode_string
+from ockamtw import Node, RouteUnreachable, Route
 from ockamtw.errors import TransportError
 from ockamtw.secure.errors import SecureChannelError
 
@@ -64,6 +64,23 @@ class InletTests(PortalTestCase):
         await wait_until(lambda: inlet.last_error is not None, 2, "the inlet's reason")
         self.assertEqual(inlet.status, "DOWN")
         self.assertIn("no worker at /service/nothing", inlet.last_error)
+
+    @async_test
+    async def test_client_of_a_route_to_nothing(self):
+        """
+        A client of an inlet whose route names what does not exist (a
+        worker of this node, a node) is closed at once, not after the
+        ping time-out: there is nothing to wait for.  The inlet says why.
+        """
+        n1 = self.make_node("n1")
+        for route, reason in (
+            ("/service/nothing", "no worker at /service/nothing on node n1"),
+            ("/node/nowhere/service/outlet", "no node named 'nowhere'"),
+        ):
+            inlet = await n1.create_inlet("127.0.0.1:0", route, ping_timeout=10)
+            await self.client_closed_at_once(inlet)
+            self.assertEqual((inlet.status, inlet.last_error, inlet.refusals), ("DOWN", reason, 1))
+            await wait_until(lambda: not inlet.portals, 2, "the inlet's portal gone")
 
     async def refused(self, flow_control: bool):
         targets, target_port = await self.start_target(EchoTarget)

@@ -769,6 +769,28 @@ class Commands:
 # --- the parser -----------------------------------------------------------------------------------
 
 
+def identifier_arg(text: str) -> str:
+    """
+    An identity's identifier as an option's value (C{--authorized}).
+    """
+    from ..project.codec import is_identifier
+
+    if not is_identifier(text):
+        raise argparse.ArgumentTypeError(f"not an identifier (P + 64 lowercase hex): {text!r}")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    A usage mistake is one line, as every other error: what is wrong and
+    where the command's help is (not the whole usage, which wraps over
+    several lines for most commands).  Exit status 2.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """
     The command line.  The global options (C{--output}) are taken before
@@ -777,10 +799,10 @@ def parser() -> argparse.ArgumentParser:
     """
     # Below the top level, --output has no default, so that one given
     # earlier on the line is not reset by the parser of a later word.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--output", choices=["plain", "json"], default=argparse.SUPPRESS, help="output format (default: plain)")
 
-    p = argparse.ArgumentParser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).")
+    p = _Parser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).")
     p.add_argument("--output", choices=["plain", "json"], default="plain", help="output format (default: plain)")
     p.add_argument("--version", action="version", version=f"ockam {__version__} (ockamtw)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -858,7 +880,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", default="/service/outlet", metavar="ADDRESS")
     c.add_argument("--to", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER",
                    help="accept only this identity through a secure channel (repeatable)")
     c = cmd(o, "list", Commands.outlet_list, "list TCP outlets")
     c.add_argument("--at", metavar="NODE")
@@ -872,7 +894,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
     c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; '-' reads standard input")
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER",
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER",
                    help="accept only an outlet with this identity, through a secure channel (repeatable)")
     c = cmd(i, "list", Commands.inlet_list, "list TCP inlets")
     c.add_argument("--at", metavar="NODE")
@@ -896,7 +918,7 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(sc, "create", Commands.sc_create, "create a secure channel from a node to a listener")
     c.add_argument("--from", dest="from_", metavar="NODE")
     c.add_argument("--to", required=True, metavar="ROUTE", help="route to the listener, e.g. /node/n2/service/api")
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
     c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
     c = cmd(sc, "list", Commands.sc_list, "list a node's established secure channels")
     c.add_argument("--at", metavar="NODE")
@@ -909,7 +931,7 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener (api: restrict the node's own)")
     c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
     c.add_argument("--at", metavar="NODE")
-    c.add_argument("--authorized", action="append", metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
     c = cmd(scl, "list", Commands.scl_list, "list a node's secure channel listeners")
     c.add_argument("--at", metavar="NODE")
     c = cmd(scl, "delete", Commands.scl_delete, "stop a secure channel listener and close its channels")
@@ -1200,9 +1222,14 @@ class _Interrupt:
             _say("interrupted")
             os._exit(INTERRUPTED)
         self.interrupted = True
-        if self.cancel is None or blocking():
+        if blocking():
             raise KeyboardInterrupt
-        self.cancel()
+        if self.cancel is not None:
+            self.cancel()
+        # Otherwise the command has not started waiting yet: it is cancelled
+        # as soon as it does (see _run).  Raising here instead could land in
+        # a finalizer or a weakref callback, where Python only prints the
+        # exception and carries on.
 
 
 #: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -1262,7 +1289,11 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
     from twisted.internet import reactor
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(_attach_dash_values(argv))
+    top = parser()
+    args, extras = top.parse_known_args(_attach_dash_values(argv))
+    if extras:
+        # Said with the usage of the command they were given to, not ockam's.
+        getattr(args, "parser", top).error(f"unrecognized arguments: {' '.join(extras)}")
     _check_usage(args)
     outcome = []
 
@@ -1277,6 +1308,8 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
         d = defer.Deferred.fromCoroutine(run())
         if not d.called:
             interrupt.cancel = lambda: reactor.callFromThread(d.cancel)
+            if interrupt.interrupted:  # Ctrl-C while the command line was getting ready
+                d.cancel()
 
         def done(result):
             interrupt.cancel = None

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from ..errors import OckamError, TransportError
+from ..errors import NoSuchAddress, OckamError, TransportError
 from ..deferred import InFlight, gather
 from ..feature import ControlError, Feature, authorized_of, listed
 from ..routing import Route, parse_route_text
@@ -75,8 +75,15 @@ class InletPortal(PortalWorker):
 
         def failed(f):
             inlet.last_error = f.getErrorMessage()
+            if f.check(NoSuchAddress) and self.state == WAITING:
+                # Nothing to wait for: the route names what does not exist.
+                self._cancel_ping()
+                inlet._not_opened(f.getErrorMessage())
+                self.finish(notify=False, grace=self.close_grace)
 
         inlet.route().addCallbacks(send, failed)
+        if self.state != WAITING:
+            return
         delay = min(inlet.ping_interval, max(0.0, self._deadline - inlet.reactor.seconds()))
         self._timer = inlet.reactor.callLater(delay, self._ping)
 

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from ..abac import DEFAULT_POLICY_TEXT, HANDLE_MESSAGE, Policy, PolicyAccess, PolicyError
 from ..access import CHANNEL_PEERS
 from ..deferred import InFlight
-from ..errors import OckamError, RequestTimeout, RouteUnreachable
+from ..errors import NoSuchAddress, OckamError, RequestTimeout, RouteUnreachable
 from ..feature import ControlError, Feature
 from ..routing import Route
 from ..secure.errors import SecureChannelError
@@ -201,11 +201,11 @@ class Membership(Feature):
         The C{project} route resolver (see the module's docstring).
         """
         if position != 0:
-            raise RouteUnreachable(f"/project/{hop.name} can only start a route")
+            raise NoSuchAddress(f"/project/{hop.name} can only start a route")
         info = self.projects.get(hop.name)
         if info is None:
             known = ", ".join(sorted(self.projects)) or "none"
-            raise RouteUnreachable(f"unknown project {hop.name!r} on node {self.node.name} (it knows: {known})")
+            raise NoSuchAddress(f"unknown project {hop.name!r} on node {self.node.name} (it knows: {known})")
         end = self._project_ends.get(info.name)
         if end is not None and end.status == UP:
             return Deferred.fromCoroutine(_route_of(end))
