@@ -31,7 +31,9 @@ setup(
         "cbor2>=5.4,<7",
     ],
     extras_require={
-        "test": ["hypothesis>=6.80,<7"],
+        # Several Orchestrator instances on one PostgreSQL database (--db postgresql://...).
+        "postgresql": ["psycopg[binary]>=3.1,<4"],
+        "test": ["hypothesis>=6.80,<7", "psycopg[binary]>=3.1,<4"],
         "docs": ["sphinx>=7", "myst-parser>=2"],
     },
     entry_points={

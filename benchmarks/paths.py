@@ -217,6 +217,95 @@ class OckamSecureRelay(OckamRelay):
         inlet.wait_for(r"secure channel \S+ up with \S+ \(initiator\)")
 
 
+class OckamProject(OckamPath):
+    """
+    The seed's last section: a self-hosted Orchestrator (its own process,
+    which serves the project node and its authority), this run's
+    C{OCKAM_HOME} enrolled with it (C{ockam enroll --orchestrator URL
+    --token TOKEN}, the project C{default}), and two nodes started with
+    that project (C{twistd ockam --state DIR}, as C{ockam node create
+    --project} makes them): the outlet node with a relay at
+    C{/project/default}, the inlet node with inlets to
+    C{/project/default/service/forward_to_X/service/o_T}.  Every byte
+    passes the inlet node's and the outlet node's secure channels to the
+    project node, which decrypts and encrypts it again (the relay of this
+    path is a secure channel end, not a plain forwarder).
+    """
+
+    name = "ockam_project"
+    description = ("inlet node -> project node -> outlet node whose relay is at /project/default (the seed's "
+                   "Orchestrator section: 3 processes, the Orchestrator serving the project node and its "
+                   "authority; each node's link to the project is a secure channel)")
+
+    def cli(self, env: dict, *args: str) -> str:
+        proc = self.pm.start([sys.executable, "-m", "ockamtw.cli", *args], f"{self.name}-cli", env=env,
+                             capture_stdout=True)
+        try:
+            out, _ = proc.popen.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"ockam {' '.join(args)}: no answer within 60 s")
+        finally:
+            self.pm.stop(proc)
+        if proc.popen.returncode:
+            raise RuntimeError(f"ockam {' '.join(args)}: exit status {proc.popen.returncode}: {proc.tail(3)}")
+        return out.decode("utf-8", "replace")
+
+    def project_node(self, role: str, state: dict) -> Proc:
+        import json
+
+        directory = os.path.join(self.home, "nodes", role)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        state = dict({"name": role, "listen": "127.0.0.1:0", "identity": "default", "project": self.project,
+                      "outlets": [], "inlets": [], "relays": [], "connections": [], "secure_listeners": []}, **state)
+        with open(os.path.join(directory, "state.json"), "w") as f:
+            json.dump(state, f)
+        env = child_env()
+        env["OCKAM_HOME"] = self.home
+        proc = self.pm.start([sys.executable, "-m", "ockamtw", "-n", "--pidfile=", "ockam", "--state", directory],
+                             f"{self.name}-{role}", env=env)
+        self.procs.append((role, proc))
+        return proc
+
+    def start(self, targets):
+        import json
+
+        self.home = os.path.join(self.pm.workdir, "ockam_home_project")
+        data = os.path.join(self.home, "orchestrator")
+        orchestrator = self.pm.start(
+            [sys.executable, "-m", "ockamtw.orchestrator", "--data", data, "--http", LOOPBACK_LISTEN,
+             "--project-ports", "0"],
+            f"{self.name}-orchestrator",
+        )
+        self.procs.append(("relay", orchestrator))
+        url = orchestrator.wait_for(r"serving (http://127\.0\.0\.1:\d+)", timeout=30).group(1)
+        with open(os.path.join(data, "admin.token")) as f:
+            token = f.read().strip()
+        env = child_env()
+        env["OCKAM_HOME"] = self.home
+        self.cli(env, "enroll", "--orchestrator", url, "--token", token)
+        self.project = json.loads(self.cli(env, "project", "information", "--output", "json"))
+        alias_name = f"{self.name}-o"
+        self.alias = f"forward_to_{alias_name}"
+        outlets = [{"address": f"o_{name}", "to": f"127.0.0.1:{port}", "authorized": None}
+                   for name, port in targets.items()]
+        self.project_node("outlet", {"outlets": outlets, "relays": [{"name": alias_name, "at": "/project/default"}]})
+        orchestrator.wait_for(rf"relay {re.escape(self.alias)} registered", timeout=30)
+        routes = {name: f"/project/default/service/{self.alias}/service/o_{name}" for name in targets}
+        inlet = self.project_node("inlet", {"inlets": [{"listen": "127.0.0.1:0", "to": route, "authorized": None}
+                                                       for route in routes.values()]})
+        self.ports = {name: self.inlet_port(inlet, route) for name, route in routes.items()}
+        roles = dict(self.procs)
+        self.procs = [("inlet", roles["inlet"]), ("relay", roles["relay"]), ("outlet", roles["outlet"])]
+        return self.ports
+
+    def stop(self):
+        for role in ("inlet", "outlet", "relay"):
+            for r, proc in list(self.procs):
+                if r == role:
+                    self.pm.stop(proc)
+        self.procs = []
+
+
 # --- peers ---------------------------------------------------------------------------------
 
 
@@ -417,7 +506,7 @@ class SshR(_Ssh):
 
 def all_paths(pm: ProcessManager, quick: bool, peers: bool) -> List[Path]:
     paths: List[Path] = [Direct(pm), OckamPortalNode(pm), OckamInletOutlet(pm), OckamRelay(pm), OckamSecureRelay(pm),
-                         Portforward(pm)]
+                         OckamProject(pm), Portforward(pm)]
     if peers:
         sshd = Sshd(pm)
         paths += [Socat(pm), Haproxy(pm), SshL(pm, sshd), SshR(pm, sshd)]

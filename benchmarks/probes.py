@@ -2,8 +2,9 @@
 The client side of each measurement, run as its own process so that it
 shares no interpreter (and no GIL) with the nodes or the orchestrator:
 ``python -m benchmarks.probes KIND ... --tag TAG``.  Each prints one JSON
-object on its last stdout line (``conns`` and ``register`` also print
-progress lines and wait for commands on stdin).
+object on its last stdout line (``conns``, ``register`` and
+``orchestrator_scale`` also print progress lines and wait for commands on
+stdin).
 
 The routed-message probes speak Ockam's TCP framing by hand (2-byte
 big-endian length, then a TransportMessage in BARE) and use no ockamtw
@@ -407,6 +408,61 @@ def register(args) -> dict:
     return {"closed": True}
 
 
+# --- failover: the first connection that works again ---------------------------------------------
+
+
+def reconnect(args) -> dict:
+    """
+    Print ``{"ready": true}`` and wait for a line on stdin (the moment the
+    orchestrator instance is killed); then open a new connection to PORT
+    every EVERY seconds, each sending SIZE bytes and waiting (up to
+    ATTEMPT_TIMEOUT) for their echo, until one gets it: the seconds from
+    the line to that echo (``first_ok_s``), the attempts made and how many
+    failed.  Overlapping attempts, so that a slow failing one does not
+    delay the measurement.
+    """
+    payload = os.urandom(args.size)
+    emit({"ready": True})
+    sys.stdin.readline()
+
+    async def main():
+        t0 = time.perf_counter()
+        done = asyncio.get_running_loop().create_future()
+        counts = {"attempts": 0, "failed": 0}
+
+        async def attempt():
+            counts["attempts"] += 1
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", args.port), args.attempt_timeout)
+                try:
+                    w.write(payload)
+                    got = await asyncio.wait_for(r.readexactly(len(payload)), args.attempt_timeout)
+                finally:
+                    w.close()
+                if got == payload and not done.done():
+                    done.set_result(time.perf_counter() - t0)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                counts["failed"] += 1
+
+        tasks = []
+        while not done.done():
+            if time.perf_counter() - t0 > args.timeout:
+                for t in tasks:
+                    t.cancel()
+                return {"first_ok_s": None, **counts}
+            tasks.append(asyncio.ensure_future(attempt()))
+            try:
+                await asyncio.wait_for(asyncio.shield(done), args.every)
+            except asyncio.TimeoutError:
+                pass
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return {"first_ok_s": round(done.result(), 3), **counts}
+
+    return asyncio.run(main())
+
+
 # --- head-of-line: a stalled stream next to a live one --------------------------------------------
 
 
@@ -577,6 +633,16 @@ def http(args) -> dict:
     return asyncio.run(main())
 
 
+def orchestrator_scale(args) -> dict:
+    """
+    The Orchestrator scenario's client (an ockamtw node; see
+    L{benchmarks.orchestrator_probe}).
+    """
+    from .orchestrator_probe import run
+
+    return run(args)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.probes")
     sub = p.add_subparsers(dest="kind", required=True)
@@ -618,6 +684,12 @@ def main(argv=None) -> None:
     sp.add_argument("--port", type=int, required=True)
     sp.add_argument("--count", type=int, default=1000)
     sp.add_argument("--prefix", default="bench")
+    sp = add("reconnect", reconnect)
+    sp.add_argument("--port", type=int, required=True)
+    sp.add_argument("--every", type=float, default=0.05)
+    sp.add_argument("--attempt-timeout", type=float, default=3.0)
+    sp.add_argument("--timeout", type=float, default=60.0)
+    sp.add_argument("--size", type=int, default=64)
     sp = add("hol", hol)
     sp.add_argument("--echo-port", type=int, required=True)
     sp.add_argument("--stall-port", type=int, required=True)
@@ -628,6 +700,13 @@ def main(argv=None) -> None:
     sp.add_argument("--port", type=int, required=True)
     sp.add_argument("--conns", type=int, default=32)
     sp.add_argument("--duration", type=float, default=2.0)
+    sp = add("orchestrator_scale", orchestrator_scale)
+    sp.add_argument("--url", required=True)
+    sp.add_argument("--data", required=True, help="the Orchestrator's data directory (its admin.token)")
+    sp.add_argument("--projects", type=int, default=100)
+    sp.add_argument("--relays", type=int, default=1000)
+    sp.add_argument("--concurrency", type=int, default=10)
+    sp.add_argument("--refresh", type=float, default=5.0)
     args = p.parse_args(argv)
     raise_nofile()
     emit(args.func(args))

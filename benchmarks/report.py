@@ -115,6 +115,44 @@ def render(doc) -> str:
                   f"= {_f(rust['ratio'], 2)}x (a published figure from another machine, not measured in this "
                   "run)."]
 
+    proj = doc.get("project")
+    if proj:
+        c = proj["project_vs_relay"]
+        L += ["", "### The seed's Orchestrator section: `ockam_project` beside `ockam_relay`", "",
+              "The same portal through a self-hosted Orchestrator's project: the outlet node's relay is at "
+              "`/project/default` and the inlet's route is `/project/default/service/forward_to_X/service/o_T`; "
+              "each node reaches the project node over a secure channel (a credential presented), so the project "
+              "node decrypts and encrypts every message. project_vs_relay = project / relay, within this run.", "",
+              "| measure | `ockam_relay` | `ockam_project` | project_vs_relay |", "|---|---|---|---|"]
+        rows = [("throughput up, Gbit/s", "throughput_up", 2), ("throughput down, Gbit/s", "throughput_down", 2),
+                ("throughput 4 streams, Gbit/s", "throughput_p4", 2),
+                ("path CPU % (up)", "path_cpu_percent_up", 0), ("64 B RTT p50, µs", "latency_p50_us", 0),
+                ("64 B RTT p99, µs", "latency_p99_us", 0), ("new conn p50, ms", "setup_p50_ms", 2),
+                ("new conn p99, ms", "setup_p99_ms", 2), ("HTTP req/s", "http_requests_per_second", 0)]
+        for label, key, nd in rows:
+            v = c.get(key) or {}
+            L.append(f"| {label} | {_f(v.get('relay'), nd)} | {_f(v.get('project'), nd)} | {_f(v.get('ratio'), 3)} |")
+
+    o = doc["scenarios"].get("orchestrator_scale", {}).get("results", {}).get("orchestrator")
+    if o:
+        L += ["", "### One Orchestrator, many projects and relays", ""]
+        if "error" in o:
+            L.append(f"Error: {o['error']}")
+        else:
+            rss = o.get("rss_mib") or {}
+            L += [doc["scenarios"]["orchestrator_scale"]["description"] + ".", "",
+                  "| projects | relays | projects/s | member channels/s | registrations/s (all at once) | "
+                  "registrations per CPU second | CPU % holding the relays | KiB per project | KiB per member "
+                  "channel | KiB per relay | RSS MiB: started, projects, channels, relays, held | relays up |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                  f"| {o['projects']} | {o['relays']} | {_f(o.get('projects_per_second'), 1)} | "
+                  f"{_f(o.get('channels_per_second'), 1)} | {_f(o.get('registrations_per_second'), 0)} | "
+                  f"{_f(o.get('registrations_per_cpu_second'), 0)} | {_f(o.get('held_cpu_percent'), 1)} | "
+                  f"{_f(o.get('kib_per_project'), 1)} | {_f(o.get('kib_per_member_channel'), 1)} | "
+                  f"{_f(o.get('kib_per_relay'), 2)} | "
+                  + ", ".join(_f(rss.get(k), 1) for k in ("started", "projects", "channels", "relays", "held"))
+                  + f" | {o.get('relays_up')} |"]
+
     r = doc["scenarios"].get("routed_rtt", {}).get("results", {})
     if r:
         L += ["", "### Routed messages (raw Ockam frames, 64-byte payload)", "",
@@ -190,6 +228,8 @@ def render(doc) -> str:
                      f"| {_f(h.get('neighbour_bulk_before_mbps'), 0)} / {_f(h.get('neighbour_bulk_during_mbps'), 0)} "
                      f"| {h['stalled_stream_bytes_accepted']:,} | {growth} |")
 
+    L += _orchestrator(doc)
+
     if doc.get("ratios"):
         L += ["", "### Targets (ratios within this run)", "", "| target | measured | goal | met | detail |",
               "|---|---|---|---|---|"]
@@ -206,6 +246,49 @@ def render(doc) -> str:
     if doc.get("leftover_processes"):
         L += ["", "**Processes left behind:** " + "; ".join(doc["leftover_processes"])]
     return "\n".join(L) + "\n"
+
+
+def _orchestrator(doc) -> list:
+    """
+    The Orchestrator on PostgreSQL: failover, and three instances with
+    many projects.
+    """
+    L = []
+    f = doc["scenarios"].get("orchestrator_failover")
+    if f:
+        r, st = f["results"], f["settings"]
+        L += ["", "### The Orchestrator on PostgreSQL: failover", "",
+              f"Two instances, lease {_f(st['lease_ttl_s'])} s, tick {_f(st['tick_s'])} s, {st['runs']} runs: the "
+              "instance serving the project is killed with SIGKILL; a relay is up at the project and an inlet "
+              "reaches an outlet through it (nodes made with `ockam node create --project`).", "",
+              "| from the kill to | median s | max s |", "|---|---|---|",
+              f"| another instance serves the project | {_f(r['served_again_s']['median'], 2)} | "
+              f"{_f(r['served_again_s']['max'], 2)} |",
+              f"| the first new connection through the inlet that echoes | {_f(r['first_connection_s']['median'], 2)} "
+              f"| {_f(r['first_connection_s']['max'], 2)} |", "",
+              f"Every run recovered: {'yes' if r['all_recovered'] else '**no**'}; project.json unchanged: "
+              f"{'yes' if r['project_json_unchanged'] else '**no**'}."]
+    sp = doc["scenarios"].get("orchestrator_spread")
+    if sp:
+        r, st = sp["results"], sp["settings"]
+        names = sorted(r["served_per_instance"])
+        per = ", ".join(f"{n} {r['served_per_instance'][n]}" for n in names)
+        cpu = ", ".join(f"{n} {_f(r['idle_cpu_percent'][n])}" for n in names)
+        rss = ", ".join(f"{n} {_f(r['rss_mib'][n], 1)}" for n in names)
+        shares = ", ".join(f"{n} {v}" for n, v in sorted(r["survivor_shares"].items()))
+        L += ["", f"### The Orchestrator on PostgreSQL: three instances, {st['projects']} projects", "",
+              f"Lease {_f(st['lease_ttl_s'])} s, tick {_f(st['tick_s'])} s.", "",
+              "| measure | value |", "|---|---|",
+              f"| projects made (through the three in turn) | {st['projects']} in {_f(r['create_seconds'])} s, "
+              f"{_f(r['projects_per_second'], 1)}/s; {_spread(r['create_ms'], 1)} ms each |",
+              f"| projects each serves | {per} |",
+              f"| idle CPU % of one core (over {_f(st['idle_window_s'])} s) | {cpu} |",
+              f"| RSS MiB | {rss} |",
+              f"| GET /v0/projects ms | {_spread(r['list_projects_ms'], 1)} |",
+              f"| {r['killed']} ({r['killed_served']} projects) killed: every project served again after | "
+              f"{_f(r['all_served_again_s'])} s |",
+              f"| then served by | {shares} |"]
+    return L
 
 
 def update_docs(path: str, md: str) -> None:

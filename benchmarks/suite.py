@@ -35,6 +35,7 @@ from typing import Dict, List, Optional
 from ockamtw.flow import STREAM_WINDOW
 
 from . import report
+from .orchestrator import OrchestratorBench
 from .paths import OckamRelay, Path, Sshd, _Ssh, all_paths
 from .procs import (REPO_ROOT, Proc, ProcessManager, cpu_seconds, cpu_seconds_tree, fd_count, free_port, node_stats,
                     raise_nofile, rss_bytes, version_of, wait_port, which)
@@ -63,6 +64,9 @@ class Settings:
         self.routed_seconds = 0.5 if quick else 2.0
         self.conn_counts = [200] if quick else [1000, 5000]
         self.forwarder_counts = [10, 100] if quick else [10, 1000]
+        self.orchestrator_projects = 5 if quick else 100
+        self.orchestrator_relays = 50 if quick else 1000
+        self.orchestrator_hold = 1.0 if quick else 10.0    # seconds the relays are held (re-registering)
         self.hol_seconds = 1.5 if quick else 2.0
         self.stall_seconds = 2.5 if quick else 3.5
         self.budget = 55.0 if quick else 570.0       # seconds; scenarios left then are skipped
@@ -97,6 +101,7 @@ class Suite:
         self.paths: List[Path] = []
         self.active: List[Path] = []
         self.ports: Dict[str, Dict[str, int]] = {}
+        self.path_info: Dict[str, dict] = {}
         self.iperf3 = which("iperf3") if not args.builtin_bulk else None
         self.wrk = which("wrk") if not args.builtin_http else None
 
@@ -806,6 +811,101 @@ class Suite:
                                f"later rounds) is reported but not judged"),
             "results": res}
 
+    # --- one orchestrator, many projects and relays -------------------------------------------------
+
+    def scenario_orchestrator_scale(self) -> None:
+        """
+        A fresh Orchestrator process; a client process (an ockamtw node,
+        L{benchmarks.orchestrator_probe}) makes it serve N projects, reaches
+        each as a member (credential, secure channel, presentation) and
+        registers M relays spread over them, then holds them while they
+        re-register every 5 s.  Between the phases: the Orchestrator's RSS
+        and CPU time.
+        """
+        n, m = self.s.orchestrator_projects, self.s.orchestrator_relays
+        data = os.path.join(self.workdir, "orchestrator-scale")
+        orch = self.pm.start([sys.executable, "-m", "ockamtw.orchestrator", "--data", data, "--http",
+                              "tcp:0:interface=127.0.0.1", "--project-ports", "0"], "orchestrator-scale")
+        probe = None
+        out: dict = {"projects": n, "relays": m}
+        try:
+            url = orch.wait_for(r"serving (http://127\.0\.0\.1:\d+)", timeout=30).group(1)
+            time.sleep(0.3)
+            rss = {"started": rss_bytes(orch.pid)}
+            cpu0 = cpu_seconds(orch.pid)
+            probe = self.start_probe("orchestrator_scale", "--url", url, "--data", data, "--projects", str(n),
+                                     "--relays", str(m))
+
+            def step(phase: str, timeout: float) -> dict:
+                got = self.read_json_line(probe, timeout)
+                if got.get("phase") != phase:
+                    raise RuntimeError(f"the orchestrator probe said {got!r}, expected phase {phase!r}")
+                time.sleep(0.5)
+                rss[phase] = rss_bytes(orch.pid)
+                return got
+
+            def go() -> None:
+                probe.popen.stdin.write(b"go\n")
+                probe.popen.stdin.flush()
+
+            projects = step("projects", 600)
+            go()
+            channels = step("channels", 600)
+            go()
+            c0 = cpu_seconds(orch.pid)
+            relays = step("relays", 600)
+            c1, t1 = cpu_seconds(orch.pid), time.monotonic()
+            time.sleep(self.s.orchestrator_hold)
+            c2, t2 = cpu_seconds(orch.pid), time.monotonic()
+            rss["held"] = rss_bytes(orch.pid)
+            go()
+            done = self.read_json_line(probe, 120)
+
+            def kib(a, b, per):
+                return round((rss[b] - rss[a]) / 1024 / per, 2) if rss.get(a) and rss.get(b) and per else None
+
+            out.update({
+                "projects_per_second": projects.get("per_second"),
+                "projects_seconds": projects.get("seconds"),
+                "channels_per_second": channels.get("per_second"),
+                "registrations_per_second": relays.get("per_second"),
+                "registration_seconds": relays.get("seconds"),
+                "registration_cpu_seconds": round(c1 - c0, 3) if c0 is not None and c1 is not None else None,
+                # The Orchestrator's CPU per registration (the client, one process, may be what
+                # limits registrations/s): the rate one core could take.
+                "registrations_per_cpu_second": round(m / (c1 - c0), 1) if c0 is not None and c1 is not None
+                and c1 > c0 else None,
+                "held_cpu_percent": round(100 * (c2 - c1) / (t2 - t1), 1) if c1 is not None and c2 is not None else None,
+                "held_seconds": self.s.orchestrator_hold,
+                "relays_up": done.get("relays_up"),
+                "rss_mib": {k: round(v / 1048576, 1) for k, v in rss.items() if v is not None},
+                "kib_per_project": kib("started", "projects", n),
+                "kib_per_member_channel": kib("projects", "channels", n),
+                "kib_per_relay": kib("channels", "relays", m),
+                "kib_per_relay_held": kib("channels", "held", m),
+                "cpu_seconds_total": round(cpu_seconds(orch.pid) - cpu0, 2) if cpu0 is not None else None,
+            })
+            if done.get("relays_up") != m:
+                self.error(f"orchestrator_scale: {done.get('relays_up')} of {m} relays up after holding them")
+            self.log(f"orchestrator_scale: {n} projects, {m} relays: {out['registrations_per_second']} registrations/s, "
+                     f"{out['kib_per_relay']} KiB per relay, {out['kib_per_project']} KiB per project")
+        except Exception as e:
+            out["error"] = str(e)
+            self.error(f"orchestrator_scale: {e}")
+            traceback.print_exc()
+        finally:
+            if probe is not None:
+                self.pm.stop(probe)
+            self.pm.stop(orch)
+        self.results["orchestrator_scale"] = {
+            "description": f"One Orchestrator process serving {n} projects (a project node and an authority "
+                           f"each), reached by one member node (a credential, a secure channel and a "
+                           f"presentation per project), with {m} relays registered at once, spread over the "
+                           f"projects, then held for {self.s.orchestrator_hold:g} s (each re-registers every "
+                           "5 s); RSS of the Orchestrator after each phase; per relay = (after the relays - "
+                           "after the channels) / relays",
+            "results": {"orchestrator": out}}
+
     # --- ratios --------------------------------------------------------------------------------------
 
     def ratios(self) -> List[dict]:
@@ -867,6 +967,25 @@ class Suite:
                 rust["ratio"], None, None,
                 f"{shown(rust['ours_gbit_s'], ' Gbit/s')} vs {rust['published_gbit_s']} Gbit/s (a published figure, not measured "
                 "here: other machine, other conditions)", "", key="secure_vs_ockam_rust_portal")
+        proj = self.project_summary()
+        if proj:
+            for key, label in (("throughput_up", "throughput"), ("throughput_down", "throughput (down)"),
+                               ("throughput_p4", "throughput (p4)"), ("http_requests_per_second", "HTTP requests/s"),
+                               ("latency_p50_us", "64-byte RTT p50"), ("setup_p50_ms", "new connection p50")):
+                c = proj["project_vs_relay"][key]
+                add(f"project_vs_relay: {label}", c["ratio"], None, None,
+                    f"{shown(c['project'])} vs {shown(c['relay'])} (the seed's portal through a project vs through "
+                    "a relay node, same run)", "", key=f"project_vs_relay_{key}")
+        orch = R.get("orchestrator_scale", {}).get("results", {}).get("orchestrator")
+        if orch and "error" not in orch:
+            add(f"orchestrator with {orch['projects']} projects and {orch['relays']} relays: registrations/s",
+                orch.get("registrations_per_second"), None, None,
+                f"all at once from one member node; the Orchestrator's CPU per registration allows "
+                f"{shown(orch.get('registrations_per_cpu_second'))}/s on one core", "", key="orchestrator_registrations")
+            add(f"orchestrator with {orch['projects']} projects and {orch['relays']} relays: KiB per relay",
+                orch.get("kib_per_relay"), None, None,
+                f"RSS growth per relay; per project {shown(orch.get('kib_per_project'), ' KiB')}, per member "
+                f"channel {shown(orch.get('kib_per_member_channel'), ' KiB')}", "", key="orchestrator_kib_per_relay")
         rl = get("latency_64b", "ockam_relay", "added_p50_us")
         pf = get("latency_64b", "twisted_portforward", "added_p50_us")
         add("added 64-byte RTT: relay / portforward", ratio(rl, pf), 2.0, lambda v: v <= 2.0,
@@ -932,6 +1051,45 @@ class Suite:
                     lambda v, b=bound: v <= b, ", ".join(f"{r} {v}" for r, v in growth.items()), "<=")
         return out
 
+    def project_summary(self) -> Optional[dict]:
+        """
+        The project path (the seed's Orchestrator section) beside the plain
+        relay path: each figure of both and their ratio (project / relay),
+        within this run.  None when the project path did not run.
+        """
+        R = self.results
+        proj, rel = "ockam_project", "ockam_relay"
+
+        def get(scn, path, *keys):
+            v = R.get(scn, {}).get("results", {}).get(path)
+            for k in keys:
+                v = v.get(k) if isinstance(v, dict) else None
+            return v
+
+        if not any(proj in R.get(scn, {}).get("results", {}) for scn in R):
+            return None
+
+        def pair(scn, *keys):
+            a, b = get(scn, proj, *keys), get(scn, rel, *keys)
+            return {"project": a, "relay": b, "ratio": round(a / b, 3) if a is not None and b else None}
+
+        cmp = {f"throughput_{v}": pair(f"throughput_{v}", "gbit_s", "median") for v in ("up", "down", "p4")}
+        cmp["path_cpu_percent_up"] = pair("throughput_up", "path_cpu_percent", "median")
+        cmp["latency_p50_us"] = pair("latency_64b", "p50_us", "median")
+        cmp["latency_p99_us"] = pair("latency_64b", "p99_us", "median")
+        cmp["setup_p50_ms"] = pair("connection_setup", "p50_ms", "median")
+        cmp["setup_p99_ms"] = pair("connection_setup", "p99_ms", "median")
+        cmp["http_requests_per_second"] = pair("http", "requests_per_second", "median")
+        return {
+            "path": proj,
+            "compared_with": rel,
+            "description": "the seed's portal through a self-hosted Orchestrator's project (inlet node -> project "
+                           "node -> outlet node, each node's link to the project a secure channel, the project "
+                           "node decrypting and encrypting every message) beside the same portal through a relay "
+                           "node (ockam_relay); ratio = project / relay, within this run",
+            "project_vs_relay": cmp,
+        }
+
     def secure_summary(self) -> Optional[dict]:
         """
         The secure relay path beside the plain relay path: each figure of
@@ -996,7 +1154,8 @@ class Suite:
         try:
             targets = self.start_targets()
             self.log(f"targets: {targets}")
-            self.start_paths(targets)
+            if not self.args.only or set(self.args.only) - {"orchestrator"}:
+                self.start_paths(targets)
             steps = [("latency", self.scenario_latency), ("setup", self.scenario_setup),
                      ("throughput", self.scenario_throughput), ("http", self.scenario_http),
                      ("routed", self.scenario_routed), ("head_of_line", self.scenario_hol)]
@@ -1024,6 +1183,26 @@ class Suite:
                 except Exception as e:
                     self.error(f"memory: {e}")
                     traceback.print_exc()
+            if not self.args.only or "orchestrator" in self.args.only:
+                if self.time_left() < 120 and not self.s.quick and not self.args.only:
+                    self.notice("orchestrator scenarios skipped: time budget")
+                else:
+                    self.log("scenario orchestrator (PostgreSQL, several instances)")
+                    try:
+                        self.results.update(OrchestratorBench(self).run(targets["echo"]))
+                    except Exception as e:
+                        self.error(f"orchestrator: {e}")
+                        traceback.print_exc()
+            if not self.args.only or "orchestrator_scale" in self.args.only:
+                if self.time_left() < 30 and not self.s.quick:
+                    self.notice("orchestrator_scale skipped: time budget")
+                else:
+                    self.log("scenario orchestrator_scale (a fresh Orchestrator, many projects and relays)")
+                    try:
+                        self.scenario_orchestrator_scale()
+                    except Exception as e:
+                        self.error(f"orchestrator_scale: {e}")
+                        traceback.print_exc()
         finally:
             self.pm.stop_all()
         time.sleep(0.2)
@@ -1047,6 +1226,7 @@ class Suite:
             "paths": self.path_info,
             "scenarios": self.results,
             "secure_channel": self.secure_summary(),
+            "project": self.project_summary(),
             "ratios": self.ratios(),
             "notices": self.notices,
             "errors": self.errors,
@@ -1091,7 +1271,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-peers", dest="peers", action="store_false", help="do not run the peers")
     p.add_argument("--paths", default="", help="comma-separated path names to run (direct always runs)")
     p.add_argument("--only", action="append", default=[],
-                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory"],
+                   choices=["latency", "setup", "throughput", "http", "routed", "head_of_line", "memory",
+                            "orchestrator", "orchestrator_scale"],
                    help="run only these scenarios (repeatable)")
     p.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
     p.add_argument("--builtin-bulk", action="store_true", help="use the built-in bulk tool even if iperf3 is there")

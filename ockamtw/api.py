@@ -69,6 +69,9 @@ class Node(BaseNode):
         self.register_transport(self.tcp)
         #: the projects this node belongs to (L{ockamtw.project.membership})
         self.membership: Membership = self.features["project"]
+        # A channel opened through a channel to a project exchanges
+        # credentials first (the project feature wraps /secure).
+        self.register_resolver("secure", self.membership.secure_hop(self.features["secure"].resolve))
         if services:
             start_default_services(self)
             start_relay_services(self)

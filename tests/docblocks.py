@@ -47,6 +47,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -421,11 +422,12 @@ class _Collect(ProcessProtocol):
             self.ended.callback(None)
 
 
-async def run_session(testcase, session: Session, seconds: float = SESSION_SECONDS):
+async def run_session(testcase, session: Session, seconds: float = SESSION_SECONDS, env: Optional[dict] = None):
     """
     Run C{session} in a namespace of its own; returns C{(status, output)}.
     Everything the session started is killed when it ends (its namespace's
-    first process exits) or at the test's cleanup.
+    first process exits) or at the test's cleanup.  C{env}: variables
+    added to the user's environment (L{session_environment}).
     """
     # Short: a node's control socket path must fit in 107 bytes.
     parent = tempfile.mkdtemp(prefix="ockdoc-")
@@ -438,7 +440,9 @@ async def run_session(testcase, session: Session, seconds: float = SESSION_SECON
         f.write(session_script(session, work))
     proto = _Collect()
     argv = unshare_argv() + ["bash", script]
-    transport = reactor.spawnProcess(proto, argv[0], argv, env=session_environment(home), path=work)
+    environment = session_environment(home)
+    environment.update(env or {})
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=environment, path=work)
 
     def kill():
         if not proto.ended.called:
@@ -454,3 +458,28 @@ async def run_session(testcase, session: Session, seconds: float = SESSION_SECON
     if timer.active():
         timer.cancel()
     return status, proto.output.decode("utf-8", "replace")
+
+
+_problem: list = []
+
+
+def cached_namespace_problem() -> Optional[str]:
+    """
+    L{namespace_problem}, asked once per process.
+    """
+    if not _problem:
+        _problem.append(namespace_problem())
+    return _problem[0]
+
+
+class NamespaceTestCase(TestCase):
+    def setUp(self):
+        problem = cached_namespace_problem()
+        if problem:
+            self.fail(
+                "the docs' commands run in a network and PID namespace of their own (their ports are fixed), "
+                f"which cannot be made here: {problem}. Run the tests as root, or allow unprivileged user "
+                "namespaces (sysctl kernel.unprivileged_userns_clone=1)."
+            )
+        if shutil.which("curl") is None:
+            self.fail("the docs' commands use curl: install it (apt-get install curl)")

@@ -5,7 +5,8 @@ benchmarks --quick}, from a directory laid out as the checkout, whose
 C{benchmarks/} is a copy (so the results it writes stay out of the
 checkout).  It runs to the end within the test's timeout and writes
 C{benchmarks/results/quick.json} and C{quick.md} (and not the full run's
-C{latest.*}) with every scenario.
+C{latest.*}) with every scenario, the project path (the seed's
+Orchestrator section) and the Orchestrator scenario included.
 
 Absolute numbers are not checked (CI does not gate on them); the ockamtw
 scenarios must have produced numbers, each target's verdict must agree with
@@ -39,8 +40,11 @@ SCENARIOS = [
     "head_of_line",
     "relay_forwarders",
     "concurrent_connections",
+    "orchestrator_failover",
+    "orchestrator_spread",
+    "orchestrator_scale",
 ]
-OCKAM_PATHS = ["ockam_portal_1node", "ockam_inlet_outlet", "ockam_relay", "ockam_secure_relay"]
+OCKAM_PATHS = ["ockam_portal_1node", "ockam_inlet_outlet", "ockam_relay", "ockam_secure_relay", "ockam_project"]
 
 
 def documented_command() -> str:
@@ -146,10 +150,35 @@ class QuickBenchmarkTests(TestCase):
                 self.assertIsNone(ratio["met"], ratio)
         self.assertIn("`ockam_secure_relay`", md)
         self.assertEqual([line for line in md.splitlines() if "None" in line], [], "None where a figure is missing")
+        # The seed's portal through a project beside the relay path, and one
+        # Orchestrator with many projects and relays.
+        project = doc["project"]
+        self.assertEqual((project["path"], project["compared_with"]), ("ockam_project", "ockam_relay"))
+        for key in ("throughput_up", "http_requests_per_second", "latency_p50_us"):
+            self.assertGreater(project["project_vs_relay"][key]["ratio"], 0, key)
+        orchestrator = scenarios["orchestrator_scale"]["results"]["orchestrator"]
+        self.assertEqual(orchestrator["relays_up"], orchestrator["relays"], orchestrator)
+        self.assertGreater(orchestrator["registrations_per_second"], 0)
+        self.assertIsNotNone(orchestrator["kib_per_relay"])
+        for key in ("project_vs_relay_throughput_up", "orchestrator_registrations", "orchestrator_kib_per_relay"):
+            self.assertIn(key, keys)
+        self.assertIn("`ockam_project`", md)
         for hops in ("0_relay_hops", "1_relay_hop"):
             self.assertGreater(scenarios["routed_rtt"]["results"][hops]["messages_per_second"]["median"], 0)
         for n, entry in scenarios["concurrent_connections"]["results"].items():
             self.assertTrue(entry["all_succeeded"], entry)
             self.assertEqual(set(entry["nodes"]), {"inlet", "relay", "outlet"})
+        # The Orchestrator on PostgreSQL: the project moved and the inlet
+        # served again; three instances shared the projects, and the
+        # survivors of a kill serve them all.
+        failover = scenarios["orchestrator_failover"]["results"]
+        self.assertTrue(failover["all_recovered"], failover)
+        self.assertTrue(failover["project_json_unchanged"], failover)
+        self.assertGreater(failover["first_connection_s"]["median"], 0)
+        spread = scenarios["orchestrator_spread"]
+        self.assertEqual(sum(spread["results"]["served_per_instance"].values()), spread["settings"]["projects"])
+        self.assertEqual(sum(spread["results"]["survivor_shares"].values()), spread["settings"]["projects"])
+        self.assertIsNotNone(spread["results"]["all_served_again_s"])
+        self.assertIn("### The Orchestrator on PostgreSQL: failover", md)
         self.assertEqual(doc["errors"], [])
         self.assertEqual(doc["leftover_processes"], [])

@@ -17,6 +17,7 @@ import re
 import signal
 import stat
 import sys
+import time
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
@@ -169,6 +170,45 @@ class SeedTests(OrchestratorCLITestCase):
         self.assertRegex(r.out, r"^/service/[0-9a-f]{32}\n$")
         r = await self.ockam("message", "send", "hi", "--from", "n1", "--to", "-/service/uppercase", stdin=r.out)
         self.assertEqual(r.out, "HI\n", str(r))
+
+
+class RestartTests(OrchestratorCLITestCase):
+    @async_test
+    async def test_restart_with_background_nodes(self):
+        """
+        The seed's Orchestrator section with background nodes and every
+        interval at its default, plus a nested inlet
+        (C{.../secure/api/...}) from a second member; then C{orchestrator
+        stop} and C{start}: C{project information --output json} is
+        byte-identical, and both inlets answer HEAD again within 15 s of
+        the start, with nothing done to the nodes.
+        """
+        await self.enrolled()
+        before = (await self.ockam("project", "information", "--output", "json")).out
+        await self.ockam("identity", "create", "other")
+        await self.ockam("project", "enroll", "--member", await self.identifier("other"))
+        await self.ockam("node", "create", "n3", "--project", "project.json")
+        await self.ockam("node", "create", "n1", "--project", "project.json", "--identity", "other")
+        await self.ockam("forwarder", "create", "n3", "--at", "/project/default", "--to", "/node/n3")
+        web = await self.http_server()
+        await self.ockam("tcp-outlet", "create", "--at", "/node/n3", "--from", "/service/outlet", "--to",
+                         f"127.0.0.1:{web}")
+        inlets = []
+        for route in ("/project/default/service/forward_to_n3/service/outlet",
+                      "/project/default/service/forward_to_n3/secure/api/service/outlet"):
+            r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to", route)
+            inlets.append(port_of(r.out.strip()))
+            self.assertEqual(await self.head_until_ok(inlets[-1], 10), "HTTP/1.0 200 OK")
+
+        await self.ockam("orchestrator", "stop")
+        await self.start_orchestrator()
+        started = time.monotonic()
+        for port in inlets:
+            self.assertEqual(await self.head_until_ok(port, 15 - (time.monotonic() - started)), "HTTP/1.0 200 OK")
+        self.assertLess(time.monotonic() - started, 15)
+        self.assertEqual((await self.ockam("project", "information", "--output", "json")).out, before)
+        r = await self.ockam("relay", "list", "--to", "n3", "--output", "json")
+        self.assertEqual([(x["alias"], x["status"]) for x in r.json()], [("forward_to_n3", "UP")])
 
 
 class EnrollTests(OrchestratorCLITestCase):
@@ -583,3 +623,88 @@ class ProcessTests(OrchestratorCLITestCase):
         self.assertFalse(process_gone(pid))
         self.assertEqual(processes_naming(os.path.join(self.home, "orchestrator")), [])
         os.kill(pid, signal.SIGKILL)
+
+
+class OutputJsonTests(OrchestratorCLITestCase):
+    timeout = 300
+
+    async def json_of(self, n: int, *args: str):
+        """
+        C{ockam ARGS} with C{--output json} before the command, after its
+        first word, or at the end (by C{n}); what it printed, as JSON.
+        """
+        where = n % 3
+        if where == 0:
+            argv = ("--output", "json") + args
+        elif where == 1:
+            argv = args[:1] + ("--output", "json") + args[1:]
+        else:
+            argv = args + ("--output", "json")
+        r = await self.ockam(*argv)
+        try:
+            return json.loads(r.out)
+        except ValueError:
+            self.fail(f"ockam {' '.join(argv)}: not JSON: {r.out!r}")
+
+    @async_test
+    async def test_every_orchestrator_command(self):
+        """
+        Every command of the Orchestrator, its projects, members, policies,
+        credentials and authorities prints one JSON document with
+        C{--output json}, wherever the option is on the line.
+        """
+        await self.start_orchestrator()
+        n = iter(range(1000))
+        j = lambda *args: self.json_of(next(n), *args)  # noqa: E731
+        enrolled = await j("enroll")
+        self.assertEqual(enrolled["project"]["name"], "default")
+        self.assertEqual(enrolled["project"]["space_name"], enrolled["space"]["name"])
+        self.assertEqual((await j("enroll"))["project"]["id"], enrolled["project"]["id"])
+        self.assertEqual((await j("orchestrator", "status"))["status"], "UP")
+        self.assertIn("log", await j("orchestrator", "logs"))
+        self.assertTrue((await j("orchestrator", "token", "create", "--label", "x"))["token"].startswith("otw_"))
+
+        self.assertEqual((await j("space", "create", "s2"))["name"], "s2")
+        self.assertEqual(len(await j("space", "list")), 2)
+        self.assertEqual((await j("space", "show", "s2"))["name"], "s2")
+        created = await j("project", "create", "s2", "p2")
+        self.assertEqual((created["name"], created["space_name"]), ("p2", "s2"))
+        self.assertEqual(sorted(p["name"] for p in await j("project", "list")), ["default", "p2"])
+        self.assertEqual((await j("project", "show", "p2"))["id"], created["id"])
+        self.assertEqual((await j("project", "information", "p2"))["id"], created["id"])
+        self.assertEqual(await j("project", "delete", "s2", "p2"), {"project": {"name": "p2"}})
+        self.assertEqual(await j("space", "delete", "s2"), {"space": {"name": "s2"}})
+
+        info = await j("project", "information")
+        self.write("project.json", json.dumps(info))
+        await self.ockam("identity", "create", "m1")
+        await self.ockam("identity", "create", "m2")
+        m1, m2 = await self.identifier("m1"), await self.identifier("m2")
+        added = await j("project", "enroll", "--member", m1, "--attribute", "role=edge")
+        self.assertEqual(added["member"], m1)
+        code = (await j("project", "enroll", "--attribute", "role=edge"))["code"]
+        self.assertRegex(code, f"^{HEX64}$")
+        credential = await j("project", "authenticate", "--identity", "m2", "--token", code)
+        self.assertEqual(credential["attributes"], {"project_id": info["id"], "role": "edge"})
+        self.assertEqual((await j("project", "revoke", "--member", m1))["revoked"], True)
+
+        await self.ockam("node", "create", "n1", "--project", "project.json")
+        policy = await j("policy", "set", "--at", "n1", "--resource", "tcp-outlet", "--expression", '(= subject.role "edge")')
+        self.assertEqual(policy["expression"], '(= subject.role "edge")')
+        for action in ("show", "get"):
+            self.assertEqual(await j("policy", action, "--at", "n1", "--resource", "tcp-outlet"), policy)
+        self.assertEqual(await j("policy", "list", "--at", "n1"), [policy])
+        self.assertEqual(await j("policy", "delete", "--at", "n1", "--resource", "tcp-outlet"), policy)
+
+        issued = await j("credential", "issue", "--as", "m1", "--for", m2, "--attribute", "a=b")
+        self.write("c.hex", issued["credential"])
+        self.assertEqual(await j("credential", "verify", "--issuer", m1, "--credential-path", "c.hex"), {"verified": True})
+        self.assertEqual((await j("credential", "store", "c1", "--issuer", m1, "--credential-path", "c.hex"))["name"], "c1")
+        self.assertEqual((await j("credential", "show", "c1"))["verified"], True)
+        self.assertEqual([c["name"] for c in await j("credential", "list")], ["c1"])
+
+        node = await j("authority", "create", "au", "--project-identifier", "p", "--tcp-listener-address", "127.0.0.1:0",
+                       "--trusted-identities", json.dumps({m1: {}}))
+        self.assertEqual(node["authority"]["project_identifier"], "p")
+        await self.ockam("node", "delete", "--all")
+        self.assertEqual((await j("orchestrator", "stop"))["status"], "DOWN")

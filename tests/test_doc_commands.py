@@ -11,21 +11,22 @@ user namespaces; where it cannot be made, these tests fail and say why.
 from __future__ import annotations
 
 import os
-import shutil
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from . import docblocks
-from .docblocks import REPO, Command, Session, all_blocks, block_commands, blocks_of, run_session, sessions_of
+from .docblocks import (
+    REPO,
+    Command,
+    NamespaceTestCase,
+    Session,
+    all_blocks,
+    block_commands,
+    blocks_of,
+    run_session,
+    sessions_of,
+)
 from .helpers import async_test
-
-_problem: list = []
-
-
-def namespace_problem():
-    if not _problem:
-        _problem.append(docblocks.namespace_problem())
-    return _problem[0]
 
 
 class BlockTests(SynchronousTestCase):
@@ -98,19 +99,6 @@ class BlockTests(SynchronousTestCase):
         self.assertGreaterEqual(len(servers), 3)
         for s in servers:
             self.assertEqual(len(s.commands), 1)
-
-
-class NamespaceTestCase(TestCase):
-    def setUp(self):
-        problem = namespace_problem()
-        if problem:
-            self.fail(
-                "the docs' commands run in a network and PID namespace of their own (their ports are fixed), "
-                f"which cannot be made here: {problem}. Run the tests as root, or allow unprivileged user "
-                "namespaces (sysctl kernel.unprivileged_userns_clone=1)."
-            )
-        if shutil.which("curl") is None:
-            self.fail("the docs' commands use curl: install it (apt-get install curl)")
 
 
 class RunnerTests(NamespaceTestCase):

@@ -9,18 +9,13 @@ restart.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
-import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import Factory, Protocol
-from twisted.web.client import HTTPConnectionPool
-from twisted.trial.unittest import TestCase
 
-from ockamtw import Address, Node, Route, encode_string, decode_string
-from ockamtw.orchestrator.service import ENROLL_CONTEXT, Orchestrator, Settings
+from ockamtw import Address, Route, encode_string, decode_string
+from ockamtw.orchestrator.service import ENROLL_CONTEXT
 from ockamtw.project import codec
 from ockamtw.project.codec import CreateToken, Method, OneTimeCode
 from ockamtw.project.credentials import Credential, verify
@@ -29,56 +24,9 @@ from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
 from ockamtw.status import CLOSED, DOWN, UP
 
-from tests.helpers import async_test, deadline, wait_until
-from tests.portal_harness import Collector, EchoTarget, TargetFactory
-
-
-class OrchestratorTestCase(TestCase):
-    timeout = 60
-
-    def setUp(self):
-        self.data = tempfile.mkdtemp()
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.http = treq.client.HTTPClient(treq.api.Agent(reactor, pool=self.pool))
-        self.addCleanup(self.pool.closeCachedConnections)
-
-    async def start(self, **kw) -> Orchestrator:
-        kw.setdefault("http", "tcp:0:interface=127.0.0.1")
-        kw.setdefault("project_ports", None)
-        kw.setdefault("refresh", 0.1)
-        settings = Settings(self.data, **kw)
-        o = Orchestrator(reactor, settings)
-        o.startService()
-        self.addCleanup(o.stopService)
-        await deadline(o.ready, 10, "the orchestrator started")
-        self.o = o
-        with open(os.path.join(self.data, "admin.token")) as f:
-            self.token = f.read().strip()
-        return o
-
-    async def api(self, method: str, path: str, body=None, token=True, expect=200):
-        headers = {b"authorization": [f"Bearer {self.token}".encode()]} if token else {}
-        data = json.dumps(body).encode() if body is not None else None
-        response = await self.http.request(method, self.o.url + path, data=data, headers=headers)
-        result = json.loads(await response.content())
-        self.assertEqual(response.code, expect, result)
-        return result
-
-    async def enroll(self, identity: LocalIdentity):
-        challenge = (await self.api("GET", "/v0/enroll/challenge"))["challenge"]
-        signature = identity.sign(ENROLL_CONTEXT + bytes.fromhex(challenge))
-        return await self.api(
-            "POST", "/v0/enroll", {"identity": identity.export().hex(), "challenge": challenge, "signature": signature.hex()}
-        )
-
-    def node(self, name: str, identity=None) -> Node:
-        node = Node(reactor, name=name, identity=identity)
-        node.startService()
-        self.addCleanup(node.stopService)
-        return node
-
-    async def channel(self, node: Node, route: str, identifier: str) -> Address:
-        return await deadline(node.create_secure_channel(route, authorized=[identifier], timeout=5), 6, f"channel {route}")
+from .helpers import async_test, deadline, wait_until
+from .orchestrator_harness import FreezingProxy, OrchestratorTestCase, ProjectTestCase
+from .portal_harness import Collector, EchoTarget, TargetFactory
 
 
 class ApiTests(OrchestratorTestCase):
@@ -223,26 +171,6 @@ class ProjectTests(OrchestratorTestCase):
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
 
 
-class ProjectTestCase(OrchestratorTestCase):
-    """
-    An orchestrator with the admin enrolled (its project "default"), and
-    member nodes embedded in the test.
-    """
-
-    async def project(self):
-        await self.start()
-        self.admin = LocalIdentity.create()
-        enrolled = await self.enroll(self.admin)
-        info = await self.api("GET", f"/v0/projects/{enrolled['project']['id']}/information")
-        return ProjectInfo.from_json(json.dumps(info, indent=2))
-
-    def member_node(self, name, info, identity=None):
-        node = self.node(name, identity=identity or self.admin)
-        node.add_project(info)
-        return node
-
-
-
 class SeedTests(ProjectTestCase):
     """
     The seed's Orchestrator section with embedded nodes: relay at
@@ -332,6 +260,13 @@ class RestartTests(ProjectTestCase):
             client.transport.loseConnection()
 
         await echo(b"before")
+        member = await self.new_member(info, {"role": "edge"})
+        revoked = await self.new_member(info)
+        await self.api("DELETE", f"/v0/projects/{info.id}/members/{revoked.identifier}")
+        members = await self.api("GET", f"/v0/projects/{info.id}/members")
+        self.assertEqual(sorted((m["identifier"], m["revoked_at"] is None) for m in members),
+                         sorted([(member.identifier, True), (revoked.identifier, False)]))
+        projects = await self.api("GET", "/v0/projects")
 
         # Stop the orchestrator and start a new one on the same data.
         await self.o.stopService()
@@ -339,6 +274,11 @@ class RestartTests(ProjectTestCase):
         await self.start()
         after = await self.api("GET", f"/v0/projects/{info.id}/information")
         self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
+        def kept(rows):  # which instance serves a project is this process's own id
+            return [{k: v for k, v in row.items() if k != "served_by"} for row in rows]
+
+        self.assertEqual(kept(await self.api("GET", "/v0/projects")), kept(projects))  # identities, ports, routes
+        self.assertEqual(await self.api("GET", f"/v0/projects/{info.id}/members"), members)
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
         try:
@@ -353,54 +293,34 @@ class RestartTests(ProjectTestCase):
         await echo(b"after the restart")
 
 
-class _Pipe(Protocol):
-    """
-    One side of a L{_FreezingProxy} connection: passes bytes to its peer
-    until the proxy is frozen, then drops them (the connection stays open:
-    a half-dead path, as a NAT that forgot the mapping).
-    """
-
-    def __init__(self, proxy, peer=None) -> None:
-        self.proxy = proxy
-        self.peer = peer
-        self.frozen = False
-
-    def connectionMade(self) -> None:
-        self.proxy.pipes.append(self)
-        if self.peer is None:  # the accepted side: dial the target
-            self.transport.pauseProducing()
-            ep = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.target)
-
-            def connected(other):
-                self.peer = other
-                self.transport.resumeProducing()
-
-            connectProtocol(ep, _Pipe(self.proxy, self)).addCallbacks(connected, lambda f: self.transport.loseConnection())
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.frozen and self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
-
-    def connectionLost(self, reason) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.loseConnection()
-
-
-class _FreezingProxy(Factory):
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.pipes = []
-
-    def buildProtocol(self, addr):
-        return _Pipe(self)
-
-    def freeze(self) -> int:
+class StopTests(ProjectTestCase):
+    @async_test
+    async def test_stop_waits_for_a_refresh_in_flight(self):
         """
-        Silence every connection open now (new ones pass); returns how many.
+        A project's refresh of its members that is reading the database
+        when the Orchestrator stops ends before the database is closed (it
+        used to fail on the closed database and log a traceback).
         """
-        for pipe in self.pipes:
-            pipe.frozen = True
-        return len(self.pipes)
+        await self.project()
+        (runtime,) = self.o.runtimes.values()
+        store = self.o.store
+        gate, entered = Deferred(), []
+        real = store.members_served_by
+
+        def members_served_by(instance_id):
+            entered.append(instance_id)
+            return gate.addCallback(lambda _: real(instance_id))
+
+        store.members_served_by = members_served_by
+        await wait_until(lambda: entered, 5, "a refresh reading the members")
+        stopped = self.o.stopService()
+        try:
+            await wait_until(lambda: store.pool is None, 1, "the database closed")
+        except AssertionError:
+            pass  # it waits for the refresh: good
+        gate.callback(None)
+        await deadline(stopped, 10, "the orchestrator stopped")
+        self.assertIsNone(store.pool)
 
 
 class HealingTests(ProjectTestCase):
@@ -417,7 +337,7 @@ class HealingTests(ProjectTestCase):
         info = await self.project()
         host, port = info.access_route.split("/")[2], int(info.access_route.split("/")[4])
         self.assertEqual(host, "127.0.0.1")
-        proxy = _FreezingProxy(port)
+        proxy = FreezingProxy(port)
         listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(proxy)
         self.addCleanup(listening.stopListening)
         self.addCleanup(lambda: [p.transport.abortConnection() for p in proxy.pipes if p.transport])
@@ -449,3 +369,148 @@ class HealingTests(ProjectTestCase):
         self.assertEqual(await hello("after"), "AFTER")
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
+
+
+PLAIN = "/project/default/service/forward_to_n3/service/outlet"
+NESTED = "/project/default/service/forward_to_n3/secure/api/service/outlet"
+
+
+class InletHealingTests(ProjectTestCase):
+    """
+    Inlets to C{/project/...} routes, plain and nested (a secure channel
+    to n3 through its relay at the project, C{.../secure/api/...}), come
+    back on their own after the Orchestrator restarts and after a path to
+    the project goes silent, on n1's side or on n3's side.
+    """
+
+    async def portal(self, route: str, info=None, n1_info=None, n3_info=None, refresh=0.3, timeout=0.5, medic=0.1,
+                     ping_timeout=2.0):
+        """
+        n3 (the admin) with a relay at the project and an outlet to an echo
+        server; n1 (another member) with an inlet to C{route}; returns the
+        relay and the inlet's port, once a byte went through.
+        """
+        n1_identity = await self.new_member(info)
+        n3 = self.member_node("n3", n3_info or info)
+        n1 = self.member_node("n1", n1_info or info, identity=n1_identity)
+        self.n1, self.n3 = n1, n3
+        if medic is not None:
+            for node in (n1, n3):
+                node.membership.medic.interval = medic
+        relay = await deadline(
+            n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE, refresh=refresh,
+                            timeout=timeout),
+            10, "the relay",
+        )
+        await n3.create_outlet("outlet", f"127.0.0.1:{await self.echo_target()}")
+        inlet = await n1.create_inlet("127.0.0.1:0", route, ping_timeout=ping_timeout)
+        port = int(inlet.socket_address.rsplit(":", 1)[1])
+        await self.echo_through(port, b"before")
+        return relay, inlet, port
+
+    async def restart(self, route: str) -> None:
+        info = await self.project()
+        relay, inlet, port = await self.portal(route, info)
+        await self.o.stopService()
+        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await self.start()
+        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        failed = await self.echo_until(port, b"after the restart", 15)
+        self.assertEqual(failed, 0, "the first connection after the relay came back failed")
+
+    @async_test
+    async def test_default_intervals(self):
+        """
+        With the default intervals (relay refresh 5 s, Medic 3 s, inlet
+        Pong timeout 10 s), the relay and both inlets, plain and nested,
+        work again within 15 s of the restart.
+        """
+        info = await self.project()
+        relay, _, plain = await self.portal(PLAIN, info, refresh=5.0, timeout=5.0, medic=None, ping_timeout=10.0)
+        nested = await self.n1.create_inlet("127.0.0.1:0", NESTED)
+        nested = int(nested.socket_address.rsplit(":", 1)[1])
+        await self.echo_through(nested, b"nested before")
+        await self.o.stopService()
+        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await self.start()
+        restarted = reactor.seconds()
+        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        await self.echo_until(plain, b"plain after", 15 - (reactor.seconds() - restarted))
+        await self.echo_until(nested, b"nested after", 15 - (reactor.seconds() - restarted))
+        self.assertLess(reactor.seconds() - restarted, 15)
+
+    @async_test
+    async def test_plain_inlet_after_restart(self):
+        await self.restart(PLAIN)
+
+    @async_test
+    async def test_nested_inlet_after_restart(self):
+        await self.restart(NESTED)
+
+    async def silence(self, route: str, side: str) -> None:
+        """
+        The path of C{side} (n1 or n3) to the project node goes silent
+        (a proxy stops passing bytes, the connections stay open); the
+        Medic of that node closes its channel; the inlet works again.
+        """
+        info = await self.project()
+        host, port = info.access_route.split("/")[2], int(info.access_route.split("/")[4])
+        proxy = FreezingProxy(port)
+        listening = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(proxy)
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in proxy.pipes if p.transport])
+        proxied = info._replace(access_route=f"/dnsaddr/{host}/tcp/{listening.getHost().port}/service/api")
+        kw = {"n1_info": proxied} if side == "n1" else {"n3_info": proxied}
+        relay, inlet, inlet_port = await self.portal(route, info, **kw)
+        silent = self.n1 if side == "n1" else self.n3
+        channel = silent.membership.project_channel("default")
+        self.assertGreater(proxy.freeze(), 0)
+        await wait_until(lambda: channel.status == "closed", 5, "the silent channel closed by the Medic")
+        if side == "n3":
+            await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != channel.encryptor, 10,
+                             "the relay registered again through a new channel")
+        await self.echo_until(inlet_port, b"after the silence", 15)
+
+    @async_test
+    async def test_plain_inlet_after_silence_at_n1(self):
+        await self.silence(PLAIN, "n1")
+
+    @async_test
+    async def test_plain_inlet_after_silence_at_n3(self):
+        await self.silence(PLAIN, "n3")
+
+    @async_test
+    async def test_nested_inlet_after_silence_at_n1(self):
+        await self.silence(NESTED, "n1")
+
+    @async_test
+    async def test_nested_inlet_after_silence_at_n3(self):
+        await self.silence(NESTED, "n3")
+
+
+class NestedChannelTests(ProjectTestCase):
+    @async_test
+    async def test_credentials_both_ways_and_a_policy_on_the_member(self):
+        """
+        Through C{.../forward_to_n3/secure/api/...} n1 and n3 present their
+        credentials to each other: each holds the other's attributes, so a
+        policy on n3's outlet about n1's own attribute admits n1's stream;
+        the plain route through the project, where n3 sees only the
+        project's identity, is refused by that policy.
+        """
+        info = await self.project()
+        edge = await self.new_member(info, {"role": "edge"})
+        n3 = self.member_node("n3", info)
+        n1 = self.member_node("n1", info, identity=edge)
+        await wait_until(lambda: edge.identifier in self.o.runtimes[info.id].members, 5, "n1 a member")
+        await deadline(n3.create_relay("/project/default", name="n3", service=codec.STATIC_FORWARDING_SERVICE), 10,
+                       "the relay")
+        await n3.create_outlet("outlet", f"127.0.0.1:{await self.echo_target()}")
+        n3.membership.set_policy("tcp-outlet", '(= subject.role "edge")')
+        nested = await n1.create_inlet("127.0.0.1:0", NESTED, ping_timeout=2.0)
+        await self.echo_through(int(nested.socket_address.rsplit(":", 1)[1]), b"as edge")
+        self.assertEqual(n3.membership.attributes_of(edge.identifier)["role"], b"edge")
+        self.assertEqual(n1.membership.attributes_of(self.admin.identifier)["project_id"], info.id.encode())
+        plain = await n1.create_inlet("127.0.0.1:0", PLAIN, ping_timeout=2.0)
+        with self.assertRaises(AssertionError):
+            await self.echo_through(int(plain.socket_address.rsplit(":", 1)[1]), b"as the project", 5)

@@ -960,8 +960,12 @@ def _orchestrator_parsers(group, cmd, common) -> None:
     c.add_argument("--credential-ttl", metavar="SECONDS", help="lifetime of members' credentials (default: 30 days)")
     c.add_argument("--secrets-key-file", metavar="PATH", help="the key sealing project keys (default: DATA/secrets.key)")
     c.add_argument("--refresh", metavar="SECONDS", help="seconds between reloads of members (default: 2)")
+    c.add_argument("--lease-ttl", metavar="SECONDS",
+                   help="a project's lease: after a crash another instance serves it within this and a tick (default: 15)")
+    c.add_argument("--tick", metavar="SECONDS", help="seconds between lease renewals and claims (default: 2)")
     cmd(orch, "stop", o.orchestrator_stop, "stop the Orchestrator (SIGTERM, and wait)")
-    cmd(orch, "status", o.orchestrator_status, "whether the Orchestrator runs, its URL and its projects")
+    cmd(orch, "status", o.orchestrator_status,
+        "whether the Orchestrator runs, its URL, its projects, and the instances sharing its database")
     cmd(orch, "logs", o.orchestrator_logs, "print the path of the Orchestrator's log file")
     tok = orch.add_parser("token", help="bearer tokens of the Orchestrator's HTTP API", parents=[common])
     toks = tok.add_subparsers(dest="token_action", metavar="ACTION", required=True)

@@ -170,7 +170,7 @@ def _start_options(a) -> List[str]:
         ("--http", a.http), ("--db", a.db), ("--project-ports", a.project_ports),
         ("--advertise-host", a.advertise_host), ("--listen-host", a.listen_host),
         ("--credential-ttl", a.credential_ttl), ("--secrets-key-file", a.secrets_key_file),
-        ("--refresh", a.refresh),
+        ("--refresh", a.refresh), ("--lease-ttl", a.lease_ttl), ("--tick", a.tick),
     ):
         if value is not None:
             options += [flag, str(value)]
@@ -302,13 +302,21 @@ async def orchestrator_start(c) -> None:
     finally:
         stderr.close()
     token = local.token(data)
+    text = f"Orchestrator started (pid {proc.pid})\n  URL: {url}\n  Data: {data}\n  Log: {local.log}"
     if token is None:
-        raise CLIError(f"the orchestrator runs at {url}, but {os.path.join(data, 'admin.token')} is missing "
-                       "(its first start wrote the administrator's token there)")
-    h.write_orchestrator(home, url, token)
+        # Another instance on the same database made the administrator's
+        # token (in its data directory): this home keeps the token it has
+        # (every instance takes every token of the database), or has none.
+        conf = h.read_orchestrator(home)
+        token = conf["token"] if conf is not None else None
+        if token is None:
+            text += ("\n  Token: none here (another instance on this database made the administrator's token); "
+                     f"give this home one: ockam enroll --orchestrator {url} --token TOKEN")
+    if token is not None:
+        h.write_orchestrator(home, url, token)
     info = {"status": UP, "pid": proc.pid, "url": url, "data": data, "log": local.log,
-            "started": started}
-    c.out.emit(info, f"Orchestrator started (pid {proc.pid})\n  URL: {url}\n  Data: {data}\n  Log: {local.log}")
+            "started": started, "token": token is not None}
+    c.out.emit(info, text)
 
 
 def _size(path: str) -> int:
@@ -327,25 +335,67 @@ async def orchestrator_stop(c) -> None:
 
 
 async def orchestrator_status(c) -> None:
+    """
+    The local Orchestrator: whether it runs, its URL, its projects, and
+    the instances that share its database (one, on SQLite): whether each
+    is alive, which projects it serves, and for each the age of its lease
+    (held for, last renewed, time left).
+    """
     local = LocalOrchestrator(c.nodes.home)
     pid = local.pid()
     data = local.data()
     info = {"status": UP if pid else DOWN, "pid": pid, "url": local.url(data) if pid else None,
-            "data": data, "log": local.log, "projects": []}
+            "data": data, "log": local.log, "instance": None, "projects": [], "instances": []}
+    problem = None
     if pid and info["url"]:
         token = local.token(data)
         conf = h.read_orchestrator(c.nodes.home)
         if conf is not None and conf["url"] == info["url"]:
             token = conf["token"] or token
-        info["projects"] = await client(c, info["url"], token).projects()
+        api = client(c, info["url"], token)
+        try:
+            if token is None:
+                raise CLIError(f"no token for it in this home (ockam enroll --orchestrator {info['url']} --token TOKEN)")
+            info["instance"] = (await api.health()).get("instance")
+            info["projects"] = await api.projects()
+            info["instances"] = await api.instances()
+        except (OrchestratorError, CLIError) as e:
+            problem = str(e)
     lines = [f"Orchestrator: {info['status']}" + (f" (pid {pid})" if pid else "")]
     if pid:
         lines.append(f"  URL: {info['url'] or '-'}")
     lines += [f"  Data: {data}", f"  Log: {local.log}"]
     if pid:
-        lines.append("  Projects:")
-        lines += [f"    {p['name']} {p['id']} {p['access_route']}" for p in info["projects"]] or ["    -"]
+        if problem is not None:
+            lines.append(f"  Projects and instances: unknown: {problem}")
+        else:
+            lines.append("  Projects:")
+            lines += [f"    {p['name']} {p['id']} {p['access_route']}" for p in info["projects"]] or ["    -"]
+            lines.append("  Instances:")
+            lines += instance_lines(info["instances"], info.get("instance"))
     c.out.emit(info, "\n".join(lines))
+
+
+def _s(seconds) -> str:
+    return "?" if seconds is None else f"{seconds:.1f} s"
+
+
+def instance_lines(instances, this_id: Optional[str]) -> List[str]:
+    """
+    C{ockam orchestrator status}'s lines of the instances (those of
+    C{GET /v0/instances}): one per instance (C{this_id} is marked), and
+    one per project it serves with its lease's age.
+    """
+    lines = []
+    for i in instances:
+        state = "alive" if i["alive"] else "gone"
+        this = " (this one)" if this_id is not None and i["id"] == this_id else ""
+        lines.append(f"    {i['id']}{this} {i.get('http_url') or '-'} {state}, seen {_s(i.get('seen'))} ago, "
+                     f"serves {i['projects']}")
+        for lease in i.get("leases", []):
+            lines.append(f"      {lease['name']} {lease['project_id']} held {_s(lease['held'])}, "
+                         f"renewed {_s(lease['age'])} ago, {_s(lease['left'])} left")
+    return lines
 
 
 async def orchestrator_logs(c) -> None:

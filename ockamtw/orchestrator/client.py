@@ -172,6 +172,13 @@ class OrchestratorClient:
             body["expires_in"] = expires_in
         return self.call("POST", "v0/tokens", body)
 
+    def instances(self):
+        """
+        The instances sharing the Orchestrator's database, each with the
+        leases it holds (C{GET /v0/instances}).
+        """
+        return self.call("GET", "v0/instances")
+
     def spaces(self):
         return self.call("GET", "v0/spaces")
 

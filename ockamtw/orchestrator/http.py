@@ -79,10 +79,14 @@ class Router(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, authenticate: Optional[Callable[[Request], object]] = None) -> None:
+    def __init__(self, authenticate: Optional[Callable[[Request], object]] = None,
+                 translate: Optional[Callable[[BaseException], Optional[HttpError]]] = None) -> None:
         resource.Resource.__init__(self)
         self._routes: List[Tuple[str, Pattern, Handler, bool]] = []
         self._authenticate = authenticate
+        #: turns an exception of the layers below into an L{HttpError} (or
+        #: C{None}: an internal error)
+        self._translate = translate
 
     def route(self, method: str, pattern: str, handler: Handler, auth: bool = True) -> None:
         """
@@ -144,6 +148,8 @@ class Router(resource.Resource):
     def _finish(self, request, result) -> None:
         if isinstance(result, Failure):
             error = result.value
+            if not isinstance(error, HttpError) and self._translate is not None:
+                error = self._translate(error) or error
             if isinstance(error, HttpError):
                 status, payload = error.status, {"error": {"code": error.code, "message": error.message}}
             else:

@@ -31,17 +31,15 @@ import hashlib
 from typing import Dict, Optional, Set
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..abac import PolicyAccess, default_policy, enroller_policy
-from ..access import CHANNEL_PEERS, Either, RelayedFor, describe_origin
+from ..access import CHANNEL_PEERS, Either, RelayedFor
 from ..api import Node
 from ..interfaces import IAccessPolicy
 from ..project import codec
 from ..project.codec import (
-    EXPIRED_TOKEN,
     UNKNOWN_TOKEN,
     AddMember,
     CreateToken,
@@ -56,14 +54,12 @@ from ..relay import ForwardingService, RelayRegistry
 from ..routing import Route
 from ..secure.identity import LocalIdentity
 from ..services import Echo
-from ..wire import decode_string, encode_string
-from ..errors import WireError
+from ..wire import decode_string
+from ..errors import OckamError, WireError
+from .store import StoreError
 
 log = Logger(namespace="ockamtw.orchestrator.project")
 
-#: Default seconds between refreshes of the members (revocations made
-#: through another instance or the HTTP API reach the project node then).
-REFRESH = 2.0
 #: The one-time code lifetime when the enroller gives none (0.83: 600 s).
 CODE_LIFETIME = 600
 
@@ -76,8 +72,23 @@ def code_hash(code: bytes) -> str:
 
 
 class _AuthorityService(ApiService):
+    """
+    A service of the authority: C{serve} answers; a database that cannot
+    be reached now is answered 500 with a sentence (the caller may try
+    again), not a traceback in the log.
+    """
+
     def __init__(self, runtime: "ProjectRuntime") -> None:
         self.runtime = runtime
+
+    async def handle(self, req, identity, message):
+        try:
+            return await self.serve(req, identity, message)
+        except StoreError as e:
+            raise ApiError(Status.INTERNAL_SERVER_ERROR, f"the project's database: {e}; try again") from None
+
+    async def serve(self, req, identity, message):
+        raise NotImplementedError()
 
 
 class CredentialIssuer(_AuthorityService):
@@ -88,7 +99,7 @@ class CredentialIssuer(_AuthorityService):
 
     paths = ("/", "/credential")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         return self.runtime.credential_for(identity)
 
 
@@ -99,7 +110,7 @@ class DirectAuthenticator(_AuthorityService):
 
     paths = ("/", "/members")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         body = req.decode_body(AddMember.decode)
         await self.runtime.put_member(body.member, dict(body.attributes), identity)
         return None
@@ -114,7 +125,7 @@ class TokenIssuer(_AuthorityService):
 
     paths = ("/", "/tokens")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         body = req.decode_body(CreateToken.decode)
         code = OneTimeCode.random()
         runtime = self.runtime
@@ -135,7 +146,7 @@ class TokenAcceptor(_AuthorityService):
 
     paths = ("/", "/credential")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         code = req.decode_body(OneTimeCode.decode)
         runtime = self.runtime
         got = await runtime.store.redeem_ticket(code_hash(code.code), runtime.id)
@@ -155,17 +166,17 @@ class Authenticator(_AuthorityService):
 
     paths = ("/tokens", "/members", "/credential")
 
-    async def handle(self, req, identity, message):
+    async def serve(self, req, identity, message):
         runtime = self.runtime
         if req.path == "/credential":
             if req.body is not None:
-                await TokenAcceptor.handle(self, req, identity, message)
+                await TokenAcceptor.serve(self, req, identity, message)
             runtime.require(runtime.members_only, identity)
             return runtime.credential_for(identity)
         runtime.require(runtime.enrollers_only, identity)
         if req.path == "/members":
-            return await DirectAuthenticator.handle(self, req, identity, message)
-        return await TokenIssuer.handle(self, req, identity, message)
+            return await DirectAuthenticator.serve(self, req, identity, message)
+        return await TokenIssuer.serve(self, req, identity, message)
 
 
 # --- the project node's services --------------------------------------------------------------------
@@ -225,7 +236,15 @@ class ProjectRelays(ForwardingService):
             return
         identity = message.origin.identity if message.origin is not None else None
         d = Deferred.fromCoroutine(self._claim(name, identity, message))
-        d.addErrback(lambda f: log.failure("relay registration failed", f))
+        d.addErrback(self._failed, name)
+
+    def _failed(self, f, name: str) -> None:
+        if f.check(StoreError):
+            # The relay registers again (every few seconds) on its own.
+            log.warn("project {project}: relay {name} not registered: {reason}", project=self.runtime.name,
+                     name=name, reason=f.getErrorMessage())
+        else:
+            log.failure("relay registration failed", f)
 
     async def _claim(self, name: str, identity: Optional[str], message) -> None:
         runtime = self.runtime
@@ -248,6 +267,12 @@ class ProjectRelays(ForwardingService):
 
 
 # --- the runtime ----------------------------------------------------------------------------------------
+
+
+class ProjectStartError(OckamError):
+    """
+    A project cannot be served here (its ports cannot be bound).
+    """
 
 
 class ProjectRuntime:
@@ -277,11 +302,13 @@ class ProjectRuntime:
         #: admitted channel end -> (identifier, attributes, expires)
         self.admitted: Dict[object, tuple] = {}
         self.credential_ttl = orchestrator.settings.credential_ttl
-        self.refresh_interval = orchestrator.settings.intervals.get("refresh", REFRESH)
+        #: member entries written here (a reload read before one of them
+        #: must not drop it: L{apply})
+        self.writes = 0
+        self._written: Dict[str, int] = {}
         self.authority = Node(reactor, name=f"{self.name}-authority", services=False, identity=self.authority_identity)
         self.project = Node(reactor, name=f"{self.name}-project", services=False, identity=self.project_identity)
         self.project_credential: Optional[Credential] = None
-        self._loop: Optional[LoopingCall] = None
         #: requests of ours in flight (cancelled when the project stops)
         self._calls: set = set()
         self.members_only = PolicyAccess(
@@ -336,6 +363,8 @@ class ProjectRuntime:
             return
         attributes = dict(attributes, project_id=self.id)
         await self.store.put_member(self.id, identifier, attributes, added_by)
+        self.writes += 1
+        self._written[identifier] = self.writes
         self.members[identifier] = attributes
 
     # --- admission on the project node -----------------------------------------------------------
@@ -399,9 +428,25 @@ class ProjectRuntime:
         Reload members (and administrators) from the store; close the
         channels of members no longer there.
         """
-        await self.refresh_admins()
+        token = self.writes
+        rows = await self.store.query("SELECT identifier FROM identities")
         members = await self.store.members(self.id)
         live = {m["identifier"]: m["attributes"] for m in members if m["revoked_at"] is None}
+        self.apply({r[0] for r in rows}, live, token)
+
+    def apply(self, admins: Set[str], live: Dict[str, Dict[str, str]], token: int) -> None:
+        """
+        The administrators and live members, as read from the store when
+        C{writes} was C{token}: entries written here since are kept; the
+        channels of members no longer there are closed.
+        """
+        self.admins = admins
+        live = dict(live)
+        for identifier, written in list(self._written.items()):
+            if written > token and identifier in self.members:
+                live.setdefault(identifier, self.members[identifier])
+            elif written <= token:
+                del self._written[identifier]
         gone = set(self.members) - set(live)
         self.members = live
         for identifier in gone:
@@ -409,7 +454,21 @@ class ProjectRuntime:
                 self._close_channels_of(identifier)
 
     async def start(self) -> None:
+        """
+        Serve: the authority and the project node listen on the project's
+        ports.  Fails with L{ProjectStartError} (everything started is
+        stopped again).
+        """
         await self.refresh()
+        try:
+            await self._start()
+        except BaseException as e:
+            await self.stop()
+            if isinstance(e, (OckamError, OSError)):
+                raise ProjectStartError(f"project {self.name}: {e}") from None
+            raise
+
+    async def _start(self) -> None:
         host = self.o.settings.listen_host
         a, p = self.authority, self.project
         a.startService()
@@ -444,18 +503,8 @@ class ProjectRuntime:
             # Ports chosen now (any free port): kept from now on.
             self.row["authority_port"], self.row["project_port"] = la.port, lp.port
             await self.store.set_project(self.id, authority_port=la.port, project_port=lp.port)
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.reactor
-        self._loop.start(self.refresh_interval, now=False)
-
-    def _tick(self) -> Deferred:
-        d = Deferred.fromCoroutine(self.refresh())
-        d.addErrback(lambda f: log.failure("project {project}: refresh failed", f, project=self.name))
-        return d
 
     async def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
         for d in list(self._calls):
             d.cancel()
         await self.project.stopService()

@@ -7,6 +7,8 @@ cannot be moved to another project or role.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -50,6 +52,15 @@ def load_or_create_key(path: str, create: bool = True) -> bytes:
     if len(key) != KEY_BYTES:
         raise SecretsError(f"the secrets key file {path} does not hold a {KEY_BYTES}-byte key")
     return key
+
+
+def fingerprint(key: bytes) -> str:
+    """
+    What the database keeps to tell whether an instance was given the key
+    its projects are sealed with (a MAC of a constant: it says nothing of
+    the key).
+    """
+    return hmac.new(key, b"ockamtw orchestrator: secrets key check", hashlib.sha256).hexdigest()
 
 
 class Sealer:

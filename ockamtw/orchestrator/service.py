@@ -7,17 +7,25 @@ needs a bearer token (C{Authorization: Bearer otw_...}); tokens are the
 operator's (admin): the bootstrap token made at first start, and those it
 makes (C{POST /v0/tokens}).  Membership and credentials do not go over
 HTTP: they go over secure channels to each project's authority.
+
+Several instances may share one PostgreSQL database (docs/orchestrator-
+instances.md): any of them answers any request, and each project is served
+by one of them at a time (L{ockamtw.orchestrator.leases}).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import socket
 import uuid
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,8 +33,9 @@ from ..errors import OckamError
 from ..secure.identity import LocalIdentity, import_identity
 from ..secure.errors import IdentityError
 from .http import HttpError, Request, Router, bad_request, conflict, not_found
-from .secrets import Sealer
-from .store import Conflict, Store
+from .leases import LEASE_TTL, TICK, Leases
+from .secrets import Sealer, SecretsError, fingerprint, load_or_create_key
+from .store import Conflict, NoFreePorts, Store, StoreError, StoreUnavailable
 from .tokens import new_token, token_hash
 
 log = Logger(namespace="ockamtw.orchestrator")
@@ -35,6 +44,10 @@ log = Logger(namespace="ockamtw.orchestrator")
 ENROLL_CONTEXT = b"ockamtw-enroll-v0:"
 #: Seconds a challenge stays valid.
 CHALLENGE_TTL = 120.0
+#: Default seconds between reloads of the members of the projects served here.
+REFRESH = 2.0
+#: The enrollment ticket lifetime when none is given (0.83: 600 s).
+TICKET_LIFETIME = 600
 
 
 class Settings:
@@ -65,19 +78,47 @@ class Settings:
         self.project_ports = project_ports
         self.credential_ttl = credential_ttl
         self.secrets_key_file = secrets_key_file or os.path.join(data, "secrets.key")
+        #: seconds: C{lease} (a project's lease time), C{tick} (how often
+        #: leases are renewed and free projects claimed), C{refresh} (how
+        #: often the members of the projects served are reloaded)
         self.intervals = intervals
+
+    @property
+    def lease_ttl(self) -> float:
+        return float(self.intervals.get("lease", LEASE_TTL))
+
+    @property
+    def tick(self) -> float:
+        return float(self.intervals.get("tick", TICK))
+
+    @property
+    def refresh(self) -> float:
+        return float(self.intervals.get("refresh", REFRESH))
+
+
+@functools.lru_cache(maxsize=8192)
+def identifier_of(export: bytes) -> str:
+    """
+    The identifier of an exported identity (the project's or the
+    authority's, which never change): verified once, then remembered, so
+    that listing many projects does not verify their identities again
+    each time (about half a millisecond each).
+    """
+    return import_identity(export).identifier
 
 
 def project_info(row: Dict, advertise_host: str) -> Dict:
     """
     C{project.json} for a project row: the keys and order of Ockam 0.83's
-    ProjectInfo (C{ockam project information --output json}).
+    ProjectInfo (C{ockam project information --output json}).  The host is
+    the one the project was made with (the same whichever instance
+    answers), else C{advertise_host}.
     """
-    project = import_identity(row["project_identity"])
+    advertise_host = row.get("advertise_host") or advertise_host
     return {
         "id": row["id"],
         "name": row["name"],
-        "identity": project.identifier,
+        "identity": identifier_of(bytes(row["project_identity"])),
         "access_route": f"/dnsaddr/{advertise_host}/tcp/{row['project_port']}/service/api",
         "authority_access_route": f"/dnsaddr/{advertise_host}/tcp/{row['authority_port']}/service/api",
         "authority_identity": bytes(row["authority_identity"]).hex(),
@@ -93,8 +134,9 @@ class Api:
     def __init__(self, orchestrator: "Orchestrator") -> None:
         self.o = orchestrator
         self.store: Store = orchestrator.store
-        r = self.router = Router(authenticate=self.authenticate)
+        r = self.router = Router(authenticate=self.authenticate, translate=_translate)
         r.route("GET", "/v0/health", self.health, auth=False)
+        r.route("GET", "/v0/instances", self.instances)
         r.route("GET", "/v0/enroll/challenge", self.challenge)
         r.route("POST", "/v0/enroll", self.enroll)
         r.route("POST", "/v0/tokens", self.token_create)
@@ -110,6 +152,7 @@ class Api:
         r.route("GET", "/v0/projects/{project}/members", self.members)
         r.route("POST", "/v0/projects/{project}/members", self.member_add)
         r.route("DELETE", "/v0/projects/{project}/members/{identifier}", self.member_revoke)
+        r.route("POST", "/v0/projects/{project}/tickets", self.ticket_create)
         r.route("GET", "/v0/projects/{project}/relays", self.relays)
 
     # --- authentication ---------------------------------------------------------------------
@@ -126,7 +169,16 @@ class Api:
     # --- health, enrollment, tokens ---------------------------------------------------------------
 
     def health(self, request: Request) -> Dict:
-        return {"status": "ok", "instance": self.o.instance_id, "projects": len(self.o.runtimes)}
+        leases = self.o.leases
+        return {
+            "status": "ok",
+            "instance": self.o.instance_id,
+            "projects": len(self.o.runtimes),
+            "database": "ok" if leases is not None and leases.healthy else "unreachable",
+        }
+
+    async def instances(self, request: Request):
+        return await self.store.instances(self.o.settings.lease_ttl)
 
     async def challenge(self, request: Request) -> Dict:
         nonce = os.urandom(32).hex()
@@ -168,6 +220,7 @@ class Api:
         if project is None:
             project = await self.o.create_project(space["id"], "default", identity.identifier)
         await self.o.admins_changed()
+        await self.o.refresh_space_names()
         return {"space": space, "project": self._project(project)}
 
     async def token_create(self, request: Request) -> Dict:
@@ -234,10 +287,11 @@ class Api:
             "identity": info["identity"],
             "authority_access_route": info["authority_access_route"],
             "authority_identity": info["authority_identity"],
-            "authority_identifier": import_identity(row["authority_identity"]).identifier,
+            "authority_identifier": identifier_of(bytes(row["authority_identity"])),
             "users": [],
             "services": [],
             "state": row["state"],
+            "served_by": row.get("served_by"),
         }
 
     async def _project_row(self, key: str) -> Dict:
@@ -257,6 +311,7 @@ class Api:
             raise bad_request("a project name is 1 to 64 letters, digits, '-' or '_'")
         admin = request.token_row.get("identifier")
         row = await self.o.create_project(space["id"], name, admin)
+        await self.o.refresh_space_names()
         return self._project(row)
 
     async def project_show(self, request: Request) -> Dict:
@@ -268,8 +323,8 @@ class Api:
 
     async def project_delete(self, request: Request) -> Dict:
         row = await self._project_row(request.params["project"])
-        await self.o.delete_project(row)
-        return {"project": {"id": row["id"], "name": row["name"]}}
+        state = await self.o.delete_project(row)
+        return {"project": {"id": row["id"], "name": row["name"], "state": state}}
 
     # --- members and relays ------------------------------------------------------------------------------
 
@@ -301,6 +356,71 @@ class Api:
         row = await self._project_row(request.params["project"])
         return await self.store.relays(row["id"])
 
+    async def ticket_create(self, request: Request) -> Dict:
+        """
+        An enrollment ticket: a one-time code (stored hashed, with its
+        uses, lifetime and attributes) and what a node needs to redeem it
+        at the project's authority, as hex of JSON.  Any instance makes it;
+        it is redeemed (over a secure channel) at the instance serving the
+        project, each use counted once.
+        """
+        from ..project.codec import RELAY_ATTRIBUTE, OneTimeCode
+
+        row = await self._project_row(request.params["project"])
+        body = request.body
+        attributes = body.get("attributes") or {}
+        if not isinstance(attributes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
+            raise bad_request("attributes must map text to text")
+        uses = body.get("usage_count", 1)
+        if not isinstance(uses, int) or isinstance(uses, bool) or not 0 < uses <= 1000:
+            raise bad_request("usage_count must be a whole number from 1 to 1000")
+        expires_in = body.get("expires_in", TICKET_LIFETIME)
+        if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or not 0 < expires_in <= 366 * 86400:
+            raise bad_request("expires_in must be a positive number of seconds (at most a year)")
+        relay = body.get("relay")
+        if relay is not None:
+            if not isinstance(relay, str) or not relay or len(relay) > 128:
+                raise bad_request("relay must be a relay name")
+            attributes = dict(attributes, **{RELAY_ATTRIBUTE: relay})
+        code = OneTimeCode.random()
+        expires_at = self.store.now() + expires_in
+        await self.store.add_ticket(
+            hashlib.sha256(code.code).hexdigest(), row["id"], attributes, uses, expires_at,
+            request.token_row.get("identifier"),
+        )
+        info = project_info(row, self.o.settings.advertise_host)
+        ticket = {
+            "one_time_code": code.hex(),
+            "project": {
+                "id": info["id"],
+                "name": info["name"],
+                "access_route": info["access_route"],
+                "identity": info["identity"],
+                "authority": {"identity": info["authority_identity"], "address": info["authority_access_route"]},
+            },
+        }
+        return {
+            "ticket": json.dumps(ticket, separators=(",", ":")).encode().hex(),
+            "one_time_code": code.hex(),
+            "expires_at": expires_at,
+            "usage_count": uses,
+        }
+
+
+def _translate(error: BaseException) -> Optional[HttpError]:
+    """
+    The errors of the store as HTTP answers.
+    """
+    if isinstance(error, NoFreePorts):
+        return HttpError(409, "no_ports", str(error))
+    if isinstance(error, Conflict):
+        return conflict(str(error))
+    if isinstance(error, StoreUnavailable):
+        return HttpError(503, "database_unavailable", f"{error} (try again)")
+    if isinstance(error, StoreError):
+        return HttpError(503, "database_unavailable", str(error))
+    return None
+
 
 def _valid_name(name: str) -> bool:
     return 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
@@ -312,85 +432,174 @@ def _valid_identifier(text: str) -> bool:
 
 class Orchestrator(MultiService):
     """
-    One Orchestrator instance: the store, the HTTP API, and a runtime per
-    project (L{ockamtw.orchestrator.project.ProjectRuntime}).
+    One Orchestrator instance: the store, the HTTP API, the lease loop
+    (L{Leases}) and a runtime per project it serves
+    (L{ockamtw.orchestrator.project.ProjectRuntime}).
+
+    @param instance_id: this instance's name in the leases; a new one each
+        start by default (a restarted instance is another owner: it waits
+        for the leases of its former self to run out, so a project is never
+        served twice even if the former self still runs).
     """
 
     def __init__(self, reactor, settings: Settings, instance_id: Optional[str] = None) -> None:
         MultiService.__init__(self)
         self.reactor = reactor
         self.settings = settings
-        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.instance_id = instance_id or f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:8]}"
         self.store = Store(settings.db, clock=reactor)
         self.sealer: Optional[Sealer] = None
+        #: project id -> the runtime serving it here
         self.runtimes: Dict[str, object] = {}
+        #: projects being started here
+        self.starting: Set[str] = set()
         self.space_names: Dict[str, str] = {}
+        self.leases: Optional[Leases] = None
         self.api = Api(self)
+        self.url: Optional[str] = None
+        #: starts and stops of runtimes, one at a time
+        self._transitions = DeferredLock()
+        self._refresh_loop: Optional[LoopingCall] = None
+        self._refreshing: Optional[Deferred] = None
+        #: whether L{stopService} gives up this instance's leases (so that
+        #: another instance serves its projects at once); C{False} stops as
+        #: a crash would, and the leases run out
+        self.give_up_leases = True
 
     async def refresh_space_names(self) -> None:
         self.space_names = {s["id"]: s["name"] for s in await self.store.spaces()}
 
     # --- projects: creation and lifecycle ------------------------------------------------------------
 
-    async def _free_ports(self):
-        if self.settings.project_ports is None:
-            return 0, 0  # any free ports, chosen when first bound and kept
-        low, high = self.settings.project_ports
-        used = await self.store.used_ports()
-        free = [p for p in range(low, high + 1) if p not in used]
-        if len(free) < 2:
-            raise HttpError(409, "no_ports", f"no free ports left in --project-ports {low}-{high}")
-        return free[0], free[1]
-
     async def create_project(self, space_id: str, name: str, admin: Optional[str]) -> Dict:
+        """
+        Make a project (its identities, sealed keys and ports) and serve
+        it here.
+        """
         project = LocalIdentity.create()
         authority = LocalIdentity.create()
         project_id = str(uuid.uuid4())
-        port, authority_port = await self._free_ports()
         row = {
             "id": project_id,
             "space_id": space_id,
             "name": name,
             "admin_identifier": admin,
-            "project_port": port,
-            "authority_port": authority_port,
+            "project_port": 0,  # any free ports, chosen when first bound and kept
+            "authority_port": 0,
             "project_identity": project.export(),
             "project_secret": self.sealer.seal(project.secret(), f"{project_id}/project"),
             "authority_identity": authority.export(),
             "authority_secret": self.sealer.seal(authority.secret(), f"{project_id}/authority"),
             "state": "ready",
             "created_at": self.store.now(),
+            "advertise_host": self.settings.advertise_host,
         }
-        try:
-            await self.store.add_project(row)
-        except Conflict as e:
-            raise conflict(str(e)) from None
-        await self.start_project(row)
+        await self.store.add_project(row, self.settings.project_ports)
+        sent = self.reactor.seconds()
+        if project_id in await self.store.claim(self.instance_id, [project_id], self.settings.lease_ttl):
+            self.leases.held(project_id, sent)
+            await self.serve(row)
         log.info("project {name} ({id}) created on ports {port} and {authority_port}", name=name, id=project_id,
-                 port=port, authority_port=authority_port)
+                 port=row["project_port"], authority_port=row["authority_port"])
         return row
 
-    async def start_project(self, row: Dict) -> None:
+    async def serve_by_id(self, project_id: str) -> None:
+        row = await self.store.project(project_id)
+        if row is None or row["state"] != "ready":
+            self.leases.forget(project_id)
+            await self.store.release(self.instance_id, [project_id])
+            return
+        await self.serve(row)
+
+    async def serve(self, row: Dict) -> None:
+        """
+        Start serving the project of C{row} here (its lease is held).
+        """
         from .project import ProjectRuntime
 
-        runtime = ProjectRuntime(self, row)
-        self.runtimes[row["id"]] = runtime
-        await runtime.start()
+        project_id = row["id"]
+        await self._transitions.acquire()
+        try:
+            if project_id in self.runtimes or not self.running:
+                return
+            self.starting.add(project_id)
+            try:
+                runtime = ProjectRuntime(self, row)
+                await runtime.start()
+            finally:
+                self.starting.discard(project_id)
+            self.runtimes[project_id] = runtime
+        finally:
+            self._transitions.release()
+        log.info("instance {instance} serves project {name} ({id}) on ports {port} and {authority_port}",
+                 instance=self.instance_id, name=row["name"], id=project_id, port=row["project_port"],
+                 authority_port=row["authority_port"])
+        if self.leases is not None and not self.leases.may_serve(project_id):
+            await self.unserve(project_id, "its lease ran out while it started")
+        elif self.leases is not None:
+            self.leases._arm()
 
-    async def delete_project(self, row: Dict) -> None:
-        runtime = self.runtimes.pop(row["id"], None)
-        if runtime is not None:
+    async def unserve(self, project_id: str, why: str) -> None:
+        """
+        Stop serving a project here (its ports are closed when this fires).
+        """
+        await self._transitions.acquire()
+        try:
+            runtime = self.runtimes.pop(project_id, None)
+            if runtime is None:
+                return
             await runtime.stop()
-        await self.store.delete_project(row["id"])
+        finally:
+            self._transitions.release()
+        if self.leases is not None:
+            self.leases.forget(project_id)
+        log.info("instance {instance} stopped serving project {name} ({id}): {why}", instance=self.instance_id,
+                 name=runtime.name, id=project_id, why=why)
+
+    async def delete_project(self, row: Dict) -> str:
+        """
+        Delete a project: at once if it is served here or nowhere
+        (C{"deleted"}); else it is marked, and the instance serving it
+        stops it and deletes it at its next tick (C{"deleting"}).
+        """
+        project_id = row["id"]
+        owner = await self.store.mark_deleting(project_id)
+        if owner is not None and owner != self.instance_id:
+            return "deleting"
+        await self.unserve(project_id, "deleted")
+        await self.store.delete_project(project_id)
+        return "deleted"
 
     async def admins_changed(self) -> None:
-        for runtime in self.runtimes.values():
+        for runtime in list(self.runtimes.values()):
             await runtime.refresh_admins()
 
     async def member_revoked(self, project_id: str, identifier: str) -> None:
         runtime = self.runtimes.get(project_id)
         if runtime is not None:
             runtime.member_revoked(identifier)
+
+    def _refresh(self) -> Deferred:
+        """
+        Reload the members of every project served here, in one read
+        (revocations made through other instances reach them so).
+        """
+
+        async def refresh():
+            token = {p: r.writes for p, r in self.runtimes.items()}
+            admins, members = await self.store.members_served_by(self.instance_id)
+            for project_id, runtime in list(self.runtimes.items()):
+                if project_id in token:
+                    runtime.apply(admins, members.get(project_id, {}), token[project_id])
+
+        def failed(f):
+            if not f.check(StoreError):
+                log.failure("refreshing members failed", f)
+
+        d = Deferred.fromCoroutine(refresh())
+        d.addErrback(failed)
+        self._refreshing = d
+        return d
 
     # --- the service ---------------------------------------------------------------------------------------
 
@@ -428,20 +637,53 @@ class Orchestrator(MultiService):
         MultiService.startService(self)
 
     async def _start(self) -> "Orchestrator":
-        from .secrets import load_or_create_key
-
         settings = self.settings
         os.makedirs(settings.data, mode=0o700, exist_ok=True)
-        self.sealer = Sealer(load_or_create_key(settings.secrets_key_file))
         await self.store.open()
+        if self.store.postgres:
+            _warn_ephemeral(settings.project_ports)
+        self.sealer = Sealer(await self._secrets_key())
         await self._bootstrap()
         await self.refresh_space_names()
-        for row in await self.store.projects():
-            await self.start_project(row)
+        self.leases = Leases(self, self.reactor, ttl=settings.lease_ttl, tick=settings.tick)
+        self.leases.setServiceParent(self)
+        await self.leases.first
+        self._refresh_loop = LoopingCall(self._refresh)
+        self._refresh_loop.clock = self.reactor
+        self._refresh_loop.start(settings.refresh, now=False)
         _write_private(os.path.join(settings.data, "http.json"), json.dumps({"url": self.url}) + "\n")
         log.info("orchestrator {instance} serving {url} ({n} projects)", instance=self.instance_id, url=self.url,
                  n=len(self.runtimes))
         return self
+
+    async def _secrets_key(self) -> bytes:
+        """
+        The key that seals project keys: the database keeps its fingerprint
+        (set by the first instance), so an instance given another key file
+        (or none, which would make a new key) refuses to start.
+        """
+        path = self.settings.secrets_key_file
+        known = await self.store.meta("secrets_key")
+        if known is None:
+            key = load_or_create_key(path)
+            rows = await self.store.projects()
+            if rows:  # a database from before the fingerprint
+                Sealer(key).open(rows[0]["project_secret"], f"{rows[0]['id']}/project")
+            known = await self.store.set_meta_once("secrets_key", fingerprint(key))
+        else:
+            try:
+                key = load_or_create_key(path, create=False)
+            except SecretsError as e:
+                raise SecretsError(
+                    f"{e}: this database's project keys are sealed with a key file every instance must be given "
+                    "(--secrets-key-file, a copy of the first instance's)"
+                ) from None
+        if fingerprint(key) != known:
+            raise SecretsError(
+                f"the secrets key file {path} is not the one this database's project keys are sealed with "
+                "(every instance must be given the same file)"
+            )
+        return key
 
     def _failed(self, f):
         if not f.check(OckamError):
@@ -451,24 +693,37 @@ class Orchestrator(MultiService):
 
     async def _bootstrap(self) -> None:
         """
-        At first start: make the administrator's token, write it (0600) to
-        DATA/admin.token (how `ockam enroll` on this machine finds it) and
-        say so once.
+        At first start (of the first instance on a database): make the
+        administrator's token, write it (0600) to DATA/admin.token (how
+        `ockam enroll` on this machine finds it) and say so once.
         """
-        rows = await self.store.query("SELECT COUNT(*) FROM tokens")
-        if rows[0][0]:
-            return
         token = new_token()
-        await self.store.add_token(token_hash(token), "admin", "bootstrap")
+        if not await self.store.add_bootstrap_token(token_hash(token)):
+            return
         path = os.path.join(self.settings.data, "admin.token")
         _write_private(path, token + "\n")
         log.info("the administrator's token is in {path} (it is shown here once): {token}", path=path, token=token)
 
     def stopService(self) -> Deferred:
+        """
+        Stop serving projects (their ports closed), give up their leases
+        (another instance takes them at once), stop HTTP, close the
+        database.
+        """
+
         async def stop():
-            for runtime in list(self.runtimes.values()):
-                await runtime.stop()
-            self.runtimes.clear()
+            if self._refresh_loop is not None and self._refresh_loop.running:
+                self._refresh_loop.stop()
+            if self._refreshing is not None:
+                await self._refreshing
+            for project_id in list(self.runtimes):
+                await self.unserve(project_id, "the instance stops")
+            if self.give_up_leases and self.leases is not None and self.store.pool is not None:
+                try:
+                    await self.store.release(self.instance_id)
+                except StoreError as e:
+                    log.warn("instance {instance}: leases not given up ({reason}); they run out in {ttl} s",
+                             instance=self.instance_id, reason=str(e), ttl=self.settings.lease_ttl)
             port, self.http_port = getattr(self, "http_port", None), None
             if port is not None:
                 await port.stopListening()
@@ -477,6 +732,44 @@ class Orchestrator(MultiService):
         d = maybeDeferred(MultiService.stopService, self)
         d.addCallback(lambda _: Deferred.fromCoroutine(stop()))
         return d
+
+
+def ephemeral_ports(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> Optional[tuple]:
+    """
+    The range of ports the system gives outgoing connections, or C{None}
+    where it cannot be read.
+    """
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return None
+
+
+def _warn_ephemeral(ports, ephemeral=None) -> Optional[str]:
+    """
+    Several instances take each other's projects over on the projects'
+    own ports: a port among those the system gives outgoing connections
+    may be taken by one while no instance serves the project (the instance
+    taking it over then cannot listen on it).  Say so once at start.
+    """
+    ephemeral = ephemeral or ephemeral_ports()
+    if ephemeral is None:
+        return None
+    low, high = ephemeral
+    if ports is None:
+        text = (f"--project-ports 0 gives projects ports among the ephemeral ones ({low}-{high}): with several "
+                "instances, choose a range outside them, so that no outgoing connection takes a project's port "
+                "while it moves to another instance")
+    elif ports[0] <= high and ports[1] >= low:
+        text = (f"--project-ports {ports[0]}-{ports[1]} overlaps the ephemeral ports ({low}-{high}): an outgoing "
+                "connection may take a project's port while it moves to another instance; choose a range outside "
+                "them (or change net.ipv4.ip_local_port_range)")
+    else:
+        return None
+    log.warn("{text}", text=text)
+    return text
 
 
 class StartError(Exception):

@@ -60,7 +60,8 @@ class Options(usage.Options):
     Options of C{twistd ockam-orchestrator}.
     """
 
-    synopsis = "[--data DIR] [--http ENDPOINT] [--db PATH-OR-URL] [--project-ports A-B]"
+    synopsis = ("[--data DIR] [--http ENDPOINT] [--db PATH-OR-URL] [--secrets-key-file FILE] [--project-ports A-B] "
+                "[--lease-ttl S] [--tick S]")
     longdesc = (
         "Run a self-hosted Ockam Orchestrator: projects (a project node and an authority each), "
         "members, enrollment codes and relay owners, with an HTTP+JSON API for the `ockam` command."
@@ -80,6 +81,10 @@ class Options(usage.Options):
         ["secrets-key-file", None, None, "The key that seals project keys at rest [default: DATA/secrets.key, "
                                          "made at first start]."],
         ["refresh", None, 2.0, "Seconds between reloads of members (revocations) [default: 2].", _seconds("refresh")],
+        ["lease-ttl", None, 15.0, "Seconds a project's lease lasts: after a crash, another instance serves the "
+                                  "project within this plus one tick [default: 15].", _seconds("lease-ttl")],
+        ["tick", None, 2.0, "Seconds between lease renewals and claims of projects no instance serves "
+                            "[default: 2; under half the lease time].", _seconds("tick")],
     ]
 
     def opt_http(self, value: str) -> None:
@@ -94,7 +99,13 @@ class Options(usage.Options):
             self["data"] = default_data()
         self["data"] = os.path.abspath(self["data"])
         if self["db"] is not None and not self["db"].startswith(("postgresql://", "postgres://")):
+            if "://" in self["db"]:
+                raise usage.UsageError(f"--db: a SQLite file or a postgresql:// URL, not {self['db']!r}")
             self["db"] = os.path.abspath(self["db"])
+        if self["tick"] * 2 >= self["lease-ttl"]:
+            raise usage.UsageError(
+                f"--tick ({self['tick']:g}) must be under half of --lease-ttl ({self['lease-ttl']:g})"
+            )
 
 
 class _Fatal(Service):
@@ -134,6 +145,8 @@ def makeService(options, reactor=None):
         credential_ttl=options["credential-ttl"],
         secrets_key_file=options["secrets-key-file"],
         refresh=options["refresh"],
+        lease=options["lease-ttl"],
+        tick=options["tick"],
     )
     os.makedirs(settings.data, mode=0o700, exist_ok=True)
     orchestrator = Orchestrator(reactor, settings)

@@ -18,8 +18,12 @@ would fail too).  Closing them is the whole replacement: a relay at the project 
 close, resolves C{/project/NAME} again (a new channel, the credential
 presented again) and re-registers the same name, retrying with backoff
 until it works; an inlet to a C{/project/...} route resolves again for its
-next connection, nested C{/secure/...} routes included.  (Ockam 0.83 kept
-a session per relay and left plain inlets on the dead channel.)
+next connection, nested C{/secure/...} routes included.  Nested channels
+opened through a project (C{.../forward_to_X/secure/api/...}) are watched
+too (L{ockamtw.project.membership.Membership.secure_hop}): when the far
+member rebuilt its own channel to the project, the nested channel's far end
+is gone and only pings through it can tell.  (Ockam 0.83 kept a session
+per relay and left plain inlets on the dead channel.)
 
 Who may send to the collector: the watched channels only (a pong arrives
 through the channel its ping left by); anything else is refused by the

@@ -14,6 +14,15 @@ what a node created with C{--project project.json} knows and does.
     authorities (C{actions/present}, or C{actions/present_mutual}, answered
     with this node's own credential); its attributes become the
     C{subject.*} the node's policies see.
+  - L{Membership.secure_hop} wraps the node's C{/secure/NAME} resolver:
+    a channel opened through a channel to a project (C{/project/NAME/
+    service/forward_to_X/secure/api/...}, a nested channel to another
+    member through its relay) exchanges credentials both ways over
+    C{actions/present_mutual} before the route is used (the far node's
+    attributes become the C{subject.*} this node's inlet policies see), and
+    the Medic watches it as it watches the channels to projects, so a far
+    node that lost its end (its relay healed through a new channel) is
+    noticed and the channel rebuilt.
   - L{Membership.policy} gives the access policy of an inlet or outlet:
     the policy stored for its resource (Ockam 0.83's default for nodes with
     a project: C{(= resource.project_id subject.project_id)}), evaluated
@@ -27,9 +36,9 @@ C{/project}, C{/policies} and C{/credentials}.
 from __future__ import annotations
 
 import json
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Set
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from ..abac import DEFAULT_POLICY_TEXT, HANDLE_MESSAGE, Policy, PolicyAccess, PolicyError
@@ -94,6 +103,9 @@ class Membership(Feature):
         self.policies: Dict[str, str] = {}
         self._channels = InFlight()
         self._project_ends: Dict[str, object] = {}
+        #: nested channels whose credentials were exchanged (by id)
+        self._exchanged: Set[int] = set()
+        self._exchanging = InFlight()
         #: seconds a project API call may take (0.83: 30)
         self.timeout = 30.0
         #: checks the channels to projects (its intervals may be changed
@@ -229,6 +241,73 @@ class Membership(Feature):
         self.medic.watch(end, info.name)
         end.on_close(lambda _: self._project_ends.pop(info.name, None) if self._project_ends.get(info.name) is end else None)
         return Route([enc])
+
+    # --- nested channels: .../secure/NAME after a project relay ------------------------------------
+
+    def secure_hop(self, inner: Callable) -> Callable:
+        """
+        The C{/secure/NAME} resolver: C{inner} (the node's own), and when
+        the route so far runs through a channel to one of this node's
+        projects, a mutual credential exchange over the channel it opened
+        (once per channel) and the Medic watching that channel.
+        """
+
+        def resolve(prefix: Route, hop, position: int) -> Deferred:
+            d = maybeDeferred(inner, prefix, hop, position)
+            info = self._project_through(prefix)
+            if info is None:
+                return d
+            return d.addCallback(lambda route: Deferred.fromCoroutine(self._nested(info, route)))
+
+        return resolve
+
+    def _project_through(self, prefix: Route) -> Optional[ProjectInfo]:
+        """
+        The project whose channel C{prefix} starts with, if any.
+        """
+        if not prefix:
+            return None
+        for name, end in self._project_ends.items():
+            if end.encryptor == prefix[0]:
+                return self.projects.get(name)
+        return None
+
+    async def _nested(self, info: ProjectInfo, route: Route) -> Route:
+        end = self.node.secure_channels.get(route[0].value) if route else None
+        if end is None or id(end) in self._exchanged:
+            return route
+        await self._exchanging.wait(id(end), lambda: Deferred.fromCoroutine(self._exchange(info, end)))
+        return route
+
+    async def _exchange(self, info: ProjectInfo, end) -> None:
+        """
+        Present this node's credential of project C{info} through channel
+        C{end} (C{actions/present_mutual}) and keep what the far node
+        presents back, verified against the project's authority.
+        """
+        if id(end) in self._exchanged:
+            return
+        node = self.node
+        peer = end.peer_identifier
+        credential = await self.credential(info)
+        try:
+            resp = await call(node, Route([end.encryptor, codec.CREDENTIALS]), Method.POST, codec.PRESENT_MUTUAL_PATH,
+                              credential, timeout=self.timeout)
+        except (ApiError, RequestTimeout) as e:
+            end.close()
+            raise RouteUnreachable(f"{peer} refused this node's credential of project {info.name}: {e}") from None
+        if resp.body is not None:
+            try:
+                theirs = resp.decode_body(Credential.decode)
+                now = int(node.reactor.seconds())
+                data = verify(theirs, [info.authority()], peer, now)
+            except (OckamError, CredentialError) as e:
+                end.close()
+                raise RouteUnreachable(f"{peer} presented a bad credential of project {info.name}: {e}") from None
+            self.presented.put(peer, MemberEntry(dict(data.attributes), now, data.expires, data.issuer))
+        self._exchanged.add(id(end))
+        end.on_close(lambda _: self._exchanged.discard(id(end)))
+        self.medic.watch(end, f"{info.name} (a channel to {peer} through it)")
 
     def project_channel(self, name: str):
         """
