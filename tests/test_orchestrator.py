@@ -412,9 +412,9 @@ class InletHealingTests(ProjectTestCase):
         info = await self.project()
         relay, inlet, port = await self.portal(route, info)
         await self.o.stopService()
-        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await wait_until(lambda: relay.status == DOWN, 10, "the relay down")
         await self.start()
-        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        await wait_until(lambda: relay.status == UP, 15, "the relay back")
         failed = await self.echo_until(port, b"after the restart", 15)
         self.assertEqual(failed, 0, "the first connection after the relay came back failed")
 
@@ -431,10 +431,10 @@ class InletHealingTests(ProjectTestCase):
         nested = int(nested.socket_address.rsplit(":", 1)[1])
         await self.echo_through(nested, b"nested before")
         await self.o.stopService()
-        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await wait_until(lambda: relay.status == DOWN, 10, "the relay down")
         await self.start()
         restarted = reactor.seconds()
-        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        await wait_until(lambda: relay.status == UP, 15, "the relay back")
         await self.echo_until(plain, b"plain after", 15 - (reactor.seconds() - restarted))
         await self.echo_until(nested, b"nested after", 15 - (reactor.seconds() - restarted))
         self.assertLess(reactor.seconds() - restarted, 15)
@@ -465,9 +465,9 @@ class InletHealingTests(ProjectTestCase):
         silent = self.n1 if side == "n1" else self.n3
         channel = silent.membership.project_channel("default")
         self.assertGreater(proxy.freeze(), 0)
-        await wait_until(lambda: channel.status == "closed", 5, "the silent channel closed by the Medic")
+        await wait_until(lambda: channel.status == CLOSED, 5, "the silent channel closed by the Medic")
         if side == "n3":
-            await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != channel.encryptor, 10,
+            await wait_until(lambda: relay.status == UP and relay.route[0] != channel.encryptor, 10,
                              "the relay registered again through a new channel")
         await self.echo_until(inlet_port, b"after the silence", 15)
 
