@@ -169,6 +169,19 @@ class FeatureTests(SynchronousTestCase):
         self.assertEqual(b.save_state(), state)
         self.assertEqual(list(self.reactor.listening), [6000])
 
+    def test_inlets_at_port_zero(self):
+        """
+        A state may name several inlets at port 0 (a hand-written one): each
+        is an inlet, and restoring it again makes none more.
+        """
+        node = self.node()
+        state = {"inlets": [{"listen": "127.0.0.1:0", "to": f"/service/o{i}"} for i in range(3)]}
+        node.startService()
+        node.restore(state)
+        node.restore(state)
+        self.assertEqual(sorted(i.route_text for i in node.inlets.values()), ["/service/o0", "/service/o1", "/service/o2"])
+        self.assertEqual(len(self.reactor.listening), 3)
+
     def test_a_new_feature_plugs_in(self):
         """
         A feature added to a node is saved, restored and stopped with it,

@@ -413,13 +413,14 @@ class Inlets(Feature):
         }
 
     def restore(self, state: dict) -> None:
-        waiting = {item[0] for item in self._restoring}
+        # An inlet there already (or waiting to listen) is not made again;
+        # several at port 0 are as many inlets.
+        there = {(l, r) for l, r, _ in self._restoring}
+        for i in self.inlets.values():
+            there |= {(i.listen_text, i.route_text), (i.socket_address, i.route_text)}
         for item in state.get("inlets", []):
-            listen = item["listen"]
-            if listen in self.inlets or listen in waiting:
-                continue
-            waiting.add(listen)
-            self._restoring.append((listen, item["to"], item.get("authorized")))
+            if (item["listen"], item["to"]) not in there:
+                self._restoring.append((item["listen"], item["to"], item.get("authorized")))
         if self.running:
             self._listen_restored()
 
