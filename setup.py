@@ -19,7 +19,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["ockamtw", "ockamtw.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["ockam_plugin.py", "ockam_orchestrator_plugin.py"]},
+    package_data={"twisted.plugins": ["ockam_plugin.py", "ockam_orchestrator_plugin.py", "ockam_endpoints.py"]},
     include_package_data=False,
     install_requires=[
         "twisted>=23.10,<27",

@@ -217,8 +217,8 @@ class OrchestratorBench:
         self.ockam("tcp-outlet", "create", "--at", "/node/n3", "--from", "/service/outlet", "--to",
                    f"127.0.0.1:{echo_port}")
         out = self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to",
-                         "/project/default/service/forward_to_n3/service/outlet")
-        inlet = int(out.strip().rsplit(":", 1)[1])
+                         "/project/default/service/forward_to_n3/service/outlet", "--output", "json")
+        inlet = int(json.loads(out)["listen"].rsplit(":", 1)[1])
         if not self.echo_once(inlet, 10):
             raise RuntimeError("no echo through the inlet before the first kill")
         runs = []

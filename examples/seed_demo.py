@@ -112,10 +112,10 @@ def main():
         print()
         ockam("node", "create", "n1", show=False)
         print("» ockam node create n1")
-        conn = ockam("tcp-connection", "create", "--from", "n1", "--to", f"127.0.0.1:{relay_port}", show=False)
-        print(f"» ockam tcp-connection create --from n1 --to 127.0.0.1:{relay_port}")
+        ockam("tcp-connection", "create", "--from", "n1", "--to", f"127.0.0.1:{relay_port}")
         ockam("tcp-connection", "list", "--node", "n1")
-        worker = conn.strip()
+        (conn,) = json.loads(ockam("tcp-connection", "list", "--node", "n1", "--output", "json", show=False))
+        worker = "/service/" + conn["worker_address"].split("#", 1)[1]
         ockam("message", "send", "hello", "--from", "/node/n1", "--to", f"{worker}/service/forward_to_n3/service/uppercase")
 
         print("\n## Portal\n")
@@ -134,7 +134,7 @@ def main():
         print(f"» curl --head 127.0.0.1:{inlet_port}\n{wait_for_head(inlet_port)}")
 
         print("\n## Nodes\n")
-        ockam("node", "list")
+        ockam("node", "list", "--table")
         nodes = json.loads(ockam("node", "list", "--output", "json", show=False))
         assert all(n["status"] == "UP" for n in nodes), nodes
         print()

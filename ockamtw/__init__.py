@@ -32,6 +32,11 @@ _EXPORTS = {
     "RelayRefused": ".errors",
     "RouteUnreachable": ".errors",
     "TransportError": ".errors",
+    "OckamClientEndpoint": ".portal.endpoints",
+    "OckamServerEndpoint": ".portal.endpoints",
+    "OckamAddress": ".portal.pipe",
+    "register_node": ".endpoint_parsers",
+    "embedded_node": ".endpoint_parsers",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,7 +1,8 @@
 """
 The public node: the core of L{ockamtw.node} with the default services,
 the relay services, and the features of L{FEATURES} (kept TCP connections,
-projects, an authority, outlets, inlets, secure channels, relays), each a
+projects, an authority, services started at other addresses, outlets,
+inlets, secure channels, relays), each a
 child service of the node (L{ockamtw.feature}).  Its methods are the
 embedding API; each hands the call to its feature.
 """
@@ -19,14 +20,14 @@ from .project.membership import CredentialsService, Membership
 from .relay import Relay, Relays, start_relay_services
 from .routing import TCP, Address, Route
 from .secure.channels import SecureChannels
-from .services import start_default_services
+from .services import StartedServices, start_default_services
 from .transport.tcp import TcpTransport
 
 #: The features of a full node, in the order they are restored and started
 #: (stopped in the reverse order): a project's membership before the inlets
 #: and outlets whose policies it gives.  A new feature is one module and
 #: one entry here (see L{ockamtw.feature}).
-FEATURES = (TcpTransport, Membership, AuthorityFeature, Outlets, Inlets, SecureChannels, Relays)
+FEATURES = (TcpTransport, Membership, AuthorityFeature, StartedServices, Outlets, Inlets, SecureChannels, Relays)
 
 
 class Node(BaseNode):
@@ -53,6 +54,12 @@ class Node(BaseNode):
         per second it answers, and the handshake grace.
     """
 
+    #: Whether this node's identity may be other nodes' too (a named
+    #: identity of the command line): then a peer presenting it is
+    #: accepted (it is one of those nodes), where a node's own identity
+    #: coming back from a peer is refused.
+    shared_identity = False
+
     def __init__(self, reactor=None, name=None, services=True, identity=None, handshake_limits=None):
         BaseNode.__init__(self, reactor, name)
         self._identity = identity
@@ -61,6 +68,10 @@ class Node(BaseNode):
         #: it) of another node, for C{/node/NAME} in a MultiAddr; the command
         #: line sets it.  C{/node/<own name>} is this node.
         self.node_resolver = None
+        #: a callable C{f(name)} giving the L{LocalIdentity} named C{name} of
+        #: this node's home (the command line's C{ockam identity create}),
+        #: for listeners that present one; the control API sets it.
+        self.named_identity = None
         self.register_resolver("node", self._node_hop)
         for feature in FEATURES:
             self.add_feature(feature(self))
@@ -139,16 +150,17 @@ class Node(BaseNode):
             self._identity = LocalIdentity.create()
         return self._identity
 
-    def create_secure_channel_listener(self, address: str = "api", authorized=None, limits=None):
+    def create_secure_channel_listener(self, address: str = "api", authorized=None, limits=None, identity=None):
         """
         Start a secure channel listener at C{address}, accepting the
         identifiers in C{authorized} (everyone when C{None}), under
         C{limits} (a L{HandshakeLimits}; the node's C{handshake_limits}
-        when C{None}).  If a listener is already there (every node has one
-        at C{api}), its policy (and, if given, its limits) is replaced
-        instead; channels it already accepted stay.
+        when C{None}), presenting C{identity} (a L{LocalIdentity}; the
+        node's own when C{None}).  If a listener is already there (every
+        node has one at C{api}), its policy (and, if given, its limits) is
+        replaced instead; channels it already accepted stay.
         """
-        return self.features["secure"].create_listener(address, authorized, limits)
+        return self.features["secure"].create_listener(address, authorized, limits, identity)
 
     def delete_secure_channel_listener(self, address: str) -> None:
         """

@@ -27,6 +27,7 @@ imports nothing of the features, the control plane or the faces.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, Optional, Tuple
 
 from twisted.application.service import MultiService
@@ -204,3 +205,57 @@ def worker_key(text: str) -> str:
     if text.startswith("0#"):
         return text[2:]
     return service_name(text)
+
+
+def random_alias() -> str:
+    """
+    An alias for an inlet or outlet made without one (as Ockam 0.83's: 32
+    hex digits).
+    """
+    return os.urandom(16).hex()
+
+
+def alias_of(body: dict) -> str:
+    """
+    The C{alias} of a request's body, or a new random one.
+
+    @raise ControlError: 400 for one with C{:} or C{/}.
+    """
+    alias = body.get("alias")
+    if alias is None:
+        return random_alias()
+    if not isinstance(alias, str) or not alias or ":" in alias or "/" in alias:
+        raise ControlError(400, f"not an alias: {alias!r} (an alias must not contain ':' or '/')")
+    return alias
+
+
+class Aliases:
+    """
+    The names Ockam 0.83 gives inlets and outlets (C{--alias}): alias ->
+    key (an inlet's socket address, an outlet's address).  One made without
+    an alias (before aliases, or by twistd's options) gets a random one the
+    first time it is shown.
+    """
+
+    def __init__(self) -> None:
+        self.keys: Dict[str, str] = {}
+
+    def of(self, key: str) -> str:
+        """
+        The alias of C{key} (a new random one if it has none).
+        """
+        for alias, k in self.keys.items():
+            if k == key:
+                return alias
+        alias = random_alias()
+        self.keys[alias] = key
+        return alias
+
+    def get(self, alias: str) -> Optional[str]:
+        return self.keys.get(alias)
+
+    def set(self, alias: str, key: str) -> None:
+        self.keys[alias] = key
+
+    def forget(self, alias: str) -> None:
+        self.keys.pop(alias, None)

@@ -24,13 +24,15 @@ from typing import Optional
 def unsent(transport) -> Optional[int]:
     """
     Bytes a Twisted socket transport holds and has not handed to the
-    kernel yet (its C{FileDescriptor} write buffers), or C{None} for a
-    transport that does not say.
+    kernel yet (its C{FileDescriptor} write buffers), what an in-process
+    stream says in its C{unsent_bytes} (L{ockamtw.portal.pipe}), or C{None}
+    for a transport that does not say.
     """
     try:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except (AttributeError, TypeError):
-        return None
+        pending = getattr(transport, "unsent_bytes", None)
+        return pending if type(pending) is int else None
 
 
 def idle_socket(transport):

@@ -367,7 +367,7 @@ class CLITestCase(TestCase):
         r = await self.ockam("forwarder", "create", "n3", "--at", "/node/n2", "--to", "/node/n3")
         self.assertEqual(r.out, "/service/forward_to_n3\n", str(r))
         n2 = await self.listener("n2")
-        r = await self.ockam("tcp-connection", "create", "--from", "n1", "--to", n2)
+        r = await self.ockam("tcp-connection", "create", "--from", "n1", "--to", n2, "--print-address")
         m = re.fullmatch(rf"/service/({HEX32})\n", r.out)
         self.assertIsNotNone(m, str(r))
         return {"n2": n2, "worker": m.group(1), "service": f"/service/{m.group(1)}"}

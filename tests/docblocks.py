@@ -125,7 +125,7 @@ def blocks_of(document: str) -> List[Block]:
     out: List[Block] = []
     i = 0
     while i < len(lines):
-        m = re.match(r"^(```+)\s*(\S*)\s*$", lines[i])
+        m = re.match(r"^(```+)\s*(\S*)(?:\s.*)?$", lines[i])
         if not m:
             i += 1
             continue

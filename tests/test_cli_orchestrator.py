@@ -125,7 +125,7 @@ class SeedTests(OrchestratorCLITestCase):
         self.assertEqual(info.name, "default")
         self.write("project.json", r.out)
 
-        r = await self.ockam("node", "create", "n1", "--project", "project.json")
+        r = await self.ockam("node", "create", "n1", "--project", "project.json", "--details")
         self.assertIn("  Project: default\n", r.out)
         await self.ockam("node", "create", "n3", "--project", "project.json")
         r = await self.ockam("forwarder", "create", "n3", "--at", "/project/default", "--to", "/node/n3")
@@ -138,8 +138,8 @@ class SeedTests(OrchestratorCLITestCase):
                              f"127.0.0.1:{web}")
         self.assertEqual(r.out, "/service/outlet\n", str(r))
         r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to",
-                             "/project/default/service/forward_to_n3/service/outlet")
-        inlet = port_of(r.out.strip())
+                             "/project/default/service/forward_to_n3/service/outlet", "--output", "json")
+        inlet = port_of(r.json()["listen"])
         self.assertEqual(await self.head_until_ok(inlet, 10), "HTTP/1.0 200 OK")
 
         pids = self.recorded_pids()
@@ -196,8 +196,9 @@ class RestartTests(OrchestratorCLITestCase):
         inlets = []
         for route in ("/project/default/service/forward_to_n3/service/outlet",
                       "/project/default/service/forward_to_n3/secure/api/service/outlet"):
-            r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to", route)
-            inlets.append(port_of(r.out.strip()))
+            r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to", route,
+                                 "--output", "json")
+            inlets.append(port_of(r.json()["listen"]))
             self.assertEqual(await self.head_until_ok(inlets[-1], 10), "HTTP/1.0 200 OK")
 
         await self.ockam("orchestrator", "stop")
@@ -340,7 +341,7 @@ class NonMemberTests(OrchestratorCLITestCase):
              "/project/default/service/forward_to_n3/service/outlet"),
         ):
             r = await self.ockam_at(b, *args, check=False)
-            self.assertEqual(r.code, 1, str(r))
+            self.assertEqual(r.code, 70, str(r))  # Ockam 0.83's status for a failed command
             self.assertUserError(r, "not a member of project default")
         r = await self.ockam_at(b, "tcp-inlet", "list", "--at", "x", "--output", "json")
         self.assertEqual(r.json(), [])
@@ -448,8 +449,8 @@ class PolicyTests(OrchestratorCLITestCase):
         web = await self.http_server()
         await self.ockam("tcp-outlet", "create", "--at", "n3", "--to", f"127.0.0.1:{web}")
         r = await self.ockam("tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0", "--to",
-                             "/project/default/service/forward_to_n3/service/outlet")
-        inlet = port_of(r.out.strip())
+                             "/project/default/service/forward_to_n3/service/outlet", "--output", "json")
+        inlet = port_of(r.json()["listen"])
         await self.head_until_ok(inlet, 10)
         r = await self.ockam("policy", "list", "--at", "n3")
         self.assertEqual(r.out, "tcp-outlet/handle_message: (= resource.project_id subject.project_id)\n")
@@ -547,7 +548,8 @@ class AuthorityTests(OrchestratorCLITestCase):
         node = r.json()
         self.assertEqual(node["authority"]["project_identifier"], "proj1")
         self.assertIn("credential_issuer", node["services"])
-        authority = (await self.ockam("identity", "show", "--node", "authority", "--full")).out.strip()
+        authority = (await self.ockam("identity", "show", "--node", "authority", "--full",
+                                       "--encoding", "hex")).out.strip()
         port = port_of(node["listener"])
         route = f"/dnsaddr/127.0.0.1/tcp/{port}/service/api"
         project = {"id": "proj1", "name": "p1", "identity": admin, "access_route": route,

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def verbose_route(node_show: str) -> str:
-    m = re.search(r"^    Verbose: (/ip4/\S+)$", node_show, re.M)
+    m = re.search(r"^    Verbose: (/(?:ip4|dnsaddr)/\S+)$", node_show, re.M)
     assert m, node_show
     return m.group(1)
 
@@ -46,10 +46,13 @@ class PrintedValuesTests(CLITestCase):
         r = await self.ockam("node", "create", "n2", f"--tcp-listener-address={port}", "--output", "json")
         self.assertEqual(r.json()["listener"], f"127.0.0.1:{port}")
         self.assertIn("api", r.json()["services"])
-        r = await self.ockam("node", "show", "/node/n2")
+        r = await self.ockam("node", "show", "/node/n2", "--details")
         self.assertIn("    api\n", r.out)
         route = verbose_route(r.out)
         self.assertEqual(route, f"/ip4/127.0.0.1/tcp/{port}")
+        r = await self.ockam("node", "show", "/node/n2")
+        self.assertIn("  Secure Channel Listeners:\n    Listener:\n      Address: /service/api\n", r.out)
+        self.assertEqual(verbose_route(r.out), f"/dnsaddr/localhost/tcp/{port}")
 
         other = free_port()
         r = await self.ockam("node", "create", "n3", "--tcp-listener-address", f"/ip4/127.0.0.1/tcp/{other}", "--output", "json")
@@ -65,7 +68,7 @@ class PrintedValuesTests(CLITestCase):
         """
         await self.create_nodes("n1", "n2")
         route = verbose_route((await self.ockam("node", "show", "n2")).out)
-        r = await self.ockam("tcp-connection", "create", "--from", "/node/n1", "--to", route)
+        r = await self.ockam("tcp-connection", "create", "--from", "/node/n1", "--to", route, "--print-address")
         m = re.fullmatch(rf"(/service/({HEX32}))\n", r.out)
         self.assertIsNotNone(m, str(r))
         printed, hex_ = m.groups()
@@ -76,7 +79,7 @@ class PrintedValuesTests(CLITestCase):
         r = await self.ockam("tcp-connection", "show", printed, "--node", "n1")
         self.assertIn(f"  Worker address: 0#{hex_}\n", r.out)
         r = await self.ockam("tcp-connection", "delete", printed, "--node", "n1")
-        self.assertEqual(r.out, f"TCP connection {conn['transport_id']} deleted\n")
+        self.assertEqual(r.out, f"Tcp connection `{printed}` successfully deleted\n")
 
     @async_test
     async def test_outlet_inlet_relay_by_what_was_printed(self):
@@ -86,15 +89,16 @@ class PrintedValuesTests(CLITestCase):
         r = await self.ockam("tcp-outlet", "show", "/service/outlet2", "--at", "n1", "--output", "json")
         self.assertEqual(r.json()["target"], "127.0.0.1:9")
         r = await self.ockam("tcp-outlet", "delete", "/service/outlet2", "--at", "n1")
-        self.assertEqual(r.out, "Outlet /service/outlet2 deleted\n")
+        self.assertEqual(r.out, "/service/outlet2\n")  # Ockam's machine output: the alias given
 
-        r = await self.ockam("tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0", "--to", "/node/n2/service/outlet")
-        listen = r.out.strip()
+        r = await self.ockam("tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0", "--to", "/node/n2/service/outlet",
+                             "--output", "json")
+        listen = r.json()["listen"]
         for key in (listen, str(port_of(listen))):
             r = await self.ockam("tcp-inlet", "show", key, "--at", "n1", "--output", "json")
             self.assertEqual(r.json()["listen"], listen, key)
         r = await self.ockam("tcp-inlet", "delete", listen, "--at", "n1")
-        self.assertEqual(r.out, f"Inlet {listen} deleted\n")
+        self.assertEqual(r.out, f"{listen}\n")
 
         r = await self.ockam("relay", "create", "r1", "--at", "n2", "--to", "/node/n1")
         self.assertEqual(r.out, "/service/forward_to_r1\n")
@@ -114,12 +118,12 @@ class PrintedValuesTests(CLITestCase):
         r = await self.ockam("secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api")
         sc = r.out.strip()
         self.assertRegex(sc, rf"^/service/{HEX32}$")
-        r = await self.ockam("secure-channel", "show", sc, "--at", "n1")
+        r = await self.ockam("secure-channel", "show", sc, "--at", "n1", "--details")
         self.assertEqual(r.out.splitlines()[:4], [
             f"Secure channel: {sc}", "  Role: initiator", "  Status: UP", f"  Peer: {infos['n2']['identity']}",
         ])
         r = await self.ockam("secure-channel", "delete", sc, "--at", "n1")
-        self.assertEqual(r.out, f"Secure channel {sc} deleted\n")
+        self.assertEqual(r.out, f"{sc}\n")
         self.assertEqual((await self.ockam("secure-channel", "list", "--at", "n1", "--output", "json")).json(), [])
 
         r = await self.ockam("secure-channel-listener", "create", "/service/l1", "--at", "n1")
@@ -127,7 +131,7 @@ class PrintedValuesTests(CLITestCase):
         r = await self.ockam("secure-channel-listener", "create", "l1", "--at", "n1", check=False)
         self.assertUserError(r, "address 'l1' is already taken on node n1")
         r = await self.ockam("secure-channel-listener", "delete", "/service/l1", "--at", "n1")
-        self.assertEqual(r.out, "Secure channel listener /service/l1 deleted\n")
+        self.assertEqual(r.out, "Deleted secure-channel listener with address '/service/l1' on node 'n1'\n")
         r = await self.ockam("secure-channel-listener", "delete", "/service/api", "--at", "n1", check=False)
         self.assertUserError(r, "'api' cannot be deleted")
         listeners = (await self.ockam("secure-channel-listener", "list", "--at", "n1", "--output", "json")).json()

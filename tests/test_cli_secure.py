@@ -56,15 +56,16 @@ class SecureChannelCLITests(CLITestCase):
         r = await self.ockam(
             "tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0",
             "--to", "/node/n2/service/forward_to_n3/secure/api/service/outlet", "--authorized", n3_id,
+            "--output", "json",
         )
-        secure_port = port_of(r.out.strip())
+        secure_port = port_of(r.json()["listen"])
         self.assertTrue((await self.head_until_ok(secure_port, 10)).startswith("HTTP/1.0 200 OK"))
 
         r = await self.ockam(
             "tcp-inlet", "create", "--at", "n1", "--from", "127.0.0.1:0",
-            "--to", "/node/n2/service/forward_to_n3/service/outlet",
+            "--to", "/node/n2/service/forward_to_n3/service/outlet", "--output", "json",
         )
-        plain_port = port_of(r.out.strip())
+        plain_port = port_of(r.json()["listen"])
         # The inlet accepts the client, the outlet refuses the Ping (not
         # through a secure channel from n1), and the client is closed
         # without an answer; the inlet says why.
@@ -99,8 +100,10 @@ class SecureChannelCLITests(CLITestCase):
         # for an identity that never comes (no row of status M5, peer "-").
         channels = (await self.ockam("secure-channel", "list", "--at", "n2", "--output", "json")).json()
         self.assertEqual(channels, [])
-        r = await self.ockam("secure-channel", "list", "--at", "n2")
+        r = await self.ockam("secure-channel", "list", "--at", "n2", "--table")
         self.assertEqual(len(r.out.splitlines()), 3, r.out)
+        r = await self.ockam("secure-channel", "list", "--at", "n2")
+        self.assertEqual(r.out, "")
 
     @async_test
     async def test_named_identity_shared(self):
@@ -109,26 +112,27 @@ class SecureChannelCLITests(CLITestCase):
         alice` present the same identifier.
         """
         r = await self.ockam("identity", "create", "alice")
-        alice = r.out.strip()
-        self.assertRegex(alice, f"^{IDENTIFIER}$")
+        m = re.fullmatch(rf"Default vault created: [0-9a-f]{{8}}\nIdentity created: ({IDENTIFIER})\n", r.out)
+        self.assertIsNotNone(m, str(r))
+        alice = m.group(1)
         r = await self.ockam("identity", "create", "alice", check=False)
         self.assertUserError(r, "already exists")
         for name in ("a1", "a2"):
             await self.ockam("node", "create", name, "--identity", "alice")
             self.assertEqual((await self.ockam("identity", "show", "--node", name)).out.strip(), alice)
         listing = (await self.ockam("identity", "list", "--output", "json")).json()
-        self.assertEqual(listing, [{"name": "alice", "identifier": alice}])
+        self.assertEqual([(i["name"], i["identifier"], i["default"]) for i in listing], [("alice", alice, True)])
         r = await self.ockam("node", "create", "b1", "--identity", "bob", check=False)
         self.assertUserError(r, "no identity named 'bob'")
         self.assertFalse(os.path.exists(os.path.join(self.nodes_dir, "b1")))
 
         # `identity delete` is refused while a node uses the identity.
         r = await self.ockam("identity", "delete", "alice", check=False)
-        self.assertUserError(r, "identity 'alice' is used by node a1, a2")
+        self.assertUserError(r, "identity 'alice' because is currently in use by node 'a1' (and a2)")
         await self.ockam("node", "delete", "a1")
         await self.ockam("node", "delete", "a2")
         r = await self.ockam("identity", "delete", "alice")
-        self.assertEqual(r.out, "Identity alice deleted\n")
+        self.assertEqual(r.out, "Identity 'alice' deleted\n")
         self.assertEqual((await self.ockam("identity", "list", "--output", "json")).json(), [])
 
     @async_test

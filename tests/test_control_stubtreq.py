@@ -117,20 +117,25 @@ class ControlResourceTestCase(SynchronousTestCase):
 class OutletTests(ControlResourceTestCase):
     def test_create_list_show_delete(self):
         """
-        An outlet is created, listed, shown by its name or printed address,
-        and deleted: the node's workers and C{state.json} follow.
+        An outlet is created, listed, shown by its alias, its name or
+        printed address, and deleted: the node's workers and C{state.json}
+        follow.
         """
         self.assertEqual(self.ok("GET", "outlets"), [])
-        made = self.ok("POST", "outlets", body={"address": "/service/o1", "to": "127.0.0.1:9"})
+        made = self.ok("POST", "outlets", body={"address": "/service/o1", "to": "127.0.0.1:9", "alias": "web"})
         self.assertEqual(
             made,
-            {"address": "o1", "target": "127.0.0.1:9", "connections": 0, "refused": 0, "authorized": None},
+            {"address": "o1", "target": "127.0.0.1:9", "connections": 0, "refused": 0, "authorized": None,
+             "alias": "web"},
         )
         self.assertIsInstance(self.node.worker_at("o1"), Outlet)
         self.assertEqual(list(self.node.outlets), ["o1"])
-        self.assertEqual(self.saved()["outlets"], [{"address": "o1", "to": "127.0.0.1:9", "authorized": None}])
+        self.assertEqual(self.saved()["outlets"],
+                         [{"address": "o1", "to": "127.0.0.1:9", "authorized": None, "alias": "web"}])
         self.assertEqual(self.ok("GET", "outlets"), [made])
-        for key in ("o1", "/service/o1"):
+        self.refused(409, "POST", "outlets", body={"address": "o2", "to": "127.0.0.1:9", "alias": "web"})
+        self.refused(400, "POST", "outlets", body={"address": "o2", "to": "127.0.0.1:9", "alias": "a:b"})
+        for key in ("web", "o1", "/service/o1"):
             self.assertEqual(self.ok("GET", "outlets", key), made, key)
         self.assertEqual(self.ok("GET", "outlets", "service", "o1"), made)
 
@@ -225,6 +230,8 @@ class InletTests(ControlResourceTestCase):
         """
         self.assertEqual(self.ok("GET", "inlets"), [])
         made = self.ok("POST", "inlets", body={"listen": "127.0.0.1:4001", "to": "/service/o1"})
+        alias = made.pop("alias")
+        self.assertRegex(alias, "^[0-9a-f]{32}$")  # none given: a random one, as Ockam's
         self.assertEqual(
             made,
             {
@@ -237,13 +244,16 @@ class InletTests(ControlResourceTestCase):
                 "authorized": None,
             },
         )
+        made["alias"] = alias
         self.assertEqual(list(self.node.inlets), ["127.0.0.1:4001"])
         self.assertIn(4001, self.reactor.listening)
         self.assertEqual(
-            self.saved()["inlets"], [{"listen": "127.0.0.1:4001", "to": "/service/o1", "authorized": None}]
+            self.saved()["inlets"],
+            [{"listen": "127.0.0.1:4001", "to": "/service/o1", "authorized": None, "alias": alias}],
         )
         self.assertEqual(self.ok("GET", "inlets"), [made])
         self.assertEqual(self.ok("GET", "inlets", "127.0.0.1:4001"), made)
+        self.assertEqual(self.ok("GET", "inlets", alias), made)
 
         self.assertEqual(self.ok("DELETE", "inlets", "127.0.0.1:4001"), made)
         self.assertEqual(self.node.inlets, {})

@@ -4,6 +4,7 @@ The documentation's programs are the ones the tests run.
 
 import os
 import re
+import shutil
 import sys
 
 from twisted.internet.utils import getProcessOutputAndValue
@@ -103,7 +104,7 @@ class ExamplesRunTests(SynchronousTestCase):
 class DocsBuildTests(TestCase):
     """
     The README's command that builds the docs, as printed, in a copy of
-    docs/: Sphinx with -W (a warning fails the build), and no table that
+    docs/ (and the README, which the quick start includes): Sphinx with -W (a warning fails the build), and no table that
     renders as raw text.
     """
 
@@ -116,18 +117,22 @@ class DocsBuildTests(TestCase):
         self.assertEqual([b.document for b in blocks], ["README.md"])
         [command] = shell_commands(blocks[0])
         self.assertTrue(command.text.startswith("python -m sphinx -W docs "), command.text)
+        import importlib
+
         try:
-            import myst_parser  # noqa: F401
-            import sphinx  # noqa: F401
+            for module in ("myst_parser", "sphinx"):
+                importlib.import_module(module)
         except ImportError as e:
             raise SkipTest(f"Sphinx and myst-parser are not installed (pip install '.[docs]'): {e}")
+        if shutil.which("dot") is None:
+            self.fail("the docs' diagrams need Graphviz's dot: install it (apt-get install graphviz)")
         import shlex
-        import shutil
         import tempfile
 
         work = tempfile.mkdtemp(prefix="ockdocs-")
         self.addCleanup(shutil.rmtree, work, True)
         shutil.copytree(os.path.join(REPO, "docs"), os.path.join(work, "docs"), ignore=shutil.ignore_patterns("_build"))
+        shutil.copy(os.path.join(REPO, "README.md"), work)  # the quick start includes its walkthrough
         argv = shlex.split(command.text, comments=True)
         self.assertEqual(argv[0], "python")
         out_dir = os.path.join(work, argv[-1])
@@ -137,9 +142,48 @@ class DocsBuildTests(TestCase):
             out, err, code = result
             self.assertEqual(code, 0, (out + err).decode()[-3000:])
             pages = [name for name in os.listdir(out_dir) if name.endswith(".html")]
-            self.assertIn("running.html", pages)
+            for page in ("quickstart", "concepts", "running", "embedding", "cli", "control-api", "orchestrator",
+                         "protocol", "security", "performance", "api", "changelog"):
+                self.assertIn(f"{page}.html", pages)
+            with open(os.path.join(out_dir, "concepts.html"), encoding="utf-8") as f:
+                self.assertGreaterEqual(f.read().count(".svg"), 6, "the concepts' diagrams")
+            with open(os.path.join(out_dir, "api.html"), encoding="utf-8") as f:
+                api = f.read()
+            for name in ("ockamtw.api.Node", "ockamtw.portal.endpoints.OckamClientEndpoint", "ockamtw.routing.Route"):
+                self.assertIn(f'id="{name}"', api, "autodoc documents it")
+            self.assertNotIn("C{", api, "epytext markup left in the API reference")
+            with open(os.path.join(out_dir, "quickstart.html"), encoding="utf-8") as f:
+                self.assertIn("The walkthrough with the", f.read(), "the README's walkthrough is included")
             for name in pages:
                 with open(os.path.join(out_dir, name), encoding="utf-8") as f:
                     self.assertNotIn("<p>|", f.read(), f"{name}: a table rendered as text")
 
         return d.addCallback(check)
+
+
+class EpytextTests(SynchronousTestCase):
+    """
+    docs/_ext/epytext.py turns the docstrings' epytext into reST for
+    autodoc.
+    """
+
+    def convert(self, text: str) -> str:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("epytext", os.path.join(REPO, "docs", "_ext", "epytext.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        lines = text.split("\n")
+        module.convert(lines)
+        return "\n".join(lines)
+
+    def test_inline(self):
+        self.assertEqual(self.convert("C{x = {1: 2}} and I{this} B{that}"), "``x = {1: 2}`` and *this* **that**")
+        self.assertEqual(self.convert("L{Address}es in L{ockamtw.api.Node}"),
+                         ":py:obj:`Address`\\ es in :py:obj:`ockamtw.api.Node`")
+
+    def test_fields(self):
+        self.assertEqual(
+            self.convert("Text.\n@param route: where\n    it goes.\n@return: a Deferred.\n@raise KeyError: if not."),
+            "Text.\n\n:param route: where\n    it goes.\n:return: a Deferred.\n:raises KeyError: if not.",
+        )

@@ -60,8 +60,8 @@ class FailoverTests(InstancesCLITestCase):
         await self.ockam("tcp-outlet", "create", "--at", "/node/n3", "--from", "/service/outlet", "--to",
                          f"127.0.0.1:{target}")
         r = await self.ockam("tcp-inlet", "create", "--at", "/node/n1", "--from", "127.0.0.1:0", "--to",
-                             "/project/default/service/forward_to_n3/service/outlet")
-        inlet = port_of(r.out.strip())
+                             "/project/default/service/forward_to_n3/service/outlet", "--output", "json")
+        inlet = port_of(r.json()["listen"])
         self.assertEqual(await echo_through(self, inlet, b"before", seconds=10), b"before")
         live = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", inlet, timeout=5), Client())
 

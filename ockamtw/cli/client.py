@@ -121,7 +121,9 @@ class ControlClient:
             raise CLIError(f"node {self.name} answered something that is not JSON") from None
         if response.code != 200:
             message = result.get("error") if isinstance(result, dict) else None
-            raise CLIError(message or f"node {self.name} answered HTTP {response.code}")
+            error = CLIError(message or f"node {self.name} answered HTTP {response.code}")
+            error.status = response.code  # e.g. 404: the node has no such thing
+            raise error
         return result
 
     async def close(self) -> None:

@@ -6,8 +6,8 @@ relays (forwarders), TCP inlets and outlets, as in Ockam's own CLI.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import signal
 import sys
 import time
@@ -20,65 +20,11 @@ from .. import __version__
 from ..control import state as st
 from ..errors import OckamError
 from ..routing import MultiAddr
-from ..status import BROKEN, DOWN, UNRESPONSIVE, title
 from ..endpoints import split_hostport
-from .nodes import CLIError, Nodes, end_process, PipeTail, interruptible, node_name, os_error
-from .text import HOSTPORT_FORMS, hostport, table
-
-# --- output -----------------------------------------------------------------------
-
-
-def node_block(info: dict) -> str:
-    listener = info.get("listener") or "-"
-    lines = [
-        "Node:",
-        f"  Name: {info['name']}",
-        f"  Status: {info['status']}",
-        f"  PID: {info.get('pid') or '-'}",
-        "  Route To Node:",
-        f"    Short: /node/{info['name']}",
-    ]
-    hp = split_hostport(listener) if listener != "-" else None
-    if hp:
-        host, port = hp
-        proto = "ip6" if ":" in host else "ip4"
-        lines.append(f"    Verbose: /{proto}/{host}/tcp/{port}")
-    lines.append(f"  Listener: {listener}")
-    if info.get("identity"):
-        lines.append(f"  Identity: {info['identity']}")
-    if info.get("project"):
-        lines.append(f"  Project: {info['project']}")
-    if info.get("authority"):
-        lines.append(f"  Authority of project: {info['authority']['project_identifier']}")
-    services = info.get("services")
-    if services is not None:
-        lines.append("  Services:")
-        lines += [f"    {s}" for s in services] or ["    -"]
-    lines.append("  Inlets:")
-    lines += [f"    {i['listen']} => {i['route']} ({i['status']})" for i in info.get("inlets", [])] or ["    -"]
-    lines.append("  Outlets:")
-    lines += [f"    /service/{o['address']} => {o['target']}" for o in info.get("outlets", [])] or ["    -"]
-    lines.append("  Relays:")
-    lines += [
-        f"    /service/{r['alias']} at {r['at']} ({r['status']})" for r in info.get("relays", [])
-    ] or ["    -"]
-    return "\n".join(lines)
-
-
-class Out:
-    def __init__(self, fmt: str) -> None:
-        self.json = fmt == "json"
-
-    def emit(self, data, text: Optional[str]) -> None:
-        """
-        Print C{data} as JSON (C{--output json}), else C{text} (nothing for
-        C{None}: a command that prints nothing on success, as in Ockam).
-        """
-        if self.json:
-            print(json.dumps(data, indent=2, sort_keys=True))
-        elif text is not None:
-            print(text)
-
+from ..status import BROKEN, DOWN, UNRESPONSIVE, UP, title
+from .nodes import IOERR, SOFTWARE, CLIError, Nodes, PipeTail, end_process, interruptible, node_name, os_error
+from .text import HOSTPORT_FORMS, hostport
+from .output import CHECK, Out, _port_of, node_block, ockam_node_block, stdout_is_terminal, table  # noqa: F401
 
 # --- routes typed by users ----------------------------------------------------------------
 
@@ -128,6 +74,51 @@ def _dash_at(text: str) -> Optional[int]:
     return None
 
 
+_SEGMENT_MARK = re.compile(r"/-(?=/|$)")
+_LEADING_MARK = re.compile(r"(^|=)-/")
+
+
+def replace_stdin_markers(argv: List[str], stdin=None) -> List[str]:
+    """
+    Ockam's piping: in every argument, C{/-} standing for a whole route
+    segment (C{/node/n2/service/hop/-/service/uppercase}, C{/project/-})
+    is replaced by the route read from standard input, and a leading
+    C{-/} (C{--to -/service/uppercase}) by that route followed by C{/}.
+    Each argument that has one reads one line, in order; the line's route
+    is normalized as Ockam does (empty segments dropped).
+    """
+    out = []
+    for arg in argv:
+        segment = _SEGMENT_MARK.search(arg) is not None
+        leading = not segment and _LEADING_MARK.search(arg) is not None
+        if not (segment or leading):
+            out.append(arg)
+            continue
+        stdin = stdin or sys.stdin
+        mark = "/-" if segment else "-/"
+        if stdin is None or _isatty(stdin):
+            raise CLIError(f"{arg!r} has {mark!r} but nothing is piped into standard input")
+        with interruptible():
+            line = stdin.readline()
+        parts = [p for p in line.strip().split("/") if p]
+        if not line:
+            raise CLIError(f"{arg!r} has {mark!r} but standard input is empty")
+        if not parts:
+            raise CLIError(f"{arg!r} has {mark!r} but standard input has no route on its line")
+        if segment:
+            out.append(_SEGMENT_MARK.sub(lambda m: "/" + "/".join(parts), arg))
+        else:
+            out.append(_LEADING_MARK.sub(lambda m: m.group(1) + "/" + "".join(p + "/" for p in parts), arg))
+    return out
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def multiaddr_of(hostport_text: str) -> str:
     """
     C{/ip4/H/tcp/P} (or C{/ip6/...}, C{/dnsaddr/...}) for C{H:P}.
@@ -150,7 +141,7 @@ class Commands:
         self.reactor = reactor
         self.args = args
         self.nodes = nodes
-        self.out = Out(getattr(args, "output", "plain") or "plain")
+        self.out = Out(getattr(args, "output", "plain") or "plain", quiet=getattr(args, "quiet", False))
         self._clients = []
 
     def client(self, name: str):
@@ -244,7 +235,28 @@ class Commands:
             extra["project"] = info.to_dict()
             if not os.path.exists(h.project_path(self.nodes.home, info.name)) and st.valid_node_name(info.name):
                 h.save_project(self.nodes.home, info)  # /project/NAME in this home too (as 0.83's lookup)
-        await self.create_node(a.name, listen, extra=extra, identity=a.identity, foreground=a.foreground)
+        identity = a.identity
+        if getattr(a, "vault", None) is not None:
+            identity = self._identity_in_vault(identity, a.vault)
+        await self.create_node(a.name, listen, extra=extra, identity=identity, foreground=a.foreground)
+
+    def _identity_in_vault(self, identity: Optional[str], vault: str) -> str:
+        """
+        C{node create --vault V}: the identity given, whose key must be in
+        V, else a new identity (random name) whose key is kept in V.
+        """
+        from . import identities as ids
+
+        ids.open_vault(self.nodes.home, vault)
+        if identity is not None:
+            held = ids._identity_doc(self.nodes.home, identity).get("vault")
+            if held != vault:
+                ids.load_identity(self.nodes.home, identity)  # a missing identity is said first
+                raise CLIError(f"identity {identity!r} keeps its key in vault {held or '(its own file)'}, not in {vault!r}")
+            return identity
+        name = ids.random_name()
+        ids.create_identity(self, name, vault)
+        return name
 
     async def create_node(self, name, listen: str, extra: Optional[dict] = None, identity: Optional[str] = None,
                           foreground: bool = False, enrolled: bool = True) -> None:
@@ -253,7 +265,8 @@ class Commands:
         with C{extra} in its state, start it and print it.  In a home
         that enrolled (C{ockam enroll}), with C{enrolled}, the node uses the
         enrolled identity unless C{identity} names another, and belongs to
-        the home's default project unless C{extra} names one.
+        the home's default project unless C{extra} names one.  The first
+        node of a home becomes its default node.
         """
         from . import home as h
 
@@ -284,6 +297,7 @@ class Commands:
                     st.write_state(d, state)
                 except OSError as e:
                     raise CLIError(f"cannot create node {name}: {os_error(e, os.path.join(d, st.STATE))}") from None
+                self.nodes.claim_default(name)
                 if foreground:
                     # Become the node (its command line names DIR, as a
                     # background node's does); it logs to standard output.
@@ -304,7 +318,34 @@ class Commands:
             except CLIError:
                 pass  # the first error is the one to tell
             raise
-        self.out.emit(info, node_block(info))
+        await self._print_node(info)
+
+    async def _print_node(self, info: dict) -> None:
+        """
+        A node's status as C{node show} prints it: Ockam's block (the
+        running node is asked for its listeners, secure channel listeners
+        and services), ours with C{--details}, the info with C{--output
+        json}.
+        """
+        if self.out.json:
+            self.out.emit(info, None)
+            return
+        if getattr(self.args, "details", False):
+            print(node_block(info))
+            return
+        name = info["name"]
+        transports = services = None
+        if info.get("status") == UP:
+            c = self.client(name)
+            try:
+                transports = [t for t in await c.call("GET", "tcp", timeout=NODE_ANSWER_TIMEOUT) if t["mode"] == "Listening"]
+                services = await c.call("GET", "services", timeout=NODE_ANSWER_TIMEOUT)
+                listeners = await c.call("GET", "secure-channel-listeners", timeout=NODE_ANSWER_TIMEOUT)
+            except CLIError:
+                transports = services = None
+            else:
+                info = dict(info, secure_channel_listeners=[l["address"] for l in listeners])
+        print(ockam_node_block(info, self.nodes.default_name() == name, transports, services))
 
     async def _node_info(self, name: str) -> dict:
         """
@@ -332,8 +373,10 @@ class Commands:
             "identity": _identity_on_disk(self.nodes, name, state),
             "project": (state.get("project") or {}).get("name"),
             "authority": _authority_on_disk(state),
-            "inlets": [{"listen": i["listen"], "route": i["to"], "status": title(DOWN)} for i in state.get("inlets", [])],
-            "outlets": [{"address": o["address"], "target": o["to"]} for o in state.get("outlets", [])],
+            "inlets": [{"listen": i["listen"], "route": i["to"], "status": title(DOWN), "alias": i.get("alias")}
+                       for i in state.get("inlets", [])],
+            "outlets": [{"address": o["address"], "target": o["to"], "alias": o.get("alias")}
+                        for o in state.get("outlets", [])],
             "relays": [
                 {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": title(DOWN)}
                 for r in state.get("relays", [])
@@ -349,37 +392,47 @@ class Commands:
 
     async def node_list(self):
         infos, problems = [], []
-        for n in self.nodes.names():
+        names = self.nodes.names()
+        if not names and not self.out.json:
+            raise CLIError("No nodes registered on this system!", code=IOERR)
+        for n in names:
             try:
                 infos.append(await self._node_info(n))
             except st.StateError as e:
                 problems.append(str(e))
                 infos.append(_broken_info(n, e, self.nodes.pid(n)))
-        rows = [[i["name"], i["status"], str(i.get("pid") or "-"), i.get("listener") or "-"] for i in infos]
-        self.out.emit(infos, table(["Node", "Status", "PID", "Listener"], rows))
+        if self.out.json:
+            self.out.emit(infos, None)
+        elif self.args.table:
+            rows = [[i["name"], i["status"], str(i.get("pid") or "-"), i.get("listener") or "-"] for i in infos]
+            print(table(["Node", "Status", "PID", "Listener"], rows))
+        else:
+            for info in infos:
+                await self._print_node(info)
         for problem in problems:
             print(f"ockam: {problem}", file=sys.stderr)
 
     async def node_show(self):
         name = self.nodes.pick(self.args.name)
-        info = await self._node_info(name)
-        self.out.emit(info, node_block(info))
+        await self._print_node(await self._node_info(name))
 
     async def node_stop(self):
-        name = self.nodes.require(self.args.name)
+        name = self.nodes.pick(self.args.name)
         with self.nodes.lock(name):
-            stopped = self.nodes.stop(name)
+            stopped = self.nodes.stop(name, force=self.args.force)
             self.nodes.clear_stale(name)
-        if not stopped:
-            raise CLIError(f"node {name} is not running")
-        self.out.emit({"name": name, "status": DOWN}, f"Node {name} stopped")
+        self.out.emit({"name": name, "status": DOWN, "was_running": stopped}, f"Stopped node '{name}'")
 
     async def node_start(self):
-        name = self.nodes.require(self.args.name)
+        name = self.nodes.pick(self.args.name)
         with self.nodes.lock(name):
             pid = self.nodes.pid(name)
             if pid is not None:
-                raise CLIError(f"node {name} is already running (pid {pid})")
+                if not self.args.force:
+                    self.out.emit({"name": name, "status": UP, "pid": pid, "started": False},
+                                  f"Restart aborted, node: {name} already running")
+                    return
+                self.nodes.stop(name)
             self.nodes.state(name)  # a broken state.json: say so here, start nothing
             problem = st.socket_path_problem(self.nodes.dir(name))
             if problem:
@@ -388,36 +441,96 @@ class Commands:
             offset = self.nodes.log_size(name)
             proc = self.nodes.spawn(name)
             info = await self._wait_ready(name, proc, offset)
-        self.out.emit(info, node_block(info))
+        await self._print_node(info)
 
     async def node_logs(self):
         name = self.nodes.pick(self.args.name)
         path = self.nodes.log_path(name)
         self.out.emit({"name": name, "log": path}, path)
 
+    async def node_default(self):
+        name = self.nodes.pick(self.args.name)
+        if self.nodes.default_name() == name:
+            self.out.emit({"name": name, "default": True}, "Already set to default node")
+            return
+        self.nodes.set_default(name)
+        self.out.emit({"name": name, "default": True}, f"Set node '{name}' as default")
+
     async def node_delete(self):
         a = self.args
-        if a.all:
-            names = self.nodes.names()
-        else:
-            names = [self.nodes.require(a.name)]
+        names = self.nodes.names() if a.all else [self.nodes.pick(a.name)]
         deleted = []
         for name in names:
             try:
                 with self.nodes.lock(name):
-                    self.nodes.delete(name)
+                    self.nodes.delete(name, force=a.force)
             except CLIError:
                 if a.all and not self.nodes.exists(name):
                     continue  # deleted by another command meanwhile
                 raise
             deleted.append(name)
-        self.out.emit({"deleted": deleted}, "\n".join(f"Node {n} deleted" for n in deleted) or "No node to delete")
+        if a.all:
+            if self.out.json:
+                self.out.emit({"deleted": deleted}, None)
+            return
+        name = deleted[0]
+        self.out.shell({"node": {"name": name}}, f"{CHECK}Node with name '{name}' has been deleted.", name)
+
+    async def reset(self):
+        """
+        Delete every node and what ockam keeps under C{$OCKAM_HOME}
+        (identities, vaults, projects, credentials, configuration); files
+        it did not make stay, and so does the home directory if anything
+        is left in it.  Asks first unless C{--yes}.
+        """
+        from . import home as h
+
+        a = self.args
+        home = self.nodes.home
+        if not a.yes and not _confirm("Please confirm the you really want a full reset (y/N) ", a.no_input):
+            return
+        if os.path.exists(home) and not os.path.isdir(home):
+            raise CLIError(f"{home}: not a directory (OCKAM_HOME)")
+        problems = []
+        for name in self.nodes.names():
+            try:
+                with self.nodes.lock(name):
+                    self.nodes.delete(name, force=True)
+            except CLIError as e:
+                problems.append(str(e))
+        if a.with_orchestrator:
+            from .orchestrator import LocalOrchestrator
+
+            try:
+                LocalOrchestrator(home).stop()
+            except CLIError as e:
+                problems.append(str(e))
+        owned = ["nodes", "identities", "vaults", "projects", "credentials", "defaults"]
+        if a.with_orchestrator:
+            owned.append("orchestrator")
+        for entry in owned:
+            problems += _remove_tree(os.path.join(home, entry))
+        for entry in (h.CONFIG_JSON, h.ORCHESTRATOR_JSON):
+            path = os.path.join(home, entry)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                problems.append(f"cannot remove {os_error(e, path)}")
+        try:
+            os.rmdir(home)  # only when nothing else is left in it
+        except OSError:
+            pass
+        if problems:
+            raise CLIError(f"reset incomplete: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
     # tcp-connection ------------------------------------------------------------
 
     async def tcp_create(self):
-        name = self.nodes.pick(self.args.from_)
-        to = self.args.to
+        a = self.args
+        name = self.nodes.pick(a.from_)
+        to = a.to
         if to.startswith("/node/"):
             self._check_route_node(to)
             hops = MultiAddr.parse(to).hops
@@ -429,7 +542,25 @@ class Commands:
         else:
             to = hostport(to, "--to")
         conn = await self.client(name).call("POST", "tcp", {"to": to}, timeout=CONNECT_CALL_TIMEOUT)
-        self.out.emit(conn, f"/service/{conn['worker_address'].split('#', 1)[1]}")
+        worker = conn["worker_address"].split("#", 1)[1]
+        if self.out.json:
+            # Ockam's shape: the route to the connection through this
+            # node's listener.
+            port = _port_of(st.listener_of(self.nodes.home, name))
+            route = (f"/dnsaddr/localhost/tcp/{port}" if port is not None else "") + f"/worker/{worker}"
+            self.out.emit([{"route": route}], None, compact=True)
+        elif a.print_address:
+            print(f"/service/{worker}")
+        else:
+            host, port = split_hostport(conn["socket_address"]) or (conn["socket_address"], "")
+            kind = "ip6" if ":" in host else "ip4"
+            print("\n".join([
+                "",
+                "  TCP Connection:",
+                f"    ID: {conn['transport_id']}",
+                f"    From: /node/{name}",
+                f"    To: {conn['socket_address']} (/{kind}/{host}/tcp/{port})",
+            ]))
 
     async def tcp_list(self):
         name = self.nodes.pick(self.args.node)
@@ -457,7 +588,34 @@ class Commands:
     async def tcp_delete(self):
         name = self.nodes.pick(self.args.node)
         c = await self.client(name).call("DELETE", ("tcp", self.args.id))
-        self.out.emit(c, f"TCP connection {c['transport_id']} deleted")
+        self.out.emit(c, f"Tcp connection `{self.args.id}` successfully deleted")
+
+    # tcp-listener ---------------------------------------------------------------
+
+    async def tcp_listener_create(self):
+        a = self.args
+        name = self.nodes.pick(a.at)
+        listen = hostport(a.address, "ADDRESS")
+        l = await self.client(name).call("POST", "tcp-listeners", {"address": listen})
+        worker = l["worker_address"].split("#", 1)[-1]
+        port = _port_of(st.listener_of(self.nodes.home, name))
+        route = (f"/dnsaddr/localhost/tcp/{port}" if port is not None else "") + f"/service/{worker}"
+        self.out.emit(l, f"Tcp listener created! You can send messages to it via this route:\n`{route}`")
+
+    async def tcp_listener_list(self):
+        name = self.nodes.pick(self.args.node)
+        items = [c for c in await self.client(name).call("GET", "tcp") if c["mode"] == "Listening"]
+        rows = [
+            [c["transport_id"], c["transport_type"], c["mode"], c["socket_address"], c["worker_address"]]
+            for c in items
+        ]
+        headers = ["Transport ID", "Transport Type", "Mode", "Address bind", "Worker address"]
+        self.out.emit(items, table(headers, rows))
+
+    async def tcp_listener_delete(self):
+        name = self.nodes.pick(self.args.node)
+        l = await self.client(name).call("DELETE", ("tcp-listeners", self.args.id))
+        self.out.emit(l, f"Tcp listener `{self.args.id}` successfully deleted")
 
     # message -------------------------------------------------------------------------
 
@@ -510,9 +668,12 @@ class Commands:
         name = self.nodes.pick(a.to)
         at = self._relay_at(a.at)
         self._check_route_node(at)
-        relay = await self.client(name).call(
-            "POST", "relays", {"name": a.name, "at": at, "timeout": a.timeout}, timeout=a.timeout + CALL_MARGIN
-        )
+        body = {"name": a.name if a.name is not None else os.urandom(4).hex(), "at": at, "timeout": a.timeout}
+        if a.authorized:
+            if at.startswith("/project/"):
+                raise CLIError("--authorized can not be used with project addresses")
+            raise CLIError("--authorized is not supported by ockamtw's forwarder create (see docs/cli.md)")
+        relay = await self.client(name).call("POST", "relays", body, timeout=a.timeout + CALL_MARGIN)
         self.out.emit(relay, f"/service/{relay['alias']}")
 
     def _relay_at(self, text: str) -> str:
@@ -561,120 +722,107 @@ class Commands:
         r = await self.client(name).call("DELETE", ("relays", self.args.name))
         self.out.emit(r, f"Relay {r['name']} deleted")
 
-    # outlets ----------------------------------------------------------------------------
+    # portals -------------------------------------------------------------------------------
+
+    async def _portal_call(self, kind: str, method: str, alias: str, node: str):
+        """
+        C{method} on the inlet or outlet (C{kind}) C{alias} of C{node}; an
+        unknown one is Ockam's C{NotFound}.
+        """
+        try:
+            return await self.client(node).call(method, (kind, alias))
+        except CLIError as e:
+            if getattr(e, "status", None) == 404:
+                what = "Inlet" if kind == "inlets" else "Outlet"
+                raise CLIError(
+                    f"An error occurred while processing the request. Status code: NotFound. "
+                    f"Message: {what} with alias {alias} not found on node {node}"
+                ) from None
+            raise
 
     async def outlet_create(self):
         a = self.args
         name = self.nodes.pick(a.at)
         body = {"address": a.from_, "to": hostport(a.to, "--to")}
+        if a.alias is not None:
+            body["alias"] = a.alias
         if a.authorized:
             body["authorized"] = a.authorized
         o = await self.client(name).call("POST", "outlets", body)
         self.out.emit(o, f"/service/{o['address']}")
 
+    @staticmethod
+    def _outlet_text(o: dict) -> str:
+        return f"Outlet:\n  Alias: {o.get('alias')}\n  From Outlet: /service/{o['address']}\n  To TCP: {o['target']}"
+
     async def outlet_list(self):
-        name = self.nodes.pick(self.args.at)
+        name = self.nodes.pick(self.args.node)
         outlets = await self.client(name).call("GET", "outlets")
-        rows = [[f"/service/{o['address']}", o["target"], str(o["connections"])] for o in outlets]
-        self.out.emit(outlets, table(["Address", "To", "Connections"], rows))
+        if self.args.table:
+            rows = [[o.get("alias") or "-", f"/service/{o['address']}", o["target"], str(o["connections"])] for o in outlets]
+            self.out.emit(outlets, table(["Alias", "Address", "To", "Connections"], rows))
+            return
+        if not outlets and not self.out.json:
+            raise CLIError("No Outlets found on this system!", code=IOERR)
+        self.out.emit(outlets, "\n".join(self._outlet_text(o) for o in outlets))
 
     async def outlet_show(self):
-        name = self.nodes.pick(self.args.at)
-        o = await self.client(name).call("GET", ("outlets", self.args.address))
-        self.out.emit(o, f"Outlet: /service/{o['address']}\n  To: {o['target']}\n  Connections: {o['connections']}")
+        name = self.nodes.pick(self.args.node)
+        o = await self._portal_call("outlets", "GET", self.args.alias, name)
+        self.out.emit(o, self._outlet_text(o))
 
     async def outlet_delete(self):
-        name = self.nodes.pick(self.args.at)
-        o = await self.client(name).call("DELETE", ("outlets", self.args.address))
-        self.out.emit(o, f"Outlet /service/{o['address']} deleted")
+        name = self.nodes.pick(self.args.node)
+        await self._portal_call("outlets", "DELETE", self.args.alias, name)
+        alias = self.args.alias
+        self.out.shell({"tcp-outlet": {"alias": alias, "node": name}},
+                       f"{CHECK}TCP Outlet with alias {alias} on Node {name} has been deleted.", alias)
 
-    # identities ---------------------------------------------------------------------------
-
-    async def identity_create(self):
-        from ..secure.identity import LocalIdentity
-
-        from ..secure.errors import IdentityError
-
-        name = _identity_name(self.args.name)
-        path = st.identity_path(self.nodes.home, name)
-        if os.path.exists(path):
-            raise CLIError(f"identity {name!r} already exists")
-        try:
-            st.secure_identities_dir(self.nodes.home)
-        except OSError as e:
-            raise CLIError(f"cannot create identity {name}: {os_error(e)}") from None
-        identity = LocalIdentity.create()
-        try:
-            identity.save(path)
-        except IdentityError as e:
-            raise CLIError(f"cannot create identity {name}: {e}") from None
-        info = {"name": name, "identifier": identity.identifier}
-        self.out.emit(info, identity.identifier)
-
-    def _named_identities(self):
-        d = st.identities_dir(self.nodes.home)
-        try:
-            names = sorted(f[: -len(".json")] for f in os.listdir(d) if f.endswith(".json"))
-        except FileNotFoundError:
-            names = []
-        return names
-
-    def _load_identity(self, name):
-        from ..secure.errors import IdentityError
-        from ..secure.identity import LocalIdentity
-
-        path = st.identity_path(self.nodes.home, _identity_name(name))
-        if not os.path.exists(path):
-            raise CLIError(f"no identity named {name!r} (see: ockam identity list)")
-        try:
-            return LocalIdentity.load(path)
-        except IdentityError as e:
-            raise CLIError(f"identity {name!r}: {e}") from None
-
-    async def identity_show(self):
+    async def inlet_create(self):
         a = self.args
-        if a.node:
-            name = self.nodes.require(a.node)
-            info = await self.client(name).call("GET", "identity")
-        else:
-            identity = self._load_identity(a.name or "default")
-            info = {"identifier": identity.identifier, "export": identity.export().hex()}
-        self.out.emit(info, info["export"] if a.full else info["identifier"])
+        name = self.nodes.pick(a.at)
+        listen = hostport(a.from_, "--from")
+        to = read_route(a.to)
+        if a.authorized and to.startswith("/project/"):
+            raise CLIError("--authorized can not be used with project addresses")
+        body = {"listen": listen, "to": to}
+        if a.alias is not None:
+            body["alias"] = a.alias
+        if a.authorized:
+            body["authorized"] = a.authorized
+        i = await self.client(name).call("POST", "inlets", body)
+        # Ockam prints nothing; the address is in --output json and show.
+        self.out.emit(i, None)
 
-    async def identity_delete(self):
-        """
-        Delete a named identity; refused while a node uses it.
-        """
-        name = _identity_name(self.args.name)
-        identity = self._load_identity(name)
-        users = []
-        for n in self.nodes.names():
-            try:
-                uses = self.nodes.state(n).get("identity")
-            except st.StateError as e:
-                raise CLIError(f"cannot tell whether node {n} uses identity {name!r}: {e.problem}") from None
-            if uses == name:
-                users.append(n)
-        if users:
-            nodes = ", ".join(users)
-            raise CLIError(f"identity {name!r} is used by node {nodes} (delete the node first: ockam node delete {users[0]})")
-        path = st.identity_path(self.nodes.home, name)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            raise CLIError(f"no identity named {name!r} (see: ockam identity list)") from None
-        except OSError as e:
-            raise CLIError(f"cannot delete identity {name}: {os_error(e, path)}") from None
-        info = {"name": name, "identifier": identity.identifier}
-        self.out.emit(info, f"Identity {name} deleted")
+    @staticmethod
+    def _inlet_text(i: dict) -> str:
+        lines = ["Inlet:", f"  Alias: {i.get('alias')}", f"  TCP Address: {i['listen']}"]
+        if i.get("route"):
+            lines.append(f"  To Outlet Address: {i['route']}")
+        return "\n".join(lines)
 
-    async def identity_list(self):
-        rows, infos = [], []
-        for name in self._named_identities():
-            identity = self._load_identity(name)
-            infos.append({"name": name, "identifier": identity.identifier})
-            rows.append([name, identity.identifier])
-        self.out.emit(infos, table(["Identity", "Identifier"], rows))
+    async def inlet_list(self):
+        name = self.nodes.pick(self.args.node)
+        inlets = await self.client(name).call("GET", "inlets")
+        if self.args.table:
+            rows = [[i.get("alias") or "-", i["listen"], i["route"], i["status"], str(i["connections"])] for i in inlets]
+            self.out.emit(inlets, table(["Alias", "Listen", "To", "Status", "Connections"], rows))
+            return
+        if not inlets and not self.out.json:
+            raise CLIError("No Inlets found on this system!", code=IOERR)
+        self.out.emit(inlets, "\n".join(self._inlet_text(i) for i in inlets))
+
+    async def inlet_show(self):
+        name = self.nodes.pick(self.args.node)
+        i = await self._portal_call("inlets", "GET", _inlet_key(self.args.alias), name)
+        self.out.emit(i, self._inlet_text(i))
+
+    async def inlet_delete(self):
+        name = self.nodes.pick(self.args.node)
+        await self._portal_call("inlets", "DELETE", _inlet_key(self.args.alias), name)
+        alias = self.args.alias
+        self.out.shell({"tcp-inlet": {"alias": alias, "node": name}},
+                       f"{CHECK}TCP Inlet with alias {alias} on Node {name} has been deleted.", alias)
 
     # secure channels -----------------------------------------------------------------------
 
@@ -687,25 +835,65 @@ class Commands:
         if a.authorized:
             body["authorized"] = a.authorized
         sc = await self.client(name).call("POST", "secure-channels", body, timeout=a.timeout + CALL_MARGIN)
-        self.out.emit(sc, f"/service/{sc['encryptor']}")
+        address = f"/service/{sc['encryptor']}"
+        self._channel_printed(address, ["", "  Created Secure Channel:", f"  \u2022 From: /node/{name}",
+                                        f"  \u2022   To: {a.to} ({to})", f"  \u2022   At: {address}"])
+
+    def _channel_printed(self, address: str, note: List[str]) -> None:
+        """
+        As Ockam prints a channel it made or closed: its address on
+        standard output when that is not a terminal (for the next command of
+        a pipe), C{[{"address": ...}]} with C{--output json}, and a note on
+        standard error when that is a terminal.
+        """
+        if self.out.json:
+            self.out.emit([{"address": address}], None, compact=True)
+            return
+        if not stdout_is_terminal():
+            print(address)
+        self.out.info("\n".join(note))
 
     async def sc_list(self):
         name = self.nodes.pick(self.args.at)
         channels = await self.client(name).call("GET", "secure-channels")
-        rows = [[f"/service/{c['encryptor']}", c["role"], c["status"], c["peer"] or "-", c["route"] or "-"] for c in channels]
-        self.out.emit(channels, table(["Channel", "Role", "Status", "Peer", "Route"], rows))
+        for c in channels:
+            c["address"] = f"/service/{c['encryptor']}"
+        if self.out.json:
+            self.out.emit(channels, None)
+        elif self.args.table:
+            rows = [[c["address"], c["role"], c["status"], c["peer"] or "-", c["route"] or "-"] for c in channels]
+            print(table(["Channel", "Role", "Status", "Peer", "Route"], rows))
+        elif not stdout_is_terminal():
+            for c in channels:
+                print(c["address"])
+        elif channels:
+            lines = ["", "Secure Channels"]
+            for c in channels:
+                lines += ["", "    Secure Channel:", f"      \u2022 From: /node/{name}",
+                          f"      \u2022   To: {c['route'] or '-'}", f"      \u2022   At: {c['address']}"]
+            print("\n".join(lines))
 
     async def sc_show(self):
         name = self.nodes.pick(self.args.at)
         c = await self.client(name).call("GET", ("secure-channels", self.args.channel))
-        text = "\n".join(
-            [
+        if self.args.details and not self.out.json:
+            print("\n".join([
                 f"Secure channel: /service/{c['encryptor']}",
                 f"  Role: {c['role']}",
                 f"  Status: {c['status']}",
                 f"  Peer: {c['peer'] or '-'}",
                 f"  Route: {c['route'] or '-'}",
                 f"  Decryptor: /service/{c['decryptor']}",
+            ]))
+            return
+        authorized = c.get("authorized") or ["none"]
+        text = "\n".join(
+            [
+                "",
+                "  Secure Channel:",
+                f"  \u2022         At: /service/{c['encryptor']}",
+                f"  \u2022         To: {c['route'] or '-'}",
+                "  \u2022 Authorized: " + "\n\t".join(authorized),
             ]
         )
         self.out.emit(c, text)
@@ -713,7 +901,9 @@ class Commands:
     async def sc_delete(self):
         name = self.nodes.pick(self.args.at)
         c = await self.client(name).call("DELETE", ("secure-channels", self.args.channel))
-        self.out.emit(c, f"Secure channel /service/{c['encryptor']} deleted")
+        address = f"/service/{c['encryptor']}"
+        self._channel_printed(address, ["", "  Deleted Secure Channel:", f"  \u2022        At: /node/{name}",
+                                        f"  \u2022   Address: {self.args.channel}"])
 
     async def scl_create(self):
         a = self.args
@@ -721,49 +911,83 @@ class Commands:
         body = {"address": a.address}
         if a.authorized:
             body["authorized"] = a.authorized
+        if a.vault is not None and a.identity is None:
+            a.parser.error("--vault requires --identity")
+        if a.identity is not None:
+            from . import identities as ids
+
+            ids.load_identity(self.nodes.home, a.identity)  # a missing or broken identity is said here
+            held = ids._identity_doc(self.nodes.home, a.identity).get("vault")
+            if a.vault is not None and held != a.vault:
+                ids.open_vault(self.nodes.home, a.vault)
+                raise CLIError(f"identity {a.identity!r} keeps its key in vault {held or '(its own file)'}, not in {a.vault!r}")
+            body["identity"] = a.identity
         l = await self.client(name).call("POST", "secure-channel-listeners", body)
         self.out.emit(l, f"/service/{l['address']}")
 
     async def scl_list(self):
-        name = self.nodes.pick(self.args.at)
+        name = self.nodes.pick(self.args.node)
         listeners = await self.client(name).call("GET", "secure-channel-listeners")
-        rows = [[f"/service/{l['address']}", ", ".join(l["authorized"]) if l["authorized"] else "everyone", str(l["channels"])] for l in listeners]
-        self.out.emit(listeners, table(["Listener", "Authorized", "Channels"], rows))
+        if self.out.json:
+            self.out.emit(listeners, None)
+        elif self.args.table:
+            rows = [[f"/service/{l['address']}", ", ".join(l["authorized"]) if l["authorized"] else "everyone",
+                     l.get("identity") or "-", str(l["channels"])] for l in listeners]
+            print(table(["Listener", "Authorized", "Identity", "Channels"], rows))
+        else:
+            print("\n".join([f"Secure channel listeners for node `{name}`:"]
+                            + [f"  0#{l['address']}" for l in listeners]))
+
+    async def scl_show(self):
+        name = self.nodes.pick(self.args.at)
+        l = await self.client(name).call("GET", ("secure-channel-listeners", self.args.address))
+        self.out.emit(l, f"/service/{l['address']}")
 
     async def scl_delete(self):
         name = self.nodes.pick(self.args.at)
         l = await self.client(name).call("DELETE", ("secure-channel-listeners", self.args.address))
-        self.out.emit(l, f"Secure channel listener /service/{l['address']} deleted")
+        self.out.emit(l, f"Deleted secure-channel listener with address '/service/{l['address']}' on node '{name}'")
 
-    # inlets -------------------------------------------------------------------------------
+    # services and workers ----------------------------------------------------------------------
 
-    async def inlet_create(self):
+    async def service_start(self):
         a = self.args
-        name = self.nodes.pick(a.at)
-        listen = hostport(a.from_, "--from")
-        to = read_route(a.to)
-        body = {"listen": listen, "to": to}
-        if a.authorized:
-            body["authorized"] = a.authorized
-        i = await self.client(name).call("POST", "inlets", body)
-        self.out.emit(i, i["listen"])
+        if a.kind not in ("uppercase", "echo", "hop"):
+            raise CLIError(
+                f"the {a.kind} service of Ockam 0.83 is not available in ockamtw "
+                "(services here: uppercase, echo, hop; see docs/cli.md)"
+            )
+        name = self.nodes.pick(a.node)
+        s = await self.client(name).call("POST", "services", {"type": a.kind, "address": a.addr})
+        label = {"uppercase": "Uppercase", "echo": "Echoer", "hop": "Hop"}[a.kind]
+        self.out.emit(s, f"{label} service started at address: {s['address']}")
 
-    async def inlet_list(self):
-        name = self.nodes.pick(self.args.at)
-        inlets = await self.client(name).call("GET", "inlets")
-        rows = [[i["listen"], i["route"], i["status"], str(i["connections"])] for i in inlets]
-        self.out.emit(inlets, table(["Listen", "To", "Status", "Connections"], rows))
+    async def service_list(self):
+        name = self.nodes.pick(self.args.node)
+        services = await self.client(name).call("GET", "services")
+        if self.args.table:
+            text = table(["Type", "Address"], [[s["type"], f"/service/{s['address']}"] for s in services])
+        elif not services:
+            text = "No services found"
+        else:
+            text = "Services:" + "".join(
+                f"\n  Service: \n    Type: {s['type']}\n    Address: /service/{s['address']}" for s in services
+            )
+        self.out.emit(services, text)
 
-    async def inlet_show(self):
+    async def worker_list(self):
         name = self.nodes.pick(self.args.at)
-        i = await self.client(name).call("GET", ("inlets", _inlet_key(self.args.listen)))
-        text = f"Inlet: {i['listen']}\n  To: {i['route']}\n  Status: {i['status']}\n  Connections: {i['connections']}"
-        self.out.emit(i, text)
+        workers = await self.client(name).call("GET", "workers")
+        if not workers:
+            text = f"Node: {name}\nNo workers found."
+        else:
+            text = "\n".join([f"Node: {name}", "  Workers:"] + [f"    {w}" for w in workers])
+        self.out.emit(workers, text)
 
-    async def inlet_delete(self):
-        name = self.nodes.pick(self.args.at)
-        i = await self.client(name).call("DELETE", ("inlets", _inlet_key(self.args.listen)))
-        self.out.emit(i, f"Inlet {i['listen']} deleted")
+    async def completion(self):
+        from .completion import script
+
+        sys.stdout.write(script(parser(), self.args.shell))
 
 
 # --- the parser -----------------------------------------------------------------------------------
@@ -793,18 +1017,23 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     """
-    The command line.  The global options (C{--output}) are taken before
-    the command, after it, or after the action: C{ockam --output json node
-    list}, C{ockam node --output json list}, C{ockam node list --output json}.
+    The command line, with Ockam 0.83's commands, flags and aliases.  The
+    global options (C{--output}, C{--quiet}, C{--verbose}, C{--no-color},
+    C{--no-input}) are taken before the command, after it, or after the
+    action: C{ockam --output json node list}, C{ockam node --output json
+    list}, C{ockam node list --output json}.
     """
-    # Below the top level, --output has no default, so that one given
-    # earlier on the line is not reset by the parser of a later word.
+    from . import identities as ids
+
+    # Below the top level, the global options have no default, so that
+    # one given earlier on the line is not reset by the parser of a later
+    # word.
     common = _Parser(add_help=False)
-    common.add_argument("--output", choices=["plain", "json"], default=argparse.SUPPRESS, help="output format (default: plain)")
+    _global_options(common, argparse.SUPPRESS)
 
     p = _Parser(prog="ockam", description="Ockam nodes, relays and portals (ockamtw).")
-    p.add_argument("--output", choices=["plain", "json"], default="plain", help="output format (default: plain)")
-    p.add_argument("--version", action="version", version=f"ockam {__version__} (ockamtw)")
+    _global_options(p, None)
+    p.add_argument("--version", "-V", action="version", version=f"ockam {__version__} (ockamtw)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def group(name, help_, aliases=()):
@@ -816,129 +1045,250 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func, parser=c)
         return c
 
-    node = group("node", "manage background nodes")
+    def node_opt(c, *extra, default=None):
+        # Ockam's NodeOpts: -n/--node, the default node when not given.
+        c.add_argument("--node", "-n", *extra, dest="node", metavar="NODE", default=default,
+                       help="the node (default: the default node, see: ockam node default)")
+
+    def table_opt(c):
+        c.add_argument("--table", action="store_true", help="print ockamtw's table instead of Ockam's blocks")
+
+    node = group("node", "manage nodes")
     c = cmd(node, "create", Commands.node_create, "create and start a node")
     c.add_argument("name", nargs="?", help="node name (random by default)")
-    c.add_argument("--tcp-listener-address", default="127.0.0.1:0", metavar="ADDRESS",
+    c.add_argument("--tcp-listener-address", "-t", default="127.0.0.1:0", metavar="SOCKET_ADDRESS",
                    help=f"where the node listens: {HOSTPORT_FORMS} (default: a free port on 127.0.0.1)")
-    c.add_argument("--foreground", action="store_true", help="run in this process instead of in the background")
-    c.add_argument("--identity", metavar="NAME", help="use the named identity (see: ockam identity create; "
-                   "in an enrolled home: the enrolled one)")
+    c.add_argument("--foreground", "-f", action="store_true", help="run in this process instead of in the background")
+    c.add_argument("--identity", metavar="IDENTITY", help="use the named identity (see: ockam identity create; "
+                   "in an enrolled home: the enrolled one; by default the node has its own)")
+    c.add_argument("--vault", metavar="VAULT", help="make the node a new identity whose key is kept in this vault")
     c.add_argument("--project", "--project-path", dest="project", metavar="PROJECT_JSON",
                    help="belong to the project this project.json describes (in an enrolled home: its default project)")
-    cmd(node, "list", Commands.node_list, "list nodes")
-    c = cmd(node, "show", Commands.node_show, "show a node's status")
+    c.add_argument("--details", action="store_true", help="print ockamtw's view of the node instead of Ockam's")
+    cmd(node, "list", Commands.node_list, "list nodes (their status, as node show prints it)").add_argument(
+        "--table", action="store_true", help="print ockamtw's table instead of Ockam's blocks")
+    c = cmd(node, "show", Commands.node_show, "show the details of a node")
+    c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
+    c.add_argument("--details", action="store_true", help="print ockamtw's view of the node instead of Ockam's")
+    c = cmd(node, "stop", Commands.node_stop, "stop a running node (its state is kept)")
+    c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
+    c.add_argument("--force", action="store_true", help="SIGKILL instead of SIGTERM")
+    c = cmd(node, "start", Commands.node_start, "start a node that was stopped, with its state")
+    c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
+    c.add_argument("--force", action="store_true", help="restart it if it runs")
+    c.add_argument("--details", action="store_true", help="print ockamtw's view of the node instead of Ockam's")
+    c = cmd(node, "logs", Commands.node_logs, "print the path of a node's log file")
+    c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
+    c.add_argument("--err", action="store_true", help="the standard error log (the same file: nodes log to one)")
+    c = cmd(node, "delete", Commands.node_delete, "stop nodes and delete their state")
+    c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
+    c.add_argument("--all", "-a", action="store_true", help="delete every node")
+    c.add_argument("--force", "-f", action="store_true", help="SIGKILL instead of SIGTERM")
+    c = cmd(node, "default", Commands.node_default, "change the default node")
     c.add_argument("name", nargs="?", metavar="NODE")
-    for action, func, help_ in (
-        ("stop", Commands.node_stop, "stop a node (its state is kept)"),
-        ("start", Commands.node_start, "start a stopped node with its state"),
-        ("logs", Commands.node_logs, "print the path of a node's log file"),
-    ):
-        c = cmd(node, action, func, help_)
-        c.add_argument("name", nargs="?" if action == "logs" else None, metavar="NODE")
-    c = cmd(node, "delete", Commands.node_delete, "stop a node and delete its state")
-    c.add_argument("name", nargs="?", metavar="NODE")
-    c.add_argument("--all", action="store_true", help="delete every node")
+
+    c = cmd(None, "reset", Commands.reset, "delete every node and all of ockam's state under $OCKAM_HOME")
+    c.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    c.add_argument("--with-orchestrator", action="store_true",
+                   help="stop the local Orchestrator and delete its data too (kept by default)")
 
     tcp = group("tcp-connection", "TCP connections of a node")
     c = cmd(tcp, "create", Commands.tcp_create, "connect a node to another")
-    c.add_argument("--from", dest="from_", metavar="NODE")
-    c.add_argument("--to", required=True, metavar="ADDRESS", help=f"{HOSTPORT_FORMS} or /node/NAME")
+    c.add_argument("--from", "-f", dest="from_", metavar="NODE", help="default: the default node")
+    c.add_argument("--to", "-t", required=True, metavar="ADDRESS", help=f"{HOSTPORT_FORMS} or /node/NAME")
+    c.add_argument("--print-address", action="store_true",
+                   help="print only the connection's worker address (/service/HEX), as ockamtw did")
     c = cmd(tcp, "list", Commands.tcp_list, "list a node's TCP connections")
-    c.add_argument("--node", "--from", dest="node", metavar="NODE")
+    node_opt(c, "--from")
     for action, func, help_ in (("show", Commands.tcp_show, "show"), ("delete", Commands.tcp_delete, "close")):
         c = cmd(tcp, action, func, f"{help_} a TCP connection")
         c.add_argument("id", metavar="ID", help="transport id, worker address (/service/HEX, 0#HEX or HEX) or socket address")
-        c.add_argument("--node", "--from", dest="node", metavar="NODE")
+        node_opt(c, "--from")
+
+    tl = group("tcp-listener", "TCP listeners of a node")
+    c = cmd(tl, "create", Commands.tcp_listener_create, "start another TCP listener on a node")
+    c.add_argument("address", metavar="ADDRESS", help="where to listen (e.g. 127.0.0.1:7000)")
+    c.add_argument("--at", metavar="NODE", help="default: the default node")
+    c = cmd(tl, "list", Commands.tcp_listener_list, "list a node's TCP listeners")
+    node_opt(c)
+    c = cmd(tl, "delete", Commands.tcp_listener_delete, "stop a TCP listener")
+    c.add_argument("id", metavar="ID", help="transport id, worker address or socket address")
+    node_opt(c)
 
     msg = group("message", "send messages")
     c = cmd(msg, "send", Commands.message_send, "send a message and print the reply")
-    c.add_argument("message", metavar="MSG")
-    c.add_argument("--from", dest="from_", metavar="NODE", help="the node that sends (default: a temporary node)")
-    c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route; '-' reads standard input")
-    c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
-    c.add_argument("--identity", metavar="NAME", help="without --from: send as this identity (default: the enrolled one)")
+    c.add_argument("message", metavar="MESSAGE")
+    c.add_argument("--from", "-f", dest="from_", metavar="NODE", help="the node that sends (default: a temporary node)")
+    c.add_argument("--to", "-t", required=True, metavar="ROUTE", help="MultiAddr route; /- (or a leading -) reads standard input")
+    c.add_argument("--timeout", type=_seconds, default=10.0, metavar="TIMEOUT", help="seconds (default: 10)")
+    c.add_argument("--identity", metavar="IDENTITY", help="without --from: send as this identity (default: the enrolled one)")
     c.add_argument("--project-path", metavar="PROJECT_JSON",
                    help="without --from: the project of /project/NAME (default: the one this home knows)")
 
-    for name in ("relay", "forwarder"):
-        r = group(name, "relays (formerly forwarders)" if name == "relay" else "relays, under their old name")
-        c = cmd(r, "create", Commands.relay_create, "register a relay at another node")
-        c.add_argument("name", nargs="?", default="default", metavar="NAME")
+    for name in ("forwarder", "relay"):
+        r = group(name, "forwarders (relays)" if name == "forwarder" else "relays, as forwarders are now called")
+        c = cmd(r, "create", Commands.relay_create, "register a forwarder at another node")
+        c.add_argument("name", nargs="?", default=None, metavar="NAME", help="default: random")
         c.add_argument("--at", required=True, metavar="ROUTE", help="the relay node: /node/n2, n2, a route or HOST:PORT")
-        c.add_argument("--to", metavar="NODE", help="the node the relay forwards to")
+        c.add_argument("--to", metavar="NODE", help="the node the forwarder forwards to (default: the default node)")
+        c.add_argument("--authorized", type=identifier_arg, metavar="IDENTIFIER",
+                       help="accept only this identity at the relay node (through a secure channel)")
         c.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS")
-        c = cmd(r, "list", Commands.relay_list, "list a node's relays")
-        c.add_argument("--to", metavar="NODE")
+        c = cmd(r, "list", Commands.relay_list, "list a node's forwarders")
+        c.add_argument("--to", "--node", "-n", dest="to", metavar="NODE")
         for action, func in (("show", Commands.relay_show), ("delete", Commands.relay_delete)):
-            c = cmd(r, action, func, f"{action} a relay")
+            c = cmd(r, action, func, f"{action} a forwarder")
             c.add_argument("name", metavar="NAME", help="its name (n3) or address (/service/forward_to_n3)")
-            c.add_argument("--to", metavar="NODE")
+            c.add_argument("--to", "--node", "-n", dest="to", metavar="NODE")
 
     o = group("tcp-outlet", "TCP outlets")
     c = cmd(o, "create", Commands.outlet_create, "create a TCP outlet")
-    c.add_argument("--at", metavar="NODE")
-    c.add_argument("--from", dest="from_", default="/service/outlet", metavar="ADDRESS")
-    c.add_argument("--to", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
+    c.add_argument("--at", metavar="NODE", help="default: the default node")
+    c.add_argument("--from", dest="from_", default="/service/outlet", metavar="OUTLET_ADDRESS",
+                   help="its address (default: /service/outlet)")
+    c.add_argument("--to", required=True, metavar="SOCKET_ADDRESS", help=HOSTPORT_FORMS)
+    c.add_argument("--alias", type=_alias, metavar="ALIAS", help="a name for show and delete (default: random)")
     c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER",
                    help="accept only this identity through a secure channel (repeatable)")
     c = cmd(o, "list", Commands.outlet_list, "list TCP outlets")
-    c.add_argument("--at", metavar="NODE")
+    node_opt(c, "--at")
+    table_opt(c)
     for action, func in (("show", Commands.outlet_show), ("delete", Commands.outlet_delete)):
         c = cmd(o, action, func, f"{action} a TCP outlet")
-        c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
-        c.add_argument("--at", metavar="NODE")
+        c.add_argument("alias", metavar="ALIAS", help="its alias, or its address (/service/NAME or NAME)")
+        node_opt(c, "--at")
 
     i = group("tcp-inlet", "TCP inlets")
     c = cmd(i, "create", Commands.inlet_create, "create a TCP inlet")
-    c.add_argument("--at", metavar="NODE")
-    c.add_argument("--from", dest="from_", required=True, metavar="HOST:PORT", help=HOSTPORT_FORMS)
-    c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; '-' reads standard input")
+    c.add_argument("--at", metavar="NODE", help="default: the default node")
+    c.add_argument("--from", dest="from_", required=True, metavar="SOCKET_ADDRESS", help=HOSTPORT_FORMS)
+    c.add_argument("--to", required=True, metavar="ROUTE", help="MultiAddr route to the outlet; /- reads standard input")
+    c.add_argument("--alias", type=_alias, metavar="ALIAS", help="a name for show and delete (default: random)")
     c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER",
                    help="accept only an outlet with this identity, through a secure channel (repeatable)")
     c = cmd(i, "list", Commands.inlet_list, "list TCP inlets")
-    c.add_argument("--at", metavar="NODE")
+    node_opt(c, "--at")
+    table_opt(c)
     for action, func in (("show", Commands.inlet_show), ("delete", Commands.inlet_delete)):
         c = cmd(i, action, func, f"{action} a TCP inlet")
-        c.add_argument("listen", metavar="HOST:PORT")
-        c.add_argument("--at", metavar="NODE")
+        c.add_argument("alias", metavar="ALIAS", help="its alias, or its address (HOST:PORT)")
+        node_opt(c, "--at")
 
     ident = group("identity", "identities")
-    c = cmd(ident, "create", Commands.identity_create, "create a named identity")
-    c.add_argument("name", nargs="?", metavar="NAME", help="default: default")
-    c = cmd(ident, "show", Commands.identity_show, "print an identity's identifier (or its export with --full)")
-    c.add_argument("name", nargs="?", metavar="NAME")
+    c = cmd(ident, "create", ids.identity_create, "create an identity (its key kept in a vault)")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
+    c.add_argument("--vault", metavar="VAULT", help="the vault to keep its key in (default: the default vault)")
+    c = cmd(ident, "show", ids.identity_show, "print an identity's identifier (its change history with --full)")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: the default identity")
+    c.add_argument("--full", "-f", action="store_true", help="print the change history")
+    c.add_argument("--encoding", choices=["plain", "hex"], help="with --full: hex prints the export")
     c.add_argument("--node", metavar="NODE", help="the identity of this node")
-    c.add_argument("--full", action="store_true", help="print the export (hex)")
-    cmd(ident, "list", Commands.identity_list, "list named identities")
-    c = cmd(ident, "delete", Commands.identity_delete, "delete a named identity (not while a node uses it)")
+    c = cmd(ident, "list", ids.identity_list, "list identities")
+    c.add_argument("--full", "-f", action="store_true", help="print each change history")
+    table_opt(c)
+    c = cmd(ident, "default", ids.identity_default, "change the default identity")
     c.add_argument("name", metavar="NAME")
+    c = cmd(ident, "delete", ids.identity_delete, "delete an identity (not while a node uses it)")
+    c.add_argument("name", metavar="NAME")
+
+    v = group("vault", "vaults (where identities' keys are kept)")
+    c = cmd(v, "create", ids.vault_create, "create a vault")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
+    c.add_argument("--path", "-p", metavar="PATH", help=argparse.SUPPRESS)
+    c.add_argument("--aws-kms", action="store_true", help=argparse.SUPPRESS)
+    c = cmd(v, "show", ids.vault_show, "show a vault")
+    c.add_argument("name", nargs="?", metavar="NAME", help="default: the default vault")
+    c = cmd(v, "list", ids.vault_list, "list vaults")
+    table_opt(c)
+    c = cmd(v, "delete", ids.vault_delete, "delete a vault (not while an identity's key is in it)")
+    c.add_argument("name", metavar="NAME")
+    c = cmd(v, "default", ids.vault_default, "change the default vault")
+    c.add_argument("name", metavar="NAME")
+    c = cmd(v, "attach-key", ids.vault_attach_key, "attach an AWS KMS key (not supported)")
+    c.add_argument("vault", metavar="VAULT")
+    c.add_argument("--key-id", "-k", required=True, metavar="KEY_ID")
 
     sc = group("secure-channel", "secure channels")
     c = cmd(sc, "create", Commands.sc_create, "create a secure channel from a node to a listener")
-    c.add_argument("--from", dest="from_", metavar="NODE")
+    c.add_argument("--from", dest="from_", metavar="NODE", help="default: the default node")
     c.add_argument("--to", required=True, metavar="ROUTE", help="route to the listener, e.g. /node/n2/service/api")
-    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--authorized", "-a", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
     c.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS")
     c = cmd(sc, "list", Commands.sc_list, "list a node's established secure channels")
-    c.add_argument("--at", metavar="NODE")
+    c.add_argument("--at", metavar="NODE", help="default: the default node")
+    table_opt(c)
     for action, func, help_ in (("show", Commands.sc_show, "show"), ("delete", Commands.sc_delete, "close")):
         c = cmd(sc, action, func, f"{help_} a secure channel")
-        c.add_argument("channel", metavar="CHANNEL", help="/service/<encryptor> or its hex")
-        c.add_argument("--at", metavar="NODE")
+        c.add_argument("channel", metavar="ADDRESS", help="/service/<encryptor> or its hex")
+        c.add_argument("--at", metavar="NODE", help="default: the default node")
+        if action == "show":
+            c.add_argument("--details", action="store_true", help="print ockamtw's view of the channel instead of Ockam's")
 
     scl = group("secure-channel-listener", "secure channel listeners")
     c = cmd(scl, "create", Commands.scl_create, "start a secure channel listener (api: restrict the node's own)")
     c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
-    c.add_argument("--at", metavar="NODE")
-    c.add_argument("--authorized", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--at", metavar="NODE", help="default: the default node")
+    c.add_argument("--authorized", "-a", action="append", type=identifier_arg, metavar="IDENTIFIER", help="accept only this peer (repeatable)")
+    c.add_argument("--identity", metavar="IDENTITY", help="present this identity instead of the node's")
+    c.add_argument("--vault", metavar="VAULT", help="with --identity: the vault that keeps its key")
     c = cmd(scl, "list", Commands.scl_list, "list a node's secure channel listeners")
-    c.add_argument("--at", metavar="NODE")
-    c = cmd(scl, "delete", Commands.scl_delete, "stop a secure channel listener and close its channels")
-    c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
-    c.add_argument("--at", metavar="NODE")
+    node_opt(c, "--at")
+    table_opt(c)
+    for action, func, help_ in (("show", Commands.scl_show, "show a secure channel listener"),
+                                ("delete", Commands.scl_delete, "stop a secure channel listener and close its channels")):
+        c = cmd(scl, action, func, help_)
+        c.add_argument("address", metavar="ADDRESS", help="/service/NAME or NAME")
+        c.add_argument("--at", metavar="NODE", help="default: the default node")
+
+    svc = group("service", "services of a node")
+    start = svc.add_parser("start", help="start a service", description="start a service", parents=[common])
+    node_opt(start)
+    kinds = start.add_subparsers(dest="kind", metavar="SERVICE", required=True)
+    for kind in ("uppercase", "echo", "hop"):
+        c = cmd(kinds, kind, Commands.service_start, f"the {kind} service (ockamtw)")
+        c.add_argument("--addr", default=kind, metavar="ADDRESS", help=f"its address (default: {kind})")
+        node_opt(c, default=argparse.SUPPRESS)
+    for kind, default in (("vault", "vault_service"), ("identity", "identity_service"),
+                          ("authenticated", "authenticated")):
+        c = cmd(kinds, kind, Commands.service_start, f"Ockam's {kind} service (not in ockamtw)")
+        c.add_argument("addr", nargs="?", default=default, metavar="ADDRESS")
+        node_opt(c, default=argparse.SUPPRESS)
+    for kind, default in (("verifier", "verifier"), ("credentials", "credentials"),
+                          ("authenticator", "direct_authenticator")):
+        c = cmd(kinds, kind, Commands.service_start, f"Ockam's {kind} service (not in ockamtw)")
+        c.add_argument("--addr", default=default, metavar="ADDRESS")
+        if kind == "credentials":
+            c.add_argument("--oneway", action="store_true")
+        if kind == "authenticator":
+            c.add_argument("--project", required=True, metavar="PROJECT")
+        node_opt(c, default=argparse.SUPPRESS)
+    c = cmd(svc, "list", Commands.service_list, "list a node's services")
+    node_opt(c)
+    table_opt(c)
+
+    w = group("worker", "workers of a node")
+    c = cmd(w, "list", Commands.worker_list, "list a node's workers")
+    c.add_argument("--at", metavar="NODE", help="default: the default node")
+
+    c = cmd(None, "completion", Commands.completion, "print a shell completion script")
+    c.add_argument("--shell", "-s", required=True, choices=["bash", "zsh", "fish"], metavar="SHELL",
+                   help="bash, zsh or fish")
     _orchestrator_parsers(group, cmd, common)
     return p
+
+
+def _global_options(p, default) -> None:
+    """
+    Ockam 0.83's global options, on C{p}; their value is C{default} where
+    not given (C{SUPPRESS} below the top level).
+    """
+    d = (lambda value: argparse.SUPPRESS) if default is argparse.SUPPRESS else (lambda value: value)
+    p.add_argument("--output", choices=["plain", "json"], default=d("plain"), help="output format (default: plain)")
+    p.add_argument("--quiet", "-q", action="store_true", default=d(False), help="print no notes (errors are printed)")
+    p.add_argument("--verbose", "-v", action="count", default=d(0), help="accepted; nodes log to their node.log")
+    p.add_argument("--no-color", action="store_true", default=d(False), help="accepted; nothing is printed in colour")
+    p.add_argument("--no-input", action="store_true", default=d(False), help="never ask (as --yes is not given: no)")
+    p.add_argument("--test-argument-parser", action="store_true", default=d(False), help=argparse.SUPPRESS)
 
 
 def _orchestrator_parsers(group, cmd, common) -> None:
@@ -1101,8 +1451,59 @@ def _check_usage(args) -> None:
     """
     Usage mistakes argparse cannot see (exit status 2, with the usage).
     """
-    if getattr(args, "func", None) is Commands.node_delete and (args.name is None) == (not args.all):
+    if getattr(args, "func", None) is Commands.node_delete and args.name is not None and args.all:
         args.parser.error("name a node, or use --all (not both)")
+    if getattr(args, "quiet", False) and getattr(args, "verbose", 0):
+        args.parser.error("--quiet and --verbose cannot be used together")
+
+
+def _alias(text: str) -> str:
+    """
+    An inlet's or outlet's alias, as Ockam checks it.
+    """
+    if ":" in text:
+        raise argparse.ArgumentTypeError("an alias must not contain ':' characters")
+    if not text or "/" in text:
+        raise argparse.ArgumentTypeError(f"not an alias: {text!r}")
+    return text
+
+
+def _confirm(prompt: str, no_input: bool) -> bool:
+    """
+    Ask a yes/no question on standard output and read the answer (the
+    first character of a line of standard input: y or Y); no when
+    standard input is closed, or with C{--no-input}.
+    """
+    if no_input:
+        return False
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    with interruptible():
+        answer = sys.stdin.readline()
+    return answer[:1] in ("y", "Y")
+
+
+def _remove_tree(path: str) -> List[str]:
+    """
+    Remove C{path} (a directory tree, or a file) if it is there; the
+    problems, each in one line.
+    """
+    import shutil
+
+    problems: List[str] = []
+    if not os.path.lexists(path):
+        return problems
+    if os.path.isdir(path) and not os.path.islink(path):
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=lambda func, p, e: problems.append(f"cannot remove {os_error(e, p)}"))
+        else:
+            shutil.rmtree(path, onerror=lambda func, p, info: problems.append(f"cannot remove {os_error(info[1], p)}"))
+    else:
+        try:
+            os.unlink(path)
+        except OSError as e:
+            problems.append(f"cannot remove {os_error(e, path)}")
+    return problems
 
 
 #: Calls that wait for an operation with its own timeout get this much more.
@@ -1194,13 +1595,6 @@ def _inlet_key(text: str) -> str:
         return text
 
 
-def _identity_name(name: Optional[str]) -> str:
-    name = "default" if name is None else name
-    if not st.valid_node_name(name):
-        raise CLIError(f"not an identity name: {name!r}")
-    return name
-
-
 class _Interrupt:
     """
     Ctrl-C (SIGINT): the command is cancelled where it waits (its cleanups
@@ -1264,13 +1658,16 @@ def _exit_status(result, interrupt: _Interrupt) -> int:
         # The reader went away (e.g. `| head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    if isinstance(e, (CLIError, OckamError)):
+    if isinstance(e, CLIError):
+        _say(str(e))
+        return e.code
+    if isinstance(e, OckamError):
         _say(str(e))
     elif isinstance(e, OSError):
         _say(os_error(e))
     else:
         _say(f"unexpected error: {type(e).__name__}: {e}")
-    return 1
+    return SOFTWARE
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -1293,12 +1690,19 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
     from twisted.internet import reactor
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = replace_stdin_markers(argv)
+    except CLIError as e:
+        _say(str(e))
+        return e.code
     top = parser()
     args, extras = top.parse_known_args(_attach_dash_values(argv))
     if extras:
         # Said with the usage of the command they were given to, not ockam's.
         getattr(args, "parser", top).error(f"unrecognized arguments: {' '.join(extras)}")
     _check_usage(args)
+    if args.test_argument_parser:
+        return 0
     outcome = []
 
     async def run():

@@ -26,25 +26,15 @@ from typing import Iterator, List, Optional
 from ..control import state as st
 
 
-class CLIError(Exception):
-    """
-    A user-facing error: one line on stderr, exit status 1.
-    """
+from . import errors as _errors
 
-
-def os_error(e: OSError, path: Optional[str] = None) -> str:
-    """
-    An L{OSError} in one line with the path it is about: C{/x/nodes:
-    Read-only file system}.  C{path}: the path when the error has none
-    (C{os.write} on a full disk names no file).
-    """
-    reason = e.strerror or str(e)
-    where = e.filename if e.filename is not None else path
-    if where is None:
-        return reason
-    if e.filename2 is not None:
-        return f"{where} -> {e.filename2}: {reason}"
-    return f"{where}: {reason}"
+# The command line's errors and exit statuses live in a leaf module (the
+# home module uses them, and this one uses the home's); callers import them
+# from here as well.
+CLIError, os_error = _errors.CLIError, _errors.os_error
+SOFTWARE, IOERR, CANTCREAT, UNAVAILABLE, USAGE = (
+    _errors.SOFTWARE, _errors.IOERR, _errors.CANTCREAT, _errors.UNAVAILABLE, _errors.USAGE
+)
 
 
 _blocking = [0]
@@ -120,16 +110,54 @@ class Nodes:
             raise CLIError(f"no node named {name!r} (see: ockam node list)")
         return name
 
+    # --- the default node ---------------------------------------------------------
+
+    def default_name(self) -> Optional[str]:
+        """
+        The default node, as Ockam 0.83 has one: the node recorded in
+        C{config.json} (C{default_node}: the first created, or the one
+        C{node default NAME} named), else the only node, else the first
+        by name; C{None} when there is no node.
+        """
+        from . import home as h
+
+        name = h.read_config(self.home).get("default_node")
+        if isinstance(name, str) and st.valid_node_name(name) and self.exists(name):
+            return name
+        names = self.names()
+        return names[0] if names else None
+
+    def set_default(self, name: Optional[str]) -> None:
+        from . import home as h
+
+        config = h.read_config(self.home)
+        if name is None:
+            config.pop("default_node", None)
+        else:
+            config["default_node"] = name
+        h.write_config(self.home, config)
+
+    def claim_default(self, name: str) -> None:
+        """
+        Make C{name} the default node unless another one is.
+        """
+        from . import home as h
+
+        try:
+            recorded = h.read_config(self.home).get("default_node")
+            if not (isinstance(recorded, str) and recorded != name and self.exists(recorded)):
+                self.set_default(name)
+        except CLIError:
+            pass  # not recorded: default_name still finds one
+
     def default(self) -> str:
         """
-        The node to use when none is named: the only one there is.
+        The node to use when none is named: the default node.
         """
-        names = self.names()
-        if len(names) == 1:
-            return names[0]
-        if not names:
+        name = self.default_name()
+        if name is None:
             raise CLIError("there is no node yet (create one with: ockam node create)")
-        raise CLIError(f"there are {len(names)} nodes ({', '.join(names)}): name one")
+        return name
 
     def pick(self, name: Optional[str]) -> str:
         return self.require(name) if name is not None else self.default()
@@ -310,11 +338,11 @@ class Nodes:
         except OSError:
             return 0
 
-    def stop(self, name: str, timeout: float = 10.0) -> bool:
+    def stop(self, name: str, timeout: float = 10.0, force: bool = False) -> bool:
         """
         SIGTERM the node's process and wait for it to exit (SIGKILL after
-        C{timeout}).  Returns whether it was running.  Only this node's
-        process is ever signalled.
+        C{timeout}; at once with C{force}).  Returns whether it was
+        running.  Only this node's process is ever signalled.
 
         @raise CLIError: if it is still there after SIGKILL.
         """
@@ -324,9 +352,9 @@ class Nodes:
             return False
         with _Process(pid) as proc, interruptible():
             # The pid may have been reused between the check and the pidfd.
-            if not st.is_node_process(pid, d) or not proc.signal(signal.SIGTERM):
+            if not st.is_node_process(pid, d) or not proc.signal(signal.SIGKILL if force else signal.SIGTERM):
                 return False
-            if not proc.wait(timeout, d):
+            if not proc.wait(5.0 if force else timeout, d):
                 proc.signal(signal.SIGKILL)
                 if not proc.wait(5.0, d):
                     raise CLIError(f"node {name} (pid {pid}) did not exit, even after SIGKILL")
@@ -339,13 +367,15 @@ class Nodes:
                     pass  # gone, or a read-only directory: a stale pid file is never believed
         return True
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, force: bool = False) -> None:
         """
-        Stop node C{name} and remove its directory.
+        Stop node C{name} (with SIGKILL if C{force}) and remove its
+        directory; if it was the default node, another one (the first by
+        name) becomes the default.
 
         @raise CLIError: naming the first file that could not be removed.
         """
-        self.stop(name)
+        self.stop(name, force=force)
         errors = []
         if sys.version_info >= (3, 12):
             shutil.rmtree(self.dir(name), onexc=lambda func, path, e: errors.append((path, e)))
@@ -357,6 +387,17 @@ class Nodes:
                 path, e = errors[0]
                 reason = f"{path}: {e.strerror or e}"
             raise CLIError(f"cannot delete node {name}: {reason}")
+        self._forget_default(name)
+
+    def _forget_default(self, name: str) -> None:
+        from . import home as h
+
+        try:
+            if h.read_config(self.home).get("default_node") == name:
+                rest = self.names()
+                self.set_default(rest[0] if rest else None)
+        except CLIError:
+            pass  # a configuration that cannot be read or written: the node is gone anyway
 
 
 def _read_only(path: str) -> bool:

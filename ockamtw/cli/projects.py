@@ -95,9 +95,17 @@ def attributes(pairs: Optional[List[str]]) -> Dict[str, str]:
 def identity_name(c, name: Optional[str] = None) -> str:
     """
     The identity to act as: C{name}, else the one this home enrolled,
-    else C{default}.
+    else C{default}, else the home's default identity (the first created,
+    as Ockam 0.83 has one: C{ockam identity create} names it at random).
     """
-    name = name or h.enrolled_identity(c.nodes.home) or "default"
+    home = c.nodes.home
+    name = name or h.enrolled_identity(home)
+    if name is None:
+        from .identities import default_identity
+
+        name = "default"
+        if not os.path.exists(st.identity_path(home, name)):
+            name = default_identity(home) or name
     if not st.valid_node_name(name):
         raise CLIError(f"not an identity name: {name!r}")
     return name
@@ -327,7 +335,7 @@ async def space_create(c) -> None:
 
 
 async def space_list(c) -> None:
-    from .text import table
+    from .output import table
 
     spaces = await client(c).spaces()
     text = table(["Id", "Name", "Users"], [[s["id"], s["name"], ", ".join(s["users"])] for s in spaces])
@@ -364,7 +372,7 @@ async def project_create(c) -> None:
 
 
 async def project_list(c) -> None:
-    from .text import table
+    from .output import table
 
     projects = await client(c).projects()
     rows = [[p["id"], p["name"], ", ".join(p.get("users") or []), p.get("space_name") or ""] for p in projects]

@@ -1,34 +1,14 @@
 """
-Text the command line prints and reads: Ockam's tables, and the forms a
-TCP address may be typed in.  A leaf of L{ockamtw.cli}: the command
-modules import it, it imports none of them.
+The forms a TCP address may be typed in on the command line.  A leaf of
+L{ockamtw.cli}: the command modules import it, it imports none of them.
 """
 
 from __future__ import annotations
-
-from typing import List
 
 from ..endpoints import split_hostport
 from ..errors import OckamError
 from ..routing import MultiAddr
 from .nodes import CLIError
-
-
-def table(headers: List[str], rows: List[List[str]]) -> str:
-    """
-    An ASCII table as Ockam's CLI draws it.
-    """
-    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells):
-        return "|" + "|".join(f" {str(c):<{w}} " for c, w in zip(cells, widths)) + "|"
-
-    out = [rule, line(headers), rule]
-    out += [line(r) for r in rows]
-    if rows:
-        out.append(rule)
-    return "\n".join(out)
 
 
 #: The forms a TCP address may be given in, for messages.

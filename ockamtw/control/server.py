@@ -77,6 +77,7 @@ class NodeController:
         #: the node's own TCP listener, once it listens
         self.listener = None
         node.on_state_change(self._state_changed)
+        node.named_identity = self.named_identity
         if directory is not None:
             self.restore(st.read_state(directory) or {})
 
@@ -96,6 +97,35 @@ class NodeController:
         """
         feature = self.node.features.get("authority")
         return None if feature is None else feature.authority
+
+    def home(self) -> str:
+        """
+        The C{$OCKAM_HOME} of this node (its directory is C{HOME/nodes/NAME}).
+        """
+        if self.directory is None:
+            return st.ockam_home()
+        return os.path.dirname(os.path.dirname(os.path.abspath(self.directory)))
+
+    def named_identity(self, name: str):
+        """
+        The identity named C{name} of this node's home (C{ockam identity
+        create NAME}), for a listener that presents it.
+
+        @raise ControlError: 400 for a bad name or an unusable file, 404
+            when there is none.
+        """
+        from ..secure.errors import IdentityError
+        from ..secure.identity import LocalIdentity
+
+        if not st.valid_node_name(name):
+            raise ControlError(400, f"not an identity name: {name!r}")
+        path = st.identity_path(self.home(), name)
+        if not os.path.exists(path):
+            raise ControlError(404, f"no identity named {name!r} (create it with: ockam identity create {name})")
+        try:
+            return LocalIdentity.load(path)
+        except IdentityError as e:
+            raise ControlError(400, f"identity {name!r}: {e}") from None
 
     def _state_changed(self) -> None:
         try:
@@ -148,6 +178,7 @@ class NodeController:
             ("GET", "node", False): lambda call: self.show(),
             ("POST", "message", False): self.message,
             ("GET", "identity", False): lambda call: self.identity(),
+            ("GET", "workers", False): lambda call: self.workers(),
         }
         for feature in self.node.features.values():
             table.update(feature.route_handlers())
@@ -224,6 +255,9 @@ class NodeController:
             "handshakes": handshakes,
             "dropped": node.dropped,
         }
+
+    def workers(self) -> list:
+        return sorted(str(a) for a in self.node.worker_addresses())
 
     def identity(self) -> dict:
         identity = self.node.identity

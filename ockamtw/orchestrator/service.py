@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from ..errors import OckamError
 from ..secure.identity import LocalIdentity, import_identity
 from ..secure.errors import IdentityError
+from . import status
 from .http import HttpError, Request, Router, bad_request, conflict, not_found
 from .leases import LEASE_TTL, TICK, Leases
 from .secrets import Sealer, SecretsError, fingerprint, load_or_create_key
@@ -154,6 +155,9 @@ class Api:
         r.route("DELETE", "/v0/projects/{project}/members/{identifier}", self.member_revoke)
         r.route("POST", "/v0/projects/{project}/tickets", self.ticket_create)
         r.route("GET", "/v0/projects/{project}/relays", self.relays)
+        # The status page (ockamtw.orchestrator.status): its data behind the tokens, the page itself holds none.
+        r.route("GET", "/v0/status", lambda request: status.snapshot(self.o))
+        r.route("GET", "/status", status.page, auth=False)
 
     # --- authentication ---------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from ..errors import NoSuchAddress, OckamError, TransportError
 from ..deferred import InFlight, gather
-from ..feature import ControlError, Feature, authorized_of, listed
+from ..feature import Aliases, ControlError, Feature, alias_of, authorized_of, listed
 from ..routing import Route, parse_route_text
 from ..status import DOWN, UP
 from ..endpoints import reason, server_description
@@ -333,6 +333,8 @@ class Inlets(Feature):
         self.inlets: Dict[str, Inlet] = {}
         #: restored inlets waiting for the node to start: (listen, route, authorized)
         self._restoring: List[tuple] = []
+        #: their aliases (Ockam 0.83's names: C{--alias}), of their socket addresses
+        self.aliases = Aliases()
 
     def create(
         self,
@@ -407,12 +409,16 @@ class Inlets(Feature):
     def save(self) -> dict:
         return {
             "inlets": [
-                {"listen": i.socket_address, "to": i.route_text, "authorized": listed(i.authorized)}
+                {"listen": i.socket_address, "to": i.route_text, "authorized": listed(i.authorized),
+                 "alias": self.aliases.of(i.socket_address)}
                 for i in self.inlets.values()
             ]
         }
 
     def restore(self, state: dict) -> None:
+        for item in state.get("inlets", []):
+            if isinstance(item.get("alias"), str):
+                self.aliases.set(item["alias"], item["listen"])
         # An inlet there already (or waiting to listen) is not made again;
         # several at port 0 are as many inlets.
         there = {(l, r) for l, r, _ in self._restoring}
@@ -426,10 +432,24 @@ class Inlets(Feature):
 
     # --- control routes -------------------------------------------------------------------
 
+    def info(self, inlet: Inlet) -> dict:
+        """
+        An inlet as the control API shows it.
+        """
+        info = inlet.to_dict()
+        info["alias"] = self.aliases.of(inlet.socket_address)
+        return info
+
     def list_route(self, call) -> list:
-        return [i.to_dict() for i in self.inlets.values()]
+        return [self.info(i) for i in self.inlets.values()]
 
     def _inlet(self, key: str) -> Inlet:
+        """
+        An inlet by its alias, its address, or the address it was given.
+        """
+        by_alias = self.aliases.get(key)
+        if by_alias is not None and by_alias in self.inlets:
+            return self.inlets[by_alias]
         inlet = self.inlets.get(key)
         if inlet is None:
             for i in self.inlets.values():
@@ -439,13 +459,17 @@ class Inlets(Feature):
         return inlet
 
     def show_route(self, call) -> dict:
-        return self._inlet(call.key).to_dict()
+        return self.info(self._inlet(call.key))
 
     async def create_route(self, call) -> dict:
         listen = call.need("listen")
         to = call.need("to")
         parse_route_text(to)
+        alias = alias_of(call.body)
+        if self.aliases.get(alias) in self.inlets:
+            raise ControlError(409, f"an inlet with alias {alias!r} already exists on node {self.node.name}")
         inlet = await self.create(listen, to, authorized=authorized_of(call.body))
+        self.aliases.set(alias, inlet.socket_address)
         if to.startswith("/project/"):
             # As Ockam 0.83 does: an inlet to a project is made only once the
             # project is reached (and this node admitted), so that a
@@ -453,14 +477,21 @@ class Inlets(Feature):
             try:
                 await inlet.route()
             except Exception:
+                self.aliases.forget(alias)
                 await self.delete(inlet.socket_address)
                 raise
-        await call.saved(undo=lambda: self.delete(inlet.socket_address))
-        return inlet.to_dict()
+
+        def undo():
+            self.aliases.forget(alias)
+            return self.delete(inlet.socket_address)
+
+        await call.saved(undo=undo)
+        return self.info(inlet)
 
     async def delete_route(self, call) -> dict:
         inlet = self._inlet(call.key)
-        info = inlet.to_dict()
+        info = self.info(inlet)
         await self.delete(inlet.socket_address)
+        self.aliases.forget(info["alias"])
         await call.saved()
         return info

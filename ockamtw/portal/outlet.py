@@ -17,7 +17,7 @@ from zope.interface import implementer
 from ..deferred import gather
 from ..endpoints import client_endpoint
 from ..errors import WireError
-from ..feature import ControlError, Feature, authorized_of, listed, service_name
+from ..feature import Aliases, ControlError, Feature, alias_of, authorized_of, listed, service_name
 from ..interfaces import IAccessPolicy
 from ..node import Worker
 from ..routing import Address
@@ -99,15 +99,21 @@ class Outlet(Worker):
         self.accepted = 0
         self.refused = 0
         self.closed = False
+        self._check_target()
+
+    #: The class of this outlet's portal workers.
+    portal_class = OutletPortal
+
+    def _check_target(self) -> None:
         # Fail early on a bad target.
-        client_endpoint(None, target, connect_timeout)
+        client_endpoint(None, self.target, self.connect_timeout)
 
     def receive(self, message) -> None:
         if message.payload != PING:
             return
         if not message.return_route or self.closed:
             return
-        portal = OutletPortal(self)
+        portal = self.portal_class(self)
         # Flow control only with an inlet that offers it: to any other
         # peer, the portal looks as Ockam's do.
         offered = offers_flow_control(message.return_route[-1])
@@ -115,6 +121,13 @@ class Outlet(Worker):
         portal.set_remote(message.return_route, message.origin)
         self.portals.add(portal)
         self.accepted += 1
+        self._connect_target(portal, offered)
+
+    def _connect_target(self, portal: OutletPortal, offered: bool) -> None:
+        """
+        Give C{portal} its socket: a connection to the target.  C{offered}:
+        whether the inlet offered per-stream flow control.
+        """
         try:
             endpoint, _ = client_endpoint(self.node.reactor, self.target, self.connect_timeout)
         except WireError as e:
@@ -218,6 +231,8 @@ class Outlets(Feature):
         Feature.__init__(self, node)
         #: address -> L{Outlet}
         self.outlets: Dict[str, Outlet] = {}
+        #: their aliases (Ockam 0.83's names: C{--alias})
+        self.aliases = Aliases()
 
     def create(
         self,
@@ -259,11 +274,15 @@ class Outlets(Feature):
     def save(self) -> dict:
         return {
             "outlets": [
-                {"address": a, "to": o.target, "authorized": listed(o.authorized)} for a, o in self.outlets.items()
+                {"address": a, "to": o.target, "authorized": listed(o.authorized), "alias": self.aliases.of(a)}
+                for a, o in self.outlets.items()
             ]
         }
 
     def restore(self, state: dict) -> None:
+        for item in state.get("outlets", []):
+            if isinstance(item.get("alias"), str):
+                self.aliases.set(item["alias"], item["address"])
         for item in state.get("outlets", []):
             address = item["address"]
             if Address.parse(address).value in self.outlets:
@@ -274,10 +293,24 @@ class Outlets(Feature):
 
     # --- control routes -------------------------------------------------------------------
 
+    def info(self, outlet: Outlet) -> dict:
+        """
+        An outlet as the control API shows it.
+        """
+        info = outlet.to_dict()
+        info["alias"] = self.aliases.of(info["address"])
+        return info
+
     def list_route(self, call) -> list:
-        return [o.to_dict() for o in self.outlets.values()]
+        return [self.info(o) for o in self.outlets.values()]
 
     def _outlet(self, key: str) -> Outlet:
+        """
+        An outlet by its alias or its address (C{NAME}, C{/service/NAME}).
+        """
+        address = self.aliases.get(key)
+        if address is not None and address in self.outlets:
+            return self.outlets[address]
         address = service_name(key)
         outlet = self.outlets.get(address)
         if outlet is None:
@@ -285,20 +318,30 @@ class Outlets(Feature):
         return outlet
 
     def show_route(self, call) -> dict:
-        return self._outlet(call.key).to_dict()
+        return self.info(self._outlet(call.key))
 
     async def create_route(self, call) -> dict:
         address = service_name(call.need("address"))
         to = call.need("to")
+        alias = alias_of(call.body)
         if self.node.worker_at(address) is not None:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        if self.aliases.get(alias) in self.outlets:
+            raise ControlError(409, f"an outlet with alias {alias!r} already exists on node {self.node.name}")
         outlet = await self.create(address, to, authorized=authorized_of(call.body))
-        await call.saved(undo=lambda: self.delete(address))
-        return outlet.to_dict()
+        self.aliases.set(alias, address)
+
+        def undo():
+            self.aliases.forget(alias)
+            return self.delete(address)
+
+        await call.saved(undo=undo)
+        return self.info(outlet)
 
     async def delete_route(self, call) -> dict:
         outlet = self._outlet(call.key)
-        info = outlet.to_dict()
+        info = self.info(outlet)
         await self.delete(outlet.address.value)
+        self.aliases.forget(info["alias"])
         await call.saved()
         return info

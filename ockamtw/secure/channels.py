@@ -51,6 +51,9 @@ class SecureChannels(Feature):
         self.channels: Dict[str, ChannelEnd] = {}
         #: address -> L{SecureChannelListener}
         self.listeners: Dict[str, SecureChannelListener] = {}
+        #: listener address -> the name of the identity it presents (one of
+        #: the command line's, not the node's own)
+        self.listener_identities: Dict[str, str] = {}
         self._pending_hops = InFlight()
         #: the route so far and the listener name of a /secure hop -> its channel
         self._hops: Dict[str, ChannelEnd] = {}
@@ -58,19 +61,22 @@ class SecureChannels(Feature):
 
     # --- listeners --------------------------------------------------------------------------
 
-    def create_listener(self, address: str = API_LISTENER, authorized=None, limits=None) -> SecureChannelListener:
+    def create_listener(self, address: str = API_LISTENER, authorized=None, limits=None,
+                        identity=None) -> SecureChannelListener:
         """
         See L{ockamtw.api.Node.create_secure_channel_listener}.
         """
         node = self.node
         existing = self.listeners.get(Address.parse(address).value)
         if existing is not None:
-            existing.trust = TrustPolicy(authorized)
+            existing.trust = TrustPolicy(authorized, allow_self=existing.trust.allow_self)
             if limits is not None:
                 existing.limits = limits
             return existing
         listener = SecureChannelListener(
-            node.identity, TrustPolicy(authorized), limits=limits if limits is not None else node.handshake_limits
+            identity if identity is not None else node.identity,
+            TrustPolicy(authorized, allow_self=node.shared_identity),
+            limits=limits if limits is not None else node.handshake_limits,
         )
         node.start_worker(address, listener)
         self.listeners[Address.parse(address).value] = listener
@@ -82,7 +88,25 @@ class SecureChannels(Feature):
         """
         address = Address.parse(address).value
         self.listeners.pop(address)
+        self.listener_identities.pop(address, None)
         self.node.stop_worker(address)
+
+    def listener_with_identity(self, address: str, authorized, name: str) -> SecureChannelListener:
+        """
+        A new secure channel listener at C{address} presenting the named
+        identity C{name} of this node's home (the node's C{named_identity})
+        instead of the node's own.
+
+        @raise ControlError: 404 when there is no such identity, 400 for one
+            that cannot be used.
+        """
+        named = getattr(self.node, "named_identity", None)
+        if named is None:
+            raise ControlError(404, f"no identity named {name!r} on node {self.node.name}")
+        listener = self.create_listener(address, authorized, identity=named(name))
+        listener.trust.allow_self = True  # a named identity may be other nodes' too
+        self.listener_identities[Address.parse(address).value] = name
+        return listener
 
     # --- channels ------------------------------------------------------------------------------
 
@@ -94,7 +118,8 @@ class SecureChannels(Feature):
 
         async def go():
             resolved = node.check_route(await node.resolve(route))
-            end = ChannelEnd(node, node.identity, TrustPolicy(authorized), initiator=True, owner=self)
+            trust = TrustPolicy(authorized, allow_self=node.shared_identity)
+            end = ChannelEnd(node, node.identity, trust, initiator=True, owner=self)
             end.route_text = str(route)
             self.channels[end.encryptor.value] = end
             try:
@@ -160,18 +185,32 @@ class SecureChannels(Feature):
     def save(self) -> dict:
         return {
             "secure_listeners": [
-                {"address": a, "authorized": listed(l.trust.authorized)}
+                dict({"address": a, "authorized": listed(l.trust.authorized)},
+                     **({"identity": self.listener_identities[a]} if a in self.listener_identities else {}))
                 for a, l in self.listeners.items()
                 if a != API_LISTENER or l.trust.authorized is not None
             ]
         }
 
     def restore(self, state: dict) -> None:
+        """
+        The listeners (those presenting a named identity too); a node with
+        a named identity (one other nodes may have too, C{identity})
+        accepts secure channels with peers presenting it.
+        """
+        if state.get("identity"):
+            self.node.shared_identity = True
+            for listener in self.listeners.values():
+                listener.trust.allow_self = True
         for item in state.get("secure_listeners", []):
+            name = item.get("identity")
             try:
-                self.create_listener(item["address"], item.get("authorized"))
+                if name and item["address"] not in self.listeners:
+                    self.listener_with_identity(item["address"], item.get("authorized"), name)
+                else:
+                    self.create_listener(item["address"], item.get("authorized"))
             except Exception as e:
-                log.error("secure channel listener {a} not restored: {e}", a=item["address"], e=str(e))
+                log.error("secure channel listener {a} not restored: {e}", a=item["address"], e=getattr(e, "message", str(e)))
 
     # --- control routes: channels ---------------------------------------------------------------
 
@@ -210,7 +249,8 @@ class SecureChannels(Feature):
 
     def listeners_route(self, call) -> list:
         return [
-            {"address": a, "authorized": listed(l.trust.authorized), "channels": len(l.channels), "handshakes": l.stats()}
+            {"address": a, "authorized": listed(l.trust.authorized), "channels": len(l.channels), "handshakes": l.stats(),
+             "identity": self.listener_identities.get(a), "identifier": l.identity.identifier}
             for a, l in self.listeners.items()
         ]
 
@@ -234,7 +274,14 @@ class SecureChannels(Feature):
         existing = self.listeners.get(address)
         if self.node.worker_at(address) is not None and address != API_LISTENER:
             raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        if existing is not None:
+        identity = call.body.get("identity")
+        if identity is not None:
+            if existing is not None:
+                raise ControlError(409, f"the secure channel listener {address!r} of node {self.node.name} "
+                                        "keeps the node's identity")
+            self.listener_with_identity(address, authorized, identity)
+            await call.saved(undo=lambda: self._drop_listener(address))
+        elif existing is not None:
             before = existing.trust.authorized
             self.create_listener(address, authorized)
             await call.saved(undo=lambda: self.create_listener(address, listed(before)))
@@ -244,6 +291,7 @@ class SecureChannels(Feature):
         return self._listener_info(address)
 
     def _drop_listener(self, address: str) -> None:
+        self.listener_identities.pop(address, None)
         if address in self.listeners:
             self.delete_listener(address)  # closes the channels it accepted
 

@@ -27,7 +27,15 @@ atomically (temporary file in the same directory, fsync, rename)::
      "secret_key": "<hex of the 32-byte Ed25519 seed of the current root key>"}
 
 Only the current root key is stored: earlier keys are needed neither to sign
-nor to rotate again.
+nor to rotate again.  An identity whose key is kept in a vault
+(L{ockamtw.secure.vault}) has, instead of C{secret_key}, the vault's name
+and the key's id::
+
+    {..., "vault": "v1", "key_id": "<hex SHA-256 of the public key>"}
+
+and the vault is looked up in the C{vaults} directory next to the identity
+file's directory (C{$OCKAM_HOME/identities/X.json} keeps its key in
+C{$OCKAM_HOME/vaults/v1.json}).
 
 Every failure raises L{IdentityError}.
 """
@@ -388,10 +396,12 @@ class LocalIdentity(Identity):
 
     # --- files -----------------------------------------------------------
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, vault=None) -> None:
         """
         Write the identity file (see the module docstring) atomically with
-        mode 0600, replacing any file at C{path}.
+        mode 0600, replacing any file at C{path}; with C{vault} (a
+        L{ockamtw.secure.vault.SoftwareVault}), the key goes into the vault
+        first and the file names it.
 
         @raise IdentityError: when it cannot be written.
         """
@@ -400,8 +410,15 @@ class LocalIdentity(Identity):
             "version": _FILE_VERSION,
             "identifier": self._identifier,
             "export": self._export.hex(),
-            "secret_key": _seed_bytes(self._key).hex(),
         }
+        if vault is None:
+            doc["secret_key"] = _seed_bytes(self._key).hex()
+        else:
+            from .vault import key_id
+
+            kid = key_id(self.public_key)
+            vault.put(kid, _seed_bytes(self._key))
+            doc.update(vault=vault.name, key_id=kid)
         raw = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
         path = os.path.abspath(os.fspath(path))
         directory, name = os.path.split(path)
@@ -437,10 +454,12 @@ class LocalIdentity(Identity):
             os.close(dfd)
 
     @classmethod
-    def load(cls, path: str) -> "LocalIdentity":
+    def load(cls, path: str, vaults_dir: Optional[str] = None) -> "LocalIdentity":
         """
         Read an identity file written by L{save}; the chain is verified
-        again and the key must match it.
+        again and the key must match it.  A key kept in a vault is read from
+        the vault's file in C{vaults_dir} (by default the C{vaults}
+        directory next to the identity file's directory).
 
         @raise IdentityError: when the file is missing, readable by group or
             others, too large, malformed, or does not verify.
@@ -482,12 +501,22 @@ class LocalIdentity(Identity):
         if doc.get("version") != _FILE_VERSION:
             raise IdentityError(f"identity file {path} has unsupported version {doc.get('version')!r}")
         fields = {}
-        for field in ("export", "secret_key"):
+        for field in ("export", "secret_key") if doc.get("vault") is None else ("export",):
             value = doc.get(field)
             try:
                 fields[field] = bytes.fromhex(value)
             except (TypeError, ValueError):
                 raise IdentityError(f"identity file {path}: {field!r} is not hex") from None
+        if doc.get("vault") is not None:
+            from .vault import vault_of_identity_file
+
+            if not isinstance(doc["vault"], str) or not isinstance(doc.get("key_id"), str):
+                raise IdentityError(f"identity file {path}: 'vault' and 'key_id' must be text")
+            vault = vault_of_identity_file(path, doc["vault"], vaults_dir)
+            try:
+                fields["secret_key"] = vault.get(doc["key_id"])
+            except IdentityError as e:
+                raise IdentityError(f"identity file {path}: {e}") from None
         try:
             identity = cls.from_secret(fields["export"], fields["secret_key"])
         except IdentityError as e:

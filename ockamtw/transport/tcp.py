@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from ..access import ANYONE
 from ..endpoints import client_endpoint, client_target, reason, server_description
-from ..errors import TransportError, WireError
+from ..errors import OckamError, TransportError, WireError
 from ..feature import ControlError, Feature, worker_key
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
 from ..interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, ITcpListener, ITransport
@@ -774,6 +774,8 @@ class TcpTransport(Feature):
         ("POST", "tcp", False): "create_route",
         ("GET", "tcp", True): "show_route",
         ("DELETE", "tcp", True): "delete_route",
+        ("POST", "tcp-listeners", False): "listener_create_route",
+        ("DELETE", "tcp-listeners", True): "listener_delete_route",
     }
 
     address_type = TCP
@@ -1109,6 +1111,29 @@ class TcpTransport(Feature):
 
         await call.saved(undo=undo)
         return connection_dict(conn)
+
+    async def listener_create_route(self, call) -> dict:
+        """
+        Another TCP listener (C{ockam tcp-listener create}); it lasts until
+        the node stops.
+        """
+        address = call.need("address")
+        try:
+            description = server_description(address)
+        except (OckamError, ValueError) as e:
+            raise ControlError(400, f"not a listener address: {address!r} ({e})") from None
+        listener = await self.listen(description)
+        return connection_dict(listener)
+
+    async def listener_delete_route(self, call) -> dict:
+        item = self._item(call.key)
+        if item.mode != MODE_LISTENING:
+            raise ControlError(404, f"no TCP listener {call.key!r} on node {self.node.name} (a connection: see tcp-connection)")
+        if item is call.listener:
+            raise ControlError(409, "the node's own listener cannot be deleted")
+        info = connection_dict(item)
+        await item.close()
+        return info
 
     async def delete_route(self, call) -> dict:
         item = self._item(call.key)

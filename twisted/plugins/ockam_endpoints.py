@@ -1,0 +1,4 @@
+from ockamtw.endpoint_parsers import OckamClientParser, OckamServerParser
+
+ockamClient = OckamClientParser()
+ockamServer = OckamServerParser()
