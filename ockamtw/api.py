@@ -1,22 +1,33 @@
 """
 The public node: the core of L{ockamtw.node} with the default services,
-the relay service, and relays, inlets and outlets.
+the relay services, and the features of L{FEATURES} (kept TCP connections,
+projects, an authority, services started at other addresses, outlets,
+inlets, secure channels, relays), each a
+child service of the node (L{ockamtw.feature}).  Its methods are the
+embedding API; each hands the call to its feature.
 """
 
 from typing import Dict
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 
-from .errors import AddressInUse, NoSuchAddress, OckamError
-from .deferred import InFlight, gather
+from .errors import NoSuchAddress
 from .node import BaseNode
-from .portal.inlet import Inlet
+from .portal.inlet import Inlet, Inlets
+from .portal.outlet import Outlet, Outlets
+from .project.authority import AuthorityFeature
 from .project.membership import CredentialsService, Membership
-from .portal.outlet import Outlet
-from .relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Relay, start_relay_services
+from .relay import Relay, Relays, start_relay_services
 from .routing import TCP, Address, Route
+from .secure.channels import SecureChannels
+from .services import StartedServices, start_default_services
 from .transport.tcp import TcpTransport
-from .services import start_default_services
+
+#: The features of a full node, in the order they are restored and started
+#: (stopped in the reverse order): a project's membership before the inlets
+#: and outlets whose policies it gives.  A new feature is one module and
+#: one entry here (see L{ockamtw.feature}).
+FEATURES = (TcpTransport, Membership, AuthorityFeature, StartedServices, Outlets, Inlets, SecureChannels, Relays)
 
 
 class Node(BaseNode):
@@ -51,34 +62,70 @@ class Node(BaseNode):
 
     def __init__(self, reactor=None, name=None, services=True, identity=None, handshake_limits=None):
         BaseNode.__init__(self, reactor, name)
-        self.relays: Dict[str, Relay] = {}
-        self.inlets: Dict[str, Inlet] = {}
-        self.outlets: Dict[str, Outlet] = {}
-        #: encryptor hex -> L{ChannelEnd} of the channels this node initiated
-        self.secure_channels: Dict[str, object] = {}
-        #: address -> L{SecureChannelListener}
-        self.secure_listeners: Dict[str, object] = {}
         self._identity = identity
         self.handshake_limits = handshake_limits
-        self._pending_hops = InFlight()
-        #: L{TcpTransport}: C{1#host:port} hops, listeners and connections.
-        self.tcp = TcpTransport(self, self.reactor)
-        self.register_transport(self.tcp)
         #: a callable C{f(name)} giving the C{"host:port"} (or a Deferred of
         #: it) of another node, for C{/node/NAME} in a MultiAddr; the command
         #: line sets it.  C{/node/<own name>} is this node.
         self.node_resolver = None
+        #: a callable C{f(name)} giving the L{LocalIdentity} named C{name} of
+        #: this node's home (the command line's C{ockam identity create}),
+        #: for listeners that present one; the control API sets it.
+        self.named_identity = None
         self.register_resolver("node", self._node_hop)
-        self.register_resolver("secure", self._secure_hop)
+        for feature in FEATURES:
+            self.add_feature(feature(self))
+        #: L{TcpTransport}: C{1#host:port} hops, listeners and connections.
+        self.tcp: TcpTransport = self.features["tcp"]
+        self.register_transport(self.tcp)
         #: the projects this node belongs to (L{ockamtw.project.membership})
-        self.membership = Membership(self)
-        self.register_resolver("project", self.membership.resolve)
-        self.register_resolver("secure", self.membership.secure_hop(self._secure_hop))
+        self.membership: Membership = self.features["project"]
+        # A channel opened through a channel to a project exchanges
+        # credentials first (the project feature wraps /secure).
+        self.register_resolver("secure", self.membership.secure_hop(self.features["secure"].resolve))
         if services:
             start_default_services(self)
             start_relay_services(self)
             self.create_secure_channel_listener("api")
             self.start_worker("credentials", CredentialsService(self.membership))
+
+    # --- the features' objects --------------------------------------------------------------
+
+    @property
+    def relays(self) -> Dict[str, Relay]:
+        """
+        This node's relays at other nodes, by name.
+        """
+        return self.features["relays"].relays
+
+    @property
+    def inlets(self) -> Dict[str, Inlet]:
+        """
+        This node's inlets, by the address they listen on.
+        """
+        return self.features["inlets"].inlets
+
+    @property
+    def outlets(self) -> Dict[str, Outlet]:
+        """
+        This node's outlets, by address.
+        """
+        return self.features["outlets"].outlets
+
+    @property
+    def secure_channels(self) -> Dict[str, object]:
+        """
+        The secure channels this node initiated (L{ChannelEnd}), by
+        encryptor (hex).
+        """
+        return self.features["secure"].channels
+
+    @property
+    def secure_listeners(self) -> Dict[str, object]:
+        """
+        This node's secure channel listeners, by address.
+        """
+        return self.features["secure"].listeners
 
     def add_project(self, info) -> None:
         """
@@ -113,22 +160,7 @@ class Node(BaseNode):
         node has one at C{api}), its policy (and, if given, its limits) is
         replaced instead; channels it already accepted stay.
         """
-        from .secure.channel import SecureChannelListener, TrustPolicy
-
-        existing = self.secure_listeners.get(Address.parse(address).value)
-        if existing is not None:
-            existing.trust = TrustPolicy(authorized, allow_self=existing.trust.allow_self)
-            if limits is not None:
-                existing.limits = limits
-            return existing
-        listener = SecureChannelListener(
-            identity if identity is not None else self.identity,
-            TrustPolicy(authorized, allow_self=self.shared_identity),
-            limits=limits if limits is not None else self.handshake_limits,
-        )
-        self.start_worker(address, listener)
-        self.secure_listeners[Address.parse(address).value] = listener
-        return listener
+        return self.features["secure"].create_listener(address, authorized, limits, identity)
 
     def delete_secure_channel_listener(self, address: str) -> None:
         """
@@ -137,9 +169,7 @@ class Node(BaseNode):
 
         @raise KeyError: if there is none.
         """
-        address = Address.parse(address).value
-        self.secure_listeners.pop(address)
-        self.stop_worker(address)
+        self.features["secure"].delete_listener(address)
 
     def create_secure_channel(self, route, authorized=None, timeout: float = 10.0) -> Deferred:
         """
@@ -149,24 +179,7 @@ class Node(BaseNode):
         fails with L{SecureChannelError} when the peer is refused, or
         L{RequestTimeout}.
         """
-        from .secure.channel import ChannelEnd, TrustPolicy
-
-        async def go():
-            resolved = self.check_route(await self.resolve(route))
-            trust = TrustPolicy(authorized, allow_self=self.shared_identity)
-            end = ChannelEnd(self, self.identity, trust, initiator=True, owner=self)
-            end.route_text = str(route)
-            self.secure_channels[end.encryptor.value] = end
-            try:
-                await end.start_initiator(resolved, timeout)
-            except BaseException:
-                # Refused, timed out, or cancelled by the caller: nothing
-                # of the half-made channel stays (close is idempotent).
-                end.close()
-                raise
-            return end.encryptor
-
-        return Deferred.fromCoroutine(go())
+        return self.features["secure"].create(route, authorized, timeout)
 
     def delete_secure_channel(self, encryptor) -> None:
         """
@@ -174,31 +187,7 @@ class Node(BaseNode):
 
         @raise KeyError: if there is none.
         """
-        self.secure_channels[Address.parse(encryptor).value].close()
-
-    def _ended(self, end) -> None:
-        self.secure_channels.pop(end.encryptor.value, None)
-
-    def _secure_hop(self, prefix, hop, position) -> Deferred:
-        """
-        C{/secure/NAME}: a secure channel (reused while it is up) to the
-        listener NAME at the route so far; the route continues through its
-        encryptor.
-        """
-        name = hop.name
-        key = f"{prefix} => {name}"
-        for end in self.secure_channels.values():
-            if end.status == "up" and getattr(end, "_hop_key", None) == key:
-                return succeed(Route([end.encryptor]))
-
-        def start():
-            def made(encryptor):
-                self.secure_channels[encryptor.value]._hop_key = key
-                return Route([encryptor])
-
-            return self.create_secure_channel(prefix + [name]).addCallback(made)
-
-        return self._pending_hops.wait(key, start)
+        self.features["secure"].delete(encryptor)
 
     async def _node_hop(self, prefix, hop, position) -> Route:
         """
@@ -229,17 +218,7 @@ class Node(BaseNode):
         relay then stays up on its own (see L{Relay}).  Fails with
         L{OckamError} (unreachable, timed out, or the name is taken here).
         """
-        if name in self.relays:
-            return _fail(AddressInUse(f"relay {name!r} already exists on node {self.name}"))
-        relay = Relay(self, at, name=name, service=_relay_service(at, service), refresh=refresh, timeout=timeout)
-        self.relays[name] = relay
-
-        def failed(f):
-            if self.relays.get(name) is relay:
-                del self.relays[name]
-            return f
-
-        return relay.start().addErrback(failed)
+        return self.features["relays"].create(at, name, service, refresh, timeout)
 
     def add_relay(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
         """
@@ -249,11 +228,7 @@ class Node(BaseNode):
 
         @raise AddressInUse: if this node has a relay of that name.
         """
-        if name in self.relays:
-            raise AddressInUse(f"relay {name!r} already exists on node {self.name}")
-        relay = Relay(self, at, name=name, service=_relay_service(at, service), refresh=refresh, timeout=timeout)
-        self.relays[name] = relay
-        return relay.start_in_background()
+        return self.features["relays"].add(at, name, service, refresh, timeout)
 
     def delete_relay(self, name: str) -> None:
         """
@@ -261,8 +236,7 @@ class Node(BaseNode):
 
         @raise KeyError: if there is none.
         """
-        relay = self.relays[name]
-        relay.stop()
+        self.features["relays"].delete(name)
 
     # --- outlets ------------------------------------------------------------------
 
@@ -285,23 +259,13 @@ class Node(BaseNode):
         ends (L{ockamtw.portal.PortalWorker.heartbeat}).  Fires with the
         L{Outlet}.
         """
-
-        def make():
-            policy = self.membership.policy("tcp-outlet") if authorized is None else None
-            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control, policy=policy,
-                            **liveness)
-            self.start_worker(Address.parse(address), outlet)
-            self.outlets[outlet.address.value] = outlet
-            return outlet
-
-        return maybeDeferred(make)
+        return self.features["outlets"].create(address, target, connect_timeout, authorized, flow_control, **liveness)
 
     def delete_outlet(self, address: str) -> Deferred:
         """
         Close the outlet at C{address} and its portals.
         """
-        outlet = self.outlets.pop(Address.parse(address).value)
-        return outlet.close()
+        return self.features["outlets"].delete(address)
 
     # --- inlets --------------------------------------------------------------------
 
@@ -325,62 +289,12 @@ class Node(BaseNode):
         C{idle_timeout} as for L{create_outlet}.  Fires with the L{Inlet}
         once listening.
         """
-
-        def make():
-            inlet = Inlet(
-                self,
-                listen,
-                route,
-                ping_timeout=ping_timeout,
-                ping_interval=ping_interval,
-                authorized=authorized,
-                flow_control=flow_control,
-                policy=self.membership.policy("tcp-inlet") if authorized is None else None,
-                **liveness,
-            )
-            return inlet.start()
-
-        def started(inlet):
-            self.inlets[inlet.socket_address] = inlet
-            return inlet
-
-        return maybeDeferred(make).addCallback(started)
+        return self.features["inlets"].create(
+            listen, route, ping_timeout, ping_interval, authorized, flow_control, **liveness
+        )
 
     def delete_inlet(self, listen: str) -> Deferred:
         """
         Close the inlet listening at C{listen} (as in C{inlet.socket_address}).
         """
-        inlet = self.inlets.pop(listen)
-        return inlet.close()
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    def stopService(self) -> Deferred:
-        """
-        Stop relays, inlets and outlets, then the core (connections,
-        listeners, workers).  Fires when all of it is closed.
-        """
-        for relay in list(self.relays.values()):
-            relay.stop()
-        for end in list(self.secure_channels.values()):
-            end.close()
-        ds = [i.close() for i in self.inlets.values()] + [o.close() for o in self.outlets.values()]
-        d = gather(ds)
-        d.addCallback(lambda _: BaseNode.stopService(self))
-        return d
-
-
-def _relay_service(at, service):
-    """
-    The relay service to register with: C{service}, else Ockam 0.83's
-    choice for C{at} (static relays at a project).
-    """
-    if service is not None:
-        return service
-    return STATIC_FORWARDING_SERVICE if str(at).startswith("/project/") else FORWARDING_SERVICE
-
-
-def _fail(error: OckamError) -> Deferred:
-    from twisted.internet.defer import fail
-
-    return fail(error)
+        return self.features["inlets"].delete(listen)

@@ -2,6 +2,7 @@
 The zope Interfaces of ockamtw's public surfaces.
 """
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -55,7 +56,8 @@ class IFlowSource(Interface):
 
 class ITcpConnection(Interface):
     """
-    A TCP connection of a node's TCP transport.
+    A TCP connection of a node's TCP transport (it is also an
+    L{IConnection}).
     """
 
     address = Attribute("The connection worker's L{ockamtw.Address} (C{0#<32 hex>}).")
@@ -131,6 +133,57 @@ class IOrigin(Interface):
         """
 
 
+class ILink(IOrigin):
+    """
+    What a route leaves the node through, and what its answers come back
+    through: a transport connection (L{IConnection}) or a secure channel end.
+    A feature that sends along a route finds its link with
+    L{ockamtw.node.BaseNode.link_of} (the link of the route's first
+    address) and watches it: when the link closes, the route is gone.  In
+    every module, C{_link} names this.
+    """
+
+
+class ILinkWorker(IWorker):
+    """
+    A worker that stands for a link: routes starting with its address leave
+    the node through L{leads_to} (a connection's worker, a secure channel's
+    encryptor).
+    """
+
+    leads_to = Attribute("The L{ILink} a route through this worker leaves the node through, or C{None}.")
+
+
+class IConnection(ILink):
+    """
+    A link that is a transport connection (TCP): it can be written to
+    directly (the portal and relay fast paths), tells how much came in on
+    it, and can be dropped.
+    """
+
+    address = Attribute("Its worker's L{ockamtw.Address}: routes through the connection start with it.")
+    messages_in = Attribute("Messages that came in through it so far (a measure of its liveness).")
+    loop = Attribute("The other end when the node is connected to itself, else C{None}.")
+    backpressure = Attribute(
+        "Its L{ockamtw.flow.BackPressure}: C{backpressure.congested} says whether its outbound buffer is full."
+    )
+
+    def write_body(head, data, source=None, credit=False):
+        """
+        Write one frame whose body is C{head + data}: an encoded
+        TransportMessage whose onward route no longer holds this
+        connection.  C{source} (an L{IFlowSource}) is paused while the
+        connection is congested (unless C{credit}: a stream under its own
+        flow control).
+        """
+
+    def abort():
+        """
+        Drop the connection without flushing; a Deferred that fires once it
+        is closed.
+        """
+
+
 class ITransport(Interface):
     """
     A transport of a node (TCP, ...), registered with
@@ -152,4 +205,39 @@ class ITransport(Interface):
         """
         Close every listener and connection; a Deferred that fires when
         they are closed.
+        """
+
+
+class IFeature(IService):
+    """
+    A part of a node that plugs in (see L{ockamtw.feature}): a child service
+    of the node, registered with L{ockamtw.node.BaseNode.add_feature},
+    owning its objects, its part of the node's state and its control
+    routes.  Its C{stopService} closes what it made and returns a Deferred
+    that fires once it is closed.
+    """
+
+    node = Attribute("The node it belongs to.")
+    state_keys = Attribute("The keys of the node's C{state.json} it keeps (a tuple).")
+    routes = Attribute(
+        "Its control routes: (HTTP method, collection, whether a key follows) -> the name of its method "
+        "answering an L{ockamtw.feature.Call}."
+    )
+
+    def save():
+        """
+        A dict of its keys of C{state.json} and their values (a key left
+        out is left as it is).
+        """
+
+    def restore(state):
+        """
+        Make again what C{state} (a checked C{state.json}) says it had;
+        what is there already is left as it is, so doing it twice changes
+        nothing.  What cannot be restored is logged.
+        """
+
+    def route_handlers():
+        """
+        Its routes with the callables answering them.
         """

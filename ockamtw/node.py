@@ -21,7 +21,7 @@ from zope.interface import implementer
 from .access import ANYONE, LOCAL_ONLY, FromOrigin, describe_origin
 from .errors import AddressInUse, MessageTooLarge, NoSuchAddress, OckamError, RequestTimeout, RouteUnreachable, WireError
 from .deferred import gather
-from .interfaces import IAccessPolicy, ITransport, IWorker
+from .interfaces import IAccessPolicy, IFeature, ILinkWorker, ITransport, IWorker
 from .logs import Throttle, short
 from .routing import LOCAL, Address, MultiAddr, Route, parse_route_text
 from .wire import MAX_FRAME, TransportMessage
@@ -168,6 +168,10 @@ class BaseNode(MultiService):
         self.dropped = 0
         #: Rate limits for warnings that a peer can cause.
         self.throttle = Throttle(reactor)
+        #: name -> L{IFeature}, in the order they were added (restored and
+        #: started in that order, stopped in the reverse order)
+        self.features: Dict[str, object] = {}
+        self._state_observers: List[Callable[[], None]] = []
 
     # --- what features plug in ------------------------------------------------
 
@@ -196,6 +200,68 @@ class BaseNode(MultiService):
         (C{/service/...}) and transport hops (C{/ip4/...}) need none.
         """
         self._resolvers[kind] = resolver
+
+    def add_feature(self, feature):
+        """
+        Plug in C{feature} (an L{IFeature}): it becomes a child service of
+        this node (started with it, stopped before its core), and its
+        state and control routes are the node's.  Returns it.
+
+        @raise TypeError: for something that is not an L{IFeature}.
+        @raise RuntimeError: when a feature of that name is there already.
+        """
+        if not IFeature.providedBy(feature):
+            raise TypeError(f"{feature!r} does not provide IFeature")
+        if feature.name in self.features:
+            raise RuntimeError(f"node {self.name} has a feature {feature.name!r} already")
+        self.features[feature.name] = feature
+        feature.setServiceParent(self)
+        return feature
+
+    def add_service_first(self, service) -> None:
+        """
+        Add C{service} before every child service of this node (the
+        features among them), so that it starts first and stops last:
+        e.g. a process's signal handling.
+        """
+        service.setServiceParent(self)
+        self.services.remove(service)
+        self.services.insert(0, service)
+
+    def save_state(self) -> dict:
+        """
+        What the features keep in the node's state (C{state.json}): their
+        keys and values.
+        """
+        state: dict = {}
+        for feature in self.features.values():
+            state.update(feature.save())
+        return state
+
+    def restore(self, state: dict) -> None:
+        """
+        Give each feature, in order, its part of C{state} (a checked
+        C{state.json}) to make again.
+        """
+        for feature in self.features.values():
+            feature.restore(state)
+
+    def on_state_change(self, observer: Callable[[], None]) -> None:
+        """
+        Call C{observer()} when a feature's state changed on its own (see
+        L{ockamtw.feature.Feature.changed}), so that it is saved.
+        """
+        self._state_observers.append(observer)
+
+    def state_changed(self) -> None:
+        """
+        A feature's state changed: tell the observers.
+        """
+        for observer in list(self._state_observers):
+            try:
+                observer()
+            except Exception:
+                log.failure("saving the node's state failed")
 
     # --- workers ------------------------------------------------------------
 
@@ -443,16 +509,17 @@ class BaseNode(MultiService):
 
     def link_of(self, address: Union[Address, str, None]):
         """
-        What a route starting at C{address} leaves this node through, as an
-        L{ockamtw.interfaces.IOrigin}: the TCP connection or the secure
-        channel whose worker is there (answers come back with that origin),
-        or C{None}.
+        What a route starting at C{address} leaves this node through: the
+        L{ockamtw.interfaces.ILink} (a TCP connection, a secure channel end)
+        whose worker (an L{ockamtw.interfaces.ILinkWorker}) is there, or
+        C{None}.  Answers come back with that link as their origin.
         """
         if address is None:
             return None
         if not isinstance(address, Address):
             address = Address.parse(address)
-        return getattr(self._workers.get(address), "leads_to", None)
+        worker = self._workers.get(address)
+        return worker.leads_to if ILinkWorker.providedBy(worker) else None
 
     def forward(self, message: TransportMessage, onward: Route, return_route: Route, origin=_KEEP) -> None:
         """
@@ -630,9 +697,10 @@ class BaseNode(MultiService):
 
     def stopService(self) -> Deferred:
         """
-        Stop child services, cancel pending requests, close every listener
-        and connection, then stop every worker.  The Deferred fires when
-        all of it is done.
+        Stop child services (the features among them, each closing what it
+        made), cancel pending requests, close every listener and
+        connection, then stop every worker.  The Deferred fires when all of
+        it is done.
         """
         d = maybeDeferred(MultiService.stopService, self)
 

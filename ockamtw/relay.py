@@ -7,7 +7,9 @@ L{Forwarder} at the alias, which sends whatever reaches it down the route
 the registration came from.
 
 L{Relay} is the client side: it registers a name at a relay node and keeps
-the registration alive, reconnecting with backoff when the link dies.
+the registration alive, reconnecting with backoff when the link dies;
+L{Relays} is the feature that keeps a node's relays (their state and their
+control routes).
 
 Who may do what:
   - anyone may register a name and send to a forwarder (a relay node is a
@@ -29,23 +31,29 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Callable, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol
 
 from automat import TypeMachineBuilder
-from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet import protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
 from .machines import transitions
 from .access import ANYONE, Relayed, describe_origin
-from .errors import MessageTooLarge, RelayRefused, RequestTimeout, WireError
+from .errors import AddressInUse, MessageTooLarge, RelayRefused, RequestTimeout, WireError
+from .feature import ControlError, Feature, service_name
 from .flow import credit_stream
-from .interfaces import IAccessPolicy
+from .interfaces import IAccessPolicy, IConnection, IOrigin
 from .logs import short
 from .node import Worker
-from .routing import LOCAL, Address, Route
+from .routing import LOCAL, Address, Route, parse_route_text
+from .status import DOWN, UP
 from .wire import decode_string, encode_header, encode_string
 
 log = Logger(namespace="ockamtw.relay")
@@ -53,8 +61,6 @@ log = Logger(namespace="ockamtw.relay")
 FORWARDING_SERVICE = "forwarding_service"
 STATIC_FORWARDING_SERVICE = "static_forwarding_service"
 
-UP = "Up"
-DOWN = "Down"
 
 #: The end of an ockamtw relay client's address: a relay node that sees it
 #: says why it refuses a registration (Ockam 0.83's have plain hex).
@@ -204,7 +210,7 @@ class RelayRegistry:
         if owner is None:
             return
         self._by_owner.setdefault(owner, set()).add(address)
-        if hasattr(owner, "on_close"):
+        if IOrigin.providedBy(owner):
             forwarder._owner_key = owner.on_close(lambda _: self._owner_closed(node, address, forwarder))
 
     def disown(self, address: Address, forwarder: "Forwarder") -> None:
@@ -214,7 +220,7 @@ class RelayRegistry:
             held.discard(address)
             if not held:
                 del self._by_owner[owner]
-        if forwarder._owner_key is not None and hasattr(owner, "cancel_on_close"):
+        if forwarder._owner_key is not None and IOrigin.providedBy(owner):
             owner.cancel_on_close(forwarder._owner_key)
         forwarder._owner_key = None
 
@@ -286,7 +292,7 @@ class ForwardingService(Worker):
         owner = message.origin
         address = Address(LOCAL, alias)
         link = node.link_of(route[0])
-        if not hasattr(link, "write_body"):
+        if not IConnection.providedBy(link):
             link = None  # the fast path writes to a connection only
         existing = node.worker_at(address)
         if existing is None:
@@ -377,7 +383,7 @@ class _RelayInputs(Protocol):
         "The registration in flight failed: no reply in time, refused, or unreachable."
 
     def timer_fired(self) -> None:
-        "The refresh (when up) or the retry (when backing off) is due."
+        "The refresh is due (when up), or the retry (backing off: the ClientService connects again)."
 
     def link_lost(self) -> None:
         "The connection or secure channel to the relay node closed."
@@ -399,7 +405,8 @@ REGISTERING = "registering"
 REGISTERED = "up"
 #: A refresh is in flight while the relay is L{UP}.
 REFRESHING = "refreshing"
-#: L{DOWN}; the next registration is due after a backoff delay.
+#: L{DOWN}; the next registration is due after a backoff delay (the
+#: ClientService's).
 BACKING_OFF = "backing off"
 #: Stopped for good: no worker, no timer, nothing in flight.
 STOPPED = "stopped"
@@ -407,14 +414,57 @@ STOPPED = "stopped"
 _SHOWN_UP = frozenset({REGISTERED, REFRESHING})
 
 
-class Relay:
+class _RelayEndpoint:
+    """
+    The endpoint of a relay's C{ClientService}: connecting is registering
+    at the relay node (L{Relay._connect}).
+    """
+
+    def __init__(self, relay: "Relay") -> None:
+        self._relay = relay
+
+    def connect(self, factory) -> Deferred:
+        return self._relay._connect(factory)
+
+    def __repr__(self) -> str:
+        return f"<registration of relay {self._relay.name} at {self._relay.at_text}>"
+
+
+class _Registration(protocol.Protocol):
+    """
+    A registration that holds, as the relay's C{ClientService} sees it: a
+    connection that is made when the relay node answers and lost when a
+    refresh fails or the link to the relay node closes.
+    """
+
+
+class _RegistrationTransport:
+    """
+    What the C{ClientService} closes to stop a registration that holds.
+    """
+
+    def __init__(self, relay: "Relay") -> None:
+        self._relay = relay
+
+    def loseConnection(self) -> None:
+        self._relay._end_session()
+
+
+class Relay(Service):
     """
     A relay registered at another node, kept alive on its own.
 
     It re-registers every C{refresh} seconds; a reply missing for
     C{timeout} seconds or the loss of its TCP link marks it L{DOWN}, and it
     then reconnects (re-resolving C{at}) and re-registers under the same
-    name with exponential backoff, until L{stop}.
+    name with exponential backoff, until L{stop}.  The reconnecting is a
+    Twisted C{ClientService}'s: a registration that holds is its
+    connection (L{_Registration}), registering is connecting
+    (L{_RelayEndpoint}), and its C{retryPolicy} spaces the attempts.
+
+    A service (a child of the node's L{Relays}): starting it starts the
+    relay in the background unless it was started already, and stopping it
+    stops the relay, with a Deferred that fires once it is stopped.
 
     A state machine (C{_RelayInputs}, the table after this class): its
     state is L{state}, one of L{IDLE}, L{STARTING}, L{REGISTERING},
@@ -460,14 +510,26 @@ class Relay:
         self._link = None
         #: the reply the registration in flight waits for
         self._waiting: Optional[Deferred] = None
-        #: the refresh or retry timer (up, or backing off)
+        #: the refresh timer (up)
         self._timer = None
         #: the registration in flight (starting, registering, refreshing)
         self._attempt: Optional[Deferred] = None
         #: what L{start} returned, until the first registration ends
         self._started: Optional[Deferred] = None
-        self._failures = 0
         self._messages_in_at_send = None
+        #: reconnecting: the service, what it waits for while connecting
+        #: (the registration in flight), and the registration that holds
+        self._service = ClientService(
+            _RelayEndpoint(self), protocol.Factory.forProtocol(_Registration), retryPolicy=self._delay, clock=self.reactor
+        )
+        self._factory = None
+        self._connecting: Optional[Deferred] = None
+        self._session = None
+        #: whether the service is calling L{_connect} (it is busy: it is
+        #: stopped afterwards, not then)
+        self._in_connect = False
+        self._first_connect = False
+        self._service_stopped: Deferred = succeed(None)
         self._observers: List[Callable[[str], None]] = []
         #: the status the observers were last told
         self._shown = DOWN
@@ -512,6 +574,19 @@ class Relay:
         the name on this node.
         """
         self._input(self._machine.stop)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.state == IDLE:
+            self.start_in_background()
+
+    def stopService(self) -> Deferred:
+        """
+        L{stop}; fires once the relay is stopped.
+        """
+        Service.stopService(self)
+        self.stop()
+        return self._service_stopped
 
     def on_status(self, observer: Callable[[str], None]) -> None:
         """
@@ -571,6 +646,80 @@ class Relay:
         self._timer = None
         self._input(self._machine.timer_fired)
 
+    # --- what the ClientService does --------------------------------------------------------
+
+    def _connect(self, factory) -> Deferred:
+        """
+        The service connects: register (the first time, as the machine's
+        L{_start} asks; after a backoff, as the input C{timer_fired}).  The
+        Deferred fires with the registration (a protocol of C{factory})
+        once the relay node answers, fails when the attempt fails; while
+        starting (L{start}), a failure stops the relay and the service
+        instead.
+        """
+        self._factory = factory
+        connecting = self._connecting = Deferred()
+        self._in_connect = True
+        try:
+            if self._first_connect:
+                self._first_connect = False
+                self._register()
+            else:
+                self._input(self._machine.timer_fired)
+        finally:
+            self._in_connect = False
+        return connecting
+
+    def _delay(self, attempt: int) -> float:
+        """
+        The service's C{retryPolicy}: it counts from 1 (retry number 0 of
+        L{retry_policy}).
+        """
+        delay = self.retry_policy(max(0, attempt - 1))
+        log.info(
+            "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
+            name=self.name,
+            at=self.at_text,
+            reason=self.last_error,
+            delay=delay,
+        )
+        return delay
+
+    def _session_made(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is None:
+            return  # a refresh: the registration held
+        session = self._factory.buildProtocol(None)
+        session.makeConnection(_RegistrationTransport(self))
+        self._session = session
+        connecting.callback(session)
+
+    def _end_session(self) -> None:
+        """
+        The registration that held does not hold any more: the service
+        reconnects after its backoff.
+        """
+        session, self._session = self._session, None
+        if session is not None:
+            session.connectionLost(Failure(ConnectionDone("the relay registration ended")))
+
+    def _attempt_lost_for_service(self, failure) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.errback(failure)
+        else:
+            self._end_session()
+
+    def _stop_service(self) -> None:
+        self._connecting = None  # the service cancels it
+        if not self._service.running:
+            return
+        if self._in_connect:  # the service is busy calling us: stop it next
+            stopped = self._service_stopped = Deferred()
+            self.reactor.callLater(0, lambda: self._service.stopService().chainDeferred(stopped))
+        else:
+            self._service_stopped = self._service.stopService()
+
     def _link_lost(self, link) -> None:
         if link is not self._link:
             return
@@ -581,7 +730,8 @@ class Relay:
 
     def _start(self) -> None:
         self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
-        self._register()
+        self._first_connect = True
+        self._service.startService()  # it connects: L{_connect} registers
 
     def _register(self) -> None:
         """
@@ -593,39 +743,33 @@ class Relay:
     def _registered(self, route: Route) -> None:
         self.route = route + [self.remote_address]
         self.registrations += 1
-        self._failures = 0
         self.last_error = None
         self._announce()
         self._schedule(self.refresh)
+        self._session_made()
         started, self._started = self._started, None
         if started is not None:
             self._later(started.callback, self)
 
     def _start_failed(self, failure) -> None:
         self._shutdown()
+        self._forget()
         started, self._started = self._started, None
         if started is not None:
             self._later(started.errback, failure)
 
     def _retry_later(self, failure) -> None:
         self.last_error = failure.getErrorMessage()
-        self._failures += 1
         self._announce()
         link = self._link
-        if failure.check(RequestTimeout) and link is not None and link.connected and hasattr(link, "abort"):
+        if failure.check(RequestTimeout) and IConnection.providedBy(link) and link.connected:
             if link.messages_in == self._messages_in_at_send:
                 # Nothing at all came back on the link: it is dead, start over.
                 log.info("relay {name}: link to {at} is silent; closing it", name=self.name, at=self.at_text)
                 link.abort()
-        delay = self.retry_policy(self._failures - 1)
-        log.info(
-            "relay {name} at {at} is down ({reason}); retrying in {delay:.2f} s",
-            name=self.name,
-            at=self.at_text,
-            reason=self.last_error,
-            delay=delay,
-        )
-        self._schedule(delay)
+        self._cancel_timer()
+        # The service retries after its backoff (see _delay).
+        self._attempt_lost_for_service(failure)
 
     def _link_lost_while_starting(self) -> None:
         # The first registration's reply cannot come any more: it times
@@ -641,7 +785,9 @@ class Relay:
 
     def _link_lost_reconnect(self) -> None:
         self._link_lost_while_registering()
-        self._schedule(self.retry_policy(0))
+        self._cancel_timer()
+        # The service reconnects after its backoff (see _delay).
+        self._end_session()
 
     def _stop(self) -> None:
         self._shutdown()
@@ -655,6 +801,9 @@ class Relay:
         relays = getattr(self.node, "relays", None)
         if relays is not None and relays.get(self.name) is self:
             del relays[self.name]
+        parent, self.parent = self.parent, None
+        if parent is not None:
+            parent.removeService(self)  # stopping it stops this relay: done already
 
     def _announce(self) -> None:
         """
@@ -674,10 +823,15 @@ class Relay:
             except Exception:
                 log.failure("relay status observer failed")
 
-    def _shutdown(self) -> None:
+    def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def _shutdown(self) -> None:
+        self._cancel_timer()
+        self._first_connect = False
+        self._stop_service()  # cancels the attempt it waits for, ends a session
         if self._attempt is not None:
             attempt, self._attempt = self._attempt, None
             attempt.cancel()
@@ -695,7 +849,7 @@ class Relay:
         waiting: Deferred = Deferred()
         self._waiting = waiting
         link = self._link
-        self._messages_in_at_send = getattr(link, "messages_in", None)
+        self._messages_in_at_send = link.messages_in if IConnection.providedBy(link) else None
         self.node.send(route + [self.service], self._payload, sender=self._address)
         timer = self.reactor.callLater(self.timeout, self._registration_timeout, waiting)
         try:
@@ -816,3 +970,154 @@ def start_relay_services(node) -> None:
     node.relay_registry = registry
     node.start_worker(FORWARDING_SERVICE, ForwardingService(static=False, registry=registry))
     node.start_worker(STATIC_FORWARDING_SERVICE, ForwardingService(static=True, registry=registry))
+
+
+def relay_service(at, service=None) -> str:
+    """
+    The relay service to register with: C{service}, else Ockam 0.83's
+    choice for C{at} (C{static_forwarding_service} at a project).
+    """
+    if service is not None:
+        return service
+    return STATIC_FORWARDING_SERVICE if str(at).startswith("/project/") else FORWARDING_SERVICE
+
+
+def relay_dict(relay: Relay) -> dict:
+    """
+    A relay as the control API shows it; a relay at a project (registered
+    with C{static_forwarding_service} under its bare name) has the address
+    the project gave it, C{forward_to_NAME}.
+    """
+    info = relay.to_dict()
+    if relay.service == STATIC_FORWARDING_SERVICE:
+        remote = relay.remote_address
+        info["alias"] = remote.value if remote is not None else f"forward_to_{relay.name}"
+    return info
+
+
+class Relays(Feature):
+    """
+    A node's relays at other nodes, by name: C{state.json}'s C{relays}, the
+    control API's C{/relays}.  Restored relays start registering when the
+    node starts; stopping it stops them.
+    """
+
+    name = "relays"
+    state_keys = ("relays",)
+    routes = {
+        ("GET", "relays", False): "list_route",
+        ("POST", "relays", False): "create_route",
+        ("GET", "relays", True): "show_route",
+        ("DELETE", "relays", True): "delete_route",
+    }
+
+    def __init__(self, node) -> None:
+        Feature.__init__(self, node)
+        #: name -> L{Relay}
+        self.relays: Dict[str, Relay] = {}
+        #: relays restored before the node started: (name, at)
+        self._restoring: List[tuple] = []
+
+    def create(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Deferred:
+        """
+        See L{ockamtw.api.Node.create_relay}.
+        """
+        if name in self.relays:
+            return fail(AddressInUse(f"relay {name!r} already exists on node {self.node.name}"))
+        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
+        self.relays[name] = relay
+        started = relay.start()  # a relay whose start fails forgets itself
+        if relay.state != STOPPED:
+            relay.setServiceParent(self)
+        return started
+
+    def add(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Relay:
+        """
+        See L{ockamtw.api.Node.add_relay}.
+        """
+        if name in self.relays:
+            raise AddressInUse(f"relay {name!r} already exists on node {self.node.name}")
+        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
+        self.relays[name] = relay
+        relay.start_in_background()
+        relay.setServiceParent(self)
+        return relay
+
+    def delete(self, name: str) -> None:
+        """
+        See L{ockamtw.api.Node.delete_relay}.
+        """
+        self.relays[name].stop()
+
+    # --- life -------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        Feature.startService(self)
+        self._add_restored()
+
+    def _add_restored(self) -> None:
+        restoring, self._restoring = self._restoring, []
+        for name, at in restoring:
+            if name not in self.relays:
+                self.add(at, name=name)
+
+    def stopService(self) -> Deferred:
+        """
+        Stop every relay (they are its child services); fires once they
+        are stopped.
+        """
+        self._restoring = []
+        return Feature.stopService(self)
+
+    # --- state ---------------------------------------------------------------------------
+
+    def save(self) -> dict:
+        return {"relays": [{"name": r.name, "at": r.at_text} for r in self.relays.values()]}
+
+    def restore(self, state: dict) -> None:
+        waiting = {name for name, _ in self._restoring}
+        for item in state.get("relays", []):
+            name = item["name"]
+            if name in self.relays or name in waiting:
+                continue
+            waiting.add(name)
+            self._restoring.append((name, item["at"]))
+        if self.running:
+            self._add_restored()
+
+    # --- control routes -------------------------------------------------------------------
+
+    def list_route(self, call) -> list:
+        return [relay_dict(r) for r in self.relays.values()]
+
+    def _relay(self, key: str) -> Relay:
+        """
+        A relay by name (C{n3}), or by its address as printed
+        (C{forward_to_n3}, C{/service/forward_to_n3}).
+        """
+        name = service_name(key)
+        relay = self.relays.get(name)
+        if relay is None:
+            relay = next((r for r in self.relays.values() if relay_dict(r)["alias"] == name), None)
+        if relay is None:
+            raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
+        return relay
+
+    def show_route(self, call) -> dict:
+        return relay_dict(self._relay(call.key))
+
+    async def create_route(self, call) -> dict:
+        name = call.need("name")
+        at = call.need("at")
+        parse_route_text(at)
+        if name in self.relays:
+            raise ControlError(409, f"relay {name!r} already exists on node {self.node.name}")
+        relay = await self.create(at, name=name, timeout=float(call.body.get("timeout", 5)))
+        await call.saved(undo=lambda: self.delete(name))
+        return relay_dict(relay)
+
+    async def delete_route(self, call) -> dict:
+        relay = self._relay(call.key)
+        self.delete(relay.name)
+        await call.saved()
+        return relay_dict(relay)

@@ -31,7 +31,13 @@ BLE = 4
 _MAX_TYPE = 255
 
 
-def _encode_uvarint(n: int) -> bytes:
+def uvarint(n: int) -> bytes:
+    """
+    The BARE uvarint (unsigned LEB128) of C{n}, unchecked: the one encoder
+    of the codec (L{ockamtw.wire} re-exports it and checks ranges in
+    L{ockamtw.wire.encode_uvarint}).  It lives here because an
+    L{Address} and a L{Route} carry their own BARE encoding.
+    """
     if n < 0x80:
         return bytes((n,))
     out = bytearray()
@@ -72,7 +78,7 @@ class Address:
             raise WireError(f"address value {value!r} cannot be encoded (lone surrogate)") from None
         object.__setattr__(self, "type", type)
         object.__setattr__(self, "value", value)
-        object.__setattr__(self, "_encoded", bytes((type,)) + _encode_uvarint(len(raw)) + raw)
+        object.__setattr__(self, "_encoded", bytes((type,)) + uvarint(len(raw)) + raw)
         object.__setattr__(self, "_hash", None)
 
     @classmethod
@@ -143,7 +149,7 @@ class Address:
         enc = self._encoded
         if enc is None:
             raw = self.value.encode("utf-8", "surrogateescape")
-            enc = bytes((self.type,)) + _encode_uvarint(len(raw)) + raw
+            enc = bytes((self.type,)) + uvarint(len(raw)) + raw
             object.__setattr__(self, "_encoded", enc)
         return enc
 
@@ -261,7 +267,7 @@ class Route(tuple):
         """
         The BARE encoding: uvarint count, then each address.
         """
-        return _encode_uvarint(len(self)) + b"".join([a.encode() for a in self])
+        return uvarint(len(self)) + b"".join([a.encode() for a in self])
 
     def __str__(self) -> str:
         return " => ".join(str(a) for a in self)

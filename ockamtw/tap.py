@@ -35,7 +35,7 @@ from .transport.limits import (
     MAX_CONNECTIONS_PER_PEER,
     PARTIAL_FRAME_BUDGET,
 )
-from .transport.tcp import client_target, server_description
+from .endpoints import client_target, server_description
 
 log = Logger(namespace="ockamtw.tap")
 
@@ -431,8 +431,6 @@ class Options(usage.Options):
         """
         Open a TCP connection to HOST:PORT at start (repeatable).
         """
-        from .transport.tcp import client_target
-
         try:
             client_target(value)
         except WireError as e:
@@ -685,36 +683,24 @@ class _ConnectService(Service):
 
 class _InletService(Service):
     """
-    Starts an inlet with the node; a failure to bind ends the process like
-    the node's own listener.
+    Starts an inlet given with C{--inlet} with the node; a failure to bind
+    ends the process like the node's own listener.
     """
 
-    def __init__(self, node: Node, listen: str, route: str, fatal: bool = True, authorized=None) -> None:
+    def __init__(self, node: Node, listen: str, route: str) -> None:
         self.node = node
         self.listen = listen
         self.route = route
-        self.fatal = fatal
-        self.authorized = authorized
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
-        d = self.node.create_inlet(self.listen, self.route, authorized=self.authorized)
-        if self.fatal:
-            _at_once(self.node, f"inlet {self.listen}", d)
-        else:
-            d.addErrback(
-                lambda f: log.error(
-                    "node {node}: inlet {listen} not restored: {reason}",
-                    node=self.node.name,
-                    listen=self.listen,
-                    reason=f.getErrorMessage(),
-                )
-            )
+        _at_once(self.node, f"inlet {self.listen}", self.node.create_inlet(self.listen, self.route))
 
 
 class _RelayService(Service):
     """
-    Registers a relay when the node starts and keeps it up.
+    Registers a relay given with C{--relay} when the node starts, and keeps
+    it up.
     """
 
     def __init__(self, node: Node, name: str, at: str) -> None:
@@ -724,7 +710,8 @@ class _RelayService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        self.node.add_relay(self.at, name=self.name)
+        if self.name not in self.node.relays:  # restored from the node's state
+            self.node.add_relay(self.at, name=self.name)
 
 
 class _SaveState(Service):
@@ -774,55 +761,50 @@ def _node_resolver(home: str):
     return resolve
 
 
-class _KeepService(Service):
-    """
-    Restores a kept connection (same target, same worker address).
-    """
-
-    def __init__(self, node: Node, target: str, address: str) -> None:
-        self.node = node
-        self.target = target
-        self.address = address
-
-    def startService(self) -> None:
-        Service.startService(self)
-        self.node.tcp.keep(self.target, self.address, wait=False)
-
-
 class _CleanSigterm(Service):
     """
     A node stopped by SIGTERM exits with status 0.
 
     Until the reactor runs, Python's default SIGTERM disposition would kill
     the process (status 143): this service's handler, installed before any
-    other part of the node starts, stops the reactor instead.  Once the
-    reactor runs, Twisted's own handler takes over, and twistd re-raises the
-    signal at exit; this service forgets SIGTERM when the node stops.  It
-    reads Twisted's private C{_exitSignal}, guarded, since no public API
-    exists for it.
+    other part of the node starts, stops the reactor instead.  The reactor
+    installs its own handlers as it starts (Twisted's would have twistd
+    re-raise the signal at exit, status 143): once it runs
+    (C{callWhenRunning}), this service's handler takes SIGTERM back.  It
+    gives the signal back to whoever had it when the node stops.
     """
 
     def __init__(self, reactor) -> None:
         self.reactor = reactor
         self._previous = None
+        self._installed = False
+        self._terminated = False
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._early_term)
+            self._previous = signal.signal(signal.SIGTERM, self._term)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            return
+        self._installed = True
+        self.reactor.callWhenRunning(self._take_back)
 
-    def _early_term(self, signum, frame) -> None:
+    def _take_back(self) -> None:
+        if self._installed and self.running:
+            signal.signal(signal.SIGTERM, self._term)
+
+    def _term(self, signum, frame) -> None:
+        self._terminated = True
         self.reactor.callFromThread(self.reactor.stop)
 
     def stopService(self):
         Service.stopService(self)
-        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+        if self._terminated:
             log.info("SIGTERM: node stopped")
-            self.reactor._exitSignal = None
-        if signal.getsignal(signal.SIGTERM) == self._early_term and self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            self._installed = False
+            if signal.getsignal(signal.SIGTERM) == self._term and self._previous is not None:
+                signal.signal(signal.SIGTERM, self._previous)
 
 
 def makeService(options, reactor=None):
@@ -857,35 +839,20 @@ def makeService(options, reactor=None):
         _fatal(f"ockam: {e}")
     node = Node(reactor, name=name, identity=identity, handshake_limits=handshake_limits)
     apply_limits(node, options)
-    _CleanSigterm(reactor).setServiceParent(node)  # first: see its docstring
     node.node_resolver = _node_resolver(home)
+    # What the node's state keeps (each feature's part) is restored by its
+    # controller; the options add to it.
     controller = NodeController(node, state_dir) if state_dir else None
     if listen:
-        _ListenerService(node, listen, controller).setServiceParent(node)
+        node.add_service_first(_ListenerService(node, listen, controller))
+    node.add_service_first(_CleanSigterm(reactor))  # first of all: see its docstring
     for target in options["connect"]:
         _ConnectService(node, target).setServiceParent(node)
-    for kept in state.get("connections", []) if state else []:
-        _KeepService(node, kept["to"], kept["address"]).setServiceParent(node)
-    outlets = [(o["address"], o["to"], False, o.get("authorized")) for o in state["outlets"]] if state else []
-    outlets += [(address, target, True, None) for address, target in options["outlet"]]
-    for address, target, fatal, authorized in outlets:
-        d = node.create_outlet(address, target, authorized=authorized)
-        if fatal:
-            _at_once(node, f"outlet {address}", d)
-        else:
-            d.addErrback(lambda f, a=address: log.error("outlet {a} not restored: {r}", a=a, r=f.getErrorMessage()))
-    inlets = [(i["listen"], i["to"], False, i.get("authorized")) for i in state["inlets"]] if state else []
-    inlets += [(listen_, route, True, None) for listen_, route in options["inlet"]]
-    for listen_, route, fatal, authorized in inlets:
-        _InletService(node, listen_, route, fatal, authorized).setServiceParent(node)
-    for listener in state.get("secure_listeners", []) if state else []:
-        try:
-            node.create_secure_channel_listener(listener["address"], listener.get("authorized"))
-        except Exception as e:
-            log.error("secure channel listener {a} not restored: {e}", a=listener["address"], e=str(e))
-    relays = [(r["name"], r["at"]) for r in state["relays"]] if state else []
-    relays += list(options["relay"])
-    for relay_name, at in relays:
+    for address, target in options["outlet"]:
+        _at_once(node, f"outlet {address}", node.create_outlet(address, target))
+    for listen_, route in options["inlet"]:
+        _InletService(node, listen_, route).setServiceParent(node)
+    for relay_name, at in options["relay"]:
         _RelayService(node, relay_name, at).setServiceParent(node)
     if controller is not None:
         ControlService(reactor, controller, os.path.join(state_dir, st.SOCKET)).setServiceParent(node)

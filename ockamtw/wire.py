@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import construct as c
 
 from .errors import MessageTooLarge, WireError
-from .routing import Address, Route, _encode_uvarint
+from .routing import Address, Route, uvarint
 
 __all__ = [
     "VERSION",
@@ -109,7 +109,7 @@ def encode_uvarint(n: int) -> bytes:
     """
     if not isinstance(n, int) or n < 0 or n >= 1 << 64:
         raise WireError(f"uvarint must be an integer 0 to 2**64-1, not {n!r}")
-    return _encode_uvarint(n)
+    return uvarint(n)
 
 
 def _read_uvarint(buf, pos: int, end: int) -> Tuple[int, int]:
@@ -136,9 +136,8 @@ def _read_uvarint(buf, pos: int, end: int) -> Tuple[int, int]:
             raise WireError("uvarint longer than 10 bytes")
 
 
-#: The fast uvarint encoder and reader for codec code that checks its
-#: ranges itself (the portal and relay fast paths, the secure channel codec).
-uvarint = _encode_uvarint
+#: The fast uvarint reader for codec code that checks its ranges itself
+#: (the secure channel and project codecs); L{uvarint} is the encoder.
 read_uvarint = _read_uvarint
 
 
@@ -153,7 +152,7 @@ def encode_data(b: bytes) -> bytes:
     """
     BARE data: uvarint length, then the bytes.
     """
-    return _encode_uvarint(len(b)) + bytes(b)
+    return uvarint(len(b)) + bytes(b)
 
 
 def decode_data(data: bytes) -> Tuple[bytes, int]:
@@ -173,7 +172,7 @@ def encode_string(s: str) -> bytes:
     if not isinstance(s, str):
         raise WireError(f"a BARE string is text, not {s!r}")
     raw = s.encode("utf-8")
-    return _encode_uvarint(len(raw)) + raw
+    return uvarint(len(raw)) + raw
 
 
 def decode_string(data: bytes) -> str:
@@ -292,7 +291,7 @@ class TransportMessage:
                 b"\x01",
                 self.onward_route.encode(),
                 self.return_route.encode(),
-                _encode_uvarint(len(self.payload)),
+                uvarint(len(self.payload)),
             )
         )
 
@@ -414,6 +413,26 @@ def encode_frame(message: TransportMessage) -> bytes:
     return b"".join(frame_parts(message))
 
 
+def body_frame_parts(head: bytes, data: bytes) -> List[bytes]:
+    """
+    The frame whose body is C{head + data} (an encoded TransportMessage
+    known in two pieces, e.g. a header prepared once and a payload), as
+    pieces for C{writeSequence}; C{data} is not copied.
+
+    @raise MessageTooLarge: when the body exceeds 65535 bytes.
+    """
+    size = len(head) + len(data)
+    if size > MAX_FRAME:
+        raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
+    return [size.to_bytes(2, "big") + head, data]
+
+
+#: The heartbeat frame: length 4, then a TransportMessage of version 1 with
+#: empty onward and return routes and an empty payload (Ockam 0.83 and
+#: ockamtw drop it silently).
+HEARTBEAT_FRAME = bytes.fromhex("000401000000")
+
+
 class FrameDecoder:
     """
     Splits a byte stream into frames and decodes them.
@@ -531,7 +550,7 @@ class PortalMessage:
         """
         The bytes before a chunk of C{length} bytes in a Payload message.
         """
-        return b"\x03" + _encode_uvarint(length)
+        return b"\x03" + uvarint(length)
 
     def encode(self) -> bytes:
         if self.tag == self.PAYLOAD:
@@ -591,7 +610,7 @@ def encode_header(onward_count: int, onward_parts: Sequence[bytes], return_route
     Equal to L{TransportMessage.header} of the same message.
     """
     return b"".join(
-        [b"\x01", _encode_uvarint(onward_count), *onward_parts, return_route.encode(), _encode_uvarint(payload_len)]
+        [b"\x01", uvarint(onward_count), *onward_parts, return_route.encode(), uvarint(payload_len)]
     )
 
 
@@ -612,7 +631,7 @@ def payload_prefix(n: int) -> bytes:
     """
     p = _PAYLOAD_PREFIXES.get(n)
     if p is None:
-        p = b"\x03" + _encode_uvarint(n)
+        p = b"\x03" + uvarint(n)
         if len(_PAYLOAD_PREFIXES) < 1024:
             _PAYLOAD_PREFIXES[n] = p
     return p
@@ -622,7 +641,7 @@ def encode_payload(chunk: bytes) -> bytes:
     """
     The PortalMessage C{Payload(chunk)}.
     """
-    return b"\x03" + _encode_uvarint(len(chunk)) + chunk
+    return b"\x03" + uvarint(len(chunk)) + chunk
 
 
 def decode_payload(payload: bytes) -> bytes:
@@ -652,7 +671,7 @@ def encode_credit(limit: int) -> bytes:
     """
     if not 0 <= limit < 1 << 64:
         raise WireError(f"credit limit out of range: {limit!r}")
-    return b"\x04" + _encode_uvarint(limit)
+    return b"\x04" + uvarint(limit)
 
 
 def decode_credit(data: bytes) -> int:

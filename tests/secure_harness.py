@@ -144,7 +144,7 @@ class SecureTestCase(PortalTestCase):
         )
         init = n1.secure_channels[enc.value]
         resp = self.responder(n2)
-        await wait_until(lambda: resp.status == "up", 5, "responder up")
+        await wait_until(lambda: resp.state == "up", 5, "responder up")
         return n1, n2, tap, init, resp
 
     async def round_trip(self, n1, encryptor: Address, text: str) -> str:

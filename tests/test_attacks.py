@@ -23,7 +23,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_string, encode_string
-from ockamtw.portal import PING, PONG
+from ockamtw.wire import PING, PONG
 from ockamtw.wire import TransportMessage
 
 from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_frame, h_message, h_string, wait_until

@@ -497,7 +497,6 @@ class StatusTests(InMemory, SynchronousTestCase):
     def get_node(self) -> dict:
         request = DummyRequest([b"node"])
         request.content = io.BytesIO(b"")
-        request._disconnected = False
         self.assertEqual(ControlResource(NodeController(self.node)).render(request), NOT_DONE_YET)
         self.assertEqual(request.responseCode or 200, 200)
         return json.loads(b"".join(request.written))

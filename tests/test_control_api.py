@@ -15,7 +15,7 @@ import errno
 import os
 
 from ockamtw.control import server
-from ockamtw.control.server import status_text
+from ockamtw.status import CLOSED, DOWN, UP
 
 from .control_harness import ControlAPITestCase
 from .helpers import async_test, wait_until
@@ -114,7 +114,7 @@ class SecureChannelListTests(ControlAPITestCase):
         listener = n2.secure_listeners["api"]
         await wait_until(lambda: len(listener.channels) == 1, 5, "the responder end")
         (end,) = listener.channels
-        self.assertNotEqual(status_text(end.status), "UP")
+        self.assertNotEqual(end.status, UP)
         self.assertEqual(await client.call("GET", "secure-channels"), [])
         info = await client.call("GET", "node")
         self.assertEqual(info["handshakes"]["api"]["half_open"], 1)
@@ -129,7 +129,7 @@ class SecureChannelListTests(ControlAPITestCase):
         n1 = self.make_node("n1")
         host, port = l2.socket_address.rsplit(":", 1)
         await self.within(n1.create_secure_channel(f"/ip4/{host}/tcp/{port}/service/api", timeout=5), 5, "channel")
-        await wait_until(lambda: any(status_text(e.status) == "UP" for e in n2.secure_listeners["api"].channels), 5, "up")
+        await wait_until(lambda: any(e.status == UP for e in n2.secure_listeners["api"].channels), 5, "up")
         (row,) = await client2.call("GET", "secure-channels")
         self.assertEqual((row["role"], row["status"], row["peer"]), ("responder", "UP", n1.identity.identifier))
         shown = await client2.call("GET", ("secure-channels", f"/service/{row['encryptor']}"))
@@ -151,7 +151,7 @@ class StatusSpellingTests(ControlAPITestCase):
         await client.call("POST", "secure-channels", {"to": f"{route}/service/api"})
         await client.call("POST", "inlets", {"listen": "127.0.0.1:0", "to": f"{route}/service/outlet"})
         down = await client.call("POST", "inlets", {"listen": "127.0.0.1:0", "to": "/ip4/127.0.0.1/tcp/1/service/outlet"})
-        await wait_until(lambda: status_text(n1.inlets[down["listen"]].status) == "DOWN", 5, "the inlet to nothing down")
+        await wait_until(lambda: n1.inlets[down["listen"]].status == DOWN, 5, "the inlet to nothing down")
         info = await client.call("GET", "node")
         statuses = {
             "node": info["status"],
@@ -212,7 +212,7 @@ class ListenerTests(ControlAPITestCase):
         await wait_until(lambda: len(n2.secure_listeners["l2"].channels) == 1, 5, "the responder")
         (end,) = n2.secure_listeners["l2"].channels
         await client.call("DELETE", ("secure-channel-listeners", "l2"))
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.status, CLOSED)
         self.assertIsNone(n2.worker_at(end.decryptor))
         self.assertIn(enc.value, n1.secure_channels)  # (the initiator is not told)
 

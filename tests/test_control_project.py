@@ -139,7 +139,7 @@ class RestoreTests(SynchronousTestCase):
         self.assertEqual(relay_dict(other)["alias"], "forward_to_n3")
 
     def test_project_relays_default_to_static(self):
-        from ockamtw.api import _relay_service
+        from ockamtw.relay import relay_service as _relay_service
         from ockamtw.relay import FORWARDING_SERVICE
 
         self.assertEqual(_relay_service("/project/default", None), STATIC_FORWARDING_SERVICE)

@@ -16,13 +16,19 @@ calls the same API over its UNIX socket with the command line's client.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 from urllib.parse import quote
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
 
 from ockamtw import Node
 from ockamtw.control import state as st
@@ -389,6 +395,25 @@ class EndpointTests(ControlResourceTestCase):
         self.assertEqual((info["name"], info["status"], info["pid"]), ("n1", "UP", 4242))
         self.assertEqual(info["identity"], self.node.identity.identifier)
         self.assertIn("api", info["services"])
+
+    def test_client_gone(self):
+        """
+        An answer that is ready after its client went away is not written
+        (the request says so through C{notifyFinish}); a client that waits
+        gets it.
+        """
+        resource = ControlResource(self.controller)
+        answers = {}
+        resource._route = lambda method, parts, body: answers.setdefault(parts[0], Deferred())
+        gone, waiting = DummyRequest([b"gone"]), DummyRequest([b"waiting"])
+        for request in (gone, waiting):
+            request.content = io.BytesIO(b"")
+            self.assertEqual(resource.render(request), NOT_DONE_YET)
+        gone.processingFailed(Failure(ConnectionDone()))
+        answers["gone"].callback({"late": True})
+        answers["waiting"].callback({"late": False})
+        self.assertEqual((gone.written, gone.finished), ([], 0))
+        self.assertEqual((json.loads(b"".join(waiting.written)), waiting.finished), ({"late": False}, 1))
 
 
 class UnsavedChangeTests(ControlResourceTestCase):

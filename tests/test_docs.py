@@ -48,7 +48,7 @@ class ExampleRunTests(TestCase):
             out, err, code = result
             text = out.decode()
             self.assertEqual(code, 0, err.decode()[-2000:])
-            self.assertIn("relay forward_to_n3 is Up", text)
+            self.assertIn("relay forward_to_n3 is UP", text)
             self.assertIn("HELLO", text)
             self.assertIn("hello from behind the relay", text)
 

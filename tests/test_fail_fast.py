@@ -62,7 +62,7 @@ class InletTests(PortalTestCase):
         n1 = self.make_node("n1")
         inlet = await n1.create_inlet("127.0.0.1:0", "/service/nothing", ping_timeout=10)
         await wait_until(lambda: inlet.last_error is not None, 2, "the inlet's reason")
-        self.assertEqual(inlet.status, "Down")
+        self.assertEqual(inlet.status, "DOWN")
         self.assertIn("no worker at /service/nothing", inlet.last_error)
 
     @async_test
@@ -79,7 +79,7 @@ class InletTests(PortalTestCase):
         ):
             inlet = await n1.create_inlet("127.0.0.1:0", route, ping_timeout=10)
             await self.client_closed_at_once(inlet)
-            self.assertEqual((inlet.status, inlet.last_error, inlet.refusals), ("Down", reason, 1))
+            self.assertEqual((inlet.status, inlet.last_error, inlet.refusals), ("DOWN", reason, 1))
             await wait_until(lambda: not inlet.portals, 2, "the inlet's portal gone")
 
     async def refused(self, flow_control: bool):
@@ -97,7 +97,7 @@ class InletTests(PortalTestCase):
         figure(f"refused inlet (flow control {flow_control}): client closed after {elapsed * 1000:.0f} ms")
         self.assertEqual(targets.protocols, [])
         self.assertEqual(outlet.unauthorized, 1)
-        self.assertEqual(inlet.status, "Down")
+        self.assertEqual(inlet.status, "DOWN")
         return inlet
 
     @async_test
@@ -127,7 +127,7 @@ class InletTests(PortalTestCase):
         inlet = await n1.create_inlet("127.0.0.1:0", "/service/outlet", ping_timeout=10)
         await self.client_closed_at_once(inlet)
         self.assertEqual(inlet.last_error, "refused by the outlet: the outlet cannot reach its target")
-        self.assertEqual(inlet.status, "Down")
+        self.assertEqual(inlet.status, "DOWN")
 
 
 class SecureChannelTests(PortalTestCase):

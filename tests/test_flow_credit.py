@@ -37,7 +37,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from ockamtw.node import BaseNode, FunctionWorker
-from ockamtw.portal import PortalWorker, payload_message
+from ockamtw.portal import PortalWorker
+from ockamtw.wire import encode_payload
 
 
 
@@ -162,7 +163,7 @@ class CreditInMemoryTests(SynchronousTestCase):
         data = b"r" * MAX_CHUNK
         n = 0
         while n < 2 * STREAM_WINDOW:
-            self.node.send(portal.address, payload_message(data), sender=self.peer)
+            self.node.send(portal.address, encode_payload(data), sender=self.peer)
             n += len(data)
         self.assertEqual(len(self.transport.value()), n)
         limits = [decode_credit(p) for p in self.got]
@@ -182,7 +183,7 @@ class CreditInMemoryTests(SynchronousTestCase):
         self.assertFalse(portal.flow)
         for _ in range(2 * STREAM_WINDOW // MAX_CHUNK):
             portal._socket_data(b"s" * MAX_CHUNK)
-            self.node.send(portal.address, payload_message(b"r" * MAX_CHUNK), sender=plain)
+            self.node.send(portal.address, encode_payload(b"r" * MAX_CHUNK), sender=plain)
         self.assertEqual(transport.producerState, "producing")
         self.assertFalse([p for p in self.got if p[:1] == b"\x04"])
 

@@ -37,6 +37,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface import implementer
 
 from ockamtw import Address, Node, Route, Worker
 from ockamtw.access import ANYONE, Relayed
@@ -52,6 +53,7 @@ from ockamtw.secure.codec import CreateResponderChannelMessage
 from ockamtw.secure.identity import LocalIdentity
 from ockamtw.secure.noise import HandshakeState
 from ockamtw.wire import TransportMessage
+from ockamtw.interfaces import IOrigin
 
 from .helpers import LogWatch, async_test, h_frame, h_message, log_text, wait_until
 from .portal_harness import r_frame
@@ -70,6 +72,7 @@ OPEN = dict(
 )
 
 
+@implementer(IOrigin)
 class Peer(CloseNotifier):
     """
     The origin of an M1 as a TCP connection from C{socket_address} gives it.
@@ -135,7 +138,7 @@ class ListenerInMemory(SynchronousTestCase):
             self.node.deliver(message)
 
     def half_open(self, listener) -> int:
-        return sum(1 for e in listener.channels if e.status != "up")
+        return sum(1 for e in listener.channels if e.state != "up")
 
     def assertNoExtraState(self, listener) -> None:
         """
@@ -511,7 +514,7 @@ class FloodTests(SecureTestCase):
         return flooders
 
     def half_open(self, listener) -> int:
-        return sum(1 for e in listener.channels if e.status != "up")
+        return sum(1 for e in listener.channels if e.state != "up")
 
     async def flood_scenario(self, n2, at: str, flood_from: str, connections: int, cap: int, answer: bool = False):
         """

@@ -22,6 +22,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from ockamtw import Address, Route
 from ockamtw import portal as portal_module
@@ -29,6 +30,7 @@ from ockamtw import relay as relay_module
 from ockamtw.access import ANYONE
 from ockamtw.errors import RelayRefused, RequestTimeout
 from ockamtw.flow import STREAM_WINDOW
+from ockamtw.interfaces import ILink
 from ockamtw.node import BaseNode, FunctionWorker
 from ockamtw.portal import (
     CONNECTING,
@@ -41,7 +43,6 @@ from ockamtw.portal import (
     WAITING,
     WRITE_CLOSED,
     PortalWorker,
-    payload_message,
     portal_address,
 )
 from ockamtw.relay import (
@@ -61,7 +62,7 @@ from ockamtw.secure.channel import ChannelEnd, HandshakeLimits, SecureChannelLis
 from ockamtw.secure.codec import CreateResponderChannelMessage
 from ockamtw.secure.errors import SecureChannelError
 from ockamtw.secure.identity import LocalIdentity
-from ockamtw.wire import DISCONNECT, TransportMessage, decode_credit, encode_credit, encode_eof
+from ockamtw.wire import DISCONNECT, TransportMessage, decode_credit, encode_credit, encode_eof, encode_payload
 
 from .helpers import h_string, msg_frame
 from .memory_harness import MemoryMixin
@@ -384,7 +385,6 @@ _M = object()
 class ChannelTableTests(TableMixin, SynchronousTestCase):
     module = channel_module
     factory = channel_module._ChannelMachine
-    attribute = "status"
     inputs = {
         "initiate": (_R, 10.0),
         "respond": (b"m1", 10.0),
@@ -433,6 +433,7 @@ class ChannelTableTests(TableMixin, SynchronousTestCase):
 _LIMITS = HandshakeLimits(rate=1e6, burst=10**6, peer_rate=1e6, peer_burst=10**6)
 
 
+@implementer(ILink)
 class _Link:
     """
     A stand-in for the TCP connection a peer's handshake came through.
@@ -477,11 +478,11 @@ class ChannelMachineTests(SynchronousTestCase):
 
     def test_handshake(self):
         end = self.initiator()
-        self.assertEqual(end.status, "new")
+        self.assertEqual(end.state, "new")
         d = end.start_initiator(Route([Address.local("api")]), 10.0)
         self.assertIs(self.successResultOf(d), end)
         (responder,) = self.listener.channels
-        self.assertEqual((end.status, responder.status), ("up", "up"))
+        self.assertEqual((end.state, responder.state), ("up", "up"))
         self.assertEqual((end.identity, responder.identity), (self.b.identifier, self.a.identifier))
         self.assertEqual(self.node.reactor.getDelayedCalls(), [])
 
@@ -496,10 +497,10 @@ class ChannelMachineTests(SynchronousTestCase):
 
         def up(e):
             e.close()
-            seen.append(e.status)
+            seen.append(e.state)
 
         end.start_initiator(Route([Address.local("api")]), 10.0).addCallback(up)
-        self.assertEqual((seen, end.status), (["closed"], "closed"))
+        self.assertEqual((seen, end.state), (["closed"], "closed"))
         self.assertIsNone(self.node.worker_at(end.decryptor))
 
     def test_not_a_listener(self):
@@ -513,7 +514,7 @@ class ChannelMachineTests(SynchronousTestCase):
         d = end.start_initiator(Route([Address.local("echo")]), 10.0)
         f = self.failureResultOf(d, SecureChannelError)
         self.assertIn("did not answer as a secure channel listener", f.getErrorMessage())
-        self.assertEqual((end.status, end.dropped), ("closed", 1))
+        self.assertEqual((end.state, end.dropped), ("closed", 1))
         self.assertIs(end.failure, f.value)
         self.assertEqual(self.node.reactor.getDelayedCalls(), [])
 
@@ -521,12 +522,12 @@ class ChannelMachineTests(SynchronousTestCase):
         self.node.start_worker("sink", FunctionWorker(lambda w, m: None, access=ANYONE))
         end = self.initiator()
         d = end.start_initiator(Route([Address.local("sink")]), 3.0)
-        self.assertEqual(end.status, "m2")
+        self.assertEqual(end.state, "m2")
         self.node.reactor.advance(2.9)
         self.assertNoResult(d)
         self.node.reactor.advance(0.1)
         self.failureResultOf(d, RequestTimeout)
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
 
     def test_before_start_and_before_up(self):
         """
@@ -535,9 +536,9 @@ class ChannelMachineTests(SynchronousTestCase):
         """
         end = self.initiator()
         end._wire(TransportMessage(Route([end.decryptor]), Route([]), b"junk"))
-        self.assertEqual((end.status, end.dropped), ("new", 1))
+        self.assertEqual((end.state, end.dropped), ("new", 1))
         end._local(TransportMessage(Route([end.encryptor, Address.local("x")]), Route([]), b"early"))
-        self.assertEqual(end.status, "new")
+        self.assertEqual(end.state, "new")
 
     def half_open_responder(self, link):
         """
@@ -557,9 +558,9 @@ class ChannelMachineTests(SynchronousTestCase):
     def test_link_closed_during_handshake(self):
         link = _Link()
         responder = self.half_open_responder(link)
-        self.assertEqual(responder.status, "m3")
+        self.assertEqual(responder.state, "m3")
         link.close()
-        self.assertEqual(responder.status, "closed")
+        self.assertEqual(responder.state, "closed")
         self.assertIsInstance(responder.failure, SecureChannelError)
         self.assertIn("closed during the handshake", str(responder.failure))
         self.assertEqual((self.listener.stats()["half_open"], self.listener.failed), (0, 1))
@@ -575,7 +576,7 @@ class ChannelMachineTests(SynchronousTestCase):
         m1.origin = link
         request = CreateResponderChannelMessage.for_initiator(b"\x00" * 32, Address.local("back"))
         self.assertRaises(SecureChannelError, end.start_responder, m1, 10.0, request)
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         self.assertIn("closed during the handshake", str(end.failure))
 
     def test_verified_after_closed_is_ignored(self):
@@ -583,7 +584,7 @@ class ChannelMachineTests(SynchronousTestCase):
         end.close()
         end._machine.verified()
         end._machine.link_closed()
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         self.assertRaises(NoTransition, end.start_initiator, Route([Address.local("api")]), 1.0)
 
 
@@ -723,13 +724,13 @@ class PortalMachineTests(SynchronousTestCase):
         self.assertEqual(portal.state, WAITING)
         portal._socket_data(b"early")
         peer = self.other_side()
-        self.node.send(portal.address, payload_message(b"too soon"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"too soon"), sender=peer)
         self.assertEqual((self.got, transport.value(), portal.dropped), ([], b"", 1))
         portal.set_remote(Route([peer]))
         self.assertEqual(portal.state, OPEN)
         self.assertTrue(portal.flow)
         portal._socket_data(b"now")
-        self.assertEqual(self.got, [payload_message(b"now")])
+        self.assertEqual(self.got, [encode_payload(b"now")])
 
     def test_other_side_first(self):
         """
@@ -741,12 +742,12 @@ class PortalMachineTests(SynchronousTestCase):
         portal.set_remote(Route([peer]))
         self.assertEqual(portal.state, CONNECTING)
         self.assertIsNone(portal.transport)
-        self.node.send(portal.address, payload_message(b"x"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"x"), sender=peer)
         self.assertEqual((portal.bytes_out, portal.dropped), (0, 0))
         transport = StringTransport()
         portal._socket_made(transport)
         self.assertEqual(portal.state, OPEN)
-        self.node.send(portal.address, payload_message(b"y"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"y"), sender=peer)
         self.assertEqual(transport.value(), b"y")
 
     def test_second_other_side_refused(self):
@@ -766,7 +767,7 @@ class PortalMachineTests(SynchronousTestCase):
         self.assertEqual(self.got, [encode_eof()])
         portal._socket_eof()  # a second end of file changes nothing
         self.assertEqual((portal.state, self.got), (READ_CLOSED, [encode_eof()]))
-        self.node.send(portal.address, payload_message(b"still"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"still"), sender=peer)
         self.assertEqual(transport.value(), b"still")
         done = portal.when_done()
         self.node.send(portal.address, encode_eof(), sender=peer)
@@ -790,14 +791,14 @@ class PortalMachineTests(SynchronousTestCase):
         portal, transport, peer = self.opened()
         self.node.send(portal.address, encode_eof(), sender=peer)
         self.assertEqual((portal.state, portal.write_done, transport.write_lost), (WRITE_CLOSED, True, True))
-        self.node.send(portal.address, payload_message(b"late"), sender=peer)
+        self.node.send(portal.address, encode_payload(b"late"), sender=peer)
         self.node.send(portal.address, encode_eof(), sender=peer)  # a second Eof is ignored
         self.assertEqual((portal.state, transport.value()), (WRITE_CLOSED, b""))
         portal._socket_data(b"answer")
-        self.assertEqual(self.got, [payload_message(b"answer")])
+        self.assertEqual(self.got, [encode_payload(b"answer")])
         portal._socket_eof()
         self.assertEqual(portal.state, FLUSHING)
-        self.assertEqual(self.got, [payload_message(b"answer"), encode_eof()])
+        self.assertEqual(self.got, [encode_payload(b"answer"), encode_eof()])
 
     def test_end_of_file_without_flow_control(self):
         """
@@ -882,7 +883,7 @@ class PortalMachineTests(SynchronousTestCase):
         """
         portal, transport, peer = self.opened()
         for _ in range(STREAM_WINDOW // MAX_CHUNK):
-            self.node.send(portal.address, payload_message(b"r" * MAX_CHUNK), sender=peer)
+            self.node.send(portal.address, encode_payload(b"r" * MAX_CHUNK), sender=peer)
         grants = [decode_credit(p) for p in self.got]
         self.assertTrue(grants)
         self.node.send(portal.address, encode_eof(), sender=peer)

@@ -71,7 +71,7 @@ class MedicTests(PortalTestCase):
 
         echoes.receive = counting
         await wait_until(lambda: len(seen) >= 8, 5, "eight pings answered")
-        self.assertEqual(end.status, "up")
+        self.assertEqual(end.state, "up")
         self.assertEqual((medic.closed, downs), (0, []))
         self.assertEqual(medic.watching(), 1)
         # Every ping carries the session's key; each is answered before the
@@ -85,7 +85,7 @@ class MedicTests(PortalTestCase):
         workers = set(n1.worker_addresses())
         self.assertIn(Address.local(codec.PING_COLLECTOR), workers)
         silencer.silent = True
-        await wait_until(lambda: end.status == "closed", 5, "the silent channel closed")
+        await wait_until(lambda: end.state == "closed", 5, "the silent channel closed")
         self.assertEqual(downs, [("p", end)])
         self.assertEqual(medic.closed, 1)
         self.assertGreaterEqual(silencer.dropped, 3, "three pings went unanswered first")
@@ -126,6 +126,6 @@ class MedicTests(PortalTestCase):
         loop.clock = reactor
         loop.start(0.02)
         self.addCleanup(lambda: loop.running and loop.stop())
-        await wait_until(lambda: end.status == "closed", 5, "the silent channel closed despite forged pongs")
+        await wait_until(lambda: end.state == "closed", 5, "the silent channel closed despite forged pongs")
         self.assertGreater(forged, 0)
         self.assertEqual(medic.closed, 1)

@@ -39,6 +39,7 @@ from ockamtw.control import state as st
 from ockamtw.endpoint_parsers import OckamClientParser, OckamServerParser, stop_embedded_nodes, unregister_node
 from ockamtw.flow import STREAM_WINDOW
 from ockamtw.portal.pipe import StreamTransport
+from ockamtw.status import UP
 
 from .helpers import async_test, deadline, held_port, wait_until
 from .portal_harness import Collector, StreamWriter, TargetFactory
@@ -556,7 +557,7 @@ class ListenTests(EndpointTestCase):
         await n2.tcp.listen(f"tcp:{port}:interface=127.0.0.1")
         outlet_port = await deadline(listening, STEP, "listening once the relay node is up")
         self.addCleanup(outlet_port.stopListening)
-        self.assertEqual(outlet_port.relay.status, "Up")
+        self.assertEqual(outlet_port.relay.status, UP)
 
     @async_test
     async def test_address_taken(self):

@@ -22,6 +22,7 @@ from ockamtw.project.credentials import Credential, verify
 from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity, import_identity
+from ockamtw.status import CLOSED, DOWN, UP
 
 from .helpers import async_test, deadline, wait_until
 from .orchestrator_harness import FreezingProxy, OrchestratorTestCase, ProjectTestCase
@@ -269,7 +270,7 @@ class RestartTests(ProjectTestCase):
 
         # Stop the orchestrator and start a new one on the same data.
         await self.o.stopService()
-        await wait_until(lambda: relay.status == "Down" or relay.status == "DOWN", 10, "the relay down")
+        await wait_until(lambda: relay.status == DOWN, 10, "the relay down")
         await self.start()
         after = await self.api("GET", f"/v0/projects/{info.id}/information")
         self.assertEqual(ProjectInfo.from_json(json.dumps(after, indent=2)).to_json(), before_json)
@@ -281,7 +282,7 @@ class RestartTests(ProjectTestCase):
         relays = await self.api("GET", f"/v0/projects/{info.id}/relays")
         self.assertEqual([(r["name"], r["owner"]) for r in relays], [("n3", self.admin.identifier)])
         try:
-            await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+            await wait_until(lambda: relay.status == UP, 15, "the relay back")
         except AssertionError:
             self.fail(f"the relay did not come back: {relay.last_error}")
         reply = await deadline(
@@ -360,9 +361,9 @@ class HealingTests(ProjectTestCase):
         self.assertEqual(await hello("before"), "BEFORE")
         first_channel = n3.membership.project_channel("default")
         self.assertEqual(proxy.freeze(), 2)
-        await wait_until(lambda: first_channel.status == "closed", 5, "the silent channel closed by the Medic")
+        await wait_until(lambda: first_channel.status == CLOSED, 5, "the silent channel closed by the Medic")
         self.assertEqual(n3.membership.medic.closed, 1)
-        await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != first_channel.encryptor, 10,
+        await wait_until(lambda: relay.status == UP and relay.route[0] != first_channel.encryptor, 10,
                          "the relay registered again through a new channel")
         self.assertEqual(relay.remote_address, Address.local("forward_to_n3"))
         self.assertEqual(await hello("after"), "AFTER")
@@ -411,9 +412,9 @@ class InletHealingTests(ProjectTestCase):
         info = await self.project()
         relay, inlet, port = await self.portal(route, info)
         await self.o.stopService()
-        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await wait_until(lambda: relay.status == DOWN, 10, "the relay down")
         await self.start()
-        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        await wait_until(lambda: relay.status == UP, 15, "the relay back")
         failed = await self.echo_until(port, b"after the restart", 15)
         self.assertEqual(failed, 0, "the first connection after the relay came back failed")
 
@@ -430,10 +431,10 @@ class InletHealingTests(ProjectTestCase):
         nested = int(nested.socket_address.rsplit(":", 1)[1])
         await self.echo_through(nested, b"nested before")
         await self.o.stopService()
-        await wait_until(lambda: relay.status in ("Down", "DOWN"), 10, "the relay down")
+        await wait_until(lambda: relay.status == DOWN, 10, "the relay down")
         await self.start()
         restarted = reactor.seconds()
-        await wait_until(lambda: relay.status in ("Up", "UP"), 15, "the relay back")
+        await wait_until(lambda: relay.status == UP, 15, "the relay back")
         await self.echo_until(plain, b"plain after", 15 - (reactor.seconds() - restarted))
         await self.echo_until(nested, b"nested after", 15 - (reactor.seconds() - restarted))
         self.assertLess(reactor.seconds() - restarted, 15)
@@ -464,9 +465,9 @@ class InletHealingTests(ProjectTestCase):
         silent = self.n1 if side == "n1" else self.n3
         channel = silent.membership.project_channel("default")
         self.assertGreater(proxy.freeze(), 0)
-        await wait_until(lambda: channel.status == "closed", 5, "the silent channel closed by the Medic")
+        await wait_until(lambda: channel.status == CLOSED, 5, "the silent channel closed by the Medic")
         if side == "n3":
-            await wait_until(lambda: relay.status in ("Up", "UP") and relay.route[0] != channel.encryptor, 10,
+            await wait_until(lambda: relay.status == UP and relay.route[0] != channel.encryptor, 10,
                              "the relay registered again through a new channel")
         await self.echo_until(inlet_port, b"after the silence", 15)
 

@@ -24,6 +24,7 @@ from ockamtw.project.codec import OneTimeCode
 from ockamtw.project.service import ApiError, call
 from ockamtw.project.codec import Method
 from ockamtw.secure.identity import LocalIdentity, import_identity
+from ockamtw.status import UP
 
 from tests import pgserver
 from tests.helpers import async_test, deadline
@@ -296,5 +297,5 @@ class DatabaseRestartTests(ClusterTestCase):
             await server.start_in_thread()
         await poll(lambda: self.serving([a, b], project_id), self.lease + 2, "the project served again")
         self.assertEqual(len(self.serving([a, b], project_id)), 1)
-        await poll(lambda: relay.status in ("Up", "UP"), 10, "the relay back")
+        await poll(lambda: relay.status == UP, 10, "the relay back")
         self.assertEqual(await hello("back"), "BACK")

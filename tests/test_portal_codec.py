@@ -106,6 +106,31 @@ class FastPathTests(SynchronousTestCase):
         self.assertEqual(head + payload, expected)
         self.assertEqual(head, m.header())
 
+    @given(routes, routes, st.binary(max_size=300), st.integers(0, 2))
+    def test_frame_from_head_and_body(self, onward, ret, payload, cut):
+        """
+        The frame the connections' fast path writes (L{wire.body_frame_parts})
+        is the declared frame; one over the limit is refused.
+        """
+        m = TransportMessage(onward, ret, payload)
+        body = wire.construct_encode_message(m)
+        cut = min(cut, len(body))
+        data = body[cut:]
+        parts = wire.body_frame_parts(body[:cut], data)
+        self.assertEqual(b"".join(parts), len(body).to_bytes(2, "big") + body)
+        self.assertEqual(b"".join(parts), wire.encode_frame(m))
+        self.assertIs(parts[1], data)  # not copied
+        self.assertRaises(wire.MessageTooLarge, wire.body_frame_parts, body, b"x" * (wire.MAX_FRAME + 1 - len(body)))
+
+    def test_heartbeat(self):
+        """
+        The heartbeat frame is the declared frame of an empty message.
+        """
+        empty = TransportMessage(wire.Route(()), wire.Route(()), b"")
+        self.assertEqual(wire.HEARTBEAT_FRAME, wire.encode_frame(empty))
+        self.assertEqual(wire.HEARTBEAT_FRAME, wire.construct_call(lambda: wire.FRAME_STRUCT.build(
+            wire.FRAME_STRUCT.parse(wire.HEARTBEAT_FRAME)), "frame"))
+
     @given(st.binary(max_size=70000))
     def test_payload(self, data):
         encoded = wire.encode_payload(data)

@@ -17,6 +17,7 @@ import time
 from twisted.logger import formatEvent
 
 from ockamtw.relay import Forwarder
+from ockamtw.status import DOWN, UP
 
 from .helpers import LogWatch, async_test, deadline, held_port, wait_until
 from .portal_harness import Collector, EchoTarget, PortalTestCase, Topology, figure
@@ -97,7 +98,7 @@ class InletFirstTests(PortalTestCase):
         t.outlet = await t.n3.create_outlet("outlet", t.target)
         client = await self.echo_round_trip(t, b"outlet is here now")
         self.assertEqual(t.inlet.timeouts, 1)
-        self.assertEqual(t.inlet.status, "Up")
+        self.assertEqual(t.inlet.status, UP)
         client.transport.loseConnection()
         await self.no_portals_left(t)
 
@@ -136,14 +137,14 @@ class InletFirstTests(PortalTestCase):
         t.inlet_port = int(inlet.socket_address.rsplit(":", 1)[1])
         await self._closed_after_timeout(t, watch, 1)
         self.assertIsNotNone(inlet.last_error)
-        self.assertEqual(inlet.status, "Down")
+        self.assertEqual(inlet.status, DOWN)
 
         t.n2, t.listener = await self.listening_node("n2", f"tcp:{p2}:interface=127.0.0.1")
         t.n3 = self.make_node("n3")
         t.relay = await t.n3.create_relay(f"/ip4/127.0.0.1/tcp/{p2}", name="n3")
         t.outlet = await t.n3.create_outlet("outlet", f"127.0.0.1:{target_port}")
         await self.echo_round_trip(t, b"the relay node is up")
-        self.assertEqual(inlet.status, "Up")
+        self.assertEqual(inlet.status, UP)
 
     @async_test
     async def test_outlet_appears_while_client_waits(self):
@@ -196,14 +197,14 @@ class RecoveryTests(PortalTestCase):
             n2_listen=f"tcp:{held}:interface=127.0.0.1",
         )
         first = await self.echo_round_trip(t, b"before the restart")
-        self.assertEqual(t.relay.status, "Up")
+        self.assertEqual(t.relay.status, UP)
         port = t.listener.port
 
-        down = t.relay.when_status("Down")
+        down = t.relay.when_status(DOWN)
         started = time.monotonic()
         await deadline(self.stop_node(t.n2), 5, "n2 stopped")
         await deadline(down, 5, "the relay Down after n2 stopped")
-        await wait_until(lambda: t.inlet.status == "Down", 5, "the inlet Down after n2 stopped")
+        await wait_until(lambda: t.inlet.status == DOWN, 5, "the inlet Down after n2 stopped")
         # The old client's tunnel ran over the dead links: both of its
         # portals end with them, so the client and the target connection
         # are closed instead of lingering.
@@ -214,14 +215,14 @@ class RecoveryTests(PortalTestCase):
 
         n2b, listener = await self.listening_node("n2-again", f"tcp:{port}:interface=127.0.0.1")
         self.assertEqual(listener.port, port)
-        up = await deadline(t.relay.when_status("Up"), 10, "the relay re-registered at the new n2")
+        up = await deadline(t.relay.when_status(UP), 10, "the relay re-registered at the new n2")
         recovered = time.monotonic() - started
         self.assertIs(up, t.relay)
         self.assertIsInstance(n2b.worker_at("forward_to_n3"), Forwarder)
 
         second = await self.echo_round_trip(t, b"after the restart", seconds=10)
         figure(f"relay node restart: relay Up again {recovered:.2f} s after n2 stopped; inlet carried traffic again")
-        self.assertEqual(t.inlet.status, "Up")
+        self.assertEqual(t.inlet.status, UP)
         self.assertEqual(len(t.n1.tcp.connections), 1)
         self.assertEqual(t.n1.tcp.connections[0].socket_address, f"127.0.0.1:{port}")
         self.assertEqual(len(n2b.tcp.connections), 2)  # from n3 and from n1

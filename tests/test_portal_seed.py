@@ -40,7 +40,7 @@ class SeedTopologyTests(PortalTestCase):
         self.assertGreaterEqual(forwarder.forwarded, 1)
         self.assertEqual(t.inlet.accepted, 1)
         self.assertEqual(t.outlet.accepted, 1)
-        self.assertEqual(t.inlet.status, "Up")
+        self.assertEqual(t.inlet.status, "UP")
         await self.no_portals_left(t)
         return response
 

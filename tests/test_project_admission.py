@@ -28,6 +28,7 @@ from ockamtw.project.credentials import Credential, issue
 from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.project.service import ApiError, call
 from ockamtw.secure.identity import LocalIdentity
+from ockamtw.status import CLOSED
 
 from .helpers import async_test, deadline, wait_until
 from .orchestrator_harness import ProjectTestCase
@@ -252,7 +253,7 @@ class RawAttemptTests(AdmissionTestCase):
         await self.api("DELETE", f"/v0/projects/{self.info.id}/members/{member.identifier}")
         # No message tells a channel's peer it is closed: the project's end
         # is gone, and what comes through the old channel goes nowhere.
-        await wait_until(lambda: end.status == "closed", 1, "the revoked member's channel closed by the project")
+        await wait_until(lambda: end.status == CLOSED, 1, "the revoked member's channel closed by the project")
         self.assertNotIn(end, self.runtime.admitted)
         await self.attempts(x, enc, allowed=False)
         enc = await self.project_channel(x)

@@ -500,7 +500,7 @@ class RelayClientTests(MemoryMixin, SynchronousTestCase):
         self.assertEqual(relay.route, Route([self.conn.address, Address.local("forward_to_n3")]))
         self.assertIs(self.node.relays["n3"], relay)
         self.assertIs(self.successResultOf(relay.when_status(UP)), relay)
-        self.assertEqual(relay.to_dict()["status"], "Up")
+        self.assertEqual(relay.to_dict()["status"], "UP")
         self.assertEqual(relay.to_dict()["remote_address"], "0#forward_to_n3")
         # Nothing else was written, and only the refresh timer waits.
         self.assertEqual(self.t.value(), self.registration(m))

@@ -37,10 +37,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
 from ockamtw.access import ANYONE
 from ockamtw.flow import STREAM_WINDOW
+from ockamtw.interfaces import ILink, ILinkWorker
+from ockamtw.status import UP
 from ockamtw.errors import RequestTimeout, RouteUnreachable
 from ockamtw.relay import Forwarder
 from ockamtw.secure.channel import REPLAY_WINDOW, ChannelEnd, SecureChannelListener, TrustPolicy
@@ -212,7 +215,12 @@ class MutualAuthenticationTests(SecureTestCase):
         self.assertRegex(n1.identity.identifier, IDENTIFIER)
         init = n1.secure_channels[enc.value]
         self.assertEqual(init.peer_identifier, n2.identity.identifier)
-        self.assertEqual(init.status, "up")
+        self.assertEqual(init.state, "up")
+        self.assertEqual(init.status, UP)
+        verifyObject(ILink, init)
+        verifyObject(ILinkWorker, n1.worker_at(enc))
+        self.assertIs(n1.link_of(enc), init)
+        self.assertIsNone(n1.link_of(init.decryptor))
         # Worker addresses: three random ones on each side.
         for a in (init.decryptor, init.encryptor, init.backwards):
             self.assertRegex(a.value, HEX32)
@@ -224,7 +232,7 @@ class MutualAuthenticationTests(SecureTestCase):
         self.assertEqual(reply.return_route, Route([enc, Address.local("uppercase")]))
 
         resp = self.responder(n2)
-        self.assertEqual(resp.status, "up")
+        self.assertEqual(resp.state, "up")
         self.assertEqual(resp.peer_identifier, n1.identity.identifier)
         self.assertNotEqual(resp.encryptor, enc)
 
@@ -246,7 +254,7 @@ class MutualAuthenticationTests(SecureTestCase):
         n1.delete_secure_channel(str(enc))
         self.assertEqual(n1.secure_channels, {})
         self.assertEqual([n1.worker_at(a) for a in parts], [None, None, None])
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         # A request through the deleted channel fails at once.
         with self.assertRaises(RouteUnreachable):
             await deadline(n1.request(Route([enc, Address.local("uppercase")]), encode_string("x"), 5), 2, "x")
@@ -395,13 +403,13 @@ class RefusedIdentityTests(SecureTestCase):
         end = ChannelEnd(n1, shared, TrustPolicy(allow_self=True), initiator=True)
         self.addCleanup(end.close)
         await self.within(end.start_initiator(conn + ["api_self"], 5), 6, "channel to ourselves")
-        self.assertEqual(end.status, "up")
+        self.assertEqual(end.state, "up")
         self.assertEqual(end.peer_identifier, shared.identifier)
         reply = await self.within(n1.request(Route([end.encryptor, Address.local("uppercase")]), encode_string("me"), 5), 6, "me")
         self.assertEqual(decode_string(reply.payload), "ME")
         self.assertEqual(reply.local, {"identity": shared.identifier})
         (resp,) = listener.channels
-        self.assertEqual((resp.status, resp.peer_identifier), ("up", shared.identifier))
+        self.assertEqual((resp.state, resp.peer_identifier), ("up", shared.identifier))
 
         # Only the initiator allows it: n2's default api listener refuses M5.
         watch = log_watch(self, "responder", "own identity")
@@ -434,7 +442,7 @@ class FrameAttackTests(SecureTestCase):
             await inbox.when(i + 1, 5, f"good message after {what}")
             self.assertEqual(inbox.payloads, [b"good %d" % j for j in range(i + 1)], what)
             self.assertEqual(receiver_end.dropped, i + 1, what)
-            self.assertEqual(receiver_end.status, "up", what)
+            self.assertEqual(receiver_end.state, "up", what)
         for m in inbox.messages:
             self.assertEqual(m.local, {"identity": sender_end.own_identity.identifier})
 
@@ -478,7 +486,7 @@ class FrameAttackTests(SecureTestCase):
         n1.send(route, b"b")
         await inbox.when(2)
         self.assertEqual(inbox.payloads, [b"a", b"b"])
-        self.assertEqual(resp.status, "up")
+        self.assertEqual(resp.state, "up")
 
     @async_test
     async def test_replayToInitiator(self):
@@ -633,7 +641,7 @@ class ReflectionTests(SecureTestCase):
         self.assertEqual(inbox.payloads, [b"REFLECTED"])
         self.assertEqual(inbox.messages[0].local, {"identity": n2.identity.identifier})
         (end,) = listener.channels
-        self.assertEqual((end.status, end.peer_identifier), ("up", n2.identity.identifier))
+        self.assertEqual((end.state, end.peer_identifier), ("up", n2.identity.identifier))
 
 
 # --- 7. handshake timeouts ----------------------------------------------------------------------------------
@@ -655,7 +663,7 @@ class TimeoutTests(SecureTestCase):
             peer.send_m3(m2)
             await peer.frame(2)  # M4
         (end,) = listener.channels
-        self.assertEqual(end.status, "m5" if send_m3 else "m3")
+        self.assertEqual(end.state, "m5" if send_m3 else "m3")
         parts = [end.decryptor, end.encryptor, end.backwards]
         self.assertEqual(m2.return_route[-1], end.decryptor)
         for a in parts:
@@ -663,7 +671,7 @@ class TimeoutTests(SecureTestCase):
         await wait_until(lambda: all(n2.worker_at(a) is None for a in parts), 3, "the half-open responder removed")
         self.assertGreater(time.monotonic() - started, 0.3)
         self.assertEqual(listener.channels, set())
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         self.assertEqual(len(watch.events), 1)
         # The api listener (10 s) has nothing to do with it, and n2 still works.
         enc = await self.within(n1.create_secure_channel(conn + ["api_fast"], timeout=5), 6, "a full channel afterwards")
@@ -709,7 +717,7 @@ class TimeoutTests(SecureTestCase):
             await deadline(d, 1, "the cancellation")
         self.assertEqual(set(n1.worker_addresses()), before)
         self.assertEqual(n1.secure_channels, {})
-        self.assertEqual(end.status, "closed")
+        self.assertEqual(end.state, "closed")
         self.assertFalse(any(c.active() and getattr(c.func, "__self__", None) is end for c in reactor.getDelayedCalls()))
 
     @async_test
@@ -726,7 +734,7 @@ class TimeoutTests(SecureTestCase):
         n2.delete_secure_channel_listener("other")
         self.assertNotIn("other", n2.secure_listeners)
         self.assertIsNone(n2.worker_at(Address.local("other")))
-        self.assertEqual(accepted[0].status, "closed")
+        self.assertEqual(accepted[0].state, "closed")
         self.assertRaises(KeyError, n2.delete_secure_channel_listener, "other")
 
     @async_test
@@ -789,7 +797,7 @@ class RelayTests(SecureTestCase):
         )
         self.assertEqual(n1.secure_channels[enc.value].peer_identifier, n3.identity.identifier)
         resp = self.responder(n3)
-        await wait_until(lambda: resp.status == "up", 5, "n3's responder up")
+        await wait_until(lambda: resp.state == "up", 5, "n3's responder up")
         self.assertEqual(resp.peer_identifier, n1.identity.identifier)
         self.assertEqual(n2.secure_listeners["api"].channels, set())
 
@@ -1293,7 +1301,7 @@ class RawInitiatorTests(SecureTestCase):
 
         frames = await deadline(client.frames_arrived(3), 5, "the reply")
         end = self.responder(n2)
-        self.assertEqual(end.status, "up")
+        self.assertEqual(end.state, "up")
         self.assertEqual(end.peer_identifier, my_identifier)
         onward, ret, payload = r_frame(frames[2])
         self.assertEqual(onward, ["0#" + my_dec])

@@ -26,7 +26,7 @@ from ockamtw import (
     encode_string,
 )
 from ockamtw.access import ANYONE
-from ockamtw.interfaces import IFlowSource, ITcpConnection, ITcpListener, IWorker
+from ockamtw.interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, ITcpListener, IWorker
 from ockamtw.transport.tcp import (
     MODE_ACCEPTED,
     MODE_LISTENING,
@@ -34,9 +34,8 @@ from ockamtw.transport.tcp import (
     TcpConnection,
     TcpListener,
     _FrameFactory,
-    client_target,
-    server_description,
 )
+from ockamtw.endpoints import client_target, server_description
 from ockamtw.wire import MAX_FRAME, encode_frame
 
 from .helpers import captureLogs
@@ -149,6 +148,9 @@ class ConnectionTests(TcpTestMixin, SynchronousTestCase):
         verifyObject(ITcpConnection, conn)
         verifyObject(IWorker, conn)
         verifyObject(IFlowSource, conn)
+        verifyObject(IConnection, conn)
+        verifyObject(ILinkWorker, conn)
+        self.assertIs(self.node.link_of(conn.address), conn)
 
     def test_identity(self):
         """

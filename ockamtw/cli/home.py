@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 from ..control import state as st
 from ..project.errors import ProjectInfoError
 from ..project.projectinfo import ProjectInfo
-from .nodes import CLIError, os_error
+from .errors import CLIError, os_error
 
 ORCHESTRATOR_JSON = "orchestrator.json"
 CONFIG_JSON = "config.json"

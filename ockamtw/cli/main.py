@@ -9,7 +9,6 @@ import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from typing import List, Optional
@@ -21,8 +20,10 @@ from .. import __version__
 from ..control import state as st
 from ..errors import OckamError
 from ..routing import MultiAddr
-from ..transport.tcp import _split_hostport
-from .nodes import IOERR, SOFTWARE, CLIError, Nodes, interruptible, node_name, os_error
+from ..endpoints import split_hostport
+from ..status import BROKEN, DOWN, UNRESPONSIVE, UP, title
+from .nodes import IOERR, SOFTWARE, CLIError, Nodes, PipeTail, end_process, interruptible, node_name, os_error
+from .text import HOSTPORT_FORMS, hostport
 from .output import CHECK, Out, _port_of, node_block, ockam_node_block, stdout_is_terminal, table  # noqa: F401
 
 # --- routes typed by users ----------------------------------------------------------------
@@ -118,46 +119,13 @@ def _isatty(stream) -> bool:
         return False
 
 
-#: The forms a TCP address may be given in, for messages.
-HOSTPORT_FORMS = "PORT, HOST:PORT or /ip4/HOST/tcp/PORT"
-
-
-def hostport(text: str, what: str) -> str:
-    """
-    C{HOST:PORT} from what a user typed or the command line printed: a
-    port (on 127.0.0.1), C{HOST:PORT}, C{[V6]:PORT}, or a MultiAddr such as
-    C{/ip4/127.0.0.1/tcp/7000} (what C{node show} prints as "Verbose").
-    """
-    t = text.strip()
-    if t.isascii() and t.isdigit():
-        if int(t) > 65535:
-            raise CLIError(f"{what}: port {t} is above 65535")
-        return f"127.0.0.1:{int(t)}"
-    if t.startswith("/"):
-        try:
-            hops = MultiAddr.parse(t).hops
-        except OckamError as e:
-            raise CLIError(f"{what}: {e}") from None
-        if len(hops) != 1 or hops[0].kind != "tcp":
-            raise CLIError(f"{what}: expected {HOSTPORT_FORMS}, got {text!r}")
-        host, port = hops[0].host, hops[0].port
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        hp = _split_hostport(t)
-    except OckamError as e:
-        raise CLIError(f"{what}: {e}") from None
-    if hp is None:
-        raise CLIError(f"{what}: expected {HOSTPORT_FORMS}, got {text!r}")
-    return t
-
-
 def multiaddr_of(hostport_text: str) -> str:
     """
     C{/ip4/H/tcp/P} (or C{/ip6/...}, C{/dnsaddr/...}) for C{H:P}.
     """
     import ipaddress
 
-    host, port = _split_hostport(hostport_text)
+    host, port = split_hostport(hostport_text)
     try:
         kind = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
     except ValueError:
@@ -229,7 +197,7 @@ class Commands:
         deadline = time.monotonic() + timeout
         c = ControlClient(self.reactor, name, self.nodes.socket(name))
         self._clients.append(c)
-        stderr = _PipeTail(proc.stderr)
+        stderr = PipeTail(proc.stderr)
         try:
             while True:
                 stderr.read()
@@ -246,7 +214,7 @@ class Commands:
                         if info.get("pid") == proc.pid:
                             return info
                 if time.monotonic() > deadline:
-                    _end(proc)
+                    end_process(proc)
                     raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
                 await task.deferLater(self.reactor, 0.05, lambda: None)
         finally:
@@ -342,7 +310,7 @@ class Commands:
                 try:
                     info = await self._wait_ready(name, proc, offset)
                 except BaseException:
-                    _end(proc)
+                    end_process(proc)
                     raise
         except BaseException:
             try:
@@ -367,7 +335,7 @@ class Commands:
             return
         name = info["name"]
         transports = services = None
-        if info.get("status") == "UP":
+        if info.get("status") == UP:
             c = self.client(name)
             try:
                 transports = [t for t in await c.call("GET", "tcp", timeout=NODE_ANSWER_TIMEOUT) if t["mode"] == "Listening"]
@@ -396,7 +364,7 @@ class Commands:
         state = self.nodes.state(name)
         return {
             "name": name,
-            "status": "DOWN" if pid is None else "UNRESPONSIVE",
+            "status": DOWN if pid is None else UNRESPONSIVE,
             "pid": pid,
             "route": f"/node/{name}",
             "listener": state.get("listen"),
@@ -405,12 +373,12 @@ class Commands:
             "identity": _identity_on_disk(self.nodes, name, state),
             "project": (state.get("project") or {}).get("name"),
             "authority": _authority_on_disk(state),
-            "inlets": [{"listen": i["listen"], "route": i["to"], "status": "Down", "alias": i.get("alias")}
+            "inlets": [{"listen": i["listen"], "route": i["to"], "status": title(DOWN), "alias": i.get("alias")}
                        for i in state.get("inlets", [])],
             "outlets": [{"address": o["address"], "target": o["to"], "alias": o.get("alias")}
                         for o in state.get("outlets", [])],
             "relays": [
-                {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": "Down"}
+                {"name": r["name"], "alias": f"forward_to_{r['name']}", "at": r["at"], "status": title(DOWN)}
                 for r in state.get("relays", [])
             ],
             # Known only to a running node (see NodeController.limits).
@@ -453,7 +421,7 @@ class Commands:
         with self.nodes.lock(name):
             stopped = self.nodes.stop(name, force=self.args.force)
             self.nodes.clear_stale(name)
-        self.out.emit({"name": name, "status": "DOWN", "was_running": stopped}, f"Stopped node '{name}'")
+        self.out.emit({"name": name, "status": DOWN, "was_running": stopped}, f"Stopped node '{name}'")
 
     async def node_start(self):
         name = self.nodes.pick(self.args.name)
@@ -461,7 +429,7 @@ class Commands:
             pid = self.nodes.pid(name)
             if pid is not None:
                 if not self.args.force:
-                    self.out.emit({"name": name, "status": "UP", "pid": pid, "started": False},
+                    self.out.emit({"name": name, "status": UP, "pid": pid, "started": False},
                                   f"Restart aborted, node: {name} already running")
                     return
                 self.nodes.stop(name)
@@ -584,7 +552,7 @@ class Commands:
         elif a.print_address:
             print(f"/service/{worker}")
         else:
-            host, port = _split_hostport(conn["socket_address"]) or (conn["socket_address"], "")
+            host, port = split_hostport(conn["socket_address"]) or (conn["socket_address"], "")
             kind = "ip6" if ":" in host else "ip4"
             print("\n".join([
                 "",
@@ -719,7 +687,7 @@ class Commands:
         if st.valid_node_name(text) and self.nodes.exists(text):
             return f"/node/{text}"
         try:
-            hp = _split_hostport(text)
+            hp = split_hostport(text)
         except OckamError as e:
             raise CLIError(f"--at: {e}") from None
         if hp is not None:
@@ -1556,7 +1524,7 @@ def _broken_info(name: str, error, pid) -> dict:
     """
     return {
         "name": name,
-        "status": "BROKEN",
+        "status": BROKEN,
         "pid": pid,
         "route": f"/node/{name}",
         "listener": None,
@@ -1581,51 +1549,6 @@ def _authority_on_disk(state: dict) -> Optional[dict]:
         return None
     return {"project_identifier": doc.get("project_identifier"), "identifier": None, "services": [],
             "members": len(doc.get("members") or {}), "trusted_identities_file": doc.get("trusted_identities_file")}
-
-
-class _PipeTail:
-    """
-    What a starting node writes on its standard error (a pipe), read
-    without blocking; the last 64 KiB are kept.
-    """
-
-    LIMIT = 64 * 1024
-
-    def __init__(self, pipe) -> None:
-        self.pipe = pipe
-        self.data = b""
-        if pipe is not None:
-            os.set_blocking(pipe.fileno(), False)
-
-    def read(self) -> None:
-        if self.pipe is None or self.pipe.closed:
-            return
-        while True:
-            try:
-                chunk = os.read(self.pipe.fileno(), 65536)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self.data = (self.data + chunk)[-self.LIMIT :]
-
-    def close(self) -> None:
-        if self.pipe is not None and not self.pipe.closed:
-            self.pipe.close()
-
-
-def _end(proc) -> None:
-    """
-    Stop a node process this command started (SIGTERM, then SIGKILL after
-    5 s) and reap it.
-    """
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _identity_on_disk(nodes, name, state):

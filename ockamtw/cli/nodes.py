@@ -26,38 +26,15 @@ from typing import Iterator, List, Optional
 from ..control import state as st
 
 
-#: Exit statuses, as Ockam 0.83 uses them (the BSD sysexits).
-SOFTWARE = 70  # a command that failed (Ockam's status for almost every error)
-IOERR = 74  # nothing to list, or a port already taken
-CANTCREAT = 73
-UNAVAILABLE = 69
-USAGE = 2  # a usage mistake (as clap exits)
+from . import errors as _errors
 
-
-class CLIError(Exception):
-    """
-    A user-facing error: one line on stderr, exit status C{code} (by
-    default L{SOFTWARE}, as Ockam 0.83).
-    """
-
-    def __init__(self, message: str, code: int = SOFTWARE) -> None:
-        Exception.__init__(self, message)
-        self.code = code
-
-
-def os_error(e: OSError, path: Optional[str] = None) -> str:
-    """
-    An L{OSError} in one line with the path it is about: C{/x/nodes:
-    Read-only file system}.  C{path}: the path when the error has none
-    (C{os.write} on a full disk names no file).
-    """
-    reason = e.strerror or str(e)
-    where = e.filename if e.filename is not None else path
-    if where is None:
-        return reason
-    if e.filename2 is not None:
-        return f"{where} -> {e.filename2}: {reason}"
-    return f"{where}: {reason}"
+# The command line's errors and exit statuses live in a leaf module (the
+# home module uses them, and this one uses the home's); callers import them
+# from here as well.
+CLIError, os_error = _errors.CLIError, _errors.os_error
+SOFTWARE, IOERR, CANTCREAT, UNAVAILABLE, USAGE = (
+    _errors.SOFTWARE, _errors.IOERR, _errors.CANTCREAT, _errors.UNAVAILABLE, _errors.USAGE
+)
 
 
 _blocking = [0]
@@ -538,3 +515,48 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+class PipeTail:
+    """
+    What a starting node writes on its standard error (a pipe), read
+    without blocking; the last 64 KiB are kept.
+    """
+
+    LIMIT = 64 * 1024
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.data = b""
+        if pipe is not None:
+            os.set_blocking(pipe.fileno(), False)
+
+    def read(self) -> None:
+        if self.pipe is None or self.pipe.closed:
+            return
+        while True:
+            try:
+                chunk = os.read(self.pipe.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.data = (self.data + chunk)[-self.LIMIT :]
+
+    def close(self) -> None:
+        if self.pipe is not None and not self.pipe.closed:
+            self.pipe.close()
+
+
+def end_process(proc) -> None:
+    """
+    Stop a node process this command started (SIGTERM, then SIGKILL after
+    5 s) and reap it.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

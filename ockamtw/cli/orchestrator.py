@@ -26,6 +26,7 @@ from twisted.internet import task
 
 from ..control import state as st
 from ..orchestrator.client import OrchestratorClient, OrchestratorError, http_client
+from ..status import DOWN, UP
 from . import home as h
 from .nodes import CLIError, _Process, _reap, interruptible, os_error
 
@@ -268,9 +269,9 @@ async def orchestrator_start(c) -> None:
     offset = _size(local.log)
     started = time.time()
     proc = local.spawn(data, _start_options(a))
-    from .main import _PipeTail, _end
+    from .nodes import PipeTail, end_process
 
-    stderr = _PipeTail(proc.stderr)
+    stderr = PipeTail(proc.stderr)
     probe = None
     deadline = time.monotonic() + START_TIMEOUT
     url = None
@@ -292,11 +293,11 @@ async def orchestrator_start(c) -> None:
                 else:
                     break
             if time.monotonic() > deadline:
-                _end(proc)
+                end_process(proc)
                 raise CLIError(f"the orchestrator did not answer within {START_TIMEOUT:g} s (see: {local.log})")
             await task.deferLater(c.reactor, 0.05, lambda: None)
     except BaseException:
-        _end(proc)
+        end_process(proc)
         raise
     finally:
         stderr.close()
@@ -313,7 +314,7 @@ async def orchestrator_start(c) -> None:
                      f"give this home one: ockam enroll --orchestrator {url} --token TOKEN")
     if token is not None:
         h.write_orchestrator(home, url, token)
-    info = {"status": "UP", "pid": proc.pid, "url": url, "data": data, "log": local.log,
+    info = {"status": UP, "pid": proc.pid, "url": url, "data": data, "log": local.log,
             "started": started, "token": token is not None}
     c.out.emit(info, text)
 
@@ -330,7 +331,7 @@ async def orchestrator_stop(c) -> None:
     pid = local.stop()
     if pid is None:
         raise CLIError("the orchestrator is not running (start it with: ockam orchestrator start)")
-    c.out.emit({"status": "DOWN", "pid": pid}, "Orchestrator stopped")
+    c.out.emit({"status": DOWN, "pid": pid}, "Orchestrator stopped")
 
 
 async def orchestrator_status(c) -> None:
@@ -343,7 +344,7 @@ async def orchestrator_status(c) -> None:
     local = LocalOrchestrator(c.nodes.home)
     pid = local.pid()
     data = local.data()
-    info = {"status": "UP" if pid else "DOWN", "pid": pid, "url": local.url(data) if pid else None,
+    info = {"status": UP if pid else DOWN, "pid": pid, "url": local.url(data) if pid else None,
             "data": data, "log": local.log, "instance": None, "projects": [], "instances": []}
     problem = None
     if pid and info["url"]:

@@ -18,6 +18,8 @@ import json
 import sys
 from typing import List, Optional
 
+from ..status import DOWN, UP
+
 #: ✔︎ as Ockam prints it (U+2714 U+FE0E).
 CHECK = "\u2714\ufe0e"
 
@@ -112,10 +114,10 @@ def ockam_node_block(info: dict, is_default: bool = False, transports=None, serv
     @param services: the node's services (C{GET /services}); C{None} for a
         node that does not answer.
     """
-    up = info.get("status") == "UP"
+    up = info.get("status") == UP
     name = info["name"]
     lines = ["", "Node:", f"  Name: {name} (Default)" if is_default else f"  Name: {name}"]
-    lines.append(f"  Status: {'UP' if up else 'DOWN'}")
+    lines.append(f"  Status: {UP if up else DOWN}")
     lines += ["  Route To Node:", f"    Short: /node/{name}"]
     port = _port_of(info.get("listener"))
     if port is not None:
@@ -163,7 +165,7 @@ def node_block(info: dict) -> str:
     C{node show --details}: ockamtw's own view of a node (its process,
     listener, project, relays and inlets' status as well).
     """
-    from ..transport.tcp import _split_hostport
+    from ..endpoints import split_hostport
 
     listener = info.get("listener") or "-"
     lines = [
@@ -174,7 +176,7 @@ def node_block(info: dict) -> str:
         "  Route To Node:",
         f"    Short: /node/{info['name']}",
     ]
-    hp = _split_hostport(listener) if listener != "-" else None
+    hp = split_hostport(listener) if listener != "-" else None
     if hp:
         host, port = hp
         proto = "ip6" if ":" in host else "ip4"

@@ -335,7 +335,7 @@ async def space_create(c) -> None:
 
 
 async def space_list(c) -> None:
-    from .main import table
+    from .output import table
 
     spaces = await client(c).spaces()
     text = table(["Id", "Name", "Users"], [[s["id"], s["name"], ", ".join(s["users"])] for s in spaces])
@@ -372,7 +372,7 @@ async def project_create(c) -> None:
 
 
 async def project_list(c) -> None:
-    from .main import table
+    from .output import table
 
     projects = await client(c).projects()
     rows = [[p["id"], p["name"], ", ".join(p.get("users") or []), p.get("space_name") or ""] for p in projects]
@@ -727,7 +727,7 @@ async def authority_create(c) -> None:
     authority create}); its identity is the authority's.
     """
     from ..project.authority import AuthorityConfig, AuthorityConfigError, parse_trusted_identities, read_trusted_file
-    from .main import hostport
+    from .text import hostport
 
     a = c.args
     if (a.trusted_identities is None) == (a.reload_from_trusted_identities_file is None):

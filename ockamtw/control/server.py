@@ -3,15 +3,18 @@ The control API of a background node: HTTP+JSON on a UNIX socket in the
 node's directory (mode 0600), served with twisted.web.  Nothing of it is
 reachable over TCP.  docs/control-api.md lists the endpoints.
 
-L{NodeController} does the work (and keeps C{state.json} up to date);
-L{ControlResource} maps requests to it; L{ControlService} serves it.
+L{NodeController} keeps C{state.json} (what the node's features save,
+L{ockamtw.feature}) and answers the node's own routes (C{/node},
+C{/message}, C{/identity}); every other route is a feature's.
+L{ControlResource} maps requests to them; L{ControlService} serves it.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
@@ -21,50 +24,23 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from ..errors import AddressInUse, OckamError, RelayRefused, RequestTimeout, RouteUnreachable, TransportError, WireError
-from ..secure.errors import SecureChannelError
-from ..project.codec import is_identifier
+from ..feature import Call, ControlError, RouteKey, need
 from ..project.membership import NotAMember
-from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder
-from ..routing import MultiAddr, parse_route_text
+from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder, relay_dict
+from ..secure.errors import SecureChannelError
 from ..services import DEFAULT_SERVICES
+from ..status import UP
 from ..transport.tcp import MODE_OUTGOING
 from ..wire import decode_string, encode_string
 from . import state as st
 
 log = Logger(namespace="ockamtw.control")
 
+__all__ = ["ControlError", "ControlResource", "ControlService", "NodeController", "relay_dict", "reply_dict"]
+
 
 #: The services a node status lists.
 SERVICES = tuple(DEFAULT_SERVICES) + (FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE)
-
-
-class ControlError(Exception):
-    """
-    A request the node refuses: an HTTP status and a one-line reason.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        Exception.__init__(self, message)
-        self.status = status
-        self.message = message
-
-
-#: Every status the API reports is spelled in capitals, as a node's is
-#: (relays, inlets and secure channels spell theirs in their own case).
-UP = "UP"
-
-
-def status_text(status) -> str:
-    """
-    A status as the API spells every status: C{UP}, C{DOWN}, C{CLOSED}...
-    """
-    return str(status).upper()
-
-
-def _with_status(info: dict) -> dict:
-    if info.get("status") is not None:
-        info["status"] = status_text(info["status"])
-    return info
 
 
 def _status_for(error: BaseException) -> int:
@@ -85,92 +61,42 @@ def _status_for(error: BaseException) -> int:
     return 500
 
 
-def connection_dict(item) -> dict:
-    return {
-        "transport_id": item.transport_id,
-        "transport_type": "TCP",
-        "mode": item.mode,
-        "socket_address": item.socket_address,
-        "worker_address": str(item.address),
-    }
-
-
 class NodeController:
     """
     Control operations on a running node, kept in its state directory.
+
+    Made with a directory, it restores the node from its C{state.json}
+    (every feature, in the node's order) and saves it again whenever a
+    route changes something or a feature says its state changed.
     """
 
     def __init__(self, node, directory: Optional[str] = None, pid: Optional[int] = None) -> None:
         self.node = node
         self.directory = directory
         self.pid = pid if pid is not None else os.getpid()
+        #: the node's own TCP listener, once it listens
         self.listener = None
-        #: the L{ockamtw.project.authority.Authority} this node runs, if any
-        self.authority = None
-        #: alias -> inlet key (its socket address) / outlet address, as
-        #: Ockam 0.83 names inlets and outlets (C{--alias})
-        self.inlet_aliases = {}
-        self.outlet_aliases = {}
-        #: address -> type of the services started through the API
-        self.started_services = {}
-        #: secure channel listener address -> the named identity it presents
-        self.listener_identities = {}
+        node.on_state_change(self._state_changed)
+        node.named_identity = self.named_identity
         if directory is not None:
             self.restore(st.read_state(directory) or {})
 
     def restore(self, state: dict) -> None:
         """
-        Give the node what its C{state.json} says beyond its workers: its
-        project (C{project}: C{/project/NAME} routes, credentials, default
-        policies), its policies (C{policies}) and, for an authority node,
-        the authority's services (C{authority}).  Done when the controller
-        is made, before the node's inlets and outlets are restored; doing
-        it again changes nothing.
+        Give the node what C{state} (its C{state.json}) says: each feature
+        restores its part, in the node's order (a project and its policies
+        before the inlets and outlets they apply to).  Doing it again
+        changes nothing.
         """
-        info = st.project_of(state)
-        if info is not None:
-            self.node.add_project(info)
-        for name, expression in (state.get("policies") or {}).items():
-            self.node.membership.set_policy(name, expression)
-        self._restore_names(state)
-        config = st.authority_of(state)
-        if config is not None and self.authority is None:
-            from ..project.authority import Authority
+        self.node.restore(state)
 
-            self.authority = Authority(self.node, config, on_change=self._authority_changed)
-            self.authority.start()
-
-    def _restore_names(self, state: dict) -> None:
+    @property
+    def authority(self):
         """
-        What the command line of Ockam 0.83 adds to a node's state: aliases
-        of inlets and outlets, services started at other addresses,
-        listeners presenting a named identity; and a node with a named
-        identity (one other nodes may have too) accepts secure channels
-        with peers presenting it.
+        The L{ockamtw.project.authority.Authority} this node runs, if any.
         """
-        for i in state.get("inlets") or []:
-            if isinstance(i.get("alias"), str):
-                self.inlet_aliases[i["alias"]] = i["listen"]
-        for o in state.get("outlets") or []:
-            if isinstance(o.get("alias"), str):
-                self.outlet_aliases[o["alias"]] = o["address"]
-        if state.get("identity"):
-            self.node.shared_identity = True
-            for listener in self.node.secure_listeners.values():
-                listener.trust.allow_self = True
-        for svc in state.get("services") or []:
-            try:
-                self._start_service(svc.get("type"), svc.get("address"))
-            except (ControlError, OckamError, TypeError, AttributeError) as e:
-                log.error("service {s} not restored: {e}", s=svc, e=str(e))
-        for listener in state.get("secure_listeners") or []:
-            name = listener.get("identity")
-            if name and listener.get("address") not in self.node.secure_listeners:
-                try:
-                    self._listener_with_identity(listener["address"], listener.get("authorized"), name)
-                except (ControlError, OckamError) as e:
-                    log.error("secure channel listener {a} not restored: {e}", a=listener.get("address"),
-                              e=getattr(e, "message", str(e)))
+        feature = self.node.features.get("authority")
+        return None if feature is None else feature.authority
 
     def home(self) -> str:
         """
@@ -180,11 +106,32 @@ class NodeController:
             return st.ockam_home()
         return os.path.dirname(os.path.dirname(os.path.abspath(self.directory)))
 
-    def _authority_changed(self) -> None:
+    def named_identity(self, name: str):
+        """
+        The identity named C{name} of this node's home (C{ockam identity
+        create NAME}), for a listener that presents it.
+
+        @raise ControlError: 400 for a bad name or an unusable file, 404
+            when there is none.
+        """
+        from ..secure.errors import IdentityError
+        from ..secure.identity import LocalIdentity
+
+        if not st.valid_node_name(name):
+            raise ControlError(400, f"not an identity name: {name!r}")
+        path = st.identity_path(self.home(), name)
+        if not os.path.exists(path):
+            raise ControlError(404, f"no identity named {name!r} (create it with: ockam identity create {name})")
+        try:
+            return LocalIdentity.load(path)
+        except IdentityError as e:
+            raise ControlError(400, f"identity {name!r}: {e}") from None
+
+    def _state_changed(self) -> None:
         try:
             self.save()
         except OSError as e:
-            log.error("cannot save the authority's members: {e}", e=str(e))
+            log.error("cannot save node {node}'s state: {e}", node=self.node.name, e=str(e))
 
     # --- state ------------------------------------------------------------------
 
@@ -208,55 +155,53 @@ class NodeController:
             raise ControlError(507, f"{problem} (nothing was changed)") from None
 
     def save(self) -> None:
+        """
+        Write C{state.json}: the node's name and listener, and what each
+        feature keeps (other keys are kept as they are).
+        """
         if self.directory is None:
             return
         node = self.node
         listen = self.listener.socket_address if self.listener is not None else None
         state = st.read_state(self.directory) or st.empty_state(node.name, listen)
-        state.update(
-            name=node.name,
-            listen=listen or state.get("listen"),
-            outlets=[
-                {"address": a, "to": o.target, "authorized": _listed(o.authorized), "alias": self._outlet_alias(a)}
-                for a, o in node.outlets.items()
-            ],
-            inlets=[
-                {"listen": i.socket_address, "to": i.route_text, "authorized": _listed(i.authorized),
-                 "alias": self._inlet_alias(i.socket_address)}
-                for i in node.inlets.values()
-            ],
-            secure_listeners=[
-                dict({"address": a, "authorized": _listed(l.trust.authorized)},
-                     **({"identity": self.listener_identities[a]} if a in self.listener_identities else {}))
-                for a, l in node.secure_listeners.items()
-                if a != "api" or l.trust.authorized is not None
-            ],
-            relays=[{"name": r.name, "at": r.at_text} for r in node.relays.values()],
-            connections=[{"to": k.target, "address": k.address.value} for k in node.tcp.kept.values()],
-        )
-        if self.started_services or "services" in state:
-            state["services"] = [{"type": t, "address": a} for a, t in self.started_services.items()]
-        project = self.project_info()
-        if project is not None:
-            state["project"] = project.to_dict()
-        if node.membership.policies or "policies" in state:
-            state["policies"] = dict(sorted(node.membership.policies.items()))
-        if self.authority is not None:
-            state["authority"] = self.authority.config.to_dict()
+        state.update(name=node.name, listen=listen or state.get("listen"))
+        state.update(node.save_state())
         st.write_state(self.directory, state)
+
+    # --- routes -------------------------------------------------------------------
+
+    def routes(self) -> Dict[RouteKey, Callable]:
+        """
+        Every route of the API: the node's own, then each feature's.
+        """
+        table: Dict[RouteKey, Callable] = {
+            ("GET", "node", False): lambda call: self.show(),
+            ("POST", "message", False): self.message,
+            ("GET", "identity", False): lambda call: self.identity(),
+            ("GET", "workers", False): lambda call: self.workers(),
+        }
+        for feature in self.node.features.values():
+            table.update(feature.route_handlers())
+        return table
+
+    def call(self, key: Optional[str], body: dict) -> Call:
+        """
+        The L{Call} a route handler gets for a request.
+        """
+        return Call(self.node, key, body, lambda undo: Deferred.fromCoroutine(self._saved(undo)), self.listener)
+
+    # --- node ---------------------------------------------------------------------
 
     def project_info(self):
         """
         The node's project (the first it was given), or C{None}.
         """
-        for info in self.node.membership.projects.values():
-            return info
-        return None
-
-    # --- node ---------------------------------------------------------------------
+        return self.node.membership.project_info()
 
     def show(self) -> dict:
         node = self.node
+        authority = self.authority
+        call = self.call(None, {})
         return {
             "name": node.name,
             "status": UP,
@@ -264,16 +209,16 @@ class NodeController:
             "route": f"/node/{node.name}",
             "listener": self.listener.socket_address if self.listener is not None else None,
             "services": [n for n in SERVICES if node.worker_at(n) is not None] + list(node.secure_listeners)
-            + (self.authority.services() if self.authority is not None else []),
+            + (authority.services() if authority is not None else []),
             "forwarders": sorted(
                 a.value for a in node.worker_addresses() if isinstance(node.worker_at(a), Forwarder)
             ),
-            "inlets": self.inlets(),
-            "outlets": self.outlets(),
-            "relays": self.relays(),
+            "inlets": node.features["inlets"].list_route(call),
+            "outlets": node.features["outlets"].list_route(call),
+            "relays": node.features["relays"].list_route(call),
             "identity": node.identity.identifier,
             "project": self.project_name(),
-            "authority": self.authority.to_dict() if self.authority is not None else None,
+            "authority": authority.to_dict() if authority is not None else None,
             **self.limits(),
         }
 
@@ -311,583 +256,23 @@ class NodeController:
             "dropped": node.dropped,
         }
 
-    # --- identity and secure channels ------------------------------------------------
+    def workers(self) -> list:
+        return sorted(str(a) for a in self.node.worker_addresses())
 
     def identity(self) -> dict:
         identity = self.node.identity
         return {"identifier": identity.identifier, "export": identity.export().hex()}
 
-    def _channel_ends(self) -> list:
-        """
-        Every secure channel end on the node: those it initiated, then
-        those its listeners accepted (handshakes in progress included).
-        """
-        ends = list(self.node.secure_channels.values())
-        for listener in self.node.secure_listeners.values():
-            ends += list(listener.channels)
-        return ends
-
-    def secure_channels(self) -> list:
-        """
-        The established channels (a handshake in progress, or one the peer
-        refused that has not timed out yet, is counted in the status's
-        C{handshakes} instead).
-        """
-        return [_with_status(e.to_dict()) for e in self._channel_ends() if status_text(e.status) == UP]
-
-    def _channel(self, key: str):
-        key = _worker_key(key)
-        for end in self._channel_ends():
-            if key in (end.encryptor.value, end.decryptor.value):
-                return end
-        raise ControlError(404, f"no secure channel {key!r} on node {self.node.name}")
-
-    def secure_channel_show(self, key: str) -> dict:
-        return _with_status(self._channel(key).to_dict())
-
-    async def secure_channel_create(self, body: dict) -> dict:
-        to = _need(body, "to")
-        parse_route_text(to)
-        encryptor = await self.node.create_secure_channel(
-            to, authorized=_authorized(body), timeout=float(body.get("timeout", 10))
-        )
-        return _with_status(self.node.secure_channels[encryptor.value].to_dict())
-
-    def secure_channel_delete(self, key: str) -> dict:
-        end = self._channel(key)
-        info = _with_status(end.to_dict())
-        end.close()
-        info["status"] = "CLOSED"
-        return info
-
-    def secure_listeners(self) -> list:
-        return [
-            {"address": a, "authorized": _listed(l.trust.authorized), "channels": len(l.channels), "handshakes": l.stats(),
-             "identity": self.listener_identities.get(a), "identifier": l.identity.identifier}
-            for a, l in self.node.secure_listeners.items()
-        ]
-
-    def _listener_with_identity(self, address: str, authorized, name: str):
-        """
-        A new secure channel listener at C{address} presenting the named
-        identity C{name} of this node's home (C{identities/NAME.json})
-        instead of the node's own.
-        """
-        from ..secure.errors import IdentityError
-        from ..secure.identity import LocalIdentity
-
-        if not st.valid_node_name(name):
-            raise ControlError(400, f"not an identity name: {name!r}")
-        path = st.identity_path(self.home(), name)
-        if not os.path.exists(path):
-            raise ControlError(404, f"no identity named {name!r} (create it with: ockam identity create {name})")
-        try:
-            identity = LocalIdentity.load(path)
-        except IdentityError as e:
-            raise ControlError(400, f"identity {name!r}: {e}") from None
-        listener = self.node.create_secure_channel_listener(address, authorized, identity=identity)
-        listener.trust.allow_self = True  # a named identity may be other nodes' too
-        self.listener_identities[address] = name
-        return listener
-
-    def _listener_info(self, address: str) -> dict:
-        return [l for l in self.secure_listeners() if l["address"] == address][0]
-
-    def secure_listener_show(self, address: str) -> dict:
-        address = _service_name(address)
-        if address not in self.node.secure_listeners:
-            raise ControlError(404, f"no secure channel listener {address!r} on node {self.node.name}")
-        return self._listener_info(address)
-
-    async def secure_listener_create(self, body: dict) -> dict:
-        """
-        A new listener; an address already taken is refused (as for an
-        outlet), except C{api}, the node's own listener, whose policy is
-        replaced by the one given (that is how it is restricted).
-        """
-        address = _service_name(_need(body, "address"))
-        authorized = _authorized(body)
-        existing = self.node.secure_listeners.get(address)
-        if self.node.worker_at(address) is not None and address != API_LISTENER:
-            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        identity = body.get("identity")
-        if identity is not None:
-            if existing is not None:
-                raise ControlError(409, f"the secure channel listener {address!r} of node {self.node.name} "
-                                        "keeps the node's identity")
-            self._listener_with_identity(address, authorized, identity)
-            await self._saved(undo=lambda: self._drop_listener(address))
-        elif existing is not None:
-            before = existing.trust.authorized
-            self.node.create_secure_channel_listener(address, authorized)
-            await self._saved(undo=lambda: self.node.create_secure_channel_listener(address, _listed(before)))
-        else:
-            self.node.create_secure_channel_listener(address, authorized)
-            await self._saved(undo=lambda: self._drop_listener(address))
-        return self._listener_info(address)
-
-    def _drop_listener(self, address: str) -> None:
-        self.listener_identities.pop(address, None)
-        if address in self.node.secure_listeners:
-            self.node.delete_secure_channel_listener(address)  # closes the channels it accepted
-
-    async def secure_listener_delete(self, address: str) -> dict:
-        address = _service_name(address)
-        if address not in self.node.secure_listeners:
-            raise ControlError(404, f"no secure channel listener {address!r} on node {self.node.name}")
-        if address == API_LISTENER:
-            raise ControlError(409, f"the node's own secure channel listener {address!r} cannot be deleted")
-        info = self._listener_info(address)
-        self._drop_listener(address)
-        await self._saved()
-        return info
-
-    # --- tcp ----------------------------------------------------------------------------
-
-    def tcp_list(self) -> list:
-        return [connection_dict(i) for i in self.node.tcp.list()]
-
-    def _tcp(self, key: str):
-        item = self.node.tcp.find(_worker_key(key))
-        if item is None:
-            item = self.node.tcp.find(key)
-        if item is None:
-            raise ControlError(404, f"no TCP connection or listener {key!r} on node {self.node.name}")
-        return item
-
-    def tcp_show(self, key: str) -> dict:
-        return connection_dict(self._tcp(key))
-
-    async def tcp_create(self, body: dict) -> dict:
-        to = _need(body, "to")
-        conn = await self.node.tcp.keep(to)
-
-        async def undo():
-            await self.node.tcp.forget(conn.address)
-            await conn.close()
-
-        await self._saved(undo=undo)
-        return connection_dict(conn)
-
-    async def tcp_delete(self, key: str) -> dict:
-        item = self._tcp(key)
-        if item is self.listener:
-            raise ControlError(409, "the node's own listener cannot be deleted")
-        info = connection_dict(item)
-        kept = item.address in self.node.tcp.kept
-        if kept:
-            await self.node.tcp.forget(item.address)
-        await item.close()
-        if kept:
-            await self._saved()
-        return info
-
-    async def tcp_listener_create(self, body: dict) -> dict:
-        """
-        Another TCP listener (C{ockam tcp-listener create}); it lasts until
-        the node stops.
-        """
-        from ..endpoints import server_description
-
-        address = _need(body, "address")
-        try:
-            description = server_description(address)
-        except (OckamError, ValueError) as e:
-            raise ControlError(400, f"not a listener address: {address!r} ({e})") from None
-        listener = await self.node.tcp.listen(description)
-        return connection_dict(listener)
-
-    async def tcp_listener_delete(self, key: str) -> dict:
-        item = self._tcp(key)
-        if item.mode != "Listening":
-            raise ControlError(404, f"no TCP listener {key!r} on node {self.node.name} (a connection: see tcp-connection)")
-        if item is self.listener:
-            raise ControlError(409, "the node's own listener cannot be deleted")
-        info = connection_dict(item)
-        await item.close()
-        return info
-
-    # --- services and workers ----------------------------------------------------------
-
-    def services(self) -> list:
-        """
-        The node's services as Ockam 0.83 lists them: C{{"address",
-        "type"}}, the default ones first.
-        """
-        from ..services import DEFAULT_SERVICES
-
-        out = []
-        for name, cls in (("uppercase", DEFAULT_SERVICES["uppercase"]), ("echo", DEFAULT_SERVICES["echo"]),
-                          ("hop", DEFAULT_SERVICES["hop"])):
-            if isinstance(self.node.worker_at(name), cls) and name not in self.started_services:
-                out.append({"address": name, "type": name})
-        if self.node.worker_at("credentials") is not None:
-            out.append({"address": "credentials", "type": "credentials"})
-        out += [{"address": a, "type": t} for a, t in self.started_services.items()]
-        return out
-
-    def _start_service(self, kind, address) -> dict:
-        from ..services import DEFAULT_SERVICES
-
-        if kind not in DEFAULT_SERVICES:
-            raise ControlError(400, f"unknown service {kind!r} (services: {', '.join(sorted(DEFAULT_SERVICES))})")
-        if not isinstance(address, str) or not address:
-            raise ControlError(400, "missing 'address'")
-        address = _service_name(address)
-        if self.node.worker_at(address) is not None:
-            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        self.node.start_worker(address, DEFAULT_SERVICES[kind]())
-        self.started_services[address] = kind
-        return {"address": address, "type": kind}
-
-    async def service_start(self, body: dict) -> dict:
-        info = self._start_service(body.get("type"), body.get("address"))
-
-        def undo():
-            self.started_services.pop(info["address"], None)
-            self.node.stop_worker(info["address"])
-
-        await self._saved(undo=undo)
-        return info
-
-    def workers(self) -> list:
-        return sorted(str(a) for a in self.node.worker_addresses())
-
-    # --- messages -------------------------------------------------------------------
-
-    async def message(self, body: dict) -> dict:
-        to = _need(body, "to")
+    async def message(self, call: Call) -> dict:
+        body = call.body
+        to = need(body, "to")
         timeout = float(body.get("timeout", 10))
         if "hex" in body:
             payload = bytes.fromhex(body["hex"])
         else:
-            payload = encode_string(_need(body, "message"))
+            payload = encode_string(need(body, "message"))
         reply = await self.node.request(to, payload, timeout=timeout)
         return reply_dict(reply)
-
-    # --- relays ---------------------------------------------------------------------
-
-    def relays(self) -> list:
-        return [relay_dict(r) for r in self.node.relays.values()]
-
-    def _relay(self, key: str):
-        """
-        A relay by name (C{n3}), or by its address as printed
-        (C{forward_to_n3}, C{/service/forward_to_n3}).
-        """
-        name = _service_name(key)
-        relay = self.node.relays.get(name)
-        if relay is None:
-            relay = next((r for r in self.node.relays.values() if relay_dict(r)["alias"] == name), None)
-        if relay is None:
-            raise ControlError(404, f"no relay {name!r} on node {self.node.name}")
-        return relay
-
-    def relay_show(self, name: str) -> dict:
-        return relay_dict(self._relay(name))
-
-    async def relay_create(self, body: dict) -> dict:
-        name = _need(body, "name")
-        at = _need(body, "at")
-        parse_route_text(at)
-        if name in self.node.relays:
-            raise ControlError(409, f"relay {name!r} already exists on node {self.node.name}")
-        relay = await self.node.create_relay(at, name=name, timeout=float(body.get("timeout", 5)))
-        await self._saved(undo=lambda: self.node.delete_relay(name))
-        return relay_dict(relay)
-
-    async def relay_delete(self, name: str) -> dict:
-        relay = self._relay(name)
-        self.node.delete_relay(relay.name)
-        await self._saved()
-        return relay_dict(relay)
-
-    # --- outlets -------------------------------------------------------------------------
-
-    def _outlet_alias(self, address: str) -> str:
-        for alias, a in self.outlet_aliases.items():
-            if a == address:
-                return alias
-        alias = _random_alias()  # an outlet made before aliases, or by twistd's --outlet
-        self.outlet_aliases[alias] = address
-        return alias
-
-    def _outlet_dict(self, outlet) -> dict:
-        info = outlet.to_dict()
-        info["alias"] = self._outlet_alias(info["address"])
-        return info
-
-    def outlets(self) -> list:
-        return [self._outlet_dict(o) for o in self.node.outlets.values()]
-
-    def _outlet_address(self, key: str) -> str:
-        """
-        An outlet's address from its alias or its address (C{NAME},
-        C{/service/NAME}).
-        """
-        address = self.outlet_aliases.get(key)
-        if address is not None and address in self.node.outlets:
-            return address
-        address = _service_name(key)
-        if address not in self.node.outlets:
-            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
-        return address
-
-    def outlet_show(self, key: str) -> dict:
-        return self._outlet_dict(self.node.outlets[self._outlet_address(key)])
-
-    async def outlet_create(self, body: dict) -> dict:
-        address = _service_name(_need(body, "address"))
-        to = _need(body, "to")
-        alias = _alias_of(body)
-        if self.node.worker_at(address) is not None:
-            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
-        if alias in self.outlet_aliases and self.outlet_aliases[alias] in self.node.outlets:
-            raise ControlError(409, f"an outlet with alias {alias!r} already exists on node {self.node.name}")
-        outlet = await self.node.create_outlet(address, to, authorized=_authorized(body))
-        self.outlet_aliases[alias] = address
-
-        def undo():
-            self.outlet_aliases.pop(alias, None)
-            return self.node.delete_outlet(address)
-
-        await self._saved(undo=undo)
-        return self._outlet_dict(outlet)
-
-    async def outlet_delete(self, key: str) -> dict:
-        address = self._outlet_address(key)
-        info = self._outlet_dict(self.node.outlets[address])
-        await self.node.delete_outlet(address)
-        self.outlet_aliases.pop(info["alias"], None)
-        await self._saved()
-        return info
-
-    # --- inlets ----------------------------------------------------------------------------
-
-    def _inlet_alias(self, key: str) -> str:
-        for alias, k in self.inlet_aliases.items():
-            if k == key:
-                return alias
-        alias = _random_alias()  # an inlet made before aliases, or by twistd's --inlet
-        self.inlet_aliases[alias] = key
-        return alias
-
-    def _inlet_dict(self, inlet) -> dict:
-        info = _with_status(inlet.to_dict())
-        info["alias"] = self._inlet_alias(inlet.socket_address)
-        return info
-
-    def inlets(self) -> list:
-        return [self._inlet_dict(i) for i in self.node.inlets.values()]
-
-    def _inlet(self, key: str):
-        by_alias = self.inlet_aliases.get(key)
-        if by_alias is not None and by_alias in self.node.inlets:
-            return self.node.inlets[by_alias]
-        inlet = self.node.inlets.get(key)
-        if inlet is None:
-            for i in self.node.inlets.values():
-                if key in (i.listen_text, i.socket_address):
-                    return i
-            raise ControlError(404, f"no inlet {key!r} on node {self.node.name}")
-        return inlet
-
-    def inlet_show(self, key: str) -> dict:
-        return self._inlet_dict(self._inlet(key))
-
-    async def inlet_create(self, body: dict) -> dict:
-        listen = _need(body, "listen")
-        to = _need(body, "to")
-        parse_route_text(to)
-        alias = _alias_of(body)
-        if alias in self.inlet_aliases and self.inlet_aliases[alias] in self.node.inlets:
-            raise ControlError(409, f"an inlet with alias {alias!r} already exists on node {self.node.name}")
-        inlet = await self.node.create_inlet(listen, to, authorized=_authorized(body))
-        self.inlet_aliases[alias] = inlet.socket_address
-        if to.startswith("/project/"):
-            # As Ockam 0.83 does: an inlet to a project is made only once the
-            # project is reached (and this node admitted), so that a
-            # non-member learns it at once.
-            try:
-                await inlet.route()
-            except Exception:
-                await self.node.delete_inlet(inlet.socket_address)
-                raise
-        def undo():
-            self.inlet_aliases.pop(alias, None)
-            return self.node.delete_inlet(inlet.socket_address)
-
-        await self._saved(undo=undo)
-        return self._inlet_dict(inlet)
-
-    async def inlet_delete(self, key: str) -> dict:
-        inlet = self._inlet(key)
-        info = self._inlet_dict(inlet)
-        await self.node.delete_inlet(inlet.socket_address)
-        self.inlet_aliases.pop(info["alias"], None)
-        await self._saved()
-        return info
-
-
-    # --- project, policies, credentials -----------------------------------------------
-
-    def project(self) -> dict:
-        info = self.project_info()
-        if info is None:
-            raise ControlError(404, f"node {self.node.name} belongs to no project")
-        return info.to_dict()
-
-    def policies(self) -> list:
-        return [_policy_dict(r, e) for r, e in sorted(self.node.membership.policies.items())]
-
-    def policy_show(self, resource: str) -> dict:
-        expression = self.node.membership.policies.get(resource)
-        if expression is None:
-            raise ControlError(404, f"no policy for resource {resource!r} on node {self.node.name}")
-        return _policy_dict(resource, expression)
-
-    async def policy_set(self, resource: str, body: dict) -> dict:
-        """
-        Store the policy of C{resource} (action C{handle_message}, the only
-        one portals ask about); it applies to the next message.
-        """
-        from ..abac import HANDLE_MESSAGE, Policy, PolicyError
-
-        expression = _need(body, "expression")
-        action = body.get("action") or HANDLE_MESSAGE
-        if action != HANDLE_MESSAGE:
-            raise ControlError(400, f"unknown action {action!r} (policies are for {HANDLE_MESSAGE})")
-        if not resource or "/" in resource:
-            raise ControlError(400, f"not a resource name: {resource!r}")
-        try:
-            text = str(Policy.parse(expression))
-        except PolicyError as e:
-            raise ControlError(400, f"bad policy expression: {e}") from None
-        policies = self.node.membership.policies
-        before = policies.get(resource)
-        self.node.membership.set_policy(resource, text)
-
-        def undo():
-            if before is None:
-                policies.pop(resource, None)
-            else:
-                policies[resource] = before
-
-        await self._saved(undo=undo)
-        return _policy_dict(resource, text)
-
-    async def policy_delete(self, resource: str) -> dict:
-        info = self.policy_show(resource)
-        del self.node.membership.policies[resource]
-        await self._saved()
-        return info
-
-    def credentials(self) -> dict:
-        """
-        This node's own credentials (one per project it has fetched one
-        for) and the attributes peers presented to it.
-        """
-        from ..project.credentials import display
-
-        membership = self.node.membership
-        now = self.node.reactor.seconds()
-        names = {info.id: info.name for info in membership.projects.values()}
-        own = []
-        for project_id, credential in sorted(membership.credentials.items()):
-            data = credential.credential_data()
-            own.append({
-                "project": names.get(project_id),
-                "project_id": project_id,
-                "issuer": data.issuer,
-                "subject": data.subject,
-                "expires": data.expires,
-                "attributes": _texts(data.attributes),
-                "credential": credential.hex(),
-                "display": display(credential),
-            })
-        presented = [
-            {"identifier": identifier, "attributes": _texts(entry.attributes), "expires": entry.expires,
-             "issuer": entry.attested_by}
-            for identifier, entry in sorted(membership.presented.members(now).items())
-        ]
-        return {"own": own, "presented": presented}
-
-    async def credential_get(self, body: dict) -> dict:
-        """
-        Fetch (or take the cached) credential of this node for its project
-        (C{{"project": NAME}}, its first one by default).
-        """
-        membership = self.node.membership
-        name = body.get("project")
-        info = membership.projects.get(name) if name else self.project_info()
-        if info is None:
-            raise ControlError(404, f"node {self.node.name} belongs to no project {name or ''}".rstrip())
-        await membership.credential(info)
-        return [c for c in self.credentials()["own"] if c["project_id"] == info.id][0]
-
-
-def _texts(attributes) -> dict:
-    out = {}
-    for k, v in sorted(attributes.items()):
-        try:
-            out[k] = bytes(v).decode("utf-8")
-        except UnicodeDecodeError:
-            out[k] = "**binary**"
-    return out
-
-
-def _policy_dict(resource: str, expression: str) -> dict:
-    from ..abac import HANDLE_MESSAGE
-
-    return {"resource": resource, "action": HANDLE_MESSAGE, "expression": expression}
-
-
-def relay_dict(relay) -> dict:
-    """
-    A relay as the API shows it; a relay at a project (registered with
-    C{static_forwarding_service} under its bare name) has the address the
-    project gave it, C{forward_to_NAME}.
-    """
-    info = _with_status(relay.to_dict())
-    if relay.service == STATIC_FORWARDING_SERVICE:
-        remote = relay.remote_address
-        info["alias"] = remote.value if remote is not None else f"forward_to_{relay.name}"
-    return info
-
-
-def _random_alias() -> str:
-    """
-    An alias for an inlet or outlet created without one (as Ockam 0.83's:
-    32 hex digits).
-    """
-    return os.urandom(16).hex()
-
-
-def _alias_of(body: dict) -> str:
-    alias = body.get("alias")
-    if alias is None:
-        return _random_alias()
-    if not isinstance(alias, str) or not alias or ":" in alias or "/" in alias:
-        raise ControlError(400, f"not an alias: {alias!r} (an alias must not contain ':' or '/')")
-    return alias
-
-
-def _listed(authorized):
-    return sorted(authorized) if authorized is not None else None
-
-
-def _authorized(body: dict):
-    value = body.get("authorized")
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ControlError(400, "authorized must be a list of identifiers (P + 64 lowercase hex)")
-    for v in value:
-        if not is_identifier(v):
-            raise ControlError(400, f"authorized: not an identifier (P + 64 lowercase hex): {v!r}")
-    return value
 
 
 def reply_dict(reply) -> dict:
@@ -902,45 +287,6 @@ def reply_dict(reply) -> dict:
     }
 
 
-def _need(body: dict, key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or value == "":
-        raise ControlError(400, f"missing {key!r}")
-    return value
-
-
-#: The secure channel listener every node has.
-API_LISTENER = "api"
-
-
-def _service_name(text: str) -> str:
-    """
-    A worker's name from what a user may give: C{NAME}, C{/service/NAME}
-    (as the command line prints it) or C{service/NAME} (as part of a URL
-    path).
-    """
-    if text.startswith(("service/", "worker/")):
-        text = "/" + text
-    if text.startswith("/"):
-        try:
-            m = MultiAddr.parse(text)
-        except WireError:
-            m = None
-        if m is None or len(m.hops) != 1 or m.hops[0].kind != "local":
-            raise ControlError(400, f"expected NAME or /service/NAME, got {text!r}")
-        return m.hops[0].name
-    return text
-
-
-def _worker_key(text: str) -> str:
-    """
-    A worker address's value from C{/service/HEX}, C{0#HEX} or C{HEX}.
-    """
-    if text.startswith("0#"):
-        return text[2:]
-    return _service_name(text)
-
-
 class ControlResource(resource.Resource):
     """
     The HTTP face of a L{NodeController}.
@@ -953,55 +299,12 @@ class ControlResource(resource.Resource):
         self.c = controller
 
     def _route(self, method: bytes, parts: list, body: dict):
-        c = self.c
         m = method.decode()
         key = "/".join(parts[1:]) if len(parts) > 1 else None
-        table = {
-            ("GET", "node", False): lambda: c.show(),
-            ("GET", "services", False): lambda: c.services(),
-            ("POST", "services", False): lambda: c.service_start(body),
-            ("GET", "workers", False): lambda: c.workers(),
-            ("POST", "tcp-listeners", False): lambda: c.tcp_listener_create(body),
-            ("DELETE", "tcp-listeners", True): lambda: c.tcp_listener_delete(key),
-            ("GET", "tcp", False): lambda: c.tcp_list(),
-            ("POST", "tcp", False): lambda: c.tcp_create(body),
-            ("GET", "tcp", True): lambda: c.tcp_show(key),
-            ("DELETE", "tcp", True): lambda: c.tcp_delete(key),
-            ("POST", "message", False): lambda: c.message(body),
-            ("GET", "relays", False): lambda: c.relays(),
-            ("POST", "relays", False): lambda: c.relay_create(body),
-            ("GET", "relays", True): lambda: c.relay_show(key),
-            ("DELETE", "relays", True): lambda: c.relay_delete(key),
-            ("GET", "outlets", False): lambda: c.outlets(),
-            ("POST", "outlets", False): lambda: c.outlet_create(body),
-            ("GET", "outlets", True): lambda: c.outlet_show(key),
-            ("DELETE", "outlets", True): lambda: c.outlet_delete(key),
-            ("GET", "inlets", False): lambda: c.inlets(),
-            ("POST", "inlets", False): lambda: c.inlet_create(body),
-            ("GET", "inlets", True): lambda: c.inlet_show(key),
-            ("DELETE", "inlets", True): lambda: c.inlet_delete(key),
-            ("GET", "identity", False): lambda: c.identity(),
-            ("GET", "secure-channels", False): lambda: c.secure_channels(),
-            ("POST", "secure-channels", False): lambda: c.secure_channel_create(body),
-            ("GET", "secure-channels", True): lambda: c.secure_channel_show(key),
-            ("DELETE", "secure-channels", True): lambda: c.secure_channel_delete(key),
-            ("GET", "project", False): lambda: c.project(),
-            ("GET", "policies", False): lambda: c.policies(),
-            ("GET", "policies", True): lambda: c.policy_show(key),
-            ("PUT", "policies", True): lambda: c.policy_set(key, body),
-            ("POST", "policies", True): lambda: c.policy_set(key, body),
-            ("DELETE", "policies", True): lambda: c.policy_delete(key),
-            ("GET", "credentials", False): lambda: c.credentials(),
-            ("POST", "credentials", False): lambda: c.credential_get(body),
-            ("GET", "secure-channel-listeners", False): lambda: c.secure_listeners(),
-            ("POST", "secure-channel-listeners", False): lambda: c.secure_listener_create(body),
-            ("GET", "secure-channel-listeners", True): lambda: c.secure_listener_show(key),
-            ("DELETE", "secure-channel-listeners", True): lambda: c.secure_listener_delete(key),
-        }
-        handler = table.get((m, parts[0] if parts else "", key is not None))
+        handler = self.c.routes().get((m, parts[0] if parts else "", key is not None))
         if handler is None:
             raise ControlError(404, f"no such endpoint: {m} /{'/'.join(parts)}")
-        return handler()
+        return handler(self.c.call(key, body))
 
     def render(self, request):
         from urllib.parse import unquote
@@ -1017,15 +320,18 @@ class ControlResource(resource.Resource):
 
         def call():
             result = self._route(request.method, parts, body)
-            if hasattr(result, "__await__"):
+            if inspect.iscoroutine(result):
                 return Deferred.fromCoroutine(result)
             return result
 
+        # A client that went away before the answer gets none.
+        gone: list = []
+        request.notifyFinish().addErrback(gone.append)
         d = maybeDeferred(call)
-        d.addBoth(lambda result: self._finish(request, result))
+        d.addBoth(lambda result: self._finish(request, result, gone))
         return server.NOT_DONE_YET
 
-    def _finish(self, request, result):
+    def _finish(self, request, result, gone=()):
         if isinstance(result, Failure):
             error = result.value
             status = _status_for(error)
@@ -1037,7 +343,7 @@ class ControlResource(resource.Resource):
             status = 200
             payload = result
         data = json.dumps(payload).encode() + b"\n"
-        if request.finished or request._disconnected:
+        if request.finished or gone:
             return server.NOT_DONE_YET
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")

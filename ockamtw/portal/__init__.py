@@ -47,7 +47,7 @@ from ..machines import transitions
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
 from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
-from ..interfaces import IFlowSource
+from ..interfaces import IConnection, IFlowSource, IOrigin
 from ..node import Worker
 from ..routing import LOCAL, Address, Route
 from ..wire import (
@@ -56,8 +56,6 @@ from ..wire import (
     DISCONNECT_TAG,
     EOF_TAG,
     PAYLOAD_TAG,
-    PING,  # noqa: F401 (re-exported)
-    PONG,  # noqa: F401 (re-exported)
     REFUSE_TAG,
     decode_credit,
     decode_eof,
@@ -74,11 +72,6 @@ log = Logger(namespace="ockamtw.portal")
 
 #: Largest chunk of socket bytes in one Payload message (48 KiB).
 MAX_CHUNK = 49152
-
-#: Former names, kept for callers (the codec is L{ockamtw.wire}).
-_PAYLOAD_TAG = PAYLOAD_TAG
-payload_message = encode_payload
-parse_payload = decode_payload
 
 #: A receiver grants more credit once it can move the limit by this much.
 GRANT_STEP = STREAM_WINDOW // 4
@@ -726,7 +719,7 @@ class PortalWorker(Worker):
     def _remember_remote(self, route: Route, origin) -> None:
         self.remote_route = route
         self.node.set_access(self.address, FromOrigin(origin))
-        if origin is not None and hasattr(origin, "on_close") and origin is not self.node.link_of(route[0] if route else None):
+        if IOrigin.providedBy(origin) and origin is not self.node.link_of(route[0] if route else None):
             self._origin = origin
             self._origin_key = origin.on_close(self._origin_lost)
         self.flow = bool(route) and offers_flow_control(self.address) and offers_flow_control(route[-1])
@@ -734,7 +727,7 @@ class PortalWorker(Worker):
         if link is not None:
             self._link = link
             self._link_key = link.on_close(self._link_lost)
-        if link is not None and hasattr(link, "write_body"):
+        if IConnection.providedBy(link):
             # A TCP connection first: what every Payload message to the other
             # side starts with once the link has stripped itself (version,
             # onward, return route), for the fast path.

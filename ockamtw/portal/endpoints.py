@@ -447,7 +447,7 @@ class OckamServerEndpoint:
         return Deferred.fromCoroutine(self._listen(protocolFactory))
 
     async def _listen(self, factory):
-        from ..relay import UP
+        from ..status import UP
 
         where = f"/service/{self.service}"
         try:

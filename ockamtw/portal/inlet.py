@@ -1,28 +1,30 @@
 """
-The TCP inlet: listens, and tunnels every accepted client to an outlet.
+The TCP inlet: listens, and tunnels every accepted client to an outlet;
+and L{Inlets}, the feature that keeps a node's inlets (their state and
+their control routes).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..errors import NoSuchAddress, OckamError, TransportError
 from ..deferred import InFlight, gather
-from ..routing import Route
+from ..feature import Aliases, ControlError, Feature, alias_of, authorized_of, listed
+from ..routing import Route, parse_route_text
+from ..status import DOWN, UP
 from ..endpoints import reason, server_description
 from ..errors import WireError
-from ..wire import PONG_TAG, REFUSE_TAG, decode_refuse
-from . import PING, WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
+from ..wire import PING, PONG_TAG, REFUSE_TAG, decode_refuse
+from . import WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
-UP = "Up"
-DOWN = "Down"
 
 
 class InletPortal(PortalWorker):
@@ -306,3 +308,190 @@ class Inlet:
             "refusals": self.refusals,
             "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }
+
+
+class Inlets(Feature):
+    """
+    A node's TCP inlets, by the address they listen on: C{state.json}'s
+    C{inlets}, the control API's C{/inlets}.  Restored inlets listen when
+    the node starts (one that cannot is logged, and the node runs without
+    it); stopping it closes them.
+    """
+
+    name = "inlets"
+    state_keys = ("inlets",)
+    routes = {
+        ("GET", "inlets", False): "list_route",
+        ("POST", "inlets", False): "create_route",
+        ("GET", "inlets", True): "show_route",
+        ("DELETE", "inlets", True): "delete_route",
+    }
+
+    def __init__(self, node) -> None:
+        Feature.__init__(self, node)
+        #: listening address (C{host:port}) -> L{Inlet}
+        self.inlets: Dict[str, Inlet] = {}
+        #: restored inlets waiting for the node to start: (listen, route, authorized)
+        self._restoring: List[tuple] = []
+        #: their aliases (Ockam 0.83's names: C{--alias}), of their socket addresses
+        self.aliases = Aliases()
+
+    def create(
+        self,
+        listen: str,
+        route,
+        ping_timeout: float = 10.0,
+        ping_interval: float = 1.0,
+        authorized=None,
+        flow_control: bool = True,
+        **liveness,
+    ) -> Deferred:
+        """
+        See L{ockamtw.api.Node.create_inlet}.
+        """
+
+        def make():
+            inlet = Inlet(
+                self.node,
+                listen,
+                route,
+                ping_timeout=ping_timeout,
+                ping_interval=ping_interval,
+                authorized=authorized,
+                flow_control=flow_control,
+                policy=self.node.membership.policy("tcp-inlet") if authorized is None else None,
+                **liveness,
+            )
+            return inlet.start()
+
+        def started(inlet):
+            self.inlets[inlet.socket_address] = inlet
+            return inlet
+
+        return maybeDeferred(make).addCallback(started)
+
+    def delete(self, listen: str) -> Deferred:
+        """
+        See L{ockamtw.api.Node.delete_inlet}.
+        """
+        inlet = self.inlets.pop(listen)
+        return inlet.close()
+
+    # --- life -------------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        Feature.privilegedStartService(self)
+        self._listen_restored()
+
+    def startService(self) -> None:
+        Feature.startService(self)
+        self._listen_restored()  # when the node was started without privilegedStartService
+
+    def _listen_restored(self) -> None:
+        restoring, self._restoring = self._restoring, []
+        for listen, route, authorized in restoring:
+            self.create(listen, route, authorized=authorized).addErrback(
+                lambda f, listen=listen: log.error(
+                    "node {node}: inlet {listen} not restored: {reason}",
+                    node=self.node.name,
+                    listen=listen,
+                    reason=f.getErrorMessage(),
+                )
+            )
+
+    def stopService(self) -> Deferred:
+        Feature.stopService(self)
+        self._restoring = []
+        return gather([i.close() for i in self.inlets.values()])
+
+    # --- state ---------------------------------------------------------------------------
+
+    def save(self) -> dict:
+        return {
+            "inlets": [
+                {"listen": i.socket_address, "to": i.route_text, "authorized": listed(i.authorized),
+                 "alias": self.aliases.of(i.socket_address)}
+                for i in self.inlets.values()
+            ]
+        }
+
+    def restore(self, state: dict) -> None:
+        for item in state.get("inlets", []):
+            if isinstance(item.get("alias"), str):
+                self.aliases.set(item["alias"], item["listen"])
+        # An inlet there already (or waiting to listen) is not made again;
+        # several at port 0 are as many inlets.
+        there = {(l, r) for l, r, _ in self._restoring}
+        for i in self.inlets.values():
+            there |= {(i.listen_text, i.route_text), (i.socket_address, i.route_text)}
+        for item in state.get("inlets", []):
+            if (item["listen"], item["to"]) not in there:
+                self._restoring.append((item["listen"], item["to"], item.get("authorized")))
+        if self.running:
+            self._listen_restored()
+
+    # --- control routes -------------------------------------------------------------------
+
+    def info(self, inlet: Inlet) -> dict:
+        """
+        An inlet as the control API shows it.
+        """
+        info = inlet.to_dict()
+        info["alias"] = self.aliases.of(inlet.socket_address)
+        return info
+
+    def list_route(self, call) -> list:
+        return [self.info(i) for i in self.inlets.values()]
+
+    def _inlet(self, key: str) -> Inlet:
+        """
+        An inlet by its alias, its address, or the address it was given.
+        """
+        by_alias = self.aliases.get(key)
+        if by_alias is not None and by_alias in self.inlets:
+            return self.inlets[by_alias]
+        inlet = self.inlets.get(key)
+        if inlet is None:
+            for i in self.inlets.values():
+                if key in (i.listen_text, i.socket_address):
+                    return i
+            raise ControlError(404, f"no inlet {key!r} on node {self.node.name}")
+        return inlet
+
+    def show_route(self, call) -> dict:
+        return self.info(self._inlet(call.key))
+
+    async def create_route(self, call) -> dict:
+        listen = call.need("listen")
+        to = call.need("to")
+        parse_route_text(to)
+        alias = alias_of(call.body)
+        if self.aliases.get(alias) in self.inlets:
+            raise ControlError(409, f"an inlet with alias {alias!r} already exists on node {self.node.name}")
+        inlet = await self.create(listen, to, authorized=authorized_of(call.body))
+        self.aliases.set(alias, inlet.socket_address)
+        if to.startswith("/project/"):
+            # As Ockam 0.83 does: an inlet to a project is made only once the
+            # project is reached (and this node admitted), so that a
+            # non-member learns it at once.
+            try:
+                await inlet.route()
+            except Exception:
+                self.aliases.forget(alias)
+                await self.delete(inlet.socket_address)
+                raise
+
+        def undo():
+            self.aliases.forget(alias)
+            return self.delete(inlet.socket_address)
+
+        await call.saved(undo=undo)
+        return self.info(inlet)
+
+    async def delete_route(self, call) -> dict:
+        inlet = self._inlet(call.key)
+        info = self.info(inlet)
+        await self.delete(inlet.socket_address)
+        self.aliases.forget(info["alias"])
+        await call.saved()
+        return info

@@ -1,24 +1,28 @@
 """
 The TCP outlet: a worker that accepts Ping and, for each, connects a new
-portal worker to the target service.
+portal worker to the target service; and L{Outlets}, the feature that
+keeps a node's outlets (their state and their control routes).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
+from typing import Dict
 
-from ..errors import WireError
-from ..deferred import gather
-from ..node import Worker
-from ..endpoints import client_endpoint
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..deferred import gather
+from ..endpoints import client_endpoint
+from ..errors import WireError
+from ..feature import Aliases, ControlError, Feature, alias_of, authorized_of, listed, service_name
 from ..interfaces import IAccessPolicy
-from ..wire import encode_refuse
-from . import DISCONNECT, PING, PONG, PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
+from ..node import Worker
+from ..routing import Address
+from ..wire import DISCONNECT, PING, PONG, encode_refuse
+from . import PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -206,3 +210,138 @@ class Outlet(Worker):
             "refused": self.unauthorized,
             "authorized": sorted(self.authorized) if self.authorized is not None else None,
         }
+
+
+class Outlets(Feature):
+    """
+    A node's TCP outlets, by address: C{state.json}'s C{outlets}, the
+    control API's C{/outlets}.  Stopping it closes them.
+    """
+
+    name = "outlets"
+    state_keys = ("outlets",)
+    routes = {
+        ("GET", "outlets", False): "list_route",
+        ("POST", "outlets", False): "create_route",
+        ("GET", "outlets", True): "show_route",
+        ("DELETE", "outlets", True): "delete_route",
+    }
+
+    def __init__(self, node) -> None:
+        Feature.__init__(self, node)
+        #: address -> L{Outlet}
+        self.outlets: Dict[str, Outlet] = {}
+        #: their aliases (Ockam 0.83's names: C{--alias})
+        self.aliases = Aliases()
+
+    def create(
+        self,
+        address: str = "outlet",
+        target: str = "127.0.0.1:9000",
+        connect_timeout: float = 10.0,
+        authorized=None,
+        flow_control: bool = True,
+        **liveness,
+    ) -> Deferred:
+        """
+        See L{ockamtw.api.Node.create_outlet}.
+        """
+
+        def make():
+            membership = self.node.membership
+            policy = membership.policy("tcp-outlet") if authorized is None else None
+            outlet = Outlet(target, connect_timeout, authorized=authorized, flow_control=flow_control, policy=policy,
+                            **liveness)
+            self.node.start_worker(Address.parse(address), outlet)
+            self.outlets[outlet.address.value] = outlet
+            return outlet
+
+        return maybeDeferred(make)
+
+    def delete(self, address: str) -> Deferred:
+        """
+        See L{ockamtw.api.Node.delete_outlet}.
+        """
+        outlet = self.outlets.pop(Address.parse(address).value)
+        return outlet.close()
+
+    def stopService(self) -> Deferred:
+        Feature.stopService(self)
+        return gather([o.close() for o in list(self.outlets.values())])
+
+    # --- state ---------------------------------------------------------------------------
+
+    def save(self) -> dict:
+        return {
+            "outlets": [
+                {"address": a, "to": o.target, "authorized": listed(o.authorized), "alias": self.aliases.of(a)}
+                for a, o in self.outlets.items()
+            ]
+        }
+
+    def restore(self, state: dict) -> None:
+        for item in state.get("outlets", []):
+            if isinstance(item.get("alias"), str):
+                self.aliases.set(item["alias"], item["address"])
+        for item in state.get("outlets", []):
+            address = item["address"]
+            if Address.parse(address).value in self.outlets:
+                continue
+            self.create(address, item["to"], authorized=item.get("authorized")).addErrback(
+                lambda f, a=address: log.error("outlet {a} not restored: {r}", a=a, r=f.getErrorMessage())
+            )
+
+    # --- control routes -------------------------------------------------------------------
+
+    def info(self, outlet: Outlet) -> dict:
+        """
+        An outlet as the control API shows it.
+        """
+        info = outlet.to_dict()
+        info["alias"] = self.aliases.of(info["address"])
+        return info
+
+    def list_route(self, call) -> list:
+        return [self.info(o) for o in self.outlets.values()]
+
+    def _outlet(self, key: str) -> Outlet:
+        """
+        An outlet by its alias or its address (C{NAME}, C{/service/NAME}).
+        """
+        address = self.aliases.get(key)
+        if address is not None and address in self.outlets:
+            return self.outlets[address]
+        address = service_name(key)
+        outlet = self.outlets.get(address)
+        if outlet is None:
+            raise ControlError(404, f"no outlet {address!r} on node {self.node.name}")
+        return outlet
+
+    def show_route(self, call) -> dict:
+        return self.info(self._outlet(call.key))
+
+    async def create_route(self, call) -> dict:
+        address = service_name(call.need("address"))
+        to = call.need("to")
+        alias = alias_of(call.body)
+        if self.node.worker_at(address) is not None:
+            raise ControlError(409, f"address {address!r} is already taken on node {self.node.name}")
+        if self.aliases.get(alias) in self.outlets:
+            raise ControlError(409, f"an outlet with alias {alias!r} already exists on node {self.node.name}")
+        outlet = await self.create(address, to, authorized=authorized_of(call.body))
+        self.aliases.set(alias, address)
+
+        def undo():
+            self.aliases.forget(alias)
+            return self.delete(address)
+
+        await call.saved(undo=undo)
+        return self.info(outlet)
+
+    async def delete_route(self, call) -> dict:
+        outlet = self._outlet(call.key)
+        info = self.info(outlet)
+        await self.delete(outlet.address.value)
+        self.aliases.forget(info["alias"])
+        await call.saved()
+        return info

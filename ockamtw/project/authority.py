@@ -21,7 +21,11 @@ each; C{--reload-from-trusted-identities-file}: the file is read again at
 each lookup and must hold C{project_id} itself) are consulted before the
 members; writes for them are ignored.  A refused request is answered 403
 (0.83 dropped it).  Members are kept in L{AuthorityConfig.members}; a change
-calls C{on_change} (the node's controller saves them in C{state.json}).
+calls C{on_change}.
+
+L{AuthorityFeature} is the node's feature (L{ockamtw.feature}): it keeps
+C{state.json}'s C{authority} (the members with it: a change saves it) and
+runs the authority it describes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from twisted.logger import Logger
 
 from ..abac import PolicyAccess, default_policy, enroller_policy
 from ..access import CHANNEL_PEERS
+from ..feature import Feature
 from . import codec
 from .codec import AddMember, CreateToken, OneTimeCode, Status, is_identifier
 from .credentials import MAX_CREDENTIAL_VALIDITY, issue
@@ -324,3 +329,30 @@ class _TokenAcceptor(_Service):
         code = req.decode_body(OneTimeCode.decode)
         self.authority.redeem(code, identity)
         return None
+
+
+class AuthorityFeature(Feature):
+    """
+    The authority a node runs, if its state has one (C{ockam authority
+    create}): C{state.json}'s C{authority}.
+
+    @ivar authority: the running L{Authority}, or C{None}.
+    """
+
+    name = "authority"
+    state_keys = ("authority",)
+
+    def __init__(self, node) -> None:
+        Feature.__init__(self, node)
+        self.authority: Optional[Authority] = None
+
+    def save(self) -> dict:
+        if self.authority is None:
+            return {}
+        return {"authority": self.authority.config.to_dict()}
+
+    def restore(self, state: dict) -> None:
+        doc = state.get("authority")
+        if doc is not None and self.authority is None:
+            self.authority = Authority(self.node, AuthorityConfig.from_dict(doc), on_change=self.changed)
+            self.authority.start()

@@ -41,10 +41,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import WireError
-from ..interfaces import IAccessPolicy
+from ..interfaces import IAccessPolicy, IConnection
 from ..node import Worker
 from ..routing import Address, Route
-from ..secure.channel import CLOSED
+from ..status import CLOSED
 from . import codec
 
 log = Logger(namespace="ockamtw.project.medic")
@@ -162,7 +162,8 @@ class Medic:
                 self._down(session)
                 continue
             if not session.outstanding:
-                session.link_in = getattr(session.end.link, "messages_in", None)
+                link = session.end.link
+                session.link_in = link.messages_in if IConnection.providedBy(link) else None
             ping = self._random.getrandbits(64)
             session.outstanding.add(ping)
             payload = codec.MedicPing(session.key, ping).encode()
@@ -182,8 +183,7 @@ class Medic:
         # If nothing at all came in on the TCP connection under it either,
         # the connection is dead too (a new channel over it would time
         # out): abort it, so that the next one is dialled afresh.
-        messages_in = getattr(link, "messages_in", None)
-        if messages_in is not None and messages_in == session.link_in and getattr(link, "connected", False):
+        if IConnection.providedBy(link) and link.messages_in == session.link_in and link.connected:
             log.info("the connection under it is silent too; closing it")
             link.abort()
         if self.on_down is not None:

@@ -27,22 +27,28 @@ what a node created with C{--project project.json} knows and does.
     the policy stored for its resource (Ockam 0.83's default for nodes with
     a project: C{(= resource.project_id subject.project_id)}), evaluated
     against the presented attributes.
+
+L{Membership} is a feature of the node (L{ockamtw.feature}): it keeps
+C{state.json}'s C{project} and C{policies} and answers the control API's
+C{/project}, C{/policies} and C{/credentials}.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Dict, Optional, Set
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-from ..abac import DEFAULT_POLICY_TEXT, Policy, PolicyAccess
+from ..abac import DEFAULT_POLICY_TEXT, HANDLE_MESSAGE, Policy, PolicyAccess, PolicyError
 from ..access import CHANNEL_PEERS
 from ..deferred import InFlight
 from ..errors import NoSuchAddress, OckamError, RequestTimeout, RouteUnreachable
+from ..feature import ControlError, Feature
 from ..routing import Route
-from ..secure.channel import UP
 from ..secure.errors import SecureChannelError
+from ..status import UP
 from . import codec
 from .codec import Method, Status
 from .credentials import Credential, verify
@@ -65,14 +71,27 @@ class NotAMember(RouteUnreachable):
     """
 
 
-class Membership:
+class Membership(Feature):
     """
     The projects a node belongs to, by name, with their authorities, this
     node's credentials and what peers presented to it.
     """
 
+    name = "project"
+    state_keys = ("project", "policies")
+    routes = {
+        ("GET", "project", False): "project_route",
+        ("GET", "policies", False): "policies_route",
+        ("GET", "policies", True): "policy_show_route",
+        ("PUT", "policies", True): "policy_set_route",
+        ("POST", "policies", True): "policy_set_route",
+        ("DELETE", "policies", True): "policy_delete_route",
+        ("GET", "credentials", False): "credentials_route",
+        ("POST", "credentials", False): "credential_get_route",
+    }
+
     def __init__(self, node) -> None:
-        self.node = node
+        Feature.__init__(self, node)
         self.projects: Dict[str, ProjectInfo] = {}
         #: authority identifier -> (its Identity, the project id)
         self.authorities: Dict[str, tuple] = {}
@@ -92,6 +111,9 @@ class Membership:
         #: checks the channels to projects (its intervals may be changed
         #: before the first /project route is used)
         self.medic = Medic(node)
+        #: whether the node's state keeps C{policies} (once it had some)
+        self._keeps_policies = False
+        node.register_resolver("project", self.resolve)
 
     # --- what the node knows ---------------------------------------------------------------
 
@@ -125,6 +147,7 @@ class Membership:
     def set_policy(self, resource: str, text: str) -> None:
         Policy.parse(text)  # PolicyError for bad text
         self.policies[resource] = text
+        self._keeps_policies = True
 
     def policy(self, resource: str, project_id: Optional[str] = None):
         """
@@ -291,6 +314,154 @@ class Membership:
         The open channel to project C{name}, if any (relays watch it).
         """
         return self._project_ends.get(name)
+
+
+    def project_info(self) -> Optional[ProjectInfo]:
+        """
+        The node's project (the first it was given), or C{None}.
+        """
+        for info in self.projects.values():
+            return info
+        return None
+
+    def stopService(self):
+        Feature.stopService(self)
+        self.medic.stop()
+
+    # --- state ---------------------------------------------------------------------------
+
+    def save(self) -> dict:
+        state: dict = {}
+        project = self.project_info()
+        if project is not None:
+            state["project"] = project.to_dict()
+        if self.policies or self._keeps_policies:
+            state["policies"] = dict(sorted(self.policies.items()))
+        return state
+
+    def restore(self, state: dict) -> None:
+        """
+        The node's project (C{project}: C{/project/NAME} routes,
+        credentials, default policies) and its policies (C{policies}),
+        before its inlets and outlets are restored.
+        """
+        doc = state.get("project")
+        if doc is not None:
+            info = ProjectInfo.from_json(json.dumps(doc))
+            info.require_complete()
+            self.add(info)
+        if "policies" in state:
+            self._keeps_policies = True
+        for resource, expression in (state.get("policies") or {}).items():
+            self.set_policy(resource, expression)
+
+    # --- control routes --------------------------------------------------------------------------
+
+    def project_route(self, call) -> dict:
+        info = self.project_info()
+        if info is None:
+            raise ControlError(404, f"node {self.node.name} belongs to no project")
+        return info.to_dict()
+
+    def policies_route(self, call) -> list:
+        return [_policy_dict(r, e) for r, e in sorted(self.policies.items())]
+
+    def policy_show_route(self, call) -> dict:
+        resource = call.key
+        expression = self.policies.get(resource)
+        if expression is None:
+            raise ControlError(404, f"no policy for resource {resource!r} on node {self.node.name}")
+        return _policy_dict(resource, expression)
+
+    async def policy_set_route(self, call) -> dict:
+        """
+        Store the policy of a resource (action C{handle_message}, the only
+        one portals ask about); it applies to the next message.
+        """
+        resource = call.key
+        expression = call.need("expression")
+        action = call.body.get("action") or HANDLE_MESSAGE
+        if action != HANDLE_MESSAGE:
+            raise ControlError(400, f"unknown action {action!r} (policies are for {HANDLE_MESSAGE})")
+        if not resource or "/" in resource:
+            raise ControlError(400, f"not a resource name: {resource!r}")
+        try:
+            text = str(Policy.parse(expression))
+        except PolicyError as e:
+            raise ControlError(400, f"bad policy expression: {e}") from None
+        policies = self.policies
+        before = policies.get(resource)
+        self.set_policy(resource, text)
+
+        def undo():
+            if before is None:
+                policies.pop(resource, None)
+            else:
+                policies[resource] = before
+
+        await call.saved(undo=undo)
+        return _policy_dict(resource, text)
+
+    async def policy_delete_route(self, call) -> dict:
+        info = self.policy_show_route(call)
+        del self.policies[call.key]
+        await call.saved()
+        return info
+
+    def credentials_route(self, call) -> dict:
+        """
+        This node's own credentials (one per project it has fetched one
+        for) and the attributes peers presented to it.
+        """
+        from .credentials import display
+
+        now = self.node.reactor.seconds()
+        names = {info.id: info.name for info in self.projects.values()}
+        own = []
+        for project_id, credential in sorted(self.credentials.items()):
+            data = credential.credential_data()
+            own.append({
+                "project": names.get(project_id),
+                "project_id": project_id,
+                "issuer": data.issuer,
+                "subject": data.subject,
+                "expires": data.expires,
+                "attributes": _texts(data.attributes),
+                "credential": credential.hex(),
+                "display": display(credential),
+            })
+        presented = [
+            {"identifier": identifier, "attributes": _texts(entry.attributes), "expires": entry.expires,
+             "issuer": entry.attested_by}
+            for identifier, entry in sorted(self.presented.members(now).items())
+        ]
+        return {"own": own, "presented": presented}
+
+    async def credential_get_route(self, call) -> dict:
+        """
+        Fetch (or take the cached) credential of this node for its project
+        (C{{"project": NAME}}, its first one by default).
+        """
+        name = call.body.get("project")
+        info = self.projects.get(name) if name else self.project_info()
+        if info is None:
+            raise ControlError(404, f"node {self.node.name} belongs to no project {name or ''}".rstrip())
+        await self.credential(info)
+        return [c for c in self.credentials_route(call)["own"] if c["project_id"] == info.id][0]
+
+
+def _texts(attributes) -> dict:
+    out = {}
+    for k, v in sorted(attributes.items()):
+        try:
+            out[k] = bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            out[k] = "**binary**"
+    return out
+
+
+def _policy_dict(resource: str, expression: str) -> dict:
+    return {"resource": resource, "action": HANDLE_MESSAGE, "expression": expression}
 
 
 async def _route_of(end) -> Route:

@@ -41,10 +41,11 @@ from ..machines import transitions
 from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
-from ..interfaces import IOrigin
+from ..interfaces import ILink, ILinkWorker, IOrigin
 from ..logs import short
 from ..node import Worker
 from ..routing import Address, Route
+from ..status import CLOSED, UP
 from ..wire import TransportMessage
 from .codec import (
     CreateResponderChannelMessage,
@@ -91,6 +92,7 @@ class TrustPolicy:
         return "TrustPolicy(everyone)" if self.authorized is None else f"TrustPolicy({sorted(self.authorized)})"
 
 
+@implementer(ILinkWorker)
 class _Part(Worker):
     """
     One of a channel end's three workers, each with its own access policy:
@@ -163,8 +165,9 @@ class _ChannelInputs(Protocol):
         "L{ChannelEnd.close}."
 
 
-#: The states of a channel end, by the name L{ChannelEnd.status} shows
-#: (the control API and the command line read them).
+#: The states of a channel end, by the name L{ChannelEnd.state} holds (its
+#: L{ChannelEnd.status} says what they mean: L{ockamtw.status.UP} once
+#: L{ESTABLISHED}, L{ockamtw.status.CLOSED} once L{ENDED}).
 #: Created, not started yet.
 NEW = "new"
 #: An initiator that sent M1, waiting for the responder's M2.
@@ -176,12 +179,16 @@ WAITING_FOR_M4 = "m4"
 #: A responder that sent its identity (M4), waiting for the initiator's (M5).
 WAITING_FOR_M5 = "m5"
 #: Both identities verified: messages are encrypted and decrypted.
-UP = "up"
+ESTABLISHED = "up"
 #: Ended (closed, failed, timed out, or its link closed): its workers are gone.
-CLOSED = "closed"
+ENDED = "closed"
+
+#: A state's status, where it is not the state's name in capitals (a
+#: handshake in progress shows the message it waits for: M2 ... M5).
+_STATUS = {ESTABLISHED: UP, ENDED: CLOSED}
 
 
-@implementer(IOrigin)
+@implementer(ILink)
 class ChannelEnd(CloseNotifier):
     """
     One end of a secure channel, and the origin of the messages it
@@ -191,9 +198,9 @@ class ChannelEnd(CloseNotifier):
     TCP connection or outer secure channel they came through).
 
     A state machine (C{_ChannelInputs}, the table after this class): an
-    initiator goes L{NEW}, L{WAITING_FOR_M2}, L{WAITING_FOR_M4}, L{UP}; a
-    responder L{NEW}, L{WAITING_FOR_M3}, L{WAITING_FOR_M5}, L{UP}; any of
-    them may end in L{CLOSED}.  Its inputs are what arrives (a message from
+    initiator goes L{NEW}, L{WAITING_FOR_M2}, L{WAITING_FOR_M4},
+    L{ESTABLISHED}; a responder L{NEW}, L{WAITING_FOR_M3}, L{WAITING_FOR_M5},
+    L{ESTABLISHED}; any of them may end in L{ENDED}.  Its inputs are what arrives (a message from
     the peer, a message to send, the handshake's time-out, the loss of its
     link, L{close}); its outputs what the end does (send M1 to M5, decrypt
     and deliver, encrypt and send, fail, close).  Once up, messages take
@@ -203,7 +210,7 @@ class ChannelEnd(CloseNotifier):
     @ivar encryptor: the L{Address} to route through.
     @ivar peer_identifier: the other end's identifier (C{P<hex>}) once
         established.
-    @ivar status: the name of the machine's state: C{"m2"}, C{"m3"}
+    @ivar state: the name of the machine's state: C{"m2"}, C{"m3"}
         (waiting for that key exchange message), C{"m4"}, C{"m5"} (waiting
         for that identity message), C{"up"} or C{"closed"} (C{"new"} before
         it starts).
@@ -215,7 +222,7 @@ class ChannelEnd(CloseNotifier):
         self.trust = trust
         self.initiator = initiator
         self.owner = owner
-        self.status = NEW
+        self.state = NEW
         self.peer_identifier: Optional[str] = None
         self.remote_route: Optional[Route] = None
         self.route_text: Optional[str] = None
@@ -230,9 +237,9 @@ class ChannelEnd(CloseNotifier):
         self._peer_backwards: Optional[Address] = None
         self._ready: Optional[Deferred] = None
         self._timer = None
-        self._link = None
-        self._link_key = None
+        #: the origin of the peer's handshake, and its close watch
         self._peer_origin = None
+        self._peer_origin_key = None
         #: When a message last came through (L{SecureChannelListener} closes
         #: the least recently active ends first when it holds too many).
         self.last_active = 0.0
@@ -276,7 +283,7 @@ class ChannelEnd(CloseNotifier):
         self.remote_route = m1.return_route
         if not self._watch(m1.origin):
             self._input(self._machine.link_closed)
-        if self.status == CLOSED:
+        if self.state == ENDED:
             raise SecureChannelError("the connection M1 came through is closed")
         self._input(self._machine.respond, request.payload, timeout)
 
@@ -292,7 +299,7 @@ class ChannelEnd(CloseNotifier):
         """
         A message at the decryptor.
         """
-        if self.status == UP:
+        if self.state == ESTABLISHED:
             self._decrypt_and_deliver(message)
         else:
             self._input(self._machine.wire, message)
@@ -301,7 +308,7 @@ class ChannelEnd(CloseNotifier):
         """
         A message at the encryptor.
         """
-        if self.status == UP:
+        if self.state == ESTABLISHED:
             # What the machine does when up (_encrypt_and_send), inline.
             self._send_inner(
                 message.onward_route.step().prepend(self._peer_backwards),
@@ -317,7 +324,7 @@ class ChannelEnd(CloseNotifier):
         self._input(self._machine.timed_out, timeout)
 
     def _link_closed(self) -> None:
-        self._link_key = None
+        self._peer_origin_key = None
         self._input(self._machine.link_closed)
 
     def _input(self, input, *args) -> None:
@@ -488,9 +495,9 @@ class ChannelEnd(CloseNotifier):
 
     def _tear_down(self) -> None:
         self._cancel_timer()
-        if self._link_key is not None:
-            self._link.cancel_on_close(self._link_key)
-            self._link_key = None
+        if self._peer_origin_key is not None:
+            self._peer_origin.cancel_on_close(self._peer_origin_key)
+            self._peer_origin_key = None
         for address in (self.decryptor, self.encryptor, self.backwards):
             if self.node.worker_at(address) is not None and self.node.worker_at(address).end is self:
                 self.node.stop_worker(address)
@@ -589,39 +596,48 @@ class ChannelEnd(CloseNotifier):
         """
         if origin is self._peer_origin:
             return True
-        if self._link_key is not None:
-            self._link.cancel_on_close(self._link_key)
-            self._link_key = None
+        if self._peer_origin_key is not None:
+            self._peer_origin.cancel_on_close(self._peer_origin_key)
+            self._peer_origin_key = None
         self._peer_origin = origin
-        self._link = origin
-        if origin is not None and hasattr(origin, "on_close"):
-            if not getattr(origin, "connected", True):
+        if IOrigin.providedBy(origin):
+            if not origin.connected:
                 return False
-            self._link_key = origin.on_close(lambda _: self._link_closed())
+            self._peer_origin_key = origin.on_close(lambda _: self._link_closed())
         return True
 
     @property
     def link(self):
         """
-        What the peer's messages come through: the TCP connection or the
-        outer secure channel (C{None} before the handshake, or on this
-        node).
+        The link the peer's messages come through (the origin of its
+        handshake): the TCP connection or the outer secure channel
+        (C{None} before the handshake, or on this node).
         """
-        return self._link
+        return self._peer_origin
+
+    @property
+    def status(self) -> str:
+        """
+        L{ockamtw.status.UP} once established, L{ockamtw.status.CLOSED}
+        once ended; during the handshake the message it waits for (C{M2}
+        ... C{M5}; C{NEW} before it starts).
+        """
+        state = self.state
+        return _STATUS.get(state) or state.upper()
 
     @property
     def identity(self) -> Optional[str]:
         """
         The peer's identifier once the channel is up (IOrigin).
         """
-        return self.peer_identifier if self.status == UP else None
+        return self.peer_identifier if self.state == ESTABLISHED else None
 
     @property
     def connected(self) -> bool:
         """
         Whether the channel can still carry messages (not closed).
         """
-        return self.status != CLOSED
+        return self.state != ENDED
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -639,7 +655,7 @@ class ChannelEnd(CloseNotifier):
         }
 
 
-_on = transitions("status")
+_on = transitions("state")
 
 
 _builder = TypeMachineBuilder(_ChannelInputs, ChannelEnd)
@@ -648,8 +664,8 @@ _waiting_for_m2 = _builder.state(WAITING_FOR_M2)
 _waiting_for_m3 = _builder.state(WAITING_FOR_M3)
 _waiting_for_m4 = _builder.state(WAITING_FOR_M4)
 _waiting_for_m5 = _builder.state(WAITING_FOR_M5)
-_up = _builder.state(UP)
-_closed = _builder.state(CLOSED)
+_up = _builder.state(ESTABLISHED)
+_closed = _builder.state(ENDED)
 _handshake = (_waiting_for_m2, _waiting_for_m3, _waiting_for_m4, _waiting_for_m5)
 _I = _ChannelInputs
 

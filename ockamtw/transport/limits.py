@@ -41,14 +41,10 @@ KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 4
 
 #: Seconds after which an outgoing connection on which this node has
-#: written nothing writes one heartbeat frame (a TransportMessage with
-#: empty routes, which Ockam 0.83 and ockamtw drop silently), so that a
+#: written nothing writes one heartbeat frame (L{ockamtw.wire.HEARTBEAT_FRAME}), so that a
 #: peer's first-frame timeout does not close an idle link this node keeps
 #: (an inlet connects early, C{ockam tcp-connection create} keeps one).
 HELLO_DELAY = 1.0
-#: The heartbeat frame: length 4, version 1, empty onward and return
-#: routes, empty payload.
-HEARTBEAT_FRAME = bytes.fromhex("000401000000")
 
 #: L{ConnectionLimits}' C{max_connections} by default: see
 #: L{default_max_connections}.

@@ -26,27 +26,28 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Union
 
-from twisted.application.internet import backoffPolicy
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..access import ANYONE
-from ..endpoints import client_endpoint, client_target, reason, server_description, split_hostport
-from ..errors import TransportError, WireError
+from ..endpoints import client_endpoint, client_target, reason, server_description
+from ..errors import OckamError, TransportError, WireError
+from ..feature import ControlError, Feature, worker_key
 from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
-from ..interfaces import IFlowSource, IOrigin, ITcpConnection, ITcpListener, ITransport, IWorker
+from ..interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, ITcpListener, ITransport
 from ..logs import short
 from ..deferred import InFlight, gather
 from ..routing import TCP, Address
-from ..wire import MAX_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, frame_parts
+from ..wire import HEARTBEAT_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, body_frame_parts, frame_parts
 from .limits import (
     CLOSED_BUDGET,
     CLOSED_FIRST_FRAME,
     CLOSED_FRAME,
-    HEARTBEAT_FRAME,
     HELLO_DELAY,
     ConnectionGuard,
     Refused,
@@ -58,11 +59,6 @@ log = Logger(namespace="ockamtw.transport.tcp")
 MODE_LISTENING = "Listening"
 MODE_OUTGOING = "Remote connection"
 MODE_ACCEPTED = "Accepted"
-
-# The endpoint helpers live in ockamtw.endpoints; the old private name is
-# kept for callers.
-_split_hostport = split_hostport
-
 
 def _peer_text(addr) -> str:
     host = getattr(addr, "host", None)
@@ -140,7 +136,7 @@ class _FrameFactory(Factory):
         return p
 
 
-@implementer(ITcpConnection, IWorker, IFlowSource, IOrigin)
+@implementer(ITcpConnection, IConnection, ILinkWorker, IFlowSource)
 class TcpConnection(CloseNotifier):
     """
     One TCP connection: a worker at C{address} that writes what it is sent
@@ -335,12 +331,11 @@ class TcpConnection(CloseNotifier):
 
         @raise MessageTooLarge: when the body exceeds a frame.
         """
-        size = len(head) + len(data)
-        if size > MAX_FRAME:
-            raise MessageTooLarge(f"message of {size} bytes exceeds the {MAX_FRAME}-byte TCP frame limit")
+        parts = body_frame_parts(head, data)
         if not self.connected:
             return
-        send_now(self.transport, [size.to_bytes(2, "big") + head, data], size)
+        size = len(head) + len(data)
+        send_now(self.transport, parts, size)
         self.messages_out += 1
         self.bytes_out += size + 2
         if source is not None and self.backpressure.congested:
@@ -627,91 +622,161 @@ class TcpListener:
         return f"<TcpListener {self.socket_address}>"
 
 
-class KeptConnection:
+class _KeptEndpoint:
     """
-    An outgoing connection that comes back: when it closes, it is made
-    again (same target, same worker address, so routes through it stay
-    valid) with exponential backoff, until L{stop}.
+    The endpoint of a L{KeptConnection}'s C{ClientService}: the target's
+    client endpoint, whose failures the keeper notes (for its log line);
+    the first attempt of a keeper that must connect once (C{keep} with
+    C{wait}) decides its fate instead of being retried.
+    """
+
+    def __init__(self, keeper: "KeptConnection", endpoint) -> None:
+        self._keeper = keeper
+        self._endpoint = endpoint
+
+    def connect(self, factory) -> Deferred:
+        keeper = self._keeper
+        d = self._endpoint.connect(factory)
+        first, keeper._first = keeper._first, None
+        if first is None:
+            return d.addErrback(keeper._failed)
+        # keep(wait=True): this attempt's failure fails keep(), which stops
+        # the keeper (cancelling the Deferred held here); its success is
+        # the keeper's first connection.
+        held: Deferred = Deferred()
+        inside = [True]
+
+        def connected(protocol):
+            held.callback(protocol)
+            conn = keeper.connection
+            if conn is not None:
+                first.callback(conn)
+            else:
+                first.errback(TransportError(f"connection to {keeper.target} closed at once"))
+
+        def failed(f):
+            keeper._failed(f)
+            error = f if f.check(CancelledError) else Failure(TransportError(keeper._reason))
+            if inside[0]:  # failed at once, within the service's own step
+                keeper._tcp.reactor.callLater(0, first.errback, error)
+            else:
+                first.errback(error)
+
+        d.addCallbacks(connected, failed)
+        inside[0] = False
+        return held
+
+    def __repr__(self) -> str:
+        return f"<endpoint of kept connection {self._keeper.address} to {self._keeper.target}>"
+
+
+class KeptConnection(ClientService):
+    """
+    An outgoing connection that comes back: a Twisted C{ClientService}
+    that makes it again whenever it closes (same target, same worker
+    address, so routes through it stay valid), with exponential backoff,
+    until it is stopped (the TCP transport's L{TcpTransport.forget}).
     """
 
     #: Seconds to wait before retry number N: from 0.1 s, doubling, up to 5 s.
     retry_policy = staticmethod(backoffPolicy(0.1, 5.0, 2.0, jitter=lambda: 0.0))
 
-    def __init__(self, tcp: "TcpTransport", target: str, address: Address) -> None:
+    def __init__(self, tcp: "TcpTransport", target: str, address: Address, first: Optional[Deferred] = None) -> None:
         self._tcp = tcp
         self.target = target
         self.address = address
+        #: the open connection, if any
         self.connection: Optional[TcpConnection] = None
-        self.stopped = False
-        self._timer = None
-        self._attempt: Optional[Deferred] = None
-        self._failures = 0
+        self._first = first
+        self._reason = "connection closed"
+        endpoint, self._key = client_endpoint(tcp.reactor, target, tcp.connect_timeout)
+        ClientService.__init__(
+            self,
+            _KeptEndpoint(self, endpoint),
+            _FrameFactory(tcp, MODE_OUTGOING, address),
+            retryPolicy=self._delay,
+            clock=tcp.reactor,
+            prepareConnection=self._prepare,
+        )
 
-    def start(self) -> None:
-        self._connect()
+    def startService(self) -> None:
+        if not self.running:  # started at once by keep(), and again with its parent
+            ClientService.startService(self)
 
-    def _connect(self) -> None:
-        self._timer = None
-        if self.stopped:
-            return
-        self._attempt = self._tcp.connect(self.target, address=self.address)
-        self._attempt.addCallbacks(self._connected, self._failed)
+    def stopService(self) -> Deferred:
+        """
+        Stop reconnecting and close the connection (flushing it for at most
+        L{TcpConnection.close_grace} seconds); fires once it is closed.
+        """
+        conn = self.connection
+        closing = conn.close() if conn is not None else succeed(None)
+        stopped = ClientService.stopService(self)
+        return gather([closing, stopped])
 
-    def adopt(self, conn: TcpConnection) -> None:
-        self._connected(conn)
-
-    def _connected(self, conn: TcpConnection) -> None:
-        self._attempt = None
-        self._failures = 0
+    def _prepare(self, protocol) -> None:
+        conn = protocol.connection
+        if conn is None or not conn.connected or conn.address is None:
+            return  # closed at once: its loss brings the next attempt
+        conn.target = self._key
         self.connection = conn
         conn.when_closed().addCallback(lambda _: self._lost(conn))
-
-    def _failed(self, f) -> None:
-        self._attempt = None
-        if self.stopped or f.check(CancelledError):
-            return
-        self._failures += 1
-        self._retry(f.getErrorMessage())
 
     def _lost(self, conn: TcpConnection) -> None:
         if conn is self.connection:
             self.connection = None
-            if not self.stopped:
-                self._retry("connection closed")
+            self._reason = "connection closed"
 
-    def _retry(self, reason: str) -> None:
-        delay = self.retry_policy(max(0, self._failures - 1))
+    def _failed(self, f):
+        if not f.check(CancelledError):
+            self._reason = f"cannot connect to {self.target}: {reason(f)}"
+        return f
+
+    def _delay(self, attempt: int) -> float:
+        # ClientService counts from 1: the first retry waits retry_policy(0).
+        delay = self.retry_policy(max(0, attempt - 1))
         log.info(
             "connection {address} to {target}: {reason}; reconnecting in {delay:.1f} s",
             address=str(self.address),
             target=self.target,
-            reason=reason,
+            reason=self._reason,
             delay=delay,
         )
-        self._timer = self._tcp.reactor.callLater(delay, self._connect)
+        return delay
 
-    def stop(self) -> Deferred:
-        """
-        Stop reconnecting and close the connection.
-        """
-        self.stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._attempt is not None:
-            self._attempt.cancel()
-            self._attempt = None
-        if self.connection is not None:
-            return self.connection.close()
-        return succeed(None)
+
+def connection_dict(item) -> dict:
+    """
+    A listener or connection as the control API shows it.
+    """
+    return {
+        "transport_id": item.transport_id,
+        "transport_type": "TCP",
+        "mode": item.mode,
+        "socket_address": item.socket_address,
+        "worker_address": str(item.address),
+    }
 
 
 @implementer(ITransport)
-class TcpTransport:
+class TcpTransport(Feature):
     """
     A node's TCP transport: C{node.tcp}, registered with the node for TCP
-    addresses (C{1#host:port}).
+    addresses (C{1#host:port}).  It is a feature of the node too
+    (L{ockamtw.feature}): its kept connections (L{KeptConnection}) are its
+    child services and C{state.json}'s C{connections}, and it answers the
+    control API's C{/tcp}.
     """
+
+    name = "tcp"
+    state_keys = ("connections",)
+    routes = {
+        ("GET", "tcp", False): "list_route",
+        ("POST", "tcp", False): "create_route",
+        ("GET", "tcp", True): "show_route",
+        ("DELETE", "tcp", True): "delete_route",
+        ("POST", "tcp-listeners", False): "listener_create_route",
+        ("DELETE", "tcp-listeners", True): "listener_delete_route",
+    }
 
     address_type = TCP
 
@@ -729,9 +794,9 @@ class TcpTransport:
     link_credit_buffer = 32 * 1024 * 1024
     node_credit_buffer = 256 * 1024 * 1024
 
-    def __init__(self, node, reactor) -> None:
-        self.node = node
-        self.reactor = reactor
+    def __init__(self, node, reactor=None) -> None:
+        Feature.__init__(self, node)
+        self.reactor = node.reactor if reactor is None else reactor
         self._listeners: List[TcpListener] = []
         self._connections: Dict[Address, TcpConnection] = {}
         self._connecting = InFlight()
@@ -742,6 +807,8 @@ class TcpTransport:
         self.guard = ConnectionGuard()
         #: congested connections whose peers take next to nothing
         self._slow: set = set()
+        #: kept connections restored before the node started: (target, address)
+        self._restoring: List[tuple] = []
 
     def may_buffer(self, conn: "TcpConnection") -> bool:
         """
@@ -838,21 +905,24 @@ class TcpTransport:
             address = Address.parse(address)
         if address in self.kept or self.node.worker_at(address) is not None:
             return fail(TransportError(f"address {address} is already taken on node {self.node.name}"))
-        keeper = KeptConnection(self, target, address)
+        first: Optional[Deferred] = Deferred() if wait else None
+        try:
+            keeper = KeptConnection(self, target, address, first)
+        except WireError as e:
+            return fail(e)
         self.kept[address] = keeper
-        if not wait:
-            keeper.start()
+        keeper.setServiceParent(self)
+        keeper.startService()  # at once, even before the node starts
+        if first is None:
             return succeed(keeper)
 
-        def connected(conn):
-            keeper.adopt(conn)
-            return conn
-
         def failed(f):
-            self.kept.pop(address, None)
+            if self.kept.get(address) is keeper:
+                del self.kept[address]
+            self._drop(keeper)
             return f
 
-        return self.connect(target, address=address).addCallbacks(connected, failed)
+        return first.addErrback(failed)
 
     def forget(self, address: Union[Address, str]) -> Deferred:
         """
@@ -863,7 +933,15 @@ class TcpTransport:
         keeper = self.kept.pop(address, None)
         if keeper is None:
             return succeed(None)
-        return keeper.stop()
+        return self._drop(keeper)
+
+    def _drop(self, keeper: KeptConnection) -> Deferred:
+        if keeper.parent is not None:
+            keeper.disownServiceParent()  # stops it if this transport runs
+        if keeper.running:
+            return keeper.stopService()
+        conn = keeper.connection
+        return conn.close() if conn is not None else succeed(None)
 
     def connect_shared(self, target: str, route_hop: bool = False) -> Deferred:
         """
@@ -974,3 +1052,98 @@ class TcpTransport:
         ds += [l.close() for l in list(self._listeners)]
         ds += [c.close() for c in list(self._connections.values())]
         return gather(ds)
+
+    # --- the feature: life, state, control routes ----------------------------------------------
+
+    def startService(self) -> None:
+        Feature.startService(self)
+        self._keep_restored()
+
+    def _keep_restored(self) -> None:
+        restoring, self._restoring = self._restoring, []
+        for target, address in restoring:
+            self.keep(target, address, wait=False).addErrback(
+                lambda f, a=address: log.error("connection {a} not restored: {r}", a=a, r=f.getErrorMessage())
+            )
+
+    def stopService(self) -> Deferred:
+        """
+        Stop keeping connections and close them (the node closes the rest:
+        L{close_all}).
+        """
+        self._restoring = []
+        return Feature.stopService(self)
+
+    def save(self) -> dict:
+        return {"connections": [{"to": k.target, "address": k.address.value} for k in self.kept.values()]}
+
+    def restore(self, state: dict) -> None:
+        waiting = {address for _, address in self._restoring}
+        for item in state.get("connections", []):
+            address = Address.parse(item["address"])
+            if address in self.kept or address in waiting:
+                continue
+            waiting.add(address)
+            self._restoring.append((item["to"], address))
+        if self.running:
+            self._keep_restored()
+
+    def list_route(self, call) -> list:
+        return [connection_dict(i) for i in self.list()]
+
+    def _item(self, key: str):
+        item = self.find(worker_key(key))
+        if item is None:
+            item = self.find(key)
+        if item is None:
+            raise ControlError(404, f"no TCP connection or listener {key!r} on node {self.node.name}")
+        return item
+
+    def show_route(self, call) -> dict:
+        return connection_dict(self._item(call.key))
+
+    async def create_route(self, call) -> dict:
+        conn = await self.keep(call.need("to"))
+
+        async def undo():
+            await self.forget(conn.address)
+            await conn.close()
+
+        await call.saved(undo=undo)
+        return connection_dict(conn)
+
+    async def listener_create_route(self, call) -> dict:
+        """
+        Another TCP listener (C{ockam tcp-listener create}); it lasts until
+        the node stops.
+        """
+        address = call.need("address")
+        try:
+            description = server_description(address)
+        except (OckamError, ValueError) as e:
+            raise ControlError(400, f"not a listener address: {address!r} ({e})") from None
+        listener = await self.listen(description)
+        return connection_dict(listener)
+
+    async def listener_delete_route(self, call) -> dict:
+        item = self._item(call.key)
+        if item.mode != MODE_LISTENING:
+            raise ControlError(404, f"no TCP listener {call.key!r} on node {self.node.name} (a connection: see tcp-connection)")
+        if item is call.listener:
+            raise ControlError(409, "the node's own listener cannot be deleted")
+        info = connection_dict(item)
+        await item.close()
+        return info
+
+    async def delete_route(self, call) -> dict:
+        item = self._item(call.key)
+        if item is call.listener:
+            raise ControlError(409, "the node's own listener cannot be deleted")
+        info = connection_dict(item)
+        kept = item.address in self.kept
+        if kept:
+            await self.forget(item.address)
+        await item.close()
+        if kept:
+            await call.saved()
+        return info
