@@ -837,17 +837,34 @@ class TcpTransport(Feature):
         def listening(port):
             listener = TcpListener(self, port, desc)
             self._listeners.append(listener)
-            log.info(
-                "node {node} listening on {address}",
-                node=self.node.name,
-                address=listener.socket_address,
-            )
+            self._announce(listener)
             return listener
 
         def failed(f):
             raise TransportError(f"cannot listen on {description}: {reason(f)}")
 
         return d.addCallbacks(listening, failed)
+
+    def _announce(self, listener: "TcpListener") -> None:
+        """
+        Log that the node listens: a supervisor takes this line as the
+        node's readiness, and may signal it from then on.  Bound before the
+        reactor runs (C{twistd} binds in C{privilegedStartService}), the
+        line waits until the reactor has started, which is when C{twistd}'s
+        signal handlers are in place; otherwise it is logged at once.
+        """
+
+        def announce():
+            log.info(
+                "node {node} listening on {address}",
+                node=self.node.name,
+                address=listener.socket_address,
+            )
+
+        if getattr(self.reactor, "running", True) or not hasattr(self.reactor, "callWhenRunning"):
+            announce()
+        else:
+            self.reactor.callWhenRunning(announce)
 
     # --- connecting -------------------------------------------------------------
 
