@@ -215,6 +215,35 @@ def layer_violations(graph: Dict[str, Set[str]], top: str = "ockamtw") -> List[s
     return problems
 
 
+def private_imports(package_dir: str, top: str = "ockamtw") -> List[str]:
+    """
+    One line per private name (C{_name}) imported from a module of another
+    package, or from one top-level module of the package into another:
+    what a module keeps private is its own package's business.
+    """
+    found = modules(package_dir)
+    problems = []
+    for module, path in sorted(found.items()):
+        is_package = path.endswith("__init__.py")
+        own = module if is_package else module.rsplit(".", 1)[0]
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = _absolute(module, is_package, node.level, node.module)
+            if target not in found:
+                continue
+            theirs = target if found[target].endswith("__init__.py") else target.rsplit(".", 1)[0]
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__") or f"{target}.{name}" in found:
+                    continue
+                if theirs != own or own == top:
+                    problems.append(f"{module} imports {target}.{name}")
+    return problems
+
+
 #: Calls that print or end the process.
 _PRINTING = {"print", "exit", "_exit", "abort", "quit"}
 
@@ -283,6 +312,14 @@ class PackageTests(SynchronousTestCase):
         The codec and the node core import nothing above them.
         """
         self.assertEqual(layer_violations(self.graph), [])
+
+    def test_no_private_names_across_packages(self):
+        """
+        No module takes a private name from another package (the command
+        line once imported the TCP transport's C{_split_hostport}, the codec
+        the routing module's C{_encode_uvarint}).
+        """
+        self.assertEqual(private_imports(PACKAGE_DIR), [])
 
     def test_quiet_below_the_faces(self):
         """
@@ -353,6 +390,18 @@ class FaultTests(SynchronousTestCase):
         package = self.layered(**{"routing.py": "from .node import BaseNode\n"})
         problems = layer_violations(import_graph(package), "pkg")
         self.assertIn("codec imports pkg.node: pkg.routing -> pkg.node", problems)
+
+    def test_private_names(self):
+        package = self.layered(**{
+            "wire.py": "from .routing import _encode_uvarint\n",
+            "cli/__init__.py": "",
+            "cli/main.py": "from ..transport.tcp import _split_hostport\nfrom .text import _ok\n",
+            "cli/text.py": "_ok = 1\n",
+        })
+        self.assertEqual(
+            private_imports(package, "pkg"),
+            ["pkg.cli.main imports pkg.transport.tcp._split_hostport", "pkg.wire imports pkg.routing._encode_uvarint"],
+        )
 
     def test_printing(self):
         package = self.layered(**{"relay.py": "import sys\nprint('x')\nsys.stdout.write('y')\nraise SystemExit(1)\n",
