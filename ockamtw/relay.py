@@ -137,10 +137,23 @@ class Forwarder(Worker):
     @forward_route.setter
     def forward_route(self, route: Route) -> None:
         self._forward_route = route
+        self._direct = None
         # For the fast path: the forward route after its first hop (the
         # link, which strips itself), encoded once.
         self._after_link = route[1:]
         self._after_link_encoded = b"".join([a.encode() for a in self._after_link])
+
+    def _writes_to(self, link) -> bool:
+        """
+        Whether the forward route starts with C{link} (remembered for the
+        last link asked about: a forwarder keeps its link).
+        """
+        known = self._direct
+        if known is not None and known[0] is link:
+            return known[1]
+        answer = self._forward_route[0] == link.address
+        self._direct = (link, answer)
+        return answer
 
     def owned_by(self, owner, route: Route) -> bool:
         """
@@ -161,14 +174,18 @@ class Forwarder(Worker):
     def receive(self, message) -> None:
         link = self.link
         route = self._forward_route
-        if link is not None and link.connected and link.loop is None and route[0] == link.address:
+        if link is not None and link.connected and link.loop is None and self._writes_to(link):
             # Fast path: straight to the registering connection, as the
-            # connection worker would write it.
-            rest = message.onward_route[1:]
+            # connection worker would write it: the onward route's first
+            # address (this forwarder) becomes the forward route after
+            # its link.
+            onward = message.onward_route
+            parts = [a.encode() for a in onward]
+            parts[0] = self._after_link_encoded
             payload = message.payload
             head = encode_header(
-                len(self._after_link) + len(rest),
-                [self._after_link_encoded, *[a.encode() for a in rest]],
+                len(self._after_link) + len(onward) - 1,
+                parts,
                 message.return_route,
                 len(payload),
             )

@@ -249,7 +249,9 @@ class Route(tuple):
         """
         A new route with C{address} first.
         """
-        return Route._trusted((_as_address(address),) + tuple(self))
+        if address.__class__ is not Address:
+            address = _as_address(address)
+        return tuple.__new__(Route, (address, *self))
 
     def append(self, address: Union[Address, str]) -> "Route":  # type: ignore[override]
         """

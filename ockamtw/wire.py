@@ -199,26 +199,39 @@ _INTERN_MAX = 4096
 
 
 def _read_route(buf, pos: int, end: int) -> Tuple[Route, int]:
-    count, pos = _read_uvarint(buf, pos, end)
+    # The count and every address length fit one byte (below 128) in all
+    # but contrived routes: read those inline, the rest by _read_uvarint
+    # (which also raises the errors of a truncated one).
+    if pos < end and buf[pos] < 0x80:
+        count = buf[pos]
+        pos += 1
+    else:
+        count, pos = _read_uvarint(buf, pos, end)
     if count > end - pos:  # every address takes at least 2 bytes
         raise WireError(f"route of {count} addresses cannot fit in {end - pos} bytes")
     addrs = []
+    interned = _INTERNED
     for _ in range(count):
         start = pos
         if pos >= end:
             raise WireError("truncated address")
-        t = buf[pos]
-        n, vpos = _read_uvarint(buf, pos + 1, end)
+        vpos = pos + 2
+        if vpos <= end and buf[pos + 1] < 0x80:
+            n = buf[pos + 1]
+        else:
+            n, vpos = _read_uvarint(buf, pos + 1, end)
         pos = vpos + n
         if pos > end:
             raise WireError(f"address value of {n} bytes truncated")
-        encoded = bytes(buf[start:pos])
-        address = _INTERNED.get(encoded)
+        encoded = buf[start:pos]
+        if encoded.__class__ is not bytes:
+            encoded = bytes(encoded)
+        address = interned.get(encoded)
         if address is None:
-            address = Address._from_wire(t, encoded[vpos - start :].decode("utf-8", "surrogateescape"), encoded)
-            if len(_INTERNED) >= _INTERN_MAX:
-                _INTERNED.clear()
-            _INTERNED[encoded] = address
+            address = Address._from_wire(buf[start], encoded[vpos - start :].decode("utf-8", "surrogateescape"), encoded)
+            if len(interned) >= _INTERN_MAX:
+                interned.clear()
+            interned[encoded] = address
         addrs.append(address)
     return Route._trusted(addrs), pos
 
