@@ -38,6 +38,7 @@ SOFTWARE, IOERR, CANTCREAT, UNAVAILABLE, USAGE = (
 
 
 _blocking = [0]
+_pressed = [False]
 
 
 def blocking() -> bool:
@@ -59,6 +60,21 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         _blocking[0] -= 1
+
+
+def press() -> None:
+    """
+    Note that Ctrl-C was pressed (the command line's SIGINT handler calls
+    it), for a wait that starts afterwards to end at once (L{pressed}).
+    """
+    _pressed[0] = True
+
+
+def pressed() -> bool:
+    """
+    Whether Ctrl-C was pressed during this command.
+    """
+    return _pressed[0]
 
 
 def node_name(text: str) -> str:
