@@ -29,7 +29,7 @@ from ..errors import OckamError
 from ..routing import MultiAddr
 from ..endpoints import split_hostport
 from ..status import BROKEN, DOWN, UNRESPONSIVE, UP, title
-from .nodes import IOERR, SOFTWARE, CLIError, Nodes, PipeTail, end_process, interruptible, node_name, os_error
+from .nodes import IOERR, SOFTWARE, CLIError, Nodes, PipeTail, end_process, interruptible, node_name, os_error, pause
 from .text import HOSTPORT_FORMS, hostport
 from .output import CHECK, Out, _port_of, node_block, ockam_node_block, stdout_is_terminal, table  # noqa: F401
 
@@ -199,8 +199,6 @@ class Commands:
         not answer within C{timeout} (then it is stopped), a L{CLIError}
         says why.
         """
-        from twisted.internet import task
-
         from .oneshot import BlockingControlClient
 
         deadline = time.monotonic() + timeout
@@ -225,7 +223,7 @@ class Commands:
                 if time.monotonic() > deadline:
                     end_process(proc)
                     raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
-                await task.deferLater(self.reactor, 0.05, lambda: None)
+                pause(0.05)  # Ctrl-C: KeyboardInterrupt here (the node is ended, its directory removed)
         finally:
             stderr.close()
 
@@ -1107,7 +1105,7 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--table", action="store_true", help="print ockamtw's table instead of Ockam's blocks")
 
     node = group("node", "manage nodes")
-    c = cmd(node, "create", Commands.node_create, "create and start a node", reactor=True)
+    c = cmd(node, "create", Commands.node_create, "create and start a node")
     c.add_argument("name", nargs="?", help="node name (random by default)")
     c.add_argument("--tcp-listener-address", "-t", default="127.0.0.1:0", metavar="SOCKET_ADDRESS",
                    help=f"where the node listens: {HOSTPORT_FORMS} (default: a free port on 127.0.0.1)")
@@ -1126,7 +1124,7 @@ def parser() -> argparse.ArgumentParser:
     c = cmd(node, "stop", Commands.node_stop, "stop a running node (its state is kept)")
     c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
     c.add_argument("--force", action="store_true", help="SIGKILL instead of SIGTERM")
-    c = cmd(node, "start", Commands.node_start, "start a node that was stopped, with its state", reactor=True)
+    c = cmd(node, "start", Commands.node_start, "start a node that was stopped, with its state")
     c.add_argument("name", nargs="?", metavar="NODE", help="default: the default node")
     c.add_argument("--force", action="store_true", help="restart it if it runs")
     c.add_argument("--details", action="store_true", help="print ockamtw's view of the node instead of Ockam's")

@@ -77,6 +77,17 @@ def pressed() -> bool:
     return _pressed[0]
 
 
+def pause(seconds: float) -> None:
+    """
+    Sleep C{seconds} where Ctrl-C ends the command: pressed now, or before
+    (L{pressed}), it raises L{KeyboardInterrupt} here.
+    """
+    with interruptible():
+        if pressed():
+            raise KeyboardInterrupt
+        time.sleep(seconds)
+
+
 def node_name(text: str) -> str:
     """
     C{n1} or C{/node/n1} to C{n1}.
