@@ -6,11 +6,12 @@ A command that only talks to nodes through their control API, or only
 reads and writes files (C{node list}, C{tcp-inlet create}, C{identity
 list}, ...) runs without Twisted's reactor and without importing Twisted,
 the node or cryptography: it answers in a small part of the time those
-imports take.  A command that needs the reactor (C{node create}, C{message
-send} from a temporary node, the Orchestrator's commands) says so where
-the parser declares it (C{reactor=}), and the modules behind the
-Orchestrator's commands are imported only when one of them runs
-(L{_Later}).  C{tests/test_cli_imports.py} holds the line.
+imports take; so do C{node create} and C{node start}, which wait for the
+node's process with blocking calls.  A command that needs the reactor
+(C{message send} from a temporary node, the Orchestrator's, project and
+credential commands) says so where the parser declares it (C{reactor=}),
+and the modules behind the Orchestrator's commands are imported only when
+one of them runs (L{_Later}).  C{tests/test_cli_imports.py} holds the line.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def multiaddr_of(hostport_text: str) -> str:
 
 class Commands:
     def __init__(self, reactor, args, nodes: Nodes) -> None:
-        self.reactor = reactor
+        self.reactor = reactor  # None for a command run without the reactor
         self.args = args
         self.nodes = nodes
         self.out = Out(getattr(args, "output", "plain") or "plain", quiet=getattr(args, "quiet", False))
