@@ -1,7 +1,7 @@
 """
 Where the time goes in the node processes during a bulk transfer (or a
 64-byte ping-pong, or a stream of new connections):
-``python -m benchmarks.profile [--path ockam_relay] [--seconds 8] [--variant up|down|p4|latency|setup]``.
+``python -m benchmarks.profile [--path ockam_relay] [--seconds 8] [--variant up|down|p4|latency|setup|http]``.
 
 It starts the target servers and one ockamtw path (as the suite does),
 runs iperf3 (or the built-in bulk tool) through it, and meanwhile samples
@@ -101,8 +101,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--path", default="ockam_relay", choices=sorted(PATHS))
     p.add_argument("--seconds", type=int, default=8)
-    p.add_argument("--variant", default="up", choices=["up", "down", "p4", "latency", "setup"],
-                   help="iperf3 direction (up, down, p4), or 64-byte ping-pong (latency), or new connections (setup)")
+    p.add_argument("--variant", default="up", choices=["up", "down", "p4", "latency", "setup", "http"],
+                   help="iperf3 direction (up, down, p4), or 64-byte ping-pong (latency), or new connections "
+                        "(setup), or HTTP requests on 32 keep-alive connections (http)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
@@ -115,11 +116,13 @@ def main(argv=None) -> int:
     suite = Suite(ns)
     suite.s = Settings(quick=False)
     suite.s.tp_seconds = args.seconds + 2
+    suite.s.http_seconds = args.seconds + 2
     report = {}
     try:
         targets = suite.start_targets()
         path = PATHS[args.path](suite.pm)
-        suite.ports[path.name] = path.start({"bulk": targets["bulk"], "echo": targets["echo"]})
+        suite.ports[path.name] = path.start({"bulk": targets["bulk"], "echo": targets["echo"],
+                                                     "http": targets["http"]})
         import threading
 
         result = {}
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
                 elif args.variant == "setup":
                     result["out"] = suite.probe("setup", "--port", echo, "--count", str(400 * (args.seconds + 2)),
                                                 timeout=args.seconds + 60)
+                elif args.variant == "http":
+                    result["out"] = suite.http_once(path)
                 else:
                     result["out"] = suite.throughput_once(path, args.variant)
             except Exception as e:

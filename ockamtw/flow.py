@@ -94,8 +94,25 @@ def send_now(transport, parts, size: int) -> None:
             transport._ockamtw_small_sent = now
         except AttributeError:
             pass
+    send_direct(transport, parts)
+
+
+#: At most this many buffers go to one C{sendmsg} (Linux's C{IOV_MAX} is
+#: 1024); longer lists are joined first.
+MAX_PARTS = 512
+
+
+def send_direct(transport, parts) -> None:
+    """
+    Write C{parts} to a transport: straight to the kernel with one
+    C{sendmsg} when it is a plain Twisted TCP transport holding nothing
+    unsent, and what the kernel does not take (or everything, for any
+    other transport) through the transport's own buffer.
+    """
     sock = idle_socket(transport) if _HAVE_SENDMSG else None
     if sock is not None:
+        if len(parts) > MAX_PARTS:
+            parts = [b"".join(parts)]
         try:
             sent = sock.sendmsg(parts) if len(parts) > 1 else sock.send(parts[0])
         except OSError:

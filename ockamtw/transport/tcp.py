@@ -24,6 +24,7 @@ connection has TCP keepalive with short timings.
 from __future__ import annotations
 
 import os
+from time import monotonic_ns
 from typing import Dict, List, Optional, Union
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -38,7 +39,20 @@ from ..access import ANYONE
 from ..endpoints import client_endpoint, client_target, reason, server_description
 from ..errors import OckamError, TransportError, WireError
 from ..feature import ControlError, Feature, worker_key
-from ..flow import BackPressure, CloseNotifier, Closer, LinkWatch, PauseCounter, credit_stream, send_now, tune, unsent
+from ..flow import (
+    SEND_NOW_FROM,
+    SMALL_SEND_GAP_NS,
+    BackPressure,
+    CloseNotifier,
+    Closer,
+    LinkWatch,
+    PauseCounter,
+    credit_stream,
+    idle_socket,
+    send_direct,
+    tune,
+    unsent,
+)
 from ..interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, ITcpListener, ITransport
 from ..logs import short
 from ..deferred import InFlight, gather
@@ -173,6 +187,12 @@ class TcpConnection(CloseNotifier):
         #: Bytes of frames written (to the kernel or the transport's buffer).
         self.bytes_out = 0
         self._decoder = FrameDecoder()
+        #: Small frames gathered for one C{sendmsg} at the end of this
+        #: reactor round (see L{_write}), and their size; C{None} when none.
+        self._gathered: Optional[list] = None
+        self._gathered_bytes = 0
+        #: When the last small frame was written (C{monotonic_ns}).
+        self._small_sent = 0
         self._reading = PauseCounter(transport, on_resume=self._resumed)
         self._processing = False
         self._closer = Closer(tcp.reactor)
@@ -270,6 +290,7 @@ class TcpConnection(CloseNotifier):
         """
         d = self.when_closed()
         if self.connected:
+            self.flush()
             self._closer.close(self.transport, self.close_grace)
         return d
 
@@ -289,6 +310,7 @@ class TcpConnection(CloseNotifier):
 
     def stopped(self) -> None:
         if self.connected:
+            self.flush()
             self._closer.close(self.transport, self.close_grace)
 
     def receive(self, message: TransportMessage) -> None:
@@ -313,7 +335,7 @@ class TcpConnection(CloseNotifier):
             log.error("{address}: {error}; dropped", address=str(self.address), error=str(e))
             return
         size = sum(map(len, parts))
-        send_now(self.transport, parts, size)
+        self._write(parts, size)
         self.messages_out += 1
         self.bytes_out += size
         source = message.source
@@ -335,11 +357,55 @@ class TcpConnection(CloseNotifier):
         if not self.connected:
             return
         size = len(head) + len(data)
-        send_now(self.transport, parts, size)
+        self._write(parts, size + 2)
         self.messages_out += 1
         self.bytes_out += size + 2
         if source is not None and self.backpressure.congested:
             self._pause_source(source, credit)
+
+    def _write(self, parts: list, size: int) -> None:
+        """
+        Write one frame (C{parts}, C{size} bytes).  A large frame, or a
+        lone small one (none in the last L{SMALL_SEND_GAP_NS}), goes to the
+        kernel at once (L{send_direct}).  Small frames that come in a burst
+        are gathered instead, and leave together with one C{sendmsg} once
+        the reactor has handled every event of this round
+        (L{TcpTransport._gather}): a relay that reads many frames at once,
+        or an inlet whose clients all wrote in the same round, makes one
+        system call per link and round, not one per frame, and adds no
+        reactor round trip (Twisted's own buffer would wait for the socket
+        to be reported writable).  Transports without a socket of their
+        own (tests' C{StringTransport}s, TLS) take the frame as before.
+        """
+        gathered = self._gathered
+        if gathered is not None:
+            gathered.extend(parts)
+            self._gathered_bytes += size
+            return
+        if size < SEND_NOW_FROM:
+            now = monotonic_ns()
+            last, self._small_sent = self._small_sent, now
+            if now - last < SMALL_SEND_GAP_NS:
+                if idle_socket(self.transport) is not None:
+                    self._gathered = list(parts)
+                    self._gathered_bytes = size
+                    self._tcp._gather(self)
+                else:
+                    self.transport.writeSequence(parts)
+                return
+        send_direct(self.transport, parts)
+
+    def flush(self) -> None:
+        """
+        Write what L{_write} gathered, at once.
+        """
+        gathered, self._gathered = self._gathered, None
+        self._gathered_bytes = 0
+        if gathered and self.connected:
+            # Into Twisted's buffer if the kernel does not take it all: a
+            # congested transport then pauses the sources of the next
+            # frames written to it, as for any other write.
+            send_direct(self.transport, gathered)
 
     def _pause_source(self, source, credit: bool) -> None:
         """
@@ -365,7 +431,7 @@ class TcpConnection(CloseNotifier):
         Bytes written and not yet taken by the kernel.
         """
         pending = unsent(self.transport)
-        return 0 if pending is None else pending
+        return self._gathered_bytes + (0 if pending is None else pending)
 
     def _taken(self) -> int:
         return self.bytes_out - self.unsent()
@@ -797,6 +863,10 @@ class TcpTransport(Feature):
     def __init__(self, node, reactor=None) -> None:
         Feature.__init__(self, node)
         self.reactor = node.reactor if reactor is None else reactor
+        #: Connections holding gathered frames, and the call that writes
+        #: them at the end of this reactor round.
+        self._gathering: List[TcpConnection] = []
+        self._gather_call = None
         self._listeners: List[TcpListener] = []
         self._connections: Dict[Address, TcpConnection] = {}
         self._connecting = InFlight()
@@ -809,6 +879,27 @@ class TcpTransport(Feature):
         self._slow: set = set()
         #: kept connections restored before the node started: (target, address)
         self._restoring: List[tuple] = []
+
+    def _gather(self, conn: "TcpConnection") -> None:
+        """
+        C{conn} holds gathered frames: write them once the reactor has
+        handled this round's events (C{callLater(0)} runs before the
+        reactor waits again).
+        """
+        self._gathering.append(conn)
+        if self._gather_call is None:
+            self._gather_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write the frames every connection gathered (L{TcpConnection._write}).
+        """
+        call, self._gather_call = self._gather_call, None
+        if call is not None and call.active():
+            call.cancel()
+        gathering, self._gathering = self._gathering, []
+        for conn in gathering:
+            conn.flush()
 
     def may_buffer(self, conn: "TcpConnection") -> bool:
         """
@@ -1065,6 +1156,7 @@ class TcpTransport(Feature):
         """
         Stop every listener and close every connection; fires when done.
         """
+        self.flush()
         ds = [self.forget(a) for a in list(self.kept)]
         ds += [l.close() for l in list(self._listeners)]
         ds += [c.close() for c in list(self._connections.values())]
