@@ -12,9 +12,11 @@ import os
 import re
 from typing import Union
 
-from twisted.internet import endpoints, error
-
 from .errors import WireError
+
+# Twisted's endpoints module (and through it TLS and cryptography) is
+# imported by the functions that need it: the command line splits host and
+# port with this module and starts without Twisted.
 
 #: Endpoint-string prefixes that are not endpoint plugins but host names.
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-_]+)):(?P<port>\d{1,5})$")
@@ -98,6 +100,8 @@ def client_endpoint(reactor, target: str, timeout: float = 10.0, hostport_only: 
 
     @raise WireError: for a target that is neither.
     """
+    from twisted.internet import endpoints
+
     kind = client_target(target, hostport_only)
     if kind[0] == "hostport":
         _, host, port = kind
@@ -124,6 +128,8 @@ def reason(failure_or_error) -> str:
     without Twisted's wrapping, which repeats the address the caller
     already names (C{Couldn't listen on 127.0.0.1:7000: [Errno 98] ...}).
     """
+    from twisted.internet import error
+
     e = getattr(failure_or_error, "value", failure_or_error)
     if isinstance(e, error.CannotListenError):
         inner = e.socketError

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 import ockamtw
 from ockamtw.control import state as st
 
-from .cli_harness import OCKAM_ARGV, CLITestCase, CommandProcess, Result
+from .cli_harness import OCKAM_ARGV, CLITestCase, CommandProcess, Result, processes_naming
 from .helpers import async_test, deadline, spawn, wait_until
 
 
@@ -193,6 +193,20 @@ class InterruptTests(ErrorCaseTestCase):
         route = f"/ip4/127.0.0.1/tcp/{port.getHost().port}/service/echo"
         r = await self.interrupted("message", "send", "hi", "--to", route, when=data)
         self.assertInterrupted(r)
+
+    @async_test
+    async def test_ctrl_c_while_a_node_is_created(self):
+        """
+        Ctrl-C while C{node create} waits for its new node to answer: one
+        line, status 130, and the half-made node is gone (its process
+        ended, its directory removed).
+        """
+        state = os.path.join(self.nodes_dir, "n1", st.STATE)
+        made = wait_until(lambda: os.path.exists(state), 20, "node create writing the state of n1")
+        r = await self.interrupted("node", "create", "n1", when=made)
+        self.assertInterrupted(r)
+        self.assertFalse(os.path.exists(os.path.join(self.nodes_dir, "n1")))
+        await wait_until(lambda: not processes_naming(os.path.join(self.nodes_dir, "n1")), 10, "n1's process ending")
 
     @async_test
     async def test_ctrl_c_while_the_command_line_loads(self):

@@ -1,13 +1,14 @@
 """
-The command line's client of a node's control API: treq over the node's
-UNIX socket.
+A client of a node's control API for a Twisted program: treq over the
+node's UNIX socket.  The command line itself calls nodes with
+L{ockamtw.cli.oneshot.BlockingControlClient} (no reactor, no Twisted
+imports); both answer alike, in the words of L{ockamtw.cli.oneshot}.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Callable, Optional, Sequence, Union
-from urllib.parse import quote
 
 from treq.client import HTTPClient
 from twisted.internet import defer, endpoints
@@ -18,10 +19,9 @@ from zope.interface import implementer
 
 from ..deferred import TimedOut, within
 from .nodes import CLIError
+from .oneshot import CALL_TIMEOUT, closed_without_answer, decode_answer, no_answer_within, not_running, url_of
 
-#: How long a call may take beyond the time the operation itself is given
-#: (a node that is stopped with SIGSTOP, or stuck, must not hang the command).
-CALL_TIMEOUT = 15.0
+__all__ = ["CALL_TIMEOUT", "ControlClient", "url_of"]
 
 
 @implementer(IAgentEndpointFactory)
@@ -32,15 +32,6 @@ class _UnixSocket:
 
     def endpointForURI(self, uri):
         return endpoints.UNIXClientEndpoint(self.reactor, self.path, timeout=10)
-
-
-def url_of(path: Union[str, Sequence[str]]) -> str:
-    """
-    The URL of an endpoint: C{"node"} or C{("outlets", KEY)}, each segment
-    quoted whole, so a key such as C{/service/outlet} stays one segment.
-    """
-    segments = path.strip("/").split("/") if isinstance(path, str) else list(path)
-    return "http://node/" + "/".join(quote(s, safe="") for s in segments)
 
 
 class ControlClient:
@@ -64,7 +55,7 @@ class ControlClient:
     def _not_reachable(self) -> str:
         if self._unreachable is not None:
             return self._unreachable()
-        return f"node {self.name} is not running (start it with: ockam node start {self.name})"
+        return not_running(self.name)
 
     async def call(self, method: str, path: Union[str, Sequence[str]], body=None, timeout: Optional[float] = None):
         """
@@ -86,25 +77,14 @@ class ControlClient:
         try:
             response, raw = await within(self.reactor, limit, lambda: defer.Deferred.fromCoroutine(go()))
         except TimedOut:
-            raise CLIError(f"node {self.name} did not answer within {limit:g} s (see: ockam node logs {self.name})") from None
+            raise no_answer_within(self.name, limit) from None
         except defer.CancelledError:
             raise
         except (ConnectError, OSError) as e:
             raise CLIError(self._not_reachable()) from e
         except (ResponseFailed, ResponseNeverReceived):
-            raise CLIError(
-                f"node {self.name} closed the connection without answering (see: ockam node show {self.name})"
-            ) from None
-        try:
-            result = json.loads(raw)
-        except ValueError:
-            raise CLIError(f"node {self.name} answered something that is not JSON") from None
-        if response.code != 200:
-            message = result.get("error") if isinstance(result, dict) else None
-            error = CLIError(message or f"node {self.name} answered HTTP {response.code}")
-            error.status = response.code  # e.g. 404: the node has no such thing
-            raise error
-        return result
+            raise closed_without_answer(self.name) from None
+        return decode_answer(self.name, response.code, raw)
 
     async def close(self) -> None:
         await self._pool.closeCachedConnections()

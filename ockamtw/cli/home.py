@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..control import state as st
-from ..project.errors import ProjectInfoError
-from ..project.projectinfo import ProjectInfo
 from .errors import CLIError, os_error
+
+if TYPE_CHECKING:  # imported where used: the project package loads cryptography
+    from ..project.projectinfo import ProjectInfo
 
 ORCHESTRATOR_JSON = "orchestrator.json"
 CONFIG_JSON = "config.json"
@@ -154,6 +155,8 @@ def lookup_of(info: ProjectInfo) -> dict:
     """
     Ockam's C{/project/NAME} lookup entry for C{info}.
     """
+    from ..project.errors import ProjectInfoError
+
     authority = None
     if info.authority_identity is not None:
         try:
@@ -218,6 +221,8 @@ def load_project(home: str, name: str) -> ProjectInfo:
             f"no project {name!r} in {projects_dir(home)} (known: {known}; enroll with: ockam enroll, "
             "or give --project-path project.json)"
         )
+    from ..project.projectinfo import ProjectInfo
+
     return ProjectInfo.load(path)
 
 

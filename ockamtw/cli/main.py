@@ -1,6 +1,17 @@
 """
 The C{ockam} command line: background nodes, TCP connections, messages,
 relays (forwarders), TCP inlets and outlets, as in Ockam's own CLI.
+
+A command that only talks to nodes through their control API, or only
+reads and writes files (C{node list}, C{tcp-inlet create}, C{identity
+list}, ...) runs without Twisted's reactor and without importing Twisted,
+the node or cryptography: it answers in a small part of the time those
+imports take; so do C{node create} and C{node start}, which wait for the
+node's process with blocking calls.  A command that needs the reactor
+(C{message send} from a temporary node, the Orchestrator's, project and
+credential commands) says so where the parser declares it (C{reactor=}),
+and the modules behind the Orchestrator's commands are imported only when
+one of them runs (L{_Later}).  C{tests/test_cli_imports.py} holds the line.
 """
 
 from __future__ import annotations
@@ -13,16 +24,13 @@ import sys
 import time
 from typing import List, Optional
 
-from twisted.internet import defer, task
-from twisted.python.failure import Failure
-
 from .. import __version__
 from ..control import state as st
 from ..errors import OckamError
 from ..routing import MultiAddr
 from ..endpoints import split_hostport
 from ..status import BROKEN, DOWN, UNRESPONSIVE, UP, title
-from .nodes import IOERR, SOFTWARE, CLIError, Nodes, PipeTail, end_process, interruptible, node_name, os_error
+from .nodes import IOERR, SOFTWARE, CLIError, Nodes, PipeTail, end_process, interruptible, node_name, os_error, pause
 from .text import HOSTPORT_FORMS, hostport
 from .output import CHECK, Out, _port_of, node_block, ockam_node_block, stdout_is_terminal, table  # noqa: F401
 
@@ -138,17 +146,17 @@ def multiaddr_of(hostport_text: str) -> str:
 
 class Commands:
     def __init__(self, reactor, args, nodes: Nodes) -> None:
-        self.reactor = reactor
+        self.reactor = reactor  # None for a command run without the reactor
         self.args = args
         self.nodes = nodes
         self.out = Out(getattr(args, "output", "plain") or "plain", quiet=getattr(args, "quiet", False))
         self._clients = []
 
     def client(self, name: str):
-        from .client import ControlClient
+        from .oneshot import BlockingControlClient
 
         name = self.nodes.require(name)
-        c = ControlClient(self.reactor, name, self.nodes.socket(name), lambda: self._unreachable(name))
+        c = BlockingControlClient(name, self.nodes.socket(name), lambda: self._unreachable(name))
         self._clients.append(c)
         return c
 
@@ -192,10 +200,10 @@ class Commands:
         not answer within C{timeout} (then it is stopped), a L{CLIError}
         says why.
         """
-        from .client import ControlClient
+        from .oneshot import BlockingControlClient
 
         deadline = time.monotonic() + timeout
-        c = ControlClient(self.reactor, name, self.nodes.socket(name))
+        c = BlockingControlClient(name, self.nodes.socket(name))
         self._clients.append(c)
         stderr = PipeTail(proc.stderr)
         try:
@@ -216,7 +224,7 @@ class Commands:
                 if time.monotonic() > deadline:
                     end_process(proc)
                     raise CLIError(f"node {name} did not answer within {timeout:g} s (see: ockam node logs {name})")
-                await task.deferLater(self.reactor, 0.05, lambda: None)
+                pause(0.05)  # Ctrl-C: KeyboardInterrupt here (the node is ended, its directory removed)
         finally:
             stderr.close()
 
@@ -993,6 +1001,48 @@ class Commands:
 # --- the parser -----------------------------------------------------------------------------------
 
 
+class _Later:
+    """
+    A module of commands that is imported only when one of its commands
+    runs: C{_Later(".projects").enroll} is a command function as the
+    parser wants one (the project and Orchestrator modules load Twisted,
+    treq and cryptography, which the other commands do without).
+    """
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> "_LaterCommand":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _LaterCommand(self._module, name)
+
+
+class _LaterCommand:
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def resolve(self):
+        from importlib import import_module
+
+        return getattr(import_module(self.module, __package__), self.name)
+
+    def __call__(self, commands):
+        return self.resolve()(commands)
+
+    def __repr__(self) -> str:
+        return f"<command {self.module.lstrip('.')}.{self.name}>"
+
+
+def _from_a_temporary_node(args) -> bool:
+    """
+    Whether C{message send} sends from a temporary node in this process
+    (without C{--from}), which needs the reactor.
+    """
+    return args.from_ is None
+
+
 def identifier_arg(text: str) -> str:
     """
     An identity's identifier as an option's value (C{--authorized}).
@@ -1040,9 +1090,11 @@ def parser() -> argparse.ArgumentParser:
         g = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases), parents=[common])
         return g.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    def cmd(parent, name, func, help_):
+    def cmd(parent, name, func, help_, reactor=False):
+        # reactor: whether the command needs Twisted's reactor (True, or a
+        # function of the parsed arguments); without, it runs plainly.
         c = (parent or sub).add_parser(name, help=help_, description=help_, parents=[common])
-        c.set_defaults(func=func, parser=c)
+        c.set_defaults(func=func, parser=c, reactor=reactor)
         return c
 
     def node_opt(c, *extra, default=None):
@@ -1116,7 +1168,7 @@ def parser() -> argparse.ArgumentParser:
     node_opt(c)
 
     msg = group("message", "send messages")
-    c = cmd(msg, "send", Commands.message_send, "send a message and print the reply")
+    c = cmd(msg, "send", Commands.message_send, "send a message and print the reply", reactor=_from_a_temporary_node)
     c.add_argument("message", metavar="MESSAGE")
     c.add_argument("--from", "-f", dest="from_", metavar="NODE", help="the node that sends (default: a temporary node)")
     c.add_argument("--to", "-t", required=True, metavar="ROUTE", help="MultiAddr route; /- (or a leading -) reads standard input")
@@ -1296,11 +1348,15 @@ def _orchestrator_parsers(group, cmd, common) -> None:
     The Orchestrator's commands: orchestrator, enroll, space, project,
     policy, credential, authority.
     """
-    from . import orchestrator as o
-    from . import projects as pr
+    o = _Later(".orchestrator")
+    pr = _Later(".projects")
+    po_ = _Later(".policies")
+
+    def cmd_r(parent, name, func, help_, reactor=True):
+        return cmd(parent, name, func, help_, reactor=reactor)
 
     orch = group("orchestrator", "the local Orchestrator (a background process, as nodes are)")
-    c = cmd(orch, "start", o.orchestrator_start, "start the Orchestrator in the background and wait until it serves")
+    c = cmd_r(orch, "start", o.orchestrator_start, "start the Orchestrator in the background and wait until it serves")
     c.add_argument("--data", metavar="DIR", help="its data directory (default: $OCKAM_HOME/orchestrator)")
     c.add_argument("--http", metavar="ENDPOINT", help="where its HTTP API listens (default: 127.0.0.1:6252)")
     c.add_argument("--db", metavar="PATH_OR_URL", help="a SQLite file (default: DATA/orchestrator.sqlite3) or a postgresql:// URL")
@@ -1313,44 +1369,44 @@ def _orchestrator_parsers(group, cmd, common) -> None:
     c.add_argument("--lease-ttl", metavar="SECONDS",
                    help="a project's lease: after a crash another instance serves it within this and a tick (default: 15)")
     c.add_argument("--tick", metavar="SECONDS", help="seconds between lease renewals and claims (default: 2)")
-    cmd(orch, "stop", o.orchestrator_stop, "stop the Orchestrator (SIGTERM, and wait)")
-    cmd(orch, "status", o.orchestrator_status,
+    cmd_r(orch, "stop", o.orchestrator_stop, "stop the Orchestrator (SIGTERM, and wait)")
+    cmd_r(orch, "status", o.orchestrator_status,
         "whether the Orchestrator runs, its URL, its projects, and the instances sharing its database")
-    cmd(orch, "logs", o.orchestrator_logs, "print the path of the Orchestrator's log file")
+    cmd_r(orch, "logs", o.orchestrator_logs, "print the path of the Orchestrator's log file")
     tok = orch.add_parser("token", help="bearer tokens of the Orchestrator's HTTP API", parents=[common])
     toks = tok.add_subparsers(dest="token_action", metavar="ACTION", required=True)
-    c = cmd(toks, "create", o.orchestrator_token_create, "make a token for another machine (ockam enroll --token)")
+    c = cmd_r(toks, "create", o.orchestrator_token_create, "make a token for another machine (ockam enroll --token)")
     c.add_argument("--label", metavar="LABEL")
     c.add_argument("--expires-in", type=_seconds, metavar="SECONDS")
 
-    c = cmd(None, "enroll", pr.enroll, "enroll this home's identity with an Orchestrator")
+    c = cmd_r(None, "enroll", pr.enroll, "enroll this home's identity with an Orchestrator")
     c.add_argument("--orchestrator", metavar="URL", help="a remote Orchestrator's URL (with --token)")
     c.add_argument("--token", metavar="TOKEN", help="a token of that Orchestrator (ockam orchestrator token create)")
     c.add_argument("--identity", metavar="NAME", help="the identity to enroll (default: default, made if missing)")
 
     sp = group("space", "spaces of the Orchestrator")
-    c = cmd(sp, "create", pr.space_create, "create a space")
+    c = cmd_r(sp, "create", pr.space_create, "create a space")
     c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
     c.add_argument("admins", nargs="*", metavar="ADMIN", help="after --: its users")
-    cmd(sp, "list", pr.space_list, "list spaces")
+    cmd_r(sp, "list", pr.space_list, "list spaces")
     for action, func in (("show", pr.space_show), ("delete", pr.space_delete)):
-        c = cmd(sp, action, func, f"{action} a space")
+        c = cmd_r(sp, action, func, f"{action} a space")
         c.add_argument("name", metavar="NAME")
 
     pj = group("project", "projects of the Orchestrator, their members and credentials")
-    c = cmd(pj, "create", pr.project_create, "create a project in a space")
+    c = cmd_r(pj, "create", pr.project_create, "create a project in a space")
     c.add_argument("space", metavar="SPACE")
     c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
     c.add_argument("services", nargs="*", metavar="SERVICE", help=argparse.SUPPRESS)
-    cmd(pj, "list", pr.project_list, "list projects")
-    c = cmd(pj, "show", pr.project_show, "show a project")
+    cmd_r(pj, "list", pr.project_list, "list projects")
+    c = cmd_r(pj, "show", pr.project_show, "show a project")
     c.add_argument("name", metavar="NAME")
-    c = cmd(pj, "information", pr.project_information, "a project's project.json (with --output json)")
+    c = cmd_r(pj, "information", pr.project_information, "a project's project.json (with --output json)")
     c.add_argument("name", nargs="?", metavar="NAME", help="default: default")
-    c = cmd(pj, "delete", pr.project_delete, "delete a project")
+    c = cmd_r(pj, "delete", pr.project_delete, "delete a project")
     c.add_argument("space", metavar="SPACE")
     c.add_argument("name", metavar="NAME")
-    c = cmd(pj, "enroll", pr.project_enroll, "an enroller adds a member (--member) or makes a one-time code")
+    c = cmd_r(pj, "enroll", pr.project_enroll, "an enroller adds a member (--member) or makes a one-time code")
     c.add_argument("--member", "-m", metavar="IDENTIFIER", help="add this identity as a member")
     c.add_argument("--to", "-t", default="/project/default", metavar="ROUTE", help="the project (default: /project/default)")
     c.add_argument("--attribute", "-a", action="append", metavar="KEY=VALUE", help="an attribute (repeatable)")
@@ -1359,21 +1415,21 @@ def _orchestrator_parsers(group, cmd, common) -> None:
     c.add_argument("--relay", metavar="NAME", help="the relay the member may take (attribute ockam-relay)")
     c.add_argument("--identity", metavar="NAME", help="the enroller's identity (default: the enrolled one)")
     c.add_argument("--project-path", metavar="PROJECT_JSON", help="the project (instead of --to)")
-    c = cmd(pj, "authenticate", pr.project_authenticate, "redeem a one-time code and print this identity's credential")
+    c = cmd_r(pj, "authenticate", pr.project_authenticate, "redeem a one-time code and print this identity's credential")
     c.add_argument("--token", metavar="CODE", help="a one-time code (64 hex)")
     c.add_argument("--project-path", metavar="PROJECT_JSON", help="the project (default: the home's)")
     c.add_argument("--identity", metavar="NAME", help="the member's identity (default: the enrolled one)")
-    c = cmd(pj, "revoke", pr.project_revoke, "revoke a member (it cannot use the project any more)")
+    c = cmd_r(pj, "revoke", pr.project_revoke, "revoke a member (it cannot use the project any more)")
     c.add_argument("--member", "-m", required=True, metavar="IDENTIFIER")
     c.add_argument("--to", "-t", default="/project/default", metavar="ROUTE", help="the project (default: /project/default)")
     c.add_argument("--project-path", metavar="PROJECT_JSON", help="the project (instead of --to)")
 
     po = group("policy", "ABAC policies of a node's inlets and outlets")
     for action, func, help_ in (
-        ("set", pr.policy_set, "set the policy of a resource (tcp-inlet, tcp-outlet)"),
-        ("show", pr.policy_show, "print the policy of a resource"),
-        ("get", pr.policy_show, "print the policy of a resource (as show)"),
-        ("delete", pr.policy_delete, "delete the policy of a resource (it then denies)"),
+        ("set", po_.policy_set, "set the policy of a resource (tcp-inlet, tcp-outlet)"),
+        ("show", po_.policy_show, "print the policy of a resource"),
+        ("get", po_.policy_show, "print the policy of a resource (as show)"),
+        ("delete", po_.policy_delete, "delete the policy of a resource (it then denies)"),
     ):
         c = cmd(po, action, func, help_)
         c.add_argument("--at", metavar="NODE")
@@ -1381,31 +1437,31 @@ def _orchestrator_parsers(group, cmd, common) -> None:
         c.add_argument("--action", "-a", default="handle_message", metavar="ACTION")
         if action == "set":
             c.add_argument("--expression", "-e", required=True, metavar="EXPRESSION")
-    c = cmd(po, "list", pr.policy_list, "list a node's policies")
+    c = cmd(po, "list", po_.policy_list, "list a node's policies")
     c.add_argument("--at", metavar="NODE")
     c.add_argument("--resource", "-r", metavar="RESOURCE")
 
     cr = group("credential", "credentials")
-    c = cmd(cr, "issue", pr.credential_issue, "issue a credential as one of this home's identities")
+    c = cmd_r(cr, "issue", pr.credential_issue, "issue a credential as one of this home's identities")
     c.add_argument("--as", dest="as_", metavar="IDENTITY", help="the issuer (default: the enrolled identity, or default)")
     c.add_argument("--for", dest="for_", required=True, metavar="IDENTIFIER", help="the subject")
     c.add_argument("--attribute", "-a", action="append", metavar="KEY=VALUE")
     c.add_argument("--encoding", choices=["plain", "hex"], default="plain")
     for action, func, help_ in (("verify", pr.credential_verify, "verify a credential"),
                                 ("store", pr.credential_store, "keep a credential in this home")):
-        c = cmd(cr, action, func, help_)
+        c = cmd_r(cr, action, func, help_)
         if action == "store":
             c.add_argument("name", nargs="?", metavar="NAME", help="default: random")
         c.add_argument("--issuer", required=True, metavar="IDENTITY",
                        help="identifier (of an identity or project authority of this home) or exported identity (hex)")
         c.add_argument("--credential", metavar="HEX")
         c.add_argument("--credential-path", metavar="FILE")
-    c = cmd(cr, "show", pr.credential_show, "show a stored credential")
+    c = cmd_r(cr, "show", pr.credential_show, "show a stored credential")
     c.add_argument("name", metavar="NAME")
-    cmd(cr, "list", pr.credential_list, "list stored credentials")
+    cmd_r(cr, "list", pr.credential_list, "list stored credentials")
 
     au = group("authority", "standalone project authorities")
-    c = cmd(au, "create", pr.authority_create, "create a node running a project authority")
+    c = cmd_r(au, "create", pr.authority_create, "create a node running a project authority")
     c.add_argument("name", nargs="?", default="authority", metavar="NAME")
     c.add_argument("--project-identifier", required=True, metavar="PROJECT_ID")
     c.add_argument("--tcp-listener-address", "-t", default="127.0.0.1:4000", metavar="ADDRESS")
@@ -1612,7 +1668,7 @@ class _Interrupt:
         self.done = False
 
     def handler(self, signum, frame) -> None:
-        from .nodes import blocking
+        from .nodes import blocking, press
 
         if self.done:
             return
@@ -1620,6 +1676,7 @@ class _Interrupt:
             _say("interrupted")
             os._exit(INTERRUPTED)
         self.interrupted = True
+        press()  # a wait that starts after this ends at once
         if blocking():
             raise KeyboardInterrupt
         if self.cancel is not None:
@@ -1641,14 +1698,14 @@ def _say(line: str) -> None:
         pass
 
 
-def _exit_status(result, interrupt: _Interrupt) -> int:
+def _exit_status(e: Optional[BaseException], interrupt: _Interrupt) -> int:
     """
-    Say what went wrong (one line) and return the exit status.
+    Say what went wrong (one line) and return the exit status; C{e}: what
+    the command raised (C{None}: it succeeded).
     """
-    if not isinstance(result, Failure):
+    if e is None:
         return 0
-    e = result.value
-    if interrupt.interrupted or isinstance(e, (KeyboardInterrupt, defer.CancelledError)):
+    if interrupt.interrupted or isinstance(e, KeyboardInterrupt):
         _say("interrupted")
         return INTERRUPTED
     if isinstance(e, SystemExit):
@@ -1687,8 +1744,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
-    from twisted.internet import reactor
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = replace_stdin_markers(argv)
@@ -1703,17 +1758,53 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
     _check_usage(args)
     if args.test_argument_parser:
         return 0
+    needs_reactor = args.reactor(args) if callable(args.reactor) else args.reactor
+    if needs_reactor:
+        return _run_in_reactor(args, interrupt)
+    return _run_plainly(args, interrupt)
+
+
+async def _command(reactor, args) -> None:
+    commands = Commands(reactor, args, Nodes())
+    try:
+        await args.func(commands)
+    finally:
+        await commands.close()
+
+
+def _run_plainly(args, interrupt: _Interrupt) -> int:
+    """
+    Run a command that needs no reactor: its coroutine waits on nothing
+    but blocking calls (the control client's, a lock, a process), each of
+    which Ctrl-C ends with L{KeyboardInterrupt} (L{interruptible}).
+    """
+    if interrupt.interrupted:  # Ctrl-C while the command line was getting ready
+        interrupt.done = True
+        return _exit_status(KeyboardInterrupt(), interrupt)
+    run = _command(None, args)
+    error: Optional[BaseException] = None
+    try:
+        run.send(None)
+    except StopIteration:
+        pass
+    except BaseException as e:
+        error = e
+    else:
+        # A command declared without the reactor waited on a Deferred.
+        run.close()
+        error = RuntimeError(f"{args.func!r} needs the reactor (declare it with reactor=True)")
+    interrupt.done = True
+    return _exit_status(error, interrupt)
+
+
+def _run_in_reactor(args, interrupt: _Interrupt) -> int:
+    from twisted.internet import defer, reactor
+    from twisted.python.failure import Failure
+
     outcome = []
 
-    async def run():
-        commands = Commands(reactor, args, Nodes())
-        try:
-            await args.func(commands)
-        finally:
-            await commands.close()
-
     def start():
-        d = defer.Deferred.fromCoroutine(run())
+        d = defer.Deferred.fromCoroutine(_command(reactor, args))
         if not d.called:
             interrupt.cancel = lambda: reactor.callFromThread(d.cancel)
             if interrupt.interrupted:  # Ctrl-C while the command line was getting ready
@@ -1730,8 +1821,13 @@ def _run(argv: Optional[List[str]], interrupt: _Interrupt) -> int:
     reactor.callWhenRunning(start)
     reactor.run(installSignalHandlers=False)
     if not outcome:  # stopped from outside (cannot happen: nothing else stops it)
-        return _exit_status(Failure(CLIError("stopped")), interrupt)
-    return _exit_status(outcome[0], interrupt)
+        return _exit_status(CLIError("stopped"), interrupt)
+    result = outcome[0]
+    if not isinstance(result, Failure):
+        return _exit_status(None, interrupt)
+    if isinstance(result.value, defer.CancelledError):
+        return _exit_status(KeyboardInterrupt(), interrupt)
+    return _exit_status(result.value, interrupt)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ SOFTWARE, IOERR, CANTCREAT, UNAVAILABLE, USAGE = (
 
 
 _blocking = [0]
+_pressed = [False]
 
 
 def blocking() -> bool:
@@ -59,6 +60,32 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         _blocking[0] -= 1
+
+
+def press() -> None:
+    """
+    Note that Ctrl-C was pressed (the command line's SIGINT handler calls
+    it), for a wait that starts afterwards to end at once (L{pressed}).
+    """
+    _pressed[0] = True
+
+
+def pressed() -> bool:
+    """
+    Whether Ctrl-C was pressed during this command.
+    """
+    return _pressed[0]
+
+
+def pause(seconds: float) -> None:
+    """
+    Sleep C{seconds} where Ctrl-C ends the command: pressed now, or before
+    (L{pressed}), it raises L{KeyboardInterrupt} here.
+    """
+    with interruptible():
+        if pressed():
+            raise KeyboardInterrupt
+        time.sleep(seconds)
 
 
 def node_name(text: str) -> str:

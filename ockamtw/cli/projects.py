@@ -1,5 +1,5 @@
 """
-Enrollment, spaces, projects, policies, credentials and authority nodes on
+Enrollment, spaces, projects, credentials and authority nodes on
 the command line, as Ockam 0.83 names and prints them
 (shared/design/orchestrator.md section 4).
 
@@ -14,10 +14,11 @@ the command line, as Ockam 0.83 names and prints them
     code and fetches its credential): over a secure channel to the
     project's authority, pinned to its identity, in a short-lived embedded
     node with this home's identity.
-  - C{ockam policy ...}: a node's ABAC policies (its control API).
   - C{ockam credential ...}: credentials in the format of the spec's
     section 5, kept under C{credentials/}.
   - C{ockam authority create}: a node running a standalone authority.
+
+(C{ockam policy ...}, a node's ABAC policies, is in L{ockamtw.cli.policies}.)
 """
 
 from __future__ import annotations
@@ -505,49 +506,6 @@ def _credential_dict(credential: Credential, data) -> dict:
         "expires": data.expires,
         "attributes": texts,
     }
-
-
-# --- policies ----------------------------------------------------------------------------------------------------
-
-
-def _check_action(c) -> None:
-    action = getattr(c.args, "action", None)
-    if action not in (None, "handle_message"):
-        raise CLIError(f"--action: only handle_message is checked by inlets and outlets, not {action!r}")
-
-
-async def policy_set(c) -> None:
-    a = c.args
-    _check_action(c)
-    name = c.nodes.pick(a.at)
-    policy = await c.client(name).call("PUT", ("policies", a.resource), {"expression": a.expression})
-    c.out.emit(policy, None)
-
-
-async def policy_show(c) -> None:
-    a = c.args
-    _check_action(c)
-    name = c.nodes.pick(a.at)
-    policy = await c.client(name).call("GET", ("policies", a.resource))
-    c.out.emit(policy, policy["expression"])
-
-
-async def policy_list(c) -> None:
-    a = c.args
-    name = c.nodes.pick(a.at)
-    policies = await c.client(name).call("GET", "policies")
-    if a.resource is not None:
-        policies = [p for p in policies if p["resource"] == a.resource]
-    text = "\n".join(f"{p['resource']}/{p['action']}: {p['expression']}" for p in policies)
-    c.out.emit(policies, text or None)
-
-
-async def policy_delete(c) -> None:
-    a = c.args
-    _check_action(c)
-    name = c.nodes.pick(a.at)
-    policy = await c.client(name).call("DELETE", ("policies", a.resource))
-    c.out.emit(policy, None)
 
 
 # --- credentials --------------------------------------------------------------------------------------------------
