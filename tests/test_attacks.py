@@ -18,15 +18,14 @@ import socket
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_string, encode_string
 from ockamtw.wire import PING, PONG
-from ockamtw.wire import TransportMessage
 
-from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_frame, h_message, h_string, wait_until
+from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_string, wait_until
 from tests.portal_harness import Collector, EchoTarget, PortalTestCase, RawPeer, StreamWriter, figure, r_frame
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"

@@ -39,7 +39,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
+from ockamtw import Address, Route, Worker, decode_string, encode_string
 from ockamtw.access import ANYONE
 from ockamtw.flow import STREAM_WINDOW
 from ockamtw.interfaces import ILink, ILinkWorker

@@ -58,7 +58,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from ockamtw import Address, Node, Route, Worker, decode_string, encode_string
+from ockamtw import Address, Route, Worker, decode_string, encode_string
 from ockamtw.access import ANYONE
 from ockamtw.errors import RequestTimeout, WireError
 from ockamtw.secure.codec import (

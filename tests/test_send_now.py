@@ -20,7 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ockamtw import flow
 from ockamtw.flow import SEND_NOW_FROM, SMALL_SEND_GAP_NS, BackPressure, send_now
 
-from .helpers import async_test, deadline, outbound_buffered
+from ockamtw.access import ANYONE
+
+from .helpers import async_test, deadline, outbound_buffered, start_node
 
 
 class Sink(Protocol):
@@ -114,3 +116,77 @@ class SendNowFallbackTests(SynchronousTestCase):
         t = StringTransport()
         send_now(t, [b"a", b"b" * SEND_NOW_FROM], SEND_NOW_FROM + 1)
         self.assertEqual(t.value(), b"a" + b"b" * SEND_NOW_FROM)
+
+
+class GatherTests(TestCase):
+    """
+    A link (L{ockamtw.transport.tcp.TcpConnection}) writes a lone small
+    frame at once, gathers the small frames of a burst and sends them
+    together once the reactor has handled the round's events, and loses
+    none of them when it is closed right after the burst.  Real nodes on
+    loopback sockets.
+    """
+
+    timeout = 30
+
+    async def _link(self):
+        from ockamtw import Route, Worker
+
+        got: list = []
+        done: Deferred = Deferred()
+
+        class Sink(Worker):
+            def receive(self, message):
+                got.append(message.payload)
+                if len(got) == self.want and not done.called:
+                    done.callback(None)
+
+        receiver, listener = await start_node(self, "receiver", "tcp:0:interface=127.0.0.1")
+        sink = Sink()
+        sink.want = None
+        receiver.start_worker("sink", sink, access=ANYONE)
+        sender, _ = await start_node(self, "sender")
+        conn = await sender.tcp.connect(f"127.0.0.1:{listener.port}")
+        route = Route([conn.address, "sink"])
+        return sender, conn, route, sink, got, done
+
+    @async_test
+    async def test_a_burst_leaves_together_in_order(self):
+        sender, conn, route, sink, got, done = await self._link()
+        sink.want = 50
+        sender.send(route, b"first")  # lone: straight to the kernel
+        self.assertIsNone(conn._gathered)
+        self.assertEqual(outbound_buffered(conn.transport), 0)
+        for i in range(1, 50):
+            sender.send(route, b"m%d" % i)
+        # The burst waits in one list, not in Twisted's buffer (which would
+        # wait for the socket to be reported writable) ...
+        self.assertIsNotNone(conn._gathered)
+        self.assertEqual(outbound_buffered(conn.transport), 0)
+        self.assertGreater(conn.unsent(), 0)  # ... and counts as unsent
+        await deadline(done, 10, "the burst")
+        self.assertEqual(got, [b"first"] + [b"m%d" % i for i in range(1, 50)])
+        self.assertIsNone(conn._gathered)
+        self.assertEqual(conn.unsent(), 0)
+
+    @async_test
+    async def test_close_after_a_burst_loses_nothing(self):
+        sender, conn, route, sink, got, done = await self._link()
+        sink.want = 20
+        for i in range(20):
+            sender.send(route, b"m%d" % i)
+        self.assertIsNotNone(conn._gathered)
+        await deadline(conn.close(), 10, "the close")
+        await deadline(done, 10, "every message of the burst")
+        self.assertEqual(got, [b"m%d" % i for i in range(20)])
+
+    @async_test
+    async def test_node_stop_after_a_burst_loses_nothing(self):
+        sender, conn, route, sink, got, done = await self._link()
+        sink.want = 20
+        for i in range(20):
+            sender.send(route, b"m%d" % i)
+        self.assertIsNotNone(conn._gathered)
+        await deadline(sender.stopService(), 10, "the sender's stop")
+        await deadline(done, 10, "every message of the burst")
+        self.assertEqual(got, [b"m%d" % i for i in range(20)])

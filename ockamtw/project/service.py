@@ -11,8 +11,6 @@ route and wait for the answer.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
