@@ -21,30 +21,7 @@ import gc
 import sys
 import time
 
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _route(addresses) -> bytes:
-    out = _uvarint(len(addresses))
-    for a in addresses:
-        raw = a.encode()
-        out += bytes((0,)) + _uvarint(len(raw)) + raw
-    return out
-
-
-def _frame(onward, back, payload: bytes) -> bytes:
-    body = b"\x01" + _route(onward) + _route(back) + _uvarint(len(payload)) + payload
-    return len(body).to_bytes(2, "big") + body
+from .probes import bare_string, frame
 
 
 def setup():
@@ -65,8 +42,7 @@ def setup():
         conns.append((proto, t))
     (p_in, t_in), (p_out, t_out) = conns
     m = "33333333333333333333333333333333"
-    payload = _uvarint(len("forward_to_x")) + b"forward_to_x"
-    p_out.dataReceived(_frame(["forwarding_service"], [m], payload))
+    p_out.dataReceived(frame(["forwarding_service"], [m], bare_string("forward_to_x")))
     if not t_out.value():
         raise RuntimeError("the relay did not answer the registration")
     t_out.clear()
@@ -76,8 +52,8 @@ def setup():
 def run(count: int, batch: int) -> dict:
     node, p_in, t_in, t_out = setup()
     ret = "0123456789abcdef0123456789abcdef.fc1"
-    frame = _frame(["forward_to_x", "o_T.fc1"], [ret], b"\x00" + _uvarint(64) + b"x" * 64)
-    chunk = frame * batch
+    one = frame(["forward_to_x", "o_T.fc1"], [ret], b"\x03" + bare_string("x" * 64))
+    chunk = one * batch
     reads = count // batch
     best = None
     for _ in range(5):
@@ -89,7 +65,7 @@ def run(count: int, batch: int) -> dict:
         dt = time.perf_counter() - t0
         best = dt if best is None or dt < best else best
     check = len(t_out.value())
-    p_in.dataReceived(frame)
+    p_in.dataReceived(one)
     if len(t_out.value()) <= check:
         raise RuntimeError("the relay forwarded nothing")
     return {"count": reads * batch, "batch": batch, "us_per_message": round(1e6 * best / (reads * batch), 2)}

@@ -169,24 +169,24 @@ class GatherTests(TestCase):
         self.assertIsNone(conn._gathered)
         self.assertEqual(conn.unsent(), 0)
 
-    @async_test
-    async def test_close_after_a_burst_loses_nothing(self):
+    async def _burst_then(self, end):
+        """
+        Send a burst of 20 small messages on a link, then C{end(sender,
+        conn)}; every message must arrive, in order.
+        """
         sender, conn, route, sink, got, done = await self._link()
         sink.want = 20
         for i in range(20):
             sender.send(route, b"m%d" % i)
         self.assertIsNotNone(conn._gathered)
-        await deadline(conn.close(), 10, "the close")
+        await deadline(end(sender, conn), 10, "the end of the link")
         await deadline(done, 10, "every message of the burst")
         self.assertEqual(got, [b"m%d" % i for i in range(20)])
 
     @async_test
+    async def test_close_after_a_burst_loses_nothing(self):
+        await self._burst_then(lambda sender, conn: conn.close())
+
+    @async_test
     async def test_node_stop_after_a_burst_loses_nothing(self):
-        sender, conn, route, sink, got, done = await self._link()
-        sink.want = 20
-        for i in range(20):
-            sender.send(route, b"m%d" % i)
-        self.assertIsNotNone(conn._gathered)
-        await deadline(sender.stopService(), 10, "the sender's stop")
-        await deadline(done, 10, "every message of the burst")
-        self.assertEqual(got, [b"m%d" % i for i in range(20)])
+        await self._burst_then(lambda sender, conn: sender.stopService())
