@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
@@ -152,8 +153,21 @@ class OrchestratorBench:
         request = urllib.request.Request(url + path, data=data, method=method,
                                          headers={"Authorization": f"Bearer {self.token}",
                                                   "Content-Type": "application/json"})
-        with self._http.open(request, timeout=timeout) as r:
-            return json.loads(r.read())
+        try:
+            with self._http.open(request, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            # Say what the instance answered and logged, so that a failure
+            # seen once (a 500 under load) can be read from the report.
+            body = e.read()[:300].decode("utf-8", "replace")
+            logged = ""
+            for instance in self.instances:
+                if instance.url == url:
+                    lines = instance.proc.text().splitlines()
+                    failed = [i for i, line in enumerate(lines) if "request failed" in line or "Traceback" in line]
+                    logged = "\n".join(lines[failed[-1]:failed[-1] + 30]) if failed else "\n".join(lines[-10:])
+            raise RuntimeError(f"{method} {path} on {url}: HTTP {e.code}: {body.strip()}"
+                               + (f"\n{logged}" if logged else "")) from None
 
     def ockam(self, *args: str, timeout: float = 60.0) -> str:
         env = child_env()
