@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import tempfile
 from typing import Iterable, Optional, Tuple
 
@@ -67,6 +66,7 @@ from .codec import (
     encode_change_history,
 )
 from .errors import IdentityError
+from .files import read_private_json
 
 __all__ = [
     "ROOT_LABEL",
@@ -465,37 +465,7 @@ class LocalIdentity(Identity):
             others, too large, malformed, or does not verify.
         """
         path = os.fspath(path)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise IdentityError(f"cannot read identity file {path}: {e}") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise IdentityError(f"identity file {path} is not a regular file")
-            if st.st_mode & 0o077:
-                raise IdentityError(
-                    f"identity file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it holds a "
-                    f"private key and must not be accessible to group or others (chmod 600)"
-                )
-            if st.st_size > _MAX_FILE:
-                raise IdentityError(f"identity file {path} is larger than {_MAX_FILE} bytes")
-            chunks = []
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if sum(len(c) for c in chunks) > _MAX_FILE:
-                    raise IdentityError(f"identity file {path} is larger than {_MAX_FILE} bytes")
-        except OSError as e:
-            raise IdentityError(f"cannot read identity file {path}: {e}") from None
-        finally:
-            os.close(fd)
-        try:
-            doc = json.loads(b"".join(chunks).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise IdentityError(f"identity file {path} is not JSON: {e}") from None
+        doc = read_private_json(path, "identity file", IdentityError, _MAX_FILE, holds="a private key")
         if not isinstance(doc, dict) or doc.get("format") != IDENTITY_FILE_FORMAT:
             raise IdentityError(f"{path} is not an {IDENTITY_FILE_FORMAT} file")
         if doc.get("version") != _FILE_VERSION:

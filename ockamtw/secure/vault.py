@@ -25,11 +25,11 @@ import fcntl
 import hashlib
 import json
 import os
-import stat
 import tempfile
 from typing import Dict, Iterator, Optional
 
 from .errors import IdentityError
+from .files import read_private_json
 
 VAULT_FILE_FORMAT = "ockamtw-vault"
 _FILE_VERSION = 1
@@ -101,39 +101,10 @@ class SoftwareVault:
             others, too large, or malformed.
         """
         path = self.path
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise VaultError(f"no vault {self.name!r} ({path} is missing)") from None
-        except OSError as e:
-            raise VaultError(f"cannot read vault file {path}: {e.strerror or e}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise VaultError(f"vault file {path} is not a regular file")
-            if info.st_mode & 0o077:
-                raise VaultError(
-                    f"vault file {path} has mode {stat.S_IMODE(info.st_mode):04o}; it holds private keys "
-                    "and must not be accessible to group or others (chmod 600)"
-                )
-            if info.st_size > _MAX_FILE:
-                raise VaultError(f"vault file {path} is larger than {_MAX_FILE} bytes")
-            raw = b""
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                raw += chunk
-                if len(raw) > _MAX_FILE:
-                    raise VaultError(f"vault file {path} is larger than {_MAX_FILE} bytes")
-        except OSError as e:
-            raise VaultError(f"cannot read vault file {path}: {e.strerror or e}") from None
-        finally:
-            os.close(fd)
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise VaultError(f"vault file {path} is not JSON: {e}") from None
+        doc = read_private_json(
+            path, "vault file", VaultError, _MAX_FILE,
+            missing=lambda: VaultError(f"no vault {self.name!r} ({path} is missing)"),
+        )
         if not isinstance(doc, dict) or doc.get("format") != VAULT_FILE_FORMAT:
             raise VaultError(f"{path} is not an {VAULT_FILE_FORMAT} file")
         if doc.get("version") != _FILE_VERSION:
