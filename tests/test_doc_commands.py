@@ -238,7 +238,7 @@ class QuickStartTests(NamespaceTestCase):
         demo, tests = self.quick_start()
         self.assertTrue(demo.text.startswith(_INSTALL + ". && python examples/seed_demo.py"), demo.text)
         self.assertTrue(demo.promises, "the demo's command says what it prints")
-        self.assertEqual(tests.text, _INSTALL + "'.[test,docs]' && python -m twisted.trial tests")
+        self.assertEqual(tests.text, _INSTALL + "'.[test,docs]' && python -m twisted.trial -j2 tests")
         with open(os.path.join(docblocks.REPO, ".ci", "run"), encoding="utf-8") as f:
             self.assertIn('bash -c "${commands[1]}"', f.read(), ".ci/run runs the README's test command")
 
