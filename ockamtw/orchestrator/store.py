@@ -288,8 +288,24 @@ class _Pool(adbapi.ConnectionPool):
             return True
         return False
 
+    #: How many times an interaction is run when the database rolls its
+    #: transaction back for a concurrent one (see L{_rolled_back}).
+    attempts = 3
+
     def _runInteraction(self, interaction, *args, **kw):
         probe = kw.pop("_probe", False)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._run_once(interaction, probe, *args, **kw)
+            except _RolledBack as e:
+                if attempt == self.attempts:
+                    raise StoreUnavailable(
+                        f"the database gave up the transaction {attempt} times in a row: {e}", sent=True
+                    ) from None
+                probe = False
+                time.sleep(0.01 * attempt)  # a database thread of the pool, not the reactor's
+
+    def _run_once(self, interaction, probe: bool, *args, **kw):
         errors = getattr(self.dbapi, "Error", Exception)
         conn = None
         try:
@@ -312,12 +328,33 @@ class _Pool(adbapi.ConnectionPool):
             except errors:
                 self._lost(conn)
             else:
+                if isinstance(e, errors) and _rolled_back(e) and not self._broken(conn):
+                    # Nothing of it was committed: running it again counts nothing twice.
+                    raise _RolledBack(_one_line(e)) from None
                 if not (isinstance(e, errors) and self._broken(conn)):
                     raise
                 self._lost(conn)
             if isinstance(e, errors):
                 raise StoreUnavailable(f"the database connection was lost: {_one_line(e)}", sent=True) from None
             raise
+
+
+class _RolledBack(Exception):
+    """
+    The database rolled an interaction's transaction back because of a
+    concurrent one (L{_rolled_back}); it may run again.
+    """
+
+
+def _rolled_back(error: BaseException) -> bool:
+    """
+    Whether C{error} is PostgreSQL's "transaction rollback" class (SQLSTATE
+    40: a serialization failure, a deadlock detected): the server undid the
+    whole transaction because another one ran at the same time, and says
+    that running it again is the remedy.
+    """
+    state = getattr(error, "sqlstate", None)
+    return isinstance(state, str) and state.startswith("40")
 
 
 def _close_quietly(conn) -> None:
