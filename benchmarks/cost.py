@@ -28,9 +28,26 @@ import shutil
 import sys
 import time
 
-from .paths import OckamInletOutlet, OckamPortalNode, OckamRelay, OckamSecureRelay
+from .paths import OckamInletOutlet, OckamPortalNode, OckamRelay, OckamSecureRelay, Portforward, Sshd, SshR
+from .procs import descendants
 
-PATHS = {c.name: c for c in (OckamPortalNode, OckamInletOutlet, OckamRelay, OckamSecureRelay)}
+PATHS = {c.name: c for c in (OckamPortalNode, OckamInletOutlet, OckamRelay, OckamSecureRelay, Portforward)}
+#: The peer with the relay's shape: sshd listens, the ssh client dialled out.
+PATHS[SshR.name] = lambda pm: SshR(pm, Sshd(pm))
+
+
+def processes(path) -> dict:
+    """
+    The processes that carry a path's traffic, by role: an ockamtw path's
+    nodes, Twisted's portforward, or for C{ssh -R} the ssh client and
+    sshd's session processes (not its listener, which only forks them).
+    """
+    out = {role: proc.pid for role, proc in path.nodes}
+    sshd = getattr(getattr(path, "sshd", None), "proc", None)
+    if sshd is not None:
+        for i, pid in enumerate(descendants(sshd.pid)):
+            out[f"sshd-{i}"] = pid
+    return out
 
 
 def counters(pid: int) -> dict:
@@ -91,24 +108,24 @@ def main(argv=None) -> int:
         if args.variant == "latency":
             echo = str(suite.ports[path.name]["echo"])
             suite.probe("latency", "--port", echo, "--count", "500", timeout=60)  # warm up
-            before = {role: counters(proc.pid) for role, proc in path.nodes}
+            before = {role: counters(pid) for role, pid in processes(path).items()}
             idle0 = machine_idle()
             t0 = time.monotonic()
             out = suite.probe("latency", "--port", echo, "--count", str(args.count), timeout=args.count / 100 + 60)
             wall = time.monotonic() - t0
             idle1 = machine_idle()
-            after = {role: counters(proc.pid) for role, proc in path.nodes}
+            after = {role: counters(pid) for role, pid in processes(path).items()}
             messages = 2 * args.count
             report["load"] = {"round_trips": args.count, "p50_us": out.get("p50_us"), "p99_us": out.get("p99_us")}
         elif args.variant in ("up", "down"):
             suite.s.tp_seconds = args.count
-            before = {role: counters(proc.pid) for role, proc in path.nodes}
+            before = {role: counters(pid) for role, pid in processes(path).items()}
             idle0 = machine_idle()
             t0 = time.monotonic()
             out = suite.throughput_once(path, args.variant)
             wall = time.monotonic() - t0
             idle1 = machine_idle()
-            after = {role: counters(proc.pid) for role, proc in path.nodes}
+            after = {role: counters(pid) for role, pid in processes(path).items()}
             # per 48 KiB portal message (the chunk size), as many as the bytes moved
             messages = max(1, int(out["gbit_s"] * 1e9 / 8 * args.count / 49152))
             report["load"] = {"gbit_s": out["gbit_s"]}
@@ -116,23 +133,23 @@ def main(argv=None) -> int:
             suite.s.http_seconds = 1.0
             suite.http_once(path)  # warm up
             suite.s.http_seconds = float(args.count)
-            before = {role: counters(proc.pid) for role, proc in path.nodes}
+            before = {role: counters(pid) for role, pid in processes(path).items()}
             idle0 = machine_idle()
             t0 = time.monotonic()
             out = suite.http_once(path)
             wall = time.monotonic() - t0
             idle1 = machine_idle()
-            after = {role: counters(proc.pid) for role, proc in path.nodes}
+            after = {role: counters(pid) for role, pid in processes(path).items()}
             requests = int(out["requests_per_second"] * args.count)
             messages = 2 * requests
             report["load"] = {"requests_per_second": out["requests_per_second"], "requests": requests,
                               "p50_us": out.get("p50_us"), "p99_us": out.get("p99_us")}
         report["wall_s"] = round(wall, 2)
         report["machine_busy_percent"] = round(100 * (1 - (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])), 1)
-        report["nodes"] = {role: per_message(before[role], after[role], messages) for role in before}
+        report["nodes"] = {role: per_message(before[role], after[role], messages) for role in before if role in after}
         total = {k: round(sum(n[k] for n in report["nodes"].values()), 3)
                  for k in ("user_us", "sys_us", "wakeups", "preempted")}
-        report["nodes"]["all nodes"] = total
+        report["nodes"]["all"] = total
     finally:
         suite.pm.stop_all()
         if not args.keep:
