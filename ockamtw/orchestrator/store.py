@@ -664,7 +664,9 @@ class Store:
             if c.fetchone() is not None:
                 raise Conflict(f"a space named {name!r} exists")
             c.execute(
-                "INSERT INTO spaces (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                # Any unique key (the name, the id): a row made meanwhile through another
+                # instance is a conflict, never a raw error of the database.
+                "INSERT INTO spaces (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (space_id, name, self.now()),
             )
             if c.rowcount == 0:  # made meanwhile through another instance
@@ -725,7 +727,7 @@ class Store:
                 raise Conflict(f"a project named {row['name']!r} exists")
             c.execute(
                 f"INSERT INTO projects ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
-                "ON CONFLICT (name) DO NOTHING",
+                "ON CONFLICT DO NOTHING",  # any unique key, as for spaces
                 tuple(row[k] for k in columns),
             )
             if c.rowcount == 0:  # made meanwhile through another instance
