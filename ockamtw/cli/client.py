@@ -7,7 +7,6 @@ imports); both answer alike, in the words of L{ockamtw.cli.oneshot}.
 
 from __future__ import annotations
 
-import json
 from typing import Callable, Optional, Sequence, Union
 
 from treq.client import HTTPClient
@@ -19,7 +18,7 @@ from zope.interface import implementer
 
 from ..deferred import TimedOut, within
 from .nodes import CLIError
-from .oneshot import CALL_TIMEOUT, closed_without_answer, decode_answer, no_answer_within, not_running, url_of
+from .oneshot import CALL_TIMEOUT, NodeClient, closed_without_answer, decode_answer, no_answer_within, url_of
 
 __all__ = ["CALL_TIMEOUT", "ControlClient", "url_of"]
 
@@ -34,7 +33,7 @@ class _UnixSocket:
         return endpoints.UNIXClientEndpoint(self.reactor, self.path, timeout=10)
 
 
-class ControlClient:
+class ControlClient(NodeClient):
     """
     Calls one node's control API; every call returns the decoded JSON or
     raises L{CLIError} with the node's one-line reason.
@@ -44,18 +43,11 @@ class ControlClient:
     """
 
     def __init__(self, reactor, name: str, socket_path: str, unreachable: Optional[Callable[[], str]] = None) -> None:
+        NodeClient.__init__(self, name, socket_path, unreachable)
         self.reactor = reactor
-        self.name = name
-        self.socket_path = socket_path
-        self._unreachable = unreachable
         self._pool = HTTPConnectionPool(reactor, persistent=False)
         agent = Agent.usingEndpointFactory(reactor, _UnixSocket(reactor, socket_path), pool=self._pool)
         self._http = HTTPClient(agent)
-
-    def _not_reachable(self) -> str:
-        if self._unreachable is not None:
-            return self._unreachable()
-        return not_running(self.name)
 
     async def call(self, method: str, path: Union[str, Sequence[str]], body=None, timeout: Optional[float] = None):
         """
@@ -63,8 +55,7 @@ class ControlClient:
         call fails after C{timeout} seconds (L{CALL_TIMEOUT} by default)
         with one line saying the node did not answer.
         """
-        data = json.dumps(body).encode() if body is not None else None
-        limit = CALL_TIMEOUT if timeout is None else timeout
+        data, limit = self._request(body, timeout)
 
         async def go():
             response = await self._http.request(

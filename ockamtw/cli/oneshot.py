@@ -163,14 +163,10 @@ def _dechunk(data: bytes) -> bytes:
 # --- the client ------------------------------------------------------------------------------------------
 
 
-class BlockingControlClient:
+class NodeClient:
     """
-    Calls one node's control API, blocking; every call returns the decoded
-    JSON or raises L{CLIError} with the node's one-line reason.
-
-    L{call} is a coroutine that never waits on anything but its socket, so
-    that a command awaits it whether or not a reactor runs (in a reactor,
-    the reactor waits with it, as a command line can afford).
+    What both clients of a node's control API share: the node's name, its
+    socket, and the one line said when the socket cannot be reached.
 
     @param unreachable: called when the socket cannot be reached; returns
         the one-line reason (by default: the node is not running).
@@ -186,14 +182,33 @@ class BlockingControlClient:
             return self._unreachable()
         return not_running(self.name)
 
+    @staticmethod
+    def _request(body, timeout: Optional[float]) -> Tuple[Optional[bytes], float]:
+        """
+        The body of a call as bytes (or C{None}) and its time limit
+        (L{CALL_TIMEOUT} by default).
+        """
+        data = json.dumps(body).encode() if body is not None else None
+        return data, CALL_TIMEOUT if timeout is None else timeout
+
+
+class BlockingControlClient(NodeClient):
+    """
+    Calls one node's control API, blocking; every call returns the decoded
+    JSON or raises L{CLIError} with the node's one-line reason.
+
+    L{call} is a coroutine that never waits on anything but its socket, so
+    that a command awaits it whether or not a reactor runs (in a reactor,
+    the reactor waits with it, as a command line can afford).
+    """
+
     async def call(self, method: str, path: Union[str, Sequence[str]], body=None, timeout: Optional[float] = None):
         """
         C{method} on C{path} (a string, or segments quoted one by one); the
         call fails after C{timeout} seconds (L{CALL_TIMEOUT} by default)
         with one line saying the node did not answer.
         """
-        data = json.dumps(body).encode() if body is not None else None
-        limit = CALL_TIMEOUT if timeout is None else timeout
+        data, limit = self._request(body, timeout)
         code, raw = self._exchange(request_bytes(method, path, data), limit)
         return decode_answer(self.name, code, raw)
 
