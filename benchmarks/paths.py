@@ -70,7 +70,14 @@ def node_argv(name: str, *extra: str, stats_hook: bool = False) -> List[str]:
     # With stats_hook the same twistd run goes through benchmarks.procs.node_main,
     # which answers SIGUSR2 with heap and object counts (procs.node_stats).
     head = ["-c", "from benchmarks.procs import node_main; node_main()"] if stats_hook else ["-m", "ockamtw"]
-    return [sys.executable, *head, "-n", "--pidfile=", "ockam", "--name", name, *extra]
+    # With $OCKAMTW_BENCH_CPROFILE set to a directory, twistd runs the node
+    # under cProfile and leaves NAME.prof there (pstats) when it stops.
+    where = os.environ.get(CPROFILE_ENV)
+    profile = [f"--profile={os.path.join(where, name)}.prof", "--profiler=cprofile", "--savestats"] if where else []
+    return [sys.executable, *head, "-n", "--pidfile=", *profile, "ockam", "--name", name, *extra]
+
+
+CPROFILE_ENV = "OCKAMTW_BENCH_CPROFILE"
 
 
 class OckamPath(Path):

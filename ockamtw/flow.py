@@ -14,6 +14,7 @@ message in) is paused; all of them resume when it drains.
 from __future__ import annotations
 
 import socket as _socket
+import struct as _struct
 from time import monotonic_ns
 from typing import Optional
 
@@ -132,6 +133,29 @@ def send_direct(transport, parts) -> None:
                 return
             parts = rest
     transport.writeSequence(parts)
+
+
+try:
+    from fcntl import ioctl as _ioctl
+    from termios import TIOCOUTQ as _OUTQ  # SIOCOUTQ on Linux
+except ImportError:  # pragma: no cover (not Linux)
+    _ioctl = _OUTQ = None
+_INT = _struct.Struct("i")
+_INT_ZERO = _INT.pack(0)
+
+
+def kernel_unsent(transport) -> Optional[int]:
+    """
+    Bytes the kernel holds in C{transport}'s socket that its peer has not
+    acknowledged yet (Linux's C{SIOCOUTQ}); C{None} when that cannot be
+    known (another platform, another kind of transport, a closed socket).
+    """
+    if _OUTQ is None:
+        return None
+    try:
+        return _INT.unpack(_ioctl(transport.socket.fileno(), _OUTQ, _INT_ZERO))[0]
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def tune(transport) -> None:

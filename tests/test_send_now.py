@@ -169,6 +169,47 @@ class GatherTests(TestCase):
         self.assertIsNone(conn._gathered)
         self.assertEqual(conn.unsent(), 0)
 
+    @async_test
+    async def test_a_long_burst_leaves_in_groups(self):
+        # Every GATHER_FRAMES gathered frames go to the kernel without
+        # waiting for the end of the round, so the next node can start.
+        from ockamtw.transport.tcp import GATHER_FRAMES
+
+        sender, conn, route, sink, got, done = await self._link()
+        total = 3 * GATHER_FRAMES + 2
+        sink.want = total
+        sender.send(route, b"first")  # lone: straight to the kernel
+        sent_before = conn._taken()
+        for i in range(1, total):
+            sender.send(route, b"m%d" % i)
+        # Three groups left during the burst; what follows waits for the round.
+        self.assertEqual(conn._gathered_frames, (total - 1) % GATHER_FRAMES)
+        self.assertEqual(len(conn._gathered), 2 * ((total - 1) % GATHER_FRAMES))
+        self.assertGreater(conn._taken(), sent_before)
+        self.assertEqual(outbound_buffered(conn.transport), 0)
+        await deadline(done, 10, "the burst")
+        self.assertEqual(got, [b"first"] + [b"m%d" % i for i in range(1, total)])
+        self.assertIsNone(conn._gathered)
+        self.assertEqual(conn.unsent(), 0)
+
+    @async_test
+    async def test_a_burst_of_larger_frames_waits_for_the_round(self):
+        # Frames that are not small wait for the end of the round together
+        # (see GATHER_EARLY_BYTES: early small writes slowed a reader with
+        # a small receive buffer for good).
+        from ockamtw.transport.tcp import GATHER_EARLY_BYTES, GATHER_FRAMES
+
+        sender, conn, route, sink, got, done = await self._link()
+        total = 3 * GATHER_FRAMES
+        size = GATHER_EARLY_BYTES // GATHER_FRAMES
+        sink.want = total + 1
+        sender.send(route, b"first")
+        for i in range(total):
+            sender.send(route, b"%05d" % i + b"x" * size)
+        self.assertEqual(conn._gathered_frames, total)
+        await deadline(done, 10, "the burst")
+        self.assertEqual(got[1:], [b"%05d" % i + b"x" * size for i in range(total)])
+
     async def _burst_then(self, end):
         """
         Send a burst of 20 small messages on a link, then C{end(sender,
