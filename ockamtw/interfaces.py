@@ -154,7 +154,35 @@ class ILinkWorker(IWorker):
     leads_to = Attribute("The L{ILink} a route through this worker leaves the node through, or C{None}.")
 
 
-class IConnection(ILink):
+class IBodyLink(ILink):
+    """
+    A link that takes an encoded message directly, for the portal's fast
+    path: a header prepared once per route (L{head_for}), then each
+    message's bytes (L{write_body}), with no decoding, routing or access
+    check in between (the sender is this node's own worker).  A TCP
+    connection writes it as a frame; a secure channel end encrypts it and
+    sends it to its peer.
+    """
+
+    def head_for(onward, return_route):
+        """
+        The start of every message body written with L{write_body} whose
+        onward route, after this link's own address, is C{onward}, and
+        whose return route is C{return_route}: the version and both routes
+        as this link will send them.  C{None} when the link cannot take
+        bodies now (a secure channel not up yet).
+        """
+
+    def write_body(head, data, source=None, credit=False):
+        """
+        Send one message whose encoded body is C{head + data} (C{head}
+        from L{head_for}, followed by the payload's length).  C{source} (an
+        L{IFlowSource}) is paused while the way out is congested (unless
+        C{credit}: a stream under its own flow control).
+        """
+
+
+class IConnection(IBodyLink):
     """
     A link that is a transport connection (TCP): it can be written to
     directly (the portal and relay fast paths), tells how much came in on
@@ -167,15 +195,6 @@ class IConnection(ILink):
     backpressure = Attribute(
         "Its L{ockamtw.flow.BackPressure}: C{backpressure.congested} says whether its outbound buffer is full."
     )
-
-    def write_body(head, data, source=None, credit=False):
-        """
-        Write one frame whose body is C{head + data}: an encoded
-        TransportMessage whose onward route no longer holds this
-        connection.  C{source} (an L{IFlowSource}) is paused while the
-        connection is congested (unless C{credit}: a stream under its own
-        flow control).
-        """
 
     def abort():
         """

@@ -47,7 +47,7 @@ from ..machines import transitions
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
 from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
-from ..interfaces import IConnection, IFlowSource, IOrigin
+from ..interfaces import IBodyLink, IFlowSource, IOrigin
 from ..node import Worker
 from ..routing import LOCAL, Address, Route
 from ..wire import (
@@ -64,7 +64,6 @@ from ..wire import (
     encode_eof,
     encode_payload,
     payload_prefix,
-    routes_head,
     uvarint,
 )
 
@@ -727,11 +726,12 @@ class PortalWorker(Worker):
         if link is not None:
             self._link = link
             self._link_key = link.on_close(self._link_lost)
-        if IConnection.providedBy(link):
-            # A TCP connection first: what every Payload message to the other
-            # side starts with once the link has stripped itself (version,
-            # onward, return route), for the fast path.
-            self._head = routes_head(route.step(), Route([self.address]))
+        if IBodyLink.providedBy(link):
+            # A TCP connection or a secure channel first: what every Payload
+            # message to the other side starts with once the link has
+            # stripped itself (version, onward, return route), for the fast
+            # path.
+            self._head = link.head_for(route.step(), Route([self.address]))
         self._schedule_liveness()
 
     def _ending(self, notify: bool, grace: Optional[float], limit: Optional[float]) -> None:

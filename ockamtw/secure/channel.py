@@ -41,12 +41,12 @@ from ..machines import transitions
 from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
-from ..interfaces import ILink, ILinkWorker, IOrigin
+from ..interfaces import IBodyLink, IConnection, ILinkWorker, IOrigin
 from ..logs import short
 from ..node import Worker
 from ..routing import Address, Route
 from ..status import CLOSED, UP
-from ..wire import TransportMessage
+from ..wire import TransportMessage, routes_head, uvarint
 from .codec import (
     CreateResponderChannelMessage,
     IdentityChannelMessage,
@@ -54,6 +54,7 @@ from .codec import (
     decode_key_exchange,
     encode_encrypted_payload,
     encode_key_exchange,
+    encrypted_payload_prefix,
 )
 from .errors import IdentityError, SecureChannelError
 from .identity import import_identity
@@ -188,7 +189,7 @@ ENDED = "closed"
 _STATUS = {ESTABLISHED: UP, ENDED: CLOSED}
 
 
-@implementer(ILink)
+@implementer(IBodyLink)
 class ChannelEnd(CloseNotifier):
     """
     One end of a secure channel, and the origin of the messages it
@@ -235,6 +236,10 @@ class ChannelEnd(CloseNotifier):
         self._highest = -1
         self._seen: set = set()
         self._peer_backwards: Optional[Address] = None
+        #: (TCP connection, header) for L{write_body}'s ciphertexts, once
+        #: known: the first hop of the route to the peer, and the start of
+        #: every message on it.
+        self._out = None
         self._ready: Optional[Deferred] = None
         self._timer = None
         #: the origin of the peer's handshake, and its close watch
@@ -559,6 +564,53 @@ class ChannelEnd(CloseNotifier):
         )
 
     # --- crypto ----------------------------------------------------------------------------
+
+    def head_for(self, onward: Route, return_route: Route) -> Optional[bytes]:
+        """
+        The start of the inner message of every body written with
+        L{write_body} (L{IBodyLink}): the peer's C{backwards} address, then
+        C{onward}, and C{return_route}, as L{_local} would encrypt them;
+        C{None} until the channel is up.
+        """
+        if self.state != ESTABLISHED:
+            return None
+        return routes_head(onward.prepend(self._peer_backwards), return_route)
+
+    def write_body(self, head: bytes, data: bytes, source=None, credit: bool = False) -> None:
+        """
+        Encrypt the message whose inner body is C{head + data} and send it
+        to the peer, as L{_local} does for a message at the encryptor (the
+        fast path of this node's own portals, which prepare C{head} once).
+        The ciphertext is not copied again: it goes to the TCP connection
+        as a piece of its own when that is the first hop (its header, too,
+        is prepared once).
+        """
+        if self.state != ESTABLISHED:
+            self._drop_local(None)
+            return
+        n = self._send_n
+        self._send_n = n + 1
+        ciphertext = self._send.encrypt_at(n, head + data, b"")
+        prefix = encrypted_payload_prefix(n, len(ciphertext))
+        out = self._out
+        if out is None:
+            out = self._out = self._way_out()
+        link = out[0]
+        if link is not None and link.connected:
+            link.write_body(out[1] + uvarint(len(prefix) + len(ciphertext)) + prefix, ciphertext, source, credit)
+        else:
+            self.node.send(self.remote_route, prefix + ciphertext, sender=self.encryptor, source=source)
+
+    def _way_out(self) -> tuple:
+        """
+        (connection, header) when the route to the peer starts with a TCP
+        connection of this node; (C{None}, C{None}) otherwise.
+        """
+        route = self.remote_route
+        link = self.node.link_of(route[0]) if route else None
+        if not IConnection.providedBy(link):
+            return (None, None)
+        return (link, link.head_for(route.step(), Route._trusted((self.encryptor,))))
 
     def _split(self) -> None:
         self._h = self._hs.h

@@ -47,6 +47,7 @@ __all__ = [
     "encode_key_exchange",
     "decode_key_exchange",
     "encode_encrypted_payload",
+    "encrypted_payload_prefix",
     "decode_encrypted_payload",
     "encode_change_history",
     "decode_change_history",
@@ -323,7 +324,16 @@ def encode_encrypted_payload(counter: int, ciphertext: bytes) -> bytes:
     if isinstance(counter, bool) or not isinstance(counter, int) or not 0 <= counter < 1 << 64:
         raise WireError(f"counter must be an integer 0 to 2**64-1, not {counter!r}")
     ct = _bytes(ciphertext, "ciphertext")
-    return uvarint(COUNTER_LEN + len(ct)) + counter.to_bytes(COUNTER_LEN, "big") + ct
+    return encrypted_payload_prefix(counter, len(ct)) + ct
+
+
+def encrypted_payload_prefix(counter: int, size: int) -> bytes:
+    """
+    What L{encode_encrypted_payload} puts before a ciphertext of C{size}
+    bytes (the data's length, then the counter), for a sender that writes
+    the ciphertext as a piece of its own; C{counter} is not checked.
+    """
+    return uvarint(COUNTER_LEN + size) + counter.to_bytes(COUNTER_LEN, "big")
 
 
 def decode_encrypted_payload(payload: _Buf) -> Tuple[int, bytes]:

@@ -58,7 +58,15 @@ from ..interfaces import IConnection, IFlowSource, ILinkWorker, ITcpConnection, 
 from ..logs import short
 from ..deferred import InFlight, gather
 from ..routing import TCP, Address
-from ..wire import HEARTBEAT_FRAME, FrameDecoder, MessageTooLarge, TransportMessage, body_frame_parts, frame_parts
+from ..wire import (
+    HEARTBEAT_FRAME,
+    FrameDecoder,
+    MessageTooLarge,
+    TransportMessage,
+    body_frame_parts,
+    frame_parts,
+    routes_head,
+)
 from .limits import (
     CLOSED_BUDGET,
     CLOSED_FIRST_FRAME,
@@ -364,6 +372,13 @@ class TcpConnection(CloseNotifier):
         source = message.source
         if source is not None and self.backpressure.congested:
             self._pause_source(source, credit_stream(message))
+
+    def head_for(self, onward, return_route) -> bytes:
+        """
+        The start of a frame's body for L{write_body} (L{IBodyLink}): the
+        connection writes the routes as they are.
+        """
+        return routes_head(onward, return_route)
 
     def write_body(self, head: bytes, data: bytes, source=None, credit: bool = False) -> None:
         """
