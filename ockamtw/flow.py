@@ -89,7 +89,7 @@ def send_now(transport, parts, size: int) -> None:
     if size < SEND_NOW_FROM:
         now = monotonic_ns()
         if now - getattr(transport, "_ockamtw_small_sent", 0) < SMALL_SEND_GAP_NS:
-            transport.writeSequence(parts)
+            transport.writeSequence([p if p.__class__ is bytes else bytes(p) for p in parts])
             return
         try:
             transport._ockamtw_small_sent = now
@@ -108,7 +108,9 @@ def send_direct(transport, parts) -> None:
     Write C{parts} to a transport: straight to the kernel with one
     C{sendmsg} when it is a plain Twisted TCP transport holding nothing
     unsent, and what the kernel does not take (or everything, for any
-    other transport) through the transport's own buffer.
+    other transport) through the transport's own buffer.  A part may be
+    a C{memoryview} (the kernel takes it as it is; the transport's buffer,
+    which takes only C{bytes}, gets a copy of what is left of it).
     """
     sock = idle_socket(transport) if _HAVE_SENDMSG else None
     if sock is not None:
@@ -132,7 +134,7 @@ def send_direct(transport, parts) -> None:
             if not rest:
                 return
             parts = rest
-    transport.writeSequence(parts)
+    transport.writeSequence([p if p.__class__ is bytes else bytes(p) for p in parts])
 
 
 try:

@@ -389,7 +389,9 @@ def _decode_message(buf, pos: int, end: int) -> TransportMessage:
     m.version = version
     m.onward_route = onward
     m.return_route = ret
-    m.payload = bytes(buf[pos : pos + n])
+    # One copy: a slice of bytes is bytes; of a bytearray (a frame that
+    # spanned reads), take it through a view rather than slice and copy.
+    m.payload = buf[pos : pos + n] if buf.__class__ is bytes else bytes(memoryview(buf)[pos : pos + n])
     m.source = None
     m.local = None
     m.origin = None
@@ -657,10 +659,16 @@ def encode_payload(chunk: bytes) -> bytes:
     return b"\x03" + uvarint(len(chunk)) + chunk
 
 
-def decode_payload(payload: bytes) -> bytes:
+#: Payload data of at least this many bytes is given as a view, not copied.
+VIEW_FROM = 4096
+
+
+def decode_payload(payload: bytes) -> Union[bytes, memoryview]:
     """
     The data of a C{Payload} PortalMessage (bytes after its data are
-    ignored, as Rust does).
+    ignored, as Rust does): C{bytes}, or from L{VIEW_FROM} bytes on a
+    C{memoryview} into C{payload} (a portal chunk goes to its socket
+    without one more copy; see L{ockamtw.flow.send_direct}).
 
     @raise WireError: when it is truncated.
     """
@@ -668,7 +676,9 @@ def decode_payload(payload: bytes) -> bytes:
     n, pos = _read_uvarint(payload, 1, end)
     if pos + n > end:
         raise WireError(f"portal payload of {n} bytes truncated to {end - pos}")
-    return payload[pos : pos + n]
+    if n < VIEW_FROM:
+        return payload[pos : pos + n]
+    return memoryview(payload)[pos : pos + n]
 
 
 # --- Credit: ockamtw's per-stream flow control -------------------------------

@@ -336,9 +336,10 @@ def encrypted_payload_prefix(counter: int, size: int) -> bytes:
     return uvarint(COUNTER_LEN + size) + counter.to_bytes(COUNTER_LEN, "big")
 
 
-def decode_encrypted_payload(payload: _Buf) -> Tuple[int, bytes]:
+def decode_encrypted_payload(payload: _Buf) -> Tuple[int, memoryview]:
     """
-    (counter, ciphertext) of an encrypted payload.
+    (counter, ciphertext) of an encrypted payload; the ciphertext is a view
+    into C{payload} (not a copy: the AEAD reads it as it is).
 
     @raise WireError: for truncated or trailing bytes, or a ciphertext
         shorter than the 16-byte AES-GCM tag.
@@ -354,7 +355,7 @@ def decode_encrypted_payload(payload: _Buf) -> Tuple[int, bytes]:
             f"({COUNTER_LEN + AEAD_TAG_LEN})"
         )
     counter = int.from_bytes(payload[pos : pos + COUNTER_LEN], "big")
-    return counter, bytes(payload[pos + COUNTER_LEN : end])
+    return counter, memoryview(payload)[pos + COUNTER_LEN : end]
 
 
 # --- IdentityChannelMessage ------------------------------------------------

@@ -198,7 +198,7 @@ class CipherState:
         if len(ciphertext) < TAGLEN:
             raise SecureChannelError(f"ciphertext of {len(ciphertext)} bytes is shorter than its tag")
         try:
-            return self._aead.decrypt(nonce_bytes(n), bytes(ciphertext), bytes(ad))
+            return self._aead.decrypt(nonce_bytes(n), ciphertext, ad)
         except InvalidTag:
             raise SecureChannelError(f"message with nonce {n} does not authenticate") from None
 
