@@ -507,6 +507,20 @@ class BaseNode(MultiService):
             raise NoSuchAddress(f"no worker at /service/{route[0].value} on node {self.name}")
         return route
 
+    def open_worker(self, address: Address):
+        """
+        The worker at C{address} if anyone may send to it (its access policy
+        is L{ockamtw.access.ANYONE}) and no message waits for delivery, so
+        that a message handed straight to it, without L{deliver}, is judged
+        as L{deliver} would judge it and keeps its place; else C{None}.
+        """
+        if self._delivering:
+            return None
+        entry = self._entries.get(address)
+        if entry is None or entry[1] is not ANYONE:
+            return None
+        return entry[0]
+
     def link_of(self, address: Union[Address, str, None]):
         """
         What a route starting at C{address} leaves this node through: the

@@ -236,6 +236,26 @@ def _read_route(buf, pos: int, end: int) -> Tuple[Route, int]:
     return Route._trusted(addrs), pos
 
 
+def address_of(encoded: bytes) -> Address:
+    """
+    The L{Address} whose BARE encoding is C{encoded} (a whole address, as
+    L{first_hop} gives), from the same table as decoded routes.
+    """
+    address = _INTERNED.get(encoded)
+    if address is None:
+        (route, _) = _read_route(b"\x01" + encoded, 0, len(encoded) + 1)
+        address = route[0]
+    return address
+
+
+def decode_body(buf, start: int, end: int) -> TransportMessage:
+    """
+    Decode the message C{buf[start:end]} (a frame's body, as
+    L{FrameDecoder.next_raw} gives it).
+    """
+    return _decode_message(buf, start, end)
+
+
 def decode_route(data: bytes) -> Route:
     """
     Decode a whole BARE route.
@@ -502,6 +522,17 @@ class FrameDecoder:
         return take == k
 
     def next(self) -> Optional[TransportMessage]:
+        raw = self.next_raw()
+        if raw is None:
+            return None
+        return _decode_message(*raw)
+
+    def next_raw(self) -> Optional[Tuple[Union[bytes, bytearray], int, int]]:
+        """
+        The next whole frame's body, not decoded, as (buffer, start, end),
+        valid until the next call; or C{None} when no whole frame is
+        buffered.  The frame is consumed.
+        """
         p = self._pending
         if self._ppos and self._ppos >= len(p):
             p.clear()
@@ -517,7 +548,7 @@ class FrameDecoder:
                 return None
             start = pp + 2
             self._ppos = start + n
-            return _decode_message(p, start, start + n)
+            return p, start, start + n
         data = self._data
         dp = self._dpos
         avail = len(data) - dp
@@ -526,7 +557,7 @@ class FrameDecoder:
             if avail >= 2 + n:
                 start = dp + 2
                 self._dpos = start + n
-                return _decode_message(data, start, start + n)
+                return data, start, start + n
         if avail:
             self._pending += memoryview(data)[dp:]
         self._data = b""
@@ -607,6 +638,82 @@ class PortalMessage:
 
 
 # --- headers, for the fast paths that write a message as header + payload ----------
+
+
+def _skip_route(buf, pos: int, end: int) -> Tuple[int, int, int]:
+    """
+    Step over an encoded route without decoding it: (count, position of
+    its first address, position after it).
+
+    @raise WireError: as L{_read_route} for a malformed one.
+    """
+    if pos < end and buf[pos] < 0x80:
+        count = buf[pos]
+        pos += 1
+    else:
+        count, pos = _read_uvarint(buf, pos, end)
+    first = pos
+    for _ in range(count):
+        vpos = pos + 2
+        if vpos <= end and buf[pos + 1] < 0x80:
+            n = buf[pos + 1]
+        else:
+            n, vpos = _read_uvarint(buf, pos + 1, end)
+        pos = vpos + n
+        if pos > end:
+            raise WireError(f"address value of {n} bytes truncated")
+    return count, first, pos
+
+
+def first_hop(buf, start: int, end: int) -> Optional[bytes]:
+    """
+    The encoded first address of the onward route of the message
+    C{buf[start:end]}, read without decoding the message; C{None} for an
+    empty route (a heartbeat) or anything that is not a plain version-1
+    message starting with a short address (the caller then decodes it).
+    """
+    if end - start < 4 or buf[start] != VERSION:
+        return None
+    count = buf[start + 1]
+    if count == 0 or count >= 0x80:
+        return None
+    n = buf[start + 3]
+    stop = start + 4 + n
+    if n >= 0x80 or stop > end:
+        return None
+    encoded = buf[start + 2 : stop]
+    return encoded if encoded.__class__ is bytes else bytes(encoded)
+
+
+def hop_body(buf, start: int, end: int, first: bytes, me: bytes) -> List:
+    """
+    The body of the message C{buf[start:end]} as it leaves through the link
+    at its onward route's first address C{first} (from L{first_hop}): that
+    address removed from the onward route, C{me} (the encoded address of
+    the link it came in on) put first on its return route, the rest as it
+    is (bytes after the payload are left out, as L{TransportMessage.decode}
+    does).  As pieces: the new start, then the rest of the bytes unchanged.
+    Equal to the body L{TransportMessage.encode} gives after decoding it
+    and changing the routes.
+
+    @raise WireError: for a malformed message (the same ones that
+        L{TransportMessage.decode} refuses).
+    """
+    onward_count, _, pos = _skip_route(buf, start + 1, end)
+    after_first = start + 2 + len(first)
+    ret_count, ret_first, ret_end = _skip_route(buf, pos, end)
+    n, ppos = _read_uvarint(buf, ret_end, end)
+    if ppos + n > end:
+        raise WireError(f"payload of {n} bytes truncated to {end - ppos}")
+    stop = ppos + n
+    if buf.__class__ is bytes and stop - ret_first < VIEW_FROM:
+        rest = buf[ret_first:stop]
+        onward_rest = buf[after_first:pos]
+    else:
+        view = memoryview(buf)
+        rest = view[ret_first:stop] if buf.__class__ is bytes else bytes(view[ret_first:stop])
+        onward_rest = bytes(view[after_first:pos])
+    return [b"\x01" + uvarint(onward_count - 1) + onward_rest + uvarint(ret_count + 1) + me, rest]
 
 
 def routes_head(onward: Route, return_route: Route) -> bytes:

@@ -18,6 +18,7 @@ from ockamtw import wire
 from ockamtw.errors import MessageTooLarge, WireError
 from ockamtw.routing import Address, MultiAddr, Route
 from ockamtw.wire import (
+    HEARTBEAT_FRAME,
     MAX_FRAME,
     FrameDecoder,
     PortalMessage,
@@ -32,7 +33,10 @@ from ockamtw.wire import (
     encode_frame,
     encode_string,
     encode_uvarint,
+    address_of,
+    first_hop,
     frame_parts,
+    hop_body,
 )
 
 from .helpers import assert_wire_error
@@ -390,6 +394,90 @@ class TransportMessagePropertyTests(SynchronousTestCase):
         other = TransportMessage(m.onward_route, m.return_route, m.payload + b"x")
         self.assertNotEqual(m, other)
         self.assertEqual(m, m.with_routes(m.onward_route, m.return_route))
+
+
+def _hop_by_decoding(raw: bytes, me: Address):
+    """
+    What a node that decodes writes on for C{raw} (onward route stepped,
+    C{me} first on the return route), or None when it does not decode or
+    has no onward address.
+    """
+    try:
+        m = TransportMessage.decode(raw)
+    except WireError:
+        return None
+    if not m.onward_route:
+        return None
+    return TransportMessage(m.onward_route.step(), m.return_route.prepend(me), m.payload).encode()
+
+
+def _hop_in_place(raw: bytes, me: Address, view=bytes):
+    """
+    The same by L{first_hop} and L{hop_body} (None where first_hop declines
+    or hop_body refuses); C{view} wraps the buffer (bytes or bytearray, as
+    the frame decoder gives them), inside other bytes.
+    """
+    buf = view(b"ab" + raw + b"cd")
+    start, end = 2, 2 + len(raw)
+    first = first_hop(buf, start, end)
+    if first is None:
+        return None
+    try:
+        parts = hop_body(buf, start, end, first, me.encode())
+    except WireError:
+        return None
+    return b"".join(bytes(p) for p in parts)
+
+
+class HopBodyPropertyTests(SynchronousTestCase):
+    """
+    A relay hop that rewrites the routes in place (L{first_hop},
+    L{hop_body}) writes the very bytes that decoding, changing the routes
+    and encoding again would write, and refuses what decoding refuses.
+    """
+
+    @PROPERTY
+    @given(messages, addresses, st.binary(max_size=4))
+    def test_sameAsDecoding(self, m, me, trailing):
+        raw = m.encode() + trailing
+        expected = _hop_by_decoding(raw, me)
+        for view in (bytes, bytearray):
+            got = _hop_in_place(raw, me, view)
+            if got is not None:
+                self.assertEqual(got, expected)
+            else:
+                # Declined only for no onward address or a long first one.
+                self.assertTrue(
+                    not m.onward_route or len(m.onward_route[0].encode()) > 129 or len(m.onward_route) >= 0x80
+                )
+        if m.onward_route and len(m.onward_route[0].encode()) <= 129:
+            self.assertEqual(first_hop(raw, 0, len(raw)), m.onward_route[0].encode())
+            self.assertEqual(address_of(first_hop(raw, 0, len(raw))), m.onward_route[0])
+
+    def test_largePayloadIsAView(self):
+        m = TransportMessage(["0#a", "0#b"], ["0#c"], b"x" * 10000)
+        raw = m.encode()
+        parts = hop_body(raw, 0, len(raw), first_hop(raw, 0, len(raw)), Address.local("me").encode())
+        self.assertIsInstance(parts[1], memoryview)
+        self.assertEqual(
+            b"".join(bytes(p) for p in parts),
+            TransportMessage(["0#b"], ["0#me", "0#c"], b"x" * 10000).encode(),
+        )
+
+    def test_heartbeatHasNoHop(self):
+        self.assertIsNone(first_hop(HEARTBEAT_FRAME, 2, len(HEARTBEAT_FRAME)))
+
+    @PROPERTY
+    @given(messages, st.data())
+    def test_mutatedRefusedAsDecoding(self, m, data):
+        raw = bytearray(m.encode())
+        i = data.draw(st.integers(0, len(raw) - 1), label="index")
+        raw[i] = data.draw(st.integers(0, 255), label="byte")
+        raw = bytes(raw)
+        me = Address.local("me")
+        got = _hop_in_place(raw, me)
+        if got is not None:
+            self.assertEqual(got, _hop_by_decoding(raw, me))
 
 
 class FramePropertyTests(SynchronousTestCase):

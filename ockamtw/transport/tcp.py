@@ -63,8 +63,13 @@ from ..wire import (
     FrameDecoder,
     MessageTooLarge,
     TransportMessage,
+    MAX_FRAME,
+    address_of,
     body_frame_parts,
+    decode_body,
+    first_hop,
     frame_parts,
+    hop_body,
     routes_head,
 )
 from .limits import (
@@ -380,6 +385,25 @@ class TcpConnection(CloseNotifier):
         """
         return routes_head(onward, return_route)
 
+    def _relay(self, parts: list, raw: tuple, source: "TcpConnection") -> bool:
+        """
+        Write the body C{parts} of a message that C{source} read in
+        (L{ockamtw.wire.hop_body} of its frame C{raw}), as L{receive} would
+        write the decoded message; C{False} (nothing written) when it does
+        not fit a frame (the caller then decodes it, and L{receive} drops
+        it with its error).
+        """
+        size = len(parts[0]) + len(parts[1])
+        if size > MAX_FRAME:
+            return False
+        parts[0] = size.to_bytes(2, "big") + parts[0]
+        self._write(parts, size + 2)
+        self.messages_out += 1
+        self.bytes_out += size + 2
+        if self.backpressure.congested:
+            self._pause_source(source, credit_stream(decode_body(*raw)))
+        return True
+
     def write_body(self, head: bytes, data: bytes, source=None, credit: bool = False) -> None:
         """
         Write one frame whose body is C{head + data} (an encoded
@@ -671,13 +695,27 @@ class TcpConnection(CloseNotifier):
         node = self._node
         me = self.address
         frames = 0
+        me_encoded = me.encode()
         try:
             reading = self._reading
             while reading.count == 0 and self.connected:
                 try:
-                    message = decoder.next()
-                except WireError as e:
+                    raw = decoder.next_raw()
+                    if raw is None:
+                        break
                     frames += 1
+                    first = first_hop(*raw)
+                    if first is not None:
+                        out = node.open_worker(address_of(first))
+                        if out.__class__ is TcpConnection and out.connected and out.loop is None:
+                            # A message on its way through this node to
+                            # another connection (a relay's traffic): its
+                            # routes are changed in place, not decoded.
+                            if out._relay(hop_body(*raw, first, me_encoded), raw, self):
+                                self.messages_in += 1
+                                continue
+                    message = decode_body(*raw)
+                except WireError as e:
                     node.dropped += 1
                     node.throttle.log(
                         log,
@@ -689,9 +727,6 @@ class TcpConnection(CloseNotifier):
                         node=node.name,
                     )
                     continue
-                if message is None:
-                    break
-                frames += 1
                 if not message.onward_route:
                     continue  # heartbeat
                 self.messages_in += 1
