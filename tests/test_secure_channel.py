@@ -58,7 +58,8 @@ from ockamtw.secure.codec import (
 from ockamtw.secure.errors import SecureChannelError
 from ockamtw.secure.identity import LocalIdentity, import_identity
 from ockamtw.secure.noise import HandshakeState
-from ockamtw.wire import TransportMessage
+from ockamtw.transport.tcp import TcpConnection
+from ockamtw.wire import TransportMessage, decode_body
 
 from .helpers import (
     HERE,
@@ -781,6 +782,15 @@ class RelayTests(SecureTestCase):
 
         n2.deliver = recording_deliver
         self.addCleanup(n2.__dict__.pop, "deliver", None)
+        # What passes from one connection to another without being decoded
+        # (TcpConnection._relay) is routed too.
+        relay = TcpConnection._relay
+
+        def recording_relay(conn, parts, raw, source):
+            routed.append(decode_body(*raw).payload)
+            return relay(conn, parts, raw, source)
+
+        self.patch(TcpConnection, "_relay", recording_relay)
         return n1, n2, n3, at, forwarded, routed
 
     @async_test
