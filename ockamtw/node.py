@@ -371,6 +371,12 @@ class BaseNode(MultiService):
         self._queue.append(message)
         if self._delivering:
             return
+        self._drain()
+
+    def _drain(self) -> None:
+        """
+        Deliver the queued messages, and those they cause, in order.
+        """
         self._delivering = True
         queue = self._queue
         entries = self._entries
@@ -391,27 +397,37 @@ class BaseNode(MultiService):
                 ):
                     self._refuse(message, first, access)
                     continue
-                self._current_source = message.source
-                try:
-                    worker.receive(message)
-                except OckamError as e:
-                    # A peer can cause these (e.g. an answer too large to
-                    # send): one line, not a traceback.
-                    self.throttle.log(
-                        log,
-                        "warn",
-                        ("worker error", first),
-                        "worker at {address} on node {node} dropped a message: {error}",
-                        address=short(first.value),
-                        node=self.name,
-                        error=str(e),
-                    )
-                except Exception:
-                    if self.throttle.admit(("worker failure", first)) >= 0:
-                        log.failure("worker at {address} failed on a message", address=str(first), node=self.name)
-                self._current_source = None
+                self._run(first, message.source, worker.receive, message)
         finally:
             self._delivering = False
+            self._current_source = None
+
+    def _run(self, first: Address, source, call, *args):
+        """
+        Have the worker at C{first} take a message (C{call(*args)}): while
+        it does, messages it sends inherit C{source} as their flow source;
+        an error it raises is logged (rate-limited), never passed on.
+        What it returns, or C{None} after an error.
+        """
+        self._current_source = source
+        try:
+            return call(*args)
+        except OckamError as e:
+            # A peer can cause these (e.g. an answer too large to
+            # send): one line, not a traceback.
+            self.throttle.log(
+                log,
+                "warn",
+                ("worker error", first),
+                "worker at {address} on node {node} dropped a message: {error}",
+                address=short(first.value),
+                node=self.name,
+                error=str(e),
+            )
+        except Exception:
+            if self.throttle.admit(("worker failure", first)) >= 0:
+                log.failure("worker at {address} failed on a message", address=str(first), node=self.name)
+        finally:
             self._current_source = None
 
     def _no_worker(self, message: TransportMessage, first: Address) -> None:
@@ -507,19 +523,43 @@ class BaseNode(MultiService):
             raise NoSuchAddress(f"no worker at /service/{route[0].value} on node {self.name}")
         return route
 
-    def open_worker(self, address: Address):
+    def open_worker(self, address: Address, origin):
         """
-        The worker at C{address} if anyone may send to it (its access policy
-        is L{ockamtw.access.ANYONE}) and no message waits for delivery, so
-        that a message handed straight to it, without L{deliver}, is judged
-        as L{deliver} would judge it and keeps its place; else C{None}.
+        The worker at C{address} if L{deliver} would let a message that came
+        in through C{origin} reach it whatever the message (its access
+        policy is L{ockamtw.access.ANYONE}, or L{FromOrigin} that origin),
+        and no message waits for delivery, so that a message handed
+        straight to it (L{hand}), without being decoded, is judged as
+        L{deliver} would judge it and keeps its place; else C{None} (the
+        caller then decodes the message and delivers it).
         """
         if self._delivering:
             return None
         entry = self._entries.get(address)
-        if entry is None or entry[1] is not ANYONE:
+        if entry is None:
             return None
-        return entry[0]
+        access = entry[1]
+        if access is ANYONE or (access.__class__ is FromOrigin and access.origin is origin):
+            return entry[0]
+        return None
+
+    def hand(self, address: Address, source, call, *args):
+        """
+        Have the worker at C{address} (from L{open_worker}) take a message
+        that was not decoded, as L{deliver} has a worker take one
+        (C{call(*args)}, e.g. its C{receive_payload}): C{source} is the flow
+        source meanwhile; an error is logged, never passed on.  What
+        C{call} returns (C{None} after an error).
+        """
+        self._delivering = True
+        try:
+            result = self._run(address, source, call, *args)
+        finally:
+            self._delivering = False
+        if self._queue:
+            # What the worker sent meanwhile, after it (as deliver does).
+            self._drain()
+        return result
 
     def link_of(self, address: Union[Address, str, None]):
         """

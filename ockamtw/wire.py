@@ -716,6 +716,24 @@ def hop_body(buf, start: int, end: int, first: bytes, me: bytes) -> List:
     return [b"\x01" + uvarint(onward_count - 1) + onward_rest + uvarint(ret_count + 1) + me, rest]
 
 
+def payload_of(buf, start: int, end: int) -> Union[bytes, memoryview]:
+    """
+    The payload of the message C{buf[start:end]} (one that L{first_hop}
+    read), without decoding its routes: C{bytes}, or from L{VIEW_FROM}
+    bytes a view into C{buf} when C{buf} is C{bytes} (immutable).
+
+    @raise WireError: for a malformed message (as L{hop_body}).
+    """
+    _, _, pos = _skip_route(buf, start + 1, end)
+    _, _, pos = _skip_route(buf, pos, end)
+    n, pos = _read_uvarint(buf, pos, end)
+    if pos + n > end:
+        raise WireError(f"payload of {n} bytes truncated to {end - pos}")
+    if buf.__class__ is bytes:
+        return buf[pos : pos + n] if n < VIEW_FROM else memoryview(buf)[pos : pos + n]
+    return bytes(memoryview(buf)[pos : pos + n])
+
+
 def routes_head(onward: Route, return_route: Route) -> bytes:
     """
     The start of an encoded TransportMessage: version and both routes

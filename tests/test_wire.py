@@ -37,6 +37,7 @@ from ockamtw.wire import (
     first_hop,
     frame_parts,
     hop_body,
+    payload_of,
 )
 
 from .helpers import assert_wire_error
@@ -453,6 +454,34 @@ class HopBodyPropertyTests(SynchronousTestCase):
         if m.onward_route and len(m.onward_route[0].encode()) <= 129:
             self.assertEqual(first_hop(raw, 0, len(raw)), m.onward_route[0].encode())
             self.assertEqual(address_of(first_hop(raw, 0, len(raw))), m.onward_route[0])
+
+    @PROPERTY
+    @given(messages, st.binary(max_size=4))
+    def test_payloadWithoutDecoding(self, m, trailing):
+        raw = m.encode() + trailing
+        for view in (bytes, bytearray):
+            buf = view(b"ab" + raw + b"cd")
+            if first_hop(buf, 2, 2 + len(raw)) is not None:
+                self.assertEqual(bytes(payload_of(buf, 2, 2 + len(raw))), m.payload)
+
+    @PROPERTY
+    @given(messages, st.data())
+    def test_payloadOfMutatedRefusedAsDecoding(self, m, data):
+        raw = bytearray(m.encode())
+        i = data.draw(st.integers(0, len(raw) - 1), label="index")
+        raw[i] = data.draw(st.integers(0, 255), label="byte")
+        raw = bytes(raw)
+        if first_hop(raw, 0, len(raw)) is None:
+            return
+        try:
+            got = bytes(payload_of(raw, 0, len(raw)))
+        except WireError:
+            got = None
+        try:
+            expected = TransportMessage.decode(raw).payload
+        except WireError:
+            expected = None
+        self.assertEqual(got, expected)
 
     def test_largePayloadIsAView(self):
         m = TransportMessage(["0#a", "0#b"], ["0#c"], b"x" * 10000)

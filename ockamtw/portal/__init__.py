@@ -391,29 +391,13 @@ class PortalWorker(Worker):
             self.dropped += 1
             return
         if tag == PAYLOAD_TAG:
-            try:
-                data = decode_payload(payload)
-            except WireError as e:
-                self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
-                return
-            if state not in _WRITING:
-                return
-            send_now(self.transport, [data], len(data))
-            self.bytes_out += len(data)
-            bp = self.backpressure
-            if not self.flow:
-                bp.wrote(message.source)
-                return
-            # What the kernel has taken counts as consumed: grant a window
-            # beyond it once that moves the limit by a quarter window.
-            pending = unsent(self.transport)
-            if pending is None:
-                pending = TRANSPORT_BUFFER if bp.congested else 0
-            if self.bytes_out - pending + STREAM_WINDOW - self.granted >= GRANT_STEP:
-                self._grant(self.bytes_out - pending)
-            elif bp.congested and self.bytes_out > self.granted + _OVERSHOOT:
-                # The sender ignores its credit: fall back to pausing the link.
-                bp.wrote(message.source)
+            if state in _WRITING:
+                self._payload(payload, message.source)
+            else:
+                try:
+                    decode_payload(payload)
+                except WireError as e:
+                    self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
         elif tag == DISCONNECT_TAG:
             self._machine.disconnected()
         elif tag == EOF_TAG and self.flow:
@@ -436,6 +420,45 @@ class PortalWorker(Worker):
                     self._reading.resume()
         else:
             self.control(tag, message)
+
+    def receive_payload(self, payload, source) -> bool:
+        """
+        Take the payload of a message that the node did not decode (see
+        L{ockamtw.node.BaseNode.hand}), when it is data for an open stream
+        (what L{receive} would do with it); C{False} for anything else,
+        which the node then decodes and delivers.
+        """
+        if payload and payload[0] == PAYLOAD_TAG and self.state in _WRITING:
+            self.heard += 1
+            self._payload(payload, source)
+            return True
+        return False
+
+    def _payload(self, payload, source) -> None:
+        """
+        Data for the socket (a Payload message), while it may be written.
+        """
+        try:
+            data = decode_payload(payload)
+        except WireError as e:
+            self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
+            return
+        send_now(self.transport, [data], len(data))
+        self.bytes_out += len(data)
+        bp = self.backpressure
+        if not self.flow:
+            bp.wrote(source)
+            return
+        # What the kernel has taken counts as consumed: grant a window
+        # beyond it once that moves the limit by a quarter window.
+        pending = unsent(self.transport)
+        if pending is None:
+            pending = TRANSPORT_BUFFER if bp.congested else 0
+        if self.bytes_out - pending + STREAM_WINDOW - self.granted >= GRANT_STEP:
+            self._grant(self.bytes_out - pending)
+        elif bp.congested and self.bytes_out > self.granted + _OVERSHOOT:
+            # The sender ignores its credit: fall back to pausing the link.
+            bp.wrote(source)
 
     def _grant(self, taken: int) -> None:
         """

@@ -70,6 +70,7 @@ from ..wire import (
     first_hop,
     frame_parts,
     hop_body,
+    payload_of,
     routes_head,
 )
 from .limits import (
@@ -706,12 +707,25 @@ class TcpConnection(CloseNotifier):
                     frames += 1
                     first = first_hop(*raw)
                     if first is not None:
-                        out = node.open_worker(address_of(first))
-                        if out.__class__ is TcpConnection and out.connected and out.loop is None:
-                            # A message on its way through this node to
-                            # another connection (a relay's traffic): its
-                            # routes are changed in place, not decoded.
-                            if out._relay(hop_body(*raw, first, me_encoded), raw, self):
+                        address = address_of(first)
+                        out = node.open_worker(address, self)
+                        if out is None:
+                            pass
+                        elif out.__class__ is TcpConnection:
+                            if out.connected and out.loop is None:
+                                # A message on its way through this node to
+                                # another connection (a relay's traffic): its
+                                # routes are changed in place, not decoded.
+                                parts = hop_body(*raw, first, me_encoded)
+                                if node.hand(address, self, out._relay, parts, raw, self) is not False:
+                                    self.messages_in += 1
+                                    continue
+                        else:
+                            take = getattr(out, "receive_payload", None)
+                            # Data for a worker that needs no more than the
+                            # payload (a portal's stream): the routes are
+                            # not decoded.
+                            if take is not None and node.hand(address, self, take, payload_of(*raw), self) is not False:
                                 self.messages_in += 1
                                 continue
                     message = decode_body(*raw)
