@@ -124,6 +124,19 @@ class _Part(Worker):
         """
         return self.end if self.role == "encryptor" else None
 
+    def receive_payload(self, payload, source) -> bool:
+        """
+        The payload of a message the node did not decode (see
+        L{ockamtw.node.BaseNode.hand}): what the decryptor of an
+        established channel decrypts and delivers; C{False} (the node then
+        decodes the message and delivers it) otherwise.
+        """
+        end = self.end
+        if self.role != "decryptor" or end.state != ESTABLISHED:
+            return False
+        end._decrypt_and_deliver(payload, source)
+        return True
+
     def receive(self, message) -> None:
         if self.role == "decryptor":
             self.end._wire(message)
@@ -305,7 +318,7 @@ class ChannelEnd(CloseNotifier):
         A message at the decryptor.
         """
         if self.state == ESTABLISHED:
-            self._decrypt_and_deliver(message)
+            self._decrypt_and_deliver(message.payload, message.source)
         else:
             self._input(self._machine.wire, message)
 
@@ -452,7 +465,7 @@ class ChannelEnd(CloseNotifier):
     # --- the machine's outputs: messages ------------------------------------------------
 
     def _deliver(self, message) -> None:
-        self._decrypt_and_deliver(message)
+        self._decrypt_and_deliver(message.payload, message.source)
 
     def _drop_frame(self, message) -> None:
         self.dropped += 1
@@ -517,7 +530,7 @@ class ChannelEnd(CloseNotifier):
         The peer's identity message (M4 or M5, of C{kind}), decrypted and
         verified against the handshake hash and our trust policy.
         """
-        inner = self._decrypt(message)
+        inner = self._decrypt(message.payload)
         exchange = IdentityChannelMessage.decode(inner.payload)
         if exchange.kind != kind:
             raise SecureChannelError("unexpected identity message")
@@ -532,18 +545,19 @@ class ChannelEnd(CloseNotifier):
 
     # --- messages, once up ---------------------------------------------------------------
 
-    def _decrypt_and_deliver(self, message) -> None:
+    def _decrypt_and_deliver(self, payload, source) -> None:
         """
-        Decrypt a message from the peer and deliver it; a malformed,
+        Decrypt the payload of a message from the peer and deliver what it
+        holds (C{source}: the flow source of the message); a malformed,
         tampered or replayed one is dropped and harms nothing.
         """
         try:
-            inner = self._decrypt(message)
+            inner = self._decrypt(payload)
             onward = inner.onward_route
             if not onward or onward[0] != self.backwards:
                 raise SecureChannelError("inner message does not start at our backwards address")
             inner = inner.with_routes(onward.step(), inner.return_route.prepend(self.encryptor))
-            inner.source = message.source
+            inner.source = source
             inner.origin = self
             inner.local = {IDENTITY: self.peer_identifier}
             self.last_active = self.node.reactor.seconds()
@@ -623,8 +637,8 @@ class ChannelEnd(CloseNotifier):
         ciphertext = self._send.encrypt_at(n, plaintext, b"")
         self.node.send(self.remote_route, encode_encrypted_payload(n, ciphertext), sender=sender)
 
-    def _decrypt(self, message) -> TransportMessage:
-        n, ciphertext = decode_encrypted_payload(message.payload)
+    def _decrypt(self, payload) -> TransportMessage:
+        n, ciphertext = decode_encrypted_payload(payload)
         if n in self._seen or n <= self._highest - REPLAY_WINDOW:
             raise SecureChannelError(f"replayed or too old counter {n}")
         plaintext = self._recv.decrypt_at(n, ciphertext, b"")
