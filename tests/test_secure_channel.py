@@ -687,6 +687,33 @@ class TimeoutTests(SecureTestCase):
         await self._half_open(send_m3=True)
 
     @async_test
+    async def test_initiatorFailsAtOnceWhenItsConnectionCloses(self):
+        """
+        A peer that accepts the connection and closes it on M1 (an
+        Orchestrator instance dying, or not ready yet): the handshake fails
+        as soon as the connection closes, not at its 30 s time-out, and
+        leaves no worker behind.
+        """
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory, Protocol
+
+        class CloseOnData(Protocol):
+            def dataReceived(self, data):
+                self.transport.loseConnection()
+
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(CloseOnData))
+        self.addCleanup(port.stopListening)
+        n1 = self.make_node("n1")
+        before = set(n1.worker_addresses())
+        started = time.monotonic()
+        d = n1.create_secure_channel(f"/ip4/127.0.0.1/tcp/{port.getHost().port}/service/api", timeout=30)
+        with self.assertRaises(SecureChannelError) as caught:
+            await deadline(d, 5, "the handshake's failure")
+        self.assertIn("closed during the handshake", str(caught.exception))
+        self.assertLess(time.monotonic() - started, 5)
+        await wait_until(lambda: set(n1.worker_addresses()) <= before, 3, "the initiator's workers removed")
+
+    @async_test
     async def test_initiatorTimeout(self):
         """
         No listener at the end of the route: RequestTimeout, no worker left.

@@ -374,6 +374,13 @@ class ChannelEnd(CloseNotifier):
         payload = CreateResponderChannelMessage.for_initiator(msg1, self.backwards).encode()
         self._timer = self.node.reactor.callLater(timeout, self._timed_out, timeout)
         self.node.send(route, payload, sender=self.decryptor)
+        # Until M2 names the link the peer answers through, the handshake
+        # depends on the one M1 left through: if that closes first (a peer
+        # that accepted the connection and went away), the handshake fails
+        # at once instead of at its time-out.
+        link = self.node.link_of(route[0]) if route else None
+        if link is not None and not self._watch(link):
+            self._input(self._machine.link_closed)
 
     def _send_m2(self, msg1: bytes, timeout: float) -> None:
         self._hs.read_message(msg1)
