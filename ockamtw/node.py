@@ -28,6 +28,12 @@ from .wire import MAX_FRAME, TransportMessage
 
 log = Logger(namespace="ockamtw.node")
 
+
+def _nothing() -> None:
+    """
+    A watch that watches nothing, withdrawn (L{BaseNode.when_route_closes}).
+    """
+
 RouteLike = Union[Route, MultiAddr, str, list, tuple]
 
 _KEEP = object()
@@ -561,6 +567,22 @@ class BaseNode(MultiService):
             self._drain()
         return result
 
+    def when_route_closes(self, route: Route, f) -> Callable[[], None]:
+        """
+        Call C{f()} if the link C{route} leaves this node through (see
+        L{link_of}) closes, at once if it is closed already: a request
+        along it then need not wait for its time-out, as its answer cannot
+        come back that way.  Returns a function that withdraws the watch.
+        """
+        link = self.link_of(route[0]) if route else None
+        if link is None:
+            return _nothing
+        if not link.connected:
+            f()
+            return _nothing
+        key = link.on_close(lambda _: f())
+        return lambda: link.cancel_on_close(key)
+
     def link_of(self, address: Union[Address, str, None]):
         """
         What a route starting at C{address} leaves this node through: the
@@ -717,16 +739,27 @@ class BaseNode(MultiService):
 
         @return: a Deferred firing with the reply L{TransportMessage}, or
             failing with L{RequestTimeout} after C{timeout} seconds (which
-            covers connecting too), L{RouteUnreachable} or L{WireError}.
+            covers connecting too), L{RouteUnreachable} (also as soon as
+            the connection or channel the route leaves through closes) or
+            L{WireError}.
         """
 
         async def go():
             resolved = self.check_route(await self._resolve(route))
             answer: Deferred = Deferred()
             address = self.start_worker(None, _ReplyWorker(answer))
+
+            def closed():
+                if not answer.called:
+                    answer.errback(RouteUnreachable(f"the connection to {route} closed before a reply came"))
+
             try:
                 self.send(resolved, payload, sender=address)
-                return await answer
+                unwatch = self.when_route_closes(resolved, closed)
+                try:
+                    return await answer
+                finally:
+                    unwatch()
             finally:
                 self.stop_worker(address)
 

@@ -147,6 +147,57 @@ class SecureChannelTests(PortalTestCase):
         self.assertEqual(str(e), f"{route} did not answer as a secure channel listener")
 
 
+class ClosedLinkTests(PortalTestCase):
+    """
+    A request whose connection closes before the answer (a peer that
+    accepted and went away, an Orchestrator instance killed) fails then,
+    not at its time-out: C{node.request}, a project API call.
+    """
+
+    async def close_on_data(self) -> int:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory, Protocol
+
+        class CloseOnData(Protocol):
+            def dataReceived(self, data):
+                self.transport.loseConnection()
+
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(CloseOnData))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @async_test
+    async def test_request(self):
+        port = await self.close_on_data()
+        n1 = self.make_node("n1")
+        started = time.monotonic()
+        e = await self.within(
+            self.assertFailure(n1.request(f"/ip4/127.0.0.1/tcp/{port}/service/echo", b"x", timeout=30), RouteUnreachable),
+            5,
+            "the request's failure",
+        )
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("closed before a reply came", str(e))
+
+    @async_test
+    async def test_project_api_call(self):
+        from ockamtw.errors import RequestTimeout
+        from ockamtw.project.codec import Method
+        from ockamtw.project.service import call
+
+        port = await self.close_on_data()
+        n1 = self.make_node("n1")
+        conn = await n1.tcp.connect(f"127.0.0.1:{port}")
+        started = time.monotonic()
+        d = call(n1, Route([conn.address, "credentials"]), Method.GET, "/", timeout=30)
+        from twisted.internet.defer import Deferred
+
+        e = await self.within(self.assertFailure(Deferred.fromCoroutine(d), RequestTimeout), 5, "the call's failure")
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("the connection closed first", str(e))
+
+
 class MessageTests(PortalTestCase):
     @async_test
     async def test_unreachable_said_once(self):

@@ -149,20 +149,34 @@ async def call(node, route, method: Method, path: str, body=None, timeout: float
     the service) and wait for its response.
 
     @raise ApiError: when the response is not 200 (with its error text).
-    @raise ockamtw.RequestTimeout: when none comes in time.
+    @raise ockamtw.RequestTimeout: when none comes in time, or the
+        connection or channel the route leaves through closes first.
     """
     from ..errors import RequestTimeout
 
     req = request(method, path, body)
     answered: Deferred = Deferred()
     address = node.start_worker(None, _ResponseWorker(answered))
+    closed = []
+
+    def link_closed():
+        # The answer cannot come back that way: no need to wait for the time-out.
+        if not answered.called:
+            closed.append(True)
+            answered.cancel()
+
     try:
         node.send(route, req.message(), sender=address)
         answered.addTimeout(timeout, node.reactor)
+        unwatch = node.when_route_closes(route, link_closed)
         try:
             message = await answered
         except Exception:
+            if closed:
+                raise RequestTimeout(f"no answer from {route[-1].value}: the connection closed first") from None
             raise RequestTimeout(f"no answer from {route[-1].value} within {timeout:g} s") from None
+        finally:
+            unwatch()
     finally:
         node.stop_worker(address)
     resp = parse_response_message(message.payload)
