@@ -1,12 +1,16 @@
 """
 The Python cost of one message through a relay node, in process:
-``python -m benchmarks.micro [--count N] [--batch K]``.
+``python -m benchmarks.micro [--count N] [--batch K] [--via forwarder|link]``.
 
 A relay node on a memory reactor with two accepted connections on
 in-memory transports: the outlet side registers ``forward_to_x`` (Ockam's
 registration message), then frames sent on the inlet side to
 ``[forward_to_x, o_T]`` are read in batches of K frames per read, routed
-through the forwarder and written to the outlet side.  It times the
+through the forwarder and written to the outlet side.  With ``--via
+link`` the frames go to ``[C, o_T]``, where C is the relay's address of
+the outlet side's connection: the route a portal's messages take once the
+outlet's Pong has told the inlet where the stream lives (every message
+after the first).  It times the
 node's own work per message (decode, route, access check, forward,
 encode, write into the transport) with nothing else in the way: no
 sockets, no system calls, no other process, so a change to the data
@@ -46,13 +50,14 @@ def setup():
     if not t_out.value():
         raise RuntimeError("the relay did not answer the registration")
     t_out.clear()
-    return node, p_in, t_in, t_out
+    return node, p_in, t_in, p_out, t_out
 
 
-def run(count: int, batch: int) -> dict:
-    node, p_in, t_in, t_out = setup()
+def run(count: int, batch: int, via: str = "forwarder") -> dict:
+    node, p_in, t_in, p_out, t_out = setup()
     ret = "0123456789abcdef0123456789abcdef.fc1"
-    one = frame(["forward_to_x", "o_T.fc1"], [ret], b"\x03" + bare_string("x" * 64))
+    first = "forward_to_x" if via == "forwarder" else p_out.connection.address.value
+    one = frame([first, "o_T.fc1"], [ret], b"\x03" + bare_string("x" * 64))
     chunk = one * batch
     reads = count // batch
     best = None
@@ -75,10 +80,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.micro", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=50000)
     p.add_argument("--batch", type=int, action="append", help="frames per read (repeatable; default 1 and 16)")
+    p.add_argument("--via", choices=["forwarder", "link"], default="forwarder",
+                   help="route through the forwarder (a stream's first message) or the connection (the rest)")
     args = p.parse_args(argv)
     for batch in args.batch or [1, 16]:
-        out = run(args.count, batch)
-        print(f"relay hop, {batch:>3} frame(s) per read: {out['us_per_message']:6.2f} us per message")
+        out = run(args.count, batch, args.via)
+        print(f"relay hop via the {args.via}, {batch:>3} frame(s) per read: {out['us_per_message']:6.2f} us per message")
     return 0
 
 
