@@ -397,6 +397,16 @@ class TransportMessagePropertyTests(SynchronousTestCase):
         self.assertEqual(m, m.with_routes(m.onward_route, m.return_route))
 
 
+def _mutated(m: TransportMessage, data) -> bytes:
+    """
+    C{m}'s encoding with one byte, drawn from C{data}, set to a drawn value.
+    """
+    raw = bytearray(m.encode())
+    i = data.draw(st.integers(0, len(raw) - 1), label="index")
+    raw[i] = data.draw(st.integers(0, 255), label="byte")
+    return bytes(raw)
+
+
 def _hop_by_decoding(raw: bytes, me: Address):
     """
     What a node that decodes writes on for C{raw} (onward route stepped,
@@ -467,10 +477,7 @@ class HopBodyPropertyTests(SynchronousTestCase):
     @PROPERTY
     @given(messages, st.data())
     def test_payloadOfMutatedRefusedAsDecoding(self, m, data):
-        raw = bytearray(m.encode())
-        i = data.draw(st.integers(0, len(raw) - 1), label="index")
-        raw[i] = data.draw(st.integers(0, 255), label="byte")
-        raw = bytes(raw)
+        raw = _mutated(m, data)
         if first_hop(raw, 0, len(raw)) is None:
             return
         try:
@@ -499,10 +506,7 @@ class HopBodyPropertyTests(SynchronousTestCase):
     @PROPERTY
     @given(messages, st.data())
     def test_mutatedRefusedAsDecoding(self, m, data):
-        raw = bytearray(m.encode())
-        i = data.draw(st.integers(0, len(raw) - 1), label="index")
-        raw[i] = data.draw(st.integers(0, 255), label="byte")
-        raw = bytes(raw)
+        raw = _mutated(m, data)
         me = Address.local("me")
         got = _hop_in_place(raw, me)
         if got is not None:
@@ -614,10 +618,7 @@ class ErrorTests(SynchronousTestCase):
         A valid encoding with one byte changed decodes or raises WireError,
         in agreement with construct.
         """
-        raw = bytearray(m.encode())
-        i = data.draw(st.integers(0, len(raw) - 1), label="index")
-        raw[i] = data.draw(st.integers(0, 255), label="byte")
-        raw = bytes(raw)
+        raw = _mutated(m, data)
         try:
             fast = TransportMessage.decode(raw)
         except WireError:
