@@ -171,7 +171,7 @@ class _FrameFactory(Factory):
 #: one handles the rest, instead of every node on a path waiting for the
 #: whole burst in turn.  Through a relay under HTTP load (32 connections),
 #: 8 moved about 18% more requests than gathering a whole round (6 to 16
-#: measured about the same; docs/performance.md, "Levers").
+#: measured about the same; docs/performance.md, "Round two, second pass").
 GATHER_FRAMES = 8
 #: ... but only frames that are small (requests and replies, not bulk:
 #: together less than L{GATHER_EARLY_BYTES}), and only while the kernel
@@ -440,8 +440,9 @@ class TcpConnection(CloseNotifier):
         to be reported writable).  Every L{GATHER_FRAMES} gathered frames
         leave at once, so that the next node starts on a long burst while
         this one still works through it, when the frames are small and
-        the peer keeps up (see L{GATHER_EARLY_BELOW}).  Transports without a socket of their
-        own (tests' C{StringTransport}s, TLS) take the frame as before.
+        the peer keeps up (see L{GATHER_EARLY_BELOW}).  Transports without
+        a socket of their own (tests' C{StringTransport}s, TLS) take the
+        frame as before.
         """
         gathered = self._gathered
         if gathered is not None:
