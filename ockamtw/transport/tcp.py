@@ -453,6 +453,9 @@ class TcpConnection(CloseNotifier):
                 backlog = kernel_unsent(self.transport)
                 if backlog is not None and backlog < GATHER_EARLY_BELOW:
                     self.flush()
+                    # The rest of the burst goes on gathering: this round's
+                    # flush (L{TcpTransport._gather}) is still due.
+                    self._gathered = []
                 else:
                     self._gathered_frames = 0  # look again after as many more
             return
