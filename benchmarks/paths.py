@@ -73,6 +73,8 @@ def node_argv(name: str, *extra: str, stats_hook: bool = False) -> List[str]:
     # With $OCKAMTW_BENCH_CPROFILE set to a directory, twistd runs the node
     # under cProfile and leaves NAME.prof there (pstats) when it stops.
     where = os.environ.get(CPROFILE_ENV)
+    if where:
+        os.makedirs(where, exist_ok=True)
     profile = [f"--profile={os.path.join(where, name)}.prof", "--profiler=cprofile", "--savestats"] if where else []
     return [sys.executable, *head, "-n", "--pidfile=", *profile, "ockam", "--name", name, *extra]
 
