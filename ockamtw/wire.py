@@ -128,6 +128,12 @@ def _read_uvarint(buf, pos: int, end: int) -> Tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
+            if not b:
+                # A last group of zero adds nothing: an overlong form, which
+                # no encoder writes (Rust's writes the shortest).  Refused,
+                # so that every message has one encoding and a relay that
+                # passes bytes on writes what one that re-encodes would.
+                raise WireError(f"uvarint {result} is not minimally encoded")
             if result >> 64:
                 raise WireError("uvarint above 2**64-1")
             return result, pos

@@ -312,6 +312,39 @@ class UvarintPropertyTests(SynchronousTestCase):
             self.assertEqual(encode_uvarint(n), raw, n)
             self.assertEqual(decode_uvarint(raw), (n, len(raw)), n)
 
+    @PROPERTY
+    @given(st.integers(0, 2**63), st.integers(1, 3))
+    def test_overlongRefused(self, n, extra):
+        """
+        A uvarint with zero groups added after its last one is refused:
+        every number has one encoding.
+        """
+        raw = encode_uvarint(n)
+        padded = raw[:-1] + bytes((raw[-1] | 0x80,)) + b"\x80" * (extra - 1) + b"\x00"
+        if len(padded) > 10:
+            return
+        with self.assertRaises(WireError) as e:
+            decode_uvarint(padded)
+        self.assertIn("not minimally encoded", str(e.exception))
+
+    def test_overlongLengthInMessageRefused(self):
+        """
+        A message whose payload length or an address length is written in
+        more bytes than it needs is refused, by decoding and by the relay's
+        in-place hop alike (which would otherwise pass the odd bytes on).
+        """
+        m = TransportMessage(["0#a", "0#b"], ["0#c"], b"")
+        raw = m.encode()
+        self.assertEqual(raw[-1:], b"\x00")
+        long_payload_len = raw[:-1] + b"\x80\x00"
+        i = raw.index(b"\x01b")
+        long_address_len = raw[:i] + b"\x81\x00" + raw[i + 1 :]
+        for bad in (long_payload_len, long_address_len):
+            with self.assertRaises(WireError):
+                TransportMessage.decode(bad)
+            self.assertIsNone(_hop_in_place(bad, Address.local("me")))
+            self.assertIsNone(_hop_by_decoding(bad, Address.local("me")))
+
 
 class DataAndStringPropertyTests(SynchronousTestCase):
     @PROPERTY

@@ -159,16 +159,9 @@ CHANGE_HISTORY_STRUCT = c.FocusedSeq(
 _Buf = Union[bytes, bytearray, memoryview]
 
 
-def _uvarint(buf: _Buf, pos: int, end: int) -> Tuple[int, int]:
-    """
-    A uvarint in its minimal form (the only form Rust's encoder writes, so
-    that re-encoding a decoded value gives the same bytes).
-    """
-    start = pos
-    value, pos = read_uvarint(buf, pos, end)
-    if pos - start > 1 and buf[pos - 1] == 0:
-        raise WireError(f"uvarint {value} is not minimally encoded")
-    return value, pos
+#: A uvarint; L{read_uvarint} takes only the minimal form (the only form
+#: Rust's encoder writes), so re-encoding a decoded value gives its bytes.
+_uvarint = read_uvarint
 
 
 def _data(buf: _Buf, pos: int, end: int, what: str) -> Tuple[bytes, int]:
