@@ -440,6 +440,25 @@ def _mutated(m: TransportMessage, data) -> bytes:
     return bytes(raw)
 
 
+def _assert_fast_agrees(test, raw: bytes):
+    """
+    C{raw} decodes, or raises WireError, alike by the fast decoder and by
+    the construct declaration; except that only the fast one refuses a
+    uvarint not in its shortest form (construct's VarInt takes any).
+    """
+    try:
+        fast = TransportMessage.decode(raw)
+    except WireError as e:
+        if "not minimally encoded" in str(e):
+            return
+        fast = None
+    try:
+        slow = construct_decode_message(raw)
+    except WireError:
+        slow = None
+    test.assertEqual(fast, slow)
+
+
 def _hop_by_decoding(raw: bytes, me: Address):
     """
     What a node that decodes writes on for C{raw} (onward route stepped,
@@ -634,15 +653,7 @@ class ErrorTests(SynchronousTestCase):
         Random bytes decode or raise WireError, and the fast path and the
         construct declaration agree on which.
         """
-        try:
-            fast = TransportMessage.decode(raw)
-        except WireError:
-            fast = None
-        try:
-            slow = construct_decode_message(raw)
-        except WireError:
-            slow = None
-        self.assertEqual(fast, slow)
+        _assert_fast_agrees(self, raw)
 
     @PROPERTY
     @given(messages, st.data())
@@ -651,16 +662,7 @@ class ErrorTests(SynchronousTestCase):
         A valid encoding with one byte changed decodes or raises WireError,
         in agreement with construct.
         """
-        raw = _mutated(m, data)
-        try:
-            fast = TransportMessage.decode(raw)
-        except WireError:
-            fast = None
-        try:
-            slow = construct_decode_message(raw)
-        except WireError:
-            slow = None
-        self.assertEqual(fast, slow)
+        _assert_fast_agrees(self, _mutated(m, data))
 
     @PROPERTY
     @given(st.binary(max_size=64))
