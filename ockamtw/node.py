@@ -159,6 +159,8 @@ class BaseNode(MultiService):
         self._queue: collections.deque = collections.deque()
         self._delivering = False
         self._current_source = None
+        #: How many workers are in their turn (L{_run}) right now.
+        self._turns = 0
         self._pending: set = set()
         #: address type -> L{ITransport}
         self._transports: Dict[int, object] = {}
@@ -416,6 +418,7 @@ class BaseNode(MultiService):
         What it returns, or C{None} after an error.
         """
         self._current_source = source
+        self._turns += 1
         try:
             return call(*args)
         except OckamError as e:
@@ -434,6 +437,7 @@ class BaseNode(MultiService):
             if self.throttle.admit(("worker failure", first)) >= 0:
                 log.failure("worker at {address} failed on a message", address=str(first), node=self.name)
         finally:
+            self._turns -= 1
             self._current_source = None
 
     def _no_worker(self, message: TransportMessage, first: Address) -> None:
@@ -529,7 +533,7 @@ class BaseNode(MultiService):
             raise NoSuchAddress(f"no worker at /service/{route[0].value} on node {self.name}")
         return route
 
-    def open_worker(self, address: Address, origin):
+    def open_worker(self, address: Address, origin, handing_on: bool = False):
         """
         The worker at C{address} if L{deliver} would let a message that came
         in through C{origin} reach it whatever the message (its access
@@ -538,8 +542,13 @@ class BaseNode(MultiService):
         straight to it (L{hand}), without being decoded, is judged as
         L{deliver} would judge it and keeps its place; else C{None} (the
         caller then decodes the message and delivers it).
+
+        No worker may be in its turn, except, with C{handing_on}, the one
+        that asks, at the end of its turn, to hand on what it took (a secure
+        channel's decryptor, what it decrypted): a worker is never called
+        again while its turn is on the stack.
         """
-        if self._delivering:
+        if self._queue or self._turns > (1 if handing_on else 0):
             return None
         entry = self._entries.get(address)
         if entry is None:
@@ -557,13 +566,18 @@ class BaseNode(MultiService):
         source meanwhile; an error is logged, never passed on.  What
         C{call} returns (C{None} after an error).
         """
+        outer = self._delivering
+        outer_source = self._current_source
         self._delivering = True
         try:
             result = self._run(address, source, call, *args)
         finally:
-            self._delivering = False
-        if self._queue:
-            # What the worker sent meanwhile, after it (as deliver does).
+            self._delivering = outer
+            self._current_source = outer_source
+        if self._queue and not outer:
+            # What the worker sent meanwhile, after it (as deliver does);
+            # inside another worker's turn (a secure channel handing on
+            # what it decrypted), once that turn ends.
             self._drain()
         return result
 

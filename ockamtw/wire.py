@@ -691,6 +691,31 @@ def first_hop(buf, start: int, end: int) -> Optional[bytes]:
     return encoded if encoded.__class__ is bytes else bytes(encoded)
 
 
+def second_hop(buf, start: int, end: int) -> Optional[bytes]:
+    """
+    The encoded second address of the onward route of the message
+    C{buf[start:end]}, read without decoding it, as L{first_hop} reads the
+    first (C{None} where that declines, or for fewer than two addresses or
+    a long second one): where a message that came through a secure channel
+    goes once the channel has stepped past its own address.
+    """
+    if end - start < 4 or buf[start] != VERSION:
+        return None
+    count = buf[start + 1]
+    if count < 2 or count >= 0x80:
+        return None
+    n = buf[start + 3]
+    pos = start + 4 + n
+    if n >= 0x80 or pos + 2 > end:
+        return None
+    n = buf[pos + 1]
+    stop = pos + 2 + n
+    if n >= 0x80 or stop > end:
+        return None
+    encoded = buf[pos:stop]
+    return encoded if encoded.__class__ is bytes else bytes(encoded)
+
+
 def hop_body(buf, start: int, end: int, first: bytes, me: bytes) -> List:
     """
     The body of the message C{buf[start:end]} as it leaves through the link

@@ -393,6 +393,147 @@ class RoutingTests(NodeTestMixin, SynchronousTestCase):
         self.assertEqual([m.payload for m in sink.received], [b"a", b"b"])
 
 
+@implementer(IWorker)
+class PayloadTaker(Recorder):
+    """
+    A worker that also takes undecoded payloads (as a portal's stream does),
+    sending each on to C{forward_to} if set.
+    """
+
+    def __init__(self, forward_to=None):
+        Recorder.__init__(self)
+        self.payloads = []
+        self.forward_to = forward_to
+        self.probe = None
+
+    def started(self, node, address):
+        Recorder.started(self, node, address)
+        self.node, self.address = node, address
+
+    def receive_payload(self, payload, source):
+        self.payloads.append((payload, source))
+        if self.probe is not None:
+            self.probe()
+        if self.forward_to is not None:
+            self.node.send([self.forward_to], b"from " + payload, sender=self.address)
+        return True
+
+
+class HandTests(NodeTestMixin, SynchronousTestCase):
+    """
+    L{BaseNode.open_worker} and L{BaseNode.hand}: a message handed to a
+    worker undecoded is judged and ordered as L{BaseNode.deliver} would,
+    also when a worker hands on what it took at the end of its turn.
+    """
+
+    def handing(self, body):
+        """
+        A worker at "outer" that runs C{body(worker, message)} in its turn.
+        """
+        self.node.start_worker("outer", FunctionWorker(body, access=ANYONE))
+
+    def test_notDuringAnotherTurn(self):
+        """
+        While a worker is in its turn, no other worker is open for handing
+        unless the worker in its turn hands on (C{handing_on}).
+        """
+        taker = PayloadTaker()
+        self.node.start_worker("taker", taker)
+        seen = []
+        self.handing(
+            lambda w, m: seen.extend(
+                [self.node.open_worker(local("taker"), None), self.node.open_worker(local("taker"), None, handing_on=True)]
+            )
+        )
+        self.assertIs(self.node.open_worker(local("taker"), None), taker)
+        self.node.deliver(TransportMessage(Route(["outer"]), Route(), b""))
+        self.assertEqual(seen, [None, taker])
+
+    def test_neverReentered(self):
+        """
+        A worker handed a message cannot have a message handed back to a
+        worker whose turn is still on the stack: two turns are.
+        """
+        taker = PayloadTaker()
+        self.node.start_worker("taker", taker)
+        seen = []
+        taker.probe = lambda: seen.append(self.node.open_worker(local("outer"), None, handing_on=True))
+
+        def body(w, m):
+            self.node.hand(local("taker"), None, taker.receive_payload, b"x", None)
+
+        self.handing(body)
+        self.node.deliver(TransportMessage(Route(["outer"]), Route(), b""))
+        self.assertEqual(seen, [None])
+        self.assertEqual(taker.payloads, [(b"x", None)])
+
+    def test_notPastQueuedMessages(self):
+        """
+        A message handed on may not overtake one its worker already sent:
+        with a message waiting, nothing is open.
+        """
+        self.recorder("c")
+        taker = PayloadTaker()
+        self.node.start_worker("taker", taker)
+        seen = []
+
+        def body(w, m):
+            w.send(["c"], b"first")
+            seen.append(self.node.open_worker(local("taker"), None, handing_on=True))
+
+        self.handing(body)
+        self.node.deliver(TransportMessage(Route(["outer"]), Route(), b""))
+        self.assertEqual(seen, [None])
+
+    def test_handedOnInOrder(self):
+        """
+        What the worker handed to sends, and what the handing worker sends
+        after, are delivered once the handing worker's turn ends, in the
+        order they were sent, each with the flow source of its sender's
+        turn.
+        """
+        c = self.recorder("c")
+        taker = PayloadTaker(forward_to="c")
+        self.node.start_worker("taker", taker)
+        outer_source, inner_source = FakeSource(), FakeSource()
+        during = []
+
+        def body(w, m):
+            worker = self.node.open_worker(local("taker"), None, handing_on=True)
+            self.assertIs(self.node.hand(local("taker"), inner_source, worker.receive_payload, b"data", inner_source), True)
+            during.append(list(c.received))
+            w.send(["c"], b"after")
+
+        self.handing(body)
+        message = TransportMessage(Route(["outer"]), Route(), b"")
+        message.source = outer_source
+        self.node.deliver(message)
+        self.assertEqual(during, [[]])
+        self.assertEqual([m.payload for m in c.received], [b"from data", b"after"])
+        self.assertEqual([m.source for m in c.received], [inner_source, outer_source])
+
+    def test_handErrorLogged(self):
+        """
+        An error in the worker handed to is logged, not raised into the
+        handing worker, and ends neither turn's bookkeeping.
+        """
+        events = captureLogs(self, "ockamtw.node")
+
+        class Failing(PayloadTaker):
+            def receive_payload(self, payload, source):
+                raise ZeroDivisionError("boom")
+
+        failing = Failing()
+        self.node.start_worker("failing", failing)
+        results = []
+        self.handing(lambda w, m: results.append(self.node.hand(local("failing"), None, failing.receive_payload, b"", None)))
+        self.node.deliver(TransportMessage(Route(["outer"]), Route(), b""))
+        self.assertEqual(results, [None])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(events)
+        self.assertIs(self.node.open_worker(local("failing"), None), failing)
+
+
 class SendTests(NodeTestMixin, SynchronousTestCase):
     """
     L{BaseNode.send}.

@@ -35,6 +35,7 @@ from ockamtw.wire import (
     encode_uvarint,
     address_of,
     first_hop,
+    second_hop,
     frame_parts,
     hop_body,
     payload_of,
@@ -554,6 +555,43 @@ class HopBodyPropertyTests(SynchronousTestCase):
 
     def test_heartbeatHasNoHop(self):
         self.assertIsNone(first_hop(HEARTBEAT_FRAME, 2, len(HEARTBEAT_FRAME)))
+        self.assertIsNone(second_hop(HEARTBEAT_FRAME, 2, len(HEARTBEAT_FRAME)))
+
+    @PROPERTY
+    @given(messages, st.binary(max_size=4))
+    def test_secondHop(self, m, trailing):
+        """
+        L{second_hop} reads the onward route's second address (a secure
+        channel's message past the channel's own address), or declines.
+        """
+        raw = m.encode() + trailing
+        for view in (bytes, bytearray):
+            buf = view(b"ab" + raw + b"cd")
+            got = second_hop(buf, 2, 2 + len(raw))
+            if got is None:
+                onward = m.onward_route
+                self.assertTrue(
+                    len(onward) < 2
+                    or len(onward) >= 0x80
+                    or len(onward[0].value.encode("utf-8", "surrogateescape")) >= 0x80
+                    or len(onward[1].value.encode("utf-8", "surrogateescape")) >= 0x80
+                )
+            else:
+                self.assertIs(got.__class__, bytes)
+                self.assertEqual(got, m.onward_route[1].encode())
+
+    @PROPERTY
+    @given(messages, st.data())
+    def test_secondHopOfMutatedWithinBounds(self, m, data):
+        """
+        On any bytes, L{second_hop} returns C{None} or whole address bytes
+        from inside the message, never reading past its end.
+        """
+        raw = _mutated(m, data)
+        got = second_hop(raw + b"\x05\x7f", 0, len(raw))
+        if got is not None:
+            self.assertIn(got, raw)
+            self.assertEqual(len(got), 2 + got[1])
 
     @PROPERTY
     @given(messages, st.data())

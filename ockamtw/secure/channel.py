@@ -46,7 +46,7 @@ from ..logs import short
 from ..node import Worker
 from ..routing import Address, Route
 from ..status import CLOSED, UP
-from ..wire import TransportMessage, routes_head, uvarint
+from ..wire import TransportMessage, address_of, first_hop, payload_of, routes_head, second_hop, uvarint
 from .codec import (
     CreateResponderChannelMessage,
     IdentityChannelMessage,
@@ -272,6 +272,7 @@ class ChannelEnd(CloseNotifier):
         self.decryptor = node.start_worker(None, _Part(self, "decryptor"))
         self.encryptor = node.start_worker(None, _Part(self, "encryptor"))
         self.backwards = node.start_worker(None, _Part(self, "backwards"))
+        self._backwards_wire = self.backwards.encode()
 
     # --- starting and closing ---------------------------------------------------------
 
@@ -537,7 +538,7 @@ class ChannelEnd(CloseNotifier):
         The peer's identity message (M4 or M5, of C{kind}), decrypted and
         verified against the handshake hash and our trust policy.
         """
-        inner = self._decrypt(message.payload)
+        inner = TransportMessage.decode(self._decrypt(message.payload))
         exchange = IdentityChannelMessage.decode(inner.payload)
         if exchange.kind != kind:
             raise SecureChannelError("unexpected identity message")
@@ -559,7 +560,10 @@ class ChannelEnd(CloseNotifier):
         tampered or replayed one is dropped and harms nothing.
         """
         try:
-            inner = self._decrypt(payload)
+            plaintext = self._decrypt(payload)
+            if self._hand_on(plaintext, source):
+                return
+            inner = TransportMessage.decode(plaintext)
             onward = inner.onward_route
             if not onward or onward[0] != self.backwards:
                 raise SecureChannelError("inner message does not start at our backwards address")
@@ -575,6 +579,32 @@ class ChannelEnd(CloseNotifier):
                 log, "info", ("channel frame", id(self)), "secure channel {e}: frame dropped: {err}",
                 e=str(self.encryptor), err=str(e),
             )
+
+    def _hand_on(self, plaintext: bytes, source) -> bool:
+        """
+        Hand the payload of a decrypted message straight to the worker it
+        is for, without decoding its routes, when that worker needs no more
+        (a portal's stream, taking data: C{receive_payload}) and would take
+        anything that came through this channel (see
+        L{ockamtw.node.BaseNode.open_worker}), as the TCP connections do
+        for what they read; C{False} when it does not apply (the caller
+        then decodes the message and delivers it).
+
+        @raise WireError: for a malformed message (as decoding would).
+        """
+        end = len(plaintext)
+        second = second_hop(plaintext, 0, end)
+        if second is None or first_hop(plaintext, 0, end) != self._backwards_wire:
+            return False
+        node = self.node
+        address = address_of(second)
+        worker = node.open_worker(address, self, handing_on=True)
+        take = getattr(worker, "receive_payload", None)
+        if take is None:
+            return False
+        data = payload_of(plaintext, 0, end)
+        self.last_active = node.reactor.seconds()
+        return node.hand(address, source, take, data, source) is not False
 
     def _encrypt_and_send(self, message) -> None:
         self._send_inner(
@@ -644,7 +674,15 @@ class ChannelEnd(CloseNotifier):
         ciphertext = self._send.encrypt_at(n, plaintext, b"")
         self.node.send(self.remote_route, encode_encrypted_payload(n, ciphertext), sender=sender)
 
-    def _decrypt(self, payload) -> TransportMessage:
+    def _decrypt(self, payload) -> bytes:
+        """
+        The plaintext of an encrypted payload from the peer (the encoding
+        of the inner message).
+
+        @raise WireError: for a malformed payload.
+        @raise SecureChannelError: for one that does not decrypt, or a
+            counter seen before.
+        """
         n, ciphertext = decode_encrypted_payload(payload)
         if n in self._seen or n <= self._highest - REPLAY_WINDOW:
             raise SecureChannelError(f"replayed or too old counter {n}")
@@ -656,7 +694,7 @@ class ChannelEnd(CloseNotifier):
             if len(self._seen) > 2 * REPLAY_WINDOW:
                 floor = n - REPLAY_WINDOW
                 self._seen = {c for c in self._seen if c > floor}
-        return TransportMessage.decode(plaintext)
+        return plaintext
 
     # --- its link ----------------------------------------------------------------------------
 
