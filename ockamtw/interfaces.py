@@ -176,7 +176,9 @@ class IBodyLink(ILink):
     def write_body(head, data, source=None, credit=False):
         """
         Send one message whose encoded body is C{head + data} (C{head}
-        from L{head_for}, followed by the payload's length).  C{source} (an
+        from L{head_for}, followed by the payload's length; C{data} bytes or
+        a C{memoryview}, which the link may keep only as long as it
+        writes).  C{source} (an
         L{IFlowSource}) is paused while the way out is congested (unless
         C{credit}: a stream under its own flow control).
         """

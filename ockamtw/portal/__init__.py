@@ -329,7 +329,10 @@ class PortalWorker(Worker):
         if len(data) <= MAX_CHUNK:
             chunks = (data,)
         else:
-            chunks = [data[i : i + MAX_CHUNK] for i in range(0, len(data), MAX_CHUNK)]
+            # Views, not copies: the link copies each once anyway (into the
+            # kernel, or into the plaintext it encrypts).
+            view = memoryview(data)
+            chunks = [view[i : i + MAX_CHUNK] for i in range(0, len(data), MAX_CHUNK)]
         link = self._link
         try:
             if self._head is not None and link.connected:

@@ -469,7 +469,7 @@ class TcpConnection(CloseNotifier):
                     self._gathered_frames = 1
                     self._tcp._gather(self)
                 else:
-                    self.transport.writeSequence(parts)
+                    self.transport.writeSequence([p if p.__class__ is bytes else bytes(p) for p in parts])
                 return
         send_direct(self.transport, parts)
 
