@@ -691,13 +691,14 @@ def first_hop(buf, start: int, end: int) -> Optional[bytes]:
     return encoded if encoded.__class__ is bytes else bytes(encoded)
 
 
-def second_hop(buf, start: int, end: int) -> Optional[bytes]:
+def second_hop(buf, start: int, end: int, first: Optional[bytes] = None) -> Optional[bytes]:
     """
     The encoded second address of the onward route of the message
     C{buf[start:end]}, read without decoding it, as L{first_hop} reads the
     first (C{None} where that declines, or for fewer than two addresses or
-    a long second one): where a message that came through a secure channel
-    goes once the channel has stepped past its own address.
+    a long second one; with C{first}, also when the first address is not
+    C{first}): where a message that came through a secure channel goes once
+    the channel has stepped past its own address.
     """
     if end - start < 4 or buf[start] != VERSION:
         return None
@@ -707,6 +708,8 @@ def second_hop(buf, start: int, end: int) -> Optional[bytes]:
     n = buf[start + 3]
     pos = start + 4 + n
     if n >= 0x80 or pos + 2 > end:
+        return None
+    if first is not None and buf[start + 2 : pos] != first:
         return None
     n = buf[pos + 1]
     stop = pos + 2 + n

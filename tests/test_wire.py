@@ -579,6 +579,12 @@ class HopBodyPropertyTests(SynchronousTestCase):
             else:
                 self.assertIs(got.__class__, bytes)
                 self.assertEqual(got, m.onward_route[1].encode())
+                first = m.onward_route[0].encode()
+                self.assertEqual(second_hop(buf, 2, 2 + len(raw), first), got)
+                self.assertIsNone(second_hop(buf, 2, 2 + len(raw), first + b"x"))
+                other = b"\x00\x03zz!"
+                if other != first:
+                    self.assertIsNone(second_hop(buf, 2, 2 + len(raw), other))
 
     @PROPERTY
     @given(messages, st.data())

@@ -46,7 +46,7 @@ from ..logs import short
 from ..node import Worker
 from ..routing import Address, Route
 from ..status import CLOSED, UP
-from ..wire import TransportMessage, address_of, first_hop, payload_of, routes_head, second_hop, uvarint
+from ..wire import TransportMessage, address_of, payload_of, routes_head, second_hop, uvarint
 from .codec import (
     CreateResponderChannelMessage,
     IdentityChannelMessage,
@@ -110,6 +110,9 @@ class _Part(Worker):
         self.role = role
         if role == "decryptor":
             self.access = ANYONE
+            # What the node hands it undecoded (see receive_payload) goes
+            # straight to the channel end.
+            self.receive_payload = end._decrypt_and_deliver
         elif role == "encryptor":
             # The listener may widen it (a project node relays between its
             # members' channels).
@@ -128,14 +131,12 @@ class _Part(Worker):
         """
         The payload of a message the node did not decode (see
         L{ockamtw.node.BaseNode.hand}): what the decryptor of an
-        established channel decrypts and delivers; C{False} (the node then
-        decodes the message and delivers it) otherwise.
+        established channel decrypts and delivers (the decryptor's own
+        attribute, L{ChannelEnd._decrypt_and_deliver}, replaces this
+        method); C{False} (the node then decodes the message and delivers
+        it) otherwise.
         """
-        end = self.end
-        if self.role != "decryptor" or end.state != ESTABLISHED:
-            return False
-        end._decrypt_and_deliver(payload, source)
-        return True
+        return False
 
     def receive(self, message) -> None:
         if self.role == "decryptor":
@@ -553,16 +554,20 @@ class ChannelEnd(CloseNotifier):
 
     # --- messages, once up ---------------------------------------------------------------
 
-    def _decrypt_and_deliver(self, payload, source) -> None:
+    def _decrypt_and_deliver(self, payload, source) -> bool:
         """
         Decrypt the payload of a message from the peer and deliver what it
         holds (C{source}: the flow source of the message); a malformed,
-        tampered or replayed one is dropped and harms nothing.
+        tampered or replayed one is dropped and harms nothing.  C{False}
+        (nothing done) unless the channel is up: also the decryptor's
+        C{receive_payload} (see L{_Part}).
         """
+        if self.state != ESTABLISHED:
+            return False
         try:
             plaintext = self._decrypt(payload)
             if self._hand_on(plaintext, source):
-                return
+                return True
             inner = TransportMessage.decode(plaintext)
             onward = inner.onward_route
             if not onward or onward[0] != self.backwards:
@@ -579,6 +584,7 @@ class ChannelEnd(CloseNotifier):
                 log, "info", ("channel frame", id(self)), "secure channel {e}: frame dropped: {err}",
                 e=str(self.encryptor), err=str(e),
             )
+        return True
 
     def _hand_on(self, plaintext: bytes, source) -> bool:
         """
@@ -593,8 +599,8 @@ class ChannelEnd(CloseNotifier):
         @raise WireError: for a malformed message (as decoding would).
         """
         end = len(plaintext)
-        second = second_hop(plaintext, 0, end)
-        if second is None or first_hop(plaintext, 0, end) != self._backwards_wire:
+        second = second_hop(plaintext, 0, end, self._backwards_wire)
+        if second is None:
             return False
         node = self.node
         address = address_of(second)

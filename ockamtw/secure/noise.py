@@ -75,6 +75,9 @@ _RAW_PRIVATE = serialization.PrivateFormat.Raw
 _NO_ENCRYPTION = serialization.NoEncryption()
 
 
+_NONCE_HEAD = b"\x00\x00\x00\x00"
+
+
 def nonce_bytes(n: int) -> bytes:
     """
     The 12-byte AES-GCM nonce for counter C{n}: 4 zero bytes, then C{n} as
@@ -84,7 +87,7 @@ def nonce_bytes(n: int) -> bytes:
     """
     if not isinstance(n, int) or n < 0 or n >= MAX_NONCE:
         raise SecureChannelError(f"nonce must be an integer 0 to 2**64-2, not {n!r}")
-    return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")
+    return _NONCE_HEAD + n.to_bytes(8, "big")
 
 
 def _hmac(key: bytes, data: bytes) -> bytes:
@@ -185,7 +188,9 @@ class CipherState:
         """
         if self._aead is None:
             raise SecureChannelError("cipher state has no key")
-        return self._aead.encrypt(nonce_bytes(n), bytes(plaintext), bytes(ad))
+        if n.__class__ is not int or not 0 <= n < MAX_NONCE:
+            nonce_bytes(n)  # raises
+        return self._aead.encrypt(_NONCE_HEAD + n.to_bytes(8, "big"), plaintext, ad)
 
     def decrypt_at(self, n: int, ciphertext: bytes, ad: bytes = b"") -> bytes:
         """
@@ -197,8 +202,10 @@ class CipherState:
             raise SecureChannelError("cipher state has no key")
         if len(ciphertext) < TAGLEN:
             raise SecureChannelError(f"ciphertext of {len(ciphertext)} bytes is shorter than its tag")
+        if n.__class__ is not int or not 0 <= n < MAX_NONCE:
+            nonce_bytes(n)  # raises
         try:
-            return self._aead.decrypt(nonce_bytes(n), ciphertext, ad)
+            return self._aead.decrypt(_NONCE_HEAD + n.to_bytes(8, "big"), ciphertext, ad)
         except InvalidTag:
             raise SecureChannelError(f"message with nonce {n} does not authenticate") from None
 
