@@ -1027,6 +1027,38 @@ class AccessControlTests(SecureTestCase):
         self.assertEqual(bytes(target.data), b"legit-1 legit-2")
 
     @async_test
+    async def test_outletPortalRefusesAnotherChannel(self):
+        """
+        A portal open through one secure channel takes data only from that
+        channel: the same authorized identity, through a second channel to
+        the node, cannot write into it.  (What a channel decrypts for a
+        portal reaches it without being decoded; the node still checks
+        where it came from.)
+        """
+        n1, n2, at = await self.pair()
+        factory, target_port = await self.start_target(Collector)
+        await n2.create_outlet("outlet_ok", f"127.0.0.1:{target_port}", authorized=[n1.identity.identifier])
+        inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet_ok")
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
+        client.transport.write(b"legit-1 ")
+        (target,) = await factory.accepted(1, 5, "the outlet's connection to the target")
+        await target.received(8, 5, "legit-1 at the target")
+        (portal,) = n2.outlets["outlet_ok"].portals
+        n2.create_secure_channel_listener("other")
+        other = await self.within(n1.create_secure_channel(f"{at}/service/other", timeout=5), 6, "a second channel")
+        self.assertEqual(len(n1.secure_channels), 2)
+        refused = n2.refused
+        for size in (9, 5000, 40000):  # small, and large enough to be handed on as a view
+            n1.send(Route([other, portal.address]), h_payload(b"INJECTED " + b"x" * (size - 9)))
+        # A round trip through the second channel: n2 has handled the injections.
+        await self.within(n1.request(Route([other, Address.local("echo")]), b"sync", 5), 6, "sync")
+        self.assertEqual(n2.refused, refused + 3)
+        client.transport.write(b"legit-2")
+        await wait_until(lambda: b"legit-2" in target.data, 5, "legit-2 at the target")
+        self.assertNotIn(b"INJECTED", bytes(target.data), "another channel wrote into the portal")
+        self.assertEqual(bytes(target.data), b"legit-1 legit-2")
+
+    @async_test
     async def test_inletPortalRefusesUnauthenticated(self):
         """
         The same for an inlet's portals: bytes from n2 that did not come
