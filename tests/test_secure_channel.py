@@ -944,6 +944,32 @@ class AccessControlTests(SecureTestCase):
         self.assertEqual(client.count, 0)
         return client
 
+    async def open_outlet_portal(self):
+        """
+        n1's client through an inlet and a secure channel to n2's outlet
+        authorized for n1, its first bytes ("legit-1 ") at the target.
+        Returns (n1, n2, at, client, target, the outlet's portal).
+        """
+        n1, n2, at = await self.pair()
+        factory, target_port = await self.start_target(Collector)
+        await n2.create_outlet("outlet_ok", f"127.0.0.1:{target_port}", authorized=[n1.identity.identifier])
+        inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet_ok")
+        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
+        client.transport.write(b"legit-1 ")
+        (target,) = await factory.accepted(1, 5, "the outlet's connection to the target")
+        await target.received(8, 5, "legit-1 at the target")
+        (portal,) = n2.outlets["outlet_ok"].portals
+        return n1, n2, at, client, target, portal
+
+    async def only_legit_at(self, client, target, why: str):
+        """
+        The client's next bytes reach the target, and nothing injected did.
+        """
+        client.transport.write(b"legit-2")
+        await wait_until(lambda: b"legit-2" in target.data, 5, "legit-2 at the target")
+        self.assertNotIn(b"INJECTED", bytes(target.data), why)
+        self.assertEqual(bytes(target.data), b"legit-1 legit-2")
+
     @async_test
     async def test_outletAuthorized(self):
         n1, n2, at = await self.pair()
@@ -1008,23 +1034,12 @@ class AccessControlTests(SecureTestCase):
         channel from an authorized identity (here: plain TCP from n1) is
         dropped, as the Ping would be.
         """
-        n1, n2, at = await self.pair()
-        factory, target_port = await self.start_target(Collector)
-        await n2.create_outlet("outlet_ok", f"127.0.0.1:{target_port}", authorized=[n1.identity.identifier])
-        inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet_ok")
-        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
-        client.transport.write(b"legit-1 ")
-        (target,) = await factory.accepted(1, 5, "the outlet's connection to the target")
-        await target.received(8, 5, "legit-1 at the target")
-        (portal,) = n2.outlets["outlet_ok"].portals
+        n1, n2, at, client, target, portal = await self.open_outlet_portal()
         conn = await self.connection(n1, at)
         n1.send(conn + [portal.address], h_payload(b"INJECTED "))
         # A round trip on the same connection: n2 has handled the injection.
         await self.within(n1.request(conn + ["echo"], b"sync", 5), 6, "sync")
-        client.transport.write(b"legit-2")
-        await wait_until(lambda: b"legit-2" in target.data, 5, "legit-2 at the target")
-        self.assertNotIn(b"INJECTED", bytes(target.data), "a plain message reached the authorized outlet's target")
-        self.assertEqual(bytes(target.data), b"legit-1 legit-2")
+        await self.only_legit_at(client, target, "a plain message reached the authorized outlet's target")
 
     @async_test
     async def test_outletPortalRefusesAnotherChannel(self):
@@ -1035,15 +1050,7 @@ class AccessControlTests(SecureTestCase):
         portal reaches it without being decoded; the node still checks
         where it came from.)
         """
-        n1, n2, at = await self.pair()
-        factory, target_port = await self.start_target(Collector)
-        await n2.create_outlet("outlet_ok", f"127.0.0.1:{target_port}", authorized=[n1.identity.identifier])
-        inlet = await n1.create_inlet("127.0.0.1:0", f"{at}/secure/api/service/outlet_ok")
-        client = await self.connect_client(int(inlet.socket_address.rsplit(":", 1)[1]), Collector())
-        client.transport.write(b"legit-1 ")
-        (target,) = await factory.accepted(1, 5, "the outlet's connection to the target")
-        await target.received(8, 5, "legit-1 at the target")
-        (portal,) = n2.outlets["outlet_ok"].portals
+        n1, n2, at, client, target, portal = await self.open_outlet_portal()
         n2.create_secure_channel_listener("other")
         other = await self.within(n1.create_secure_channel(f"{at}/service/other", timeout=5), 6, "a second channel")
         self.assertEqual(len(n1.secure_channels), 2)
@@ -1053,10 +1060,7 @@ class AccessControlTests(SecureTestCase):
         # A round trip through the second channel: n2 has handled the injections.
         await self.within(n1.request(Route([other, Address.local("echo")]), b"sync", 5), 6, "sync")
         self.assertEqual(n2.refused, refused + 3)
-        client.transport.write(b"legit-2")
-        await wait_until(lambda: b"legit-2" in target.data, 5, "legit-2 at the target")
-        self.assertNotIn(b"INJECTED", bytes(target.data), "another channel wrote into the portal")
-        self.assertEqual(bytes(target.data), b"legit-1 legit-2")
+        await self.only_legit_at(client, target, "another channel wrote into the portal")
 
     @async_test
     async def test_inletPortalRefusesUnauthenticated(self):
