@@ -10,7 +10,10 @@ was woken) before and after a load:
 - ``latency``: N sequential 64-byte round trips (one message each way at a
   time through every node);
 - ``http``: N seconds of wrk (32 keep-alive connections; requests counted
-  by wrk), so messages travel many at a time.
+  by wrk), so messages travel many at a time;
+- ``setup``: N sequential new connections (connect, 64 bytes each way,
+  close), as the suite's new-connection scenario makes them; the figures
+  are then per connection, not per message.
 
 Each round trip or request is two portal messages through each node (one
 each way), so the figures are per message: microseconds of user and of
@@ -91,8 +94,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--path", default="ockam_relay", choices=sorted(PATHS))
-    p.add_argument("--variant", default="latency", choices=["latency", "http", "up", "down"])
-    p.add_argument("--count", type=int, default=20000, help="round trips (latency) or seconds (http)")
+    p.add_argument("--variant", default="latency", choices=["latency", "http", "up", "down", "setup"])
+    p.add_argument("--count", type=int, default=20000, help="round trips (latency), connections (setup) or seconds (http, up, down)")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     ns = argparse.Namespace(quick=True, repeat=1, builtin_bulk=False, builtin_http=False, peers=False, paths="",
@@ -117,6 +120,20 @@ def main(argv=None) -> int:
             after = {role: counters(pid) for role, pid in processes(path).items()}
             messages = 2 * args.count
             report["load"] = {"round_trips": args.count, "p50_us": out.get("p50_us"), "p99_us": out.get("p99_us")}
+        elif args.variant == "setup":
+            echo = str(suite.ports[path.name]["echo"])
+            suite.probe("setup", "--port", echo, "--count", "50", timeout=60)  # warm up
+            before = {role: counters(pid) for role, pid in processes(path).items()}
+            idle0 = machine_idle()
+            t0 = time.monotonic()
+            out = suite.probe("setup", "--port", echo, "--count", str(args.count), timeout=args.count / 50 + 60)
+            wall = time.monotonic() - t0
+            idle1 = machine_idle()
+            after = {role: counters(pid) for role, pid in processes(path).items()}
+            # per connection
+            messages = args.count
+            report["load"] = {"connections": args.count, "p50_us": out.get("p50_us"), "p90_us": out.get("p90_us"),
+                              "p99_us": out.get("p99_us"), "failures": out.get("failures")}
         elif args.variant in ("up", "down"):
             suite.s.tp_seconds = args.count
             before = {role: counters(pid) for role, pid in processes(path).items()}
@@ -157,9 +174,10 @@ def main(argv=None) -> int:
     print(json.dumps(report))
     print(f"\n{args.path}, {args.variant}: {report['load']}; the machine was "
           f"{report['machine_busy_percent']}% busy (both cores)")
-    print(f"{'node':>10}  {'user us/msg':>11}  {'sys us/msg':>10}  {'wakeups/msg':>11}  {'preempted/msg':>13}")
+    unit = "conn" if args.variant == "setup" else "msg"
+    print(f"{'node':>10}  {'user us/' + unit:>12}  {'sys us/' + unit:>11}  {'wakeups/' + unit:>12}  {'preempted/' + unit:>14}")
     for role, v in report["nodes"].items():
-        print(f"{role:>10}  {v['user_us']:>11}  {v['sys_us']:>10}  {v['wakeups']:>11}  {v['preempted']:>13}")
+        print(f"{role:>10}  {v['user_us']:>12}  {v['sys_us']:>11}  {v['wakeups']:>12}  {v['preempted']:>14}")
     return 0
 
 
