@@ -33,3 +33,40 @@ def transitions(attribute: str):
         (old.upon(input).loop() if old is new else old.upon(input).to(new))(transition)
 
     return on
+
+
+def indexed(machine):
+    """
+    Give a built machine (C{TypeMachineBuilder.build()}) a table lookup of
+    its transitions, and return it.
+
+    automat finds the transition for a state and an input by comparing the
+    pair with each transition in turn (its dataclass states compare in
+    Python), about twenty comparisons per input for the portal's machine;
+    a portal's stream takes five inputs to open and close.  The table is
+    made from the machine's own transitions once it is built, keyed by the
+    state object (automat's states are made once per builder) and the
+    input's name; a pair not in it (no such transition) goes to automat as
+    before, which raises its own error.  A version of automat without the
+    attributes used here keeps its own lookup: the result is the same,
+    only slower (C{tests.test_machines} says which one runs).
+    """
+    automaton = getattr(machine, "__automat_automaton__", None)
+    transitions = getattr(automaton, "allTransitions", None)
+    if transitions is None:
+        return machine
+    scan = automaton.outputForInput
+    table = {(id(old), symbol): (new, tuple(outputs)) for old, symbol, new, outputs in transitions()}
+    # The states stay alive with the automaton, so their ids are theirs.
+    keep = [old for old, _, _, _ in transitions()]
+
+    def outputForInput(state, symbol):
+        found = table.get((id(state), symbol))
+        if found is None:
+            return scan(state, symbol)
+        return found[0], list(found[1])
+
+    outputForInput.states = keep
+    outputForInput.scan = scan
+    automaton.outputForInput = outputForInput
+    return machine

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
-from .machines import transitions
+from .machines import indexed, transitions
 from .access import ANYONE, Relayed, describe_origin
 from .errors import AddressInUse, MessageTooLarge, RelayRefused, RequestTimeout, WireError
 from .feature import ControlError, Feature, service_name
@@ -975,7 +975,7 @@ _on(_stopped, _R.registered, _stopped)
 _on(_stopped, _R.attempt_failed, _stopped)
 _on(_stopped, _R.link_lost, _stopped)
 
-_RelayMachine = _builder.build()
+_RelayMachine = indexed(_builder.build())
 del _state
 
 

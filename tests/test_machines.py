@@ -898,3 +898,54 @@ class PortalMachineTests(SynchronousTestCase):
         portal, transport, peer = self.opened()
         self.node.stop_worker(portal.address)
         self.assertEqual((portal.state, self.got), (FLUSHING, [DISCONNECT]))
+
+
+class IndexedLookupTests(SynchronousTestCase):
+    """
+    L{ockamtw.machines.indexed}: the three machines find a transition in a
+    table, and the table answers as automat's own scan of the transitions
+    does, for every state and every input (a missing pair raises
+    automat's C{NoTransition} both ways).
+    """
+
+    machines = {
+        "portal": portal_module._StreamMachine,
+        "relay": relay_module._RelayMachine,
+        "channel": channel_module._ChannelMachine,
+    }
+
+    def test_tableInstalled(self):
+        for name, machine in self.machines.items():
+            lookup = machine.__automat_automaton__.outputForInput
+            self.assertTrue(hasattr(lookup, "scan"), f"{name}: automat's scan is still the lookup")
+
+    def test_sameAnswersAsTheScan(self):
+        for name, machine in self.machines.items():
+            automaton = machine.__automat_automaton__
+            lookup = automaton.outputForInput
+            states = automaton.states()
+            inputs = automaton.inputAlphabet()
+            self.assertGreater(len(states), 3, name)
+            answered = refused = 0
+            for state in states:
+                for symbol in inputs:
+                    try:
+                        expected = lookup.scan(state, symbol)
+                    except NoTransition:
+                        self.assertRaises(NoTransition, lookup, state, symbol)
+                        refused += 1
+                        continue
+                    new, outputs = lookup(state, symbol)
+                    self.assertIs(new, expected[0], (name, state, symbol))
+                    self.assertEqual(list(outputs), list(expected[1]), (name, state, symbol))
+                    answered += 1
+            self.assertEqual(answered, len(automaton.allTransitions()), name)
+            self.assertGreater(refused, 0, name)
+
+    def test_outputsAreFreshLists(self):
+        # automat's caller may keep or change the list it is given.
+        automaton = self.machines["portal"].__automat_automaton__
+        state, symbol, _, _ = next(iter(automaton.allTransitions()))
+        first = automaton.outputForInput(state, symbol)[1]
+        first.append("changed")
+        self.assertNotIn("changed", automaton.outputForInput(state, symbol)[1])

@@ -43,7 +43,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..machines import transitions
+from ..machines import indexed, transitions
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
 from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
@@ -895,5 +895,5 @@ _on(_done, _S.socket_lost, _done, "_late_socket_closed")
 for _state in (_flushing, _done):
     _on(_state, _S.finish, _state, "_hurry")
 
-_StreamMachine = _builder.build()
+_StreamMachine = indexed(_builder.build())
 del _state

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from zope.interface import implementer
 
-from ..machines import transitions
+from ..machines import indexed, transitions
 from ..access import ANYONE, NOBODY, Relayed, RelayedFor, describe_origin
 from ..errors import OckamError, RequestTimeout, WireError
 from ..flow import CloseNotifier
@@ -818,7 +818,7 @@ for _state in (_new, _closed):
 for _input in (_I.close, _I.link_closed, _I.timed_out, _I.failed, _I.verified):
     _on(_closed, _input, _closed)
 
-_ChannelMachine = _builder.build()
+_ChannelMachine = indexed(_builder.build())
 del _state, _input
 
 
