@@ -39,6 +39,10 @@ STREAM_WINDOW = 4 * 1024 * 1024
 #: The end of an ockamtw portal worker's address when it speaks per-stream
 #: flow control (Credit messages); not hex, so no Ockam address has it.
 FLOW_MARK = ".fc1"
+#: Before L{FLOW_MARK}: the portal (a TCP inlet's) takes the outlet's Pong
+#: before the outlet's target is connected, and a Refuse from the portal
+#: that sent it if that target then cannot be reached (docs/protocol.md).
+EARLY_MARK = ".ep"
 
 
 def credit_stream(message) -> bool:

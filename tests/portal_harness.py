@@ -64,6 +64,8 @@ TARGET_LISTEN = "tcp:0:interface=127.0.0.1:backlog=1024"
 HEX32 = re.compile(rb"^[0-9a-f]{32}$")
 #: An ockamtw inlet portal's address: it offers per-stream flow control.
 HEX32_FC = re.compile(rb"^[0-9a-f]{32}\.fc1$")
+#: A TCP inlet's portal address: it also takes an early Pong.
+HEX32_EP_FC = re.compile(rb"^[0-9a-f]{32}\.ep\.fc1$")
 #: The largest Payload data the spec allows (48 KiB).
 MAX_CHUNK = 49152
 MIB = 1024 * 1024

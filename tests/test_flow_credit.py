@@ -21,6 +21,7 @@ from ockamtw.wire import PORTAL_CREDIT_STRUCT, WireError, decode_credit, encode_
 
 from .helpers import async_test, h_frame, h_message, uvarint, wait_until
 from .portal_harness import (
+    HEX32_EP_FC,
     HEX32_FC,
     MIB,
     Collector,
@@ -236,7 +237,8 @@ class HeadOfLineTests(PortalTestCase):
         [receiver] = stall_outlet.portals
         await wait_until(lambda: sender.remote_route is not None, 5, "the Pong at the inlet")
         self.assertEqual((sender.flow, receiver.flow), (True, True), (sender.remote_route, receiver.address))
-        self.assertRegex(sender.address.value.encode(), HEX32_FC)
+        self.assertRegex(sender.address.value.encode(), HEX32_EP_FC)
+        self.assertRegex(receiver.address.value.encode(), HEX32_FC)
 
         # The flood runs out of credit: only its own socket stops.
         await wait_until(lambda: sender.credit_paused, 20, "the flood out of credit")

@@ -601,6 +601,7 @@ class PortalTableTests(TableMixin, SynchronousTestCase):
         "remote_known": (_R, _O),
         "pong": (_R, _O),
         "refused": ("no",),
+        "unreachable": ("no",),
         "socket_eof": (),
         "socket_lost": (None,),
         "disconnected": (),
@@ -617,6 +618,8 @@ class PortalTableTests(TableMixin, SynchronousTestCase):
         (WAITING, "pong", OPEN, ["_open_on_pong"]),
         (WAITING, "refused", FLUSHING, ["_end_refused"]),
         *[(s, "pong", s, ["_turn_away_pong"]) for s in OPENED],
+        *[(s, "unreachable", FLUSHING, ["_end_unreachable"]) for s in OPENED],
+        (CONNECTING, "peer_eof", CONNECTING, ["_hold_eof"]),
         (WAITING, "socket_eof", FLUSHING, ["_end_at_eof"]),
         (OPEN, "socket_eof", READ_CLOSED, ["_read_ended"]),
         (WRITE_CLOSED, "socket_eof", FLUSHING, ["_end_both_read"]),
@@ -640,7 +643,8 @@ class PortalTableTests(TableMixin, SynchronousTestCase):
         (FLUSHING, "socket_eof"),
         (DONE, "socket_eof"),  # a socket that connected late, closing
         (WRITE_CLOSED, "peer_eof"),
-        (CONNECTING, "peer_eof"),
+        (FLUSHING, "unreachable"),
+        (DONE, "unreachable"),
     ]
     # What cannot happen is refused: a second socket or a second other
     # side, Eof or a lost socket before there is one, anything but a late
@@ -648,6 +652,7 @@ class PortalTableTests(TableMixin, SynchronousTestCase):
     refused = [
         (NEW, "pong"), (NEW, "refused"), (NEW, "socket_eof"), (NEW, "socket_lost"), (NEW, "peer_eof"),
         (WAITING, "socket_made"), (WAITING, "peer_eof"),
+        *[(s, "unreachable") for s in (NEW, WAITING, CONNECTING)],
         (CONNECTING, "remote_known"), (CONNECTING, "pong"), (CONNECTING, "refused"),
         (CONNECTING, "socket_eof"), (CONNECTING, "socket_lost"),
         *[(s, i) for s in OPENED for i in ("socket_made", "remote_known")],

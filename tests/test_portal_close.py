@@ -465,11 +465,11 @@ class Ockam083HalfCloseTests(PortalTestCase):
                 h_frame(h_message([f"0#{out}"], [f"0#{inl}"], b"\x05")),
             ],
         )
-        # The documented bytes (docs/protocol.md, 6.2): 0051 01 | 01 00 24
-        # OUT | 01 00 24 INL | 01 05.
+        # The documented bytes (docs/protocol.md, 6.2): 0054 01 | 01 00 24
+        # OUT | 01 00 27 INL | 01 05.
         self.assertEqual(
             frames[1],
-            bytes.fromhex("0051" "01" "01" "00" "24") + out.encode() + bytes.fromhex("01" "00" "24") + inl.encode()
+            bytes.fromhex("0054" "01" "01" "00" "24") + out.encode() + bytes.fromhex("01" "00" "27") + inl.encode()
             + bytes.fromhex("01" "05"),
         )
         [portal] = inlet.portals

@@ -46,8 +46,11 @@ class RefusedTargetTests(PortalTestCase):
         self.assertEqual(bytes(client.data), b"")
         self.assertEqual(t.outlet.refused, 1)
         self.assertEqual(t.outlet.accepted, 1)
-        self.assertEqual(t.inlet.timeouts, 0)  # Disconnect, not the Pong timeout
-        self.assertEqual(t.inlet.accepted, 0)
+        self.assertEqual(t.inlet.timeouts, 0)  # Refuse, not the Pong timeout
+        # The outlet answered Pong at once (to a TCP inlet it does not wait
+        # for its target), then its portal said the target cannot be reached.
+        self.assertEqual((t.inlet.accepted, t.inlet.refusals), (1, 1))
+        self.assertEqual(t.inlet.last_error, "refused by the outlet: the outlet cannot reach its target")
         await self.no_portals_left(t)
         for n in (t.n1, t.n2, t.n3):
             self.assertEqual(n.worker_addresses(), base[n.name], n.name)

@@ -20,7 +20,7 @@ from ockamtw import Address, Route
 from .helpers import async_test, fresh_from, h_frame, h_message, h_string, uvarint, wait_until
 from .portal_harness import (
     HEX32,
-    HEX32_FC,
+    HEX32_EP_FC,
     MAX_CHUNK,
     MIB,
     Collector,
@@ -76,14 +76,14 @@ class RawPeerTests(PortalTestCase):
         client.transport.write(sent)  # read by the inlet only after Pong
 
         # Ping: onward [0#outlet], return [0#INL], PortalMessage 00.  INL
-        # ends with ".fc1": the offer of flow control, which an Ockam
-        # outlet does not notice.
+        # ends with ".ep.fc1": the offer of flow control and of an early
+        # Pong, which an Ockam outlet does not notice.
         [ping] = await peer.frames_arrived(1)
-        inl = ping[15:51]
-        self.assertRegex(inl, HEX32_FC)
+        inl = ping[15:54]
+        self.assertRegex(inl, HEX32_EP_FC)
         self.assertEqual(
             ping,
-            bytes.fromhex("0033" "01" "01" "00" "06") + b"outlet" + bytes.fromhex("01" "00" "24") + inl
+            bytes.fromhex("0036" "01" "01" "00" "06") + b"outlet" + bytes.fromhex("01" "00" "27") + inl
             + bytes.fromhex("01" "00"),
         )
         [portal] = inlet.portals
@@ -91,7 +91,7 @@ class RawPeerTests(PortalTestCase):
         self.assertEqual(portal.bytes_in, 0)  # nothing read before Pong
 
         # Pong from 0#2222... to the return route.
-        pong = bytes.fromhex("004d" "01" "01" "00" "24") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "01")
+        pong = bytes.fromhex("0050" "01" "01" "00" "27") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "01")
         self.assertEqual(pong, h_frame(h_message([f"0#{inl.decode()}"], [f"0#{OUT_RAW}"], b"\x01")))
         del peer.frames[:]
         # A second Pong (as for a repeated Ping) from another outlet worker:
@@ -103,7 +103,7 @@ class RawPeerTests(PortalTestCase):
         [disconnect] = [f for f in extra if r_frame(f)[0] == [f"0#{OUT_RAW2}"]]
         self.assertEqual(
             disconnect,
-            bytes.fromhex("004d" "01" "01" "00" "20") + OUT_RAW2.encode() + bytes.fromhex("01" "00" "24") + inl
+            bytes.fromhex("0050" "01" "01" "00" "20") + OUT_RAW2.encode() + bytes.fromhex("01" "00" "27") + inl
             + bytes.fromhex("01" "02"),
         )
         peer.frames.remove(disconnect)
@@ -135,7 +135,7 @@ class RawPeerTests(PortalTestCase):
         self.assertEqual(
             peer.frames[0],
             h_frame(
-                b"\x01" + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "00" "24") + inl
+                b"\x01" + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "00" "27") + inl
                 + uvarint(1 + len(uvarint(len(first))) + len(first)) + b"\x03" + uvarint(len(first)) + first
             ),
         )
@@ -149,7 +149,7 @@ class RawPeerTests(PortalTestCase):
         await client.received(len(back), 5, "the raw peer's Payload at the client")
         self.assertEqual(bytes(client.data), back)
         peer.transport.write(
-            bytes.fromhex("004d" "01" "01" "00" "24") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "02")
+            bytes.fromhex("0050" "01" "01" "00" "27") + inl + bytes.fromhex("01" "00" "20") + OUT_RAW.encode() + bytes.fromhex("01" "02")
         )
         await client.when_lost(5, "the client closed on Disconnect")
         self.assertEqual(bytes(client.data), back)
@@ -214,7 +214,7 @@ class RawPeerTests(PortalTestCase):
         self.assertEqual(len(ret), 2)
         conn_hex, inl_hex = ret[0][2:], ret[1][2:]
         self.assertRegex(conn_hex.encode(), HEX32)
-        self.assertRegex(inl_hex.encode(), HEX32_FC)
+        self.assertRegex(inl_hex.encode(), HEX32_EP_FC)
         self.assertEqual(ret[0], str(n2.tcp.connections[-1].address))
         [portal] = inlet.portals
         self.assertEqual(str(portal.address), ret[1])
@@ -222,7 +222,7 @@ class RawPeerTests(PortalTestCase):
             ping,
             h_frame(
                 bytes.fromhex("01" "02" "00" "20") + M_RAW.encode() + bytes.fromhex("00" "06") + b"outlet"
-                + bytes.fromhex("02" "00" "20") + conn_hex.encode() + bytes.fromhex("00" "24") + inl_hex.encode()
+                + bytes.fromhex("02" "00" "20") + conn_hex.encode() + bytes.fromhex("00" "27") + inl_hex.encode()
                 + bytes.fromhex("01" "00")
             ),
         )

@@ -46,7 +46,7 @@ from zope.interface import implementer
 from ..machines import indexed, transitions
 from ..access import ANYONE, FromOrigin, Identities
 from ..errors import MessageTooLarge, WireError
-from ..flow import FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
+from ..flow import EARLY_MARK, FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackPressure, Closer, PauseCounter, send_now, tune, unsent
 from ..interfaces import IBodyLink, IFlowSource, IOrigin
 from ..node import Worker
 from ..routing import LOCAL, Address, Route
@@ -85,12 +85,15 @@ _OVERSHOOT = 2 * TRANSPORT_BUFFER
 assert GRANT_STEP + TRANSPORT_BUFFER <= STREAM_WINDOW
 
 
-def portal_address(flow_control: bool = True) -> Address:
+def portal_address(flow_control: bool = True, early: bool = False) -> Address:
     """
     A fresh address for a portal worker: 32 random hex characters, then
-    L{FLOW_MARK} when it offers per-stream flow control.
+    L{FLOW_MARK} when it offers per-stream flow control, after
+    L{EARLY_MARK} when it also takes an early Pong (C{early}).
     """
-    return Address.local(os.urandom(16).hex() + (FLOW_MARK if flow_control else ""))
+    if not flow_control:
+        return Address.local(os.urandom(16).hex())
+    return Address.local(os.urandom(16).hex() + (EARLY_MARK + FLOW_MARK if early else FLOW_MARK))
 
 
 def offers_flow_control(address) -> bool:
@@ -98,6 +101,14 @@ def offers_flow_control(address) -> bool:
     Whether a portal worker at C{address} speaks per-stream flow control.
     """
     return address is not None and address.type == LOCAL and address.value.endswith(FLOW_MARK)
+
+
+def takes_early_pong(address) -> bool:
+    """
+    Whether a portal worker at C{address} (an inlet's, with flow control)
+    takes a Pong sent before the outlet's target is connected.
+    """
+    return address is not None and address.type == LOCAL and address.value.endswith(EARLY_MARK + FLOW_MARK)
 
 
 def watched_hop(node, route):
@@ -195,6 +206,12 @@ class _StreamInputs(typing.Protocol):
     def refused(self, reason: str) -> None:
         "(An inlet's portal) the outlet will not open the stream (Refuse), for C{reason}."
 
+    def unreachable(self, reason: str) -> None:
+        """
+        (An inlet's portal) the outlet's portal that answered Pong could not
+        connect to its target (Refuse from that portal), for C{reason}.
+        """
+
     def socket_eof(self) -> None:
         "The socket reached end of file; it can still be written to."
 
@@ -224,9 +241,11 @@ class PortalWorker(Worker):
 
     A state machine (automat): its state is L{state}.  An inlet's portal
     goes L{NEW}, L{WAITING} (its client accepted), L{OPEN} (the outlet's
-    Pong); an outlet's L{NEW}, L{CONNECTING} (a Ping), L{OPEN} (its target
-    connected); then either, possibly through one of the half-closed
-    states (L{READ_CLOSED}, L{WRITE_CLOSED}), to L{FLUSHING} and L{DONE}
+    Pong); an outlet's L{NEW}, L{CONNECTING} (a Ping; to an ockamtw TCP
+    inlet it answers Pong at once and holds the data that comes before its
+    target is connected), L{OPEN} (its target connected); then either,
+    possibly through one of the half-closed states (L{READ_CLOSED},
+    L{WRITE_CLOSED}), to L{FLUSHING} and L{DONE}
     (straight to L{DONE} when no socket is left).  The data paths (a
     Payload or a Credit received, a socket read) are plain methods that
     check the state, and the counters of flow control plain numbers.
@@ -247,6 +266,8 @@ class PortalWorker(Worker):
     """
 
     side = "portal"
+    #: (An outlet's portal) whether it sent its Pong.
+    ponged = False
 
     def __init__(self, owner) -> None:
         self.owner = owner
@@ -275,6 +296,12 @@ class PortalWorker(Worker):
         self._live_timer = None
         self._marks = (0, 0)
         self._silent = 0
+        #: (An outlet's portal that answered Pong before its target was
+        #: connected, L{ponged}) the Payloads that came meanwhile, their
+        #: bytes, and whether Eof came too.
+        self._held = None
+        self._held_bytes = 0
+        self._held_eof = False
         self._machine = _StreamMachine(self)
 
     @property
@@ -396,6 +423,8 @@ class PortalWorker(Worker):
         if tag == PAYLOAD_TAG:
             if state in _WRITING:
                 self._payload(payload, message.source)
+            elif state == CONNECTING and self.ponged:
+                self._hold(payload, message.source)
             else:
                 try:
                     decode_payload(payload)
@@ -462,6 +491,33 @@ class PortalWorker(Worker):
         elif bp.congested and self.bytes_out > self.granted + _OVERSHOOT:
             # The sender ignores its credit: fall back to pausing the link.
             bp.wrote(source)
+
+    #: Bytes of Payload an outlet's portal holds while its target is being
+    #: connected: what the inlet may send on its first credit (one window,
+    #: and what one read may add past it).
+    HOLD_LIMIT = STREAM_WINDOW + _OVERSHOOT
+
+    def _hold(self, payload, source) -> None:
+        """
+        Data that came after this (outlet's) portal answered Pong and before
+        its target is connected: kept, in order, and written once it is
+        (L{_take_second_socket}); a sender that runs past its credit ends
+        the stream.
+        """
+        try:
+            decode_payload(payload)
+        except WireError as e:
+            self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
+            return
+        self._held_bytes += len(payload)
+        if self._held_bytes > self.HOLD_LIMIT:
+            self._note("warn", "overrun", "{side} {address}: the other side sent past its credit before the target "
+                       "was connected; portal closed")
+            self.finish(notify=True)
+            return
+        if self._held is None:
+            self._held = []
+        self._held.append((payload, source))
 
     def _grant(self, taken: int) -> None:
         """
@@ -640,6 +696,18 @@ class PortalWorker(Worker):
     def _take_second_socket(self, transport) -> None:
         self._attach(transport)
         self._connected()
+        held, self._held = self._held, None
+        self._held_bytes = 0
+        for payload, source in held or ():
+            self._payload(payload, source)
+        if self._held_eof:
+            # Taken once this transition is done (the stream is open then).
+            self._machine.peer_eof()
+
+    def _hold_eof(self) -> None:
+        # Eof before the target was connected: after the data held with it.
+        if self.ponged:
+            self._held_eof = True
 
     def _close_late_socket(self, transport) -> None:
         # A socket connected after the stream ended: close it at once.
@@ -656,6 +724,12 @@ class PortalWorker(Worker):
             self.node.send(route, DISCONNECT, sender=self.address)
 
     def _end_refused(self, reason: str) -> None:
+        self._refused_by_outlet(reason)
+        self._ending(False, self.close_grace, None)
+
+    def _end_unreachable(self, reason: str) -> None:
+        # Nothing came from the target; what the client sent is lost with it.
+        self._stop_reading()
         self._refused_by_outlet(reason)
         self._ending(False, self.close_grace, None)
 
@@ -768,6 +842,7 @@ class PortalWorker(Worker):
             if self._live_timer.active():
                 self._live_timer.cancel()
             self._live_timer = None
+        self._held = None
         if self._link_key is not None:
             self._link.cancel_on_close(self._link_key)
             self._link_key = None
@@ -870,6 +945,11 @@ _on(_waiting, _S.refused, _flushing, "_end_refused")
 for _state in (_open, _read_closed, _write_closed):
     _on(_state, _S.pong, _state, "_turn_away_pong")
     _on(_state, _S.refused, _state)
+    # An outlet answers Pong to an ockamtw inlet before it connects to its
+    # target; the portal that answered says so if it then cannot.
+    _on(_state, _S.unreachable, _flushing, "_end_unreachable")
+for _state in (_flushing, _done):
+    _on(_state, _S.unreachable, _state)
 # Half-close: end of file read here, Eof from the other side.
 _on(_waiting, _S.socket_eof, _flushing, "_end_at_eof")
 _on(_open, _S.socket_eof, _read_closed, "_read_ended")
@@ -879,7 +959,7 @@ for _state in (_read_closed, _flushing, _done):
 _on(_open, _S.peer_eof, _write_closed, "_shut_down_writing")
 _on(_read_closed, _S.peer_eof, _flushing, "_end_by_peer")
 _on(_write_closed, _S.peer_eof, _write_closed)
-_on(_connecting, _S.peer_eof, _connecting)
+_on(_connecting, _S.peer_eof, _connecting, "_hold_eof")
 # Ending: with a socket, it is flushed (then closed); without one, done.
 _on(_waiting, _S.disconnected, _flushing, "_end_before_open")
 for _state in (_open, _read_closed, _write_closed):

@@ -80,6 +80,9 @@ class _ClientPortal(_StreamEnd, InletPortal):
     """
 
     side = "ockam client"
+    #: connect() fires once the target's side is connected, as a TCP
+    #: connection's would.
+    early_pong = False
 
     def __init__(self, owner: "_Opener", factory, opened: Deferred) -> None:
         InletPortal.__init__(self, owner)

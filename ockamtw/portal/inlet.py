@@ -35,6 +35,10 @@ class InletPortal(PortalWorker):
     """
 
     side = "inlet"
+    #: Whether the outlet may answer Pong before its target is connected
+    #: (its client is a socket this node accepted; an C{ockam:} client
+    #: endpoint's connection must not open before the target's does).
+    early_pong = True
 
     def __init__(self, owner: "Inlet") -> None:
         PortalWorker.__init__(self, owner)
@@ -44,7 +48,9 @@ class InletPortal(PortalWorker):
     def _accepted(self) -> None:
         self._reading.pause()  # until Pong
         # Until the Pong, the inlet's policy says who may answer.
-        self.owner.node.start_worker(portal_address(self.owner.flow_control), self, access=self.owner.pong_access)
+        self.owner.node.start_worker(
+            portal_address(self.owner.flow_control, self.early_pong), self, access=self.owner.pong_access
+        )
         self._deadline = self.owner.reactor.seconds() + self.owner.ping_timeout
         self._ping()
 
@@ -93,7 +99,13 @@ class InletPortal(PortalWorker):
                 reason = decode_refuse(message.payload)
             except WireError:
                 reason = "(unreadable reason)"
-            self._machine.refused(reason)
+            remote = self.remote_route
+            if remote and message.return_route and message.return_route[-1] == remote[-1]:
+                # From the outlet's portal that answered Pong: it could not
+                # connect to its target.
+                self._machine.unreachable(reason)
+            else:
+                self._machine.refused(reason)
         elif tag == PONG_TAG:
             if message.return_route:
                 self._machine.pong(message.return_route, message.origin)
@@ -179,6 +191,8 @@ class Inlet:
         self.closed = False
         self.last_error: Optional[str] = None
         self.timeouts = 0
+        #: streams the outlet answered (Pong; to a TCP inlet the outlet
+        #: answers before its target is connected, docs/protocol.md 6.4)
         self.accepted = 0
         self._route: Optional[Route] = None
         self._link = None

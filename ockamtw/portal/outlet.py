@@ -11,6 +11,7 @@ from typing import Optional
 from typing import Dict
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -22,24 +23,37 @@ from ..interfaces import IAccessPolicy
 from ..node import Worker
 from ..routing import Address
 from ..wire import DISCONNECT, PING, PONG, encode_refuse
-from . import PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address
+from . import PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address, takes_early_pong
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
 
 class OutletPortal(PortalWorker):
     """
-    The outlet side of one tunnelled connection.  It answers Pong once its
-    target socket is connected (L{CONNECTING} to L{OPEN}), so no data can
-    overtake the Pong.
+    The outlet side of one tunnelled connection.  To an ockamtw TCP inlet
+    (per-stream flow control, L{takes_early_pong}) it answers Pong at once,
+    and connects to the target meanwhile: the data that comes first waits in the portal (at
+    most the inlet's first credit) until the target is connected, and if
+    the target cannot be reached the portal says so (Refuse).  To any other
+    inlet (Ockam 0.83's, or an C{ockam:} client endpoint's) it answers Pong
+    once its target socket is connected, as Ockam's outlet does
+    (L{CONNECTING} to L{OPEN}).
     """
 
     side = "outlet"
     #: The Deferred of the target connection while it is being made.
     connecting = None
 
-    def _connected(self) -> None:
+    def pong(self) -> None:
+        """
+        Tell the inlet's portal that the stream is open (Pong).
+        """
+        self.ponged = True
         self.node.send(self.remote_route, PONG, sender=self.address)
+
+    def _connected(self) -> None:
+        if not self.ponged:
+            self.pong()
 
     def _ended(self) -> None:
         connecting, self.connecting = self.connecting, None
@@ -121,6 +135,9 @@ class Outlet(Worker):
         portal.set_remote(message.return_route, message.origin)
         self.portals.add(portal)
         self.accepted += 1
+        if portal.flow and takes_early_pong(message.return_route[-1]):
+            # The Pong travels while the target is being connected.
+            portal.pong()
         self._connect_target(portal, offered)
 
     def _connect_target(self, portal: OutletPortal, offered: bool) -> None:
@@ -154,7 +171,8 @@ class Outlet(Worker):
 
         def failed_or_cancelled(f):
             portal.connecting = None
-            if f.check(CancelledError):
+            if f.check(CancelledError, ConnectingCancelledError) or portal.finished:
+                # The portal ended first (its stream is over): nothing to say.
                 return None
             return failed(f)
 
