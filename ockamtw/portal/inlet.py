@@ -12,6 +12,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..errors import NoSuchAddress, OckamError, TransportError
 from ..deferred import InFlight, gather
@@ -87,7 +88,16 @@ class InletPortal(PortalWorker):
                 inlet._not_opened(f.getErrorMessage())
                 self.finish(notify=False, grace=self.close_grace)
 
-        inlet.route().addCallbacks(send, failed)
+        route = inlet.known_route()
+        if route is not None:
+            # The usual case: no Deferred to go through.
+            try:
+                send(route)
+            except Exception:
+                failed(Failure())
+        else:
+            # (A Ping that cannot be sent is tried again, as a lost one is.)
+            inlet.route().addCallback(send).addErrback(failed)
         if self.state != WAITING:
             return
         delay = min(inlet.ping_interval, max(0.0, self._deadline - inlet.reactor.seconds()))
@@ -254,12 +264,22 @@ class Inlet:
             return DOWN
         return UP
 
+    def known_route(self) -> Optional[Route]:
+        """
+        The resolved route to the outlet, if it is known and its first hop
+        still there; else C{None} (L{route} resolves it).
+        """
+        if self._route is not None and self._route_alive():
+            return self._route
+        return None
+
     def route(self) -> Deferred:
         """
         A Deferred of the resolved route to the outlet.
         """
-        if self._route is not None and self._route_alive():
-            return succeed(self._route)
+        known = self.known_route()
+        if known is not None:
+            return succeed(known)
 
         def resolved(route):
             self.node.check_route(route)

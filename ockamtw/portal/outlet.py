@@ -110,6 +110,7 @@ class Outlet(Worker):
         self.unauthorized = 0
         self.connect_timeout = connect_timeout
         self.portals: set = set()
+        self._endpoint = (None, None)
         self.accepted = 0
         self.refused = 0
         self.closed = False
@@ -146,7 +147,11 @@ class Outlet(Worker):
         whether the inlet offered per-stream flow control.
         """
         try:
-            endpoint, _ = client_endpoint(self.node.reactor, self.target, self.connect_timeout)
+            made_for, endpoint = self._endpoint
+            if made_for != (self.target, self.connect_timeout):
+                # Made once per target: an endpoint connects any number of times.
+                endpoint = client_endpoint(self.node.reactor, self.target, self.connect_timeout)[0]
+                self._endpoint = ((self.target, self.connect_timeout), endpoint)
         except WireError as e:
             log.error("outlet {address}: {error}", address=self.address.value, error=str(e))
             portal.finish(notify=True)
