@@ -12,6 +12,9 @@ attempts are the reactor's C{tcpClients}, completed or refused by hand.
 
 from __future__ import annotations
 
+import random
+
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -24,6 +27,9 @@ from ockamtw.node import BaseNode, FunctionWorker
 from ockamtw.portal import CONNECTING, DONE, MAX_CHUNK, OPEN, WRITE_CLOSED, portal_address, takes_early_pong
 from ockamtw.portal.outlet import Outlet
 from ockamtw.wire import DISCONNECT, PING, PONG, decode_refuse, encode_eof, encode_payload
+
+from .helpers import async_test
+from .portal_harness import Collector, PortalTestCase
 
 
 class _Target(StringTransport):
@@ -184,3 +190,45 @@ class EarlyPongTests(SynchronousTestCase):
             self.assertIsNone(portal.connecting)
             self.assertEqual(self.payloads(), [PONG] if early else [])
         self.assertEqual((self.outlet.refused, self.outlet.portals), (0, set()))
+
+
+class EarlyPongSocketTests(PortalTestCase):
+    """
+    Through a relay, on loopback sockets: a target whose connection takes
+    a while (the outlet's connection attempt starts 0.2 s late, as to a
+    far-away target) gets every byte the client wrote meanwhile, in order,
+    and its end of file.
+    """
+
+    timeout = 30
+
+    @async_test
+    async def test_data_waits_for_a_slow_target(self):
+        targets, target_port = await self.start_target(Collector)
+        t = await self.topology(target_port)
+        held_at_connect = []
+        connect = t.outlet._connect_target
+
+        def slow_connect(portal, offered):
+            def now():
+                held_at_connect.append((portal.state, portal._held_bytes))
+                connect(portal, offered)
+
+            reactor.callLater(0.2, now)
+
+        t.outlet._connect_target = slow_connect
+        sent = random.Random(17).randbytes(300_000)
+        client = await self.connect_client(t.inlet_port, Collector())
+        client.transport.write(sent)
+        client.transport.loseWriteConnection()
+        [target] = await targets.accepted(1, 5, "the target connection")
+        await target.when_lost(5, "the target's end of file")
+        self.assertEqual(bytes(target.data), sent)
+        # All of it had come before the target was connected: it waited in
+        # the outlet's portal (each Payload counted with its 4-byte prefix).
+        [(state, held)] = held_at_connect
+        self.assertEqual(state, CONNECTING)
+        self.assertGreaterEqual(held, len(sent))
+        self.assertEqual(t.inlet.last_error, None)
+        await client.when_lost(5, "the client closed after the stream ended")
+        await self.no_portals_left(t)
