@@ -108,41 +108,37 @@ def main(argv=None) -> int:
         path = PATHS[args.path](suite.pm)
         suite.ports[path.name] = path.start({"echo": targets["echo"], "http": targets["http"],
                                              "bulk": targets["bulk"]})
-        if args.variant == "latency":
-            echo = str(suite.ports[path.name]["echo"])
-            suite.probe("latency", "--port", echo, "--count", "500", timeout=60)  # warm up
+
+        def measured(load):
+            # The load, with each node's counters and the machine's idle
+            # time read before and after it.
             before = {role: counters(pid) for role, pid in processes(path).items()}
             idle0 = machine_idle()
             t0 = time.monotonic()
-            out = suite.probe("latency", "--port", echo, "--count", str(args.count), timeout=args.count / 100 + 60)
+            out = load()
             wall = time.monotonic() - t0
             idle1 = machine_idle()
             after = {role: counters(pid) for role, pid in processes(path).items()}
+            return out, wall, before, after, idle0, idle1
+
+        echo = str(suite.ports[path.name]["echo"])
+        if args.variant == "latency":
+            suite.probe("latency", "--port", echo, "--count", "500", timeout=60)  # warm up
+            out, wall, before, after, idle0, idle1 = measured(lambda: suite.probe(
+                "latency", "--port", echo, "--count", str(args.count), timeout=args.count / 100 + 60))
             messages = 2 * args.count
             report["load"] = {"round_trips": args.count, "p50_us": out.get("p50_us"), "p99_us": out.get("p99_us")}
         elif args.variant == "setup":
-            echo = str(suite.ports[path.name]["echo"])
             suite.probe("setup", "--port", echo, "--count", "50", timeout=60)  # warm up
-            before = {role: counters(pid) for role, pid in processes(path).items()}
-            idle0 = machine_idle()
-            t0 = time.monotonic()
-            out = suite.probe("setup", "--port", echo, "--count", str(args.count), timeout=args.count / 50 + 60)
-            wall = time.monotonic() - t0
-            idle1 = machine_idle()
-            after = {role: counters(pid) for role, pid in processes(path).items()}
+            out, wall, before, after, idle0, idle1 = measured(lambda: suite.probe(
+                "setup", "--port", echo, "--count", str(args.count), timeout=args.count / 50 + 60))
             # per connection
             messages = args.count
             report["load"] = {"connections": args.count, "p50_us": out.get("p50_us"), "p90_us": out.get("p90_us"),
                               "p99_us": out.get("p99_us"), "failures": out.get("failures")}
         elif args.variant in ("up", "down"):
             suite.s.tp_seconds = args.count
-            before = {role: counters(pid) for role, pid in processes(path).items()}
-            idle0 = machine_idle()
-            t0 = time.monotonic()
-            out = suite.throughput_once(path, args.variant)
-            wall = time.monotonic() - t0
-            idle1 = machine_idle()
-            after = {role: counters(pid) for role, pid in processes(path).items()}
+            out, wall, before, after, idle0, idle1 = measured(lambda: suite.throughput_once(path, args.variant))
             # per 48 KiB portal message (the chunk size), as many as the bytes moved
             messages = max(1, int(out["gbit_s"] * 1e9 / 8 * args.count / 49152))
             report["load"] = {"gbit_s": out["gbit_s"]}
@@ -150,13 +146,7 @@ def main(argv=None) -> int:
             suite.s.http_seconds = 1.0
             suite.http_once(path)  # warm up
             suite.s.http_seconds = float(args.count)
-            before = {role: counters(pid) for role, pid in processes(path).items()}
-            idle0 = machine_idle()
-            t0 = time.monotonic()
-            out = suite.http_once(path)
-            wall = time.monotonic() - t0
-            idle1 = machine_idle()
-            after = {role: counters(pid) for role, pid in processes(path).items()}
+            out, wall, before, after, idle0, idle1 = measured(lambda: suite.http_once(path))
             requests = int(out["requests_per_second"] * args.count)
             messages = 2 * requests
             report["load"] = {"requests_per_second": out["requests_per_second"], "requests": requests,
