@@ -121,6 +121,19 @@ def client_endpoint(reactor, target: str, timeout: float = 10.0, hostport_only: 
         raise WireError(f"bad endpoint {target!r}: {e}") from None
 
 
+def cancelled(failure) -> bool:
+    """
+    Whether a connection attempt failed because it was cancelled: with
+    Deferred's C{CancelledError}, or with the C{ConnectingCancelledError}
+    that a Twisted client endpoint's C{connect()} fails with when it is
+    cancelled (not a C{CancelledError}).
+    """
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.error import ConnectingCancelledError
+
+    return failure.check(CancelledError, ConnectingCancelledError) is not None
+
+
 def reason(failure_or_error) -> str:
     """
     Why a listen or a connection failed, as a user reads it: the system's

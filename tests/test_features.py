@@ -18,6 +18,7 @@ import os
 from treq.testing import StubTreq
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -295,6 +296,32 @@ class KeptConnectionTests(SynchronousTestCase):
         self.assertTrue(f.getErrorMessage().startswith("cannot connect to 127.0.0.1:7000: "), f.getErrorMessage())
         self.assertEqual((self.node.tcp.kept, self.reactor.getDelayedCalls()), ({}, []))
         self.assertEqual(self.node.tcp.services, [])
+
+    def test_forgotten_while_connecting(self):
+        """
+        Kept with C{wait} and forgotten before its first connection is made:
+        C{keep} fails as cancelled, the attempt itself is stopped (it cannot
+        connect late, as a connection nobody keeps), and nothing is left.
+        """
+        d = self.node.tcp.keep("127.0.0.1:7000", Address.local("k1"))
+        self.successResultOf(self.node.tcp.forget(Address.local("k1")))
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(self.reactor.connectors[-1].stoppedConnecting)
+        self.assertEqual((self.node.tcp.kept, self.node.tcp.services), ({}, []))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_retry_cancelled_is_not_a_failure(self):
+        """
+        A kept connection stopped while it is connecting again: its last
+        reason stays the connection's loss, not "cannot connect".
+        """
+        keeper = self.successResultOf(self.node.tcp.keep("127.0.0.1:7000", wait=False))
+        proto, t = self.connect()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.reactor.advance(0.1)  # connecting again
+        self.successResultOf(self.node.tcp.forget(keeper.address))
+        self.assertTrue(self.reactor.connectors[-1].stoppedConnecting)
+        self.assertEqual(keeper._reason, "connection closed")
 
     def test_without_waiting(self):
         """

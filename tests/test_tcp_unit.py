@@ -5,7 +5,7 @@ outgoing connections on a L{MemoryReactorClock}.  No real sockets.
 """
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
@@ -950,6 +950,19 @@ class ConnectTests(TcpTestMixin, SynchronousTestCase):
         self.reactor.advance(1)
         self.assertEqual(t.value(), HEARTBEAT_FRAME)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_connectCancelled(self):
+        """
+        A connection attempt its caller cancels fails with C{CancelledError},
+        as any cancelled Deferred, not as a target that cannot be reached
+        (Twisted's endpoint says C{ConnectingCancelledError}); the attempt
+        is stopped.
+        """
+        d = self.node.tcp.connect("127.0.0.1:7001")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(self.reactor.connectors[-1].stoppedConnecting)
+        self.assertEqual(self.node.tcp.connections, [])
 
     def test_connectEndpoint(self):
         d = self.node.tcp.connect("tcp:host=127.0.0.1:port=7002")

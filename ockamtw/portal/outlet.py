@@ -10,13 +10,12 @@ from typing import Optional
 
 from typing import Dict
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..deferred import gather
-from ..endpoints import client_endpoint
+from ..endpoints import cancelled, client_endpoint
 from ..errors import WireError
 from ..feature import Aliases, ControlError, Feature, alias_of, authorized_of, listed, service_name
 from ..interfaces import IAccessPolicy
@@ -176,7 +175,7 @@ class Outlet(Worker):
 
         def failed_or_cancelled(f):
             portal.connecting = None
-            if f.check(CancelledError, ConnectingCancelledError) or portal.finished:
+            if cancelled(f) or portal.finished:
                 # The portal ended first (its stream is over): nothing to say.
                 return None
             return failed(f)

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..access import ANYONE
-from ..endpoints import client_endpoint, client_target, reason, server_description
+from ..endpoints import cancelled, client_endpoint, client_target, reason, server_description
 from ..errors import OckamError, TransportError, WireError
 from ..feature import ControlError, Feature, worker_key
 from ..flow import (
@@ -812,7 +812,9 @@ class _KeptEndpoint:
         # keep(wait=True): this attempt's failure fails keep(), which stops
         # the keeper (cancelling the Deferred held here); its success is
         # the keeper's first connection.
-        held: Deferred = Deferred()
+        # Stopping the keeper (forget(), or keep() failing) cancels what
+        # it waits for: the attempt itself, so that it cannot connect late.
+        held: Deferred = Deferred(lambda _: d.cancel())
         inside = [True]
 
         def connected(protocol):
@@ -825,7 +827,7 @@ class _KeptEndpoint:
 
         def failed(f):
             keeper._failed(f)
-            error = f if f.check(CancelledError) else Failure(TransportError(keeper._reason))
+            error = Failure(CancelledError()) if cancelled(f) else Failure(TransportError(keeper._reason))
             if inside[0]:  # failed at once, within the service's own step
                 keeper._tcp.reactor.callLater(0, first.errback, error)
             else:
@@ -896,7 +898,7 @@ class KeptConnection(ClientService):
             self._reason = "connection closed"
 
     def _failed(self, f):
-        if not f.check(CancelledError):
+        if not cancelled(f):
             self._reason = f"cannot connect to {self.target}: {reason(f)}"
         return f
 
@@ -1088,7 +1090,10 @@ class TcpTransport(Feature):
             return conn
 
         def failed(f):
-            if f.check(CancelledError, TransportError):
+            if cancelled(f):
+                # Cancelled by the caller: as any Deferred cancelled.
+                return Failure(CancelledError())
+            if f.check(TransportError):
                 return f
             raise TransportError(f"cannot connect to {target}: {reason(f)}")
 
@@ -1128,9 +1133,10 @@ class TcpTransport(Feature):
             return succeed(keeper)
 
         def failed(f):
+            # (Not when forget() dropped it: its stopping failed this.)
             if self.kept.get(address) is keeper:
                 del self.kept[address]
-            self._drop(keeper)
+                self._drop(keeper)
             return f
 
         return first.addErrback(failed)
