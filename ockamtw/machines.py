@@ -56,9 +56,9 @@ def indexed(machine):
     if transitions is None:
         return machine
     scan = automaton.outputForInput
+    # Keyed by id: the automaton holds its states as long as the table
+    # lives, so an id stays theirs.
     table = {(id(old), symbol): (new, tuple(outputs)) for old, symbol, new, outputs in transitions()}
-    # The states stay alive with the automaton, so their ids are theirs.
-    keep = [old for old, _, _, _ in transitions()]
 
     def outputForInput(state, symbol):
         found = table.get((id(state), symbol))
@@ -66,7 +66,6 @@ def indexed(machine):
             return scan(state, symbol)
         return found[0], list(found[1])
 
-    outputForInput.states = keep
     outputForInput.scan = scan
     automaton.outputForInput = outputForInput
     return machine

@@ -26,7 +26,7 @@ from ockamtw.flow import STREAM_WINDOW
 from ockamtw.node import BaseNode, FunctionWorker
 from ockamtw.portal import CONNECTING, DONE, MAX_CHUNK, OPEN, WRITE_CLOSED, portal_address, takes_early_pong
 from ockamtw.portal.outlet import Outlet
-from ockamtw.wire import DISCONNECT, PING, PONG, decode_refuse, encode_eof, encode_payload
+from ockamtw.wire import DISCONNECT, PING, PONG, TransportMessage, decode_refuse, encode_eof, encode_payload
 
 from .helpers import async_test
 from .portal_harness import Collector, PortalTestCase
@@ -124,6 +124,24 @@ class EarlyPongTests(SynchronousTestCase):
         self.assertTrue(target.write_lost)
         # Data after the connection goes straight to the socket.
         self.assertEqual(portal._held, None)
+
+    def test_stranger_not_held(self):
+        """
+        Once it answered Pong, the portal takes data only from the way its
+        stream was opened: a Payload that comes another way (another
+        connection or channel) while the target is being connected is
+        refused by the node, not held and not written.
+        """
+        inlet = self.inlet()
+        portal = self.ping(inlet)
+        stranger = TransportMessage(Route([portal.address]), Route([inlet]), encode_payload(b"not yours"))
+        stranger.origin = object()  # some other connection
+        refused = self.node.refused
+        self.node.deliver(stranger)
+        self.assertEqual(self.node.refused, refused + 1)
+        self.node.send(Route([portal.address]), encode_payload(b"mine"), sender=inlet)
+        target = self.connect_target()
+        self.assertEqual(target.value(), b"mine")
 
     def test_nothing_held_without_early_pong(self):
         """
