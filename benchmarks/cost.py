@@ -89,15 +89,24 @@ def per_message(before: dict, after: dict, messages: int) -> dict:
     }
 
 
+#: How much load each variant applies when C{--count} is not given: round
+#: trips, connections, or seconds.
+DEFAULT_COUNT = {"latency": 20000, "setup": 1000, "http": 5, "up": 5, "down": 5}
+
+
 def main(argv=None) -> int:
     from .suite import Settings, Suite
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--path", default="ockam_relay", choices=sorted(PATHS))
     p.add_argument("--variant", default="latency", choices=["latency", "http", "up", "down", "setup"])
-    p.add_argument("--count", type=int, default=20000, help="round trips (latency), connections (setup) or seconds (http, up, down)")
+    p.add_argument("--count", type=int, default=None,
+                   help="round trips (latency, default 20000), connections (setup, default 1000) "
+                        "or seconds (http, up, down; default 5)")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
+    if args.count is None:
+        args.count = DEFAULT_COUNT[args.variant]
     ns = argparse.Namespace(quick=True, repeat=1, builtin_bulk=False, builtin_http=False, peers=False, paths="",
                             only=[], out=None, no_docs=True, keep=args.keep, argv=[])
     suite = Suite(ns)
