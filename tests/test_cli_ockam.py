@@ -452,8 +452,16 @@ class PipingTests(OckamCLITestCase):
         self.assertIn(sc, listed)
         for line in listed:
             self.assertRegex(line, rf"^/service/{HEX32}$")
+        # Ockam's block: a label, then a space, then the value; the
+        # identifiers the channel was created to accept, else "none".
         r = await self.ockam("secure-channel", "show", sc, "--at", "n1")
-        self.assertTrue(r.out.startswith(f"\n  Secure Channel:\n  \u2022         At: {sc}\n"), str(r))
+        self.assertEqual(r.out, f"\n  Secure Channel:\n  \u2022         At:  {sc}\n"
+                                "  \u2022         To:  /node/n2/service/api\n  \u2022 Authorized:  none\n")
+        n2 = (await self.ockam("identity", "show", "--node", "n2")).out.strip()
+        r = await self.ockam("secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api",
+                             "--authorized", n2, "--authorized", "P" + "0" * 64)
+        r = await self.ockam("secure-channel", "show", r.out.strip(), "--at", "n1")
+        self.assertTrue(r.out.endswith(f"  \u2022 Authorized:  P{'0' * 64}\n\t{n2}\n"), str(r))
         r = await self.ockam("secure-channel", "delete", sc, "--at", "n1")
         self.assertEqual(r.out, f"{sc}\n")
 
