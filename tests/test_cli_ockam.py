@@ -387,6 +387,16 @@ class IdentityVaultTests(OckamCLITestCase):
         r = await self.ockam("node", "create", "b3", "--vault", "v1", "--output", "json")
         b3 = r.json()["identity"]
         self.assertIn(b3, (await self.ockam("identity", "list")).out)
+        # A listener presenting bob, whose key is read from v1; --vault
+        # must name the vault that keeps it.
+        r = await self.ockam("secure-channel-listener", "create", "lb", "--at", "b1", "--identity", "bob",
+                             "--vault", name, check=False)
+        self.assertExit(r, 70, "identity 'bob' keeps its key in vault v1")
+        r = await self.ockam("secure-channel-listener", "create", "lb", "--at", "b1", "--identity", "bob", "--vault", "v1")
+        self.assertEqual(r.out, "/service/lb\n")
+        r = await self.ockam("secure-channel", "create", "--from", "b3", "--to", "/node/b1/service/lb", "--authorized", bob)
+        r = await self.ockam("message", "send", "hi", "--from", "b3", "--to", "-/service/uppercase", stdin=r.out)
+        self.assertEqual(r.out, "HI\n")
 
         r = await self.ockam("vault", "delete", "v1", check=False)
         self.assertExit(r, 70, "vault 'v1' keeps the keys of identity")
