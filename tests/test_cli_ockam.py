@@ -129,6 +129,11 @@ class NodeTests(OckamCLITestCase):
         self.assertEqual(r.out.count("\nNode:\n"), 2, r.out)
         r = await self.ockam("node", "list", "--table")
         self.assertRegex(r.out, r"\| n2 +\| DOWN +\|")
+        # node start prints the node's block as node show does, once it is up.
+        r = await self.ockam("node", "start", "n2")
+        self.assertTrue(r.out.startswith(f"\nNode:\n  Name: n2\n  Status: UP\n  Route To Node:\n    Short: /node/n2\n"
+                                         f"    Verbose: /dnsaddr/localhost/tcp/{port}\n  Identity: {n2['identity']}\n"), str(r))
+        self.assertIn("      Address: /service/outlet\n", r.out)
 
     @async_test
     async def test_default_node(self):
