@@ -165,13 +165,58 @@ def logObserver():
     return _node_log.observer()
 
 
-class Options(usage.Options):
+class FaceOptions(usage.Options):
+    """
+    What the options of both C{twistd} plugins (a node, the Orchestrator)
+    share: a usage mistake ends in two lines and status 2, C{--help} read
+    by a program that went away (C{| head}) ends quietly, and the usage
+    line names the program as it was run.
+    """
+
+    #: The command named in usage messages (C{twistd ockam}); L{run} makes
+    #: it the console script's name.
+    program = "twistd ockam"
+    #: The console script that runs the plugin without twistd's discovery.
+    script = "ockamtw-node"
+    #: The plugin's name (twistd's command).
+    plugin = "ockam"
+
+    def getSynopsis(self) -> str:
+        if self.program == self.script:
+            return f"Usage: {self.script} [options]\n   or: {self.script} [twistd options] {self.plugin} [options]"
+        return f"Usage: twistd [twistd options] {self.plugin} [options]"
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse, and when twistd (or a C{run}) is the caller, end a usage
+        mistake in two lines on stderr and exit status 2 instead of
+        twistd's full usage text.  Without a parent (an embedding program,
+        a test), L{usage.UsageError} is raised as usual.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            usage_exit(self.program, e)
+
+    def opt_help(self) -> None:
+        """
+        Display this help and exit.
+        """
+        try:
+            sys.stdout.write(str(self) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`--help | head -1`): not an error of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+class Options(FaceOptions):
     """
     Options of C{twistd ockam}.
     """
-
-    #: The command named in usage messages; L{run} makes it C{ockamtw-node}.
-    program = "twistd ockam"
 
     longdesc = (
         "Run an Ockam node with the echo, uppercase and hop services. "
@@ -436,25 +481,6 @@ class Options(usage.Options):
         except WireError as e:
             raise usage.UsageError(f"--connect: {e}") from None
         self["connect"].append(value)
-
-    def getSynopsis(self) -> str:
-        if self.program == "ockamtw-node":
-            return "Usage: ockamtw-node [options]\n   or: ockamtw-node [twistd options] ockam [options]"
-        return "Usage: twistd [twistd options] ockam [options]"
-
-    def parseOptions(self, options=None) -> None:
-        """
-        Parse, and when twistd (or L{run}) is the caller, end a usage
-        mistake in two lines on stderr and exit status 2 instead of
-        twistd's full usage text.  Without a parent (an embedding program,
-        a test), L{usage.UsageError} is raised as usual.
-        """
-        try:
-            usage.Options.parseOptions(self, options)
-        except usage.UsageError as e:
-            if getattr(self, "parent", None) is None:
-                raise
-            usage_exit(self.program, e)
 
     def postOptions(self) -> None:
         for kind in ("outlet", "relay"):
