@@ -27,7 +27,7 @@ from .control import state as st
 from .control.server import ControlService, NodeController
 from .errors import NoSuchAddress, OckamError, WireError
 from .routing import Address, MultiAddr
-from .portal.outlet import stream_limits
+from .portal import stream_limits
 from .relay import RelayLimits
 from .transport.limits import (
     FIRST_FRAME_TIMEOUT,
@@ -326,10 +326,11 @@ class Options(FaceOptions):
 
     def opt_max_streams(self, value: str) -> None:
         """
-        Streams (tunnelled connections, each with a socket to its target)
-        this node's outlets hold at once; a Ping past it is refused and
-        the inlet told; 0: no limit [default: %d, or half the open-file
-        limit if lower].
+        Streams (tunnelled connections, each holding a socket: an inlet's
+        client, an outlet's target) this node's inlets and outlets hold at
+        once; past it an outlet refuses the Ping and tells the inlet, an
+        inlet closes the new client; 0: no limit [default: %d, or half the
+        open-file limit if lower].
         """
         self["max-streams"] = _count("max-streams", value, 0)
 

@@ -23,7 +23,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_string, encode_string
-from ockamtw.portal.outlet import stream_limits
+from ockamtw.portal import stream_limits
 from ockamtw.wire import DISCONNECT, PING, PONG
 
 from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_string, wait_until
@@ -428,10 +428,13 @@ class StreamLimitTests(AttackTestCase):
         # The streams end (idle timeout): their places are free again.
         await wait_until(lambda: not outlet.portals, 5, "the idle streams closed")
         self.assertEqual(stream_limits(n3).held, 0)
-        before = len(peer.frames)
         peer.send(["forward_to_n3", "outlet"], ["again"], PING)
-        frames = await peer.frames_arrived(before + 1, 5)
-        self.assertEqual(r_frame(frames[before])[2], PONG)
+
+        def to_again(frames):
+            return [f for f in frames if r_frame(f)[0] == ["0#again"]]
+
+        frames = await peer.until(to_again, 5, "an answer to the new Ping")
+        self.assertEqual([r_frame(f)[2] for f in to_again(frames)], [PONG])
 
     @async_test
     async def test_an_inlet_is_told(self):
@@ -449,6 +452,26 @@ class StreamLimitTests(AttackTestCase):
         self.assertEqual(stream_limits(t.n3).refused, 1)
         first.transport.loseConnection()
         await wait_until(lambda: stream_limits(t.n3).held == 0, 5, "the first stream ended")
+        await self.echo_round_trip(t, b"third")
+
+
+    @async_test
+    async def test_an_inlet_closes_clients_past_the_limit(self):
+        """
+        An inlet's port is open to whoever reaches it: the inlet's node
+        holds at most C{max_streams} streams, and a client past it is
+        closed at once, before any Ping; once a stream ends, a new client
+        is served.
+        """
+        t = await self.topology((await self.start_target(EchoTarget))[1])
+        stream_limits(t.n1).max_streams = 1
+        first = await self.echo_round_trip(t, b"first")
+        accepted = t.outlet.accepted
+        second = await self.connect_client(t.inlet_port, Collector())
+        await second.when_lost(5, "the second client closed")
+        self.assertEqual((stream_limits(t.n1).refused, t.outlet.accepted), (1, accepted))
+        first.transport.loseConnection()
+        await wait_until(lambda: stream_limits(t.n1).held == 0, 5, "the first stream ended")
         await self.echo_round_trip(t, b"third")
 
 

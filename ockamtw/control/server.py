@@ -25,7 +25,7 @@ from twisted.web import resource, server
 
 from ..errors import AddressInUse, OckamError, RelayRefused, RequestTimeout, RouteUnreachable, TransportError, WireError
 from ..feature import Call, ControlError, RouteKey, need
-from ..portal.outlet import stream_limits
+from ..portal import stream_limits
 from ..project.membership import NotAMember
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder, relay_dict
 from ..secure.errors import SecureChannelError

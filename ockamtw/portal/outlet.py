@@ -19,9 +19,16 @@ from ..feature import Aliases, ControlError, Feature, alias_of, authorized_of, l
 from ..interfaces import IAccessPolicy
 from ..node import Worker
 from ..routing import Address
-from ..transport.limits import AUTO, default_max_connections
 from ..wire import DISCONNECT, PING, PONG, encode_refuse
-from . import PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address, takes_early_pong
+from . import (
+    PortalWorker,
+    _OneProtocolFactory,
+    authorized_policy,
+    offers_flow_control,
+    portal_address,
+    stream_limits,
+    takes_early_pong,
+)
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -57,39 +64,6 @@ class OutletPortal(PortalWorker):
         connecting, self.connecting = self.connecting, None
         if connecting is not None and not connecting.called:
             connecting.cancel()
-
-
-class StreamLimits:
-    """
-    How many streams a node's outlets hold at once.  Each holds a portal
-    worker and a socket to its target (a file descriptor), and anyone an
-    outlet lets send Ping opens one: C{max_streams} in all (C{None}: no
-    limit), by default as many as the node accepts TCP connections
-    (L{default_max_connections}).  A Ping past it is refused and the
-    inlet is told.
-
-    @ivar held: the streams the node's outlets hold.
-    @ivar refused: Pings refused for the limit.
-    """
-
-    def __init__(self, max_streams=AUTO) -> None:
-        self.max_streams = default_max_connections() if max_streams == AUTO else max_streams
-        self.held = 0
-        self.refused = 0
-
-    def to_dict(self) -> dict:
-        return {"max_streams": self.max_streams}
-
-
-def stream_limits(node) -> StreamLimits:
-    """
-    The L{StreamLimits} all outlets of C{node} share (made on first use;
-    C{node.stream_limits}).
-    """
-    limits = getattr(node, "stream_limits", None)
-    if limits is None:
-        limits = node.stream_limits = StreamLimits()
-    return limits
 
 
 @implementer(IAccessPolicy)
@@ -160,13 +134,13 @@ class Outlet(Worker):
         if not message.return_route or self.closed:
             return
         limits = stream_limits(self.node)
-        if limits.max_streams is not None and limits.held >= limits.max_streams:
+        if limits.full():
             limits.refused += 1
             self.node.throttle.log(
                 log,
                 "warn",
                 ("streams", id(limits)),
-                "outlet {address}: the node's outlets hold {held} streams (max_streams); a new one is refused",
+                "outlet {address}: the node holds {held} streams (max_streams); a new one is refused",
                 address=self.address.value,
                 held=limits.held,
             )
@@ -236,7 +210,8 @@ class Outlet(Worker):
     def _portal_finished(self, portal) -> None:
         if portal in self.portals:
             self.portals.discard(portal)
-            portal.stream_limits.held -= 1
+            if portal.stream_limits is not None:
+                portal.stream_limits.held -= 1
 
     def _answer(self, route, reason: str, sender) -> None:
         """
