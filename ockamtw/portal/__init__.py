@@ -254,11 +254,26 @@ class StreamLimits:
         self.held = 0
         self.refused = 0
 
-    def full(self) -> bool:
+    def take(self, node, side: str, where: str) -> bool:
         """
-        Whether a new stream would go over the limit.
+        Count a new stream of C{node}'s inlet or outlet (C{side}) at
+        C{where}; C{False} (counted as refused, and logged) when it would
+        go over the limit.
         """
-        return self.max_streams is not None and self.held >= self.max_streams
+        if self.max_streams is not None and self.held >= self.max_streams:
+            self.refused += 1
+            node.throttle.log(
+                log,
+                "warn",
+                ("streams", id(self)),
+                "{side} {where}: the node holds {held} streams (max_streams); a new one is refused",
+                side=side,
+                where=where,
+                held=self.held,
+            )
+            return False
+        self.held += 1
+        return True
 
     def to_dict(self) -> dict:
         return {"max_streams": self.max_streams}

@@ -157,21 +157,11 @@ class _InletFactory(Factory):
         if inlet.closed:
             return None
         limits = stream_limits(inlet.node)
-        if limits.full():
-            limits.refused += 1
-            inlet.node.throttle.log(
-                log,
-                "warn",
-                ("streams", id(limits)),
-                "inlet {listen}: the node holds {held} streams (max_streams); a new client is closed",
-                listen=inlet.socket_address,
-                held=limits.held,
-            )
-            return None
+        if not limits.take(inlet.node, "inlet", inlet.socket_address):
+            return None  # the client is closed at once
         portal = InletPortal(inlet)
         portal.stream_limits = limits
         inlet.portals.add(portal)
-        limits.held += 1
         return _SocketProtocol(portal)
 
 

@@ -134,16 +134,7 @@ class Outlet(Worker):
         if not message.return_route or self.closed:
             return
         limits = stream_limits(self.node)
-        if limits.full():
-            limits.refused += 1
-            self.node.throttle.log(
-                log,
-                "warn",
-                ("streams", id(limits)),
-                "outlet {address}: the node holds {held} streams (max_streams); a new one is refused",
-                address=self.address.value,
-                held=limits.held,
-            )
+        if not limits.take(self.node, "outlet", self.address.value):
             self._answer(message.return_route, "the outlet's node holds too many streams", self.address)
             return
         portal = self.portal_class(self)
@@ -154,7 +145,6 @@ class Outlet(Worker):
         self.node.start_worker(portal_address(self.flow_control and offered), portal)
         portal.set_remote(message.return_route, message.origin)
         self.portals.add(portal)
-        limits.held += 1
         self.accepted += 1
         if portal.flow and takes_early_pong(message.return_route[-1]):
             # The Pong travels while the target is being connected.
