@@ -27,6 +27,7 @@ from .control import state as st
 from .control.server import ControlService, NodeController
 from .errors import NoSuchAddress, OckamError, WireError
 from .routing import Address, MultiAddr
+from .portal import stream_limits
 from .relay import RelayLimits
 from .transport.limits import (
     FIRST_FRAME_TIMEOUT,
@@ -323,6 +324,18 @@ class Options(FaceOptions):
 
     opt_max_relays.__doc__ %= RelayLimits().total
 
+    def opt_max_streams(self, value: str) -> None:
+        """
+        Streams (tunnelled connections, each holding a socket: an inlet's
+        client, an outlet's target) this node's inlets and outlets hold at
+        once; past it an outlet refuses the Ping and tells the inlet, an
+        inlet closes the new client; 0: no limit [default: %d, or half the
+        open-file limit if lower].
+        """
+        self["max-streams"] = _count("max-streams", value, 0)
+
+    opt_max_streams.__doc__ %= MAX_CONNECTIONS
+
     def opt_max_startups(self, value: str) -> None:
         """
         START:RATE:FULL, as OpenSSH's MaxStartups: with START half-open
@@ -420,7 +433,7 @@ class Options(FaceOptions):
         self["relay"] = []
         self["log-max-size"] = LOG_MAX_SIZE
         self["log-max-files"] = LOG_MAX_FILES
-        for limit in _LIMITS + _RELAY_LIMITS:
+        for limit in _LIMITS + _RELAY_LIMITS + (("max-streams", "max_streams"),):
             self[limit[0]] = None  # the default
         self["handshake"] = {}
 
@@ -559,7 +572,8 @@ _RELAY_LIMITS = (
 def apply_limits(node, options) -> None:
     """
     Set the node's limits given in C{options} (the others keep their
-    defaults): its TCP transport's (C{node.tcp.guard.limits}) and its relay
+    defaults): its TCP transport's (C{node.tcp.guard.limits}), its outlets'
+    (L{stream_limits}) and its relay
     services' (C{node.relay_limits}, shared by both services through
     C{node.relay_registry}), before anything is accepted.
     """
@@ -567,6 +581,8 @@ def apply_limits(node, options) -> None:
     for option, attribute in _LIMITS:
         if options[option] is not None:
             setattr(limits, attribute, options[option] or None)
+    if options["max-streams"] is not None:
+        stream_limits(node).max_streams = options["max-streams"] or None
     given = [(attribute, options[option]) for option, attribute in _RELAY_LIMITS if options[option] is not None]
     registry = getattr(node, "relay_registry", None)
     if given and registry is not None:

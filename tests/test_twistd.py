@@ -294,31 +294,16 @@ class UsageTests(TestCase):
         return process
 
     @async_test
-    async def test_unknown_option(self):
+    async def test_usage_mistakes(self):
         """
-        C{twistd ockam --bogus} and C{ockamtw-node --bogus}: two lines on
-        stderr, nothing on stdout, status 2.
+        C{twistd ockam --bogus}, C{ockamtw-node --bogus} and the same of the
+        Orchestrator's two programs: two lines on stderr naming the
+        program, nothing on stdout, status 2; so is a value the
+        Orchestrator's checks refuse.
         """
         for argv, program in [
             (twistd_argv() + ["ockam", "--bogus"], "twistd ockam"),
             (ockamtw_node_argv() + ["--bogus"], "ockamtw-node"),
-        ]:
-            p = await self.run_to_end(argv)
-            self.assertEqual(p.exit, (2, None), p.text)
-            self.assertEqual(p.stdout, b"")
-            self.assertEqual(
-                p.stderr.decode().splitlines(),
-                [f"{program}: option --bogus not recognized", f"Run '{program} --help' for the options."],
-            )
-
-    @async_test
-    async def test_orchestrator_usage_mistakes(self):
-        """
-        The Orchestrator's faces end a usage mistake as the node's do: two
-        lines on stderr naming the program, nothing on stdout, status 2 (an
-        unknown option, and a value its checks refuse).
-        """
-        for argv, program in [
             (twistd_argv() + ["ockam-orchestrator", "--bogus"], "twistd ockam-orchestrator"),
             (ockamtw_orchestrator_argv() + ["--bogus"], "ockamtw-orchestrator"),
         ]:
