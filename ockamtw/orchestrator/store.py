@@ -892,6 +892,21 @@ class Store:
 
         return self.run(f, idempotent=True)
 
+    def leave(self, instance_id: str) -> Deferred:
+        """
+        An instance that stops: give up all its leases and forget it, in
+        one transaction, so that the others take its projects at their
+        next turn (their fair share no longer counts it among the live
+        instances, as it would until it had not been seen for a lease
+        time).
+        """
+
+        def f(c):
+            c.execute("DELETE FROM project_owner WHERE owner = ?", (instance_id,))
+            c.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+
+        return self.run(f, idempotent=True)
+
     def instances(self, ttl: float) -> Deferred:
         """
         The instances seen in the last day, oldest first: id, HTTP URL,
