@@ -227,7 +227,13 @@ def _sqlite_open(conn) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """
+    An error in one line: libpq's lines (a reason, then a hint such as
+    "Is the server running locally ...?") joined by "; ", runs of blanks
+    made one, at most 200 characters.
+    """
+    lines = (" ".join(line.split()) for line in str(error).splitlines())
+    text = "; ".join(line for line in lines if line) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
