@@ -260,6 +260,20 @@ class ClusterTestCase(TestCase):
         info = await self.api(o, "GET", f"/v0/projects/{project_id}/information")
         return ProjectInfo.from_json(json.dumps(info, indent=2))
 
+    async def project(self, via: Orchestrator, name: Optional[str] = None) -> ProjectInfo:
+        """
+        Enroll an administrator (the first time) and make a project; its
+        ProjectInfo.
+        """
+        if not hasattr(self, "admin"):
+            self.admin = LocalIdentity.create()
+            enrolled = await self.enroll(via, self.admin)
+            if name is None:
+                return await self.information(via, enrolled["project"]["id"])
+            self.space = enrolled["space"]["id"]
+        made = await self.api(via, "POST", f"/v0/spaces/{self.space}/projects", {"name": name})
+        return await self.information(via, made["id"])
+
     def node(self, name: str, info: Optional[ProjectInfo] = None, identity=None) -> Node:
         node = Node(reactor, name=name, identity=identity)
         node.startService()

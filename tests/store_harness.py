@@ -191,6 +191,29 @@ class StoreTestsMixin:
         self.assertEqual(await a.claim("A", ["id-p1"], 5), set())
 
     @async_test
+    async def test_leave(self):
+        """
+        An instance that stops leaves: its leases are free at once, and it
+        is no longer counted among the live instances (nor listed); the
+        others' leases stay.
+        """
+        a = await self.open_store()
+        b = await self.second_store(a)
+        await self.project(a, "p1")
+        await self.project(a, "p2")
+        await a.lease_tick("A", "http://a", "h", 5)
+        await b.lease_tick("B", "http://b", "h", 5)
+        self.assertEqual(await a.claim("A", ["id-p1"], 5), {"id-p1"})
+        self.assertEqual(await b.claim("B", ["id-p2"], 5), {"id-p2"})
+        await a.leave("A")
+        view = await b.lease_tick("B", "http://b", "h", 5)
+        self.assertEqual(view.live, 1)
+        self.assertEqual(view.renewed, {"id-p2"})
+        self.assertEqual(sorted((r.id, r.owner) for r in view.projects), [("id-p1", None), ("id-p2", "B")])
+        self.assertEqual([i["id"] for i in await b.instances(5)], ["B"])
+        self.assertEqual(await b.claim("B", ["id-p1"], 5), {"id-p1"})
+
+    @async_test
     async def test_lease_ages(self):
         """
         The instances' view: each instance's leases with the time it has

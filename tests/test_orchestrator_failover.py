@@ -27,6 +27,7 @@ import signal
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+from ockamtw.orchestrator.service import ephemeral_ports
 from ockamtw.project.projectinfo import ProjectInfo
 
 from tests.cli_harness import port_of, process_gone
@@ -138,3 +139,26 @@ class FailoverTests(InstancesCLITestCase):
                                 rf"      default {info.id} held \d+\.\d s, renewed \d+\.\d s ago, \d+\.\d s left\n")
         self.assertRegex(r.out, rf"\n    {re.escape(a2_id)} \(this one\) {again['url']} alive, seen \d+\.\d s ago, serves 0\n")
         self.assertEqual(await echo_through(self, inlet, b"still", seconds=10), b"still")
+
+
+class StartWarningTests(InstancesCLITestCase):
+    @async_test
+    async def test_ephemeral_ports_warned_at_start(self):
+        """
+        C{ockam orchestrator start} prints what the instance warned of as it
+        started (from its log): here C{--project-ports} among the ephemeral
+        ports, which the document says every instance on PostgreSQL warns
+        of (and C{"warnings"} with C{--output json}).
+        """
+        low, high = ephemeral_ports()
+        wanted = f"{low}-{low + 9}"
+        options = self.options()
+        options[options.index("--project-ports") + 1] = wanted
+        home = self.instance_home("w")
+        self.addCleanup(lambda: self.ockam_at(home, "orchestrator", "stop", check=False, timeout=30))
+        r = await self.ockam_at(home, "orchestrator", "start", *options, timeout=60)
+        self.assertIn(f"\n  Warning: --project-ports {wanted} overlaps the ephemeral ports ({low}-{high}): ", r.out)
+        await self.ockam_at(home, "orchestrator", "stop", timeout=30)
+        r = await self.ockam_at(home, "orchestrator", "start", *options, "--output", "json", timeout=60)
+        [warning] = r.json()["warnings"]
+        self.assertTrue(warning.startswith(f"--project-ports {wanted} overlaps the ephemeral ports"), warning)

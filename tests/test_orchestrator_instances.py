@@ -158,20 +158,6 @@ class SharedTests(ClusterTestCase):
 
 
 class ServingTests(ClusterTestCase):
-    async def project(self, via, name=None):
-        """
-        Enroll an administrator (the first time) and make a project; its
-        ProjectInfo.
-        """
-        if not hasattr(self, "admin"):
-            self.admin = LocalIdentity.create()
-            enrolled = await self.enroll(via, self.admin)
-            if name is None:
-                return await self.information(via, enrolled["project"]["id"])
-            self.space = enrolled["space"]["id"]
-        made = await self.api(via, "POST", f"/v0/spaces/{self.space}/projects", {"name": name})
-        return await self.information(via, made["id"])
-
     @async_test
     async def test_three_instances_crash_and_takeover(self):
         """
@@ -235,6 +221,46 @@ class ServingTests(ClusterTestCase):
         await poll(lambda: Deferred.fromCoroutine(self.api(b, "GET", "/v0/projects")).addCallback(lambda ps: ps == []),
                    3, "the project gone")
         self.assertEqual(await b.store.query("SELECT COUNT(*) FROM project_owner"), [(0,)])
+
+
+class StopTests(ClusterTestCase):
+    """
+    An instance that stops (SIGTERM, C{ockam orchestrator stop}, an
+    upgrade): a lease time much longer than a tick, so that a project moved
+    at the others' next turn is told apart from one moved when the lease
+    would have run out.
+    """
+
+    lease = 6.0
+    tick = 0.25
+
+    @async_test
+    async def test_stopped_instance_projects_move_at_the_next_tick(self):
+        """
+        Six projects served two by each of three instances; B stops: A and
+        C serve B's projects within a couple of ticks (B gave its leases
+        up and is no longer counted among the live instances, so the
+        others' fair share takes them), not when its lease would have run
+        out; B is no longer listed as alive.
+        """
+        a, b, c = [await self.start(n) for n in "ABC"]
+        self.admin = LocalIdentity.create()
+        self.space = (await self.enroll(a, self.admin))["space"]["id"]
+        await self.api(a, "DELETE", f"/v0/projects/{(await self.api(a, 'GET', '/v0/projects'))[0]['id']}")
+        infos = {}
+        for i, o in enumerate([a, b, c, a, b, c]):
+            info = await self.project(o, f"p{i}")
+            infos[info.id] = o
+        b_projects = [p for p, o in infos.items() if o is b]
+        self.assertEqual(sorted(b.runtimes), sorted(b_projects))
+        stopped = reactor.seconds()
+        await b.stopService()
+        await poll(lambda: all(len(self.serving([a, c], p)) == 1 for p in b_projects), self.lease + 2,
+                   "B's projects served again")
+        took = reactor.seconds() - stopped
+        self.assertLess(took, self.lease / 3, f"B's projects moved after {took:.2f} s")
+        alive = {i["id"] for i in await self.api(a, "GET", "/v0/instances") if i["alive"]}
+        self.assertEqual(alive, {a.instance_id, c.instance_id})
 
 
 class DatabaseRestartTests(ClusterTestCase):

@@ -14,7 +14,7 @@ import types
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ockamtw.orchestrator.store import Store, StoreUnavailable, _Pool
+from ockamtw.orchestrator.store import Store, StoreUnavailable, _one_line, _Pool
 
 from tests.store_harness import StoreTestsMixin
 
@@ -113,3 +113,23 @@ class TransactionRollbackTests(SynchronousTestCase):
         with self.assertRaises(_DBError):
             self.pool._runInteraction(self.interaction(1, "23505"))  # unique_violation
         self.assertEqual(self.calls, 1)
+
+
+class OneLineTests(SynchronousTestCase):
+    def test_libpq_lines_joined(self) -> None:
+        """
+        libpq's reason and its hint on the next line read as two clauses
+        on one line, not run together.
+        """
+        error = Exception('connection to server on socket "/tmp/x/.s.PGSQL.5432" failed: No such file or directory\n'
+                          "\tIs the server running locally and accepting connections on that socket?\n")
+        self.assertEqual(
+            _one_line(error),
+            'connection to server on socket "/tmp/x/.s.PGSQL.5432" failed: No such file or directory; '
+            "Is the server running locally and accepting connections on that socket?",
+        )
+
+    def test_blanks_and_length(self) -> None:
+        self.assertEqual(_one_line(Exception("a   b\n\n  c ")), "a b; c")
+        self.assertEqual(_one_line(ValueError("")), "ValueError")
+        self.assertEqual(len(_one_line(Exception("x" * 500))), 200)

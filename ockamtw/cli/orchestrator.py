@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -314,9 +315,31 @@ async def orchestrator_start(c) -> None:
                      f"give this home one: ockam enroll --orchestrator {url} --token TOKEN")
     if token is not None:
         h.write_orchestrator(home, url, token)
+    warnings = _warnings_from(local.log, offset)
+    for warning in warnings:
+        text += f"\n  Warning: {warning}"
     info = {"status": UP, "pid": proc.pid, "url": url, "data": data, "log": local.log,
-            "started": started, "token": token is not None}
+            "started": started, "token": token is not None, "warnings": warnings}
     c.out.emit(info, text)
+
+
+#: A warning of the Orchestrator in its log (twisted.logger's text format).
+_WARNING = re.compile(r"^\S+ \[ockamtw\.orchestrator(?:\.\w+)*#warn\] (.*)$")
+
+
+def _warnings_from(log_path: str, offset: int) -> List[str]:
+    """
+    The warnings the Orchestrator logged while it started (its log from
+    C{offset}): a person starting it in the background sees them too
+    (such as C{--project-ports} among the ephemeral ports).
+    """
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    return [m.group(1).strip() for m in map(_WARNING.match, lines) if m]
 
 
 def _size(path: str) -> int:

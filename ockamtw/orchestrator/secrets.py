@@ -7,6 +7,7 @@ cannot be moved to another project or role.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -30,7 +31,10 @@ class SecretsError(OckamError):
 def load_or_create_key(path: str, create: bool = True) -> bytes:
     """
     The key in C{path} (32 bytes, hex or raw); created (mode 0600) when
-    missing and C{create}.
+    missing and C{create}.  Instances that start together on one host
+    with one missing file get one key: it is written whole to a file of
+    its own, then linked to C{path}, which only one of them can do; the
+    others read the winner's (never a file being written).
     """
     try:
         with open(path, "rb") as f:
@@ -38,11 +42,10 @@ def load_or_create_key(path: str, create: bool = True) -> bytes:
     except FileNotFoundError:
         if not create:
             raise SecretsError(f"no secrets key file at {path}") from None
-        key = os.urandom(KEY_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.hex().encode() + b"\n")
-        return key
+        key = _create_key(path)
+        if key is not None:
+            return key
+        return load_or_create_key(path, create=False)
     except OSError as e:
         raise SecretsError(f"cannot read the secrets key file {path}: {e.strerror}") from None
     try:
@@ -51,6 +54,42 @@ def load_or_create_key(path: str, create: bool = True) -> bytes:
         key = data
     if len(key) != KEY_BYTES:
         raise SecretsError(f"the secrets key file {path} does not hold a {KEY_BYTES}-byte key")
+    return key
+
+
+def _create_key(path: str):
+    """
+    A new key written to C{path} (mode 0600), or C{None} if another
+    process made C{path} first.
+    """
+    key = os.urandom(KEY_BYTES)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.hex().encode() + b"\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # A file system without hard links: made in place.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return None
+            with os.fdopen(fd, "wb") as f:
+                f.write(key.hex().encode() + b"\n")
+    except OSError as e:
+        raise SecretsError(f"cannot write the secrets key file {path}: {e.strerror}") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
     return key
 
 

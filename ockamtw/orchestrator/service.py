@@ -711,8 +711,8 @@ class Orchestrator(MultiService):
     def stopService(self) -> Deferred:
         """
         Stop serving projects (their ports closed), give up their leases
-        (another instance takes them at once), stop HTTP, close the
-        database.
+        and leave the instances' list (the others take the projects at
+        their next turn), stop HTTP, close the database.
         """
 
         async def stop():
@@ -724,7 +724,7 @@ class Orchestrator(MultiService):
                 await self.unserve(project_id, "the instance stops")
             if self.give_up_leases and self.leases is not None and self.store.pool is not None:
                 try:
-                    await self.store.release(self.instance_id)
+                    await self.store.leave(self.instance_id)
                 except StoreError as e:
                     log.warn("instance {instance}: leases not given up ({reason}); they run out in {ttl} s",
                              instance=self.instance_id, reason=str(e), ttl=self.settings.lease_ttl)

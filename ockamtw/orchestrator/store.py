@@ -227,7 +227,13 @@ def _sqlite_open(conn) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """
+    An error in one line: libpq's lines (a reason, then a hint such as
+    "Is the server running locally ...?") joined by "; ", runs of blanks
+    made one, at most 200 characters.
+    """
+    lines = (" ".join(line.split()) for line in str(error).splitlines())
+    text = "; ".join(line for line in lines if line) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -889,6 +895,21 @@ class Store:
                     f"DELETE FROM project_owner WHERE owner = ? AND project_id IN ({', '.join('?' for _ in project_ids)})",
                     (instance_id, *project_ids),
                 )
+
+        return self.run(f, idempotent=True)
+
+    def leave(self, instance_id: str) -> Deferred:
+        """
+        An instance that stops: give up all its leases and forget it, in
+        one transaction, so that the others take its projects at their
+        next turn (their fair share no longer counts it among the live
+        instances, as it would until it had not been seen for a lease
+        time).
+        """
+
+        def f(c):
+            c.execute("DELETE FROM project_owner WHERE owner = ?", (instance_id,))
+            c.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
 
         return self.run(f, idempotent=True)
 
