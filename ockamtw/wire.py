@@ -46,14 +46,37 @@ _MAX_UVARINT_BYTES = 10
 
 # --- the declarations -------------------------------------------------------
 
-#: BARE uvarint (unsigned LEB128).
-UVARINT = c.VarInt
+class _BareUvarint(type(c.VarInt)):
+    """
+    BARE's uvarint (unsigned LEB128) as Ockam 0.83 writes it: the shortest
+    form of a number below 2**64, at most 10 bytes.  Any other form is
+    refused, as the fast readers (L{_read_uvarint}) refuse it, so that the
+    declarations and the fast paths agree on every input.
+    """
+
+    def _parse(self, stream, context, path):
+        result = shift = 0
+        for count in range(_MAX_UVARINT_BYTES):
+            b = c.stream_read(stream, 1, path)[0]
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                if count and not b:
+                    raise c.IntegerError(f"uvarint {result} is not minimally encoded", path=path)
+                if result >> 64:
+                    raise c.IntegerError("uvarint above 2**64-1", path=path)
+                return result
+            shift += 7
+        raise c.IntegerError("uvarint longer than 10 bytes", path=path)
+
+
+#: BARE uvarint (unsigned LEB128, shortest form, below 2**64).
+UVARINT = _BareUvarint()
 #: BARE data: uvarint length, then the bytes.
-DATA_STRUCT = c.Prefixed(c.VarInt, c.GreedyBytes)
+DATA_STRUCT = c.Prefixed(UVARINT, c.GreedyBytes)
 #: BARE string: uvarint length, then UTF-8.
-STRING_STRUCT = c.PascalString(c.VarInt, "utf8")
+STRING_STRUCT = c.PascalString(UVARINT, "utf8")
 ADDRESS_STRUCT = c.Struct("type" / c.Int8ub, "value" / DATA_STRUCT)
-ROUTE_STRUCT = c.PrefixedArray(c.VarInt, ADDRESS_STRUCT)
+ROUTE_STRUCT = c.PrefixedArray(UVARINT, ADDRESS_STRUCT)
 TRANSPORT_MESSAGE_STRUCT = c.Struct(
     "version" / c.Const(VERSION, c.Int8ub),
     "onward_route" / ROUTE_STRUCT,
@@ -71,7 +94,7 @@ PORTAL_MESSAGE_STRUCT = c.Struct(
 #: Payload data bytes the sender of this message accepts (a uvarint).
 PORTAL_CREDIT_STRUCT = c.Struct(
     "tag" / c.Const(4, c.Int8ub),
-    "limit" / c.VarInt,
+    "limit" / UVARINT,
 )
 #: ockamtw's extension, sent only between ockamtw portals (docs/protocol.md,
 #: "Half-close"): Eof, tag 05 and nothing else: the sender's socket reached
@@ -85,7 +108,7 @@ PORTAL_EOF_STRUCT = c.Struct(
 #: open the stream (in place of the Disconnect an Ockam 0.83 inlet gets).
 PORTAL_REFUSE_STRUCT = c.Struct(
     "tag" / c.Const(6, c.Int8ub),
-    "reason" / c.PascalString(c.VarInt, "utf8"),
+    "reason" / c.PascalString(UVARINT, "utf8"),
     c.Terminated,
 )
 

@@ -148,6 +148,12 @@ class FastPathTests(SynchronousTestCase):
             return
         self.assertEqual(wire.PORTAL_MESSAGE_STRUCT.parse(data).data, got)
 
+    def test_overlong_length_refused_by_both(self):
+        # What hypothesis found: a Payload whose data length is written in
+        # two bytes (80 00) where one (00) is its shortest form.
+        self.assertRaises(wire.WireError, wire.decode_payload, b"\x03\x80\x00")
+        self.assertRaises(Exception, wire.PORTAL_MESSAGE_STRUCT.parse, b"\x03\x80\x00")
+
     def test_control_messages(self):
         for name, encoded in (("Ping", wire.PING), ("Pong", wire.PONG), ("Disconnect", wire.DISCONNECT)):
             self.assertEqual(wire.PORTAL_MESSAGE_STRUCT.build({"tag": name, "data": None}), encoded)

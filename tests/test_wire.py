@@ -10,6 +10,8 @@ says where it comes from; L{tests.test_data_files} checks it is unchanged).
 import json
 import os
 
+import construct
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -327,6 +329,27 @@ class UvarintPropertyTests(SynchronousTestCase):
         with self.assertRaises(WireError) as e:
             decode_uvarint(padded)
         self.assertIn("not minimally encoded", str(e.exception))
+        self.assertRaises(construct.ConstructError, wire.UVARINT.parse, padded)
+
+    @PROPERTY
+    @given(st.binary(min_size=1, max_size=12))
+    def test_declarationAgrees(self, raw):
+        """
+        The declaration (L{wire.UVARINT}, what every codec module's
+        declarations use) and the fast reader take and refuse the same
+        bytes: shortest forms below 2**64 only.
+        """
+        try:
+            n, used = decode_uvarint(raw)
+        except WireError:
+            self.assertRaises(construct.ConstructError, wire.UVARINT.parse, raw)
+            return
+        self.assertEqual(wire.UVARINT.parse(raw[:used]), n)
+
+    def test_declarationRefuses(self):
+        for raw in (b"\x80\x00", b"\xff" * 9 + b"\x02", b"\xff" * 10 + b"\x01", b"\x80"):
+            self.assertRaises(construct.ConstructError, wire.UVARINT.parse, raw)
+            self.assertRaises(WireError, decode_uvarint, raw)
 
     def test_overlongLengthInMessageRefused(self):
         """

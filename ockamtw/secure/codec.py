@@ -28,7 +28,7 @@ import construct as c
 
 from ..errors import WireError
 from ..routing import Address
-from ..wire import DATA_STRUCT, STRING_STRUCT, construct_call, read_uvarint, uvarint
+from ..wire import DATA_STRUCT, STRING_STRUCT, UVARINT, construct_call, read_uvarint, uvarint
 
 __all__ = [
     "CHANGE_ID_LEN",
@@ -111,13 +111,13 @@ ENCRYPTED_PAYLOAD_STRUCT = c.FocusedSeq(
     "body",
     "body"
     / c.Prefixed(
-        c.VarInt,
+        UVARINT,
         c.Struct("counter" / c.Int64ub, "ciphertext" / c.GreedyBytes),
     ),
     c.Terminated,
 )
 IDENTITY_CHANNEL_MESSAGE_STRUCT = c.Struct(
-    "kind" / c.OneOf(c.VarInt, [0, 1]),
+    "kind" / c.OneOf(UVARINT, [0, 1]),
     "identity" / DATA_STRUCT,
     "signature" / DATA_STRUCT,
     c.Terminated,
@@ -127,29 +127,29 @@ ADDRESS_STRUCT = c.Struct("type" / c.Int8ub, "value" / DATA_STRUCT)
 KEY_CHANGE_DATA_STRUCT = c.Struct(
     "prev_change_id" / c.Bytes(CHANGE_ID_LEN),
     "label" / STRING_STRUCT,
-    "stype" / _one_of(c.VarInt, SecretType),
-    "persistence" / _one_of(c.VarInt, Persistence),
+    "stype" / _one_of(UVARINT, SecretType),
+    "persistence" / _one_of(UVARINT, Persistence),
     "length" / c.Int32ul,
     "public_key" / DATA_STRUCT,
-    "key_stype" / _one_of(c.VarInt, SecretType),
+    "key_stype" / _one_of(UVARINT, SecretType),
 )
 CHANGE_STRUCT = c.Struct(
-    "kind" / _one_of(c.VarInt, ChangeKind),
+    "kind" / _one_of(UVARINT, ChangeKind),
     "data" / KEY_CHANGE_DATA_STRUCT,
 )
 SIGNATURE_STRUCT = c.Struct(
-    "sig_type" / _one_of(c.VarInt, SignatureType),
+    "sig_type" / _one_of(UVARINT, SignatureType),
     "data" / DATA_STRUCT,
 )
 SIGNED_CHANGE_STRUCT = c.Struct(
     "change_id" / c.Bytes(CHANGE_ID_LEN),
     "change" / CHANGE_STRUCT,
-    "signatures" / c.PrefixedArray(c.VarInt, SIGNATURE_STRUCT),
+    "signatures" / c.PrefixedArray(UVARINT, SIGNATURE_STRUCT),
 )
 #: An identity export.
 CHANGE_HISTORY_STRUCT = c.FocusedSeq(
     "changes",
-    "changes" / c.PrefixedArray(c.VarInt, SIGNED_CHANGE_STRUCT),
+    "changes" / c.PrefixedArray(UVARINT, SIGNED_CHANGE_STRUCT),
     c.Terminated,
 )
 
