@@ -608,6 +608,26 @@ class ListenTests(EndpointTestCase):
         [target] = await factory.accepted(1, STEP, "the server protocol")
         await target.received(10, STEP, "data on the open stream")
 
+    @async_test
+    async def test_listen_again_after_stop_listening(self):
+        """
+        A program that stops listening and listens again under the same
+        relay name (on the same node, whose link to the relay node stays
+        open) is served again: the name was not left taken at the relay
+        node.
+        """
+        await self.nodes()
+        port = await self.serve(TargetFactory(Collector))
+        await port.stopListening()
+        self.assertNotIn("n3", self.srv.relays)
+        self.assertIsNone(self.srv.worker_at("outlet"))
+        factory = TargetFactory(Collector)
+        port = await deadline(Deferred.fromCoroutine(self.serve(factory)), STEP, "listen again")
+        client = await self.connect(self.relayed(), Collector())
+        client.transport.write(b"again")
+        [target] = await factory.accepted(1, STEP, "the server protocol")
+        await target.received(5, STEP, "data through the new relay")
+
 
 class LostTests(EndpointTestCase):
     @async_test
