@@ -29,6 +29,8 @@ Who may do what:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import random
 from typing import Callable, Dict, List, Optional, Protocol
@@ -67,12 +69,19 @@ STATIC_FORWARDING_SERVICE = "static_forwarding_service"
 RELAY_MARK = ".r1"
 
 
-def relay_address() -> Address:
+def relay_address(secret: Optional[bytes] = None, name: Optional[str] = None) -> Address:
     """
-    A fresh address for a relay client's worker: 32 random hex characters
-    and L{RELAY_MARK}.
+    An address for a relay client's worker: 32 hex characters and
+    L{RELAY_MARK}; random, or, given a node's C{secret} and a relay
+    C{name}, the same each time (a relay deleted and made again under its
+    name registers from the same route, which the relay node lets its
+    owner do: Ockam 0.83 has no message that removes a forwarder) and
+    unguessable to others.
     """
-    return Address.local(os.urandom(16).hex() + RELAY_MARK)
+    if secret is None or name is None:
+        return Address.local(os.urandom(16).hex() + RELAY_MARK)
+    digest = hmac.new(secret, name.encode("utf-8"), hashlib.sha256).digest()
+    return Address.local(digest[:16].hex() + RELAY_MARK)
 
 
 #: The longest relay name (characters) a relay node accepts.
@@ -508,8 +517,12 @@ class Relay(Service):
         service: str = FORWARDING_SERVICE,
         refresh: float = 5.0,
         timeout: float = 5.0,
+        address: Optional[Address] = None,
     ) -> None:
         self.node = node
+        #: the address its worker takes (a random one when not given, or
+        #: when another worker holds it)
+        self.worker_address = address
         self.reactor = node.reactor
         self.at = at
         self.name = name
@@ -746,7 +759,10 @@ class Relay(Service):
     # --- the machine's outputs ------------------------------------------------------------
 
     def _start(self) -> None:
-        self._address = self.node.start_worker(relay_address(), _RelayWorker(self))
+        address = self.worker_address
+        if address is None or self.node.worker_at(address) is not None:
+            address = relay_address()
+        self._address = self.node.start_worker(address, _RelayWorker(self))
         self._first_connect = True
         self._service.startService()  # it connects: L{_connect} registers
 
@@ -1034,6 +1050,8 @@ class Relays(Feature):
         self.relays: Dict[str, Relay] = {}
         #: relays restored before the node started: (name, at)
         self._restoring: List[tuple] = []
+        #: what makes a relay's worker address (L{relay_address})
+        self._secret = os.urandom(32)
 
     def create(self, at, name: str = "default", service=None, refresh: float = 5.0, timeout: float = 5.0) -> Deferred:
         """
@@ -1041,7 +1059,8 @@ class Relays(Feature):
         """
         if name in self.relays:
             return fail(AddressInUse(f"relay {name!r} already exists on node {self.node.name}"))
-        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
+        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout,
+                      address=relay_address(self._secret, name))
         self.relays[name] = relay
         started = relay.start()  # a relay whose start fails forgets itself
         if relay.state != STOPPED:
@@ -1054,7 +1073,8 @@ class Relays(Feature):
         """
         if name in self.relays:
             raise AddressInUse(f"relay {name!r} already exists on node {self.node.name}")
-        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout)
+        relay = Relay(self.node, at, name=name, service=relay_service(at, service), refresh=refresh, timeout=timeout,
+                      address=relay_address(self._secret, name))
         self.relays[name] = relay
         relay.start_in_background()
         relay.setServiceParent(self)

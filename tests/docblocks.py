@@ -388,17 +388,36 @@ def session_environment(home: str) -> dict:
     return env
 
 
-def working_directory(parent: str) -> str:
+def checkout_entries(repo: str = REPO) -> List[str]:
+    """
+    The top-level entries of the checkout that a clean clone has: those
+    git tracks, or (no git, an unpacked sdist) all but hidden ones and
+    trial's.  What a user's own run of the docs' commands left in the
+    checkout (C{twistd.pid} of a C{twistd web} still running or killed,
+    C{project.json}, C{orchestrator-data}) is not among them: a session
+    must not see it (a pid file there makes the session's C{twistd} say
+    "Another twistd server is running").
+    """
+    try:
+        listed = subprocess.run(["git", "-C", repo, "ls-files", "-z"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        listed = None
+    if listed is not None and listed.returncode == 0 and listed.stdout:
+        return sorted({path.split("/", 1)[0] for path in listed.stdout.decode().split("\0") if path})
+    return sorted(name for name in os.listdir(repo) if not name.startswith((".", "_trial_temp")))
+
+
+def working_directory(parent: str, repo: str = REPO) -> str:
     """
     A directory in C{parent} whose entries are symbolic links to the
-    checkout's top-level entries.
+    checkout's top-level entries (L{checkout_entries}).
     """
     work = os.path.join(parent, "work")
     os.makedirs(work)
-    for name in os.listdir(REPO):
-        if name.startswith(".") or name.startswith("_trial_temp"):
+    for name in checkout_entries(repo):
+        if name.startswith("."):
             continue
-        os.symlink(os.path.join(REPO, name), os.path.join(work, name))
+        os.symlink(os.path.join(repo, name), os.path.join(work, name))
     return work
 
 

@@ -100,6 +100,31 @@ class BlockTests(SynchronousTestCase):
         for s in servers:
             self.assertEqual(len(s.commands), 1)
 
+    def test_working_directory_is_a_clean_clone(self):
+        """
+        A session's working directory links what git tracks at the top of
+        the checkout, not what a user's own run of the docs left there (a
+        twistd.pid made the session's twistd refuse to start).
+        """
+        import shutil
+        import subprocess
+        import tempfile
+
+        if shutil.which("git") is None:
+            self.skipTest("no git")
+        repo = tempfile.mkdtemp(prefix="ockrepo-")
+        self.addCleanup(shutil.rmtree, repo, True)
+        os.makedirs(os.path.join(repo, "examples"))
+        for name in ("README.md", "examples/demo.py", "twistd.pid", "project.json"):
+            with open(os.path.join(repo, name), "w") as f:
+                f.write("x\n")
+        subprocess.run(["git", "-C", repo, "init", "-q"], check=True)
+        subprocess.run(["git", "-C", repo, "add", "README.md", "examples/demo.py"], check=True)
+        parent = tempfile.mkdtemp(prefix="ockwork-")
+        self.addCleanup(shutil.rmtree, parent, True)
+        work = docblocks.working_directory(parent, repo)
+        self.assertEqual(sorted(os.listdir(work)), ["README.md", "examples"])
+
 
 class RunnerTests(NamespaceTestCase):
     """

@@ -452,8 +452,28 @@ class RefusalTests(EndpointTestCase):
         e = await self.failure(self.client(f"{self.at}/service/nothing", ":timeout=0.5").connect(Factory.forProtocol(Protocol)),
                                error.TimeoutError)
         self.assertIn("no answer from the outlet", str(e))
+        self.assertEqual(str(e).count("no answer"), 1, str(e))
         [opener] = self.cli.getServiceNamed("ockamtw-endpoints").openers.values()
         await wait_until(lambda: not opener.portals, STEP, "the portal gone")
+
+    @async_test
+    async def test_relay_node_stops_while_waiting(self):
+        """
+        The relay node stops while an attempt waits for the outlet's Pong
+        (its Ping went out on the open link): the attempt goes on trying
+        until C{timeout=}, and its TimeoutError says what the tries met
+        (the relay node refuses connections), not only that nothing
+        answered.
+        """
+        await self.nodes()
+        await self.serve(TargetFactory(Collector))
+        await self.connect(self.relayed(), Collector())  # the link to n2 is open
+        attempt = self.client(self.relayed(), ":timeout=2").connect(Factory.forProtocol(Protocol))
+        await self.n2.stopService()
+        e = await self.failure(attempt, error.TimeoutError)
+        self.assertIn("no answer from the outlet", str(e))
+        self.assertIn("connection refused", str(e).lower())
+        self.assertEqual(str(e).count("no answer"), 1, str(e))
 
     @async_test
     async def test_outlet_target_down(self):
@@ -607,6 +627,26 @@ class ListenTests(EndpointTestCase):
         client.transport.write(b"still here")
         [target] = await factory.accepted(1, STEP, "the server protocol")
         await target.received(10, STEP, "data on the open stream")
+
+    @async_test
+    async def test_listen_again_after_stop_listening(self):
+        """
+        A program that stops listening and listens again under the same
+        relay name (on the same node, whose link to the relay node stays
+        open) is served again: the name was not left taken at the relay
+        node.
+        """
+        await self.nodes()
+        port = await self.serve(TargetFactory(Collector))
+        await port.stopListening()
+        self.assertNotIn("n3", self.srv.relays)
+        self.assertIsNone(self.srv.worker_at("outlet"))
+        factory = TargetFactory(Collector)
+        port = await deadline(Deferred.fromCoroutine(self.serve(factory)), STEP, "listen again")
+        client = await self.connect(self.relayed(), Collector())
+        client.transport.write(b"again")
+        [target] = await factory.accepted(1, STEP, "the server protocol")
+        await target.received(5, STEP, "data through the new relay")
 
 
 class LostTests(EndpointTestCase):

@@ -27,18 +27,11 @@ from ockamtw.project import codec
 from ockamtw.project.projectinfo import ProjectInfo
 from ockamtw.secure.identity import LocalIdentity
 
+from .browser_harness import Browser, chromium
 from .helpers import async_test, deadline
 
 #: Where the browser test keeps its screenshot (trial's working directory).
 SCREENSHOT = "orchestrator-status.png"
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return ""
 
 
 class StatusTestCase(TestCase):
@@ -241,3 +234,44 @@ class BrowserTests(StatusTestCase):
         self.assertNotRegex(dom, r'<form id="signin" hidden')
         self.assertIn("unknown, revoked or expired token", dom)
         self.assertNotIn('data-project="default"', dom)
+
+    @async_test
+    async def test_sign_in_and_out_with_the_form(self):
+        """
+        As a user would, with the mouse and the keyboard: the page opens
+        signed out (the form; no Sign out button); the token typed into
+        the form and Sign in clicked, it shows the project and its relay,
+        and the form, the typed token and the sign-in prompt are gone;
+        Sign out clicked, the form is back, nothing is shown, and the
+        token is forgotten (a reload stays signed out).
+        """
+        await self.orchestrator()
+        browser = Browser(self, self.browser)
+        page = await browser.open(f"{self.o.url}/status")
+
+        def shown(element_id):
+            return page.evaluate(f"!document.getElementById('{element_id}').hidden")
+
+        await page.wait_for("document.readyState === 'complete' && !document.getElementById('signin').hidden", 30,
+                            "the sign-in form")
+        self.assertFalse(await shown("signout"), "a Sign out button while signed out")
+        await page.type_text("#token", self.token)
+        await page.click("#signin button[type=submit]")
+        await page.wait_for("document.querySelector('section.project[data-project=\"default\"]') !== null", 30,
+                            "the project shown")
+        text = await page.evaluate("document.body.innerText")
+        self.assertIn("n3", text)
+        self.assertIn(self.admin.identifier[:12], text)
+        self.assertFalse(await shown("signin"))
+        self.assertTrue(await shown("signout"))
+        self.assertEqual(await page.evaluate("document.getElementById('token').value"), "")
+
+        await page.click("#signout")
+        await page.wait_for("!document.getElementById('signin').hidden", 10, "the form again")
+        self.assertEqual(await page.evaluate("document.getElementById('status').children.length"), 0)
+        self.assertIn("Signed out.", await page.evaluate("document.body.innerText"))
+        self.assertFalse(await shown("signout"))
+        await page.call("Page.reload")
+        await page.wait_for("document.readyState === 'complete' && document.getElementById('error').textContent === ''"
+                            " && !document.getElementById('signin').hidden", 30, "the page again, signed out")
+        self.assertIsNone(await page.evaluate("sessionStorage.getItem('ockamtw-orchestrator-token')"))

@@ -693,6 +693,26 @@ class RelayClientTests(MemoryMixin, SynchronousTestCase):
         self.assertIsNone(self.node.worker_at(m))
         self.assertRaises(KeyError, self.node.delete_relay, "n3")
 
+    def test_sameNameAgainFromTheSameWorkerAddress(self):
+        """
+        A relay deleted and created again under the same name registers
+        from the same worker address, so the relay node sees the same
+        route and lets its owner take the name back (Ockam 0.83 has no
+        message that removes a forwarder; it lives as long as the link).
+        Another name gets another address.
+        """
+        relay, m = self.up()
+        self.node.delete_relay("n3")
+        d, again = self.start()
+        self.assertEqual(again, m)
+        self.assertEqual(self.t.value(), self.registration(m))
+        self.proto.dataReceived(self.reply(m))
+        self.assertEqual(self.successResultOf(d).status, UP)
+        self.t.clear()
+        self.before = self.node.worker_addresses()
+        _, other = self.start(name="n4")
+        self.assertNotEqual(other, m)
+
     def test_relayedTraffic(self):
         """
         A message relayed to M with onward [M, uppercase] is delivered to
@@ -819,6 +839,25 @@ class RelaySocketTests(TestCase):
         self.assertEqual(relay.route, Route([link.address, Address.local("forward_to_n3")]))
         self.assertEqual(await self.request_text(n1, route, "again"), "AGAIN")
         self.assertEqual(relay.status, UP)
+
+    @async_test
+    async def test_sameNameAfterDelete(self):
+        """
+        n3 deletes its relay and creates it again under the same name, on
+        the same connection: the relay node lets it (before, the
+        forwarder left at n2 made the name "taken" for as long as the
+        connection lived), and traffic reaches n3 again.
+        """
+        n2, l2 = await start_node(self, "n2", LOOPBACK)
+        n3, _ = await start_node(self, "n3")
+        n1, _ = await start_node(self, "n1")
+        await deadline(n3.create_relay(at(l2), name="n3"), 5, "relay registration")
+        n3.delete_relay("n3")
+        relay = await deadline(n3.create_relay(at(l2), name="n3"), 5, "the same name again")
+        self.assertEqual(relay.status, UP)
+        self.assertEqual(len(n3.tcp.connections), 1)
+        route = at(l2) + "/service/forward_to_n3/service/uppercase"
+        self.assertEqual(await self.request_text(n1, route, "hello"), "HELLO")
 
     @async_test
     async def test_unreachable(self):

@@ -220,6 +220,7 @@ function signedOut(message) {
   if (timer) { clearTimeout(timer); timer = null; }
   $("status").replaceChildren();
   $("signin").hidden = false;
+  $("signout").hidden = true;
   $("error").textContent = message || "";
 }
 async function refresh() {
@@ -243,12 +244,14 @@ async function refresh() {
     $("error").textContent = (body.error && body.error.message) || ("HTTP " + response.status);
   } else {
     $("signin").hidden = true;
+    $("signout").hidden = false;
     $("error").textContent = "";
     render(body);
   }
   timer = setTimeout(refresh, 1000 * ((body && body.refresh) || 2));
 }
 function signIn(token) {
+  $("token").value = "";
   sessionStorage.setItem(KEY, token.trim());
   refresh();
 }
@@ -270,7 +273,7 @@ _HTML = """<!DOCTYPE html>
 <style>{style}</style>
 </head>
 <body>
-<h1>Orchestrator status <button id="signout" type="button">Sign out</button></h1>
+<h1>Orchestrator status <button id="signout" type="button" hidden>Sign out</button></h1>
 <form id="signin">
 <p>Sign in with an API token of this Orchestrator (its administrator's token is in
 <code>DATA/admin.token</code>; <code>POST /v0/tokens</code> makes more).</p>

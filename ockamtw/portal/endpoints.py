@@ -142,11 +142,8 @@ class _ClientPortal(_StreamEnd, InletPortal):
         failure = self._failure
         if failure is None:
             owner = self.owner
-            if self.owner.node.reactor.seconds() >= self._deadline:
-                failure = error.TimeoutError(
-                    string=f"no answer from the outlet at {owner.route_text} within {owner.ping_timeout:g} s"
-                    + (f" ({owner.last_error})" if owner.last_error else "")
-                )
+            if self.timed_out is not None:
+                failure = error.TimeoutError(string=self.timed_out)
             elif owner.last_error:
                 # The route stopped resolving (what it names is gone).
                 failure = error.NoRouteError(string=f"{owner.route_text}: {owner.last_error}")

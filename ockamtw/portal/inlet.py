@@ -45,6 +45,10 @@ class InletPortal(PortalWorker):
         PortalWorker.__init__(self, owner)
         self._timer = None
         self._deadline = None
+        #: why the last Ping could not be sent (the route did not resolve)
+        self._why: Optional[str] = None
+        #: why the stream did not open in time, once the deadline passed
+        self.timed_out: Optional[str] = None
 
     def _accepted(self) -> None:
         self._reading.pause()  # until Pong
@@ -61,16 +65,19 @@ class InletPortal(PortalWorker):
             return
         inlet = self.owner
         if inlet.reactor.seconds() >= self._deadline:
+            why = f" ({self._why})" if self._why else ""
             inlet.node.throttle.log(
                 log,
                 "warn",
                 ("no pong", id(inlet)),
-                "inlet {listen}: no Pong from {route} within {t:g} s; client closed",
+                "inlet {listen}: no Pong from {route} within {t:g} s{why}; client closed",
                 listen=inlet.socket_address,
                 route=inlet.route_text,
                 t=inlet.ping_timeout,
+                why=why,
             )
-            inlet._not_opened(f"no answer from the outlet at {inlet.route_text} within {inlet.ping_timeout:g} s", logged=True)
+            self.timed_out = f"no answer from the outlet at {inlet.route_text} within {inlet.ping_timeout:g} s{why}"
+            inlet._not_opened(self.timed_out, logged=True)
             inlet.timeouts += 1
             self.finish(notify=False, grace=self.close_grace)
             return
@@ -79,9 +86,10 @@ class InletPortal(PortalWorker):
             if self.state != WAITING:
                 return
             self.node.send(route, PING, sender=self.address)
+            self._why = None
 
         def failed(f):
-            inlet.last_error = f.getErrorMessage()
+            inlet.last_error = self._why = f.getErrorMessage()
             if f.check(NoSuchAddress) and self.state == WAITING:
                 # Nothing to wait for: the route names what does not exist.
                 self._cancel_ping()
