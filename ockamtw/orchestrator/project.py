@@ -57,6 +57,7 @@ from ..services import Echo
 from ..wire import decode_string
 from ..errors import OckamError, WireError
 from .store import StoreError
+from .tokens import MAX_CODE_LIFETIME, MAX_CODE_USES
 
 log = Logger(namespace="ockamtw.orchestrator.project")
 
@@ -131,6 +132,10 @@ class TokenIssuer(_AuthorityService):
         runtime = self.runtime
         lifetime = body.expires_in if body.expires_in else CODE_LIFETIME
         uses = body.usage_count if body.usage_count else 1
+        if lifetime > MAX_CODE_LIFETIME:
+            raise ApiError(Status.BAD_REQUEST, f"expires_in is at most {MAX_CODE_LIFETIME} seconds (a year)")
+        if uses > MAX_CODE_USES:
+            raise ApiError(Status.BAD_REQUEST, f"usage_count is at most {MAX_CODE_USES}")
         await runtime.store.add_ticket(
             code_hash(code.code), runtime.id, dict(body.attributes), uses, runtime.store.now() + lifetime, identity
         )
