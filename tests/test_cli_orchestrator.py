@@ -350,6 +350,26 @@ class NonMemberTests(OrchestratorCLITestCase):
         await self.ockam_at(b, "node", "delete", "--all")
 
 
+class DefaultIdentityTests(OrchestratorCLITestCase):
+    @async_test
+    async def test_member_home_sends_as_its_default_identity(self):
+        """
+        A home that did not enroll, whose default identity the enroller
+        made a member: message send without --from or --identity sends as
+        that identity, as Ockam 0.83's embedded node does (it used to send
+        as a new identity, refused as no member).
+        """
+        await self.enrolled()
+        b = await self.other_home()
+        project = os.path.join(self.home, "project.json")
+        await self.ockam_at(b, "identity", "create")
+        member = (await self.ockam_at(b, "identity", "show")).out.strip()
+        await self.ockam("project", "enroll", "--member", member, "--attribute", "role=member")
+        r = await self.ockam_at(b, "message", "send", "hi", "--project-path", project, "--to",
+                                "/project/default/service/echo")
+        self.assertEqual(r.out, "hi\n")
+
+
 class MembershipTests(OrchestratorCLITestCase):
     def assertAuthenticateOutput(self, text: str, subject: str, issuer_identity: str, attributes: dict) -> None:
         """
