@@ -369,6 +369,30 @@ class DefaultIdentityTests(OrchestratorCLITestCase):
                                 "/project/default/service/echo")
         self.assertEqual(r.out, "hi\n")
 
+    @async_test
+    async def test_revoked_while_its_node_runs(self):
+        """
+        A member's node has a relay at the project; the member is revoked:
+        its next forwarder create says why in one line at once (its channel
+        to the project, closed by the project, used to look alive until
+        three pings were missed: "no registration reply").
+        """
+        await self.enrolled()
+        b = await self.other_home()
+        project = os.path.join(self.home, "project.json")
+        await self.ockam_at(b, "identity", "create", "m")
+        member = await self.identifier("m", home=b)
+        await self.ockam("project", "enroll", "--member", member, "--attribute", "role=member")
+        await self.ockam_at(b, "node", "create", "m1", "--project", project, "--identity", "m")
+        r = await self.ockam_at(b, "forwarder", "create", "m1", "--at", "/project/default", "--to", "/node/m1")
+        self.assertEqual(r.out, "/service/forward_to_m1\n")
+        await self.ockam("project", "revoke", "--member", member)
+        r = await self.ockam_at(b, "forwarder", "create", "m2", "--at", "/project/default", "--to", "/node/m1",
+                                check=False)
+        self.assertEqual(r.code, 70, str(r))
+        self.assertUserError(r, "project default refused this node's credential: not a member (revoked?)")
+        await self.ockam_at(b, "node", "delete", "--all")
+
 
 class MembershipTests(OrchestratorCLITestCase):
     def assertAuthenticateOutput(self, text: str, subject: str, issuer_identity: str, attributes: dict) -> None:
