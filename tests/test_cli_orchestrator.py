@@ -253,7 +253,7 @@ class EnrollTests(OrchestratorCLITestCase):
         self.assertFalse(os.path.exists(os.path.join(c, "orchestrator.json")))
         r = await self.ockam_at(c, "enroll", "--orchestrator", orchestrator["url"], "--token", "otw_" + "x" * 43,
                                 check=False)
-        self.assertUserError(r, "refused this home's token")
+        self.assertUserError(r, "refused the token given with --token (unknown, revoked or expired token)")
         r = await self.ockam_at(c, "enroll", check=False)
         self.assertUserError(r, "no orchestrator known")
         r = await self.ockam_at(c, "enroll", "--token", token, check=False)
