@@ -27,6 +27,7 @@ from .control import state as st
 from .control.server import ControlService, NodeController
 from .errors import NoSuchAddress, OckamError, WireError
 from .routing import Address, MultiAddr
+from .portal import stream_limits
 from .relay import RelayLimits
 from .transport.limits import (
     FIRST_FRAME_TIMEOUT,
@@ -165,13 +166,58 @@ def logObserver():
     return _node_log.observer()
 
 
-class Options(usage.Options):
+class FaceOptions(usage.Options):
+    """
+    What the options of both C{twistd} plugins (a node, the Orchestrator)
+    share: a usage mistake ends in two lines and status 2, C{--help} read
+    by a program that went away (C{| head}) ends quietly, and the usage
+    line names the program as it was run.
+    """
+
+    #: The command named in usage messages (C{twistd ockam}); L{run} makes
+    #: it the console script's name.
+    program = "twistd ockam"
+    #: The console script that runs the plugin without twistd's discovery.
+    script = "ockamtw-node"
+    #: The plugin's name (twistd's command).
+    plugin = "ockam"
+
+    def getSynopsis(self) -> str:
+        if self.program == self.script:
+            return f"Usage: {self.script} [options]\n   or: {self.script} [twistd options] {self.plugin} [options]"
+        return f"Usage: twistd [twistd options] {self.plugin} [options]"
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse, and when twistd (or a C{run}) is the caller, end a usage
+        mistake in two lines on stderr and exit status 2 instead of
+        twistd's full usage text.  Without a parent (an embedding program,
+        a test), L{usage.UsageError} is raised as usual.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            usage_exit(self.program, e)
+
+    def opt_help(self) -> None:
+        """
+        Display this help and exit.
+        """
+        try:
+            sys.stdout.write(str(self) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`--help | head -1`): not an error of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+class Options(FaceOptions):
     """
     Options of C{twistd ockam}.
     """
-
-    #: The command named in usage messages; L{run} makes it C{ockamtw-node}.
-    program = "twistd ockam"
 
     longdesc = (
         "Run an Ockam node with the echo, uppercase and hop services. "
@@ -278,6 +324,18 @@ class Options(usage.Options):
 
     opt_max_relays.__doc__ %= RelayLimits().total
 
+    def opt_max_streams(self, value: str) -> None:
+        """
+        Streams (tunnelled connections, each holding a socket: an inlet's
+        client, an outlet's target) this node's inlets and outlets hold at
+        once; past it an outlet refuses the Ping and tells the inlet, an
+        inlet closes the new client; 0: no limit [default: %d, or half the
+        open-file limit if lower].
+        """
+        self["max-streams"] = _count("max-streams", value, 0)
+
+    opt_max_streams.__doc__ %= MAX_CONNECTIONS
+
     def opt_max_startups(self, value: str) -> None:
         """
         START:RATE:FULL, as OpenSSH's MaxStartups: with START half-open
@@ -375,7 +433,7 @@ class Options(usage.Options):
         self["relay"] = []
         self["log-max-size"] = LOG_MAX_SIZE
         self["log-max-files"] = LOG_MAX_FILES
-        for limit in _LIMITS + _RELAY_LIMITS:
+        for limit in _LIMITS + _RELAY_LIMITS + (("max-streams", "max_streams"),):
             self[limit[0]] = None  # the default
         self["handshake"] = {}
 
@@ -436,25 +494,6 @@ class Options(usage.Options):
         except WireError as e:
             raise usage.UsageError(f"--connect: {e}") from None
         self["connect"].append(value)
-
-    def getSynopsis(self) -> str:
-        if self.program == "ockamtw-node":
-            return "Usage: ockamtw-node [options]\n   or: ockamtw-node [twistd options] ockam [options]"
-        return "Usage: twistd [twistd options] ockam [options]"
-
-    def parseOptions(self, options=None) -> None:
-        """
-        Parse, and when twistd (or L{run}) is the caller, end a usage
-        mistake in two lines on stderr and exit status 2 instead of
-        twistd's full usage text.  Without a parent (an embedding program,
-        a test), L{usage.UsageError} is raised as usual.
-        """
-        try:
-            usage.Options.parseOptions(self, options)
-        except usage.UsageError as e:
-            if getattr(self, "parent", None) is None:
-                raise
-            usage_exit(self.program, e)
 
     def postOptions(self) -> None:
         for kind in ("outlet", "relay"):
@@ -533,7 +572,8 @@ _RELAY_LIMITS = (
 def apply_limits(node, options) -> None:
     """
     Set the node's limits given in C{options} (the others keep their
-    defaults): its TCP transport's (C{node.tcp.guard.limits}) and its relay
+    defaults): its TCP transport's (C{node.tcp.guard.limits}), its outlets'
+    (L{stream_limits}) and its relay
     services' (C{node.relay_limits}, shared by both services through
     C{node.relay_registry}), before anything is accepted.
     """
@@ -541,6 +581,8 @@ def apply_limits(node, options) -> None:
     for option, attribute in _LIMITS:
         if options[option] is not None:
             setattr(limits, attribute, options[option] or None)
+    if options["max-streams"] is not None:
+        stream_limits(node).max_streams = options["max-streams"] or None
     given = [(attribute, options[option]) for option, attribute in _RELAY_LIMITS if options[option] is not None]
     registry = getattr(node, "relay_registry", None)
     if given and registry is not None:

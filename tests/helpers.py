@@ -478,6 +478,10 @@ def ockamtw_node_argv() -> List[str]:
     return script_argv("ockamtw-node", ["-m", "ockamtw"])
 
 
+def ockamtw_orchestrator_argv() -> List[str]:
+    return script_argv("ockamtw-orchestrator", ["-m", "ockamtw.orchestrator"])
+
+
 def subprocess_env() -> dict:
     """
     The environment for a node subprocess: this checkout first on the path

@@ -23,7 +23,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 from ockamtw import Address, FunctionWorker, RequestTimeout, Route, decode_string, encode_string
-from ockamtw.wire import PING, PONG
+from ockamtw.portal import stream_limits
+from ockamtw.wire import DISCONNECT, PING, PONG
 
 from tests.helpers import LogWatch, async_test, connect_raw, deadline, h_string, wait_until
 from tests.portal_harness import Collector, EchoTarget, PortalTestCase, RawPeer, StreamWriter, figure, r_frame
@@ -388,6 +389,90 @@ class LivenessTests(AttackTestCase):
         peer.transport.abortConnection()
         self.assertEqual(len(outlet.portals), 20)
         await wait_until(lambda: not outlet.portals and not targets.open, 5, "portals and targets closed")
+
+
+# --- streams an outlet holds ------------------------------------------------------------------------------------
+
+
+class StreamLimitTests(AttackTestCase):
+    """
+    Each stream an outlet opens holds a socket to its target, and anyone
+    the outlet lets send Ping opens one: the node's outlets hold at most
+    C{max_streams} together; a Ping past it is refused and answered.
+    """
+
+    @async_test
+    async def test_pings_past_the_limit_are_refused(self):
+        """
+        A raw peer behind a relay (an Ockam 0.83 inlet's addresses) sends
+        30 Pings to an outlet whose node holds at most 10 streams: the
+        target sees 10 connections, the other 20 Pings are answered with
+        Disconnect; once the streams end, new ones open again.
+        """
+        targets, target_port = await self.start_target(Collector)
+        n2, l2 = await self.listening_node("n2")
+        n3 = self.make_node("n3")
+        stream_limits(n3).max_streams = 10
+        await n3.create_relay(f"/ip4/127.0.0.1/tcp/{l2.port}", name="n3")
+        outlet = await n3.create_outlet("outlet", f"127.0.0.1:{target_port}", idle_timeout=1.0)
+        peer = await self.raw(l2.port)
+        for i in range(30):
+            peer.send(["forward_to_n3", "outlet"], [f"p{i}"], PING)
+        frames = await peer.frames_arrived(30, 10)
+        payloads = [r_frame(f)[2] for f in frames[:30]]
+        self.assertEqual((payloads.count(PONG), payloads.count(DISCONNECT)), (10, 20))
+        await targets.accepted(10, 5, "10 target connections")
+        await self.processed(peer, "the Pings handled")
+        self.assertEqual(len(targets.open), 10)
+        self.assertEqual((len(outlet.portals), stream_limits(n3).held, stream_limits(n3).refused), (10, 10, 20))
+        # The streams end (idle timeout): their places are free again.
+        await wait_until(lambda: not outlet.portals, 5, "the idle streams closed")
+        self.assertEqual(stream_limits(n3).held, 0)
+        peer.send(["forward_to_n3", "outlet"], ["again"], PING)
+
+        def to_again(frames):
+            return [f for f in frames if r_frame(f)[0] == ["0#again"]]
+
+        frames = await peer.until(to_again, 5, "an answer to the new Ping")
+        self.assertEqual([r_frame(f)[2] for f in to_again(frames)], [PONG])
+
+    @async_test
+    async def test_an_inlet_is_told(self):
+        """
+        Through an ockamtw inlet: the stream past the limit closes its
+        client at once and the inlet says why.
+        """
+        t = await self.topology((await self.start_target(EchoTarget))[1])
+        stream_limits(t.n3).max_streams = 1
+        first = await self.echo_round_trip(t, b"first")
+        second = await self.connect_client(t.inlet_port, Collector())
+        await second.when_lost(5, "the second client closed")
+        self.assertEqual(bytes(second.data), b"")
+        self.assertEqual(t.inlet.last_error, "refused by the outlet: the outlet's node holds too many streams")
+        self.assertEqual(stream_limits(t.n3).refused, 1)
+        first.transport.loseConnection()
+        await wait_until(lambda: stream_limits(t.n3).held == 0, 5, "the first stream ended")
+        await self.echo_round_trip(t, b"third")
+
+
+    @async_test
+    async def test_an_inlet_closes_clients_past_the_limit(self):
+        """
+        An inlet's port is open to whoever reaches it: the inlet's node
+        holds at most C{max_streams} streams, and a client past it is
+        closed at once, before any Ping; once a stream ends, a new client
+        is served.
+        """
+        t = await self.topology((await self.start_target(EchoTarget))[1])
+        stream_limits(t.n1).max_streams = 1
+        first = await self.echo_round_trip(t, b"first")
+        accepted = t.outlet.accepted
+        second = await self.connect_client(t.inlet_port, Collector())
+        await second.when_lost(5, "the second client closed")
+        self.assertEqual((stream_limits(t.n1).refused, t.outlet.accepted), (1, accepted))
+        first.transport.loseConnection()
+        await wait_until(lambda: stream_limits(t.n1).held == 0, 5, "the first stream ended")
+        await self.echo_round_trip(t, b"third")
 
 
 # --- 10. the log is no amplifier ------------------------------------------------------------------------------

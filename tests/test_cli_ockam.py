@@ -129,6 +129,11 @@ class NodeTests(OckamCLITestCase):
         self.assertEqual(r.out.count("\nNode:\n"), 2, r.out)
         r = await self.ockam("node", "list", "--table")
         self.assertRegex(r.out, r"\| n2 +\| DOWN +\|")
+        # node start prints the node's block as node show does, once it is up.
+        r = await self.ockam("node", "start", "n2")
+        self.assertTrue(r.out.startswith(f"\nNode:\n  Name: n2\n  Status: UP\n  Route To Node:\n    Short: /node/n2\n"
+                                         f"    Verbose: /dnsaddr/localhost/tcp/{port}\n  Identity: {n2['identity']}\n"), str(r))
+        self.assertIn("      Address: /service/outlet\n", r.out)
 
     @async_test
     async def test_default_node(self):
@@ -387,6 +392,16 @@ class IdentityVaultTests(OckamCLITestCase):
         r = await self.ockam("node", "create", "b3", "--vault", "v1", "--output", "json")
         b3 = r.json()["identity"]
         self.assertIn(b3, (await self.ockam("identity", "list")).out)
+        # A listener presenting bob, whose key is read from v1; --vault
+        # must name the vault that keeps it.
+        r = await self.ockam("secure-channel-listener", "create", "lb", "--at", "b1", "--identity", "bob",
+                             "--vault", name, check=False)
+        self.assertExit(r, 70, "identity 'bob' keeps its key in vault v1")
+        r = await self.ockam("secure-channel-listener", "create", "lb", "--at", "b1", "--identity", "bob", "--vault", "v1")
+        self.assertEqual(r.out, "/service/lb\n")
+        r = await self.ockam("secure-channel", "create", "--from", "b3", "--to", "/node/b1/service/lb", "--authorized", bob)
+        r = await self.ockam("message", "send", "hi", "--from", "b3", "--to", "-/service/uppercase", stdin=r.out)
+        self.assertEqual(r.out, "HI\n")
 
         r = await self.ockam("vault", "delete", "v1", check=False)
         self.assertExit(r, 70, "vault 'v1' keeps the keys of identity")
@@ -452,8 +467,16 @@ class PipingTests(OckamCLITestCase):
         self.assertIn(sc, listed)
         for line in listed:
             self.assertRegex(line, rf"^/service/{HEX32}$")
+        # Ockam's block: a label, then a space, then the value; the
+        # identifiers the channel was created to accept, else "none".
         r = await self.ockam("secure-channel", "show", sc, "--at", "n1")
-        self.assertTrue(r.out.startswith(f"\n  Secure Channel:\n  \u2022         At: {sc}\n"), str(r))
+        self.assertEqual(r.out, f"\n  Secure Channel:\n  \u2022         At:  {sc}\n"
+                                "  \u2022         To:  /node/n2/service/api\n  \u2022 Authorized:  none\n")
+        n2 = (await self.ockam("identity", "show", "--node", "n2")).out.strip()
+        r = await self.ockam("secure-channel", "create", "--from", "n1", "--to", "/node/n2/service/api",
+                             "--authorized", n2, "--authorized", "P" + "0" * 64)
+        r = await self.ockam("secure-channel", "show", r.out.strip(), "--at", "n1")
+        self.assertTrue(r.out.endswith(f"  \u2022 Authorized:  P{'0' * 64}\n\t{n2}\n"), str(r))
         r = await self.ockam("secure-channel", "delete", sc, "--at", "n1")
         self.assertEqual(r.out, f"{sc}\n")
 

@@ -526,14 +526,15 @@ class StatusTests(InMemory, SynchronousTestCase):
                 "handshake_grace": 10.0,
                 "channels_per_peer": 256,
                 "max_channels": 4096,
+                "max_streams": L.default_max_connections(),
             },
         )
         self.assertEqual(
             info["refused"],
-            {"max_connections": 0, "max_connections_per_peer": 0, "relay_registrations": 0, "messages": 0},
+            {"max_connections": 0, "max_connections_per_peer": 0, "relay_registrations": 0, "streams": 0, "messages": 0},
         )
         self.assertEqual(info["closed"], {"first_frame_timeout": 0, "frame_timeout": 0, "partial_frame_budget": 0})
-        self.assertEqual(info["connections"], {"accepted": 0, "peers": 0, "partial_frame_bytes": 0, "outgoing": 0})
+        self.assertEqual(info["connections"], {"accepted": 0, "peers": 0, "partial_frame_bytes": 0, "outgoing": 0, "streams": 0})
 
     def test_counters(self):
         self.limits.max_per_peer = 1
@@ -580,6 +581,7 @@ class OptionTests(SynchronousTestCase):
             "--partial-frame-budget", "8M",
             "--max-relays-per-connection", "3",
             "--max-relays", "0",
+            "--max-streams", "12",
         )
         limits = NodeController(node).show()["limits"]
         self.assertEqual(limits["max_connections"], 100)
@@ -590,6 +592,8 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(limits["relay_names_per_owner"], 3)
         self.assertEqual(limits["relays_total"], 0)
         self.assertIs(node.relay_registry.limits, node.relay_limits)
+        self.assertEqual(limits["max_streams"], 12)
+        self.assertIsNone(self.node_for("--max-streams", "0").stream_limits.max_streams)
 
     def test_defaults_untouched(self):
         from ockamtw.transport import limits as L
@@ -623,6 +627,8 @@ class OptionTests(SynchronousTestCase):
             ["--frame-timeout", "inf"],
             ["--partial-frame-budget", "lots"],
             ["--max-relays", "-1"],
+            ["--max-streams", "-1"],
+            ["--max-streams", "many"],
         ]:
             self.assertRaises(usage.UsageError, Options().parseOptions, argv)
 

@@ -21,7 +21,15 @@ from twisted.trial.unittest import TestCase
 
 from ockamtw import Address, Route
 
-from .helpers import REPO_ROOT, async_test, ockamtw_node_argv, spawn, start_node, twistd_argv
+from .helpers import (
+    REPO_ROOT,
+    async_test,
+    ockamtw_node_argv,
+    ockamtw_orchestrator_argv,
+    spawn,
+    start_node,
+    twistd_argv,
+)
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -286,14 +294,18 @@ class UsageTests(TestCase):
         return process
 
     @async_test
-    async def test_unknown_option(self):
+    async def test_usage_mistakes(self):
         """
-        C{twistd ockam --bogus} and C{ockamtw-node --bogus}: two lines on
-        stderr, nothing on stdout, status 2.
+        C{twistd ockam --bogus}, C{ockamtw-node --bogus} and the same of the
+        Orchestrator's two programs: two lines on stderr naming the
+        program, nothing on stdout, status 2; so is a value the
+        Orchestrator's checks refuse.
         """
         for argv, program in [
             (twistd_argv() + ["ockam", "--bogus"], "twistd ockam"),
             (ockamtw_node_argv() + ["--bogus"], "ockamtw-node"),
+            (twistd_argv() + ["ockam-orchestrator", "--bogus"], "twistd ockam-orchestrator"),
+            (ockamtw_orchestrator_argv() + ["--bogus"], "ockamtw-orchestrator"),
         ]:
             p = await self.run_to_end(argv)
             self.assertEqual(p.exit, (2, None), p.text)
@@ -302,40 +314,93 @@ class UsageTests(TestCase):
                 p.stderr.decode().splitlines(),
                 [f"{program}: option --bogus not recognized", f"Run '{program} --help' for the options."],
             )
+        p = await self.run_to_end(twistd_argv() + ["-n", "ockam-orchestrator", "--tick", "9"])
+        self.assertEqual(p.exit, (2, None), p.text)
+        self.assertEqual(
+            p.stderr.decode().splitlines(),
+            [
+                "twistd ockam-orchestrator: --tick (9) must be under half of --lease-ttl (15)",
+                "Run 'twistd ockam-orchestrator --help' for the options.",
+            ],
+        )
+
+    @async_test
+    async def test_help_to_a_reader_that_went_away(self):
+        """
+        C{--help | head -1}: the reader closes before the help is written;
+        each face ends with status 0 and says nothing (Python's
+        C{BrokenPipeError} traceback was printed).
+        """
+        for argv in [
+            twistd_argv() + ["ockam", "--help"],
+            ockamtw_node_argv() + ["--help"],
+            twistd_argv() + ["ockam-orchestrator", "--help"],
+            ockamtw_orchestrator_argv() + ["--help"],
+        ]:
+            p = spawn(self, argv)
+            p.transport.closeStdout()
+            self.assertEqual(await p.wait_ended(15), (0, None), (argv, p.text))
+            self.assertEqual(p.stderr, b"", argv)
 
     @async_test
     async def test_help(self):
         """
-        C{--help} of both programs: their own usage line, lines no wider
-        than the terminal (COLUMNS=80), and every option of L{Options} with
-        its whole help text, wrapped at word boundaries.
+        C{--help} of the four programs (a node's and the Orchestrator's,
+        through twistd and as console scripts): their own usage line, lines
+        no wider than the terminal (COLUMNS=80), and every option of their
+        L{Options} with its whole help text, wrapped at word boundaries.
         """
+        from ockamtw.orchestrator.tap import Options as OrchestratorOptions
         from ockamtw.tap import Options
 
-        options = Options()
-        expected = {}
-        for opt in options.longOpt:
-            name = opt.rstrip("=")
-            doc = " ".join((options.docs.get(name) or "").split())
-            self.assertTrue(doc, f"--{name} has no help text")
-            expected[name] = doc
         env = {"COLUMNS": "80"}
-        for argv, usage_lines in [
-            (twistd_argv() + ["ockam", "--help"], ["Usage: twistd [twistd options] ockam [options]"]),
+        for options, runs in [
             (
-                ockamtw_node_argv() + ["--help"],
-                ["Usage: ockamtw-node [options]", "   or: ockamtw-node [twistd options] ockam [options]"],
+                Options(),
+                [
+                    (twistd_argv() + ["ockam", "--help"], ["Usage: twistd [twistd options] ockam [options]"]),
+                    (
+                        ockamtw_node_argv() + ["--help"],
+                        ["Usage: ockamtw-node [options]", "   or: ockamtw-node [twistd options] ockam [options]"],
+                    ),
+                ],
+            ),
+            (
+                OrchestratorOptions(),
+                [
+                    (
+                        twistd_argv() + ["ockam-orchestrator", "--help"],
+                        ["Usage: twistd [twistd options] ockam-orchestrator [options]"],
+                    ),
+                    (
+                        ockamtw_orchestrator_argv() + ["--help"],
+                        [
+                            "Usage: ockamtw-orchestrator [options]",
+                            "   or: ockamtw-orchestrator [twistd options] ockam-orchestrator [options]",
+                        ],
+                    ),
+                ],
             ),
         ]:
-            p = await self.run_to_end(argv, env=env)
-            self.assertEqual(p.exit, (0, None), p.text)
-            text = p.stdout.decode()
-            lines = text.splitlines()
-            self.assertEqual(lines[: len(usage_lines)], usage_lines, text)
-            for line in lines:
-                self.assertLessEqual(len(line), 80, line)
-            self.assertEqual(help_entries(text), expected, text)
-
+            expected = {}
+            for opt in options.longOpt:
+                name = opt.rstrip("=")
+                doc = " ".join((options.docs.get(name) or "").split())
+                self.assertTrue(doc, f"--{name} has no help text")
+                default = options.defaults.get(name)
+                if opt.endswith("=") and default is not None:
+                    self.assertNotIn("[default:", doc, f"--{name} says its default twice")
+                    doc += f" [default: {default}]"
+                expected[name] = doc
+            for argv, usage_lines in runs:
+                p = await self.run_to_end(argv, env=env)
+                self.assertEqual(p.exit, (0, None), p.text)
+                text = p.stdout.decode()
+                lines = text.splitlines()
+                self.assertEqual(lines[: len(usage_lines)], usage_lines, text)
+                for line in lines:
+                    self.assertLessEqual(len(line), 80, line)
+                self.assertEqual(help_entries(text), expected, text)
 
     def test_options_documented(self):
         """

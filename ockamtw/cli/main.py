@@ -900,14 +900,16 @@ class Commands:
                 f"  Decryptor: /service/{c['decryptor']}",
             ]))
             return
+        # Ockam's block: each label ends in a space and is followed by
+        # another before the value.
         authorized = c.get("authorized") or ["none"]
         text = "\n".join(
             [
                 "",
                 "  Secure Channel:",
-                f"  \u2022         At: /service/{c['encryptor']}",
-                f"  \u2022         To: {c['route'] or '-'}",
-                "  \u2022 Authorized: " + "\n\t".join(authorized),
+                f"  \u2022         At:  /service/{c['encryptor']}",
+                f"  \u2022         To:  {c['route'] or '-'}",
+                "  \u2022 Authorized:  " + "\n\t".join(authorized),
             ]
         )
         self.out.emit(c, text)

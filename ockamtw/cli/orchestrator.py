@@ -190,7 +190,7 @@ def _reason_from(stderr: bytes, log_path: str, offset: int, code) -> str:
     except OSError:
         pass
     for line in reversed(lines):
-        for marker in ("ockam-orchestrator: ",):
+        for marker in ("ockam-orchestrator: ", "ockamtw-orchestrator: "):
             if marker in line:
                 return line.split(marker, 1)[1].strip()
     for line in reversed(lines):

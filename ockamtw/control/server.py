@@ -25,6 +25,7 @@ from twisted.web import resource, server
 
 from ..errors import AddressInUse, OckamError, RelayRefused, RequestTimeout, RouteUnreachable, TransportError, WireError
 from ..feature import Call, ControlError, RouteKey, need
+from ..portal import stream_limits
 from ..project.membership import NotAMember
 from ..relay import FORWARDING_SERVICE, STATIC_FORWARDING_SERVICE, Forwarder, relay_dict
 from ..secure.errors import SecureChannelError
@@ -245,6 +246,10 @@ class NodeController:
         api = node.secure_listeners.get("api")
         if api is not None:
             limits.update(api.limits.to_dict())
+        streams = stream_limits(node)
+        limits.update(streams.to_dict())
+        refused["streams"] = streams.refused
+        connections["streams"] = streams.held
         refused["messages"] = node.refused
         closed = dict(guard.closed)
         return {

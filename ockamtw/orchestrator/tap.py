@@ -17,6 +17,7 @@ from twisted.python import usage
 from ..control.state import ockam_home
 from ..endpoints import server_description
 from ..errors import WireError
+from ..tap import FaceOptions, usage_exit
 from .service import Orchestrator, Settings, StartError
 
 log = Logger(namespace="ockamtw.orchestrator.tap")
@@ -55,13 +56,14 @@ def _seconds(name: str):
     return parse
 
 
-class Options(usage.Options):
+class Options(FaceOptions):
     """
     Options of C{twistd ockam-orchestrator}.
     """
 
-    synopsis = ("[--data DIR] [--http ENDPOINT] [--db PATH-OR-URL] [--secrets-key-file FILE] [--project-ports A-B] "
-                "[--lease-ttl S] [--tick S]")
+    program = "twistd ockam-orchestrator"
+    script = "ockamtw-orchestrator"
+    plugin = "ockam-orchestrator"
     longdesc = (
         "Run a self-hosted Ockam Orchestrator: projects (a project node and an authority each), "
         "members, enrollment codes and relay owners, with an HTTP+JSON API for the `ockam` command."
@@ -76,15 +78,15 @@ class Options(usage.Options):
         ["advertise-host", None, None, "The host their routes name in project.json [default: the listen host]."],
         ["project-ports", None, "4000-4099", "Ports for project nodes and authorities (two per project), A-B; "
                                              "0 for any free ports (kept once chosen)."],
-        ["credential-ttl", None, 30 * 86400, "Seconds a member's credential is valid [default: 30 days, as Ockam 0.83].",
+        ["credential-ttl", None, 30 * 86400, "Seconds a member's credential is valid (30 days, as in Ockam 0.83).",
          _seconds("credential-ttl")],
         ["secrets-key-file", None, None, "The key that seals project keys at rest [default: DATA/secrets.key, "
                                          "made at first start]."],
-        ["refresh", None, 2.0, "Seconds between reloads of members (revocations) [default: 2].", _seconds("refresh")],
+        ["refresh", None, 2.0, "Seconds between reloads of members (revocations).", _seconds("refresh")],
         ["lease-ttl", None, 15.0, "Seconds a project's lease lasts: after a crash, another instance serves the "
-                                  "project within this plus one tick [default: 15].", _seconds("lease-ttl")],
+                                  "project within this plus one tick.", _seconds("lease-ttl")],
         ["tick", None, 2.0, "Seconds between lease renewals and claims of projects no instance serves "
-                            "[default: 2; under half the lease time].", _seconds("tick")],
+                            "(under half the lease time).", _seconds("tick")],
     ]
 
     def opt_http(self, value: str) -> None:
@@ -164,11 +166,16 @@ def run(argv=None) -> None:
     maker = ServiceMaker("ockamtw-orchestrator", "ockamtw.orchestrator.tap", "A self-hosted Ockam Orchestrator",
                          "ockam-orchestrator")
 
+    def options() -> Options:
+        o = Options()
+        o.program = Options.script
+        return o
+
     class _Config(twistd.ServerOptions):
         @property
         def subCommands(self):
             self.loadedPlugins = {"ockam-orchestrator": maker}
-            return [("ockam-orchestrator", None, lambda: maker.options(), maker.description)]
+            return [("ockam-orchestrator", None, options, maker.description)]
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "ockam-orchestrator" not in args:
@@ -176,9 +183,8 @@ def run(argv=None) -> None:
     config = _Config()
     try:
         config.parseOptions(args)
-    except usage.error as e:
-        print(f"ockam-orchestrator: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    except usage.error as e:  # twistd's own options (ours end in FaceOptions)
+        usage_exit(Options.script, e)
     try:
         twistd.runApp(config)
     except StartError as e:

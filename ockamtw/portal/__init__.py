@@ -50,6 +50,7 @@ from ..flow import EARLY_MARK, FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackP
 from ..interfaces import IBodyLink, IFlowSource, IOrigin
 from ..node import Worker
 from ..routing import LOCAL, Address, Route
+from ..transport.limits import AUTO, default_max_connections
 from ..wire import (
     CREDIT_TAG,
     DISCONNECT,
@@ -234,6 +235,61 @@ class _StreamInputs(typing.Protocol):
 _on = transitions("state")
 
 
+class StreamLimits:
+    """
+    How many streams a node's inlets and outlets hold at once.  Each holds
+    a portal worker and a socket (an inlet's client, an outlet's target: a
+    file descriptor); anyone an outlet lets send Ping opens one, anyone who
+    can reach an inlet's port another: C{max_streams} in all (C{None}: no
+    limit), by default as many as the node accepts TCP connections
+    (L{default_max_connections}).  Past it an outlet refuses the Ping (the
+    inlet is told) and an inlet closes the new client at once.
+
+    @ivar held: the streams the node's inlets and outlets hold.
+    @ivar refused: streams refused for the limit.
+    """
+
+    def __init__(self, max_streams=AUTO) -> None:
+        self.max_streams = default_max_connections() if max_streams == AUTO else max_streams
+        self.held = 0
+        self.refused = 0
+
+    def take(self, node, side: str, where: str) -> bool:
+        """
+        Count a new stream of C{node}'s inlet or outlet (C{side}) at
+        C{where}; C{False} (counted as refused, and logged) when it would
+        go over the limit.
+        """
+        if self.max_streams is not None and self.held >= self.max_streams:
+            self.refused += 1
+            node.throttle.log(
+                log,
+                "warn",
+                ("streams", id(self)),
+                "{side} {where}: the node holds {held} streams (max_streams); a new one is refused",
+                side=side,
+                where=where,
+                held=self.held,
+            )
+            return False
+        self.held += 1
+        return True
+
+    def to_dict(self) -> dict:
+        return {"max_streams": self.max_streams}
+
+
+def stream_limits(node) -> StreamLimits:
+    """
+    The L{StreamLimits} all inlets and outlets of C{node} share (made on first use;
+    C{node.stream_limits}).
+    """
+    limits = getattr(node, "stream_limits", None)
+    if limits is None:
+        limits = node.stream_limits = StreamLimits()
+    return limits
+
+
 @implementer(IFlowSource)
 class PortalWorker(Worker):
     """
@@ -268,6 +324,9 @@ class PortalWorker(Worker):
     side = "portal"
     #: (An outlet's portal) whether it sent its Pong.
     ponged = False
+    #: The L{StreamLimits} this stream counts in (C{None}: it counts in
+    #: none, e.g. an C{ockam:} client endpoint's, which holds no socket).
+    stream_limits: Optional[StreamLimits] = None
 
     def __init__(self, owner) -> None:
         self.owner = owner

@@ -22,7 +22,7 @@ from ..status import DOWN, UP
 from ..endpoints import reason, server_description
 from ..errors import WireError
 from ..wire import PING, PONG_TAG, REFUSE_TAG, decode_refuse
-from . import WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, watched_hop
+from . import WAITING, PortalWorker, _SocketProtocol, authorized_policy, portal_address, stream_limits, watched_hop
 
 log = Logger(namespace="ockamtw.portal.inlet")
 
@@ -153,10 +153,15 @@ class _InletFactory(Factory):
         self._inlet = inlet
 
     def buildProtocol(self, addr):
-        if self._inlet.closed:
+        inlet = self._inlet
+        if inlet.closed:
             return None
-        portal = InletPortal(self._inlet)
-        self._inlet.portals.add(portal)
+        limits = stream_limits(inlet.node)
+        if not limits.take(inlet.node, "inlet", inlet.socket_address):
+            return None  # the client is closed at once
+        portal = InletPortal(inlet)
+        portal.stream_limits = limits
+        inlet.portals.add(portal)
         return _SocketProtocol(portal)
 
 
@@ -330,7 +335,10 @@ class Inlet:
         self.last_error = reason
 
     def _portal_finished(self, portal) -> None:
-        self.portals.discard(portal)
+        if portal in self.portals:
+            self.portals.discard(portal)
+            if portal.stream_limits is not None:
+                portal.stream_limits.held -= 1
 
     def to_dict(self) -> dict:
         return {

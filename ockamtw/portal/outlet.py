@@ -6,9 +6,7 @@ keeps a node's outlets (their state and their control routes).
 
 from __future__ import annotations
 
-from typing import Optional
-
-from typing import Dict
+from typing import Dict, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -22,7 +20,15 @@ from ..interfaces import IAccessPolicy
 from ..node import Worker
 from ..routing import Address
 from ..wire import DISCONNECT, PING, PONG, encode_refuse
-from . import PortalWorker, _OneProtocolFactory, authorized_policy, offers_flow_control, portal_address, takes_early_pong
+from . import (
+    PortalWorker,
+    _OneProtocolFactory,
+    authorized_policy,
+    offers_flow_control,
+    portal_address,
+    stream_limits,
+    takes_early_pong,
+)
 
 log = Logger(namespace="ockamtw.portal.outlet")
 
@@ -127,7 +133,12 @@ class Outlet(Worker):
             return
         if not message.return_route or self.closed:
             return
+        limits = stream_limits(self.node)
+        if not limits.take(self.node, "outlet", self.address.value):
+            self._answer(message.return_route, "the outlet's node holds too many streams", self.address)
+            return
         portal = self.portal_class(self)
+        portal.stream_limits = limits
         # Flow control only with an inlet that offers it: to any other
         # peer, the portal looks as Ockam's do.
         offered = offers_flow_control(message.return_route[-1])
@@ -187,7 +198,10 @@ class Outlet(Worker):
         portal.connecting.addCallbacks(connected, failed_or_cancelled)
 
     def _portal_finished(self, portal) -> None:
-        self.portals.discard(portal)
+        if portal in self.portals:
+            self.portals.discard(portal)
+            if portal.stream_limits is not None:
+                portal.stream_limits.held -= 1
 
     def _answer(self, route, reason: str, sender) -> None:
         """

@@ -769,6 +769,7 @@ class ChannelEnd(CloseNotifier):
             "status": self.status,
             "peer": self.peer_identifier,
             "route": self.route_text or (str(self.remote_route) if self.remote_route else None),
+            "authorized": None if self.trust.authorized is None else sorted(self.trust.authorized),
         }
 
 
