@@ -253,7 +253,7 @@ class EnrollTests(OrchestratorCLITestCase):
         self.assertFalse(os.path.exists(os.path.join(c, "orchestrator.json")))
         r = await self.ockam_at(c, "enroll", "--orchestrator", orchestrator["url"], "--token", "otw_" + "x" * 43,
                                 check=False)
-        self.assertUserError(r, "refused this home's token")
+        self.assertUserError(r, "refused the token given with --token (unknown, revoked or expired token)")
         r = await self.ockam_at(c, "enroll", check=False)
         self.assertUserError(r, "no orchestrator known")
         r = await self.ockam_at(c, "enroll", "--token", token, check=False)
@@ -347,6 +347,50 @@ class NonMemberTests(OrchestratorCLITestCase):
         self.assertEqual(r.json(), [])
         r = await self.ockam_at(b, "relay", "list", "--to", "x", "--output", "json")
         self.assertEqual(r.json(), [])
+        await self.ockam_at(b, "node", "delete", "--all")
+
+
+class DefaultIdentityTests(OrchestratorCLITestCase):
+    @async_test
+    async def test_member_home_sends_as_its_default_identity(self):
+        """
+        A home that did not enroll, whose default identity the enroller
+        made a member: message send without --from or --identity sends as
+        that identity, as Ockam 0.83's embedded node does (it used to send
+        as a new identity, refused as no member).
+        """
+        await self.enrolled()
+        b = await self.other_home()
+        project = os.path.join(self.home, "project.json")
+        await self.ockam_at(b, "identity", "create")
+        member = (await self.ockam_at(b, "identity", "show")).out.strip()
+        await self.ockam("project", "enroll", "--member", member, "--attribute", "role=member")
+        r = await self.ockam_at(b, "message", "send", "hi", "--project-path", project, "--to",
+                                "/project/default/service/echo")
+        self.assertEqual(r.out, "hi\n")
+
+    @async_test
+    async def test_revoked_while_its_node_runs(self):
+        """
+        A member's node has a relay at the project; the member is revoked:
+        its next forwarder create says why in one line at once (its channel
+        to the project, closed by the project, used to look alive until
+        three pings were missed: "no registration reply").
+        """
+        await self.enrolled()
+        b = await self.other_home()
+        project = os.path.join(self.home, "project.json")
+        await self.ockam_at(b, "identity", "create", "m")
+        member = await self.identifier("m", home=b)
+        await self.ockam("project", "enroll", "--member", member, "--attribute", "role=member")
+        await self.ockam_at(b, "node", "create", "m1", "--project", project, "--identity", "m")
+        r = await self.ockam_at(b, "forwarder", "create", "m1", "--at", "/project/default", "--to", "/node/m1")
+        self.assertEqual(r.out, "/service/forward_to_m1\n")
+        await self.ockam("project", "revoke", "--member", member)
+        r = await self.ockam_at(b, "forwarder", "create", "m2", "--at", "/project/default", "--to", "/node/m1",
+                                check=False)
+        self.assertEqual(r.code, 70, str(r))
+        self.assertUserError(r, "project default refused this node's credential: not a member (revoked?)")
         await self.ockam_at(b, "node", "delete", "--all")
 
 

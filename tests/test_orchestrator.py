@@ -82,6 +82,33 @@ class ApiTests(OrchestratorTestCase):
         self.assertEqual(r["error"]["code"], "conflict")
 
 
+    @async_test
+    async def test_numbers_and_attributes_checked(self):
+        """
+        A token's lifetime is a finite number of seconds (NaN, Infinity,
+        true or a lifetime of ages are refused, not stored: a NaN expiry
+        would never pass, and neither NaN nor Infinity is JSON to answer
+        with); attributes are an object, whatever else is given.
+        """
+        await self.start()
+        for expires_in in (float("nan"), float("inf"), True, 1e300, 0, -1, "60"):
+            r = await self.api("POST", "/v0/tokens", {"expires_in": expires_in}, expect=400)
+            self.assertEqual(r["error"]["code"], "bad_request", expires_in)
+        r = await self.api("POST", "/v0/tokens", {"expires_in": 60.5})
+        self.assertIsInstance(r["expires_at"], float)
+        project = (await self.enroll(LocalIdentity.create()))["project"]["id"]
+        member = LocalIdentity.create().identifier
+        for attributes in ([], "", 0, False, ["role", "x"]):
+            r = await self.api("POST", f"/v0/projects/{project}/members",
+                               {"identifier": member, "attributes": attributes}, expect=400)
+            self.assertEqual(r["error"]["message"], "attributes must map text to text", attributes)
+            await self.api("POST", f"/v0/projects/{project}/tickets", {"attributes": attributes}, expect=400)
+        self.assertEqual(await self.api("GET", f"/v0/projects/{project}/members"), [])
+        for body in ({"expires_in": float("nan")}, {"expires_in": 366 * 86400 + 1}, {"usage_count": 1001}):
+            await self.api("POST", f"/v0/projects/{project}/tickets", body, expect=400)
+        await self.api("POST", f"/v0/projects/{project}/members", {"identifier": member, "attributes": None})
+
+
 class ProjectTests(OrchestratorTestCase):
     async def enrolled(self):
         await self.start()
@@ -143,6 +170,53 @@ class ProjectTests(OrchestratorTestCase):
         with self.assertRaises(ApiError) as e:
             await call(other, Route([enc3, codec.ENROLLMENT_TOKEN_ACCEPTOR]), Method.POST, "/", code, timeout=5)
         self.assertEqual(e.exception.message, "unknown token")
+
+    @async_test
+    async def test_enrollment_code_limits(self):
+        """
+        A one-time code asked for more uses or a longer life than the
+        Orchestrator keeps (ockamtw's CreateToken keys take any u64) is
+        refused with 400 at once; it used to fail in the database and
+        leave the enroller waiting for an answer that never came.
+        """
+        info = await self.enrolled()
+        authority = import_identity(bytes.fromhex(info["authority_identity"]))
+        admin = self.node("admin", identity=self.admin)
+        enc = await self.channel(admin, info["authority_access_route"], authority.identifier)
+        route = Route([enc, codec.ENROLLMENT_TOKEN_ISSUER])
+        for expires_in, usage_count, text in (
+            (None, 2 ** 64 - 1, "usage_count is at most 1000"),
+            (None, 1001, "usage_count is at most 1000"),
+            (2 ** 64 - 1, None, "expires_in is at most 31622400 seconds (a year)"),
+        ):
+            with self.assertRaises(ApiError) as e:
+                await call(admin, route, Method.POST, "/", CreateToken({"role": "x"}, expires_in, usage_count), timeout=5)
+            self.assertEqual((int(e.exception.status), e.exception.message), (400, text))
+        resp = await call(admin, route, Method.POST, "/", CreateToken({"role": "x"}, 366 * 86400, 1000), timeout=5)
+        resp.decode_body(OneTimeCode.decode)
+
+    @async_test
+    async def test_authority_fault_answered(self):
+        """
+        A fault in an authority's service (here the database raising
+        what it should not) is answered 500 at once and logged, not left
+        unanswered until the caller's time-out.
+        """
+        info = await self.enrolled()
+        authority = import_identity(bytes.fromhex(info["authority_identity"]))
+        admin = self.node("admin", identity=self.admin)
+        enc = await self.channel(admin, info["authority_access_route"], authority.identifier)
+        runtime = self.o.runtimes[info["id"]]
+
+        def broken(*args, **kw):
+            raise RuntimeError("a fault")
+
+        runtime.store.add_ticket = broken
+        with self.assertRaises(ApiError) as e:
+            await call(admin, Route([enc, codec.ENROLLMENT_TOKEN_ISSUER]), Method.POST, "/",
+                       CreateToken({"role": "x"}), timeout=5)
+        self.assertEqual((int(e.exception.status), e.exception.message), (500, "internal error (see the log)"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @async_test
     async def test_project_node_admits_members_only(self):

@@ -166,6 +166,41 @@ class ClientTests(SynchronousTestCase):
         self.assertIsInstance(f.value, OrchestratorError)
         self.assertEqual(str(f.value), f"cannot reach the orchestrator at {URL}: Connection refused")
 
+    def test_tls_failure(self):
+        """
+        A certificate this machine does not trust, or not for the host
+        name, is said as such (it used to be "closed the connection
+        without answering").
+        """
+        from OpenSSL.SSL import Error as SSLError
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        class Untrusted:
+            def __init__(self, error):
+                self.error = error
+
+            def request(self, *args, **kw):
+                from twisted.internet.defer import fail
+
+                return fail(ResponseNeverReceived([Failure(self.error)]))
+
+        class VerificationError(Exception):
+            pass
+
+        for error, text in (
+            (SSLError([("SSL routines", "", "certificate verify failed")]),
+             "certificate verify failed (to trust its certificate: SSL_CERT_FILE=cert.pem)"),
+            (VerificationError("DNSMismatch"), "its certificate is not for this host name (use the name or address it is for)"),
+        ):
+            c = OrchestratorClient(Untrusted(error), URL, TOKEN, clock=Clock())
+            f = result_of(Deferred.fromCoroutine(c.projects()))
+            self.assertIsInstance(f.value, OrchestratorError)
+            self.assertEqual(str(f.value), f"TLS with the orchestrator at {URL} failed: {text}")
+        c = OrchestratorClient(Untrusted(ValueError("x")), URL, TOKEN, clock=Clock())
+        f = result_of(Deferred.fromCoroutine(c.projects()))
+        self.assertEqual(str(f.value), f"the orchestrator at {URL} closed the connection without answering")
+
     def test_timeout(self):
         """
         A server that does not answer: after the timeout, one line, and the

@@ -646,18 +646,24 @@ class Commands:
 
     async def _send_embedded(self, to: str, message: str, timeout: float) -> dict:
         """
-        Send from a short-lived node in this process, with this home's
-        enrolled identity (or C{--identity}) and the projects it knows (or
+        Send from a short-lived node in this process, with C{--identity},
+        else the identity this home enrolled, else its default identity
+        (as Ockam 0.83's embedded node: a member added with C{project
+        enroll --member $(ockam identity show)} sends as that member), else
+        a new one it forgets; and the projects it knows (or
         C{--project-path}), so that C{/project/NAME} routes work.
         """
         from ..control.server import reply_dict
         from ..wire import encode_string
-        from . import home as h
         from . import projects as p
 
         a = self.args
         home = self.nodes.home
-        name = a.identity or h.enrolled_identity(home)
+        name = a.identity
+        if name is None:
+            name = p.identity_name(self)
+            if not os.path.exists(st.identity_path(home, name)):
+                name = None
         identity = p.load_identity(self, name) if name else None
         if a.project_path is not None:
             projects = [p.project_named(self, path=a.project_path)]

@@ -247,10 +247,17 @@ class _CLIClient(OrchestratorClient):
     A refused token is said with what to do about it.
     """
 
+    #: Whether the token is the one given with C{--token} (not this home's).
+    given = False
+
     async def call(self, *args, **kw):
         try:
             return await OrchestratorClient.call(self, *args, **kw)
         except OrchestratorError as e:
+            if e.status == 401 and self.given:
+                raise CLIError(
+                    f"the orchestrator at {self.base_url} refused the token given with --token ({e.message})"
+                ) from None
             if e.status == 401:
                 raise CLIError(
                     f"the orchestrator at {self.base_url} refused this home's token ({e.message}); "

@@ -244,6 +244,7 @@ async def enroll(c) -> None:
         if not url.startswith(("http://", "https://")):
             raise CLIError(f"--orchestrator: expected an http:// or https:// URL, got {a.orchestrator!r}")
         api = client(c, url, a.token)
+        api.given = True
     else:
         api = client(c)
     name = identity_name(c, a.identity)

@@ -108,7 +108,10 @@ class OrchestratorClient:
             raise
         except (ConnectError, DNSLookupError, OSError) as e:
             raise OrchestratorError(f"cannot reach {where}: {_reason(e)}") from None
-        except (ResponseFailed, ResponseNeverReceived):
+        except (ResponseFailed, ResponseNeverReceived) as e:
+            problem = _tls_problem(e)
+            if problem is not None:
+                raise OrchestratorError(f"TLS with {where} failed: {problem}") from None
             raise OrchestratorError(f"{where} closed the connection without answering") from None
         try:
             result = json.loads(raw)
@@ -220,6 +223,30 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e) or type(e).__name__
+
+
+def _tls_problem(e: BaseException) -> Optional[str]:
+    """
+    What failed in the TLS handshake under a failed request, in a few
+    words (OpenSSL's: "certificate verify failed", and how to trust a
+    certificate), or C{None} if it was not TLS.
+    """
+    for reason in getattr(e, "reasons", None) or ():
+        value = getattr(reason, "value", None)
+        if type(value).__name__ == "VerificationError":  # service_identity: the name is not the certificate's
+            return "its certificate is not for this host name (use the name or address it is for)"
+        try:
+            from OpenSSL.SSL import Error as SSLError
+        except ImportError:  # pragma: no cover (no TLS without pyOpenSSL)
+            return None
+        if isinstance(value, SSLError):
+            words = [part[-1] for part in (value.args[0] if value.args and isinstance(value.args[0], list) else ())
+                     if isinstance(part, tuple) and part and part[-1]]
+            text = ", ".join(words) or str(value) or "TLS error"
+            if "verify failed" in text:
+                text += " (to trust its certificate: SSL_CERT_FILE=cert.pem)"
+            return text
+    return None
 
 
 def http_client(reactor):

@@ -138,7 +138,7 @@ class Router(resource.Resource):
         if not content.strip():
             return {}
         try:
-            body = json.loads(content)
+            body = json.loads(content, parse_constant=_not_json)
         except ValueError:
             raise bad_request("the request body is not JSON") from None
         if not isinstance(body, dict):
@@ -165,6 +165,11 @@ class Router(resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.write(data)
         request.finish()
+
+
+def _not_json(name: str):
+    # NaN, Infinity and -Infinity: Python's json reads them, JSON has none.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _call(f, *args) -> Deferred:

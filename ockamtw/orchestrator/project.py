@@ -37,7 +37,7 @@ from zope.interface import implementer
 from ..abac import PolicyAccess, default_policy, enroller_policy
 from ..access import CHANNEL_PEERS, Either, RelayedFor
 from ..api import Node
-from ..interfaces import IAccessPolicy
+from ..interfaces import IAccessPolicy, IConnection
 from ..project import codec
 from ..project.codec import (
     UNKNOWN_TOKEN,
@@ -57,6 +57,7 @@ from ..services import Echo
 from ..wire import decode_string
 from ..errors import OckamError, WireError
 from .store import StoreError
+from .tokens import MAX_CODE_LIFETIME, MAX_CODE_USES
 
 log = Logger(namespace="ockamtw.orchestrator.project")
 
@@ -131,6 +132,10 @@ class TokenIssuer(_AuthorityService):
         runtime = self.runtime
         lifetime = body.expires_in if body.expires_in else CODE_LIFETIME
         uses = body.usage_count if body.usage_count else 1
+        if lifetime > MAX_CODE_LIFETIME:
+            raise ApiError(Status.BAD_REQUEST, f"expires_in is at most {MAX_CODE_LIFETIME} seconds (a year)")
+        if uses > MAX_CODE_USES:
+            raise ApiError(Status.BAD_REQUEST, f"usage_count is at most {MAX_CODE_USES}")
         await runtime.store.add_ticket(
             code_hash(code.code), runtime.id, dict(body.attributes), uses, runtime.store.now() + lifetime, identity
         )
@@ -412,10 +417,22 @@ class ProjectRuntime:
         self._close_channels_of(identifier)
 
     def _close_channels_of(self, identifier: str) -> None:
+        links = []
         for end, (who, _, _) in list(self.admitted.items()):
             if who == identifier:
                 log.info("project {project}: closing the channel of {who} (not a member)", project=self.name, who=who)
+                if IConnection.providedBy(end.link) and end.link not in links:
+                    links.append(end.link)
                 end.close()
+        # No message tells a channel's peer that it is closed: drop the TCP
+        # connections those channels came through as well (unless another
+        # identity's admitted channel uses one), so that the member's node
+        # learns it at once, opens a new channel and is told why it is
+        # refused, instead of sending into a channel that is gone until its
+        # Medic misses three pings.
+        for link in links:
+            if not any(end.link is link and who != identifier for end, (who, _, _) in self.admitted.items()):
+                link.abort()
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 

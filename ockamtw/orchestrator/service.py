@@ -37,7 +37,7 @@ from .http import HttpError, Request, Router, bad_request, conflict, not_found
 from .leases import LEASE_TTL, TICK, Leases
 from .secrets import Sealer, SecretsError, fingerprint, load_or_create_key
 from .store import Conflict, NoFreePorts, Store, StoreError, StoreUnavailable
-from .tokens import new_token, token_hash
+from .tokens import MAX_CODE_LIFETIME, MAX_CODE_USES, MAX_TOKEN_LIFETIME, new_token, seconds, token_hash
 
 log = Logger(namespace="ockamtw.orchestrator")
 
@@ -232,8 +232,8 @@ class Api:
         if not isinstance(label, str) or len(label) > 100:
             raise bad_request("label must be text of at most 100 characters")
         expires_in = request.body.get("expires_in")
-        if expires_in is not None and (not isinstance(expires_in, (int, float)) or expires_in <= 0):
-            raise bad_request("expires_in must be a positive number of seconds")
+        if expires_in is not None and not seconds(expires_in, MAX_TOKEN_LIFETIME):
+            raise bad_request(f"expires_in must be a positive number of seconds (at most {MAX_TOKEN_LIFETIME})")
         token = new_token()
         expires_at = None if expires_in is None else self.store.now() + expires_in
         await self.store.add_token(token_hash(token), "admin", label, expires_at)
@@ -341,9 +341,7 @@ class Api:
         identifier = request.need("identifier")
         if not _valid_identifier(identifier):
             raise bad_request("identifier must be P followed by 64 lowercase hex characters")
-        attributes = request.body.get("attributes") or {}
-        if not isinstance(attributes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
-            raise bad_request("attributes must map text to text")
+        attributes = _attributes(request.body)
         attributes = dict(attributes, project_id=row["id"])
         await self.store.put_member(row["id"], identifier, attributes, request.token_row.get("identifier"))
         return {"identifier": identifier, "attributes": attributes}
@@ -372,14 +370,12 @@ class Api:
 
         row = await self._project_row(request.params["project"])
         body = request.body
-        attributes = body.get("attributes") or {}
-        if not isinstance(attributes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
-            raise bad_request("attributes must map text to text")
+        attributes = _attributes(body)
         uses = body.get("usage_count", 1)
-        if not isinstance(uses, int) or isinstance(uses, bool) or not 0 < uses <= 1000:
-            raise bad_request("usage_count must be a whole number from 1 to 1000")
+        if not isinstance(uses, int) or isinstance(uses, bool) or not 0 < uses <= MAX_CODE_USES:
+            raise bad_request(f"usage_count must be a whole number from 1 to {MAX_CODE_USES}")
         expires_in = body.get("expires_in", TICKET_LIFETIME)
-        if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or not 0 < expires_in <= 366 * 86400:
+        if not seconds(expires_in, MAX_CODE_LIFETIME):
             raise bad_request("expires_in must be a positive number of seconds (at most a year)")
         relay = body.get("relay")
         if relay is not None:
@@ -428,6 +424,19 @@ def _translate(error: BaseException) -> Optional[HttpError]:
 
 def _valid_name(name: str) -> bool:
     return 0 < len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+
+
+def _attributes(body: dict) -> Dict[str, str]:
+    """
+    The C{attributes} of a request body: an object mapping text to text
+    (absent or null: none).
+    """
+    attributes = body.get("attributes")
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
+        raise bad_request("attributes must map text to text")
+    return attributes
 
 
 def _valid_identifier(text: str) -> bool:

@@ -86,6 +86,12 @@ class ApiService(Worker):
             resp = response(req.id, e.status, ErrorBody(req.path, req.method, e.message))
         except WireError as e:
             resp = response(req.id, Status.BAD_REQUEST, ErrorBody(req.path, req.method, f"bad body: {e}"))
+        except Exception:
+            # A fault of this service: logged here, and answered, so that
+            # the caller is not left waiting for its time-out.
+            log.failure("{service} failed", service=self.address.value)
+            resp = response(req.id, Status.INTERNAL_SERVER_ERROR,
+                            ErrorBody(req.path, req.method, "internal error (see the log)"))
         if self.node is not None and message.return_route:
             self.node.send(message.return_route, resp.message(), sender=self.address)
 
