@@ -329,12 +329,10 @@ class Options(FaceOptions):
         Streams (tunnelled connections, each holding a socket: an inlet's
         client, an outlet's target) this node's inlets and outlets hold at
         once; past it an outlet refuses the Ping and tells the inlet, an
-        inlet closes the new client; 0: no limit [default: %d, or half the
-        open-file limit if lower].
+        inlet closes the new client; 0: no limit [default: half the
+        limit on open files, at least 64].
         """
         self["max-streams"] = _count("max-streams", value, 0)
-
-    opt_max_streams.__doc__ %= MAX_CONNECTIONS
 
     def opt_max_startups(self, value: str) -> None:
         """

@@ -27,6 +27,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from ockamtw import Node
 from ockamtw.control.server import ControlResource, NodeController
+from ockamtw.portal import MAX_STREAMS, default_max_streams
 from ockamtw.tap import Options, makeService
 from ockamtw.transport.tcp import MODE_ACCEPTED, MODE_OUTGOING
 from ockamtw.wire import MAX_FRAME
@@ -526,7 +527,7 @@ class StatusTests(InMemory, SynchronousTestCase):
                 "handshake_grace": 10.0,
                 "channels_per_peer": 256,
                 "max_channels": 4096,
-                "max_streams": L.default_max_connections(),
+                "max_streams": default_max_streams(),
             },
         )
         self.assertEqual(
@@ -535,6 +536,18 @@ class StatusTests(InMemory, SynchronousTestCase):
         )
         self.assertEqual(info["closed"], {"first_frame_timeout": 0, "frame_timeout": 0, "partial_frame_budget": 0})
         self.assertEqual(info["connections"], {"accepted": 0, "peers": 0, "partial_frame_bytes": 0, "outgoing": 0, "streams": 0})
+
+    def test_default_max_streams(self):
+        """
+        Half the soft limit on open files, at least 64; L{MAX_STREAMS}
+        without a limit.  (The benchmark's 5,000 concurrent streams run
+        with the soft limit raised to the hard one, 20,000 here.)
+        """
+        import resource
+
+        for soft, expected in [(1024, 512), (20000, 10000), (100, 64), (resource.RLIM_INFINITY, MAX_STREAMS)]:
+            self.patch(resource, "getrlimit", lambda which, soft=soft: (soft, resource.RLIM_INFINITY))
+            self.assertEqual(default_max_streams(), expected, soft)
 
     def test_counters(self):
         self.limits.max_per_peer = 1

@@ -50,7 +50,7 @@ from ..flow import EARLY_MARK, FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackP
 from ..interfaces import IBodyLink, IFlowSource, IOrigin
 from ..node import Worker
 from ..routing import LOCAL, Address, Route
-from ..transport.limits import AUTO, default_max_connections
+from ..transport.limits import AUTO
 from ..wire import (
     CREDIT_TAG,
     DISCONNECT,
@@ -235,14 +235,36 @@ class _StreamInputs(typing.Protocol):
 _on = transitions("state")
 
 
+#: L{StreamLimits}' default when the process may open any number of files.
+MAX_STREAMS = 65536
+
+
+def default_max_streams() -> int:
+    """
+    Half the soft limit on open files (at least 64), or L{MAX_STREAMS}
+    without one: each stream holds a descriptor, and the limit must be
+    reached before the process runs out of them, leaving the other half
+    for its connections, listeners and files.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError, AttributeError):
+        return MAX_STREAMS
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return MAX_STREAMS
+    return max(64, min(MAX_STREAMS, soft // 2))
+
+
 class StreamLimits:
     """
     How many streams a node's inlets and outlets hold at once.  Each holds
     a portal worker and a socket (an inlet's client, an outlet's target: a
     file descriptor); anyone an outlet lets send Ping opens one, anyone who
     can reach an inlet's port another: C{max_streams} in all (C{None}: no
-    limit), by default as many as the node accepts TCP connections
-    (L{default_max_connections}).  Past it an outlet refuses the Ping (the
+    limit), by default half the process's open files
+    (L{default_max_streams}).  Past it an outlet refuses the Ping (the
     inlet is told) and an inlet closes the new client at once.
 
     @ivar held: the streams the node's inlets and outlets hold.
@@ -250,7 +272,7 @@ class StreamLimits:
     """
 
     def __init__(self, max_streams=AUTO) -> None:
-        self.max_streams = default_max_connections() if max_streams == AUTO else max_streams
+        self.max_streams = default_max_streams() if max_streams == AUTO else max_streams
         self.held = 0
         self.refused = 0
 
