@@ -18,6 +18,7 @@ a deadline (L{deadline}), or a condition checked until one.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import socket
@@ -480,6 +481,19 @@ def ockamtw_node_argv() -> List[str]:
 
 def ockamtw_orchestrator_argv() -> List[str]:
     return script_argv("ockamtw-orchestrator", ["-m", "ockamtw.orchestrator"])
+
+
+def stub_call(testcase, stub, method: str, url: str, body=None):
+    """
+    C{(status, JSON body)} of a request through C{stub} (a L{StubTreq} of
+    a resource that answers at once), its body given as JSON.
+    """
+    d = stub.request(method, url, data=json.dumps(body).encode() if body else None)
+    stub.flush()
+    response = testcase.successResultOf(d)
+    content = stub.content(response)
+    stub.flush()
+    return response.code, json.loads(testcase.successResultOf(content))
 
 
 def subprocess_env() -> dict:

@@ -260,6 +260,22 @@ class ClusterTestCase(TestCase):
         info = await self.api(o, "GET", f"/v0/projects/{project_id}/information")
         return ProjectInfo.from_json(json.dumps(info, indent=2))
 
+    async def six_projects(self):
+        """
+        Three instances A, B and C, and six projects made through them in
+        turn (the enrollment's own project deleted), so that each serves
+        two: C{(a, b, c, {project id: (instance made through, ProjectInfo)})}.
+        """
+        a, b, c = [await self.start(n) for n in "ABC"]
+        self.admin = LocalIdentity.create()
+        self.space = (await self.enroll(a, self.admin))["space"]["id"]
+        await self.api(a, "DELETE", f"/v0/projects/{(await self.api(a, 'GET', '/v0/projects'))[0]['id']}")
+        infos = {}
+        for i, o in enumerate([a, b, c, a, b, c]):
+            info = await self.project(o, f"p{i}")
+            infos[info.id] = (o, info)
+        return a, b, c, infos
+
     async def project(self, via: Orchestrator, name: Optional[str] = None) -> ProjectInfo:
         """
         Enroll an administrator (the first time) and make a project; its

@@ -9,7 +9,6 @@ The blocks are marked C{<!-- run by tests/test_doc_fragments.py -->}.
 
 from __future__ import annotations
 
-import json
 import os
 
 from treq.testing import StubTreq
@@ -22,7 +21,7 @@ from ockamtw.control import state as st
 from ockamtw.control.server import ControlResource, NodeController
 
 from .docblocks import blocks_of
-from .helpers import async_test, deadline
+from .helpers import async_test, deadline, stub_call
 
 MARKER = "run by tests/test_doc_fragments.py"
 
@@ -111,12 +110,7 @@ class NotesTests(SynchronousTestCase):
         stub = StubTreq(ControlResource(NodeController(node, directory)))
 
         def call(method, path, body=None):
-            d = stub.request(method, "http://n1/" + path, data=json.dumps(body).encode() if body else None)
-            stub.flush()
-            response = self.successResultOf(d)
-            content = stub.content(response)
-            stub.flush()
-            return response.code, json.loads(self.successResultOf(content))
+            return stub_call(self, stub, method, "http://n1/" + path, body)
 
         self.assertEqual(call("GET", "notes"), (200, []))
         self.assertEqual(call("POST", "notes", {"text": "hello"}), (200, ["hello"]))

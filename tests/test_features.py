@@ -12,7 +12,6 @@ whose ports listen as the kernel's), connections on L{StringTransport}s.
 
 from __future__ import annotations
 
-import json
 import os
 
 from treq.testing import StubTreq
@@ -36,6 +35,7 @@ from ockamtw.relay import Relay
 from ockamtw.routing import Address
 from ockamtw.transport.tcp import KeptConnection
 
+from .helpers import stub_call
 from .memory_harness import ListeningReactor
 
 OTHER = "P" + "ab" * 32
@@ -197,12 +197,7 @@ class FeatureTests(SynchronousTestCase):
         stub = StubTreq(ControlResource(NodeController(node, directory)))
 
         def call(method, path, body=None):
-            d = stub.request(method, "http://n1/" + path, data=json.dumps(body).encode() if body else None)
-            stub.flush()
-            response = self.successResultOf(d)
-            content = stub.content(response)
-            stub.flush()
-            return response.code, json.loads(self.successResultOf(content))
+            return stub_call(self, stub, method, "http://n1/" + path, body)
 
         self.assertEqual(call("GET", "notes"), (200, []))
         self.assertEqual(call("POST", "notes", {"text": "hello"}), (200, ["hello"]))

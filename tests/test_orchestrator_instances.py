@@ -167,14 +167,7 @@ class ServingTests(ClusterTestCase):
         moment does a project have two servers; B's successor takes none
         while the leases are held.
         """
-        a, b, c = [await self.start(n) for n in "ABC"]
-        self.admin = LocalIdentity.create()
-        self.space = (await self.enroll(a, self.admin))["space"]["id"]
-        await self.api(a, "DELETE", f"/v0/projects/{(await self.api(a, 'GET', '/v0/projects'))[0]['id']}")
-        infos = {}
-        for i, o in enumerate([a, b, c, a, b, c]):
-            info = await self.project(o, f"p{i}")
-            infos[info.id] = (o, info)
+        a, b, c, infos = await self.six_projects()
         for project_id, (o, _) in infos.items():
             self.assertEqual(self.serving([a, b, c], project_id), [o])
         b_projects = [p for p, (o, _) in infos.items() if o is b]
@@ -243,15 +236,8 @@ class StopTests(ClusterTestCase):
         others' fair share takes them), not when its lease would have run
         out; B is no longer listed as alive.
         """
-        a, b, c = [await self.start(n) for n in "ABC"]
-        self.admin = LocalIdentity.create()
-        self.space = (await self.enroll(a, self.admin))["space"]["id"]
-        await self.api(a, "DELETE", f"/v0/projects/{(await self.api(a, 'GET', '/v0/projects'))[0]['id']}")
-        infos = {}
-        for i, o in enumerate([a, b, c, a, b, c]):
-            info = await self.project(o, f"p{i}")
-            infos[info.id] = o
-        b_projects = [p for p, o in infos.items() if o is b]
+        a, b, c, infos = await self.six_projects()
+        b_projects = [p for p, (o, _) in infos.items() if o is b]
         self.assertEqual(sorted(b.runtimes), sorted(b_projects))
         stopped = reactor.seconds()
         await b.stopService()
