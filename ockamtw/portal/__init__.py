@@ -50,7 +50,7 @@ from ..flow import EARLY_MARK, FLOW_MARK, STREAM_WINDOW, TRANSPORT_BUFFER, BackP
 from ..interfaces import IBodyLink, IFlowSource, IOrigin
 from ..node import Worker
 from ..routing import LOCAL, Address, Route
-from ..transport.limits import AUTO
+from ..transport.limits import AUTO, half_open_files
 from ..wire import (
     CREDIT_TAG,
     DISCONNECT,
@@ -241,20 +241,10 @@ MAX_STREAMS = 65536
 
 def default_max_streams() -> int:
     """
-    Half the soft limit on open files (at least 64), or L{MAX_STREAMS}
-    without one: each stream holds a descriptor, and the limit must be
-    reached before the process runs out of them, leaving the other half
-    for its connections, listeners and files.
+    Half the soft limit on open files (at least 64; L{MAX_STREAMS} without
+    one): each stream holds a descriptor (L{half_open_files}).
     """
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, ValueError, OSError, AttributeError):
-        return MAX_STREAMS
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return MAX_STREAMS
-    return max(64, min(MAX_STREAMS, soft // 2))
+    return half_open_files(MAX_STREAMS)
 
 
 class StreamLimits:

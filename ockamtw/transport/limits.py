@@ -58,22 +58,32 @@ CLOSED_FRAME = "frame_timeout"
 CLOSED_BUDGET = "partial_frame_budget"
 
 
-def default_max_connections() -> int:
+def half_open_files(most: int) -> int:
     """
-    L{MAX_CONNECTIONS}, or half the soft limit on open files if that is
-    lower (at least 64): the limit must be reached before the process runs
-    out of descriptors, and the other half is left for what the node opens
-    itself (outlets' and inlets' sockets, outgoing connections, files).
+    Half the process's soft limit on open files (at least 64), at most
+    C{most} (C{most} without a limit): a limit on what holds descriptors
+    must be reached before the process runs out of them, and the other
+    half is left for everything else the node opens.
     """
     try:
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY or soft <= 0:
-            return MAX_CONNECTIONS
+            return most
     except (ImportError, ValueError, OSError, AttributeError):
-        return MAX_CONNECTIONS
-    return max(64, min(MAX_CONNECTIONS, soft // 2))
+        return most
+    return max(64, min(most, soft // 2))
+
+
+def default_max_connections() -> int:
+    """
+    L{MAX_CONNECTIONS}, or half the soft limit on open files if that is
+    lower (L{half_open_files}): the other half is left for what the node
+    opens itself (outlets' and inlets' sockets, outgoing connections,
+    files).
+    """
+    return half_open_files(MAX_CONNECTIONS)
 
 
 class ConnectionLimits:
