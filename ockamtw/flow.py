@@ -58,10 +58,12 @@ def credit_stream(message) -> bool:
     return bool(onward) and bool(ret) and onward[-1].value.endswith(FLOW_MARK) and ret[-1].value.endswith(FLOW_MARK)
 
 
-#: Bytes a transport reads at once, and its outbound high-water mark: four
-#: full portal chunks (Twisted uses one attribute, C{bufferSize}, for both;
-#: its default of 64 KiB splits reads into one 48 KiB chunk and a small one).
-TRANSPORT_BUFFER = 4 * 49152
+#: Bytes a transport reads at once, and its outbound high-water mark: five
+#: full portal chunks of 48 KiB, or four of 60 KiB (L{ockamtw.portal.MAX_CHUNK},
+#: L{ockamtw.portal.FLOW_CHUNK}); Twisted uses one attribute, C{bufferSize},
+#: for both, and its default of 64 KiB splits reads into one 48 KiB chunk
+#: and a small one.
+TRANSPORT_BUFFER = 245760
 
 
 #: Writes at least this large go to the kernel at once (L{send_now}).

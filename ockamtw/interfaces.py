@@ -173,6 +173,14 @@ class IBodyLink(ILink):
         bodies now (a secure channel not up yet).
         """
 
+    def body_limit():
+        """
+        The most bytes that the body of one L{write_body} (C{head + data})
+        may hold, all the links below this one included; C{None} when it is
+        not known now (it then depends on a route this link does not
+        hold).
+        """
+
     def write_body(head, data, source=None, credit=False):
         """
         Send one message whose encoded body is C{head + data} (C{head}

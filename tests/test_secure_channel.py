@@ -42,6 +42,7 @@ from zope.interface.verify import verifyObject
 from ockamtw import Address, Route, Worker, decode_string, encode_string
 from ockamtw.access import ANYONE
 from ockamtw.flow import STREAM_WINDOW
+from ockamtw.portal import FLOW_CHUNK
 from ockamtw.interfaces import ILink, ILinkWorker
 from ockamtw.status import UP
 from ockamtw.errors import RequestTimeout, RouteUnreachable
@@ -912,7 +913,8 @@ class RelayTests(SecureTestCase):
         for payload in forwarded + routed:
             self.assertNotIn(MARKER, payload)
         # A second client reuses the channel, with 1 MiB each way (full
-        # 48 KiB chunks still fit in a frame once encrypted).
+        # 60 KiB chunks, docs/protocol.md 6.5, still fit in a frame once
+        # encrypted).
         client2 = await self.connect_client(port, Collector())
         data = os.urandom(1024 * 1024)
         client2.transport.write(data)
@@ -924,6 +926,7 @@ class RelayTests(SecureTestCase):
         # way need Credits to come back through it.
         outlet = n3.outlets["outlet"]
         self.assertTrue(all(p.flow for p in list(inlet.portals) + list(outlet.portals)))
+        self.assertEqual({p.chunk for p in list(inlet.portals) + list(outlet.portals)}, {FLOW_CHUNK})
         big = os.urandom(3 * STREAM_WINDOW)
         client2.transport.write(big)
         await client2.received(len(data) + len(big), 30, "three windows echoed through the channel")

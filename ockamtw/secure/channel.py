@@ -48,6 +48,8 @@ from ..routing import Address, Route
 from ..status import CLOSED, UP
 from ..wire import TransportMessage, address_of, payload_of, routes_head, second_hop, uvarint
 from .codec import (
+    AEAD_TAG_LEN,
+    COUNTER_LEN,
     CreateResponderChannelMessage,
     IdentityChannelMessage,
     decode_encrypted_payload,
@@ -632,6 +634,25 @@ class ChannelEnd(CloseNotifier):
         if self.state != ESTABLISHED:
             return None
         return routes_head(onward.prepend(self._peer_backwards), return_route)
+
+    def body_limit(self) -> Optional[int]:
+        """
+        (L{IBodyLink}) What the TCP connection this channel's messages
+        leave through takes, less what encryption adds around a body: the
+        connection's header, the payload's length and counter, the AEAD
+        tag.  C{None} when the route to the peer does not start with a TCP
+        connection of this node (the header is then not known).
+        """
+        out = self._out
+        if out is None:
+            out = self._out = self._way_out()
+        link = out[0]
+        outer = link.body_limit() if link is not None else None
+        if outer is None:
+            return None
+        # header, length of what follows (at most 3 bytes below a frame),
+        # the encrypted payload's own length and counter, the tag
+        return outer - len(out[1]) - 3 - (3 + COUNTER_LEN) - AEAD_TAG_LEN
 
     def write_body(self, head: bytes, data: bytes, source=None, credit: bool = False) -> None:
         """

@@ -386,6 +386,12 @@ class TcpConnection(CloseNotifier):
         """
         return routes_head(onward, return_route)
 
+    def body_limit(self) -> int:
+        """
+        (L{IBodyLink}) A body fills at most one frame.
+        """
+        return MAX_FRAME
+
     def _relay(self, parts: list, raw: tuple, source: "TcpConnection") -> bool:
         """
         Write the body C{parts} of a message that C{source} read in
