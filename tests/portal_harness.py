@@ -522,7 +522,7 @@ def node_buffered(node) -> dict:
     """
     What a node holds in memory for its streams right now: each TCP
     connection's outbound buffer and frame decoder, each portal socket's
-    outbound buffer.
+    outbound buffer and what waits in the portal for it.
     """
     out = dec = portal = 0
     for c in node.tcp.connections:
@@ -531,6 +531,7 @@ def node_buffered(node) -> dict:
     for p in portals_of(node):
         if p.transport is not None:
             portal += outbound_buffered(p.transport)
+        portal += p.backlog_bytes  # what waits in the portal for its socket
     return {"connections": out, "decoders": dec, "portals": portal, "total": out + dec + portal}
 
 

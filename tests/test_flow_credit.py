@@ -16,10 +16,10 @@ import time
 
 from ockamtw import Address, Route
 from ockamtw.flow import STREAM_WINDOW, TRANSPORT_BUFFER
-from ockamtw.portal import FLOW_MARK, GRANT_STEP, MAX_CHUNK, offers_flow_control, portal_address
+from ockamtw.portal import FLOW_CHUNK, FLOW_MARK, GRANT_STEP, MAX_CHUNK, offers_flow_control, portal_address
 from ockamtw.wire import PORTAL_CREDIT_STRUCT, WireError, decode_credit, encode_credit
 
-from .helpers import async_test, h_frame, h_message, uvarint, wait_until
+from .helpers import async_test, h_frame, h_message, outbound_buffered, uvarint, wait_until
 from .portal_harness import (
     HEX32_EP_FC,
     HEX32_FC,
@@ -268,12 +268,18 @@ class HeadOfLineTests(PortalTestCase):
         self.assertLessEqual(unconsumed, STREAM_WINDOW + 2 * TRANSPORT_BUFFER)
         self.assertLess(held["n3"], STREAM_WINDOW + 4 * TRANSPORT_BUFFER)
         self.assertLess(held["n1"] + held["n2"], 4 * TRANSPORT_BUFFER)
+        # Of what n3 holds for the stalled socket, Twisted's buffer has at
+        # most a read's worth and a chunk (it joins all it holds into one
+        # string when it writes again); the rest waits in the portal.
+        self.assertLessEqual(outbound_buffered(receiver.transport), TRANSPORT_BUFFER + FLOW_CHUNK)
+        self.assertGreater(receiver.backlog_bytes, STREAM_WINDOW // 2)
 
         # Released, the whole flood arrives in order, paced by credit.
         stalled.release()
         await stalled.received(self.FLOOD, 40, "the whole flood at the released target")
         self.assertEqual(stalled.digest.hexdigest(), writer.digest.hexdigest())
         self.assertGreater(receiver.credits_sent, self.FLOOD // STREAM_WINDOW)
+        self.assertEqual((receiver.backlog_bytes, receiver._backlog), (0, None))
         await self._ping(neighbour, b"after", 5)
 
     @async_test

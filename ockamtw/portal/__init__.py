@@ -32,6 +32,7 @@ L{PortalWorker.flush_grace} seconds (L{ockamtw.flow.Closer}).
 
 from __future__ import annotations
 
+import collections
 import os
 import typing
 from typing import Optional
@@ -363,6 +364,11 @@ class PortalWorker(Worker):
         self._head: Optional[bytes] = None
         #: The largest chunk this side sends (L{MAX_CHUNK} or L{FLOW_CHUNK}).
         self.chunk = MAX_CHUNK
+        #: (With credit) data for the socket that waits here, not in the
+        #: transport's buffer, while that is over its high-water mark
+        #: (L{_payload}), and its size in bytes.
+        self._backlog: typing.Optional[collections.deque] = None
+        self.backlog_bytes = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0
@@ -556,17 +562,31 @@ class PortalWorker(Worker):
         except WireError as e:
             self._note("warn", "bad", "{side} {address}: bad Payload ({error}); dropped", error=str(e))
             return
-        send_now(self.transport, [data], len(data))
-        self.bytes_out += len(data)
         bp = self.backpressure
+        n = len(data)
+        self.bytes_out += n
         if not self.flow:
+            send_now(self.transport, [data], n)
             bp.wrote(source)
             return
+        if self._backlog is not None or bp.congested:
+            # The transport holds a read's worth already: the rest waits
+            # here, in the pieces it came in, until it drains (_drained).
+            # Twisted joins everything its buffer holds into one string
+            # when it next writes, so a window held there would cost
+            # twice its size for a while.
+            if self._backlog is None:
+                self._backlog = collections.deque()
+            self._backlog.append(data if data.__class__ is bytes else bytes(data))
+            self.backlog_bytes += n
+        else:
+            send_now(self.transport, [data], n)
         # What the kernel has taken counts as consumed: grant a window
         # beyond it once that moves the limit by a quarter window.
         pending = unsent(self.transport)
         if pending is None:
             pending = TRANSPORT_BUFFER if bp.congested else 0
+        pending += self.backlog_bytes
         if self.bytes_out - pending + STREAM_WINDOW - self.granted >= GRANT_STEP:
             self._grant(self.bytes_out - pending)
         elif bp.congested and self.bytes_out > self.granted + _OVERSHOOT:
@@ -626,13 +646,35 @@ class PortalWorker(Worker):
 
     def _drained(self) -> None:
         # The socket's buffer drained (BackPressure.resumeProducing):
-        # everything written so far is taken.
+        # everything written to it so far is taken; what waits here goes
+        # on until it is over its high-water mark again.
+        backlog = self._backlog
+        pending = 0
+        if backlog is not None:
+            transport, bp = self.transport, self.backpressure
+            while backlog and not bp.congested:
+                data = backlog.popleft()
+                self.backlog_bytes -= len(data)
+                send_now(transport, [data], len(data))
+            if not backlog:
+                self._backlog = None
+            pending = (unsent(transport) or 0) + self.backlog_bytes
         if (
             self.flow
             and self.state in _WRITING
-            and self.bytes_out + STREAM_WINDOW - self.granted >= GRANT_STEP
+            and self.bytes_out - pending + STREAM_WINDOW - self.granted >= GRANT_STEP
         ):
-            self._grant(self.bytes_out)
+            self._grant(self.bytes_out - pending)
+
+    def _write_backlog(self) -> None:
+        """
+        Hand the transport everything that waits here (the stream's socket
+        is being closed or shut down for writing: it flushes its buffer).
+        """
+        backlog, self._backlog = self._backlog, None
+        self.backlog_bytes = 0
+        if backlog and self.transport is not None:
+            self.transport.writeSequence(list(backlog))
 
     def disconnected(self) -> None:
         """
@@ -839,6 +881,7 @@ class PortalWorker(Worker):
         # Twisted does not shut down a transport whose streaming producer
         # is registered (and paused), and nothing more will be written
         # here: no more flow control to do on this side.
+        self._write_backlog()
         transport = self.transport
         try:
             transport.unregisterProducer()
@@ -947,6 +990,7 @@ class PortalWorker(Worker):
         if self.transport is not None:
             if grace is None:
                 grace = self.close_grace if notify else self.flush_grace
+            self._write_backlog()
             self._closer.close(self.transport, grace, limit)
         if self.node is not None and self.address is not None:
             self.node.stop_worker(self.address)
@@ -959,6 +1003,8 @@ class PortalWorker(Worker):
 
     def _forget_socket(self) -> None:
         self.transport = None
+        self._backlog = None
+        self.backlog_bytes = 0
         if self._closer is not None:
             self._closer.closed()
         if self._reading is not None:
