@@ -60,18 +60,14 @@ def forward(target: int) -> None:
     sys.stdout.write("PORTS " + json.dumps({"echo": listener.getsockname()[1]}) + "\n")
     sys.stdout.flush()
 
-    closing = {}  # fd -> the pair of sockets it belongs to
-
     def close(fd):
-        pair = closing.get(fd)
-        if pair is None:
-            return
-        for s in pair:
-            closing.pop(s.fileno(), None)
-            peer.pop(s.fileno(), None)
-            pending.pop(s.fileno(), None)
+        # Both sockets of the pair that fd belongs to.
+        for s in peer.get(fd, ()):
+            f = s.fileno()
+            peer.pop(f, None)
+            pending.pop(f, None)
             try:
-                ep.unregister(s.fileno())
+                ep.unregister(f)
             except (OSError, ValueError):
                 pass
             s.close()
@@ -90,14 +86,19 @@ def forward(target: int) -> None:
                     ep.register(s.fileno(), select.EPOLLIN)
                 peer[a.fileno()] = (a, b)
                 peer[b.fileno()] = (b, a)
-                closing[a.fileno()] = closing[b.fileno()] = (a, b)
                 continue
             if fd not in peer:
                 continue
             me, other = peer[fd]
             if ev & select.EPOLLOUT:
                 data = pending.pop(fd, b"")
-                n = me.send(data) if data else 0
+                try:
+                    n = me.send(data) if data else 0
+                except BlockingIOError:
+                    n = 0
+                except OSError:
+                    close(fd)
+                    continue
                 if n < len(data):
                     pending[fd] = data[n:]
                 else:
@@ -120,6 +121,9 @@ def forward(target: int) -> None:
                     n = other.send(data)
                 except BlockingIOError:
                     n = 0
+                except OSError:
+                    close(fd)
+                    continue
                 if n < len(data):
                     pending[ofd] = data[n:]
                     ep.modify(ofd, select.EPOLLIN | select.EPOLLOUT)
